@@ -1,0 +1,435 @@
+//! The backup policy (`specs/backup/policies.yaml`) as the coordinator signs and
+//! distributes it. Parsing from YAML, with file/line/column errors, lives in the
+//! coordinator; this module holds the model, its semantic checks and the rules
+//! agents apply (which class a dataset falls in, which tiers it keeps).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::dataset::DatasetName;
+use crate::duration::Duration;
+
+/// The whole policy file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// File format version; must be 1.
+    pub version: u32,
+    /// Prefix of the snapshots zdr takes; zdr never prunes snapshots without it.
+    #[serde(default = "default_prefix")]
+    pub snapshot_prefix: String,
+    /// ZFS user property that assigns a dataset to a class (or `none` to exclude it).
+    /// It wins over the name patterns in `datasets`.
+    #[serde(default = "default_class_property")]
+    pub class_property: String,
+    /// Sites by name.
+    pub sites: BTreeMap<String, Site>,
+    /// Storage nodes by node id, with their site and media labels.
+    pub nodes: BTreeMap<String, NodeLabels>,
+    /// Dataset classes by name.
+    pub classes: BTreeMap<String, Class>,
+    /// Which datasets are protected; the first matching rule wins.
+    pub datasets: Vec<Selector>,
+}
+
+fn default_prefix() -> String {
+    "zdr".into()
+}
+
+fn default_class_property() -> String {
+    "zdr:class".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLabels {
+    pub site: String,
+    /// Media type label, such as `ssd`, `hdd` or `tape`; 3-2-1 counts distinct labels.
+    pub media: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Class {
+    /// Snapshot tiers: how many snapshots to keep per period. Defaults to
+    /// hourly 48, daily 30, weekly 8.
+    #[serde(default = "default_tiers")]
+    pub tiers: Tiers,
+    /// Recovery point objective: the most data, in time, this class may lose.
+    pub rpo: Duration,
+    /// Recovery time objective: how long a restore may take.
+    pub rto: Duration,
+    /// Snapshots younger than this are never destroyed, whatever the tiers say.
+    #[serde(default = "zero")]
+    pub immutable_for: Duration,
+    /// 3-2-1 requirement.
+    #[serde(default)]
+    pub copies: Copies,
+}
+
+fn zero() -> Duration {
+    Duration::from_secs(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Copies {
+    /// Copies in all, production included.
+    pub total: u8,
+    /// Distinct media types among the copies.
+    pub media: u8,
+    /// Copies at a site other than production's.
+    pub offsite: u8,
+}
+
+impl Default for Copies {
+    fn default() -> Self {
+        Copies {
+            total: 3,
+            media: 2,
+            offsite: 1,
+        }
+    }
+}
+
+/// One protection rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    /// Dataset name pattern: `*` matches within one path component, `**` any
+    /// number of components (`tank/db/**` matches `tank/db` and all below it).
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Class the matching datasets get. Required unless `exclude` is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Leave matching datasets unprotected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclude: bool,
+}
+
+/// A tier period: `hourly`, `daily`, `weekly`, or any duration such as `15m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Period(pub Duration);
+
+const NAMED: [(&str, u64); 3] = [("hourly", 3_600), ("daily", 86_400), ("weekly", 604_800)];
+
+impl FromStr for Period {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some((_, secs)) = NAMED.iter().find(|(n, _)| *n == s) {
+            return Ok(Period(Duration::from_secs(*secs)));
+        }
+        let d: Duration = s.parse().map_err(|_| {
+            format!("{s:?} is not a tier; use hourly, daily, weekly or a duration such as 15m or 4h")
+        })?;
+        if d.secs() == 0 {
+            return Err(format!("tier {s:?} has a zero period"));
+        }
+        Ok(Period(d))
+    }
+}
+
+impl fmt::Display for Period {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match NAMED.iter().find(|(_, secs)| *secs == self.0.secs()) {
+            Some((name, _)) => f.write_str(name),
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl Serialize for Period {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Period {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Tiers keyed by period, kept in period order.
+pub type Tiers = BTreeMap<Period, u32>;
+
+impl JsonSchema for Period {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Period".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": "^(hourly|daily|weekly|([0-9]+[smhdw])+)$"
+        })
+    }
+}
+
+pub fn default_tiers() -> Tiers {
+    NAMED
+        .iter()
+        .zip([48, 30, 8])
+        .map(|((_, secs), keep)| (Period(Duration::from_secs(*secs)), keep))
+        .collect()
+}
+
+/// A semantic problem, located by its path in the document (`classes.gold.rpo`)
+/// so the loader can point at the line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+fn problem(path: &[&str], message: String) -> Problem {
+    Problem {
+        path: path.iter().map(|s| s.to_string()).collect(),
+        message,
+    }
+}
+
+impl Policy {
+    /// Every semantic problem in the policy; empty when it is sound.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.version != 1 {
+            out.push(problem(
+                &["version"],
+                format!("version {} is not supported; this zdr reads version 1", self.version),
+            ));
+        }
+        if self.snapshot_prefix.is_empty()
+            || crate::dataset::check_component("prefix", &self.snapshot_prefix, 0).is_err()
+            || self.snapshot_prefix.contains(' ')
+        {
+            out.push(problem(
+                &["snapshot_prefix"],
+                format!("{:?} cannot start a snapshot name; use letters, digits, - _ . or :", self.snapshot_prefix),
+            ));
+        }
+        for (node, labels) in &self.nodes {
+            if let Err(e) = crate::subject::valid_node_id(node) {
+                out.push(problem(&["nodes", node], e));
+            }
+            if !self.sites.contains_key(&labels.site) {
+                out.push(problem(
+                    &["nodes", node, "site"],
+                    format!("site {:?} is not declared under `sites` (declared: {})", labels.site, join_keys(&self.sites)),
+                ));
+            }
+            if labels.media.is_empty() {
+                out.push(problem(&["nodes", node, "media"], "media label is empty".into()));
+            }
+        }
+        for (name, class) in &self.classes {
+            self.class_problems(name, class, &mut out);
+        }
+        for (i, sel) in self.datasets.iter().enumerate() {
+            let idx = i.to_string();
+            if let Err(e) = Pattern::parse(&sel.pattern) {
+                out.push(problem(&["datasets", &idx, "match"], e));
+            }
+            match (&sel.class, sel.exclude) {
+                (Some(_), true) => out.push(problem(
+                    &["datasets", &idx, "exclude"],
+                    "a rule cannot both name a class and exclude; drop one".into(),
+                )),
+                (None, false) => out.push(problem(
+                    &["datasets", &idx],
+                    "rule needs a `class` (or `exclude: true`)".into(),
+                )),
+                (Some(c), false) if !self.classes.contains_key(c) => out.push(problem(
+                    &["datasets", &idx, "class"],
+                    format!("class {c:?} is not defined under `classes` (defined: {})", join_keys(&self.classes)),
+                )),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn class_problems(&self, name: &str, class: &Class, out: &mut Vec<Problem>) {
+        if class.tiers.is_empty() {
+            out.push(problem(&["classes", name, "tiers"], "no tiers: the class would keep nothing".into()));
+        }
+        for (period, keep) in &class.tiers {
+            if *keep == 0 {
+                out.push(problem(
+                    &["classes", name, "tiers", &period.to_string()],
+                    format!("keeps 0 {period} snapshots; keep at least 1 or remove the tier"),
+                ));
+            }
+        }
+        if let Some(interval) = class.tiers.keys().next() {
+            if class.rpo < interval.0 {
+                out.push(problem(
+                    &["classes", name, "rpo"],
+                    format!(
+                        "RPO {} is shorter than the snapshot interval {}; no schedule can meet it (add a tier of {} or less)",
+                        class.rpo, interval.0, class.rpo
+                    ),
+                ));
+            }
+        }
+        if class.rpo.secs() == 0 {
+            out.push(problem(&["classes", name, "rpo"], "RPO must be more than 0".into()));
+        }
+        if class.rto.secs() == 0 {
+            out.push(problem(&["classes", name, "rto"], "RTO must be more than 0".into()));
+        }
+        let c = class.copies;
+        if c.total == 0 {
+            out.push(problem(&["classes", name, "copies", "total"], "at least 1 copy (production) is needed".into()));
+        }
+        if c.media > c.total {
+            out.push(problem(
+                &["classes", name, "copies", "media"],
+                format!("{} media types cannot be spread over {} copies", c.media, c.total),
+            ));
+        }
+        if c.offsite >= c.total.max(1) {
+            out.push(problem(
+                &["classes", name, "copies", "offsite"],
+                format!("{} offsite copies out of {} leaves no production copy", c.offsite, c.total),
+            ));
+        }
+        if c.offsite > 0 && self.sites.len() < 2 {
+            out.push(problem(
+                &["classes", name, "copies", "offsite"],
+                "an offsite copy needs at least two sites under `sites`".into(),
+            ));
+        }
+    }
+
+    /// The class of a dataset: the class property wins, then the first matching
+    /// rule. `None` means unprotected.
+    pub fn class_for(&self, dataset: &DatasetName, property: Option<&str>) -> Option<(&str, &Class)> {
+        if let Some(value) = property {
+            if value == "none" {
+                return None;
+            }
+            if let Some((k, c)) = self.classes.get_key_value(value) {
+                return Some((k.as_str(), c));
+            }
+        }
+        let rule = self
+            .datasets
+            .iter()
+            .find(|r| Pattern::parse(&r.pattern).map(|p| p.matches(dataset)).unwrap_or(false))?;
+        if rule.exclude {
+            return None;
+        }
+        let name = rule.class.as_deref()?;
+        self.classes.get_key_value(name).map(|(k, c)| (k.as_str(), c))
+    }
+}
+
+fn join_keys<V>(m: &BTreeMap<String, V>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// A dataset name pattern; see [`Selector::pattern`].
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    parts: Vec<String>,
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty pattern".into());
+        }
+        let parts: Vec<String> = s.split('/').map(str::to_string).collect();
+        for p in &parts {
+            if p.is_empty() {
+                return Err(format!("pattern {s:?} has an empty component"));
+            }
+            if p.contains("**") && p != "**" {
+                return Err(format!("pattern {s:?}: `**` must be a whole component, as in tank/**"));
+            }
+            let literal = p.replace('*', "");
+            if !literal.is_empty() {
+                crate::dataset::check_component(s, &literal, 0)
+                    .map_err(|e| format!("pattern {s:?} cannot match any dataset: {e}"))?;
+            }
+        }
+        Ok(Pattern { parts })
+    }
+
+    pub fn matches(&self, dataset: &DatasetName) -> bool {
+        let names: Vec<&str> = dataset.as_str().split('/').collect();
+        match_parts(&self.parts, &names)
+    }
+}
+
+fn match_parts(pat: &[String], name: &[&str]) -> bool {
+    match pat.split_first() {
+        None => name.is_empty(),
+        Some((p, rest)) if p == "**" => (0..=name.len()).any(|i| match_parts(rest, &name[i..])),
+        Some((p, rest)) => match name.split_first() {
+            Some((n, nrest)) => glob(p, n) && match_parts(rest, nrest),
+            None => false,
+        },
+    }
+}
+
+/// `*` within one component.
+fn glob(p: &str, n: &str) -> bool {
+    match p.split_once('*') {
+        None => p == n,
+        Some((head, tail)) => {
+            n.starts_with(head) && (head.len()..=n.len()).any(|i| glob(tail, &n[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(s: &str) -> DatasetName {
+        DatasetName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn patterns() {
+        let p = Pattern::parse("tank/db/**").unwrap();
+        assert!(p.matches(&ds("tank/db")));
+        assert!(p.matches(&ds("tank/db/pg/wal")));
+        assert!(!p.matches(&ds("tank/dbx")));
+        let p = Pattern::parse("tank/home/*").unwrap();
+        assert!(p.matches(&ds("tank/home/alice")));
+        assert!(!p.matches(&ds("tank/home")));
+        assert!(!p.matches(&ds("tank/home/alice/x")));
+        let p = Pattern::parse("*/vm-*").unwrap();
+        assert!(p.matches(&ds("ssd/vm-101")));
+        assert!(!p.matches(&ds("ssd/ct-101")));
+        assert!(Pattern::parse("tank/a**").is_err());
+        assert!(Pattern::parse("tank//a").is_err());
+        assert!(Pattern::parse("tank/$x").is_err());
+    }
+
+    #[test]
+    fn periods() {
+        assert_eq!("hourly".parse::<Period>().unwrap().0.secs(), 3600);
+        assert_eq!("15m".parse::<Period>().unwrap().to_string(), "15m");
+        assert_eq!("1d".parse::<Period>().unwrap().to_string(), "daily");
+        assert!("hourlyy".parse::<Period>().is_err());
+        assert!("0s".parse::<Period>().is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The NATS subject scheme. Every subject starts with `zdr.v1.` so that a wire
+//! change can run beside the old one. Node ids are single subject tokens.
+//!
+//! | subject                           | direction          | payload                 |
+//! |-----------------------------------|--------------------|-------------------------|
+//! | `zdr.v1.agent.<node>.hello`       | agent → coord      | [`crate::wire::Hello`]  |
+//! | `zdr.v1.agent.<node>.heartbeat`   | agent → coord      | [`crate::wire::Heartbeat`] |
+//! | `zdr.v1.agent.<node>.inventory`   | agent → coord      | [`crate::wire::InventoryChunk`] |
+//! | `zdr.v1.agent.<node>.delta`       | agent → coord      | [`crate::wire::InventoryDelta`] |
+//! | `zdr.v1.agent.<node>.event`       | agent → coord      | [`crate::wire::Event`]  |
+//! | `zdr.v1.agent.<node>.cmd`         | coord → agent, req/reply | signed [`crate::wire::Command`], reply [`crate::wire::CommandResult`] |
+//! | KV `zdr_policy`, key `current`    | coord → agents     | signed [`crate::wire::PolicyBundle`] |
+
+pub const PREFIX: &str = "zdr.v1";
+
+/// Subjects an agent publishes on, and the one it listens on.
+#[derive(Debug, Clone)]
+pub struct AgentSubjects {
+    pub hello: String,
+    pub heartbeat: String,
+    pub inventory: String,
+    pub delta: String,
+    pub event: String,
+    pub cmd: String,
+}
+
+impl AgentSubjects {
+    pub fn for_node(node: &str) -> Self {
+        let base = format!("{PREFIX}.agent.{node}");
+        AgentSubjects {
+            hello: format!("{base}.hello"),
+            heartbeat: format!("{base}.heartbeat"),
+            inventory: format!("{base}.inventory"),
+            delta: format!("{base}.delta"),
+            event: format!("{base}.event"),
+            cmd: format!("{base}.cmd"),
+        }
+    }
+}
+
+/// Wildcard the coordinator subscribes to for everything agents publish.
+pub const ALL_AGENTS: &str = "zdr.v1.agent.*.*";
+
+/// Logical subject the policy envelope is signed for (it travels through KV).
+pub const POLICY: &str = "zdr.v1.policy";
+pub const POLICY_BUCKET: &str = "zdr_policy";
+pub const POLICY_KEY: &str = "current";
+
+/// What an agent-published subject is about, parsed from `zdr.v1.agent.<node>.<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentTopic {
+    Hello,
+    Heartbeat,
+    Inventory,
+    Delta,
+    Event,
+}
+
+/// Splits an agent subject into its node id and topic; `None` for anything else.
+pub fn parse_agent_subject(subject: &str) -> Option<(&str, AgentTopic)> {
+    let rest = subject.strip_prefix("zdr.v1.agent.")?;
+    let (node, kind) = rest.split_once('.')?;
+    let topic = match kind {
+        "hello" => AgentTopic::Hello,
+        "heartbeat" => AgentTopic::Heartbeat,
+        "inventory" => AgentTopic::Inventory,
+        "delta" => AgentTopic::Delta,
+        "event" => AgentTopic::Event,
+        _ => return None,
+    };
+    valid_node_id(node).ok()?;
+    Some((node, topic))
+}
+
+/// Node ids become subject tokens and KV keys, so they are kept to a safe alphabet.
+pub fn valid_node_id(node: &str) -> Result<(), String> {
+    if node.is_empty() || node.len() > 64 {
+        return Err(format!(
+            "node id {node:?} must be 1 to 64 characters long"
+        ));
+    }
+    if let Some(c) = node
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "node id {node:?} contains {c:?}; use only ASCII letters, digits, '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_subjects_round_trip() {
+        let s = AgentSubjects::for_node("stor-fra-01");
+        assert_eq!(s.cmd, "zdr.v1.agent.stor-fra-01.cmd");
+        assert_eq!(
+            parse_agent_subject(&s.inventory),
+            Some(("stor-fra-01", AgentTopic::Inventory))
+        );
+        assert_eq!(parse_agent_subject(&s.cmd), None);
+        assert_eq!(parse_agent_subject("zdr.v1.agent.a b.hello"), None);
+        assert_eq!(parse_agent_subject("other.subject"), None);
+    }
+
+    #[test]
+    fn node_ids_are_checked() {
+        assert!(valid_node_id("stor_01-a").is_ok());
+        for bad in ["", "a.b", "a*", "a>", "nœud", "a b"] {
+            assert!(valid_node_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Wire messages, JSON on NATS. Agent → coordinator messages travel bare (NATS
+//! permissions bind a node to its subjects); coordinator → agent messages travel
+//! inside a signed [`crate::envelope`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Policy;
+
+/// Inventory chunks stay well under NATS' default 1 MiB max_payload.
+pub const INVENTORY_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Sent on start and on every reconnect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    pub node: String,
+    pub site: String,
+    pub media: String,
+    /// zdr version of the agent.
+    pub version: String,
+    /// `cli`, `lzc` or `sim`. A `sim` agent protects no real data.
+    pub backend: String,
+    pub pools: Vec<PoolInfo>,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Revision of the policy the agent is applying, if any.
+    pub policy_revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolInfo {
+    pub name: String,
+    pub size: u64,
+    pub allocated: u64,
+    pub free: u64,
+    pub health: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub node: String,
+    pub seq: u64,
+    /// Unix seconds.
+    pub at: i64,
+    pub policy_revision: Option<u64>,
+    /// Generation of the last full inventory, so the coordinator can ask for a
+    /// resync when it missed one.
+    pub inventory_generation: u64,
+    /// Last delta sequence number published in that generation.
+    pub delta_seq: u64,
+    pub pools: Vec<PoolInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotInfo {
+    /// The part after `@`.
+    pub name: String,
+    pub guid: u64,
+    pub createtxg: u64,
+    /// Unix seconds.
+    pub creation: i64,
+    pub used: u64,
+    pub userrefs: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetInventory {
+    pub dataset: String,
+    pub guid: u64,
+    pub used: u64,
+    pub available: u64,
+    /// The class the agent resolved for it under the current policy; `None` if unprotected.
+    pub class: Option<String>,
+    /// Snapshots in createtxg order.
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// One chunk of a full inventory. A full inventory is complete when chunks
+/// `0..chunks` of one generation have arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryChunk {
+    pub node: String,
+    pub generation: u64,
+    pub chunk: u32,
+    pub chunks: u32,
+    pub datasets: Vec<DatasetInventory>,
+}
+
+/// Changes since the full inventory of `generation`, numbered from 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryDelta {
+    pub node: String,
+    pub generation: u64,
+    pub seq: u64,
+    pub changes: Vec<InventoryChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum InventoryChange {
+    SnapshotCreated { dataset: String, snapshot: SnapshotInfo },
+    SnapshotDestroyed { dataset: String, name: String, guid: u64 },
+}
+
+/// The policy as signed into the `zdr_policy` KV bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBundle {
+    /// Increases with every change; agents refuse to go back to a lower one.
+    pub revision: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// SHA-256 of the source file, hex, for `zdr status` and audits.
+    pub source_digest: String,
+    pub policy: Policy,
+}
+
+/// Commands, inside a signed envelope on `zdr.v1.agent.<node>.cmd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Answer with an empty success.
+    Ping {},
+    /// Publish a full inventory now.
+    SendInventory {},
+    /// Take a snapshot of every protected dataset now, outside the schedule.
+    SnapshotNow {},
+    /// Apply retention now.
+    PruneNow {},
+}
+
+/// The reply to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResult {
+    /// The command id, or empty when the envelope was refused before its id could be trusted.
+    pub id: String,
+    pub node: String,
+    pub outcome: Outcome,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Done,
+    Failed,
+    /// The envelope failed verification; nothing was parsed or done.
+    Refused,
+}
+
+/// Something that happened on an agent, for the coordinator's log and alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub node: String,
+    /// Unix seconds.
+    pub at: i64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum EventKind {
+    SnapshotTaken { dataset: String, snapshot: String },
+    SnapshotPruned { dataset: String, snapshot: String, reason: String },
+    CommandRefused { subject: String, reason: String },
+    PolicyApplied { revision: u64 },
+    PolicyRefused { reason: String },
+    BackendError { operation: String, message: String },
+}
+
+/// Splits datasets into chunks whose JSON stays under `limit` bytes. A single
+/// dataset larger than that is split over several chunks by snapshots.
+pub fn chunk_inventory(node: &str, generation: u64, datasets: Vec<DatasetInventory>, limit: usize) -> Vec<InventoryChunk> {
+    let mut chunks: Vec<Vec<DatasetInventory>> = vec![Vec::new()];
+    let mut size = 0usize;
+    for mut ds in datasets {
+        // Approximate per-snapshot cost from its JSON; exact sizing is not needed.
+        let snap_size = |s: &SnapshotInfo| serde_json::to_vec(s).map(|v| v.len() + 1).unwrap_or(256);
+        let base = 200 + ds.dataset.len() * 2;
+        let mut pieces = Vec::new();
+        let mut cur: Vec<SnapshotInfo> = Vec::new();
+        let mut cur_size = base;
+        for s in std::mem::take(&mut ds.snapshots) {
+            let n = snap_size(&s);
+            if cur_size + n > limit && !cur.is_empty() {
+                pieces.push((std::mem::take(&mut cur), cur_size));
+                cur_size = base;
+            }
+            cur_size += n;
+            cur.push(s);
+        }
+        pieces.push((cur, cur_size));
+        for (snaps, psize) in pieces {
+            if size + psize > limit && !chunks.last().map(Vec::is_empty).unwrap_or(true) {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += psize;
+            let mut piece = ds.clone();
+            piece.snapshots = snaps;
+            chunks.last_mut().expect("one chunk").push(piece);
+        }
+    }
+    let n = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, datasets)| InventoryChunk {
+            node: node.to_string(),
+            generation,
+            chunk: i as u32,
+            chunks: n,
+            datasets,
+        })
+        .collect()
+}
+
+/// Joins the chunks of one generation back into datasets (pieces of one
+/// dataset are concatenated in chunk order).
+pub fn join_inventory(mut chunks: Vec<InventoryChunk>) -> Vec<DatasetInventory> {
+    chunks.sort_by_key(|c| c.chunk);
+    let mut out: Vec<DatasetInventory> = Vec::new();
+    for c in chunks {
+        for ds in c.datasets {
+            match out.last_mut() {
+                Some(last) if last.dataset == ds.dataset => last.snapshots.extend(ds.snapshots),
+                _ => out.push(ds),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(name: &str, n: u64) -> DatasetInventory {
+        DatasetInventory {
+            dataset: name.into(),
+            guid: 1,
+            used: 0,
+            available: 0,
+            class: None,
+            snapshots: (0..n)
+                .map(|i| SnapshotInfo {
+                    name: format!("zdr_{i:08}"),
+                    guid: i + 100,
+                    createtxg: i,
+                    creation: i as i64,
+                    used: 0,
+                    userrefs: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn chunks_fit_and_rejoin() {
+        let input = vec![ds("tank/a", 10), ds("tank/big", 30_000), ds("tank/c", 5)];
+        let chunks = chunk_inventory("n1", 3, input.clone(), INVENTORY_CHUNK_BYTES);
+        assert!(chunks.len() > 1);
+        for c in &chunks {
+            let len = serde_json::to_vec(c).unwrap().len();
+            assert!(len <= INVENTORY_CHUNK_BYTES + 1024, "chunk {} is {len} bytes", c.chunk);
+            assert_eq!(c.chunks as usize, chunks.len());
+        }
+        assert_eq!(join_inventory(chunks), input);
+    }
+
+    #[test]
+    fn empty_inventory_is_one_chunk() {
+        let chunks = chunk_inventory("n1", 1, vec![], 1000);
+        assert_eq!(chunks.len(), 1);
+        assert!(join_inventory(chunks).is_empty());
+    }
+
+    #[test]
+    fn commands_refuse_unknown_fields() {
+        let ok: Command = serde_json::from_str(r#"{"ping":{}}"#).unwrap();
+        assert_eq!(ok, Command::Ping {});
+        assert!(serde_json::from_str::<Command>(r#"{"ping":{"x":1}}"#).is_err());
+        assert!(serde_json::from_str::<Command>(r#"{"rm_rf":{}}"#).is_err());
+    }
+}
