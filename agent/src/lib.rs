@@ -1,1 +1,4 @@
+//! The zdr agent: one per storage node, the only process that touches ZFS.
 
+pub mod retention;
+pub mod zfs;
