@@ -1,1 +1,10 @@
+//! The zdr coordinator: loads and signs the global policy, tracks the fleet from
+//! what agents publish, keeps its durable state in JetStream KV, and serves the
+//! HTTP health and status API. It never touches ZFS.
 
+pub mod bus;
+pub mod fleet;
+pub mod http;
+pub mod lease;
+pub mod policy;
+pub mod service;

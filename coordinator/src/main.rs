@@ -1,1 +1,128 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use zdr_common::envelope;
+use zdr_coordinator::service::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "zdr-coordinator", version, about = "zdr fleet coordinator")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the coordinator.
+    Run(RunArgs),
+    /// Write a new ed25519 signing key (base64) to KEY_FILE and print its public half.
+    Keygen { key_file: PathBuf },
+    /// Print the public half of a signing key, for the agents' `trusted_keys`.
+    Pubkey { key_file: PathBuf },
+    /// Check a policy file and print what is wrong, with file, line and column.
+    Check { policy: PathBuf },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, env = "ZDR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    #[arg(long, env = "ZDR_POLICY", default_value = "specs/backup/policies.yaml")]
+    policy: PathBuf,
+    #[arg(long, env = "ZDR_HTTP", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Base64 ed25519 signing key, as `keygen` writes it.
+    #[arg(long, env = "ZDR_KEY_FILE")]
+    key_file: PathBuf,
+    #[arg(long, env = "ZDR_KEY_ID", default_value = "coordinator")]
+    key_id: String,
+    /// Name of this instance in the leadership lease.
+    #[arg(long, env = "ZDR_INSTANCE")]
+    instance: Option<String>,
+    #[arg(long, default_value_t = 15)]
+    lease_ttl_secs: u64,
+    #[arg(long, default_value_t = 30)]
+    offline_after_secs: u64,
+    #[arg(long, default_value_t = 10)]
+    command_timeout_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Keygen { key_file } => {
+            let key = envelope::generate_key();
+            if key_file.exists() {
+                anyhow::bail!("{} exists; refusing to overwrite a signing key", key_file.display());
+            }
+            std::fs::write(&key_file, envelope::key_to_b64(&key.to_bytes()) + "\n")
+                .with_context(|| format!("writing {}", key_file.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            println!("{}", envelope::key_to_b64(key.verifying_key().as_bytes()));
+            Ok(())
+        }
+        Cmd::Pubkey { key_file } => {
+            let text = std::fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
+            let key = envelope::signing_key_from_b64(&text).map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+            println!("{}", envelope::key_to_b64(key.verifying_key().as_bytes()));
+            Ok(())
+        }
+        Cmd::Check { policy } => {
+            let p = zdr_schemas::load_policy(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "{}: ok ({} sites, {} nodes, {} classes, {} dataset rules)",
+                policy.display(),
+                p.sites.len(),
+                p.nodes.len(),
+                p.classes.len(),
+                p.datasets.len()
+            );
+            Ok(())
+        }
+        Cmd::Run(a) => {
+            init_logs(a.json_logs);
+            let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .context("installing the metrics recorder")?;
+            let key_text = std::fs::read_to_string(&a.key_file)
+                .with_context(|| format!("reading signing key {}", a.key_file.display()))?;
+            let signing_key = envelope::signing_key_from_b64(&key_text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.key_file.display()))?;
+            let instance = a.instance.unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
+            let config = Config {
+                nats_url: a.nats_url,
+                policy_path: a.policy,
+                http_addr: a.http,
+                key_id: a.key_id,
+                signing_key,
+                instance,
+                lease_ttl: Duration::from_secs(a.lease_ttl_secs.max(3)),
+                offline_after: Duration::from_secs(a.offline_after_secs),
+                command_timeout: Duration::from_secs(a.command_timeout_secs),
+            };
+            service::run(config, metrics).await?;
+            Ok(())
+        }
+    }
+}

@@ -1,1 +1,335 @@
+//! Test harness: a real nats-server on a free loopback port, and the real
+//! `zdr-coordinator` and `zdr-agent` binaries as child processes. Everything is
+//! killed on drop; every wait is bounded.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+}
+
+/// Builds the two binaries once per test process and returns their directory.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "zdr-agent", "-p", "zdr-coordinator"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the zdr binaries failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        target.join("debug")
+    })
+}
+
+/// A child process killed on drop, with its output in a log file.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        Proc { child, log }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Interrupts it (SIGINT) and waits up to 10 s for a clean exit.
+    pub fn interrupt(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn nats_server_bin() -> PathBuf {
+    std::env::var("ZDR_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("nats-server"))
+}
+
+/// A real nats-server with JetStream, on loopback only.
+pub struct Nats {
+    pub port: u16,
+    pub dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Nats {
+    pub async fn start(dir: &Path) -> Nats {
+        let mut n = Nats {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            proc: None,
+        };
+        n.restart().await;
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.dir.join("jetstream"));
+        self.proc = Some(Proc::spawn(cmd, self.dir.join("nats-server.log")));
+        let url = self.url();
+        wait_for("nats-server to accept connections", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move { async_nats::connect(url).await.ok() }
+        })
+        .await;
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A signing key written where the coordinator reads it; the test keeps the
+/// key too so it can sign (and forge) commands itself.
+pub struct Keys {
+    pub key: ed25519_dalek::SigningKey,
+    pub file: PathBuf,
+    pub public_b64: String,
+}
+
+impl Keys {
+    pub fn create(dir: &Path) -> Keys {
+        let key = zdr_common::envelope::generate_key();
+        let file = dir.join("coordinator.key");
+        std::fs::write(&file, zdr_common::envelope::key_to_b64(&key.to_bytes())).unwrap();
+        let public_b64 = zdr_common::envelope::key_to_b64(key.verifying_key().as_bytes());
+        Keys { key, file, public_b64 }
+    }
+}
+
+pub struct Coordinator {
+    pub proc: Proc,
+    pub http: u16,
+}
+
+impl Coordinator {
+    pub fn start(dir: &Path, nats: &Nats, policy: &Path, keys: &Keys, instance: &str) -> Coordinator {
+        let http = free_port();
+        let mut cmd = Command::new(bin_dir().join("zdr-coordinator"));
+        cmd.args(["run", "--nats-url", &nats.url(), "--http", &format!("127.0.0.1:{http}")])
+            .arg("--policy")
+            .arg(policy)
+            .arg("--key-file")
+            .arg(&keys.file)
+            .args(["--instance", instance, "--lease-ttl-secs", "3", "--offline-after-secs", "5"]);
+        let proc = Proc::spawn(cmd, dir.join(format!("{instance}.log")));
+        Coordinator { proc, http }
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_request(self.http, "GET", path, "").await
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Option<(u16, String)> {
+        http_request(self.http, "POST", path, body).await
+    }
+
+    pub async fn fleet(&self) -> Option<serde_json::Value> {
+        let (code, body) = self.get("/api/v1/fleet").await?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_for("coordinator /readyz", Duration::from_secs(60), || async {
+            matches!(self.get("/readyz").await, Some((200, _))).then_some(())
+        })
+        .await;
+    }
+}
+
+/// One HTTP/1.1 request on loopback; `None` if the server is not up.
+pub async fn http_request(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Some((code, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub struct AgentSpec<'a> {
+    pub node: &'a str,
+    pub site: &'a str,
+    pub media: &'a str,
+    pub datasets: &'a [&'a str],
+}
+
+pub struct Agent {
+    pub proc: Proc,
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    pub fn write_config(dir: &Path, nats: &Nats, keys: &Keys, spec: &AgentSpec) -> (PathBuf, PathBuf) {
+        let state_dir = dir.join(format!("agent-{}", spec.node));
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let datasets: Vec<String> = spec.datasets.iter().map(|d| format!("{d:?}")).collect();
+        let config = format!(
+            r#"node = "{node}"
+site = "{site}"
+media = "{media}"
+nats_url = "{url}"
+state_dir = "{state}"
+heartbeat_secs = 1
+tick_secs = 1
+
+[backend]
+kind = "sim"
+pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}]
+
+[[trusted_keys]]
+kid = "coordinator"
+public_key = "{key}"
+"#,
+            node = spec.node,
+            site = spec.site,
+            media = spec.media,
+            url = nats.url(),
+            state = state_dir.display(),
+            datasets = datasets.join(", "),
+            key = keys.public_b64,
+        );
+        let path = dir.join(format!("agent-{}.toml", spec.node));
+        std::fs::write(&path, config).unwrap();
+        (path, state_dir)
+    }
+
+    pub fn start(dir: &Path, nats: &Nats, keys: &Keys, spec: &AgentSpec) -> Agent {
+        let (config, state_dir) = Self::write_config(dir, nats, keys, spec);
+        let mut cmd = Command::new(bin_dir().join("zdr-agent"));
+        cmd.arg("--config").arg(&config);
+        let proc = Proc::spawn(cmd, dir.join(format!("agent-{}.log", spec.node)));
+        Agent { proc, state_dir, config }
+    }
+
+    /// Audit log lines, parsed.
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.state_dir.join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// Snapshot names of `dataset` on `node` as the coordinator's API shows them.
+pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Option<Vec<String>> {
+    let n = fleet["nodes"].as_array()?.iter().find(|n| n["node"] == node)?;
+    let d = n["datasets"].as_array()?.iter().find(|d| d["dataset"] == dataset)?;
+    Some(
+        d["snapshots"]
+            .as_array()?
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect(),
+    )
+}

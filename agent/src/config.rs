@@ -1,0 +1,213 @@
+//! The agent's config file (`/etc/zdr/agent.toml`). Errors name the file, line
+//! and column.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zdr_common::envelope::{verifying_key_from_b64, Verifier};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Node id: one NATS subject token, unique in the fleet.
+    pub node: String,
+    pub site: String,
+    /// Media type label (`ssd`, `hdd`, ...).
+    pub media: String,
+    #[serde(default = "default_nats")]
+    pub nats_url: String,
+    /// Where the agent keeps its last signed policy, replay memory and audit log.
+    pub state_dir: PathBuf,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// How often the scheduler checks whether snapshots are due.
+    #[serde(default = "default_tick")]
+    pub tick_secs: u64,
+    /// How often the whole inventory is listed again, to see changes made outside zdr.
+    #[serde(default = "default_rescan")]
+    pub rescan_secs: u64,
+    pub backend: BackendConfig,
+    /// Coordinator keys whose signatures this agent accepts.
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+fn default_nats() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_heartbeat() -> u64 {
+    5
+}
+fn default_tick() -> u64 {
+    5
+}
+fn default_rescan() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// zfs(8) and zpool(8).
+    Cli {
+        #[serde(default = "default_zfs")]
+        zfs: PathBuf,
+        #[serde(default = "default_zpool")]
+        zpool: PathBuf,
+    },
+    /// Simulated pools, for the demo and scale tests only. State persists in `state_dir`.
+    Sim { pools: Vec<SimPool> },
+}
+
+fn default_zfs() -> PathBuf {
+    "zfs".into()
+}
+fn default_zpool() -> PathBuf {
+    "zpool".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimPool {
+    pub name: String,
+    pub size_bytes: u64,
+    /// Datasets created below the pool on first start.
+    #[serde(default)]
+    pub datasets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKey {
+    pub kid: String,
+    /// Base64 ed25519 public key, as `zdr-coordinator keygen` prints it.
+    pub public_key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(label: &str, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((1, 1));
+            ConfigError::Syntax {
+                path: label.into(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: label.into(),
+            message,
+        };
+        zdr_common::subject::valid_node_id(&config.node).map_err(|e| invalid(format!("node: {e}")))?;
+        if config.trusted_keys.is_empty() {
+            return Err(invalid(
+                "trusted_keys is empty: the agent could accept no policy or command; add the coordinator's public key".into(),
+            ));
+        }
+        config.verifier().map_err(invalid)?;
+        if config.heartbeat_secs == 0 || config.tick_secs == 0 || config.rescan_secs == 0 {
+            return Err(invalid("heartbeat_secs, tick_secs and rescan_secs must be at least 1".into()));
+        }
+        if let BackendConfig::Sim { pools } = &config.backend {
+            for p in pools {
+                for ds in std::iter::once(&p.name).chain(&p.datasets) {
+                    zdr_common::DatasetName::parse(ds).map_err(|e| invalid(format!("backend.pools: {e}")))?;
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn verifier(&self) -> Result<Verifier, String> {
+        let mut v = Verifier::new();
+        for k in &self.trusted_keys {
+            let key = verifying_key_from_b64(&k.public_key).map_err(|e| format!("trusted_keys {:?}: {e}", k.kid))?;
+            v.trust(k.kid.clone(), key);
+        }
+        Ok(v)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
+    fn good() -> String {
+        format!(
+            r#"node = "n1"
+site = "a"
+media = "ssd"
+state_dir = "/tmp/x"
+
+[backend]
+kind = "sim"
+pools = [{{ name = "tank", size_bytes = 1000000, datasets = ["tank/a b"] }}]
+
+[[trusted_keys]]
+kid = "coordinator"
+public_key = "{KEY}"
+"#
+        )
+    }
+
+    #[test]
+    fn parses_a_good_file() {
+        let c = Config::parse("agent.toml", &good()).unwrap();
+        assert_eq!(c.node, "n1");
+        assert_eq!(c.heartbeat_secs, 5);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column() {
+        let text = good().replace("media = \"ssd\"", "media = \"ssd\"\nmedai = \"hdd\"");
+        let e = Config::parse("agent.toml", &text).unwrap_err().to_string();
+        assert!(e.starts_with("agent.toml:4:1: unknown field `medai`"), "{e}");
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        let e = Config::parse("agent.toml", &good().replace("tank/a b", "tank/$(reboot)"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tank/$(reboot)") && e.contains("'$'"), "{e}");
+        let e = Config::parse("agent.toml", &good().replace("\"n1\"", "\"n1.x\"")).unwrap_err().to_string();
+        assert!(e.contains("node id"), "{e}");
+        let e = Config::parse("agent.toml", &good().replace(KEY, "bm90IGEga2V5")).unwrap_err().to_string();
+        assert!(e.contains("32 bytes"), "{e}");
+    }
+}

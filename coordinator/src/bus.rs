@@ -1,0 +1,128 @@
+//! JetStream buckets and streams the coordinator's durable state lives in.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use zdr_common::subject;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("JetStream {what}: {source}")]
+    JetStream {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+fn js_err(what: impl Into<String>) -> impl FnOnce(async_nats::Error) -> BusError {
+    let what = what.into();
+    move |source| BusError::JetStream { what, source }
+}
+
+pub const FLEET_BUCKET: &str = "zdr_fleet";
+pub const INVENTORY_BUCKET: &str = "zdr_inventory";
+pub const LEASE_BUCKET: &str = "zdr_lease";
+pub const EVENTS_STREAM: &str = "ZDR_EVENTS";
+
+/// Handles on every bucket, created on first start.
+#[derive(Clone)]
+pub struct Stores {
+    pub fleet: kv::Store,
+    pub inventory: kv::Store,
+    pub policy: kv::Store,
+    pub lease: kv::Store,
+}
+
+async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
+    let name = config.bucket.clone();
+    js.create_or_update_key_value(config)
+        .await
+        .map_err(|e| js_err(format!("bucket {name}"))(e.into()))
+}
+
+/// Creates (or opens) every bucket and the event stream.
+pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores, BusError> {
+    let fleet = bucket(
+        js,
+        kv::Config {
+            bucket: FLEET_BUCKET.into(),
+            description: "zdr node records".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let inventory = bucket(
+        js,
+        kv::Config {
+            bucket: INVENTORY_BUCKET.into(),
+            description: "zdr snapshot inventory, one key per node and dataset".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let policy = bucket(
+        js,
+        kv::Config {
+            bucket: subject::POLICY_BUCKET.into(),
+            description: "the signed zdr policy".into(),
+            history: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let lease = bucket(
+        js,
+        kv::Config {
+            bucket: LEASE_BUCKET.into(),
+            description: "coordinator leadership lease".into(),
+            history: 1,
+            max_age: lease_ttl,
+            ..Default::default()
+        },
+    )
+    .await?;
+    js.get_or_create_stream(stream::Config {
+        name: EVENTS_STREAM.into(),
+        subjects: vec!["zdr.v1.agent.*.event".into()],
+        max_age: Duration::from_secs(30 * 86_400),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| js_err(format!("stream {EVENTS_STREAM}"))(e.into()))?;
+    Ok(Stores {
+        fleet,
+        inventory,
+        policy,
+        lease,
+    })
+}
+
+/// KV keys allow `[-/_=.a-zA-Z0-9]`; dataset names may hold spaces and ':'.
+/// Hex keeps keys readable from the NATS CLI's `kv ls` sort order per node.
+pub fn inventory_key(node: &str, dataset: &str) -> String {
+    let mut key = String::with_capacity(node.len() + 1 + dataset.len() * 2);
+    key.push_str(node);
+    key.push('.');
+    for b in dataset.as_bytes() {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_keys_are_kv_safe() {
+        let k = inventory_key("n1", "tank/a b:c");
+        assert!(k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c)));
+        assert_ne!(k, inventory_key("n1", "tank/a_b:c"));
+        assert!(k.starts_with("n1."));
+    }
+}

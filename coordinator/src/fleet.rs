@@ -1,0 +1,305 @@
+//! The coordinator's view of the fleet, rebuilt from JetStream KV at start and
+//! kept current from what agents publish.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use zdr_common::policy::Policy;
+use zdr_common::wire::{
+    DatasetInventory, Heartbeat, Hello, InventoryChange, InventoryChunk, InventoryDelta, PoolInfo,
+};
+use zdr_common::DatasetName;
+
+/// What is persisted per node in the `zdr_fleet` bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub hello: Hello,
+    pub last_seen: i64,
+    pub policy_revision: Option<u64>,
+    pub pools: Vec<PoolInfo>,
+    /// Generation of the full inventory the coordinator holds for this node.
+    pub inventory_generation: u64,
+    pub delta_seq: u64,
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    pub nodes: BTreeMap<String, NodeRecord>,
+    pub inventory: BTreeMap<String, BTreeMap<String, DatasetInventory>>,
+    /// Chunks of full inventories still arriving, by node.
+    pending: HashMap<String, (u64, Vec<InventoryChunk>)>,
+}
+
+/// What a message changed, so the caller persists exactly that.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changed {
+    pub node_record: bool,
+    pub datasets: Vec<String>,
+    pub removed_datasets: Vec<String>,
+    /// The coordinator's copy has a gap: ask the agent for a full inventory.
+    pub resync: bool,
+}
+
+impl Fleet {
+    pub fn hello(&mut self, hello: Hello, now: i64) -> Changed {
+        let node = hello.node.clone();
+        let prev = self.nodes.remove(&node);
+        let record = NodeRecord {
+            last_seen: now,
+            policy_revision: hello.policy_revision,
+            pools: hello.pools.clone(),
+            inventory_generation: prev.as_ref().map(|p| p.inventory_generation).unwrap_or(0),
+            delta_seq: prev.as_ref().map(|p| p.delta_seq).unwrap_or(0),
+            hello,
+        };
+        self.nodes.insert(node, record);
+        Changed {
+            node_record: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn heartbeat(&mut self, hb: Heartbeat, now: i64) -> Changed {
+        let Some(rec) = self.nodes.get_mut(&hb.node) else {
+            // A heartbeat from a node we have no hello for: ask it to start over.
+            return Changed {
+                resync: true,
+                ..Default::default()
+            };
+        };
+        rec.last_seen = now;
+        rec.pools = hb.pools;
+        let policy_changed = rec.policy_revision != hb.policy_revision;
+        rec.policy_revision = hb.policy_revision;
+        let gap = hb.inventory_generation != rec.inventory_generation || hb.delta_seq != rec.delta_seq;
+        Changed {
+            node_record: policy_changed,
+            resync: gap && !self.pending.contains_key(&hb.node),
+            ..Default::default()
+        }
+    }
+
+    pub fn inventory_chunk(&mut self, chunk: InventoryChunk) -> Changed {
+        let node = chunk.node.clone();
+        let entry = self.pending.entry(node.clone()).or_insert((chunk.generation, Vec::new()));
+        if entry.0 != chunk.generation {
+            *entry = (chunk.generation, Vec::new());
+        }
+        if entry.1.iter().any(|c| c.chunk == chunk.chunk) || chunk.chunk >= chunk.chunks {
+            return Changed::default();
+        }
+        let total = chunk.chunks as usize;
+        let generation = chunk.generation;
+        entry.1.push(chunk);
+        if entry.1.len() < total {
+            return Changed::default();
+        }
+        let (_, chunks) = self.pending.remove(&node).expect("present");
+        let datasets = zdr_common::wire::join_inventory(chunks);
+        let new: BTreeMap<String, DatasetInventory> =
+            datasets.into_iter().map(|d| (d.dataset.clone(), d)).collect();
+        let old = self.inventory.remove(&node).unwrap_or_default();
+        let removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+        let changed = new
+            .iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.inventory.insert(node.clone(), new);
+        let node_record = match self.nodes.get_mut(&node) {
+            Some(rec) => {
+                rec.inventory_generation = generation;
+                rec.delta_seq = 0;
+                true
+            }
+            None => false,
+        };
+        Changed {
+            node_record,
+            datasets: changed,
+            removed_datasets: removed,
+            resync: false,
+        }
+    }
+
+    pub fn delta(&mut self, delta: InventoryDelta) -> Changed {
+        let Some(rec) = self.nodes.get_mut(&delta.node) else {
+            return Changed {
+                resync: true,
+                ..Default::default()
+            };
+        };
+        if delta.generation != rec.inventory_generation || delta.seq != rec.delta_seq + 1 {
+            // Out of order or missed: only a full inventory can repair it.
+            return Changed {
+                resync: !self.pending.contains_key(&delta.node),
+                ..Default::default()
+            };
+        }
+        rec.delta_seq = delta.seq;
+        let inv = self.inventory.entry(delta.node.clone()).or_default();
+        let mut touched = Vec::new();
+        for change in delta.changes {
+            match change {
+                InventoryChange::SnapshotCreated { dataset, snapshot } => {
+                    if let Some(ds) = inv.get_mut(&dataset) {
+                        if !ds.snapshots.iter().any(|s| s.guid == snapshot.guid) {
+                            ds.snapshots.push(snapshot);
+                            ds.snapshots.sort_by_key(|s| s.createtxg);
+                        }
+                        touched.push(dataset);
+                    }
+                }
+                InventoryChange::SnapshotDestroyed { dataset, guid, .. } => {
+                    if let Some(ds) = inv.get_mut(&dataset) {
+                        ds.snapshots.retain(|s| s.guid != guid);
+                        touched.push(dataset);
+                    }
+                }
+            }
+        }
+        touched.sort();
+        touched.dedup();
+        Changed {
+            node_record: true,
+            datasets: touched,
+            ..Default::default()
+        }
+    }
+
+    pub fn online(&self, node: &str, now: i64, timeout_secs: i64) -> bool {
+        self.nodes
+            .get(node)
+            .map(|r| now - r.last_seen <= timeout_secs)
+            .unwrap_or(false)
+    }
+}
+
+/// Status of one dataset against its class, as the API and metrics show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetStatus {
+    pub dataset: String,
+    pub class: Option<String>,
+    pub snapshots: Vec<String>,
+    pub newest: Option<String>,
+    pub newest_age_secs: Option<i64>,
+    pub rpo_secs: Option<u64>,
+    /// Whether the newest local snapshot is within the class's RPO. Replication
+    /// lag is not counted yet.
+    pub rpo_met: Option<bool>,
+    pub used: u64,
+}
+
+pub fn dataset_status(policy: Option<&Policy>, inv: &DatasetInventory, now: i64) -> DatasetStatus {
+    let class = inv.class.clone().or_else(|| {
+        let p = policy?;
+        let name = DatasetName::parse(&inv.dataset).ok()?;
+        p.class_for(&name, None).map(|(n, _)| n.to_string())
+    });
+    let rpo = class
+        .as_deref()
+        .and_then(|c| policy?.classes.get(c))
+        .map(|c| c.rpo.secs());
+    let newest = inv.snapshots.iter().max_by_key(|s| s.createtxg);
+    let age = newest.map(|s| now - s.creation);
+    DatasetStatus {
+        dataset: inv.dataset.clone(),
+        class,
+        snapshots: inv.snapshots.iter().map(|s| s.name.clone()).collect(),
+        newest: newest.map(|s| s.name.clone()),
+        newest_age_secs: age,
+        rpo_secs: rpo,
+        rpo_met: match (rpo, age) {
+            (Some(r), Some(a)) => Some(a <= r as i64),
+            (Some(_), None) => Some(false),
+            _ => None,
+        },
+        used: inv.used,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zdr_common::wire::SnapshotInfo;
+
+    fn hello(node: &str) -> Hello {
+        Hello {
+            node: node.into(),
+            site: "s".into(),
+            media: "ssd".into(),
+            version: "0".into(),
+            backend: "sim".into(),
+            pools: vec![],
+            started_at: 0,
+            policy_revision: None,
+        }
+    }
+
+    fn snap(i: u64) -> SnapshotInfo {
+        SnapshotInfo {
+            name: format!("zdr_{i}"),
+            guid: 1000 + i,
+            createtxg: i,
+            creation: i as i64,
+            used: 0,
+            userrefs: 0,
+        }
+    }
+
+    fn inv(name: &str, snaps: Vec<SnapshotInfo>) -> DatasetInventory {
+        DatasetInventory {
+            dataset: name.into(),
+            guid: 1,
+            used: 0,
+            available: 0,
+            class: None,
+            snapshots: snaps,
+        }
+    }
+
+    #[test]
+    fn chunks_assemble_then_deltas_apply_in_order() {
+        let mut f = Fleet::default();
+        f.hello(hello("n1"), 0);
+        let chunks = zdr_common::wire::chunk_inventory("n1", 5, vec![inv("tank/a", vec![snap(1)]), inv("tank/b", vec![])], 10);
+        assert!(chunks.len() >= 2);
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let ch = f.inventory_chunk(c);
+            assert_eq!(ch.node_record, i + 1 == n);
+        }
+        assert_eq!(f.inventory["n1"].len(), 2);
+        let d = InventoryDelta {
+            node: "n1".into(),
+            generation: 5,
+            seq: 1,
+            changes: vec![InventoryChange::SnapshotCreated { dataset: "tank/a".into(), snapshot: snap(2) }],
+        };
+        assert_eq!(f.delta(d.clone()).datasets, vec!["tank/a".to_string()]);
+        assert_eq!(f.inventory["n1"]["tank/a"].snapshots.len(), 2);
+        // A replayed or skipped delta is not applied and asks for a resync.
+        let again = f.delta(d);
+        assert!(again.resync);
+        assert_eq!(f.inventory["n1"]["tank/a"].snapshots.len(), 2);
+    }
+
+    #[test]
+    fn heartbeat_gap_asks_for_resync() {
+        let mut f = Fleet::default();
+        f.hello(hello("n1"), 0);
+        let hb = Heartbeat {
+            node: "n1".into(),
+            seq: 1,
+            at: 1,
+            policy_revision: None,
+            inventory_generation: 3,
+            delta_seq: 0,
+            pools: vec![],
+        };
+        assert!(f.heartbeat(hb, 1).resync);
+        assert!(f.online("n1", 10, 30));
+        assert!(!f.online("n1", 100, 30));
+        assert!(!f.online("nope", 0, 30));
+    }
+}

@@ -1,0 +1,142 @@
+//! The HTTP health and status API.
+//!
+//! - `GET /healthz`: the process is alive.
+//! - `GET /readyz`: NATS connected, policy loaded and this instance leads (503 otherwise).
+//! - `GET /metrics`: Prometheus text.
+//! - `GET /api/v1/fleet`: nodes, their datasets, snapshots and RPO status.
+//! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use zdr_common::wire::{Command, PoolInfo};
+
+use crate::fleet::{dataset_status, DatasetStatus};
+use crate::service::{now, State};
+
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/fleet", get(fleet))
+        .route("/api/v1/nodes/{node}/commands", post(command))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
+}
+
+#[derive(Serialize)]
+struct Ready {
+    ready: bool,
+    nats_connected: bool,
+    policy_loaded: bool,
+    leader: bool,
+    epoch: u64,
+}
+
+async fn readyz(AxState(st): AxState<Arc<State>>) -> Response {
+    let r = Ready {
+        nats_connected: st.nats_connected(),
+        policy_loaded: st.policy.read().await.is_some(),
+        leader: st.leader.load(Ordering::SeqCst),
+        epoch: st.epoch.load(Ordering::SeqCst),
+        ready: false,
+    };
+    let ready = r.nats_connected && r.policy_loaded && r.leader;
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(Ready { ready, ..r })).into_response()
+}
+
+async fn metrics(AxState(st): AxState<Arc<State>>) -> String {
+    st.metrics.render()
+}
+
+#[derive(Serialize)]
+struct FleetView {
+    generated_at: i64,
+    leader: bool,
+    epoch: u64,
+    policy_revision: Option<u64>,
+    nodes: Vec<NodeView>,
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    node: String,
+    site: String,
+    media: String,
+    backend: String,
+    version: String,
+    online: bool,
+    last_seen: i64,
+    policy_revision: Option<u64>,
+    pools: Vec<PoolInfo>,
+    datasets: Vec<DatasetStatus>,
+}
+
+async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
+    let fleet = st.fleet.read().await;
+    let policy = st.policy.read().await;
+    let t = now();
+    let timeout = st.config.offline_after.as_secs() as i64;
+    let nodes = fleet
+        .nodes
+        .iter()
+        .map(|(name, rec)| NodeView {
+            node: name.clone(),
+            site: rec.hello.site.clone(),
+            media: rec.hello.media.clone(),
+            backend: rec.hello.backend.clone(),
+            version: rec.hello.version.clone(),
+            online: fleet.online(name, t, timeout),
+            last_seen: rec.last_seen,
+            policy_revision: rec.policy_revision,
+            pools: rec.pools.clone(),
+            datasets: fleet
+                .inventory
+                .get(name)
+                .map(|m| {
+                    m.values()
+                        .map(|inv| dataset_status(policy.as_ref().map(|p| &p.policy), inv, t))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    Json(FleetView {
+        generated_at: t,
+        leader: st.leader.load(Ordering::SeqCst),
+        epoch: st.epoch.load(Ordering::SeqCst),
+        policy_revision: policy.as_ref().map(|p| p.revision),
+        nodes,
+    })
+}
+
+async fn command(
+    AxState(st): AxState<Arc<State>>,
+    Path(node): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let cmd: Command = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("request body is not a command ({e}); send e.g. {{\"snapshot_now\":{{}}}}\n"),
+            )
+                .into_response()
+        }
+    };
+    match st.send_command(&node, &cmd).await {
+        Ok(result) => Json(result).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
+}

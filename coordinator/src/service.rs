@@ -1,0 +1,396 @@
+//! The coordinator's main loop: lease, policy, agent messages, persistence.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio::sync::RwLock;
+use tracing::{debug, info, warn};
+use zdr_common::envelope::Sealer;
+use zdr_common::policy::Policy;
+use zdr_common::subject::{self, AgentTopic};
+use zdr_common::wire::{
+    Command, CommandResult, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk, InventoryDelta,
+};
+
+use crate::bus::{self, Stores};
+use crate::fleet::{Changed, Fleet, NodeRecord};
+use crate::lease::Lease;
+use crate::policy;
+
+/// Agent messages larger than this are dropped unread.
+const MAX_MESSAGE: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub policy_path: PathBuf,
+    pub http_addr: SocketAddr,
+    pub key_id: String,
+    pub signing_key: ed25519_dalek::SigningKey,
+    /// This instance's name in the lease.
+    pub instance: String,
+    pub lease_ttl: Duration,
+    /// A node is offline after this long without a heartbeat.
+    pub offline_after: Duration,
+    pub command_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect { url: String, source: async_nats::ConnectError },
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error("lease: {0}")]
+    Lease(async_nats::Error),
+    #[error("HTTP listener on {addr}: {source}")]
+    Http { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct PolicyState {
+    pub policy: Policy,
+    pub revision: u64,
+}
+
+/// Everything the HTTP handlers and the loops share.
+pub struct State {
+    pub client: async_nats::Client,
+    pub fleet: RwLock<Fleet>,
+    pub policy: RwLock<Option<PolicyState>>,
+    pub leader: AtomicBool,
+    pub epoch: AtomicU64,
+    pub sealer: Sealer,
+    pub config: Config,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    stores: Stores,
+    command_seq: AtomicU64,
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl State {
+    pub fn nats_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Signs and sends one command, waiting for the agent's reply.
+    pub async fn send_command(&self, node: &str, cmd: &Command) -> Result<CommandResult, String> {
+        if !self.leader.load(Ordering::SeqCst) {
+            return Err("this coordinator is a standby; send commands to the leader".into());
+        }
+        subject::valid_node_id(node)?;
+        let subj = subject::AgentSubjects::for_node(node).cmd;
+        let payload = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
+        let id = format!(
+            "{}-{}-{}",
+            self.config.instance,
+            now(),
+            self.command_seq.fetch_add(1, Ordering::SeqCst)
+        );
+        let ttl = self.config.command_timeout.as_secs().max(1) as i64 * 6;
+        let env = self
+            .sealer
+            .seal(&subj, &id, now(), ttl, self.epoch.load(Ordering::SeqCst), &payload);
+        metrics::counter!("zdr_commands_sent_total").increment(1);
+        let reply = tokio::time::timeout(self.config.command_timeout, self.client.request(subj, env.into()))
+            .await
+            .map_err(|_| format!("node {node} did not answer within {:?}", self.config.command_timeout))?
+            .map_err(|e| format!("request to node {node} failed: {e}"))?;
+        serde_json::from_slice(&reply.payload).map_err(|e| format!("node {node} sent a malformed reply: {e}"))
+    }
+}
+
+/// Connects, restores state, and runs until the process is stopped.
+pub async fn run(config: Config, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Result<(), ServiceError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("zdr-coordinator {}", config.instance))
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| ServiceError::Connect {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let js = jetstream::new(client.clone());
+    let stores = bus::open(&js, config.lease_ttl).await?;
+    let sealer = Sealer::new(config.key_id.clone(), config.signing_key.clone());
+    let state = Arc::new(State {
+        client: client.clone(),
+        fleet: RwLock::new(Fleet::default()),
+        policy: RwLock::new(None),
+        leader: AtomicBool::new(false),
+        epoch: AtomicU64::new(0),
+        sealer,
+        config: config.clone(),
+        metrics,
+        stores,
+        command_seq: AtomicU64::new(0),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|source| ServiceError::Http {
+            addr: config.http_addr,
+            source,
+        })?;
+    info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listening");
+    tokio::spawn(crate::http::serve(listener, state.clone()));
+
+    info!(instance = %config.instance, "waiting for the coordinator lease");
+    let mut lease = Lease::acquire(&state.stores.lease, &config.instance, config.lease_ttl / 3)
+        .await
+        .map_err(ServiceError::Lease)?;
+    state.epoch.store(lease.epoch, Ordering::SeqCst);
+    info!(epoch = lease.epoch, "became leader");
+
+    restore(&state).await;
+    let loaded = policy::load(&config.policy_path)?;
+    let revision = policy::publish(&state.stores.policy, &state.sealer, lease.epoch, &loaded, now()).await?;
+    info!(revision, digest = %loaded.digest, "policy published");
+    *state.policy.write().await = Some(PolicyState {
+        policy: loaded.policy,
+        revision,
+    });
+    state.leader.store(true, Ordering::SeqCst);
+
+    let mut sub = client
+        .subscribe(subject::ALL_AGENTS)
+        .await
+        .map_err(|e| ServiceError::Lease(e.into()))?;
+    let mut renew = tokio::time::interval(config.lease_ttl / 3);
+    let mut gauges = tokio::time::interval(Duration::from_secs(5));
+    let mut resync_asked: std::collections::HashMap<String, i64> = Default::default();
+    loop {
+        tokio::select! {
+            msg = sub.next() => {
+                let Some(msg) = msg else { break };
+                if let Some(node) = handle_message(&state, &msg.subject, &msg.payload).await {
+                    let t = now();
+                    if resync_asked.get(&node).map(|at| t - at >= 10).unwrap_or(true) {
+                        resync_asked.insert(node.clone(), t);
+                        let st = state.clone();
+                        tokio::spawn(async move {
+                            match st.send_command(&node, &Command::SendInventory {}).await {
+                                Ok(r) => debug!(node, ?r.outcome, "asked for a full inventory"),
+                                Err(e) => warn!(node, error = %e, "could not ask for a full inventory"),
+                            }
+                        });
+                    }
+                }
+            }
+            _ = renew.tick() => {
+                if let Err(e) = lease.renew().await {
+                    state.leader.store(false, Ordering::SeqCst);
+                    warn!(error = %e, "lost the coordinator lease; stopping");
+                    return Err(ServiceError::Lease(e));
+                }
+                resign_policy(&state, lease.epoch).await;
+            }
+            _ = gauges.tick() => update_gauges(&state).await,
+            _ = tokio::signal::ctrl_c() => {
+                info!("shutting down; releasing the lease");
+                lease.release().await;
+                let _ = client.flush().await;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn resign_policy(state: &State, epoch: u64) {
+    match policy::load(&state.config.policy_path) {
+        Ok(loaded) => match policy::publish(&state.stores.policy, &state.sealer, epoch, &loaded, now()).await {
+            Ok(revision) => {
+                let mut p = state.policy.write().await;
+                if p.as_ref().map(|p| p.revision) != Some(revision) {
+                    info!(revision, "policy file changed; new revision published");
+                    *p = Some(PolicyState {
+                        policy: loaded.policy,
+                        revision,
+                    });
+                }
+            }
+            Err(e) => warn!(error = %e, "could not publish the policy"),
+        },
+        // A broken edit must not replace the running policy.
+        Err(e) => warn!(error = %e, "policy file has errors; keeping the last good revision"),
+    }
+}
+
+/// Loads node records and inventories from KV.
+async fn restore(state: &State) {
+    let mut fleet = state.fleet.write().await;
+    if let Ok(mut keys) = state.stores.fleet.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(raw)) = state.stores.fleet.get(&key).await {
+                match serde_json::from_slice::<NodeRecord>(&raw) {
+                    Ok(rec) => {
+                        fleet.nodes.insert(key, rec);
+                    }
+                    Err(e) => warn!(key, error = %e, "unreadable node record in KV; skipped"),
+                }
+            }
+        }
+    }
+    if let Ok(mut keys) = state.stores.inventory.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(raw)) = state.stores.inventory.get(&key).await {
+                let Some((node, _)) = key.split_once('.') else { continue };
+                match serde_json::from_slice::<DatasetInventory>(&raw) {
+                    Ok(inv) => {
+                        fleet
+                            .inventory
+                            .entry(node.to_string())
+                            .or_default()
+                            .insert(inv.dataset.clone(), inv);
+                    }
+                    Err(e) => warn!(key, error = %e, "unreadable inventory in KV; skipped"),
+                }
+            }
+        }
+    }
+    info!(nodes = fleet.nodes.len(), "fleet restored from JetStream");
+}
+
+fn bad_message(subject: &str, reason: &str, detail: impl std::fmt::Display) {
+    metrics::counter!("zdr_bad_messages_total", "reason" => reason.to_string()).increment(1);
+    warn!(subject, reason, %detail, "dropped an agent message");
+}
+
+fn decode<T: serde::de::DeserializeOwned>(subject: &str, payload: &[u8]) -> Option<T> {
+    match serde_json::from_slice(payload) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            bad_message(subject, "malformed", e);
+            None
+        }
+    }
+}
+
+/// Applies one agent message; returns the node when it needs a full resync.
+async fn handle_message(state: &State, subject: &str, payload: &[u8]) -> Option<String> {
+    metrics::counter!("zdr_agent_messages_total").increment(1);
+    if payload.len() > MAX_MESSAGE {
+        bad_message(subject, "oversized", format!("{} bytes", payload.len()));
+        return None;
+    }
+    let Some((node, topic)) = subject::parse_agent_subject(subject) else {
+        return None; // commands and replies share the prefix
+    };
+    let t = now();
+    let check = |claimed: &str| {
+        if claimed != node {
+            bad_message(subject, "node_mismatch", format!("body says {claimed:?}"));
+            false
+        } else {
+            true
+        }
+    };
+    let changed = match topic {
+        AgentTopic::Hello => {
+            let m: Hello = decode(subject, payload)?;
+            if !check(&m.node) {
+                return None;
+            }
+            info!(node, site = %m.site, media = %m.media, backend = %m.backend, "agent said hello");
+            if m.backend == "sim" {
+                warn!(node, "agent runs the SIMULATED backend: it protects no real data");
+            }
+            let mut c = state.fleet.write().await.hello(m, t);
+            c.resync = true;
+            c
+        }
+        AgentTopic::Heartbeat => {
+            let m: Heartbeat = decode(subject, payload)?;
+            if !check(&m.node) {
+                return None;
+            }
+            state.fleet.write().await.heartbeat(m, t)
+        }
+        AgentTopic::Inventory => {
+            let m: InventoryChunk = decode(subject, payload)?;
+            if !check(&m.node) {
+                return None;
+            }
+            state.fleet.write().await.inventory_chunk(m)
+        }
+        AgentTopic::Delta => {
+            let m: InventoryDelta = decode(subject, payload)?;
+            if !check(&m.node) {
+                return None;
+            }
+            state.fleet.write().await.delta(m)
+        }
+        AgentTopic::Event => {
+            let m: Event = decode(subject, payload)?;
+            if !check(&m.node) {
+                return None;
+            }
+            info!(node, event = ?m.kind, "agent event");
+            metrics::counter!("zdr_agent_events_total").increment(1);
+            Changed::default()
+        }
+    };
+    persist(state, node, &changed).await;
+    changed.resync.then(|| node.to_string())
+}
+
+async fn persist(state: &State, node: &str, changed: &Changed) {
+    let fleet = state.fleet.read().await;
+    if changed.node_record {
+        if let Some(rec) = fleet.nodes.get(node) {
+            if let Ok(raw) = serde_json::to_vec(rec) {
+                if let Err(e) = state.stores.fleet.put(node, raw.into()).await {
+                    warn!(node, error = %e, "could not persist node record");
+                }
+            }
+        }
+    }
+    let inv = fleet.inventory.get(node);
+    for ds in &changed.datasets {
+        let Some(d) = inv.and_then(|i| i.get(ds)) else { continue };
+        if let Ok(raw) = serde_json::to_vec(d) {
+            if let Err(e) = state.stores.inventory.put(bus::inventory_key(node, ds), raw.into()).await {
+                warn!(node, dataset = %ds, error = %e, "could not persist inventory");
+            }
+        }
+    }
+    for ds in &changed.removed_datasets {
+        let _ = state.stores.inventory.delete(bus::inventory_key(node, ds)).await;
+    }
+}
+
+async fn update_gauges(state: &State) {
+    let fleet = state.fleet.read().await;
+    let policy = state.policy.read().await;
+    let t = now();
+    let timeout = state.config.offline_after.as_secs() as i64;
+    let online = fleet.nodes.keys().filter(|n| fleet.online(n, t, timeout)).count();
+    metrics::gauge!("zdr_nodes_total").set(fleet.nodes.len() as f64);
+    metrics::gauge!("zdr_nodes_online").set(online as f64);
+    let mut missed = 0;
+    for (node, datasets) in &fleet.inventory {
+        for inv in datasets.values() {
+            let st = crate::fleet::dataset_status(policy.as_ref().map(|p| &p.policy), inv, t);
+            if let Some(age) = st.newest_age_secs {
+                metrics::gauge!("zdr_dataset_newest_snapshot_age_seconds", "node" => node.clone(), "dataset" => inv.dataset.clone())
+                    .set(age as f64);
+            }
+            if st.rpo_met == Some(false) {
+                missed += 1;
+            }
+        }
+    }
+    metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
+    metrics::gauge!("zdr_coordinator_leader").set(if state.leader.load(Ordering::SeqCst) { 1.0 } else { 0.0 });
+}

@@ -1,0 +1,319 @@
+//! The control plane end to end: real nats-server, real coordinator and agent
+//! binaries (simulated ZFS backend).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use zdr_common::envelope::Sealer;
+use zdr_common::wire::{CommandResult, Outcome};
+use zdr_integration::*;
+
+const POLICY: &str = r#"version: 1
+sites:
+  site-a: {}
+  site-b: {}
+nodes:
+  node-a1: { site: site-a, media: ssd }
+  node-b1: { site: site-b, media: hdd }
+classes:
+  fast:
+    tiers: { 2s: 3 }
+    rpo: 10s
+    rto: 1h
+    immutable_for: 0s
+datasets:
+  - match: "tank/scratch"
+    exclude: true
+  - match: "tank/**"
+    class: fast
+"#;
+
+const A1: AgentSpec = AgentSpec {
+    node: "node-a1",
+    site: "site-a",
+    media: "ssd",
+    datasets: &["tank/db", "tank/my data", "tank/scratch"],
+};
+const B1: AgentSpec = AgentSpec {
+    node: "node-b1",
+    site: "site-b",
+    media: "hdd",
+    datasets: &["tank/db"],
+};
+
+struct Fleet {
+    dir: tempfile::TempDir,
+    nats: Nats,
+    keys: Keys,
+    policy: PathBuf,
+}
+
+async fn fleet() -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path()).await;
+    let keys = Keys::create(dir.path());
+    let policy = dir.path().join("policies.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    Fleet { dir, nats, keys, policy }
+}
+
+impl Fleet {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn coordinator(&self, instance: &str) -> Coordinator {
+        Coordinator::start(self.path(), &self.nats, &self.policy, &self.keys, instance)
+    }
+    fn agent(&self, spec: &AgentSpec) -> Agent {
+        Agent::start(self.path(), &self.nats, &self.keys, spec)
+    }
+}
+
+fn zdr_snaps(names: &[String]) -> Vec<String> {
+    names.iter().filter(|n| n.starts_with("zdr_")).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inventories_reach_the_coordinator_and_pruning_keeps_exactly_the_tiers() {
+    let f = fleet().await;
+    let coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let a1 = f.agent(&A1);
+    let _b1 = f.agent(&B1);
+
+    // Both nodes appear with their datasets; the excluded one is unprotected.
+    let fleet = wait_for("both nodes with inventories", Duration::from_secs(60), || async {
+        let v = coord.fleet().await?;
+        (snapshots_in(&v, "node-a1", "tank/my data").is_some() && snapshots_in(&v, "node-b1", "tank/db").is_some())
+            .then_some(v)
+    })
+    .await;
+    let a1_view = fleet["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "node-a1").unwrap();
+    assert_eq!(a1_view["site"], "site-a");
+    assert_eq!(a1_view["backend"], "sim");
+    let scratch = a1_view["datasets"].as_array().unwrap().iter().find(|d| d["dataset"] == "tank/scratch").unwrap();
+    assert!(scratch["class"].is_null(), "excluded dataset got a class: {scratch}");
+
+    // Snapshots appear on the 2 s schedule, and once more than 3 were taken the
+    // tier keeps exactly the 3 newest.
+    let kept = wait_for("pruning down to the tier", Duration::from_secs(60), || async {
+        let v = coord.fleet().await?;
+        let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
+        let destroyed = a1.audit().iter().filter(|r| r["outcome"] == "done").count();
+        (destroyed >= 3 && snaps.len() == 3).then_some(snaps)
+    })
+    .await;
+    let mut sorted = kept.clone();
+    sorted.sort();
+    assert_eq!(kept, sorted, "kept snapshots out of createtxg order");
+
+    // The audit log shows intent before each destroy, with who and why.
+    let audit = a1.audit();
+    let first = &audit[0];
+    assert_eq!(first["action"], "destroy");
+    assert_eq!(first["outcome"], "intent");
+    assert_eq!(first["actor"], "agent:node-a1/retention");
+    assert!(first["why"].as_str().unwrap().contains("class fast"));
+    let destroyed: BTreeSet<&str> = audit
+        .iter()
+        .filter(|r| r["outcome"] == "done")
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    for k in &kept {
+        assert!(!destroyed.contains(format!("tank/db@{k}").as_str()), "{k} is kept but audited as destroyed");
+    }
+    // Nothing of the excluded dataset was touched.
+    assert!(audit.iter().all(|r| !r["target"].as_str().unwrap().starts_with("tank/scratch@")));
+
+    // RPO status is computed per dataset.
+    let v = coord.fleet().await.unwrap();
+    let db = v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "node-a1").unwrap()["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dataset"] == "tank/db")
+        .unwrap()
+        .clone();
+    assert_eq!(db["class"], "fast");
+    assert_eq!(db["rpo_secs"], 10);
+    assert_eq!(db["rpo_met"], true, "{db}");
+
+    let (code, metrics) = coord.get("/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(metrics.contains("zdr_nodes_online"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_cut_off_from_nats_keeps_snapshotting_and_resyncs() {
+    let mut f = fleet().await;
+    let coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let a1 = f.agent(&A1);
+    wait_for("node-a1 inventory", Duration::from_secs(60), || async {
+        let v = coord.fleet().await?;
+        (!zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?).is_empty()).then_some(())
+    })
+    .await;
+
+    f.nats.stop();
+    let cut_at = chrono_now();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Pruning went on while cut off: the audit log grew during the outage.
+    let pruned_offline = a1
+        .audit()
+        .iter()
+        .filter(|r| r["outcome"] == "done" && r["at"].as_i64().unwrap() > cut_at)
+        .count();
+    assert!(pruned_offline >= 1, "no pruning while NATS was down");
+    f.nats.restart().await;
+
+    // After reconnecting, the coordinator sees snapshots taken during the outage.
+    wait_for("a snapshot taken while cut off", Duration::from_secs(60), || async {
+        let v = coord.fleet().await?;
+        let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
+        snaps.iter().any(|s| snapshot_time(s) > cut_at).then_some(())
+    })
+    .await;
+    assert!(a1.proc.output().contains("NATS connection lost"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_coordinator_still_knows_the_fleet() {
+    let f = fleet().await;
+    let mut coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let mut a1 = f.agent(&A1);
+    let mut b1 = f.agent(&B1);
+    wait_for("both inventories", Duration::from_secs(60), || async {
+        let v = coord.fleet().await?;
+        (snapshots_in(&v, "node-a1", "tank/db").is_some() && snapshots_in(&v, "node-b1", "tank/db").is_some())
+            .then_some(())
+    })
+    .await;
+    // With the agents gone too, all a new coordinator knows comes from JetStream.
+    a1.proc.kill();
+    b1.proc.kill();
+    coord.proc.kill();
+    let coord2 = f.coordinator("c2");
+    coord2.wait_ready().await;
+    let v = coord2.fleet().await.unwrap();
+    for node in ["node-a1", "node-b1"] {
+        assert!(snapshots_in(&v, node, "tank/db").is_some(), "{node} forgotten: {v}");
+    }
+    assert_eq!(v["policy_revision"], 1);
+    assert!(v["epoch"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_replayed_expired_and_stale_commands_are_refused() {
+    let f = fleet().await;
+    let coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let a1 = f.agent(&A1);
+    // The real path: the coordinator signs a command for the agent.
+    let (code, body) = wait_for("a command through the coordinator", Duration::from_secs(60), || async {
+        let r = coord.post("/api/v1/nodes/node-a1/commands", r#"{"ping":{}}"#).await?;
+        (r.0 == 200).then_some(r)
+    })
+    .await;
+    assert_eq!(code, 200);
+    let r: CommandResult = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.outcome, Outcome::Done);
+    let epoch = coord.fleet().await.unwrap()["epoch"].as_u64().unwrap();
+
+    let client = f.nats.client().await;
+    let subject = "zdr.v1.agent.node-a1.cmd";
+    let send = |bytes: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let reply = client.request(subject, bytes.into()).await.expect("agent replies");
+            serde_json::from_slice::<CommandResult>(&reply.payload).expect("a CommandResult")
+        }
+    };
+    let now = chrono_now();
+    let body = br#"{"prune_now":{}}"#;
+
+    let forger = Sealer::new("coordinator", zdr_common::envelope::generate_key());
+    let r = send(forger.seal(subject, "f1", now, 60, epoch, body)).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.message.contains("signature"), "{}", r.message);
+
+    let real = Sealer::new("coordinator", f.keys.key.clone());
+    let genuine = real.seal(subject, "t1", now, 60, epoch, br#"{"ping":{}}"#);
+    assert_eq!(send(genuine.clone()).await.outcome, Outcome::Done);
+    let r = send(genuine).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+    assert!(r.message.contains("replay"), "{}", r.message);
+
+    let r = send(real.seal(subject, "t2", now - 120, 60, epoch, body)).await;
+    assert!(r.message.contains("expired"), "{}", r.message);
+
+    let r = send(real.seal(subject, "t3", now, 60, epoch - 1, body)).await;
+    assert!(r.message.contains("stale epoch"), "{}", r.message);
+
+    // Signed for another node's subject: refused.
+    let r = send(real.seal("zdr.v1.agent.node-b1.cmd", "t4", now, 60, epoch, body)).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+
+    let r = send(b"rm -rf /".to_vec()).await;
+    assert_eq!(r.outcome, Outcome::Refused);
+
+    // Every refusal is logged with its reason, and nothing was destroyed.
+    let log = a1.proc.output();
+    assert!(log.matches("command refused").count() >= 5, "{log}");
+    assert!(a1.audit().iter().all(|r| r["actor"] == "agent:node-a1/retention"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_oversized_agent_messages_are_dropped() {
+    let f = fleet().await;
+    let coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let client = f.nats.client().await;
+    client
+        .publish("zdr.v1.agent.node-x.heartbeat", "{not json".into())
+        .await
+        .unwrap();
+    client
+        .publish("zdr.v1.agent.node-x.hello", r#"{"node":"node-y"}"#.into())
+        .await
+        .unwrap();
+    client
+        .publish("zdr.v1.agent.node-x.inventory", vec![b'x'; 900 * 1024].into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    wait_for("bad messages counted", Duration::from_secs(20), || async {
+        let (_, m) = coord.get("/metrics").await?;
+        m.contains("zdr_bad_messages_total").then_some(())
+    })
+    .await;
+    let (code, _) = coord.get("/readyz").await.unwrap();
+    assert_eq!(code, 200, "coordinator unhealthy after bad input");
+    let v = coord.fleet().await.unwrap();
+    assert!(v["nodes"].as_array().unwrap().is_empty(), "{v}");
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Seconds since the epoch from `zdr_YYYYMMDDTHHMMSSZ[-n]`.
+fn snapshot_time(name: &str) -> i64 {
+    let s = &name["zdr_".len()..];
+    let num = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
+    let (y, mo, d, h, mi, se) = (num(0, 4), num(4, 6), num(6, 8), num(9, 11), num(11, 13), num(13, 15));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    days * 86_400 + h * 3600 + mi * 60 + se
+}

