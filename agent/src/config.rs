@@ -86,7 +86,10 @@ pub struct TrustedKey {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
         path: String,
@@ -109,10 +112,7 @@ impl Config {
 
     pub fn parse(label: &str, text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Syntax {
                 path: label.into(),
                 line,
@@ -124,7 +124,8 @@ impl Config {
             path: label.into(),
             message,
         };
-        zdr_common::subject::valid_node_id(&config.node).map_err(|e| invalid(format!("node: {e}")))?;
+        zdr_common::subject::valid_node_id(&config.node)
+            .map_err(|e| invalid(format!("node: {e}")))?;
         if config.trusted_keys.is_empty() {
             return Err(invalid(
                 "trusted_keys is empty: the agent could accept no policy or command; add the coordinator's public key".into(),
@@ -132,12 +133,15 @@ impl Config {
         }
         config.verifier().map_err(invalid)?;
         if config.heartbeat_secs == 0 || config.tick_secs == 0 || config.rescan_secs == 0 {
-            return Err(invalid("heartbeat_secs, tick_secs and rescan_secs must be at least 1".into()));
+            return Err(invalid(
+                "heartbeat_secs, tick_secs and rescan_secs must be at least 1".into(),
+            ));
         }
         if let BackendConfig::Sim { pools } = &config.backend {
             for p in pools {
                 for ds in std::iter::once(&p.name).chain(&p.datasets) {
-                    zdr_common::DatasetName::parse(ds).map_err(|e| invalid(format!("backend.pools: {e}")))?;
+                    zdr_common::DatasetName::parse(ds)
+                        .map_err(|e| invalid(format!("backend.pools: {e}")))?;
                 }
             }
         }
@@ -147,7 +151,8 @@ impl Config {
     pub fn verifier(&self) -> Result<Verifier, String> {
         let mut v = Verifier::new();
         for k in &self.trusted_keys {
-            let key = verifying_key_from_b64(&k.public_key).map_err(|e| format!("trusted_keys {:?}: {e}", k.kid))?;
+            let key = verifying_key_from_b64(&k.public_key)
+                .map_err(|e| format!("trusted_keys {:?}: {e}", k.kid))?;
             v.trust(k.kid.clone(), key);
         }
         Ok(v)
@@ -157,7 +162,12 @@ impl Config {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, column)
 }
 
@@ -196,7 +206,10 @@ public_key = "{KEY}"
     fn unknown_key_names_file_line_column() {
         let text = good().replace("media = \"ssd\"", "media = \"ssd\"\nmedai = \"hdd\"");
         let e = Config::parse("agent.toml", &text).unwrap_err().to_string();
-        assert!(e.starts_with("agent.toml:4:1: unknown field `medai`"), "{e}");
+        assert!(
+            e.starts_with("agent.toml:4:1: unknown field `medai`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -205,9 +218,13 @@ public_key = "{KEY}"
             .unwrap_err()
             .to_string();
         assert!(e.contains("tank/$(reboot)") && e.contains("'$'"), "{e}");
-        let e = Config::parse("agent.toml", &good().replace("\"n1\"", "\"n1.x\"")).unwrap_err().to_string();
+        let e = Config::parse("agent.toml", &good().replace("\"n1\"", "\"n1.x\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("node id"), "{e}");
-        let e = Config::parse("agent.toml", &good().replace(KEY, "bm90IGEga2V5")).unwrap_err().to_string();
+        let e = Config::parse("agent.toml", &good().replace(KEY, "bm90IGEga2V5"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("32 bytes"), "{e}");
     }
 }

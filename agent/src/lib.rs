@@ -1,4 +1,15 @@
 //! The zdr agent: one per storage node, the only process that touches ZFS.
+//!
+//! - [`zfs`]: the backend trait and its backends;
+//! - [`retention`]: which snapshots the tiers keep (pure);
+//! - [`lifecycle`]: the inventory cache, scheduled snapshots and pruning;
+//! - [`node`]: the NATS side (hello, heartbeats, inventory, commands, policy);
+//! - [`state`], [`audit`], [`config`]: what the agent keeps on disk.
 
+pub mod audit;
+pub mod config;
+pub mod lifecycle;
+pub mod node;
 pub mod retention;
+pub mod state;
 pub mod zfs;

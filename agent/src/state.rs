@@ -30,11 +30,15 @@ impl SignedPolicy {
             None => verifier.open_cached(subject::POLICY, raw),
         }
         .map_err(|e| e.to_string())?;
-        let bundle: PolicyBundle =
-            serde_json::from_slice(opened.payload).map_err(|e| format!("signed policy does not parse: {e}"))?;
+        let bundle: PolicyBundle = serde_json::from_slice(opened.payload)
+            .map_err(|e| format!("signed policy does not parse: {e}"))?;
         let problems = bundle.policy.problems();
         if let Some(p) = problems.first() {
-            return Err(format!("signed policy is unsound at {}: {}", p.path.join("."), p.message));
+            return Err(format!(
+                "signed policy is unsound at {}: {}",
+                p.path.join("."),
+                p.message
+            ));
         }
         Ok(SignedPolicy {
             epoch: opened.header.epoch,
@@ -55,7 +59,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 impl StateDir {
     pub fn open(dir: &Path) -> std::io::Result<StateDir> {
         std::fs::create_dir_all(dir)?;
-        Ok(StateDir { dir: dir.to_path_buf() })
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -87,6 +93,9 @@ impl StateDir {
     }
 
     pub fn save_freshness(&self, f: &Freshness) -> std::io::Result<()> {
-        write_atomic(&self.path("freshness.json"), &serde_json::to_vec(f).map_err(std::io::Error::other)?)
+        write_atomic(
+            &self.path("freshness.json"),
+            &serde_json::to_vec(f).map_err(std::io::Error::other)?,
+        )
     }
 }

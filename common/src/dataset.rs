@@ -159,7 +159,9 @@ mod tests {
         for (name, ch) in cases {
             let err = DatasetName::parse(name).unwrap_err();
             match &err {
-                NameError::BadChar { ch: got, name: n, .. } => {
+                NameError::BadChar {
+                    ch: got, name: n, ..
+                } => {
                     assert_eq!(*got, ch);
                     assert_eq!(n, name);
                 }

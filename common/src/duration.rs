@@ -24,7 +24,13 @@ impl Duration {
     }
 }
 
-const UNITS: [(char, u64); 5] = [('w', 604_800), ('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
+const UNITS: [(char, u64); 5] = [
+    ('w', 604_800),
+    ('d', 86_400),
+    ('h', 3_600),
+    ('m', 60),
+    ('s', 1),
+];
 
 impl FromStr for Duration {
     type Err = String;
@@ -106,7 +112,14 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for (s, secs) in [("30s", 30), ("15m", 900), ("1h", 3600), ("1d", 86400), ("1w", 604800), ("1h30m", 5400)] {
+        for (s, secs) in [
+            ("30s", 30),
+            ("15m", 900),
+            ("1h", 3600),
+            ("1d", 86400),
+            ("1w", 604800),
+            ("1h30m", 5400),
+        ] {
             let d: Duration = s.parse().unwrap();
             assert_eq!(d.secs(), secs);
             assert_eq!(d.to_string(), s);

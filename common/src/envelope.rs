@@ -111,7 +111,8 @@ impl Sealer {
         let header = serde_json::to_vec(&header).expect("header serializes");
         let sig = self.key.sign(&signed_bytes(subject, &header, payload));
         let sig = B64.encode(sig.to_bytes());
-        let mut out = Vec::with_capacity(MAGIC.len() + sig.len() + header.len() + payload.len() + 2);
+        let mut out =
+            Vec::with_capacity(MAGIC.len() + sig.len() + header.len() + payload.len() + 2);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(sig.as_bytes());
         out.push(b'\n');
@@ -159,7 +160,12 @@ impl Verifier {
 
     /// Checks size, framing and signature, then expiry. Replay and epoch are
     /// checked by [`Freshness`], which holds the receiver's memory.
-    pub fn open<'a>(&self, subject: &str, bytes: &'a [u8], now: i64) -> Result<Opened<'a>, Refusal> {
+    pub fn open<'a>(
+        &self,
+        subject: &str,
+        bytes: &'a [u8],
+        now: i64,
+    ) -> Result<Opened<'a>, Refusal> {
         let opened = self.open_cached(subject, bytes)?;
         let exp = opened.header.exp;
         if exp <= now {
@@ -190,12 +196,15 @@ impl Verifier {
             .iter()
             .take(MAX_HEADER + 1)
             .position(|b| *b == b'\n')
-            .ok_or(Refusal::Malformed("header missing or longer than 1024 bytes"))?;
+            .ok_or(Refusal::Malformed(
+                "header missing or longer than 1024 bytes",
+            ))?;
         let (header_bytes, payload) = (&rest[..nl], &rest[nl + 1..]);
         let sig = B64
             .decode(sig_b64)
             .map_err(|_| Refusal::Malformed("signature is not base64"))?;
-        let sig = Signature::from_slice(&sig).map_err(|_| Refusal::Malformed("signature is not 64 bytes"))?;
+        let sig = Signature::from_slice(&sig)
+            .map_err(|_| Refusal::Malformed("signature is not 64 bytes"))?;
         let msg = signed_bytes(subject, header_bytes, payload);
         // The key id is needed before the signature check; try every trusted key
         // rather than parse anything unauthenticated.
@@ -268,7 +277,8 @@ pub fn verifying_key_from_b64(s: &str) -> Result<VerifyingKey, String> {
     let raw: [u8; 32] = raw
         .try_into()
         .map_err(|_| "public key must be 32 bytes".to_string())?;
-    VerifyingKey::from_bytes(&raw).map_err(|e| format!("public key is not a valid ed25519 point: {e}"))
+    VerifyingKey::from_bytes(&raw)
+        .map_err(|e| format!("public key is not a valid ed25519 point: {e}"))
 }
 
 pub fn key_to_b64(bytes: &[u8; 32]) -> String {
@@ -318,7 +328,10 @@ mod tests {
         for i in 0..env.len() {
             let mut bad = env.clone();
             bad[i] ^= 0x01;
-            assert!(v.open(SUBJ, &bad, NOW).is_err(), "flip at byte {i} accepted");
+            assert!(
+                v.open(SUBJ, &bad, NOW).is_err(),
+                "flip at byte {i} accepted"
+            );
         }
     }
 
@@ -336,9 +349,15 @@ mod tests {
     fn expired_and_far_future_are_refused() {
         let (s, v) = setup();
         let env = s.seal(SUBJ, "c1", NOW - 120, 60, 7, b"{}");
-        assert!(matches!(v.open(SUBJ, &env, NOW), Err(Refusal::Expired { .. })));
+        assert!(matches!(
+            v.open(SUBJ, &env, NOW),
+            Err(Refusal::Expired { .. })
+        ));
         let env = s.seal(SUBJ, "c1", NOW, MAX_TTL_SECS + 10, 7, b"{}");
-        assert!(matches!(v.open(SUBJ, &env, NOW), Err(Refusal::ExpiryTooFar { .. })));
+        assert!(matches!(
+            v.open(SUBJ, &env, NOW),
+            Err(Refusal::ExpiryTooFar { .. })
+        ));
     }
 
     #[test]
@@ -349,7 +368,10 @@ mod tests {
         let mut bad = env.clone();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert_eq!(v.open_cached(SUBJ, &bad).unwrap_err(), Refusal::BadSignature);
+        assert_eq!(
+            v.open_cached(SUBJ, &bad).unwrap_err(),
+            Refusal::BadSignature
+        );
     }
 
     #[test]
@@ -359,10 +381,16 @@ mod tests {
         let env = s.seal(SUBJ, "c1", NOW, 60, 7, b"{}");
         let o = v.open(SUBJ, &env, NOW).unwrap();
         f.admit(&o.header, NOW).unwrap();
-        assert_eq!(f.admit(&o.header, NOW + 1), Err(Refusal::Replay("c1".into())));
+        assert_eq!(
+            f.admit(&o.header, NOW + 1),
+            Err(Refusal::Replay("c1".into()))
+        );
         let old = s.seal(SUBJ, "c2", NOW, 60, 6, b"{}");
         let o = v.open(SUBJ, &old, NOW).unwrap();
-        assert!(matches!(f.admit(&o.header, NOW), Err(Refusal::StaleEpoch { got: 6, highest: 7 })));
+        assert!(matches!(
+            f.admit(&o.header, NOW),
+            Err(Refusal::StaleEpoch { got: 6, highest: 7 })
+        ));
         let newer = s.seal(SUBJ, "c3", NOW, 60, 8, b"{}");
         let o = v.open(SUBJ, &newer, NOW).unwrap();
         f.admit(&o.header, NOW).unwrap();
@@ -372,7 +400,13 @@ mod tests {
     #[test]
     fn seen_ids_are_forgotten_after_expiry() {
         let mut f = Freshness::default();
-        let h = |id: &str, exp| Header { kid: "k".into(), id: id.into(), iat: NOW, exp, epoch: 1 };
+        let h = |id: &str, exp| Header {
+            kid: "k".into(),
+            id: id.into(),
+            iat: NOW,
+            exp,
+            epoch: 1,
+        };
         f.admit(&h("a", NOW + 10), NOW).unwrap();
         f.admit(&h("b", NOW + 100), NOW + 20).unwrap();
         assert!(!f.seen.contains_key("a"));
@@ -382,10 +416,19 @@ mod tests {
     #[test]
     fn garbage_is_refused_without_panic() {
         let (_, v) = setup();
-        for junk in [&b""[..], b"ZDR1 ", b"ZDR1 !!!\n{}\n", b"{\"json\":1}", &[0xff; 64]] {
+        for junk in [
+            &b""[..],
+            b"ZDR1 ",
+            b"ZDR1 !!!\n{}\n",
+            b"{\"json\":1}",
+            &[0xff; 64],
+        ] {
             assert!(v.open(SUBJ, junk, NOW).is_err());
         }
         let big = vec![b'a'; MAX_ENVELOPE + 1];
-        assert_eq!(v.open(SUBJ, &big, NOW).unwrap_err(), Refusal::TooLarge(MAX_ENVELOPE + 1));
+        assert_eq!(
+            v.open(SUBJ, &big, NOW).unwrap_err(),
+            Refusal::TooLarge(MAX_ENVELOPE + 1)
+        );
     }
 }

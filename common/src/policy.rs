@@ -132,7 +132,9 @@ impl FromStr for Period {
             return Ok(Period(Duration::from_secs(*secs)));
         }
         let d: Duration = s.parse().map_err(|_| {
-            format!("{s:?} is not a tier; use hourly, daily, weekly or a duration such as 15m or 4h")
+            format!(
+                "{s:?} is not a tier; use hourly, daily, weekly or a duration such as 15m or 4h"
+            )
         })?;
         if d.secs() == 0 {
             return Err(format!("tier {s:?} has a zero period"));
@@ -158,7 +160,9 @@ impl Serialize for Period {
 
 impl<'de> Deserialize<'de> for Period {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -207,7 +211,10 @@ impl Policy {
         if self.version != 1 {
             out.push(problem(
                 &["version"],
-                format!("version {} is not supported; this zdr reads version 1", self.version),
+                format!(
+                    "version {} is not supported; this zdr reads version 1",
+                    self.version
+                ),
             ));
         }
         if self.snapshot_prefix.is_empty()
@@ -216,7 +223,10 @@ impl Policy {
         {
             out.push(problem(
                 &["snapshot_prefix"],
-                format!("{:?} cannot start a snapshot name; use letters, digits, - _ . or :", self.snapshot_prefix),
+                format!(
+                    "{:?} cannot start a snapshot name; use letters, digits, - _ . or :",
+                    self.snapshot_prefix
+                ),
             ));
         }
         for (node, labels) in &self.nodes {
@@ -226,11 +236,18 @@ impl Policy {
             if !self.sites.contains_key(&labels.site) {
                 out.push(problem(
                     &["nodes", node, "site"],
-                    format!("site {:?} is not declared under `sites` (declared: {})", labels.site, join_keys(&self.sites)),
+                    format!(
+                        "site {:?} is not declared under `sites` (declared: {})",
+                        labels.site,
+                        join_keys(&self.sites)
+                    ),
                 ));
             }
             if labels.media.is_empty() {
-                out.push(problem(&["nodes", node, "media"], "media label is empty".into()));
+                out.push(problem(
+                    &["nodes", node, "media"],
+                    "media label is empty".into(),
+                ));
             }
         }
         for (name, class) in &self.classes {
@@ -252,7 +269,10 @@ impl Policy {
                 )),
                 (Some(c), false) if !self.classes.contains_key(c) => out.push(problem(
                     &["datasets", &idx, "class"],
-                    format!("class {c:?} is not defined under `classes` (defined: {})", join_keys(&self.classes)),
+                    format!(
+                        "class {c:?} is not defined under `classes` (defined: {})",
+                        join_keys(&self.classes)
+                    ),
                 )),
                 _ => {}
             }
@@ -262,7 +282,10 @@ impl Policy {
 
     fn class_problems(&self, name: &str, class: &Class, out: &mut Vec<Problem>) {
         if class.tiers.is_empty() {
-            out.push(problem(&["classes", name, "tiers"], "no tiers: the class would keep nothing".into()));
+            out.push(problem(
+                &["classes", name, "tiers"],
+                "no tiers: the class would keep nothing".into(),
+            ));
         }
         for (period, keep) in &class.tiers {
             if *keep == 0 {
@@ -284,25 +307,40 @@ impl Policy {
             }
         }
         if class.rpo.secs() == 0 {
-            out.push(problem(&["classes", name, "rpo"], "RPO must be more than 0".into()));
+            out.push(problem(
+                &["classes", name, "rpo"],
+                "RPO must be more than 0".into(),
+            ));
         }
         if class.rto.secs() == 0 {
-            out.push(problem(&["classes", name, "rto"], "RTO must be more than 0".into()));
+            out.push(problem(
+                &["classes", name, "rto"],
+                "RTO must be more than 0".into(),
+            ));
         }
         let c = class.copies;
         if c.total == 0 {
-            out.push(problem(&["classes", name, "copies", "total"], "at least 1 copy (production) is needed".into()));
+            out.push(problem(
+                &["classes", name, "copies", "total"],
+                "at least 1 copy (production) is needed".into(),
+            ));
         }
         if c.media > c.total {
             out.push(problem(
                 &["classes", name, "copies", "media"],
-                format!("{} media types cannot be spread over {} copies", c.media, c.total),
+                format!(
+                    "{} media types cannot be spread over {} copies",
+                    c.media, c.total
+                ),
             ));
         }
         if c.offsite >= c.total.max(1) {
             out.push(problem(
                 &["classes", name, "copies", "offsite"],
-                format!("{} offsite copies out of {} leaves no production copy", c.offsite, c.total),
+                format!(
+                    "{} offsite copies out of {} leaves no production copy",
+                    c.offsite, c.total
+                ),
             ));
         }
         if c.offsite > 0 && self.sites.len() < 2 {
@@ -315,7 +353,11 @@ impl Policy {
 
     /// The class of a dataset: the class property wins, then the first matching
     /// rule. `None` means unprotected.
-    pub fn class_for(&self, dataset: &DatasetName, property: Option<&str>) -> Option<(&str, &Class)> {
+    pub fn class_for(
+        &self,
+        dataset: &DatasetName,
+        property: Option<&str>,
+    ) -> Option<(&str, &Class)> {
         if let Some(value) = property {
             if value == "none" {
                 return None;
@@ -324,15 +366,18 @@ impl Policy {
                 return Some((k.as_str(), c));
             }
         }
-        let rule = self
-            .datasets
-            .iter()
-            .find(|r| Pattern::parse(&r.pattern).map(|p| p.matches(dataset)).unwrap_or(false))?;
+        let rule = self.datasets.iter().find(|r| {
+            Pattern::parse(&r.pattern)
+                .map(|p| p.matches(dataset))
+                .unwrap_or(false)
+        })?;
         if rule.exclude {
             return None;
         }
         let name = rule.class.as_deref()?;
-        self.classes.get_key_value(name).map(|(k, c)| (k.as_str(), c))
+        self.classes
+            .get_key_value(name)
+            .map(|(k, c)| (k.as_str(), c))
     }
 }
 
@@ -360,7 +405,9 @@ impl Pattern {
                 return Err(format!("pattern {s:?} has an empty component"));
             }
             if p.contains("**") && p != "**" {
-                return Err(format!("pattern {s:?}: `**` must be a whole component, as in tank/**"));
+                return Err(format!(
+                    "pattern {s:?}: `**` must be a whole component, as in tank/**"
+                ));
             }
             let literal = p.replace('*', "");
             if !literal.is_empty() {

@@ -75,9 +75,7 @@ pub fn parse_agent_subject(subject: &str) -> Option<(&str, AgentTopic)> {
 /// Node ids become subject tokens and KV keys, so they are kept to a safe alphabet.
 pub fn valid_node_id(node: &str) -> Result<(), String> {
     if node.is_empty() || node.len() > 64 {
-        return Err(format!(
-            "node id {node:?} must be 1 to 64 characters long"
-        ));
+        return Err(format!("node id {node:?} must be 1 to 64 characters long"));
     }
     if let Some(c) = node
         .chars()

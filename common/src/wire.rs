@@ -105,8 +105,15 @@ pub struct InventoryDelta {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum InventoryChange {
-    SnapshotCreated { dataset: String, snapshot: SnapshotInfo },
-    SnapshotDestroyed { dataset: String, name: String, guid: u64 },
+    SnapshotCreated {
+        dataset: String,
+        snapshot: SnapshotInfo,
+    },
+    SnapshotDestroyed {
+        dataset: String,
+        name: String,
+        guid: u64,
+    },
 }
 
 /// The policy as signed into the `zdr_policy` KV bucket.
@@ -169,22 +176,45 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum EventKind {
-    SnapshotTaken { dataset: String, snapshot: String },
-    SnapshotPruned { dataset: String, snapshot: String, reason: String },
-    CommandRefused { subject: String, reason: String },
-    PolicyApplied { revision: u64 },
-    PolicyRefused { reason: String },
-    BackendError { operation: String, message: String },
+    SnapshotTaken {
+        dataset: String,
+        snapshot: String,
+    },
+    SnapshotPruned {
+        dataset: String,
+        snapshot: String,
+        reason: String,
+    },
+    CommandRefused {
+        subject: String,
+        reason: String,
+    },
+    PolicyApplied {
+        revision: u64,
+    },
+    PolicyRefused {
+        reason: String,
+    },
+    BackendError {
+        operation: String,
+        message: String,
+    },
 }
 
 /// Splits datasets into chunks whose JSON stays under `limit` bytes. A single
 /// dataset larger than that is split over several chunks by snapshots.
-pub fn chunk_inventory(node: &str, generation: u64, datasets: Vec<DatasetInventory>, limit: usize) -> Vec<InventoryChunk> {
+pub fn chunk_inventory(
+    node: &str,
+    generation: u64,
+    datasets: Vec<DatasetInventory>,
+    limit: usize,
+) -> Vec<InventoryChunk> {
     let mut chunks: Vec<Vec<DatasetInventory>> = vec![Vec::new()];
     let mut size = 0usize;
     for mut ds in datasets {
         // Approximate per-snapshot cost from its JSON; exact sizing is not needed.
-        let snap_size = |s: &SnapshotInfo| serde_json::to_vec(s).map(|v| v.len() + 1).unwrap_or(256);
+        let snap_size =
+            |s: &SnapshotInfo| serde_json::to_vec(s).map(|v| v.len() + 1).unwrap_or(256);
         let base = 200 + ds.dataset.len() * 2;
         let mut pieces = Vec::new();
         let mut cur: Vec<SnapshotInfo> = Vec::new();
@@ -271,7 +301,11 @@ mod tests {
         assert!(chunks.len() > 1);
         for c in &chunks {
             let len = serde_json::to_vec(c).unwrap().len();
-            assert!(len <= INVENTORY_CHUNK_BYTES + 1024, "chunk {} is {len} bytes", c.chunk);
+            assert!(
+                len <= INVENTORY_CHUNK_BYTES + 1024,
+                "chunk {} is {len} bytes",
+                c.chunk
+            );
             assert_eq!(c.chunks as usize, chunks.len());
         }
         assert_eq!(join_inventory(chunks), input);

@@ -71,7 +71,8 @@ impl Fleet {
         rec.pools = hb.pools;
         let policy_changed = rec.policy_revision != hb.policy_revision;
         rec.policy_revision = hb.policy_revision;
-        let gap = hb.inventory_generation != rec.inventory_generation || hb.delta_seq != rec.delta_seq;
+        let gap =
+            hb.inventory_generation != rec.inventory_generation || hb.delta_seq != rec.delta_seq;
         Changed {
             node_record: policy_changed,
             resync: gap && !self.pending.contains_key(&hb.node),
@@ -81,7 +82,10 @@ impl Fleet {
 
     pub fn inventory_chunk(&mut self, chunk: InventoryChunk) -> Changed {
         let node = chunk.node.clone();
-        let entry = self.pending.entry(node.clone()).or_insert((chunk.generation, Vec::new()));
+        let entry = self
+            .pending
+            .entry(node.clone())
+            .or_insert((chunk.generation, Vec::new()));
         if entry.0 != chunk.generation {
             *entry = (chunk.generation, Vec::new());
         }
@@ -96,10 +100,16 @@ impl Fleet {
         }
         let (_, chunks) = self.pending.remove(&node).expect("present");
         let datasets = zdr_common::wire::join_inventory(chunks);
-        let new: BTreeMap<String, DatasetInventory> =
-            datasets.into_iter().map(|d| (d.dataset.clone(), d)).collect();
+        let new: BTreeMap<String, DatasetInventory> = datasets
+            .into_iter()
+            .map(|d| (d.dataset.clone(), d))
+            .collect();
         let old = self.inventory.remove(&node).unwrap_or_default();
-        let removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+        let removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
         let changed = new
             .iter()
             .filter(|(k, v)| old.get(*k) != Some(*v))
@@ -262,7 +272,12 @@ mod tests {
     fn chunks_assemble_then_deltas_apply_in_order() {
         let mut f = Fleet::default();
         f.hello(hello("n1"), 0);
-        let chunks = zdr_common::wire::chunk_inventory("n1", 5, vec![inv("tank/a", vec![snap(1)]), inv("tank/b", vec![])], 10);
+        let chunks = zdr_common::wire::chunk_inventory(
+            "n1",
+            5,
+            vec![inv("tank/a", vec![snap(1)]), inv("tank/b", vec![])],
+            10,
+        );
         assert!(chunks.len() >= 2);
         let n = chunks.len();
         for (i, c) in chunks.into_iter().enumerate() {
@@ -274,7 +289,10 @@ mod tests {
             node: "n1".into(),
             generation: 5,
             seq: 1,
-            changes: vec![InventoryChange::SnapshotCreated { dataset: "tank/a".into(), snapshot: snap(2) }],
+            changes: vec![InventoryChange::SnapshotCreated {
+                dataset: "tank/a".into(),
+                snapshot: snap(2),
+            }],
         };
         assert_eq!(f.delta(d.clone()).datasets, vec!["tank/a".to_string()]);
         assert_eq!(f.inventory["n1"]["tank/a"].snapshots.len(), 2);

@@ -27,7 +27,11 @@ pub struct Lease {
 
 impl Lease {
     /// One attempt; `Ok(None)` when another coordinator holds the lease.
-    pub async fn try_acquire(store: &kv::Store, holder: &str, now: i64) -> Result<Option<Lease>, async_nats::Error> {
+    pub async fn try_acquire(
+        store: &kv::Store,
+        holder: &str,
+        now: i64,
+    ) -> Result<Option<Lease>, async_nats::Error> {
         let placeholder = Bytes::from_static(b"{}");
         let revision = match store.create(KEY, placeholder).await {
             Ok(rev) => rev,
@@ -50,11 +54,13 @@ impl Lease {
         }))
     }
 
-    /// Waits until this coordinator holds the lease.
-    pub async fn acquire(store: &kv::Store, holder: &str, retry: Duration) -> Result<Lease, async_nats::Error> {
+    /// Waits until this coordinator holds the lease; NATS errors only delay it.
+    pub async fn acquire(store: &kv::Store, holder: &str, retry: Duration) -> Lease {
         loop {
-            if let Some(lease) = Self::try_acquire(store, holder, chrono::Utc::now().timestamp()).await? {
-                return Ok(lease);
+            match Self::try_acquire(store, holder, chrono::Utc::now().timestamp()).await {
+                Ok(Some(lease)) => return lease,
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "lease attempt failed"),
             }
             tokio::time::sleep(retry).await;
         }

@@ -70,7 +70,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Keygen { key_file } => {
             let key = envelope::generate_key();
             if key_file.exists() {
-                anyhow::bail!("{} exists; refusing to overwrite a signing key", key_file.display());
+                anyhow::bail!(
+                    "{} exists; refusing to overwrite a signing key",
+                    key_file.display()
+                );
             }
             std::fs::write(&key_file, envelope::key_to_b64(&key.to_bytes()) + "\n")
                 .with_context(|| format!("writing {}", key_file.display()))?;
@@ -83,8 +86,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Pubkey { key_file } => {
-            let text = std::fs::read_to_string(&key_file).with_context(|| format!("reading {}", key_file.display()))?;
-            let key = envelope::signing_key_from_b64(&text).map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
+            let text = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("reading {}", key_file.display()))?;
+            let key = envelope::signing_key_from_b64(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key_file.display()))?;
             println!("{}", envelope::key_to_b64(key.verifying_key().as_bytes()));
             Ok(())
         }
@@ -109,7 +114,9 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading signing key {}", a.key_file.display()))?;
             let signing_key = envelope::signing_key_from_b64(&key_text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", a.key_file.display()))?;
-            let instance = a.instance.unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
+            let instance = a
+                .instance
+                .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
             let config = Config {
                 nats_url: a.nats_url,
                 policy_path: a.policy,

@@ -19,7 +19,10 @@ pub const RESIGN_BEFORE_SECS: i64 = 6 * 86_400;
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Spec(String),
     #[error("policy bucket: {0}")]

@@ -14,7 +14,8 @@ use zdr_common::envelope::Sealer;
 use zdr_common::policy::Policy;
 use zdr_common::subject::{self, AgentTopic};
 use zdr_common::wire::{
-    Command, CommandResult, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk, InventoryDelta,
+    Command, CommandResult, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk,
+    InventoryDelta,
 };
 
 use crate::bus::{self, Stores};
@@ -43,7 +44,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("cannot connect to NATS at {url}: {source}")]
-    Connect { url: String, source: async_nats::ConnectError },
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
     #[error(transparent)]
     Bus(#[from] bus::BusError),
     #[error(transparent)]
@@ -51,7 +55,10 @@ pub enum ServiceError {
     #[error("lease: {0}")]
     Lease(async_nats::Error),
     #[error("HTTP listener on {addr}: {source}")]
-    Http { addr: SocketAddr, source: std::io::Error },
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub struct PolicyState {
@@ -97,20 +104,37 @@ impl State {
             self.command_seq.fetch_add(1, Ordering::SeqCst)
         );
         let ttl = self.config.command_timeout.as_secs().max(1) as i64 * 6;
-        let env = self
-            .sealer
-            .seal(&subj, &id, now(), ttl, self.epoch.load(Ordering::SeqCst), &payload);
+        let env = self.sealer.seal(
+            &subj,
+            &id,
+            now(),
+            ttl,
+            self.epoch.load(Ordering::SeqCst),
+            &payload,
+        );
         metrics::counter!("zdr_commands_sent_total").increment(1);
-        let reply = tokio::time::timeout(self.config.command_timeout, self.client.request(subj, env.into()))
-            .await
-            .map_err(|_| format!("node {node} did not answer within {:?}", self.config.command_timeout))?
-            .map_err(|e| format!("request to node {node} failed: {e}"))?;
-        serde_json::from_slice(&reply.payload).map_err(|e| format!("node {node} sent a malformed reply: {e}"))
+        let reply = tokio::time::timeout(
+            self.config.command_timeout,
+            self.client.request(subj, env.into()),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "node {node} did not answer within {:?}",
+                self.config.command_timeout
+            )
+        })?
+        .map_err(|e| format!("request to node {node} failed: {e}"))?;
+        serde_json::from_slice(&reply.payload)
+            .map_err(|e| format!("node {node} sent a malformed reply: {e}"))
     }
 }
 
 /// Connects, restores state, and runs until the process is stopped.
-pub async fn run(config: Config, metrics: metrics_exporter_prometheus::PrometheusHandle) -> Result<(), ServiceError> {
+pub async fn run(
+    config: Config,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<(), ServiceError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("zdr-coordinator {}", config.instance))
         .retry_on_initial_connect()
@@ -145,16 +169,38 @@ pub async fn run(config: Config, metrics: metrics_exporter_prometheus::Prometheu
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listening");
     tokio::spawn(crate::http::serve(listener, state.clone()));
 
-    info!(instance = %config.instance, "waiting for the coordinator lease");
-    let mut lease = Lease::acquire(&state.stores.lease, &config.instance, config.lease_ttl / 3)
-        .await
-        .map_err(ServiceError::Lease)?;
+    // Losing the lease (or NATS) sends this instance back to standby; it
+    // competes again and, if it wins, leads under a new, higher epoch.
+    loop {
+        info!(instance = %config.instance, "waiting for the coordinator lease");
+        let lease =
+            Lease::acquire(&state.stores.lease, &config.instance, config.lease_ttl / 3).await;
+        match lead(&state, lease).await? {
+            Led::Shutdown => return Ok(()),
+            Led::LostLease => continue,
+        }
+    }
+}
+
+enum Led {
+    Shutdown,
+    LostLease,
+}
+
+async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError> {
+    let config = &state.config;
     state.epoch.store(lease.epoch, Ordering::SeqCst);
     info!(epoch = lease.epoch, "became leader");
-
-    restore(&state).await;
+    restore(state).await;
     let loaded = policy::load(&config.policy_path)?;
-    let revision = policy::publish(&state.stores.policy, &state.sealer, lease.epoch, &loaded, now()).await?;
+    let revision = policy::publish(
+        &state.stores.policy,
+        &state.sealer,
+        lease.epoch,
+        &loaded,
+        now(),
+    )
+    .await?;
     info!(revision, digest = %loaded.digest, "policy published");
     *state.policy.write().await = Some(PolicyState {
         policy: loaded.policy,
@@ -162,7 +208,8 @@ pub async fn run(config: Config, metrics: metrics_exporter_prometheus::Prometheu
     });
     state.leader.store(true, Ordering::SeqCst);
 
-    let mut sub = client
+    let mut sub = state
+        .client
         .subscribe(subject::ALL_AGENTS)
         .await
         .map_err(|e| ServiceError::Lease(e.into()))?;
@@ -173,7 +220,7 @@ pub async fn run(config: Config, metrics: metrics_exporter_prometheus::Prometheu
         tokio::select! {
             msg = sub.next() => {
                 let Some(msg) = msg else { break };
-                if let Some(node) = handle_message(&state, &msg.subject, &msg.payload).await {
+                if let Some(node) = handle_message(state, &msg.subject, &msg.payload).await {
                     let t = now();
                     if resync_asked.get(&node).map(|at| t - at >= 10).unwrap_or(true) {
                         resync_asked.insert(node.clone(), t);
@@ -189,39 +236,44 @@ pub async fn run(config: Config, metrics: metrics_exporter_prometheus::Prometheu
             }
             _ = renew.tick() => {
                 if let Err(e) = lease.renew().await {
-                    state.leader.store(false, Ordering::SeqCst);
-                    warn!(error = %e, "lost the coordinator lease; stopping");
-                    return Err(ServiceError::Lease(e));
+                    warn!(error = %e, "lost the coordinator lease; back to standby");
+                    break;
                 }
-                resign_policy(&state, lease.epoch).await;
+                resign_policy(state, lease.epoch).await;
             }
-            _ = gauges.tick() => update_gauges(&state).await,
+            _ = gauges.tick() => update_gauges(state).await,
             _ = tokio::signal::ctrl_c() => {
                 info!("shutting down; releasing the lease");
+                state.leader.store(false, Ordering::SeqCst);
                 lease.release().await;
-                let _ = client.flush().await;
-                return Ok(());
+                let _ = state.client.flush().await;
+                return Ok(Led::Shutdown);
             }
         }
     }
-    Ok(())
+    state.leader.store(false, Ordering::SeqCst);
+    let _ = sub.unsubscribe().await;
+    Ok(Led::LostLease)
 }
 
 async fn resign_policy(state: &State, epoch: u64) {
     match policy::load(&state.config.policy_path) {
-        Ok(loaded) => match policy::publish(&state.stores.policy, &state.sealer, epoch, &loaded, now()).await {
-            Ok(revision) => {
-                let mut p = state.policy.write().await;
-                if p.as_ref().map(|p| p.revision) != Some(revision) {
-                    info!(revision, "policy file changed; new revision published");
-                    *p = Some(PolicyState {
-                        policy: loaded.policy,
-                        revision,
-                    });
+        Ok(loaded) => {
+            match policy::publish(&state.stores.policy, &state.sealer, epoch, &loaded, now()).await
+            {
+                Ok(revision) => {
+                    let mut p = state.policy.write().await;
+                    if p.as_ref().map(|p| p.revision) != Some(revision) {
+                        info!(revision, "policy file changed; new revision published");
+                        *p = Some(PolicyState {
+                            policy: loaded.policy,
+                            revision,
+                        });
+                    }
                 }
+                Err(e) => warn!(error = %e, "could not publish the policy"),
             }
-            Err(e) => warn!(error = %e, "could not publish the policy"),
-        },
+        }
         // A broken edit must not replace the running policy.
         Err(e) => warn!(error = %e, "policy file has errors; keeping the last good revision"),
     }
@@ -245,7 +297,9 @@ async fn restore(state: &State) {
     if let Ok(mut keys) = state.stores.inventory.keys().await {
         while let Some(Ok(key)) = keys.next().await {
             if let Ok(Some(raw)) = state.stores.inventory.get(&key).await {
-                let Some((node, _)) = key.split_once('.') else { continue };
+                let Some((node, _)) = key.split_once('.') else {
+                    continue;
+                };
                 match serde_json::from_slice::<DatasetInventory>(&raw) {
                     Ok(inv) => {
                         fleet
@@ -304,7 +358,10 @@ async fn handle_message(state: &State, subject: &str, payload: &[u8]) -> Option<
             }
             info!(node, site = %m.site, media = %m.media, backend = %m.backend, "agent said hello");
             if m.backend == "sim" {
-                warn!(node, "agent runs the SIMULATED backend: it protects no real data");
+                warn!(
+                    node,
+                    "agent runs the SIMULATED backend: it protects no real data"
+                );
             }
             let mut c = state.fleet.write().await.hello(m, t);
             c.resync = true;
@@ -358,15 +415,26 @@ async fn persist(state: &State, node: &str, changed: &Changed) {
     }
     let inv = fleet.inventory.get(node);
     for ds in &changed.datasets {
-        let Some(d) = inv.and_then(|i| i.get(ds)) else { continue };
+        let Some(d) = inv.and_then(|i| i.get(ds)) else {
+            continue;
+        };
         if let Ok(raw) = serde_json::to_vec(d) {
-            if let Err(e) = state.stores.inventory.put(bus::inventory_key(node, ds), raw.into()).await {
+            if let Err(e) = state
+                .stores
+                .inventory
+                .put(bus::inventory_key(node, ds), raw.into())
+                .await
+            {
                 warn!(node, dataset = %ds, error = %e, "could not persist inventory");
             }
         }
     }
     for ds in &changed.removed_datasets {
-        let _ = state.stores.inventory.delete(bus::inventory_key(node, ds)).await;
+        let _ = state
+            .stores
+            .inventory
+            .delete(bus::inventory_key(node, ds))
+            .await;
     }
 }
 
@@ -375,7 +443,11 @@ async fn update_gauges(state: &State) {
     let policy = state.policy.read().await;
     let t = now();
     let timeout = state.config.offline_after.as_secs() as i64;
-    let online = fleet.nodes.keys().filter(|n| fleet.online(n, t, timeout)).count();
+    let online = fleet
+        .nodes
+        .keys()
+        .filter(|n| fleet.online(n, t, timeout))
+        .count();
     metrics::gauge!("zdr_nodes_total").set(fleet.nodes.len() as f64);
     metrics::gauge!("zdr_nodes_online").set(online as f64);
     let mut missed = 0;
@@ -392,5 +464,9 @@ async fn update_gauges(state: &State) {
         }
     }
     metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
-    metrics::gauge!("zdr_coordinator_leader").set(if state.leader.load(Ordering::SeqCst) { 1.0 } else { 0.0 });
+    metrics::gauge!("zdr_coordinator_leader").set(if state.leader.load(Ordering::SeqCst) {
+        1.0
+    } else {
+        0.0
+    });
 }

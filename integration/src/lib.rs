@@ -36,7 +36,10 @@ pub fn free_port() -> u16 {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 /// Builds the two binaries once per test process and returns their directory.
@@ -45,7 +48,14 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "zdr-agent", "-p", "zdr-coordinator"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "zdr-agent",
+                "-p",
+                "zdr-coordinator",
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("running cargo build");
@@ -67,8 +77,12 @@ impl Proc {
     fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err)).stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        cmd.stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         Proc { child, log }
     }
 
@@ -141,19 +155,32 @@ impl Nats {
     pub async fn restart(&mut self) {
         self.stop();
         let mut cmd = Command::new(nats_server_bin());
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(self.dir.join("jetstream"));
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.dir.join("jetstream"));
         self.proc = Some(Proc::spawn(cmd, self.dir.join("nats-server.log")));
         let url = self.url();
-        wait_for("nats-server to accept connections", Duration::from_secs(20), || {
-            let url = url.clone();
-            async move { async_nats::connect(url).await.ok() }
-        })
+        wait_for(
+            "nats-server to accept connections",
+            Duration::from_secs(20),
+            || {
+                let url = url.clone();
+                async move { async_nats::connect(url).await.ok() }
+            },
+        )
         .await;
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test nats-server")
     }
 }
 
@@ -177,7 +204,11 @@ impl Keys {
         let file = dir.join("coordinator.key");
         std::fs::write(&file, zdr_common::envelope::key_to_b64(&key.to_bytes())).unwrap();
         let public_b64 = zdr_common::envelope::key_to_b64(key.verifying_key().as_bytes());
-        Keys { key, file, public_b64 }
+        Keys {
+            key,
+            file,
+            public_b64,
+        }
     }
 }
 
@@ -187,15 +218,34 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn start(dir: &Path, nats: &Nats, policy: &Path, keys: &Keys, instance: &str) -> Coordinator {
+    pub fn start(
+        dir: &Path,
+        nats: &Nats,
+        policy: &Path,
+        keys: &Keys,
+        instance: &str,
+    ) -> Coordinator {
         let http = free_port();
         let mut cmd = Command::new(bin_dir().join("zdr-coordinator"));
-        cmd.args(["run", "--nats-url", &nats.url(), "--http", &format!("127.0.0.1:{http}")])
-            .arg("--policy")
-            .arg(policy)
-            .arg("--key-file")
-            .arg(&keys.file)
-            .args(["--instance", instance, "--lease-ttl-secs", "3", "--offline-after-secs", "5"]);
+        cmd.args([
+            "run",
+            "--nats-url",
+            &nats.url(),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+        ])
+        .arg("--policy")
+        .arg(policy)
+        .arg("--key-file")
+        .arg(&keys.file)
+        .args([
+            "--instance",
+            instance,
+            "--lease-ttl-secs",
+            "3",
+            "--offline-after-secs",
+            "5",
+        ]);
         let proc = Proc::spawn(cmd, dir.join(format!("{instance}.log")));
         Coordinator { proc, http }
     }
@@ -210,7 +260,9 @@ impl Coordinator {
 
     pub async fn fleet(&self) -> Option<serde_json::Value> {
         let (code, body) = self.get("/api/v1/fleet").await?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     pub async fn wait_ready(&self) {
@@ -222,19 +274,32 @@ impl Coordinator {
 }
 
 /// One HTTP/1.1 request on loopback; `None` if the server is not up.
-pub async fn http_request(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.ok()?.ok()?;
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, rest) = text.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -269,7 +334,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn write_config(dir: &Path, nats: &Nats, keys: &Keys, spec: &AgentSpec) -> (PathBuf, PathBuf) {
+    pub fn write_config(
+        dir: &Path,
+        nats: &Nats,
+        keys: &Keys,
+        spec: &AgentSpec,
+    ) -> (PathBuf, PathBuf) {
         let state_dir = dir.join(format!("agent-{}", spec.node));
         std::fs::create_dir_all(&state_dir).unwrap();
         let datasets: Vec<String> = spec.datasets.iter().map(|d| format!("{d:?}")).collect();
@@ -308,7 +378,11 @@ public_key = "{key}"
         let mut cmd = Command::new(bin_dir().join("zdr-agent"));
         cmd.arg("--config").arg(&config);
         let proc = Proc::spawn(cmd, dir.join(format!("agent-{}.log", spec.node)));
-        Agent { proc, state_dir, config }
+        Agent {
+            proc,
+            state_dir,
+            config,
+        }
     }
 
     /// Audit log lines, parsed.
@@ -323,8 +397,14 @@ public_key = "{key}"
 
 /// Snapshot names of `dataset` on `node` as the coordinator's API shows them.
 pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Option<Vec<String>> {
-    let n = fleet["nodes"].as_array()?.iter().find(|n| n["node"] == node)?;
-    let d = n["datasets"].as_array()?.iter().find(|d| d["dataset"] == dataset)?;
+    let n = fleet["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["node"] == node)?;
+    let d = n["datasets"]
+        .as_array()?
+        .iter()
+        .find(|d| d["dataset"] == dataset)?;
     Some(
         d["snapshots"]
             .as_array()?

@@ -1,7 +1,6 @@
 //! The control plane end to end: real nats-server, real coordinator and agent
 //! binaries (simulated ZFS backend).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,7 +54,21 @@ async fn fleet() -> Fleet {
     let keys = Keys::create(dir.path());
     let policy = dir.path().join("policies.yaml");
     std::fs::write(&policy, POLICY).unwrap();
-    Fleet { dir, nats, keys, policy }
+    Fleet {
+        dir,
+        nats,
+        keys,
+        policy,
+    }
+}
+
+impl Drop for Fleet {
+    // On failure, show every process's log: CI has nothing else to go on.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump_logs(self.dir.path());
+        }
+    }
 }
 
 impl Fleet {
@@ -71,7 +84,11 @@ impl Fleet {
 }
 
 fn zdr_snaps(names: &[String]) -> Vec<String> {
-    names.iter().filter(|n| n.starts_with("zdr_")).cloned().collect()
+    names
+        .iter()
+        .filter(|n| n.starts_with("zdr_"))
+        .cloned()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,56 +96,65 @@ async fn inventories_reach_the_coordinator_and_pruning_keeps_exactly_the_tiers()
     let f = fleet().await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
-    let a1 = f.agent(&A1);
+    let mut a1 = f.agent(&A1);
     let _b1 = f.agent(&B1);
 
     // Both nodes appear with their datasets; the excluded one is unprotected.
-    let fleet = wait_for("both nodes with inventories", Duration::from_secs(60), || async {
-        let v = coord.fleet().await?;
-        (snapshots_in(&v, "node-a1", "tank/my data").is_some() && snapshots_in(&v, "node-b1", "tank/db").is_some())
+    let fleet = wait_for(
+        "both nodes with inventories",
+        Duration::from_secs(60),
+        || async {
+            let v = coord.fleet().await?;
+            (snapshots_in(&v, "node-a1", "tank/my data").is_some()
+                && snapshots_in(&v, "node-b1", "tank/db").is_some())
             .then_some(v)
-    })
+        },
+    )
     .await;
-    let a1_view = fleet["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "node-a1").unwrap();
+    let a1_view = fleet["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "node-a1")
+        .unwrap();
     assert_eq!(a1_view["site"], "site-a");
     assert_eq!(a1_view["backend"], "sim");
-    let scratch = a1_view["datasets"].as_array().unwrap().iter().find(|d| d["dataset"] == "tank/scratch").unwrap();
-    assert!(scratch["class"].is_null(), "excluded dataset got a class: {scratch}");
+    let scratch = a1_view["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dataset"] == "tank/scratch")
+        .unwrap();
+    assert!(
+        scratch["class"].is_null(),
+        "excluded dataset got a class: {scratch}"
+    );
 
     // Snapshots appear on the 2 s schedule, and once more than 3 were taken the
     // tier keeps exactly the 3 newest.
-    let kept = wait_for("pruning down to the tier", Duration::from_secs(60), || async {
-        let v = coord.fleet().await?;
-        let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
-        let destroyed = a1.audit().iter().filter(|r| r["outcome"] == "done").count();
-        (destroyed >= 3 && snaps.len() == 3).then_some(snaps)
-    })
+    let kept = wait_for(
+        "pruning down to the tier",
+        Duration::from_secs(60),
+        || async {
+            let v = coord.fleet().await?;
+            let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
+            let destroyed = a1.audit().iter().filter(|r| r["outcome"] == "done").count();
+            (destroyed >= 3 && snaps.len() == 3).then_some(snaps)
+        },
+    )
     .await;
     let mut sorted = kept.clone();
     sorted.sort();
     assert_eq!(kept, sorted, "kept snapshots out of createtxg order");
 
-    // The audit log shows intent before each destroy, with who and why.
-    let audit = a1.audit();
-    let first = &audit[0];
-    assert_eq!(first["action"], "destroy");
-    assert_eq!(first["outcome"], "intent");
-    assert_eq!(first["actor"], "agent:node-a1/retention");
-    assert!(first["why"].as_str().unwrap().contains("class fast"));
-    let destroyed: BTreeSet<&str> = audit
-        .iter()
-        .filter(|r| r["outcome"] == "done")
-        .map(|r| r["target"].as_str().unwrap())
-        .collect();
-    for k in &kept {
-        assert!(!destroyed.contains(format!("tank/db@{k}").as_str()), "{k} is kept but audited as destroyed");
-    }
-    // Nothing of the excluded dataset was touched.
-    assert!(audit.iter().all(|r| !r["target"].as_str().unwrap().starts_with("tank/scratch@")));
-
     // RPO status is computed per dataset.
     let v = coord.fleet().await.unwrap();
-    let db = v["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "node-a1").unwrap()["datasets"]
+    let db = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "node-a1")
+        .unwrap()["datasets"]
         .as_array()
         .unwrap()
         .iter()
@@ -142,6 +168,35 @@ async fn inventories_reach_the_coordinator_and_pruning_keeps_exactly_the_tiers()
     let (code, metrics) = coord.get("/metrics").await.unwrap();
     assert_eq!(code, 200);
     assert!(metrics.contains("zdr_nodes_online"), "{metrics}");
+
+    // Stopped between passes, the pool holds exactly the tier: the 3 newest.
+    a1.proc.interrupt();
+    let on_disk = sim_snapshots(&a1, "tank/db");
+    let ours: Vec<&String> = on_disk.iter().filter(|n| n.starts_with("zdr_")).collect();
+    assert_eq!(ours.len(), 3, "pool holds {on_disk:?}");
+
+    // The audit log shows intent before each destroy, with who and why, and
+    // only ever older snapshots than those kept were destroyed.
+    let audit = a1.audit();
+    let first = &audit[0];
+    assert_eq!(first["action"], "destroy");
+    assert_eq!(first["outcome"], "intent");
+    assert_eq!(first["actor"], "agent:node-a1/retention");
+    assert!(first["why"].as_str().unwrap().contains("class fast"));
+    for r in audit.iter().filter(|r| r["outcome"] == "done") {
+        let target = r["target"].as_str().unwrap();
+        let (_, snap) = target.split_once('@').unwrap();
+        assert!(
+            snap < ours[0].as_str(),
+            "{target} destroyed but newer than kept {}",
+            ours[0]
+        );
+    }
+    // Nothing of the excluded dataset was touched, and it has no snapshots.
+    assert!(audit
+        .iter()
+        .all(|r| !r["target"].as_str().unwrap().starts_with("tank/scratch@")));
+    assert!(sim_snapshots(&a1, "tank/scratch").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -167,13 +222,22 @@ async fn an_agent_cut_off_from_nats_keeps_snapshotting_and_resyncs() {
         .count();
     assert!(pruned_offline >= 1, "no pruning while NATS was down");
     f.nats.restart().await;
+    let back_at = chrono_now();
 
-    // After reconnecting, the coordinator sees snapshots taken during the outage.
-    wait_for("a snapshot taken while cut off", Duration::from_secs(60), || async {
-        let v = coord.fleet().await?;
-        let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
-        snaps.iter().any(|s| snapshot_time(s) > cut_at).then_some(())
-    })
+    // After reconnecting, the agent re-syncs: the coordinator sees snapshots
+    // taken after the outage, and the one-inventory-per-connect rule held.
+    wait_for(
+        "the inventory re-synced after reconnect",
+        Duration::from_secs(60),
+        || async {
+            let v = coord.fleet().await?;
+            let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
+            snaps
+                .iter()
+                .any(|s| snapshot_time(s) >= back_at)
+                .then_some(())
+        },
+    )
     .await;
     assert!(a1.proc.output().contains("NATS connection lost"));
 }
@@ -187,8 +251,9 @@ async fn a_restarted_coordinator_still_knows_the_fleet() {
     let mut b1 = f.agent(&B1);
     wait_for("both inventories", Duration::from_secs(60), || async {
         let v = coord.fleet().await?;
-        (snapshots_in(&v, "node-a1", "tank/db").is_some() && snapshots_in(&v, "node-b1", "tank/db").is_some())
-            .then_some(())
+        (snapshots_in(&v, "node-a1", "tank/db").is_some()
+            && snapshots_in(&v, "node-b1", "tank/db").is_some())
+        .then_some(())
     })
     .await;
     // With the agents gone too, all a new coordinator knows comes from JetStream.
@@ -199,7 +264,10 @@ async fn a_restarted_coordinator_still_knows_the_fleet() {
     coord2.wait_ready().await;
     let v = coord2.fleet().await.unwrap();
     for node in ["node-a1", "node-b1"] {
-        assert!(snapshots_in(&v, node, "tank/db").is_some(), "{node} forgotten: {v}");
+        assert!(
+            snapshots_in(&v, node, "tank/db").is_some(),
+            "{node} forgotten: {v}"
+        );
     }
     assert_eq!(v["policy_revision"], 1);
     assert!(v["epoch"].as_u64().unwrap() > 0);
@@ -212,10 +280,16 @@ async fn forged_replayed_expired_and_stale_commands_are_refused() {
     coord.wait_ready().await;
     let a1 = f.agent(&A1);
     // The real path: the coordinator signs a command for the agent.
-    let (code, body) = wait_for("a command through the coordinator", Duration::from_secs(60), || async {
-        let r = coord.post("/api/v1/nodes/node-a1/commands", r#"{"ping":{}}"#).await?;
-        (r.0 == 200).then_some(r)
-    })
+    let (code, body) = wait_for(
+        "a command through the coordinator",
+        Duration::from_secs(60),
+        || async {
+            let r = coord
+                .post("/api/v1/nodes/node-a1/commands", r#"{"ping":{}}"#)
+                .await?;
+            (r.0 == 200).then_some(r)
+        },
+    )
     .await;
     assert_eq!(code, 200);
     let r: CommandResult = serde_json::from_str(&body).unwrap();
@@ -227,7 +301,10 @@ async fn forged_replayed_expired_and_stale_commands_are_refused() {
     let send = |bytes: Vec<u8>| {
         let client = client.clone();
         async move {
-            let reply = client.request(subject, bytes.into()).await.expect("agent replies");
+            let reply = client
+                .request(subject, bytes.into())
+                .await
+                .expect("agent replies");
             serde_json::from_slice::<CommandResult>(&reply.payload).expect("a CommandResult")
         }
     };
@@ -262,7 +339,10 @@ async fn forged_replayed_expired_and_stale_commands_are_refused() {
     // Every refusal is logged with its reason, and nothing was destroyed.
     let log = a1.proc.output();
     assert!(log.matches("command refused").count() >= 5, "{log}");
-    assert!(a1.audit().iter().all(|r| r["actor"] == "agent:node-a1/retention"));
+    assert!(a1
+        .audit()
+        .iter()
+        .all(|r| r["actor"] == "agent:node-a1/retention"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,7 +360,10 @@ async fn malformed_and_oversized_agent_messages_are_dropped() {
         .await
         .unwrap();
     client
-        .publish("zdr.v1.agent.node-x.inventory", vec![b'x'; 900 * 1024].into())
+        .publish(
+            "zdr.v1.agent.node-x.inventory",
+            vec![b'x'; 900 * 1024].into(),
+        )
         .await
         .unwrap();
     client.flush().await.unwrap();
@@ -295,6 +378,35 @@ async fn malformed_and_oversized_agent_messages_are_dropped() {
     assert!(v["nodes"].as_array().unwrap().is_empty(), "{v}");
 }
 
+fn dump_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("===== {} (last {} lines)", p.display(), tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Snapshot names of one dataset in a stopped sim agent's pool file.
+fn sim_snapshots(agent: &Agent, dataset: &str) -> Vec<String> {
+    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).expect("sim pool file");
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    v["datasets"][dataset]["snapshots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{dataset} not in the pool file"))
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -306,7 +418,14 @@ fn chrono_now() -> i64 {
 fn snapshot_time(name: &str) -> i64 {
     let s = &name["zdr_".len()..];
     let num = |a: usize, b: usize| s[a..b].parse::<i64>().unwrap();
-    let (y, mo, d, h, mi, se) = (num(0, 4), num(4, 6), num(6, 8), num(9, 11), num(11, 13), num(13, 15));
+    let (y, mo, d, h, mi, se) = (
+        num(0, 4),
+        num(4, 6),
+        num(6, 8),
+        num(9, 11),
+        num(11, 13),
+        num(13, 15),
+    );
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if mo <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);

@@ -23,7 +23,9 @@ mkdir -p $D
 step "zpool create x2 (512M file vdevs)"
 truncate -s 512M $D/src.img $D/dst.img
 zpool create -o ashift=12 -O mountpoint=/zsrc zsrc $D/src.img
-zpool create -o ashift=12 -O mountpoint=/zdst zdst $D/dst.img
+# atime=off on the target: reading it back to compare must not modify it, or
+# the next incremental recv is refused ("destination has been modified")
+zpool create -o ashift=12 -O mountpoint=/zdst -O atime=off zdst $D/dst.img
 
 step "zfs create + write 20MB + zfs snapshot"
 zfs create zsrc/data

@@ -333,9 +333,12 @@ sq() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
 guest_path() {
     local p=${PATH:-} d extra=(/root/.cargo/bin /root/.local/bin /usr/local/sbin /usr/local/bin
                                /usr/sbin /usr/bin /sbin /bin)
-    if [ -x /usr/bin/python3 ]; then
-        extra+=("$(/usr/bin/python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)")
-    fi
+    # where pip puts console scripts, for Debian's python3 and the PATH's one
+    local py
+    for py in /usr/bin/python3 "$(command -v python3 || true)"; do
+        [ -n "$py" ] && [ -x "$py" ] || continue
+        extra+=("$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)")
+    done
     if [ -n "${HOME:-}" ] && [ "$HOME" != /root ]; then extra+=("$HOME/.cargo/bin" "$HOME/.local/bin"); fi
     for d in "${extra[@]}"; do
         [ -n "$d" ] || continue
@@ -413,7 +416,7 @@ vm_exec() {
     tail -s 0.2 -n +1 -f --pid="$QPID" "$RUN/stdout" &
     tail -s 0.2 -n +1 -f --pid="$QPID" "$RUN/stderr" >&2 &
     if [ "$VERBOSE" = 1 ]; then tail -s 0.2 -n +1 -f --pid="$QPID" "$RUN/console.log" >&2 & fi
-    wait "$QPID" || qrc=$?
+    { wait "$QPID"; } 2>/dev/null || qrc=$?   # (no "Killed" job notice on timeout)
     QPID=
     wait  # the tails, which end (after a last read) once qemu is gone
     local t_end
@@ -440,8 +443,12 @@ vm_exec() {
         say "error: the VM ended without the command's exit code (qemu exit $qrc)"
     fi
     if [ -s "$RUN/qemu.log" ]; then say "qemu said:"; tail -n 20 "$RUN/qemu.log" >&2; fi
-    say "guest console (last 30 lines):"
-    tail -n 30 "$RUN/console.log" >&2
+    if [ -s "$RUN/console.log" ]; then
+        say "guest console (last 30 lines; ZDR_VM_VERBOSE=1 streams all of it):"
+        tail -n 30 "$RUN/console.log" >&2
+    else
+        say "the guest console printed nothing (ZDR_VM_VERBOSE=1 streams it)"
+    fi
     RC=$VM_FAILED
 }
 

@@ -5,6 +5,13 @@ use zdr_common::NameError;
 pub enum ZfsError {
     #[error(transparent)]
     Name(#[from] NameError),
+    /// A tag, property name or request that ZFS would refuse or misread.
+    #[error("{what} {value:?} refused: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("{what} does not exist")]
     NotFound { what: String },
     #[error("{what} already exists")]
@@ -16,11 +23,18 @@ pub enum ZfsError {
     #[error("out of space on pool {pool}")]
     NoSpace { pool: String },
     #[error("`{argv}` failed with {status}: {stderr}")]
-    Command { argv: String, status: String, stderr: String },
+    Command {
+        argv: String,
+        status: String,
+        stderr: String,
+    },
     #[error("cannot parse zfs output line {line:?}: {reason}")]
     Parse { line: String, reason: String },
     #[error("cannot run {program}: {source}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("simulated pool state {path}: {reason}")]
     SimState { path: String, reason: String },
 }

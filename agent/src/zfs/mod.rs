@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod error;
+mod names;
 pub mod sim;
 
 pub use error::ZfsError;
@@ -38,7 +39,12 @@ pub trait Backend: Send + Sync {
 
     /// Takes `dataset@name` for every listed dataset in one atomic transaction
     /// (one `zfs snapshot` call); with `recursive`, children are included too.
-    fn snapshot(&self, datasets: &[DatasetName], name: &str, recursive: bool) -> Result<(), ZfsError>;
+    fn snapshot(
+        &self,
+        datasets: &[DatasetName],
+        name: &str,
+        recursive: bool,
+    ) -> Result<(), ZfsError>;
 
     /// Destroys one snapshot; refused with [`ZfsError::Held`] while it has holds.
     fn destroy_snapshot(&self, dataset: &DatasetName, name: &str) -> Result<(), ZfsError>;
@@ -49,5 +55,10 @@ pub trait Backend: Send + Sync {
     fn holds(&self, dataset: &DatasetName, snapshot: &str) -> Result<Vec<String>, ZfsError>;
 
     /// Creates `dataset#bookmark` from `dataset@snapshot`.
-    fn bookmark(&self, dataset: &DatasetName, snapshot: &str, bookmark: &str) -> Result<(), ZfsError>;
+    fn bookmark(
+        &self,
+        dataset: &DatasetName,
+        snapshot: &str,
+        bookmark: &str,
+    ) -> Result<(), ZfsError>;
 }

@@ -1,0 +1,376 @@
+//! The local snapshot lifecycle: keep an inventory cache, take snapshots when
+//! a tier is due, prune by the tiers. Runs on the last signed policy whether or
+//! not NATS is up; it never touches the network.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tracing::{info, warn};
+use zdr_common::policy::Class;
+use zdr_common::wire::{DatasetInventory, Event, EventKind, InventoryChange, SnapshotInfo};
+use zdr_common::DatasetName;
+
+use crate::audit::{AuditLog, Record};
+use crate::retention::{self, Rules};
+use crate::state::SignedPolicy;
+use crate::zfs::{Backend, DatasetInfo, ZfsError};
+
+/// Events wait here while NATS is down; the oldest go first when it overflows.
+const MAX_QUEUED_EVENTS: usize = 10_000;
+
+#[derive(Default)]
+pub struct Inventory {
+    pub datasets: BTreeMap<DatasetName, (DatasetInfo, Vec<SnapshotInfo>)>,
+    /// Changes not yet published as a delta.
+    pub pending: Vec<InventoryChange>,
+    /// Set when a delta cannot describe what changed (datasets came or went,
+    /// or a publication failed): the next publication is a full inventory.
+    pub need_full: bool,
+    pub generation: u64,
+    pub delta_seq: u64,
+    pub last_rescan: i64,
+}
+
+pub struct Lifecycle {
+    pub node: String,
+    pub backend: Arc<dyn Backend>,
+    pub audit: AuditLog,
+    pub policy: RwLock<Option<SignedPolicy>>,
+    pub inventory: Mutex<Inventory>,
+    pub events: Mutex<VecDeque<Event>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What one pass did, for commands and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub taken: Vec<String>,
+    pub destroyed: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl Lifecycle {
+    pub fn new(node: String, backend: Arc<dyn Backend>, audit: AuditLog) -> Self {
+        Lifecycle {
+            node,
+            backend,
+            audit,
+            policy: RwLock::new(None),
+            inventory: Mutex::new(Inventory {
+                need_full: true,
+                ..Default::default()
+            }),
+            events: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn policy(&self) -> Option<SignedPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn event(&self, kind: EventKind, now: i64) {
+        let mut q = lock(&self.events);
+        if q.len() >= MAX_QUEUED_EVENTS {
+            q.pop_front();
+        }
+        q.push_back(Event {
+            node: self.node.clone(),
+            at: now,
+            kind,
+        });
+    }
+
+    fn class_of(&self, policy: &SignedPolicy, info: &DatasetInfo) -> Option<(String, Class)> {
+        policy
+            .bundle
+            .policy
+            .class_for(&info.name, info.class_property.as_deref())
+            .map(|(n, c)| (n.to_string(), c.clone()))
+    }
+
+    /// Lists everything again and records what changed.
+    pub fn rescan(&self, now: i64) -> Result<(), ZfsError> {
+        let class_property = self
+            .policy()
+            .map(|p| p.bundle.policy.class_property.clone())
+            .unwrap_or_else(|| "zdr:class".into());
+        let listed = self.backend.list_datasets(&class_property)?;
+        let mut fresh = BTreeMap::new();
+        for info in listed {
+            let snaps = match self.backend.list_snapshots(&info.name) {
+                Ok(s) => s,
+                // Destroyed between the two listings.
+                Err(ZfsError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            fresh.insert(info.name.clone(), (info, snaps));
+        }
+        let mut inv = lock(&self.inventory);
+        if fresh.keys().ne(inv.datasets.keys()) {
+            inv.need_full = true;
+        }
+        for (name, (_, snaps)) in &fresh {
+            let before = inv
+                .datasets
+                .get(name)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
+            diff_into(&mut inv.pending, name, &before, snaps);
+        }
+        inv.datasets = fresh;
+        inv.last_rescan = now;
+        Ok(())
+    }
+
+    /// Lists one dataset's snapshots again after we changed them.
+    fn refresh(&self, ds: &DatasetName) {
+        match self.backend.list_snapshots(ds) {
+            Ok(snaps) => {
+                let mut inv = lock(&self.inventory);
+                let inv = &mut *inv;
+                if let Some((_, old)) = inv.datasets.get_mut(ds) {
+                    diff_into(&mut inv.pending, ds, old, &snaps);
+                    *old = snaps;
+                }
+            }
+            Err(e) => warn!(dataset = %ds, error = %e, "relisting snapshots failed"),
+        }
+    }
+
+    /// Protected datasets with their class, from the cache.
+    fn protected(
+        &self,
+        policy: &SignedPolicy,
+    ) -> Vec<(DatasetInfo, String, Class, Vec<SnapshotInfo>)> {
+        let inv = lock(&self.inventory);
+        inv.datasets
+            .values()
+            .filter_map(|(info, snaps)| {
+                self.class_of(policy, info)
+                    .map(|(n, c)| (info.clone(), n, c, snaps.clone()))
+            })
+            .collect()
+    }
+
+    /// Takes the snapshots that are due (all protected datasets with `force`).
+    pub fn snapshot_pass(&self, now: i64, force: bool) -> PassReport {
+        let mut report = PassReport::default();
+        let Some(policy) = self.policy() else {
+            return report;
+        };
+        let prefix = &policy.bundle.policy.snapshot_prefix;
+        let due: Vec<DatasetName> = self
+            .protected(&policy)
+            .into_iter()
+            .filter(|(_, _, class, snaps)| {
+                let smallest = class
+                    .tiers
+                    .keys()
+                    .next()
+                    .map(|p| p.0.secs())
+                    .unwrap_or(3600);
+                let newest = snaps
+                    .iter()
+                    .filter(|s| retention::is_ours(&s.name, prefix))
+                    .max_by_key(|s| s.createtxg);
+                force || retention::snapshot_due(newest, smallest, now)
+            })
+            .map(|(info, ..)| info.name)
+            .collect();
+        if due.is_empty() {
+            return report;
+        }
+        let base = retention::snapshot_name(prefix, now);
+        let mut by_pool: BTreeMap<&str, Vec<DatasetName>> = BTreeMap::new();
+        for ds in &due {
+            by_pool.entry(ds.pool()).or_default().push(ds.clone());
+        }
+        let mut taken: Vec<(DatasetName, String)> = Vec::new();
+        // One atomic call per pool (ZFS cannot span pools); if it fails, fall
+        // back per dataset so one bad dataset cannot hold the others back.
+        for group in by_pool.values() {
+            match self.take_with_unique_name(group, &base) {
+                Ok(name) => taken.extend(group.iter().map(|d| (d.clone(), name.clone()))),
+                Err(_) if group.len() > 1 => {
+                    for ds in group {
+                        match self.take_with_unique_name(std::slice::from_ref(ds), &base) {
+                            Ok(name) => taken.push((ds.clone(), name)),
+                            Err(e) => self.backend_error(&mut report, "snapshot", ds, &e, now),
+                        }
+                    }
+                }
+                Err(e) => self.backend_error(&mut report, "snapshot", &group[0], &e, now),
+            }
+        }
+        for (ds, name) in taken {
+            self.refresh(&ds);
+            info!(dataset = %ds, snapshot = %name, "snapshot taken");
+            self.event(
+                EventKind::SnapshotTaken {
+                    dataset: ds.to_string(),
+                    snapshot: name.clone(),
+                },
+                now,
+            );
+            report.taken.push(format!("{ds}@{name}"));
+        }
+        report
+    }
+
+    fn take_with_unique_name(
+        &self,
+        datasets: &[DatasetName],
+        base: &str,
+    ) -> Result<String, ZfsError> {
+        let mut name = base.to_string();
+        for n in 2..10 {
+            match self.backend.snapshot(datasets, &name, false) {
+                Err(ZfsError::Exists { .. }) => name = format!("{base}-{n}"),
+                other => return other.map(|_| name),
+            }
+        }
+        self.backend.snapshot(datasets, &name, false).map(|_| name)
+    }
+
+    fn backend_error(
+        &self,
+        report: &mut PassReport,
+        op: &str,
+        ds: &DatasetName,
+        e: &ZfsError,
+        now: i64,
+    ) {
+        warn!(dataset = %ds, error = %e, "{op} failed");
+        report.errors.push(format!("{op} {ds}: {e}"));
+        self.event(
+            EventKind::BackendError {
+                operation: format!("{op} {ds}"),
+                message: e.to_string(),
+            },
+            now,
+        );
+    }
+
+    /// Destroys what the tiers no longer keep. Each destroy is audited first.
+    pub fn prune_pass(&self, now: i64, actor: &str) -> PassReport {
+        let mut report = PassReport::default();
+        let Some(policy) = self.policy() else {
+            return report;
+        };
+        let revision = Some(policy.bundle.revision);
+        for (info, class_name, class, snaps) in self.protected(&policy) {
+            let rules = Rules {
+                prefix: policy.bundle.policy.snapshot_prefix.clone(),
+                tiers: class.tiers.clone(),
+                immutable_for_secs: class.immutable_for.secs(),
+                protected_guids: HashSet::new(),
+            };
+            let plan = retention::plan(&snaps, &rules, now);
+            if plan.destroy.is_empty() {
+                continue;
+            }
+            let why = format!(
+                "retention: class {class_name} keeps {}",
+                describe_tiers(&class)
+            );
+            for snap in &plan.destroy {
+                let target = format!("{}@{}", info.name, snap);
+                let record = |outcome| Record {
+                    at: now,
+                    actor,
+                    action: "destroy",
+                    target: &target,
+                    why: &why,
+                    outcome,
+                    policy_revision: revision,
+                };
+                if let Err(e) = self.audit.write(&record("intent")) {
+                    warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
+                    report.errors.push(format!("audit log: {e}"));
+                    return report;
+                }
+                match self.backend.destroy_snapshot(&info.name, snap) {
+                    Ok(()) => {
+                        let _ = self.audit.write(&record("done"));
+                        info!(snapshot = %target, "pruned");
+                        self.event(
+                            EventKind::SnapshotPruned {
+                                dataset: info.name.to_string(),
+                                snapshot: snap.clone(),
+                                reason: why.clone(),
+                            },
+                            now,
+                        );
+                        report.destroyed.push(target);
+                    }
+                    Err(e) => {
+                        let failed = format!("failed: {e}");
+                        let _ = self.audit.write(&record(&failed));
+                        self.backend_error(&mut report, "destroy", &info.name, &e, now);
+                    }
+                }
+            }
+            self.refresh(&info.name);
+        }
+        report
+    }
+
+    /// The cache as wire inventory.
+    pub fn snapshot_inventory(&self) -> Vec<DatasetInventory> {
+        let policy = self.policy();
+        let inv = lock(&self.inventory);
+        inv.datasets
+            .values()
+            .map(|(info, snaps)| DatasetInventory {
+                dataset: info.name.to_string(),
+                guid: info.guid,
+                used: info.used,
+                available: info.available,
+                class: policy
+                    .as_ref()
+                    .and_then(|p| self.class_of(p, info))
+                    .map(|(n, _)| n),
+                snapshots: snaps.clone(),
+            })
+            .collect()
+    }
+}
+
+fn describe_tiers(class: &Class) -> String {
+    class
+        .tiers
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Appends what turned `before` into `after` (matched by GUID).
+fn diff_into(
+    out: &mut Vec<InventoryChange>,
+    ds: &DatasetName,
+    before: &[SnapshotInfo],
+    after: &[SnapshotInfo],
+) {
+    let old: HashSet<u64> = before.iter().map(|s| s.guid).collect();
+    let new: HashSet<u64> = after.iter().map(|s| s.guid).collect();
+    for s in before.iter().filter(|s| !new.contains(&s.guid)) {
+        out.push(InventoryChange::SnapshotDestroyed {
+            dataset: ds.to_string(),
+            name: s.name.clone(),
+            guid: s.guid,
+        });
+    }
+    for s in after.iter().filter(|s| !old.contains(&s.guid)) {
+        out.push(InventoryChange::SnapshotCreated {
+            dataset: ds.to_string(),
+            snapshot: s.clone(),
+        });
+    }
+}

@@ -1,0 +1,476 @@
+//! The agent's NATS side: hello, heartbeats, inventory publication, signed
+//! commands and the policy watch. The lifecycle never waits on any of it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use zdr_common::envelope::{Freshness, Verifier};
+use zdr_common::subject::{self, AgentSubjects};
+use zdr_common::wire::{
+    chunk_inventory, Command, CommandResult, EventKind, Heartbeat, Hello, InventoryDelta, Outcome,
+    INVENTORY_CHUNK_BYTES,
+};
+
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::state::{SignedPolicy, StateDir};
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub struct Agent {
+    pub config: Config,
+    pub lifecycle: Arc<Lifecycle>,
+    pub verifier: Verifier,
+    pub state: StateDir,
+    pub freshness: Mutex<Freshness>,
+    pub started_at: i64,
+    heartbeat_seq: AtomicU64,
+}
+
+impl Agent {
+    pub fn new(
+        config: Config,
+        lifecycle: Arc<Lifecycle>,
+        verifier: Verifier,
+        state: StateDir,
+        freshness: Freshness,
+    ) -> Self {
+        Agent {
+            config,
+            lifecycle,
+            verifier,
+            state,
+            freshness: Mutex::new(freshness),
+            started_at: now(),
+            heartbeat_seq: AtomicU64::new(0),
+        }
+    }
+
+    fn subjects(&self) -> AgentSubjects {
+        AgentSubjects::for_node(&self.config.node)
+    }
+
+    fn policy_revision(&self) -> Option<u64> {
+        self.lifecycle.policy().map(|p| p.bundle.revision)
+    }
+
+    async fn pools(&self) -> Vec<zdr_common::wire::PoolInfo> {
+        let backend = self.lifecycle.backend.clone();
+        tokio::task::spawn_blocking(move || backend.pools())
+            .await
+            .ok()
+            .and_then(|r| {
+                r.map_err(|e| warn!(error = %e, "listing pools failed"))
+                    .ok()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn hello(&self, client: &async_nats::Client) {
+        let hello = Hello {
+            node: self.config.node.clone(),
+            site: self.config.site.clone(),
+            media: self.config.media.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            backend: self.lifecycle.backend.kind().into(),
+            pools: self.pools().await,
+            started_at: self.started_at,
+            policy_revision: self.policy_revision(),
+        };
+        publish(client, self.subjects().hello, &hello).await;
+    }
+
+    async fn heartbeat(&self, client: &async_nats::Client) {
+        let (generation, delta_seq) = {
+            let inv = self
+                .lifecycle
+                .inventory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            (inv.generation, inv.delta_seq)
+        };
+        let hb = Heartbeat {
+            node: self.config.node.clone(),
+            seq: self.heartbeat_seq.fetch_add(1, Ordering::SeqCst),
+            at: now(),
+            policy_revision: self.policy_revision(),
+            inventory_generation: generation,
+            delta_seq,
+            pools: self.pools().await,
+        };
+        publish(client, self.subjects().heartbeat, &hb).await;
+    }
+
+    /// Publishes a full inventory if one is needed, else pending changes as a delta.
+    async fn publish_inventory(&self, client: &async_nats::Client) {
+        let (full, delta) = {
+            let mut inv = self
+                .lifecycle
+                .inventory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if inv.need_full {
+                inv.need_full = false;
+                inv.pending.clear();
+                // Milliseconds keep generations distinct across agent restarts.
+                inv.generation = chrono::Utc::now().timestamp_millis() as u64;
+                inv.delta_seq = 0;
+                (Some(inv.generation), None)
+            } else if !inv.pending.is_empty() {
+                inv.delta_seq += 1;
+                let d = InventoryDelta {
+                    node: self.config.node.clone(),
+                    generation: inv.generation,
+                    seq: inv.delta_seq,
+                    changes: std::mem::take(&mut inv.pending),
+                };
+                (None, Some(d))
+            } else {
+                (None, None)
+            }
+        };
+        let ok = if let Some(generation) = full {
+            let chunks = chunk_inventory(
+                &self.config.node,
+                generation,
+                self.lifecycle.snapshot_inventory(),
+                INVENTORY_CHUNK_BYTES,
+            );
+            let n = chunks.len();
+            let mut ok = true;
+            for c in chunks {
+                ok &= publish(client, self.subjects().inventory, &c).await;
+            }
+            debug!(generation, chunks = n, "full inventory published");
+            ok
+        } else if let Some(d) = delta {
+            publish(client, self.subjects().delta, &d).await
+        } else {
+            true
+        };
+        if !ok {
+            self.lifecycle
+                .inventory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .need_full = true;
+        }
+    }
+
+    async fn publish_events(&self, client: &async_nats::Client) {
+        loop {
+            let Some(ev) = self
+                .lifecycle
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            else {
+                return;
+            };
+            if !publish(client, self.subjects().event, &ev).await {
+                self.lifecycle
+                    .events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_front(ev);
+                return;
+            }
+        }
+    }
+
+    /// Verifies, checks freshness, then parses and runs one command.
+    pub async fn handle_command(&self, subject: &str, payload: &[u8]) -> CommandResult {
+        let t = now();
+        let refuse = |reason: String| {
+            warn!(subject, %reason, "command refused");
+            self.lifecycle.event(
+                EventKind::CommandRefused {
+                    subject: subject.to_string(),
+                    reason: reason.clone(),
+                },
+                t,
+            );
+            CommandResult {
+                id: String::new(),
+                node: self.config.node.clone(),
+                outcome: Outcome::Refused,
+                message: reason,
+            }
+        };
+        let opened = match self.verifier.open(subject, payload, t) {
+            Ok(o) => o,
+            Err(e) => return refuse(e.to_string()),
+        };
+        {
+            let mut f = self.freshness.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = f.admit(&opened.header, t) {
+                return refuse(e.to_string());
+            }
+            if let Err(e) = self.state.save_freshness(&f) {
+                warn!(error = %e, "could not persist replay memory");
+            }
+        }
+        let id = opened.header.id.clone();
+        let result = |outcome, message: String| CommandResult {
+            id: id.clone(),
+            node: self.config.node.clone(),
+            outcome,
+            message,
+        };
+        let cmd: Command = match serde_json::from_slice(opened.payload) {
+            Ok(c) => c,
+            Err(e) => {
+                return result(
+                    Outcome::Failed,
+                    format!("signed command does not parse: {e}"),
+                )
+            }
+        };
+        info!(id = %id, command = ?cmd, "command accepted");
+        let actor = format!("coordinator:{}/{}", opened.header.kid, id);
+        let lc = self.lifecycle.clone();
+        let run = move || match cmd {
+            Command::Ping {} => (Outcome::Done, "pong".to_string()),
+            Command::SendInventory {} => {
+                lc.inventory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .need_full = true;
+                (Outcome::Done, "full inventory queued".to_string())
+            }
+            Command::SnapshotNow {} => {
+                let r = lc.snapshot_pass(now(), true);
+                summarize(&r.taken, &r.errors, "taken")
+            }
+            Command::PruneNow {} => {
+                let r = lc.prune_pass(now(), &actor);
+                summarize(&r.destroyed, &r.errors, "destroyed")
+            }
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok((outcome, message)) => result(outcome, message),
+            Err(e) => result(Outcome::Failed, format!("command panicked: {e}")),
+        }
+    }
+
+    /// Applies a policy envelope from the KV bucket.
+    pub fn apply_policy(&self, raw: &[u8]) {
+        let t = now();
+        let refuse = |reason: String| {
+            warn!(%reason, "policy refused");
+            self.lifecycle.event(EventKind::PolicyRefused { reason }, t);
+        };
+        let new = match SignedPolicy::open(&self.verifier, raw, Some(t)) {
+            Ok(p) => p,
+            Err(e) => return refuse(e),
+        };
+        {
+            let mut f = self.freshness.lock().unwrap_or_else(|e| e.into_inner());
+            if new.epoch < f.highest_epoch {
+                return refuse(format!(
+                    "stale epoch {}; the highest epoch seen is {}",
+                    new.epoch, f.highest_epoch
+                ));
+            }
+            if new.epoch > f.highest_epoch {
+                f.highest_epoch = new.epoch;
+                let _ = self.state.save_freshness(&f);
+            }
+        }
+        let current = self.lifecycle.policy();
+        if let Some(cur) = &current {
+            if new.bundle.revision < cur.bundle.revision {
+                // The watch replays history; an older revision is never applied.
+                debug!(
+                    revision = new.bundle.revision,
+                    current = cur.bundle.revision,
+                    "older policy ignored"
+                );
+                return;
+            }
+            if new.bundle.revision == cur.bundle.revision && new.exp <= cur.exp {
+                return;
+            }
+        }
+        if let Err(e) = self.state.save_policy(&new) {
+            warn!(error = %e, "could not cache the policy; applying it anyway");
+        }
+        let revision = new.bundle.revision;
+        let changed = current.map(|c| c.bundle.revision) != Some(revision);
+        *self
+            .lifecycle
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(new);
+        if changed {
+            info!(revision, "policy applied");
+            self.lifecycle
+                .event(EventKind::PolicyApplied { revision }, t);
+            // Classes may have changed.
+            self.lifecycle
+                .inventory
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .need_full = true;
+        }
+    }
+}
+
+fn summarize(done: &[String], errors: &[String], verb: &str) -> (Outcome, String) {
+    let mut msg = format!("{} {verb}", done.len());
+    if !done.is_empty() {
+        msg.push_str(&format!(": {}", done.join(", ")));
+    }
+    if errors.is_empty() {
+        (Outcome::Done, msg)
+    } else {
+        (
+            Outcome::Failed,
+            format!("{msg}; errors: {}", errors.join("; ")),
+        )
+    }
+}
+
+async fn publish<T: serde::Serialize>(
+    client: &async_nats::Client,
+    subject: String,
+    msg: &T,
+) -> bool {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return false;
+    }
+    let Ok(body) = serde_json::to_vec(msg) else {
+        return false;
+    };
+    match client.publish(subject, body.into()).await {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(error = %e, "publish failed");
+            false
+        }
+    }
+}
+
+/// Runs the NATS side until the process stops. Connection loss is normal: the
+/// client reconnects, and on every (re)connect the agent says hello and
+/// publishes a full inventory.
+pub async fn run(agent: Arc<Agent>) {
+    let (conn_tx, mut conn_rx) = watch::channel(false);
+    let client = match async_nats::ConnectOptions::new()
+        .name(format!("zdr-agent {}", agent.config.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |ev| {
+            let tx = conn_tx.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Connected => {
+                        let _ = tx.send(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        let _ = tx.send(false);
+                    }
+                    other => debug!(event = %other, "NATS event"),
+                }
+            }
+        })
+        .connect(&agent.config.nats_url)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, url = %agent.config.nats_url, "NATS unusable; running on the cached policy alone");
+            return;
+        }
+    };
+
+    tokio::spawn(commands(agent.clone(), client.clone()));
+    tokio::spawn(policy_watch(agent.clone(), client.clone()));
+
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(agent.config.heartbeat_secs));
+    let mut publish_tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            changed = conn_rx.changed() => {
+                if changed.is_err() { return; }
+                if *conn_rx.borrow_and_update() {
+                    info!(url = %agent.config.nats_url, "connected to NATS");
+                    agent.lifecycle.inventory.lock().unwrap_or_else(|e| e.into_inner()).need_full = true;
+                    agent.hello(&client).await;
+                    agent.publish_inventory(&client).await;
+                } else {
+                    warn!("NATS connection lost; snapshots and pruning go on under the cached policy");
+                }
+            }
+            _ = heartbeat.tick() => agent.heartbeat(&client).await,
+            _ = publish_tick.tick() => {
+                agent.publish_inventory(&client).await;
+                agent.publish_events(&client).await;
+            }
+        }
+    }
+}
+
+async fn commands(agent: Arc<Agent>, client: async_nats::Client) {
+    let subject = AgentSubjects::for_node(&agent.config.node).cmd;
+    let mut sub = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                warn!(error = %e, "subscribing to commands failed; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        let result = agent.handle_command(&msg.subject, &msg.payload).await;
+        if let Some(reply) = msg.reply {
+            if let Ok(body) = serde_json::to_vec(&result) {
+                let _ = client.publish(reply, body.into()).await;
+            }
+        }
+    }
+}
+
+async fn policy_watch(agent: Arc<Agent>, client: async_nats::Client) {
+    let js = jetstream::new(client);
+    loop {
+        let store = match js.get_key_value(subject::POLICY_BUCKET).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(error = %e, "policy bucket not reachable yet");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        let mut watch = match store.watch_with_history(subject::POLICY_KEY).await {
+            Ok(w) => w,
+            Err(e) => {
+                debug!(error = %e, "policy watch failed");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        while let Some(entry) = watch.next().await {
+            match entry {
+                Ok(e) if e.operation == jetstream::kv::Operation::Put => {
+                    agent.apply_policy(&e.value)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    debug!(error = %e, "policy watch error");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,113 @@
+//! Checks for the names that `DatasetName` does not cover: hold tags, user
+//! property names and bookmarks. Both backends run them, so the simulator
+//! refuses exactly what the CLI backend refuses.
+
+use zdr_common::dataset::{check_component, MAX_NAME_LEN};
+use zdr_common::{DatasetName, NameError};
+
+use super::ZfsError;
+
+/// OpenZFS ZAP_MAXNAMELEN.
+const MAX_PROPERTY_LEN: usize = 256;
+
+/// A hold tag travels as its own argv element, so a leading '-' would be read
+/// as an option; the character set is the one ZFS names use.
+pub(crate) fn check_tag(tag: &str) -> Result<(), ZfsError> {
+    let refuse = |reason: &str| ZfsError::Invalid {
+        what: "hold tag",
+        value: tag.to_string(),
+        reason: reason.to_string(),
+    };
+    if tag.starts_with('-') {
+        return Err(refuse("must not start with '-'"));
+    }
+    if tag.len() > MAX_NAME_LEN {
+        return Err(refuse(&format!("longer than {MAX_NAME_LEN} bytes")));
+    }
+    check_component(tag, tag, 0).map_err(|e| refuse(&e.to_string()))
+}
+
+/// ZFS user property names: lowercase letters, digits, `: - _ .`, at least
+/// one ':', not starting with '-'.
+pub(crate) fn check_user_property(name: &str) -> Result<(), ZfsError> {
+    let refuse = |reason: &str| ZfsError::Invalid {
+        what: "user property",
+        value: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() || name.len() > MAX_PROPERTY_LEN {
+        return Err(refuse(&format!(
+            "must be 1 to {MAX_PROPERTY_LEN} bytes long"
+        )));
+    }
+    if name.starts_with('-') {
+        return Err(refuse("must not start with '-'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | ':' | '-' | '_' | '.'))
+    {
+        return Err(refuse(&format!(
+            "contains {c:?}; allowed are lowercase letters, digits and : - _ ."
+        )));
+    }
+    if !name.contains(':') {
+        return Err(refuse("a user property needs a ':', as in zdr:class"));
+    }
+    Ok(())
+}
+
+/// `dataset#bookmark`, checking the bookmark part and the total length.
+pub(crate) fn bookmark_name(dataset: &DatasetName, bookmark: &str) -> Result<String, NameError> {
+    let full = format!("{dataset}#{bookmark}");
+    check_component(&full, bookmark, dataset.as_str().len() + 1)?;
+    if full.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            len: full.len(),
+            name: full,
+        });
+    }
+    Ok(full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        assert!(check_tag("zdr keep:a.b-c_d").is_ok());
+        for bad in ["", "-r", "a\tb", "a;b", "a/b", "a@b"] {
+            assert!(check_tag(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_tag(&"t".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn user_properties() {
+        assert!(check_user_property("zdr:class").is_ok());
+        assert!(check_user_property("com.example:a-b_c.d").is_ok());
+        for bad in [
+            "",
+            "class",
+            "-zdr:class",
+            "Zdr:class",
+            "zdr:cl ass",
+            "zdr:a,b",
+            "zdr:a\tb",
+        ] {
+            assert!(check_user_property(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_user_property(&format!("a:{}", "b".repeat(255))).is_err());
+    }
+
+    #[test]
+    fn bookmarks() {
+        let ds = DatasetName::parse("tank/a b").unwrap();
+        assert_eq!(bookmark_name(&ds, "zdr_1").unwrap(), "tank/a b#zdr_1");
+        for bad in ["", "a#b", "a@b", "x;y", ".."] {
+            assert!(bookmark_name(&ds, bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(bookmark_name(&ds, &"b".repeat(250)).is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! Replication tasks: the model's defaults, and every kind of error with the
+//! exact file:line:column and message.
+
+use zdr_common::policy::Policy;
+use zdr_schemas::tasks::{Compress, MediaChoice, SiteChoice};
+use zdr_schemas::{parse_policy, parse_tasks, Rate, Tasks};
+
+const POLICY: &str = "\
+version: 1
+sites: { a: {}, b: {} }
+nodes:
+  a1: { site: a, media: ssd }
+  a2: { site: a, media: hdd }
+  b1: { site: b, media: hdd }
+classes:
+  gold: { rpo: 1h, rto: 1h }
+datasets:
+  - { match: backup/**, exclude: true }
+  - { match: tank/**, class: gold }
+";
+
+/// Line numbers in the assertions refer to this text.
+const BASE: &str = r#"version: 1
+tasks:
+  - name: local
+    source:
+      class: gold
+    target:
+      site: same
+      media: different
+      root: backup/{node}
+    schedule:
+      every: 15m
+  - name: offsite
+    source:
+      match: tank/db/**
+      nodes: [a1, a2]
+    target:
+      site: other
+      root: backup/{node}
+    schedule:
+      every: 1h
+      window: "22:00-06:00"
+    bandwidth:
+      limit: 50MB/s
+      windows:
+        - { from: "08:00", to: "18:00", limit: 20MB/s }
+"#;
+
+fn policy() -> Policy {
+    parse_policy("p.yaml", POLICY).unwrap()
+}
+
+fn edit(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from:?} is not in BASE");
+    BASE.replacen(from, to, 1)
+}
+
+fn error(text: &str) -> String {
+    match parse_tasks("specs/t.yml", text, &policy()) {
+        Ok(t) => panic!("accepted: {t:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn base_parses_with_defaults() {
+    let tasks = parse_tasks("specs/t.yml", BASE, &policy()).unwrap();
+    let local = &tasks.tasks[0];
+    assert!(local.keep_intermediates && local.raw && !local.allow_rollback);
+    assert_eq!(local.compress, Compress::Zstd);
+    assert_eq!(local.bandwidth.limit, Rate::UNLIMITED);
+    assert_eq!(local.target.site, SiteChoice::Same);
+    assert_eq!(local.target.media, MediaChoice::Different);
+    let offsite = &tasks.tasks[1];
+    assert_eq!(offsite.source.patterns, ["tank/db/**"]);
+    assert_eq!(offsite.target.media, MediaChoice::Any);
+    assert_eq!(
+        offsite.target.root_template().as_deref(),
+        Some("backup/{node}")
+    );
+    assert_eq!(offsite.schedule.window.unwrap().to_string(), "22:00-06:00");
+    assert_eq!(offsite.bandwidth.limit.bytes_per_sec(), Some(50_000_000));
+    assert_eq!(
+        offsite.bandwidth.windows[0].limit.bytes_per_sec(),
+        Some(20_000_000)
+    );
+}
+
+#[test]
+fn bad_rate() {
+    assert_eq!(
+        error(&edit("limit: 50MB/s", "limit: 50MBs")),
+        "specs/t.yml:23:14: tasks[1].bandwidth.limit: \"50MBs\" is not a rate; write a number and a unit per second (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 50MB/s, 1.5GB/s or 500KiB/s, or `unlimited`"
+    );
+}
+
+#[test]
+fn overlapping_and_empty_windows() {
+    let overlap = edit(
+        "limit: 20MB/s }\n",
+        "limit: 20MB/s }\n        - { from: \"17:00\", to: \"19:00\", limit: 30MB/s }\n",
+    );
+    assert_eq!(
+        error(&overlap),
+        "specs/t.yml:26:11: tasks[1].bandwidth.windows[1]: window 17:00-19:00 overlaps windows[0] (08:00-18:00); only one limit can apply at a time, so split or shorten one"
+    );
+    assert_eq!(
+        error(&edit("to: \"18:00\"", "to: \"08:00\"")),
+        "specs/t.yml:25:11: tasks[1].bandwidth.windows[0]: window 08:00-08:00 is empty (it starts where it ends); use 00:00-24:00 for all day"
+    );
+    assert_eq!(
+        error(&edit("window: \"22:00-06:00\"", "window: \"22:00-6:00\"")),
+        "specs/t.yml:21:15: tasks[1].schedule.window: \"6:00\" is not a time of day; write HH:MM in UTC, from 00:00 to 24:00"
+    );
+}
+
+#[test]
+fn unknown_keys_and_values() {
+    assert_eq!(
+        error(&edit("    bandwidth:", "    bandwith:")),
+        "specs/t.yml:22:5: tasks[1]: unknown key `bandwith`; did you mean `bandwidth`?"
+    );
+    assert_eq!(
+        error(&edit(
+            "      every: 15m\n",
+            "      every: 15m\n    compress: zstdd\n"
+        )),
+        "specs/t.yml:12:15: tasks[0].compress: unknown value `zstdd`; did you mean `zstd`?"
+    );
+    assert_eq!(
+        error(&edit(
+            "      root: backup/{node}\n    schedule:\n      every: 15m",
+            "      roots: backup/{node}\n    schedule:\n      every: 15m"
+        )),
+        "specs/t.yml:9:7: tasks[0].target: unknown key `roots`; did you mean `root`?"
+    );
+}
+
+#[test]
+fn references_must_exist_in_the_policy() {
+    assert_eq!(
+        error(&edit("class: gold", "class: glod")),
+        "specs/t.yml:5:14: tasks[0].source.class: \"glod\" is not a class in the policy; did you mean `gold`?"
+    );
+    assert_eq!(
+        error(&edit("nodes: [a1, a2]", "nodes: [a1, x9]")),
+        "specs/t.yml:15:19: tasks[1].source.nodes[1]: \"x9\" is not a node in the policy; known: `a1`, `a2`, `b1`"
+    );
+    assert_eq!(
+        error(&edit("site: other", "site: c")),
+        "specs/t.yml:17:13: tasks[1].target.site: \"c\" is not a site in the policy; known: `a`, `b`"
+    );
+    assert_eq!(
+        error(&edit("media: different", "media: tape")),
+        "specs/t.yml:8:14: tasks[0].target.media: no node in the policy has media \"tape\"; media in use: `hdd`, `ssd`"
+    );
+}
+
+#[test]
+fn names_are_unique_and_tidy() {
+    assert_eq!(
+        error(&edit("name: offsite", "name: local")),
+        "specs/t.yml:12:11: tasks[1].name: task name \"local\" is already used by tasks[0]; names must be unique"
+    );
+    assert_eq!(
+        error(&edit("name: local", "name: my task")),
+        "specs/t.yml:3:11: tasks[0].name: task name \"my task\" contains ' '; use only ASCII letters, digits, '-', '_' and '.'"
+    );
+}
+
+#[test]
+fn schedule_and_source_checks() {
+    assert_eq!(
+        error(&edit("every: 15m", "every: 0s")),
+        "specs/t.yml:11:14: tasks[0].schedule.every: must be at least 1s"
+    );
+    assert_eq!(
+        error(&edit(
+            "    source:\n      class: gold\n",
+            "    source: {}\n"
+        )),
+        "specs/t.yml:4:5: tasks[0].source: select datasets with `class`, `match` or both"
+    );
+    assert_eq!(
+        error(&edit("match: tank/db/**", "match: tank//db")),
+        "specs/t.yml:14:14: tasks[1].source.match[0]: pattern \"tank//db\" has an empty component"
+    );
+}
+
+#[test]
+fn targets_must_be_reachable_and_safe() {
+    assert_eq!(
+        error(&edit("media: different", "media: same")),
+        "specs/t.yml:6:5: tasks[0].target: no other node matches the target (site same, media same) for any source node"
+    );
+    assert_eq!(
+        error(&edit("      site: other\n", "      site: other\n      media: ssd\n").replace("[a1, a2]", "[a1, b1]")),
+        "specs/t.yml:15:7: tasks[1].source.nodes: no other node matches the target (site other, media ssd) for a1"
+    );
+    assert_eq!(
+        error(&edit("root: backup/{node}", "root: tank/replicas/{node}")),
+        "specs/t.yml:9:13: tasks[0].target.root: replicas under tank/replicas/a1 would match the policy's dataset rules (class \"gold\") and get snapshots of their own, which breaks the next receive; choose another root, or exclude them in the policy with a rule `match: tank/replicas/*/**` and `exclude: true` before the others"
+    );
+    assert_eq!(
+        error(&edit("root: backup/{node}", "root: backup/all")),
+        "specs/t.yml:9:13: tasks[0].target.root: replicas from several nodes would land in the same datasets under \"backup/all\"; add `{node}` to it"
+    );
+    assert_eq!(
+        error(&edit("root: backup/{node}", "root: backup/{host}")),
+        "specs/t.yml:9:13: tasks[0].target.root: root \"backup/{host}\" uses `{host}`; only `{node}` and `{site}` can be filled in"
+    );
+    assert_eq!(
+        error(&edit(
+            "      root: backup/{node}\n",
+            "      root: backup/{node}\n      pool: backup\n"
+        )),
+        "specs/t.yml:6:5: tasks[0].target: give either `pool` or `root`, not both"
+    );
+    assert_eq!(
+        error(&edit("      root: backup/{node}\n", "      pool: backup/x\n")),
+        "specs/t.yml:9:13: tasks[0].target.pool: \"backup/x\" is a dataset, not a pool; write `root: backup/x` instead"
+    );
+    assert_eq!(
+        error(&edit("root: backup/{node}", "root: backup/{node}/$x")),
+        "specs/t.yml:9:13: tasks[0].target.root: replicas cannot land there: name \"backup/a1/$x\" contains '$' at byte 10; ZFS names allow only ASCII letters, digits, space and - _ . :"
+    );
+    let pool = parse_tasks(
+        "t.yml",
+        &edit("root: backup/{node}", "pool: backup"),
+        &policy(),
+    )
+    .unwrap();
+    assert_eq!(
+        pool.tasks[0].target.root_template().as_deref(),
+        Some("backup/{node}")
+    );
+}
+
+#[test]
+fn retention_override_is_checked() {
+    let text = edit(
+        "      every: 15m\n",
+        "      every: 15m\n    retention:\n      tiers: { hourly: 24, daily: 0 }\n",
+    );
+    assert_eq!(
+        error(&text),
+        "specs/t.yml:13:35: tasks[0].retention.tiers.daily: keeps 0 daily snapshots; keep at least 1 or remove the tier"
+    );
+}
+
+#[test]
+fn a_bare_list_gets_a_hint() {
+    assert_eq!(
+        error("- name: local\n"),
+        "specs/t.yml:1:1: the top level is a list; expected a mapping with the keys `version` and `tasks` (the list of tasks goes under `tasks:`)"
+    );
+}
+
+#[test]
+fn json_round_trip() {
+    let tasks = parse_tasks("t.yml", BASE, &policy()).unwrap();
+    let json = serde_json::to_string(&tasks).unwrap();
+    assert_eq!(serde_json::from_str::<Tasks>(&json).unwrap(), tasks);
+    // JSON is YAML too: the loader reads it back the same.
+    assert_eq!(parse_tasks("t.json", &json, &policy()).unwrap(), tasks);
+}
