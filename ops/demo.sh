@@ -93,10 +93,11 @@ if [ -n "$run_for" ]; then
 import json, sys
 f = json.load(sys.stdin)
 for n in f["nodes"]:
-    print(f"{n[\"node\"]} ({n[\"site\"]}/{n[\"media\"]}, {n[\"backend\"]}, {\"online\" if n[\"online\"] else \"OFFLINE\"})")
+    state = "online" if n["online"] else "OFFLINE"
+    print("%s (%s/%s, backend %s, %s)" % (n["node"], n["site"], n["media"], n["backend"], state))
     for d in n["datasets"]:
-        snaps = [s for s in d["snapshots"]]
-        print(f"  {d[\"dataset\"]:<18} class={d[\"class\"]} rpo_met={d[\"rpo_met\"]} snapshots={len(snaps)} newest={d[\"newest\"]}")
+        print("  %-18s class=%s rpo_met=%s snapshots=%d newest=%s"
+              % (d["dataset"], d["class"], d["rpo_met"], len(d["snapshots"]), d["newest"]))
 '
 else
   echo "Ctrl-C stops the fleet." >&2

@@ -51,7 +51,7 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
         }
         BackendConfig::Sim { pools } => {
             warn!("SIMULATED ZFS BACKEND: this agent protects no real data (demo and scale tests only)");
-            let sim = SimBackend::open(&state.path("sim-pools.json"))?;
+            let sim = SimBackend::open(state.path("sim-pools.json"))?;
             for pool in pools {
                 match sim.add_pool(&pool.name, pool.size_bytes) {
                     Ok(()) | Err(ZfsError::Exists { .. }) => {}

@@ -129,17 +129,18 @@ async fn command(
     Path(node): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let cmd: Command =
-        match serde_json::from_slice(&body) {
-            Ok(c) => c,
-            Err(e) => return (
+    let cmd: Command = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return (
                 StatusCode::BAD_REQUEST,
                 format!(
                     "request body is not a command ({e}); send e.g. {{\"snapshot_now\":{{}}}}\n"
                 ),
             )
-                .into_response(),
-        };
+                .into_response()
+        }
+    };
     match st.send_command(&node, &cmd).await {
         Ok(result) => Json(result).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),

@@ -1,0 +1,761 @@
+//! ZFS conformance suite: one set of cases written against `&dyn Backend`,
+//! run against the simulator by default and against real OpenZFS (the `cli`
+//! backend) with `ZDR_CONFORMANCE=cli`, where every test gets its own
+//! file-backed pool. `integration/zfs-vm/conformance.sh` runs the `cli` lane
+//! inside the zfs-vm guest. When the two lanes disagree, the simulator is
+//! wrong: fix `agent/src/zfs/sim.rs` to match real ZFS.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use zdr_agent::zfs::cli::CliBackend;
+use zdr_agent::zfs::sim::SimBackend;
+use zdr_agent::zfs::{Backend, ZfsError};
+use zdr_common::wire::SnapshotInfo;
+use zdr_common::{DatasetName, NameError};
+
+// ------------------------------------------------------------- fixtures ---
+
+/// What a case needs besides the backend: a pool of its own and ways to
+/// shape it that the `Backend` trait does not offer.
+trait Fixture {
+    fn backend(&self) -> &dyn Backend;
+    fn pool(&self) -> &str;
+    fn create_dataset(&self, name: &DatasetName);
+    fn set_property(&self, dataset: &DatasetName, key: &str, value: &str);
+    /// Writes `bytes` of incompressible data into the dataset (no-op for sim,
+    /// which has no data path).
+    fn write_data(&self, dataset: &DatasetName, bytes: usize);
+    /// Leaves the pool so that a snapshot of `dataset` cannot fit.
+    fn exhaust_space(&self, dataset: &DatasetName);
+    /// Bookmarks (name after '#', guid) of the dataset; `None` where the
+    /// backend has no way to list them (sim).
+    fn bookmarks(&self, dataset: &DatasetName) -> Option<Vec<(String, u64)>>;
+    /// A backend of the same kind that can reach no ZFS at all: any call that
+    /// gets past name checking fails with something other than `Name`.
+    fn blind_backend(&self) -> Box<dyn Backend>;
+    /// Whether real zfs(8) accepts `name` in `zfs create`; `None` for sim.
+    fn zfs_accepts(&self, name: &str) -> Option<bool>;
+
+    fn ds(&self, rel: &str) -> DatasetName {
+        DatasetName::parse(&format!("{}/{rel}", self.pool())).unwrap()
+    }
+    fn root(&self) -> DatasetName {
+        DatasetName::parse(self.pool()).unwrap()
+    }
+    /// Creates `rel` below the pool and returns its name.
+    fn make(&self, rel: &str) -> DatasetName {
+        let d = self.ds(rel);
+        self.create_dataset(&d);
+        d
+    }
+}
+
+/// A fresh fixture for one test, by `ZDR_CONFORMANCE` (`sim`, the default, or `cli`).
+fn fixture(test: &str) -> Box<dyn Fixture> {
+    let pool = format!("zc{}_{test}", std::process::id());
+    match std::env::var("ZDR_CONFORMANCE").as_deref() {
+        Err(_) | Ok("") | Ok("sim") => Box::new(SimFixture::new(&pool)),
+        Ok("cli") => Box::new(CliFixture::new(&pool)),
+        Ok(other) => panic!("ZDR_CONFORMANCE={other:?}: expected sim or cli"),
+    }
+}
+
+struct SimFixture {
+    sim: SimBackend,
+    pool: String,
+}
+
+impl SimFixture {
+    fn new(pool: &str) -> Self {
+        let sim = SimBackend::new();
+        sim.add_pool(pool, 64 << 20).unwrap();
+        SimFixture {
+            sim,
+            pool: pool.into(),
+        }
+    }
+}
+
+impl Fixture for SimFixture {
+    fn backend(&self) -> &dyn Backend {
+        &self.sim
+    }
+    fn pool(&self) -> &str {
+        &self.pool
+    }
+    fn create_dataset(&self, name: &DatasetName) {
+        self.sim.create_dataset(name).unwrap();
+    }
+    fn set_property(&self, dataset: &DatasetName, key: &str, value: &str) {
+        self.sim.set_property(dataset, key, value).unwrap();
+    }
+    fn write_data(&self, _dataset: &DatasetName, _bytes: usize) {}
+    fn exhaust_space(&self, _dataset: &DatasetName) {
+        // Filler datasets until one no longer fits, then filler snapshots
+        // until one no longer fits either.
+        let mut n = 0;
+        loop {
+            match self.sim.create_dataset(&self.ds(&format!("fill {n}"))) {
+                Ok(()) => n += 1,
+                Err(ZfsError::NoSpace { .. }) => break,
+                Err(e) => panic!("filling the pool: {e}"),
+            }
+        }
+        let filler = self.ds("fill 0");
+        for i in 0.. {
+            match self
+                .sim
+                .snapshot(std::slice::from_ref(&filler), &format!("f{i}"), false)
+            {
+                Ok(()) => {}
+                Err(ZfsError::NoSpace { .. }) => break,
+                Err(e) => panic!("filling the pool: {e}"),
+            }
+        }
+    }
+    fn bookmarks(&self, _dataset: &DatasetName) -> Option<Vec<(String, u64)>> {
+        None
+    }
+    fn blind_backend(&self) -> Box<dyn Backend> {
+        Box::new(SimBackend::new())
+    }
+    fn zfs_accepts(&self, _name: &str) -> Option<bool> {
+        None
+    }
+}
+
+/// A file-backed pool on real OpenZFS, destroyed on drop.
+struct CliFixture {
+    cli: CliBackend,
+    zfs: PathBuf,
+    zpool: PathBuf,
+    pool: String,
+    _dir: tempfile::TempDir,
+}
+
+fn sbin(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Runs an argv with messages in English; `Err(stderr)` when it fails.
+fn run(program: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+impl CliFixture {
+    fn new(pool: &str) -> Self {
+        let (zfs, zpool) = (sbin("zfs"), sbin("zpool"));
+        let dir = tempfile::Builder::new()
+            .prefix("zdr-conformance")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let vdev = dir.path().join("vdev.img");
+        std::fs::File::create(&vdev)
+            .and_then(|f| f.set_len(128 << 20))
+            .unwrap();
+        let mnt = dir.path().join("mnt");
+        let (vdev, mnt) = (vdev.to_str().unwrap(), mnt.to_str().unwrap());
+        run(
+            &zpool,
+            &[
+                "create",
+                "-f",
+                "-m",
+                mnt,
+                "-O",
+                "compression=off",
+                pool,
+                vdev,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("zpool create {pool}: {e}"));
+        CliFixture {
+            cli: CliBackend::new(zfs.clone(), zpool.clone()),
+            zfs,
+            zpool,
+            pool: pool.into(),
+            _dir: dir,
+        }
+    }
+
+    fn zfs(&self, args: &[&str]) -> String {
+        run(&self.zfs, args).unwrap_or_else(|e| panic!("zfs {args:?}: {e}"))
+    }
+
+    fn get(&self, property: &str, dataset: &DatasetName) -> String {
+        self.zfs(&["get", "-Hp", "-o", "value", property, dataset.as_str()])
+            .trim_end_matches('\n')
+            .to_string()
+    }
+}
+
+impl Drop for CliFixture {
+    fn drop(&mut self) {
+        if let Err(e) = run(&self.zpool, &["destroy", "-f", &self.pool]) {
+            eprintln!("zpool destroy {}: {e}", self.pool);
+        }
+    }
+}
+
+impl Fixture for CliFixture {
+    fn backend(&self) -> &dyn Backend {
+        &self.cli
+    }
+    fn pool(&self) -> &str {
+        &self.pool
+    }
+    fn create_dataset(&self, name: &DatasetName) {
+        self.zfs(&["create", name.as_str()]);
+    }
+    fn set_property(&self, dataset: &DatasetName, key: &str, value: &str) {
+        self.zfs(&["set", &format!("{key}={value}"), dataset.as_str()]);
+    }
+    fn write_data(&self, dataset: &DatasetName, bytes: usize) {
+        let dir = PathBuf::from(self.get("mountpoint", dataset));
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ bytes as u64;
+        let data: Vec<u8> = (0..bytes)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let path = dir.join(format!("data-{}", data.len()));
+        std::fs::write(&path, &data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        run(&self.zpool, &["sync", &self.pool]).unwrap();
+    }
+    fn exhaust_space(&self, dataset: &DatasetName) {
+        // A snapshot of a dataset with a refreservation needs room outside it
+        // for the dataset's unique bytes: reserve all but 2 MiB of the pool
+        // for the dataset, then give it 8 MiB of its own data.
+        let avail: u64 = self.get("available", dataset).parse().unwrap();
+        let reserve = (avail - (2 << 20)) & !((128 << 10) - 1);
+        self.zfs(&[
+            "set",
+            &format!("refreservation={reserve}"),
+            dataset.as_str(),
+        ]);
+        self.write_data(dataset, 8 << 20);
+    }
+    fn bookmarks(&self, dataset: &DatasetName) -> Option<Vec<(String, u64)>> {
+        let out = self.zfs(&[
+            "list",
+            "-Hp",
+            "-t",
+            "bookmark",
+            "-o",
+            "name,guid",
+            "-d",
+            "1",
+            dataset.as_str(),
+        ]);
+        let prefix = format!("{dataset}#");
+        Some(
+            out.lines()
+                .map(|l| {
+                    let (name, guid) = l.split_once('\t').unwrap();
+                    let name = name.strip_prefix(&prefix).unwrap_or_else(|| panic!("{l}"));
+                    (name.to_string(), guid.parse().unwrap())
+                })
+                .collect(),
+        )
+    }
+    fn blind_backend(&self) -> Box<dyn Backend> {
+        let missing = PathBuf::from("/nonexistent/zdr-conformance/zfs");
+        Box::new(CliBackend::new(missing.clone(), missing))
+    }
+    fn zfs_accepts(&self, name: &str) -> Option<bool> {
+        let ok = run(&self.zfs, &["create", name]).is_ok();
+        if ok {
+            self.zfs(&["destroy", name]);
+        }
+        Some(ok)
+    }
+}
+
+// -------------------------------------------------------------- helpers ---
+
+fn snaps(f: &dyn Fixture, d: &DatasetName) -> Vec<SnapshotInfo> {
+    f.backend()
+        .list_snapshots(d)
+        .unwrap_or_else(|e| panic!("list_snapshots {d}: {e}"))
+}
+
+fn names(s: &[SnapshotInfo]) -> Vec<&str> {
+    s.iter().map(|x| x.name.as_str()).collect()
+}
+
+fn snap(f: &dyn Fixture, datasets: &[&DatasetName], name: &str, recursive: bool) {
+    let owned: Vec<DatasetName> = datasets.iter().map(|d| (*d).clone()).collect();
+    f.backend()
+        .snapshot(&owned, name, recursive)
+        .unwrap_or_else(|e| panic!("snapshot {owned:?}@{name}: {e}"));
+}
+
+fn sorted(v: Vec<String>) -> Vec<String> {
+    v.into_iter().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ---------------------------------------------------------------- cases ---
+
+#[test]
+fn snapshots_list_in_createtxg_order_with_all_fields() {
+    let f = fixture("list");
+    let f = f.as_ref();
+    let b = f.backend();
+    let d = f.make("my data");
+    let start = now();
+    // Creation order differs from name order both ways.
+    for name in ["zeta", "alpha", "mid snap", "beta"] {
+        snap(f, &[&d], name, false);
+    }
+    b.hold(&d, "mid snap", "zdr").unwrap();
+    let got = snaps(f, &d);
+    assert_eq!(names(&got), ["zeta", "alpha", "mid snap", "beta"]);
+    for w in got.windows(2) {
+        assert!(w[0].createtxg < w[1].createtxg, "{got:?}");
+    }
+    let guids: BTreeSet<u64> = got.iter().map(|s| s.guid).collect();
+    assert_eq!(guids.len(), got.len(), "guids not unique: {got:?}");
+    assert!(!guids.contains(&0));
+    for s in &got {
+        assert!(s.createtxg > 0, "{s:?}");
+        assert!(
+            (start - 60..=now() + 60).contains(&s.creation),
+            "creation {} not near {start}",
+            s.creation
+        );
+        let want = u32::from(s.name == "mid snap");
+        assert_eq!(s.userrefs, want, "{s:?}");
+    }
+    // Only this dataset's snapshots, not the parent's or a child's.
+    let child = f.make("my data/child");
+    snap(f, &[&child], "c", false);
+    snap(f, &[&f.root()], "r", false);
+    assert_eq!(snaps(f, &d).len(), 4);
+    assert_eq!(names(&snaps(f, &child)), ["c"]);
+    assert!(snaps(f, &f.make("empty")).is_empty());
+    b.release(&d, "mid snap", "zdr").unwrap();
+    assert!(snaps(f, &d).iter().all(|s| s.userrefs == 0));
+
+    let pools = b.pools().unwrap();
+    let pool = pools
+        .iter()
+        .find(|p| p.name == f.pool())
+        .expect("own pool listed");
+    assert_eq!(pool.health, "ONLINE");
+    assert!(
+        pool.size > 0 && pool.allocated > 0 && pool.free > 0,
+        "{pool:?}"
+    );
+    assert!(pool.allocated + pool.free <= pool.size, "{pool:?}");
+}
+
+#[test]
+fn list_datasets_reads_a_user_property_set_inherited_or_unset() {
+    let f = fixture("props");
+    let f = f.as_ref();
+    let a = f.make("a");
+    let child = f.make("a/child");
+    let grandchild = f.make("a/child/deep");
+    let local = f.make("a/local");
+    let unset = f.make("b with space");
+    f.set_property(&a, "zdr:class", "gold");
+    f.set_property(&local, "zdr:class", "bronze tier");
+    f.set_property(&unset, "other:prop", "x");
+    let inherits_later = f.make("a/later");
+    let listed = f.backend().list_datasets("zdr:class").unwrap();
+    let mine: Vec<_> = listed
+        .iter()
+        .filter(|d| f.root().contains(&d.name))
+        .collect();
+    let class = |d: &DatasetName| {
+        mine.iter()
+            .find(|x| &x.name == d)
+            .unwrap_or_else(|| panic!("{d} not listed"))
+            .class_property
+            .clone()
+    };
+    assert_eq!(class(&f.root()), None);
+    assert_eq!(class(&a).as_deref(), Some("gold"));
+    assert_eq!(class(&child).as_deref(), Some("gold"));
+    assert_eq!(class(&grandchild).as_deref(), Some("gold"));
+    assert_eq!(class(&inherits_later).as_deref(), Some("gold"));
+    assert_eq!(class(&local).as_deref(), Some("bronze tier"));
+    assert_eq!(class(&unset), None);
+    assert_eq!(mine.len(), 7, "{mine:?}");
+    let guids: BTreeSet<u64> = mine.iter().map(|d| d.guid).collect();
+    assert_eq!(guids.len(), 7);
+    assert!(mine
+        .iter()
+        .all(|d| d.guid != 0 && d.used > 0 && d.available > 0));
+    // A property nobody set reads as unset everywhere.
+    let none = f.backend().list_datasets("zdr:nothing").unwrap();
+    assert!(none
+        .iter()
+        .filter(|d| f.root().contains(&d.name))
+        .all(|d| d.class_property.is_none()));
+    assert!(matches!(
+        f.backend().list_datasets("Bad,prop"),
+        Err(ZfsError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn multi_dataset_snapshot_is_atomic() {
+    let f = fixture("atomic");
+    let f = f.as_ref();
+    let b = f.backend();
+    let (a, bb, c) = (f.make("a"), f.make("b b"), f.make("c"));
+    snap(f, &[&a, &bb, &c], "n", false);
+    let txgs: BTreeSet<u64> = [&a, &bb, &c]
+        .iter()
+        .map(|d| snaps(f, d)[0].createtxg)
+        .collect();
+    assert_eq!(txgs.len(), 1, "one transaction, one createtxg: {txgs:?}");
+    let guids: BTreeSet<u64> = [&a, &bb, &c].iter().map(|d| snaps(f, d)[0].guid).collect();
+    assert_eq!(guids.len(), 3);
+
+    // One dataset already has the name: none of them get it.
+    snap(f, &[&bb], "x", false);
+    match b.snapshot(&[a.clone(), bb.clone(), c.clone()], "x", false) {
+        Err(ZfsError::Exists { what }) => assert!(what.contains("b b@x"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(names(&snaps(f, &a)), ["n"]);
+    assert_eq!(names(&snaps(f, &bb)), ["n", "x"]);
+    assert_eq!(names(&snaps(f, &c)), ["n"]);
+
+    // One dataset is missing: none of them get it.
+    let missing = f.ds("missing");
+    assert!(matches!(
+        b.snapshot(&[a.clone(), missing], "y", false),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert_eq!(names(&snaps(f, &a)), ["n"]);
+}
+
+#[test]
+fn recursive_snapshot_includes_children_only() {
+    let f = fixture("recursive");
+    let f = f.as_ref();
+    let a = f.make("a");
+    let child = f.make("a/child");
+    let deep = f.make("a/child/deep one");
+    let sibling = f.make("a b");
+    let other = f.make("a2");
+    snap(f, &[&a], "r", true);
+    let txg = snaps(f, &a)[0].createtxg;
+    for d in [&a, &child, &deep] {
+        let s = snaps(f, d);
+        assert_eq!(names(&s), ["r"], "{d}");
+        assert_eq!(s[0].createtxg, txg, "{d}");
+    }
+    for d in [&sibling, &other, &f.root()] {
+        assert!(snaps(f, d).is_empty(), "{d}");
+    }
+    // Recursive on the root takes every dataset of the pool; a child that
+    // already has the name makes the whole set fail.
+    assert!(matches!(
+        f.backend().snapshot(&[f.root()], "r", true),
+        Err(ZfsError::Exists { .. })
+    ));
+    assert!(snaps(f, &sibling).is_empty());
+    snap(f, &[&f.root()], "all", true);
+    for d in [&f.root(), &a, &child, &deep, &sibling, &other] {
+        assert_eq!(names(&snaps(f, d)).last(), Some(&"all"), "{d}");
+    }
+}
+
+#[test]
+fn holds_block_destroy_until_released() {
+    let f = fixture("holds");
+    let f = f.as_ref();
+    let b = f.backend();
+    let d = f.make("held data");
+    snap(f, &[&d], "s 1", false);
+    assert!(b.holds(&d, "s 1").unwrap().is_empty());
+    b.hold(&d, "s 1", "zdr").unwrap();
+    b.hold(&d, "s 1", "other tool").unwrap();
+    assert!(matches!(
+        b.hold(&d, "s 1", "zdr"),
+        Err(ZfsError::Exists { .. })
+    ));
+    assert_eq!(sorted(b.holds(&d, "s 1").unwrap()), ["other tool", "zdr"]);
+    assert_eq!(snaps(f, &d)[0].userrefs, 2);
+    match b.destroy_snapshot(&d, "s 1") {
+        Err(ZfsError::Held { what, tags }) => {
+            assert_eq!(what, format!("{d}@s 1"));
+            let mut tags: Vec<&str> = tags.split(", ").collect();
+            tags.sort();
+            assert_eq!(tags, ["other tool", "zdr"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(names(&snaps(f, &d)), ["s 1"]);
+    b.release(&d, "s 1", "zdr").unwrap();
+    assert_eq!(b.holds(&d, "s 1").unwrap(), ["other tool"]);
+    assert_eq!(snaps(f, &d)[0].userrefs, 1);
+    assert!(matches!(
+        b.release(&d, "s 1", "zdr"),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.destroy_snapshot(&d, "s 1"),
+        Err(ZfsError::Held { .. })
+    ));
+    b.release(&d, "s 1", "other tool").unwrap();
+    b.destroy_snapshot(&d, "s 1").unwrap();
+    assert!(snaps(f, &d).is_empty());
+
+    // On a snapshot that does not exist.
+    assert!(matches!(
+        b.hold(&d, "s 1", "zdr"),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.release(&d, "s 1", "zdr"),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(b.holds(&d, "s 1"), Err(ZfsError::NotFound { .. })));
+    assert!(matches!(
+        b.hold(&f.ds("missing"), "s", "zdr"),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.hold(&d, "s 1", "-r"),
+        Err(ZfsError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn bookmarks_outlive_their_snapshot() {
+    let f = fixture("bookmarks");
+    let f = f.as_ref();
+    let b = f.backend();
+    let d = f.make("marked data");
+    assert!(matches!(
+        b.bookmark(&d, "s", "bm"),
+        Err(ZfsError::NotFound { .. })
+    ));
+    snap(f, &[&d], "s", false);
+    snap(f, &[&d], "t", false);
+    let guid = snaps(f, &d)[0].guid;
+    b.bookmark(&d, "s", "bm").unwrap();
+    b.bookmark(&d, "s", "bm two").unwrap();
+    match b.bookmark(&d, "t", "bm") {
+        Err(ZfsError::Exists { what }) => assert!(what.contains(&format!("{d}#bm")), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        b.bookmark(&d, "s", "bm"),
+        Err(ZfsError::Exists { .. })
+    ));
+    b.destroy_snapshot(&d, "s").unwrap();
+    assert_eq!(names(&snaps(f, &d)), ["t"]);
+    // Still there: the name is still taken.
+    assert!(matches!(
+        b.bookmark(&d, "t", "bm"),
+        Err(ZfsError::Exists { .. })
+    ));
+    if let Some(marks) = f.bookmarks(&d) {
+        assert_eq!(
+            marks,
+            [("bm".to_string(), guid), ("bm two".to_string(), guid)]
+        );
+    }
+    // From a snapshot that is gone, and with names ZFS would refuse.
+    assert!(matches!(
+        b.bookmark(&d, "s", "again"),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(b.bookmark(&d, "t", "b#c"), Err(ZfsError::Name(_))));
+    assert!(matches!(b.bookmark(&d, "t", "b;c"), Err(ZfsError::Name(_))));
+}
+
+#[test]
+fn missing_and_duplicate_objects() {
+    let f = fixture("errors");
+    let f = f.as_ref();
+    let b = f.backend();
+    let d = f.make("there");
+    let missing = f.ds("not there");
+    let is_not_found = |r: Result<(), ZfsError>, what: &str| match r {
+        Err(ZfsError::NotFound { .. }) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    match b.list_snapshots(&missing) {
+        Err(ZfsError::NotFound { .. }) => {}
+        other => panic!("list_snapshots of a missing dataset: {other:?}"),
+    }
+    is_not_found(
+        b.snapshot(std::slice::from_ref(&missing), "s", false),
+        "snapshot",
+    );
+    is_not_found(
+        b.snapshot(std::slice::from_ref(&missing), "s", true),
+        "recursive snapshot",
+    );
+    is_not_found(b.destroy_snapshot(&d, "nope"), "destroy missing snapshot");
+    is_not_found(
+        b.destroy_snapshot(&missing, "s"),
+        "destroy on missing dataset",
+    );
+    is_not_found(
+        b.bookmark(&missing, "s", "b"),
+        "bookmark on missing dataset",
+    );
+    assert!(matches!(
+        b.holds(&missing, "s"),
+        Err(ZfsError::NotFound { .. })
+    ));
+
+    snap(f, &[&d], "dup", false);
+    match b.snapshot(std::slice::from_ref(&d), "dup", false) {
+        Err(ZfsError::Exists { what }) => assert!(what.contains(&format!("{d}@dup")), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(names(&snaps(f, &d)), ["dup"]);
+    b.destroy_snapshot(&d, "dup").unwrap();
+    is_not_found(b.destroy_snapshot(&d, "dup"), "destroy twice");
+}
+
+#[test]
+fn hostile_names_are_refused_before_any_command_runs() {
+    let f = fixture("names");
+    let f = f.as_ref();
+    let pool = f.pool();
+    for bad in ["$(reboot)", "données", "a;b", "a`id`", "a|b", "a\nb", "a'b"] {
+        let full = format!("{pool}/{bad}");
+        assert!(
+            matches!(DatasetName::parse(&full), Err(NameError::BadChar { .. })),
+            "{full:?} accepted"
+        );
+        // Real ZFS refuses them too: we are not stricter than it on these.
+        if let Some(accepted) = f.zfs_accepts(&full) {
+            assert!(!accepted, "zfs accepted {full:?}");
+        }
+    }
+    // Names with spaces are legal for both.
+    let spaced = format!("{pool}/my data");
+    let parsed = DatasetName::parse(&spaced).unwrap();
+    if let Some(accepted) = f.zfs_accepts(&spaced) {
+        assert!(accepted, "zfs refused {spaced:?}");
+    }
+
+    // Snapshot, bookmark and hold names reach the backend as strings: the
+    // real backend and one that can reach no ZFS at all both answer Name,
+    // so nothing ran.
+    let d = f.make("target");
+    snap(f, &[&d], "ok", false);
+    let blind = f.blind_backend();
+    for b in [f.backend(), blind.as_ref()] {
+        let kind = b.kind();
+        for bad in ["$(reboot)", "données", "a;b", "a@b", "", "-r", "a/b"] {
+            let checks: [(&str, Result<(), ZfsError>); 6] = [
+                ("snapshot", b.snapshot(std::slice::from_ref(&d), bad, false)),
+                (
+                    "recursive snapshot",
+                    b.snapshot(&[d.clone(), parsed.clone()], bad, true),
+                ),
+                ("destroy", b.destroy_snapshot(&d, bad)),
+                ("hold", b.hold(&d, bad, "zdr")),
+                ("release", b.release(&d, bad, "zdr")),
+                ("bookmark", b.bookmark(&d, "ok", bad)),
+            ];
+            for (op, r) in checks {
+                // "-r" is a legal ZFS component name; only the ones ZFS
+                // would refuse must come back as Name.
+                if bad == "-r" {
+                    continue;
+                }
+                assert!(
+                    matches!(r, Err(ZfsError::Name(_))),
+                    "{kind} {op} {bad:?}: {r:?}"
+                );
+            }
+            assert!(
+                matches!(b.holds(&d, bad), Err(ZfsError::Name(_))) || bad == "-r",
+                "{kind} holds {bad:?}"
+            );
+        }
+        // Hold tags are checked the same way, as Invalid.
+        for tag in ["-r", "a;b", "", "données"] {
+            assert!(
+                matches!(b.hold(&d, "ok", tag), Err(ZfsError::Invalid { .. })),
+                "{kind} hold tag {tag:?}"
+            );
+        }
+    }
+    // The blind backend really is blind: a well-formed call fails otherwise.
+    assert!(!matches!(
+        blind.list_snapshots(&d),
+        Ok(_) | Err(ZfsError::Name(_))
+    ));
+    assert_eq!(names(&snaps(f, &d)), ["ok"]);
+}
+
+#[test]
+fn names_with_spaces_round_trip() {
+    let f = fixture("spaces");
+    let f = f.as_ref();
+    let b = f.backend();
+    let d = f.make("my data");
+    let child = f.make("my data/sub dir");
+    f.write_data(&d, 64 << 10);
+    snap(f, &[&d], "before upgrade", true);
+    assert_eq!(names(&snaps(f, &d)), ["before upgrade"]);
+    assert_eq!(names(&snaps(f, &child)), ["before upgrade"]);
+    b.hold(&d, "before upgrade", "zdr keep").unwrap();
+    assert_eq!(b.holds(&d, "before upgrade").unwrap(), ["zdr keep"]);
+    b.bookmark(&d, "before upgrade", "mark one").unwrap();
+    assert!(matches!(
+        b.destroy_snapshot(&d, "before upgrade"),
+        Err(ZfsError::Held { .. })
+    ));
+    b.release(&d, "before upgrade", "zdr keep").unwrap();
+    b.destroy_snapshot(&d, "before upgrade").unwrap();
+    assert!(snaps(f, &d).is_empty());
+    assert_eq!(names(&snaps(f, &child)), ["before upgrade"]);
+    let listed = b.list_datasets("zdr:class").unwrap();
+    for want in [&d, &child] {
+        assert!(listed.iter().any(|x| &x.name == want), "{want} not listed");
+    }
+}
+
+#[test]
+fn snapshot_on_a_full_pool_is_no_space() {
+    let f = fixture("nospace");
+    let f = f.as_ref();
+    let d = f.make("full");
+    f.exhaust_space(&d);
+    match f.backend().snapshot(std::slice::from_ref(&d), "s", false) {
+        Err(ZfsError::NoSpace { pool }) => assert_eq!(pool, f.pool()),
+        other => panic!("{other:?}"),
+    }
+    assert!(snaps(f, &d).is_empty());
+}
