@@ -1,7 +1,7 @@
 //! The agent's NATS side: hello, heartbeats, inventory publication, signed
 //! commands and the policy watch. The lifecycle never waits on any of it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub struct Agent {
     pub freshness: Mutex<Freshness>,
     pub started_at: i64,
     heartbeat_seq: AtomicU64,
+    /// A coordinator that lost track of this node asked for everything again.
+    hello_due: AtomicBool,
 }
 
 impl Agent {
@@ -50,6 +52,7 @@ impl Agent {
             freshness: Mutex::new(freshness),
             started_at: now(),
             heartbeat_seq: AtomicU64::new(0),
+            hello_due: AtomicBool::new(false),
         }
     }
 
@@ -235,6 +238,9 @@ impl Agent {
             }
         };
         info!(id = %id, command = ?cmd, "command accepted");
+        if cmd == (Command::SendInventory {}) {
+            self.hello_due.store(true, Ordering::SeqCst);
+        }
         let actor = format!("coordinator:{}/{}", opened.header.kid, id);
         let lc = self.lifecycle.clone();
         let run = move || match cmd {
@@ -244,7 +250,7 @@ impl Agent {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .need_full = true;
-                (Outcome::Done, "full inventory queued".to_string())
+                (Outcome::Done, "hello and full inventory queued".to_string())
             }
             Command::SnapshotNow {} => {
                 let r = lc.snapshot_pass(now(), true);
@@ -412,6 +418,9 @@ pub async fn run(agent: Arc<Agent>) {
             }
             _ = heartbeat.tick() => agent.heartbeat(&client).await,
             _ = publish_tick.tick() => {
+                if agent.hello_due.swap(false, Ordering::SeqCst) {
+                    agent.hello(&client).await;
+                }
                 agent.publish_inventory(&client).await;
                 agent.publish_events(&client).await;
             }

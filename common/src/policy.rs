@@ -1,6 +1,6 @@
 //! The backup policy (`specs/backup/policies.yaml`) as the coordinator signs and
 //! distributes it. Parsing from YAML, with file/line/column errors, lives in the
-//! coordinator; this module holds the model, its semantic checks and the rules
+//! `schemas` crate; this module holds the model, its semantic checks and the rules
 //! agents apply (which class a dataset falls in, which tiers it keeps).
 
 use std::collections::BTreeMap;

@@ -35,14 +35,15 @@ pub struct Loaded {
 }
 
 pub fn load(path: &Path) -> Result<Loaded, PolicyError> {
-    let text = std::fs::read(path).map_err(|source| PolicyError::Read {
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let policy = zdr_schemas::load_policy(path).map_err(|e| PolicyError::Spec(e.to_string()))?;
+    let policy = zdr_schemas::parse_policy(&path.display().to_string(), &text)
+        .map_err(|e| PolicyError::Spec(e.to_string()))?;
     Ok(Loaded {
         policy,
-        digest: hex(&Sha256::digest(&text)),
+        digest: hex(&Sha256::digest(text.as_bytes())),
     })
 }
 

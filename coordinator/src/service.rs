@@ -363,9 +363,8 @@ async fn handle_message(state: &State, subject: &str, payload: &[u8]) -> Option<
                     "agent runs the SIMULATED backend: it protects no real data"
                 );
             }
-            let mut c = state.fleet.write().await.hello(m, t);
-            c.resync = true;
-            c
+            // The agent publishes a full inventory right after its hello.
+            state.fleet.write().await.hello(m, t)
         }
         AgentTopic::Heartbeat => {
             let m: Heartbeat = decode(subject, payload)?;

@@ -43,9 +43,13 @@ VM_FAILED=125
 say() { echo "$PROG: $*" >&2; }
 die() { say "error: $*"; exit "$VM_FAILED"; }
 
-usage() {
-    sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$ME" >&2
-    exit 2
+usage() {  # usage [EXIT]: the header comment; to stdout for help, else stderr
+    if [ "${1:-2}" = 0 ]; then
+        sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$ME"
+    else
+        sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$ME" >&2
+    fi
+    exit "${1:-2}"
 }
 
 now() { echo "$EPOCHREALTIME"; }
@@ -126,7 +130,6 @@ $bb mount -t proc proc /proc; $bb mount -t sysfs sysfs /sys; $bb mount -t devtmp
 $bb mkdir -p /dev/pts /dev/shm; $bb mount -t devpts devpts /dev/pts; $bb mount -t tmpfs shm /dev/shm
 $bb ln -sf /proc/self/fd /dev/fd; $bb ln -sf fd/0 /dev/stdin
 $bb ln -sf fd/1 /dev/stdout; $bb ln -sf fd/2 /dev/stderr
-$bb mount -t tmpfs -o mode=1777 tmpfs /tmp
 off() { $bb sync; echo o > /proc/sysrq-trigger; $bb sleep 30; }
 o=trans=virtio,version=9p2000.L,msize=512000
 C=/run/zdr-vm/ctl
@@ -247,7 +250,7 @@ do_setup() {
         case $1 in
             --zfs) [ $# -ge 2 ] || die "--zfs needs a value (2.3 or 2.1)"; series=$2; shift 2 ;;
             --zfs=*) series=${1#--zfs=}; shift ;;
-            -h|--help) usage ;;
+            -h|--help) usage 0 ;;
             *) say "error: unknown setup option '$1'"; usage ;;
         esac
     done
@@ -277,20 +280,17 @@ Components: contrib
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
 )
-    local need_update=0
     if [ "$(cat "$SOURCES_FILE" 2>/dev/null)" != "$want" ]; then
         say "writing $SOURCES_FILE"
         printf '%s\n' "$want" > "$SOURCES_FILE"
-        need_update=1
     fi
+    # Something is missing, so packages will be fetched: refresh the lists
+    # always (a few seconds), stale lists would 404.
+    say "apt-get update"
+    apt_get update
     # (grep reads all its input: with pipefail, an early-exiting grep -q would
     # turn apt-cache's SIGPIPE into a failure)
     zfs_in_rel() { apt-cache madison zfs-dkms 2>/dev/null | grep -c " $rel/contrib " > /dev/null; }
-    if [ "$need_update" = 1 ] || ! zfs_in_rel ||
-        [ -z "$(apt-cache madison qemu-system-x86 2>/dev/null)" ]; then
-        say "apt-get update"
-        apt_get update
-    fi
     zfs_in_rel ||
         die "zfs-dkms is not available from $rel/contrib after apt-get update (check $SOURCES_FILE and the mirror)"
 
@@ -301,10 +301,10 @@ EOF
     [ -d "/lib/modules/$KVER/build" ] ||
         die "headers for $KVER are missing (/lib/modules/$KVER/build); try 'apt-get install linux-headers-$KVER'"
 
-    # 3. OpenZFS $series from $rel; the dkms build of zfs.ko (~5 min) runs here
+    # 3. OpenZFS $series from $rel; the dkms build of zfs.ko (5-9 min) runs here
     local sel=() p
     for p in "${ZFS_PKGS[@]}"; do sel+=("$p/$rel"); done
-    say "installing OpenZFS $series from $rel: ${sel[*]} (dkms builds zfs.ko, ~5 min on 2 cores)"
+    say "installing OpenZFS $series from $rel: ${sel[*]} (dkms builds zfs.ko: 5-9 min on 2 cores)"
     apt_get install --no-install-recommends --allow-downgrades "${sel[@]}"
     local v
     v=$(pkg_version zfsutils-linux)
@@ -395,6 +395,7 @@ vm_exec() {
     } > "$RUN/cmd.sh"
     : > "$RUN/stdout"; : > "$RUN/stderr"; : > "$RUN/console.log"; : > "$RUN/timing"
 
+    # shellcheck disable=SC2054  # commas are qemu option syntax
     local args=(-nodefaults -no-user-config -display none -no-reboot
         -machine q35 -accel tcg -cpu "$CPU_MODEL" -smp "$CPUS" -m "$MEM"
         -kernel "$KERNEL" -initrd "$INITRD"
@@ -405,6 +406,7 @@ vm_exec() {
         -fsdev "local,id=ctl,path=${RUN//,/,,},security_model=none"
         -device virtio-9p-pci,fsdev=ctl,mount_tag=zdr_ctl)
     if [ -n "$rw" ]; then
+        # shellcheck disable=SC2054
         args+=(-fsdev "local,id=rw,path=${rw//,/,,},security_model=none"
                -device virtio-9p-pci,fsdev=rw,mount_tag=zdr_rw)
     fi
@@ -427,11 +429,11 @@ vm_exec() {
         ts=$(stat -c %.6Y "$RUN/started" 2>/dev/null || true)
         tr=$(stat -c %.6Y "$RUN/rc" 2>/dev/null || true)
         line="timing: total $(elapsed "$t0" "$t_end")s"
-        [ -n "$ts" ] && line+=", boot to command $(elapsed "$t0" "$ts")s"
-        [ -n "$ts" ] && [ -n "$tr" ] && line+=", command $(elapsed "$ts" "$tr")s"
-        [ -n "$tr" ] && line+=", shutdown $(elapsed "$tr" "$t_end")s"
+        if [ -n "$ts" ]; then line+=", boot to command $(elapsed "$t0" "$ts")s"; fi
+        if [ -n "$ts" ] && [ -n "$tr" ]; then line+=", command $(elapsed "$ts" "$tr")s"; fi
+        if [ -n "$tr" ]; then line+=", shutdown $(elapsed "$tr" "$t_end")s"; fi
         say "$line"
-        [ -s "$RUN/timing" ] && say "guest uptime marks: $(tr '\n' ' ' < "$RUN/timing")"
+        if [ -s "$RUN/timing" ]; then say "guest uptime marks: $(tr '\n' ' ' < "$RUN/timing")"; fi
     fi
     if [ -s "$RUN/rc" ]; then
         RC=$(cat "$RUN/rc")
@@ -454,7 +456,7 @@ vm_exec() {
 
 vm_cleanup() {
     if [ -n "${QPID:-}" ]; then kill "$QPID" 2>/dev/null || true; wait "$QPID" 2>/dev/null || true; fi
-    [ -n "${RUN:-}" ] && rm -rf -- "$RUN"
+    if [ -n "${RUN:-}" ]; then rm -rf -- "$RUN"; fi
 }
 
 # ------------------------------------------------------------------ check ---
@@ -501,6 +503,6 @@ case $cmd in
         exit "$RC" ;;
     check) do_check ;;
     status) do_status ;;
-    -h|--help|help) usage ;;
+    -h|--help|help) usage 0 ;;
     *) say "error: unknown subcommand '$cmd'"; usage ;;
 esac
