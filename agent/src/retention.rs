@@ -79,9 +79,7 @@ pub fn is_ours(name: &str, prefix: &str) -> bool {
 pub fn bucket(t: i64, period: u64) -> i64 {
     let period = period.max(1);
     let p = i64::try_from(period).unwrap_or(i64::MAX);
-    // is_multiple_of needs Rust 1.87; the workspace promises 1.80.
-    #[allow(clippy::manual_is_multiple_of)]
-    let t = if period % WEEK == 0 {
+    let t = if period.is_multiple_of(WEEK) {
         t.saturating_sub(MONDAY_OFFSET)
     } else {
         t

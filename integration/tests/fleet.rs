@@ -436,3 +436,135 @@ fn snapshot_time(name: &str) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     days * 86_400 + h * 3600 + mi * 60 + se
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_restarted_without_nats_runs_on_its_cached_policy() {
+    let mut f = fleet().await;
+    let coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let mut a1 = f.agent(&A1);
+    wait_for(
+        "node-a1 on policy revision 1",
+        Duration::from_secs(60),
+        || async {
+            let v = coord.fleet().await?;
+            let n = v["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["node"] == "node-a1")?
+                .clone();
+            (n["policy_revision"] == 1).then_some(())
+        },
+    )
+    .await;
+    a1.proc.interrupt();
+    f.nats.stop();
+
+    // No bus, no coordinator: only the policy cached on disk can drive it.
+    let a1 = f.agent(&A1);
+    let restarted_at = chrono_now();
+    wait_for(
+        "snapshots and pruning without NATS",
+        Duration::from_secs(60),
+        || async {
+            let pruned = a1
+                .audit()
+                .iter()
+                .filter(|r| r["outcome"] == "done" && r["at"].as_i64().unwrap() >= restarted_at)
+                .count();
+            (pruned >= 2).then_some(())
+        },
+    )
+    .await;
+    assert!(a1.proc.output().contains("cached signed policy loaded"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_edit_reaches_the_agents_and_a_broken_edit_is_not_applied() {
+    let f = fleet().await;
+    let coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let a1 = f.agent(&A1);
+    wait_for(
+        "3 snapshots kept under revision 1",
+        Duration::from_secs(60),
+        || async {
+            let v = coord.fleet().await?;
+            (zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?).len() == 3).then_some(())
+        },
+    )
+    .await;
+
+    // A broken edit: the coordinator says where, and keeps revision 1.
+    std::fs::write(&f.policy, POLICY.replace("2s: 3", "2s: 0")).unwrap();
+    wait_for(
+        "the coordinator to report the broken policy",
+        Duration::from_secs(30),
+        || async { coord.proc.output().contains("keeps 0").then_some(()) },
+    )
+    .await;
+    let log = coord.proc.output();
+    let line = log.lines().find(|l| l.contains("keeps 0")).unwrap();
+    assert!(line.contains("policies.yaml:10:"), "no file:line in {line}");
+    assert_eq!(coord.fleet().await.unwrap()["policy_revision"], 1);
+
+    // A good edit becomes revision 2 and the agent prunes down to the new tier.
+    std::fs::write(&f.policy, POLICY.replace("2s: 3", "2s: 2")).unwrap();
+    wait_for(
+        "revision 2 applied and 2 snapshots kept",
+        Duration::from_secs(60),
+        || async {
+            let v = coord.fleet().await?;
+            let n = v["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["node"] == "node-a1")?
+                .clone();
+            let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
+            (n["policy_revision"] == 2 && snaps.len() == 2).then_some(())
+        },
+    )
+    .await;
+    assert!(a1.proc.output().contains("policy applied"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_coordinator_takes_over_with_a_higher_epoch() {
+    let f = fleet().await;
+    let mut c1 = f.coordinator("c1");
+    c1.wait_ready().await;
+    let c2 = f.coordinator("c2");
+    let _a1 = f.agent(&A1);
+    // The standby serves HTTP but is not ready and sends no commands.
+    let (code, body) = wait_for("the standby's /readyz", Duration::from_secs(30), || async {
+        c2.get("/readyz").await
+    })
+    .await;
+    assert_eq!(code, 503, "{body}");
+    let first_epoch = c1.fleet().await.unwrap()["epoch"].as_u64().unwrap();
+    let (code, _) = c2
+        .post("/api/v1/nodes/node-a1/commands", r#"{"ping":{}}"#)
+        .await
+        .unwrap();
+    assert_eq!(code, 502);
+
+    c1.proc.kill();
+    c2.wait_ready().await;
+    let v = c2.fleet().await.unwrap();
+    assert!(v["epoch"].as_u64().unwrap() > first_epoch, "{v}");
+    // The agent accepts the new leader's commands (its epoch is higher).
+    let (code, body) = wait_for(
+        "a command through the new leader",
+        Duration::from_secs(60),
+        || async {
+            let r = c2
+                .post("/api/v1/nodes/node-a1/commands", r#"{"ping":{}}"#)
+                .await?;
+            (r.0 == 200).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(code, 200);
+    let r: CommandResult = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.outcome, Outcome::Done, "{}", r.message);
+}
