@@ -20,6 +20,7 @@ dir="${ZDR_DEMO_DIR:-$root/.zdr-demo}"
 nats_port="${ZDR_NATS_PORT:-4222}"
 http_port="${ZDR_HTTP_PORT:-8080}"
 policy="${ZDR_DEMO_POLICY:-$root/specs/demo/policies.yaml}"
+tasks="${ZDR_DEMO_TASKS:-$root/specs/demo/tasks.yml}"
 backend="${ZDR_DEMO_BACKEND:-sim}"
 
 bash "$root/ops/install-deps.sh"
@@ -45,8 +46,8 @@ done
 [ -f "$dir/coordinator.key" ] || "$bin/zdr-coordinator" keygen "$dir/coordinator.key" >/dev/null
 pub=$("$bin/zdr-coordinator" pubkey "$dir/coordinator.key")
 
-"$bin/zdr-coordinator" check "$policy"
-"$bin/zdr-coordinator" run --nats-url "nats://127.0.0.1:$nats_port" --policy "$policy" \
+"$bin/zdr-coordinator" check "$policy" --tasks "$tasks"
+"$bin/zdr-coordinator" run --nats-url "nats://127.0.0.1:$nats_port" --policy "$policy" --tasks "$tasks" \
   --http "127.0.0.1:$http_port" --key-file "$dir/coordinator.key" --instance demo \
   >"$dir/coordinator.log" 2>&1 &
 pids+=($!)
@@ -82,6 +83,7 @@ cat <<MSG
 zdr demo fleet is running (backend: $backend$([ "$backend" = sim ] && echo ' - SIMULATED ZFS, no real data is protected')).
   health:   curl http://127.0.0.1:$http_port/healthz   (and /readyz, /metrics)
   status:   curl -s http://127.0.0.1:$http_port/api/v1/fleet | python3 -m json.tool
+  pairing:  curl -s http://127.0.0.1:$http_port/api/v1/pairings | python3 -m json.tool
   command:  curl -s -XPOST -d '{"snapshot_now":{}}' http://127.0.0.1:$http_port/api/v1/nodes/node-a1/commands
   NATS:     nats --server nats://127.0.0.1:$nats_port sub 'zdr.v1.>'   |   nats kv ls zdr_policy
   logs:     $dir/*.log      audit: $dir/<node>/audit.jsonl
@@ -98,6 +100,15 @@ for n in f["nodes"]:
     for d in n["datasets"]:
         print("  %-18s class=%s rpo_met=%s snapshots=%d newest=%s"
               % (d["dataset"], d["class"], d["rpo_met"], len(d["snapshots"]), d["newest"]))
+'
+  echo "pairings (replication itself is not built yet):"
+  curl -s "http://127.0.0.1:$http_port/api/v1/pairings" | python3 -c '
+import json, sys
+p = json.load(sys.stdin)
+for x in p["pairings"]:
+    print("  %-13s %s:%s -> %s:%s" % (x["task"], x["source_node"], x["dataset"], x["target_node"], x["target_dataset"]))
+for x in p["unpaired"]:
+    print("  %-13s %s:%s UNPAIRED: %s" % (x["task"], x["source_node"], x["dataset"], x["why"]))
 '
 else
   echo "Ctrl-C stops the fleet." >&2

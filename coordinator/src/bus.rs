@@ -23,6 +23,7 @@ fn js_err(what: impl Into<String>) -> impl FnOnce(async_nats::Error) -> BusError
 pub const FLEET_BUCKET: &str = "zdr_fleet";
 pub const INVENTORY_BUCKET: &str = "zdr_inventory";
 pub const LEASE_BUCKET: &str = "zdr_lease";
+pub const PAIRINGS_BUCKET: &str = "zdr_pairings";
 pub const EVENTS_STREAM: &str = "ZDR_EVENTS";
 
 /// Handles on every bucket, created on first start.
@@ -32,6 +33,7 @@ pub struct Stores {
     pub inventory: kv::Store,
     pub policy: kv::Store,
     pub lease: kv::Store,
+    pub pairings: kv::Store,
 }
 
 async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
@@ -84,6 +86,16 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         },
     )
     .await?;
+    let pairings = bucket(
+        js,
+        kv::Config {
+            bucket: PAIRINGS_BUCKET.into(),
+            description: "zdr replication pairings, kept stable once made".into(),
+            history: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
     js.get_or_create_stream(stream::Config {
         name: EVENTS_STREAM.into(),
         subjects: vec!["zdr.v1.agent.*.event".into()],
@@ -97,6 +109,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         inventory,
         policy,
         lease,
+        pairings,
     })
 }
 
@@ -110,6 +123,10 @@ pub fn inventory_key(node: &str, dataset: &str) -> String {
         key.push_str(&format!("{b:02x}"));
     }
     key
+}
+
+pub fn pairing_key(task: &str, node: &str, dataset: &str) -> String {
+    inventory_key(&format!("{node}.{task}"), dataset)
 }
 
 #[cfg(test)]

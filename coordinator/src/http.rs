@@ -4,6 +4,7 @@
 //! - `GET /readyz`: NATS connected, policy loaded and this instance leads (503 otherwise).
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /api/v1/fleet`: nodes, their datasets, snapshots and RPO status.
+//! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 
 use std::sync::atomic::Ordering;
@@ -26,6 +27,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/fleet", get(fleet))
+        .route("/api/v1/pairings", get(pairings))
         .route("/api/v1/nodes/{node}/commands", post(command))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
@@ -122,6 +124,11 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
         policy_revision: policy.as_ref().map(|p| p.revision),
         nodes,
     })
+}
+
+async fn pairings(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
+    let plan = st.pairings.read().await;
+    Json(serde_json::json!({ "pairings": plan.pairings, "unpaired": plan.unpaired }))
 }
 
 async fn command(

@@ -6,5 +6,7 @@ pub mod bus;
 pub mod fleet;
 pub mod http;
 pub mod lease;
+pub mod pairing;
 pub mod policy;
 pub mod service;
+pub mod transfer_plan;

@@ -22,8 +22,12 @@ enum Cmd {
     Keygen { key_file: PathBuf },
     /// Print the public half of a signing key, for the agents' `trusted_keys`.
     Pubkey { key_file: PathBuf },
-    /// Check a policy file and print what is wrong, with file, line and column.
-    Check { policy: PathBuf },
+    /// Check a policy file (and a tasks file) and print what is wrong, with file, line and column.
+    Check {
+        policy: PathBuf,
+        #[arg(long)]
+        tasks: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -32,6 +36,9 @@ struct RunArgs {
     nats_url: String,
     #[arg(long, env = "ZDR_POLICY", default_value = "specs/backup/policies.yaml")]
     policy: PathBuf,
+    /// Replication tasks (optional).
+    #[arg(long, env = "ZDR_TASKS")]
+    tasks: Option<PathBuf>,
     #[arg(long, env = "ZDR_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
     /// Base64 ed25519 signing key, as `keygen` writes it.
@@ -96,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", envelope::key_to_b64(key.verifying_key().as_bytes()));
             Ok(())
         }
-        Cmd::Check { policy } => {
+        Cmd::Check { policy, tasks } => {
             let p = zdr_schemas::load_policy(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "{}: ok ({} sites, {} nodes, {} classes, {} dataset rules)",
@@ -106,6 +113,10 @@ async fn main() -> anyhow::Result<()> {
                 p.classes.len(),
                 p.datasets.len()
             );
+            if let Some(tasks) = tasks {
+                let t = zdr_schemas::load_tasks(&tasks, &p).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}: ok ({} tasks)", tasks.display(), t.tasks.len());
+            }
             Ok(())
         }
         Cmd::Run(a) => {
@@ -123,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             let config = Config {
                 nats_url: a.nats_url,
                 policy_path: a.policy,
+                tasks_path: a.tasks,
                 http_addr: a.http,
                 key_id: a.key_id,
                 signing_key,

@@ -47,6 +47,19 @@ pub fn load(path: &Path) -> Result<Loaded, PolicyError> {
     })
 }
 
+/// The replication tasks, checked against the policy; none without a file.
+pub fn load_tasks(
+    path: Option<&Path>,
+    policy: &Policy,
+) -> Result<Vec<zdr_schemas::tasks::Task>, PolicyError> {
+    let Some(path) = path else {
+        return Ok(Vec::new());
+    };
+    zdr_schemas::load_tasks(path, policy)
+        .map(|t| t.tasks)
+        .map_err(|e| PolicyError::Spec(e.to_string()))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

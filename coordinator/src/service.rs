@@ -21,6 +21,7 @@ use zdr_common::wire::{
 use crate::bus::{self, Stores};
 use crate::fleet::{Changed, Fleet, NodeRecord};
 use crate::lease::Lease;
+use crate::pairing;
 use crate::policy;
 
 /// Agent messages larger than this are dropped unread.
@@ -30,6 +31,8 @@ const MAX_MESSAGE: usize = 1 << 20;
 pub struct Config {
     pub nats_url: String,
     pub policy_path: PathBuf,
+    /// Replication tasks; without it no replication is planned.
+    pub tasks_path: Option<PathBuf>,
     pub http_addr: SocketAddr,
     pub key_id: String,
     pub signing_key: ed25519_dalek::SigningKey,
@@ -64,6 +67,7 @@ pub enum ServiceError {
 pub struct PolicyState {
     pub policy: Policy,
     pub revision: u64,
+    pub tasks: Vec<zdr_schemas::tasks::Task>,
 }
 
 /// Everything the HTTP handlers and the loops share.
@@ -76,6 +80,7 @@ pub struct State {
     pub sealer: Sealer,
     pub config: Config,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub pairings: RwLock<pairing::Plan>,
     stores: Stores,
     command_seq: AtomicU64,
 }
@@ -156,6 +161,7 @@ pub async fn run(
         sealer,
         config: config.clone(),
         metrics,
+        pairings: RwLock::new(pairing::Plan::default()),
         stores,
         command_seq: AtomicU64::new(0),
     });
@@ -193,6 +199,7 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
     info!(epoch = lease.epoch, "became leader");
     restore(state).await;
     let loaded = policy::load(&config.policy_path)?;
+    let tasks = policy::load_tasks(config.tasks_path.as_deref(), &loaded.policy)?;
     let revision = policy::publish(
         &state.stores.policy,
         &state.sealer,
@@ -201,11 +208,13 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
         now(),
     )
     .await?;
-    info!(revision, digest = %loaded.digest, "policy published");
+    info!(revision, digest = %loaded.digest, tasks = tasks.len(), "policy published");
     *state.policy.write().await = Some(PolicyState {
         policy: loaded.policy,
         revision,
+        tasks,
     });
+    restore_pairings(state).await;
     state.leader.store(true, Ordering::SeqCst);
 
     let mut sub = state
@@ -241,7 +250,10 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
                 }
                 resign_policy(state, lease.epoch).await;
             }
-            _ = gauges.tick() => update_gauges(state).await,
+            _ = gauges.tick() => {
+                update_gauges(state).await;
+                update_pairings(state).await;
+            }
             _ = tokio::signal::ctrl_c() => {
                 info!("shutting down; releasing the lease");
                 state.leader.store(false, Ordering::SeqCst);
@@ -257,26 +269,104 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
 }
 
 async fn resign_policy(state: &State, epoch: u64) {
-    match policy::load(&state.config.policy_path) {
-        Ok(loaded) => {
-            match policy::publish(&state.stores.policy, &state.sealer, epoch, &loaded, now()).await
-            {
-                Ok(revision) => {
-                    let mut p = state.policy.write().await;
-                    if p.as_ref().map(|p| p.revision) != Some(revision) {
-                        info!(revision, "policy file changed; new revision published");
-                        *p = Some(PolicyState {
-                            policy: loaded.policy,
-                            revision,
-                        });
-                    }
+    let loaded = policy::load(&state.config.policy_path).and_then(|l| {
+        policy::load_tasks(state.config.tasks_path.as_deref(), &l.policy).map(|t| (l, t))
+    });
+    let (loaded, tasks) = match loaded {
+        Ok(v) => v,
+        // A broken edit must not replace the running policy.
+        Err(e) => {
+            warn!(error = %e, "policy or tasks file has errors; keeping the last good revision");
+            return;
+        }
+    };
+    match policy::publish(&state.stores.policy, &state.sealer, epoch, &loaded, now()).await {
+        Ok(revision) => {
+            let mut p = state.policy.write().await;
+            if p.as_ref().map(|p| p.revision) != Some(revision) {
+                info!(revision, "policy file changed; new revision published");
+            }
+            *p = Some(PolicyState {
+                policy: loaded.policy,
+                revision,
+                tasks,
+            });
+        }
+        Err(e) => warn!(error = %e, "could not publish the policy"),
+    }
+}
+
+/// Loads the pairings made before, so they stay stable across restarts.
+async fn restore_pairings(state: &State) {
+    let mut kept = Vec::new();
+    if let Ok(mut keys) = state.stores.pairings.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            if let Ok(Some(raw)) = state.stores.pairings.get(&key).await {
+                match serde_json::from_slice::<pairing::Pairing>(&raw) {
+                    Ok(p) => kept.push(p),
+                    Err(e) => warn!(key, error = %e, "unreadable pairing in KV; skipped"),
                 }
-                Err(e) => warn!(error = %e, "could not publish the policy"),
             }
         }
-        // A broken edit must not replace the running policy.
-        Err(e) => warn!(error = %e, "policy file has errors; keeping the last good revision"),
     }
+    state.pairings.write().await.pairings = kept;
+}
+
+/// Re-plans pairings from the fleet as it is now and persists what changed.
+async fn update_pairings(state: &State) {
+    let (plan, previous) = {
+        let fleet = state.fleet.read().await;
+        let policy = state.policy.read().await;
+        let Some(p) = policy.as_ref() else { return };
+        let nodes: Vec<pairing::NodeFacts> = fleet
+            .nodes
+            .iter()
+            .filter_map(|(name, rec)| {
+                // The policy's labels are authoritative; a node it no longer lists is gone.
+                let labels = p.policy.nodes.get(name)?;
+                Some(pairing::NodeFacts {
+                    name: name.clone(),
+                    site: labels.site.clone(),
+                    media: labels.media.clone(),
+                    free_bytes: rec.pools.iter().map(|p| p.free).sum(),
+                })
+            })
+            .collect();
+        let sources: Vec<pairing::SourceDataset> = fleet
+            .inventory
+            .iter()
+            .flat_map(|(node, datasets)| {
+                datasets.values().filter_map(move |d| {
+                    Some(pairing::SourceDataset {
+                        node: node.clone(),
+                        dataset: zdr_common::DatasetName::parse(&d.dataset).ok()?,
+                        class: d.class.clone(),
+                        used: d.used,
+                    })
+                })
+            })
+            .collect();
+        let previous = state.pairings.read().await.pairings.clone();
+        (
+            pairing::plan(&p.tasks, &nodes, &sources, &previous),
+            previous,
+        )
+    };
+    for p in &plan.pairings {
+        if previous.iter().any(|q| q == p) {
+            continue;
+        }
+        info!(task = %p.task, node = %p.source_node, dataset = %p.dataset, target = %p.target_node, reason = %p.reason, "pairing");
+        let key = bus::pairing_key(&p.task, &p.source_node, &p.dataset);
+        if let Ok(raw) = serde_json::to_vec(p) {
+            if let Err(e) = state.stores.pairings.put(key, raw.into()).await {
+                warn!(error = %e, "could not persist a pairing");
+            }
+        }
+    }
+    metrics::gauge!("zdr_pairings").set(plan.pairings.len() as f64);
+    metrics::gauge!("zdr_unpaired_datasets").set(plan.unpaired.len() as f64);
+    *state.pairings.write().await = plan;
 }
 
 /// Loads node records and inventories from KV.

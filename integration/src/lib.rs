@@ -225,6 +225,17 @@ impl Coordinator {
         keys: &Keys,
         instance: &str,
     ) -> Coordinator {
+        Self::start_with_tasks(dir, nats, policy, None, keys, instance)
+    }
+
+    pub fn start_with_tasks(
+        dir: &Path,
+        nats: &Nats,
+        policy: &Path,
+        tasks: Option<&Path>,
+        keys: &Keys,
+        instance: &str,
+    ) -> Coordinator {
         let http = free_port();
         let mut cmd = Command::new(bin_dir().join("zdr-coordinator"));
         cmd.args([
@@ -246,6 +257,9 @@ impl Coordinator {
             "--offline-after-secs",
             "5",
         ]);
+        if let Some(t) = tasks {
+            cmd.arg("--tasks").arg(t);
+        }
         let proc = Proc::spawn(cmd, dir.join(format!("{instance}.log")));
         Coordinator { proc, http }
     }

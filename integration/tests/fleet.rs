@@ -568,3 +568,64 @@ async fn a_standby_coordinator_takes_over_with_a_higher_epoch() {
     let r: CommandResult = serde_json::from_str(&body).unwrap();
     assert_eq!(r.outcome, Outcome::Done, "{}", r.message);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pairings_follow_the_tasks_and_stay_stable_across_a_restart() {
+    let f = fleet().await;
+    let tasks = f.path().join("tasks.yml");
+    std::fs::write(
+        &tasks,
+        r#"version: 1
+tasks:
+  - name: offsite
+    source: { class: fast }
+    target: { site: other, root: "backup/{node}" }
+    schedule: { every: 10s }
+"#,
+    )
+    .unwrap();
+    let mut c1 =
+        Coordinator::start_with_tasks(f.path(), &f.nats, &f.policy, Some(&tasks), &f.keys, "c1");
+    c1.wait_ready().await;
+    let _a1 = f.agent(&A1);
+    let _b1 = f.agent(&B1);
+    let find = |v: &serde_json::Value, node: &str, ds: &str| -> Option<serde_json::Value> {
+        v["pairings"]
+            .as_array()?
+            .iter()
+            .find(|p| p["source_node"] == node && p["dataset"] == ds)
+            .cloned()
+    };
+    let first = wait_for(
+        "pairings for both nodes",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = c1.get("/api/v1/pairings").await?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let a = find(&v, "node-a1", "tank/db")?;
+            find(&v, "node-b1", "tank/db")?;
+            Some(a)
+        },
+    )
+    .await;
+    assert_eq!(first["target_node"], "node-b1");
+    assert_eq!(first["target_dataset"], "backup/node-a1/tank/db");
+    assert_eq!(first["task"], "offsite");
+
+    // A new coordinator reads the pairing back from JetStream: same target, same reason.
+    c1.proc.kill();
+    let c2 =
+        Coordinator::start_with_tasks(f.path(), &f.nats, &f.policy, Some(&tasks), &f.keys, "c2");
+    c2.wait_ready().await;
+    let again = wait_for(
+        "pairings after restart",
+        Duration::from_secs(60),
+        || async {
+            let (_, body) = c2.get("/api/v1/pairings").await?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            find(&v, "node-a1", "tank/db")
+        },
+    )
+    .await;
+    assert_eq!(again, first);
+}

@@ -204,7 +204,7 @@ pub enum MediaChoice {
 }
 
 impl SiteChoice {
-    fn accepts(&self, source_site: &str, site: &str) -> bool {
+    pub fn accepts(&self, source_site: &str, site: &str) -> bool {
         match self {
             SiteChoice::Same => site == source_site,
             SiteChoice::Other => site != source_site,
@@ -214,7 +214,7 @@ impl SiteChoice {
 }
 
 impl MediaChoice {
-    fn accepts(&self, source_media: &str, media: &str) -> bool {
+    pub fn accepts(&self, source_media: &str, media: &str) -> bool {
         match self {
             MediaChoice::Same => media == source_media,
             MediaChoice::Different => media != source_media,

@@ -1,0 +1,190 @@
+#!/bin/bash
+# bench-listing-guest.sh - runs INSIDE the zfs-vm guest, started by
+# bench-listing.sh (read that one first). Creates the snapshots of one dataset
+# up to each size in turn, and at each size times every listing method,
+# interleaved, ZDR_BENCH_REPS times, checking that all of them list the same
+# snapshots. Prints a table of medians and ratios to method (a).
+#
+# Environment (set by bench-listing.sh):
+#   ZDR_BENCH_SIZES          ascending snapshot counts, e.g. "1000 10000 100000"
+#   ZDR_BENCH_REPS           timed runs of each method per size (median taken)
+#   ZDR_BENCH_LZC            path of the lzc_snapshot loop helper, or empty
+#                            (then one `zfs snapshot` per snapshot: far slower)
+#   ZDR_BENCH_LUA            path of list_snapshots.lua
+#   ZDR_BENCH_CREATE_BUDGET  seconds of snapshot creation allowed per size
+#   ZDR_BENCH_LIST_BUDGET    seconds of timed listing allowed per size
+set -euo pipefail
+
+SIZES=${ZDR_BENCH_SIZES:?}
+REPS=${ZDR_BENCH_REPS:-3}
+LZC=${ZDR_BENCH_LZC:-}
+LUA=${ZDR_BENCH_LUA:?}
+CREATE_BUDGET=${ZDR_BENCH_CREATE_BUDGET:-2700}
+LIST_BUDGET=${ZDR_BENCH_LIST_BUDGET:-1500}
+
+POOL=zdrbench
+DS=$POOL/fs
+COLS=name,guid,createtxg,creation,used,userrefs
+METHODS=(a b c d)
+declare -A LABEL=(
+    [a]="zfs list -Hp -o $COLS -s createtxg"
+    [b]="zfs list -H -o name -s name (names only)"
+    [c]="zfs program -n -j list_snapshots.lua"
+    [d]="zfs list -j -p -o $COLS -s createtxg"
+)
+
+now() { echo "$EPOCHREALTIME"; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+log() { printf '[%7.1fs] %s\n' "$(sub "$T0" "$(now)")" "$*"; }
+die() { log "BENCH FAILED: $*" >&2; exit 1; }
+
+T0=$(now)
+W=$(mktemp -d)
+echo "guest: kernel $(uname -r), $(nproc) vCPUs, $(awk '/MemTotal/ {printf "%d MiB", $2/1024}' /proc/meminfo)," \
+    "uptime $(cut -d' ' -f1 /proc/uptime)s, loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "guest: $(zfs version | tr '\n' ' ')"
+
+# The channel program ceilings (100M instructions, 100 MiB) are module
+# parameters; raise them so 100k snapshots fit if they are ever reached.
+echo 1000000000 > /sys/module/zfs/parameters/zfs_lua_max_instrlimit
+echo 1073741824 > /sys/module/zfs/parameters/zfs_lua_max_memlimit
+LUA_T=1000000000
+LUA_M=1073741824
+
+truncate -s 2G "$W/pool.img"
+zpool create -o ashift=12 -O mountpoint=none -O atime=off "$POOL" "$W/pool.img"
+zfs create "$DS"
+
+run_method() {  # run_method M OUTFILE: one listing of $DS by method M
+    case $1 in
+    a) zfs list -Hp -t snapshot -o "$COLS" -s createtxg -d 1 "$DS" ;;
+    b) zfs list -H -t snapshot -o name -s name -d 1 "$DS" ;;
+    c) zfs program -n -j -t "$LUA_T" -m "$LUA_M" "$POOL" "$LUA" "$DS" ;;
+    d) zfs list -j -p -t snapshot -o "$COLS" -s createtxg -d 1 "$DS" ;;
+    esac > "$2"
+}
+
+names_of() {  # names_of M OUTFILE: the sorted snapshot names in one output
+    case $1 in
+    a|b) cut -f1 "$2" ;;
+    # JSON: every snapshot is an object key "pool/fs@name":{ ; nothing else
+    # in these outputs has an '@' in a key.
+    c|d) grep -o "\"$DS@[^\"]*\":{" "$2" | sed 's/^"//; s/":{$//' ;;
+    esac | LC_ALL=C sort
+}
+
+HAVE=0          # snapshots created so far
+RATE=""         # measured creation rate, snapshots/s
+create_upto() {  # create_upto N: extend $DS's snapshots to N; 1 if the budget ran out
+    local n=$1 t=$(now) chunk left el tc
+    if [ -n "$RATE" ]; then
+        local est
+        est=$(awk -v n="$n" -v h="$HAVE" -v r="$RATE" 'BEGIN { printf "%d", (n - h) / r }')
+        if [ "$est" -gt "$CREATE_BUDGET" ]; then
+            log "SKIP size $n: creating $((n - HAVE)) more snapshots at the measured $RATE/s" \
+                "would take ~${est}s, over ZDR_BENCH_CREATE_BUDGET=${CREATE_BUDGET}s"
+            return 1
+        fi
+    fi
+    while [ "$HAVE" -lt "$n" ]; do
+        left=$((n - HAVE)); chunk=$((left < 500 ? left : 500)); tc=$(now)
+        if [ -n "$LZC" ]; then
+            "$LZC" "$DS" "$HAVE" "$chunk" || die "lzc snapshot helper failed at $HAVE"
+        else
+            for ((i = HAVE; i < HAVE + chunk; i++)); do zfs snapshot "$(printf '%s@s%07d' "$DS" "$i")"; done
+        fi
+        HAVE=$((HAVE + chunk))
+        CREATE_SECS=$(awk -v a="$CREATE_SECS" -v c="$(sub "$tc" "$(now)")" 'BEGIN { print a + c }')
+        el=$(sub "$t" "$(now)")
+        RATE=$(awk -v h="$HAVE" -v e="$CREATE_SECS" 'BEGIN { printf "%.2f", h / e }')
+        if [ $((HAVE % 2000)) -eq 0 ] || [ "$HAVE" -eq "$n" ]; then
+            log "created $HAVE snapshots (this size: ${el}s; overall $RATE snapshots/s)"
+        fi
+        if awk -v e="$el" -v b="$CREATE_BUDGET" 'BEGIN { exit !(e > b) }' && [ "$HAVE" -lt "$n" ]; then
+            log "STOP size $n: ZDR_BENCH_CREATE_BUDGET=${CREATE_BUDGET}s used up with $HAVE snapshots ($RATE/s)"
+            return 1
+        fi
+    done
+    CREATE_TIME[$n]=$(sub "$t" "$(now)")
+}
+
+declare -A CREATE_TIME TIMES MED MIN MAX COUNT NREPS
+RESULT_SIZES=()
+CREATE_SECS=0   # seconds spent creating snapshots, all sizes
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+print_table() {
+    echo
+    echo "== Snapshot listing: one dataset, OpenZFS $(zfs version | head -n 1 | sed 's/^zfs-//'), median of the timed runs =="
+    printf '%-8s  %-48s  %4s  %9s  %9s  %9s  %8s  %8s\n' snapshots method runs "median s" "min s" "max s" "vs (a)" "listed"
+    local n m
+    for n in "${RESULT_SIZES[@]}"; do
+        for m in "${METHODS[@]}"; do
+            printf '%-8s  %-48s  %4s  %9.3f  %9.3f  %9.3f  %8s  %8s\n' "$n" "($m) ${LABEL[$m]}" "${NREPS[$n]}" \
+                "${MED[$n,$m]}" "${MIN[$n,$m]}" "${MAX[$n,$m]}" \
+                "$(awk -v x="${MED[$n,$m]}" -v a="${MED[$n,a]}" 'BEGIN { printf "%.2fx", x / a }')" "${COUNT[$n,$m]}"
+        done
+    done
+    for n in "${RESULT_SIZES[@]}"; do
+        echo "creation up to $n: ${CREATE_TIME[$n]}s for this step"
+    done
+}
+
+bench_size() {  # bench_size N: time every method at the current $HAVE == N
+    local n=$1 r m k t f reps=$REPS order
+    log "size $n: warm-up (names only, untimed)"
+    run_method b "$W/warm" >/dev/null
+    for m in "${METHODS[@]}"; do TIMES[$m]=""; done
+    for ((r = 0; r < reps; r++)); do
+        # interleaved, and rotated each round so no method always runs first
+        order=()
+        for ((k = 0; k < ${#METHODS[@]}; k++)); do order+=("${METHODS[(k + r) % ${#METHODS[@]}]}"); done
+        local round_t0
+        round_t0=$(now)
+        for m in "${order[@]}"; do
+            f="$W/out.$n.$m.$r"
+            t=$(now)
+            run_method "$m" "$f" || die "method ($m) failed at size $n"
+            t=$(sub "$t" "$(now)")
+            TIMES[$m]+="$t "
+            # check: every method lists exactly the snapshots that exist
+            names_of "$m" "$f" > "$f.names"
+            COUNT[$n,$m]=$(wc -l < "$f.names")
+            [ "${COUNT[$n,$m]}" -eq "$n" ] || die "method ($m) listed ${COUNT[$n,$m]} snapshots, expected $n"
+            if [ -f "$W/ref.names" ]; then
+                cmp -s "$W/ref.names" "$f.names" || die "method ($m) listed other names than method (a) at size $n"
+            fi
+            [ "$m" != a ] || [ -f "$W/ref.names" ] || cp "$f.names" "$W/ref.names"
+            log "size $n round $((r + 1))/$reps: ($m) ${t}s, $n listed"
+            rm -f "$f" "$f.names"
+        done
+        if [ "$r" -eq 0 ] && [ "$reps" -gt 1 ]; then
+            local round need
+            round=$(sub "$round_t0" "$(now)")
+            need=$(awk -v r="$round" -v n="$reps" 'BEGIN { printf "%d", r * (n - 1) }')
+            if [ "$need" -gt "$LIST_BUDGET" ]; then
+                reps=$(awk -v r="$round" -v b="$LIST_BUDGET" -v n="$reps" 'BEGIN { k = int(b / r) + 1; if (k < 1) k = 1; if (k > n) k = n; print k }')
+                log "size $n: one round took ${round}s; only $reps round(s) fit ZDR_BENCH_LIST_BUDGET=${LIST_BUDGET}s"
+            fi
+        fi
+    done
+    rm -f "$W/ref.names"
+    NREPS[$n]=$reps
+    for m in "${METHODS[@]}"; do
+        MED[$n,$m]=$(echo "${TIMES[$m]}" | median)
+        MIN[$n,$m]=$(echo "${TIMES[$m]}" | tr ' ' '\n' | grep . | sort -g | head -n 1)
+        MAX[$n,$m]=$(echo "${TIMES[$m]}" | tr ' ' '\n' | grep . | sort -g | tail -n 1)
+    done
+    RESULT_SIZES+=("$n")
+    print_table
+}
+
+for n in $SIZES; do
+    log "=== size $n ==="
+    create_upto "$n" || { log "sizes from $n on were not measured"; break; }
+    bench_size "$n"
+done
+log "done; guest loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+zpool destroy "$POOL"
+[ "${#RESULT_SIZES[@]}" -gt 0 ] || die "no size was measured"
