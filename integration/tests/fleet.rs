@@ -280,20 +280,7 @@ async fn forged_replayed_expired_and_stale_commands_are_refused() {
     coord.wait_ready().await;
     let a1 = f.agent(&A1);
     // The real path: the coordinator signs a command for the agent.
-    let (code, body) = wait_for(
-        "a command through the coordinator",
-        Duration::from_secs(60),
-        || async {
-            let r = coord
-                .post("/api/v1/nodes/node-a1/commands", r#"{"ping":{}}"#)
-                .await?;
-            (r.0 == 200).then_some(r)
-        },
-    )
-    .await;
-    assert_eq!(code, 200);
-    let r: CommandResult = serde_json::from_str(&body).unwrap();
-    assert_eq!(r.outcome, Outcome::Done);
+    ping_through(&coord, "node-a1").await;
     let epoch = coord.fleet().await.unwrap()["epoch"].as_u64().unwrap();
 
     let client = f.nats.client().await;
@@ -376,6 +363,22 @@ async fn malformed_and_oversized_agent_messages_are_dropped() {
     assert_eq!(code, 200, "coordinator unhealthy after bad input");
     let v = coord.fleet().await.unwrap();
     assert!(v["nodes"].as_array().unwrap().is_empty(), "{v}");
+}
+
+/// Sends a ping through the coordinator's API until the agent answers it.
+async fn ping_through(coord: &Coordinator, node: &str) {
+    let path = format!("/api/v1/nodes/{node}/commands");
+    let body = wait_for(
+        "a ping through the coordinator",
+        Duration::from_secs(60),
+        || async {
+            let (code, body) = coord.post(&path, r#"{"ping":{}}"#).await?;
+            (code == 200).then_some(body)
+        },
+    )
+    .await;
+    let r: CommandResult = serde_json::from_str(&body).unwrap();
+    assert_eq!(r.outcome, Outcome::Done, "{}", r.message);
 }
 
 fn dump_logs(dir: &Path) {
@@ -553,20 +556,7 @@ async fn a_standby_coordinator_takes_over_with_a_higher_epoch() {
     let v = c2.fleet().await.unwrap();
     assert!(v["epoch"].as_u64().unwrap() > first_epoch, "{v}");
     // The agent accepts the new leader's commands (its epoch is higher).
-    let (code, body) = wait_for(
-        "a command through the new leader",
-        Duration::from_secs(60),
-        || async {
-            let r = c2
-                .post("/api/v1/nodes/node-a1/commands", r#"{"ping":{}}"#)
-                .await?;
-            (r.0 == 200).then_some(r)
-        },
-    )
-    .await;
-    assert_eq!(code, 200);
-    let r: CommandResult = serde_json::from_str(&body).unwrap();
-    assert_eq!(r.outcome, Outcome::Done, "{}", r.message);
+    ping_through(&c2, "node-a1").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
