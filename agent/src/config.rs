@@ -54,6 +54,13 @@ pub enum BackendConfig {
         #[serde(default = "default_zpool")]
         zpool: PathBuf,
     },
+    /// libzfs_core for changes (zfs(8) still lists); needs an agent built with `--features lzc`.
+    Lzc {
+        #[serde(default = "default_zfs")]
+        zfs: PathBuf,
+        #[serde(default = "default_zpool")]
+        zpool: PathBuf,
+    },
     /// Simulated pools, for the demo and scale tests only. State persists in `state_dir`.
     Sim { pools: Vec<SimPool> },
 }

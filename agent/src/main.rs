@@ -52,6 +52,14 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
         BackendConfig::Cli { zfs, zpool } => {
             Ok(Arc::new(CliBackend::new(zfs.clone(), zpool.clone())))
         }
+        #[cfg(feature = "lzc")]
+        BackendConfig::Lzc { zfs, zpool } => Ok(Arc::new(
+            zdr_agent::zfs::lzc::LzcBackend::open(zfs.clone(), zpool.clone())?,
+        )),
+        #[cfg(not(feature = "lzc"))]
+        BackendConfig::Lzc { .. } => Err(anyhow!(
+            "backend kind \"lzc\" needs a zdr-agent built with `--features lzc`; rebuild it or use kind = \"cli\""
+        )),
         BackendConfig::Sim { pools } => {
             warn!("SIMULATED ZFS BACKEND: this agent protects no real data (demo and scale tests only)");
             let sim = SimBackend::open(state.path("sim-pools.json"))?;

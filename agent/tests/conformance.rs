@@ -1,7 +1,8 @@
 //! ZFS conformance suite: one set of cases written against `&dyn Backend`,
 //! run against the simulator by default and against real OpenZFS (the `cli`
 //! backend) with `ZDR_CONFORMANCE=cli`, where every test gets its own
-//! file-backed pool. `integration/zfs-vm/conformance.sh` runs the `cli` lane
+//! file-backed pool (`ZDR_CONFORMANCE=lzc`, built with `--features lzc`, does
+//! the same through the libzfs_core backend). `integration/zfs-vm/conformance.sh` runs the `cli` lane
 //! inside the zfs-vm guest. When the two lanes disagree, the simulator is
 //! wrong: fix `agent/src/zfs/sim.rs` to match real ZFS.
 
@@ -35,8 +36,8 @@ trait Fixture {
     /// A backend of the same kind that can reach no ZFS at all: any call that
     /// gets past name checking fails with something other than `Name`.
     fn blind_backend(&self) -> Box<dyn Backend>;
-    /// Whether real zfs(8) accepts `name` in `zfs create`; `None` for sim.
-    fn zfs_accepts(&self, name: &str) -> Option<bool>;
+    /// Whether real zfs(8) succeeds with this argv; `None` for sim.
+    fn raw_zfs(&self, args: &[&str]) -> Option<bool>;
 
     fn ds(&self, rel: &str) -> DatasetName {
         DatasetName::parse(&format!("{}/{rel}", self.pool())).unwrap()
@@ -55,11 +56,19 @@ trait Fixture {
 /// A fresh fixture for one test, by `ZDR_CONFORMANCE` (`sim`, the default, or `cli`).
 fn fixture(test: &str) -> Box<dyn Fixture> {
     let pool = format!("zc{}_{test}", std::process::id());
-    match std::env::var("ZDR_CONFORMANCE").as_deref() {
-        Err(_) | Ok("") | Ok("sim") => Box::new(SimFixture::new(&pool)),
-        Ok("cli") => Box::new(CliFixture::new(&pool)),
-        Ok(other) => panic!("ZDR_CONFORMANCE={other:?}: expected sim or cli"),
-    }
+    let mode = std::env::var("ZDR_CONFORMANCE").unwrap_or_default();
+    let f: Box<dyn Fixture> = match mode.as_str() {
+        "" | "sim" => Box::new(SimFixture::new(&pool)),
+        "cli" => Box::new(CliFixture::new(&pool, false)),
+        #[cfg(feature = "lzc")]
+        "lzc" => Box::new(CliFixture::new(&pool, true)),
+        other => panic!("ZDR_CONFORMANCE={other:?}: expected sim, cli or (with feature lzc) lzc"),
+    };
+    assert_eq!(
+        f.backend().kind(),
+        if mode.is_empty() { "sim" } else { &mode }
+    );
+    f
 }
 
 struct SimFixture {
@@ -121,14 +130,16 @@ impl Fixture for SimFixture {
     fn blind_backend(&self) -> Box<dyn Backend> {
         Box::new(SimBackend::new())
     }
-    fn zfs_accepts(&self, _name: &str) -> Option<bool> {
+    fn raw_zfs(&self, _args: &[&str]) -> Option<bool> {
         None
     }
 }
 
-/// A file-backed pool on real OpenZFS, destroyed on drop.
+/// A file-backed pool on real OpenZFS, destroyed on drop, used through the
+/// `cli` backend or (feature `lzc`) the libzfs_core one.
 struct CliFixture {
-    cli: CliBackend,
+    backend: Box<dyn Backend>,
+    lzc: bool,
     zfs: PathBuf,
     zpool: PathBuf,
     pool: String,
@@ -159,7 +170,7 @@ fn run(program: &Path, args: &[&str]) -> Result<String, String> {
 }
 
 impl CliFixture {
-    fn new(pool: &str) -> Self {
+    fn new(pool: &str, lzc: bool) -> Self {
         let (zfs, zpool) = (sbin("zfs"), sbin("zpool"));
         let dir = tempfile::Builder::new()
             .prefix("zdr-conformance")
@@ -186,7 +197,8 @@ impl CliFixture {
         )
         .unwrap_or_else(|e| panic!("zpool create {pool}: {e}"));
         CliFixture {
-            cli: CliBackend::new(zfs.clone(), zpool.clone()),
+            backend: backend(lzc, zfs.clone(), zpool.clone(), true),
+            lzc,
             zfs,
             zpool,
             pool: pool.into(),
@@ -205,6 +217,22 @@ impl CliFixture {
     }
 }
 
+#[cfg(feature = "lzc")]
+fn backend(lzc: bool, zfs: PathBuf, zpool: PathBuf, open: bool) -> Box<dyn Backend> {
+    use zdr_agent::zfs::lzc::LzcBackend;
+    match (lzc, open) {
+        (false, _) => Box::new(CliBackend::new(zfs, zpool)),
+        (true, true) => Box::new(LzcBackend::open(zfs, zpool).expect("libzfs_core init")),
+        (true, false) => Box::new(LzcBackend::new(zfs, zpool)),
+    }
+}
+
+#[cfg(not(feature = "lzc"))]
+fn backend(lzc: bool, zfs: PathBuf, zpool: PathBuf, _open: bool) -> Box<dyn Backend> {
+    assert!(!lzc, "built without feature lzc");
+    Box::new(CliBackend::new(zfs, zpool))
+}
+
 impl Drop for CliFixture {
     fn drop(&mut self) {
         if let Err(e) = run(&self.zpool, &["destroy", "-f", &self.pool]) {
@@ -215,7 +243,7 @@ impl Drop for CliFixture {
 
 impl Fixture for CliFixture {
     fn backend(&self) -> &dyn Backend {
-        &self.cli
+        self.backend.as_ref()
     }
     fn pool(&self) -> &str {
         &self.pool
@@ -279,14 +307,10 @@ impl Fixture for CliFixture {
     }
     fn blind_backend(&self) -> Box<dyn Backend> {
         let missing = PathBuf::from("/nonexistent/zdr-conformance/zfs");
-        Box::new(CliBackend::new(missing.clone(), missing))
+        backend(self.lzc, missing.clone(), missing, false)
     }
-    fn zfs_accepts(&self, name: &str) -> Option<bool> {
-        let ok = run(&self.zfs, &["create", name]).is_ok();
-        if ok {
-            self.zfs(&["destroy", name]);
-        }
-        Some(ok)
+    fn raw_zfs(&self, args: &[&str]) -> Option<bool> {
+        Some(run(&self.zfs, args).is_ok())
     }
 }
 
@@ -388,6 +412,11 @@ fn list_datasets_reads_a_user_property_set_inherited_or_unset() {
     f.set_property(&local, "zdr:class", "bronze tier");
     f.set_property(&unset, "other:prop", "x");
     let inherits_later = f.make("a/later");
+    // Values are free text to ZFS: empty, tabs, non-ASCII.
+    let odd = [("", "empty"), ("x\ty", "tab"), ("données", "utf8")];
+    for (value, rel) in odd {
+        f.set_property(&f.make(&format!("odd {rel}")), "zdr:class", value);
+    }
     let listed = f.backend().list_datasets("zdr:class").unwrap();
     let mine: Vec<_> = listed
         .iter()
@@ -407,9 +436,12 @@ fn list_datasets_reads_a_user_property_set_inherited_or_unset() {
     assert_eq!(class(&inherits_later).as_deref(), Some("gold"));
     assert_eq!(class(&local).as_deref(), Some("bronze tier"));
     assert_eq!(class(&unset), None);
-    assert_eq!(mine.len(), 7, "{mine:?}");
+    for (value, rel) in odd {
+        assert_eq!(class(&f.ds(&format!("odd {rel}"))).as_deref(), Some(value));
+    }
+    assert_eq!(mine.len(), 10, "{mine:?}");
     let guids: BTreeSet<u64> = mine.iter().map(|d| d.guid).collect();
-    assert_eq!(guids.len(), 7);
+    assert_eq!(guids.len(), 10);
     assert!(mine
         .iter()
         .all(|d| d.guid != 0 && d.used > 0 && d.available > 0));
@@ -457,6 +489,16 @@ fn multi_dataset_snapshot_is_atomic() {
         Err(ZfsError::NotFound { .. })
     ));
     assert_eq!(names(&snaps(f, &a)), ["n"]);
+
+    // ZFS is atomic only within a pool: a set spanning two is refused up
+    // front, and an empty set is nothing to do.
+    let elsewhere = DatasetName::parse("zdrnosuchpool/x").unwrap();
+    assert!(matches!(
+        b.snapshot(&[a.clone(), elsewhere], "z", false),
+        Err(ZfsError::Invalid { .. })
+    ));
+    b.snapshot(&[], "z", false).unwrap();
+    assert_eq!(names(&snaps(f, &a)), ["n"]);
 }
 
 #[test]
@@ -489,6 +531,19 @@ fn recursive_snapshot_includes_children_only() {
     for d in [&f.root(), &a, &child, &deep, &sibling, &other] {
         assert_eq!(names(&snaps(f, d)).last(), Some(&"all"), "{d}");
     }
+    // A set that lists a child of a recursive parent takes it once.
+    snap(f, &[&a, &child, &deep], "overlap", true);
+    for d in [&a, &child, &deep] {
+        assert_eq!(
+            names(&snaps(f, d))
+                .iter()
+                .filter(|n| **n == "overlap")
+                .count(),
+            1,
+            "{d}"
+        );
+    }
+    assert_eq!(names(&snaps(f, &sibling)).last(), Some(&"all"));
 }
 
 #[test]
@@ -656,15 +711,16 @@ fn hostile_names_are_refused_before_any_command_runs() {
             "{full:?} accepted"
         );
         // Real ZFS refuses them too: we are not stricter than it on these.
-        if let Some(accepted) = f.zfs_accepts(&full) {
+        if let Some(accepted) = f.raw_zfs(&["create", &full]) {
             assert!(!accepted, "zfs accepted {full:?}");
         }
     }
     // Names with spaces are legal for both.
     let spaced = format!("{pool}/my data");
     let parsed = DatasetName::parse(&spaced).unwrap();
-    if let Some(accepted) = f.zfs_accepts(&spaced) {
+    if let Some(accepted) = f.raw_zfs(&["create", &spaced]) {
         assert!(accepted, "zfs refused {spaced:?}");
+        assert_eq!(f.raw_zfs(&["destroy", &spaced]), Some(true));
     }
 
     // Snapshot, bookmark and hold names reach the backend as strings: the
@@ -758,4 +814,53 @@ fn snapshot_on_a_full_pool_is_no_space() {
         other => panic!("{other:?}"),
     }
     assert!(snaps(f, &d).is_empty());
+}
+
+#[test]
+fn names_at_the_255_byte_limit() {
+    let f = fixture("long");
+    let f = f.as_ref();
+    let b = f.backend();
+    let d = f.make("a");
+    let child = f.make("a/cc");
+    // `<pool>/a@` plus the snapshot name: exactly 255 bytes fits, 256 does not.
+    let room = 255 - d.as_str().len() - 1;
+    let fits = "s".repeat(room);
+    let over = "s".repeat(room + 1);
+    snap(f, &[&d], &fits, false);
+    assert_eq!(names(&snaps(f, &d)), [fits.as_str()]);
+    assert!(
+        matches!(
+            b.snapshot(std::slice::from_ref(&d), &over, false),
+            Err(ZfsError::Name(NameError::TooLong { .. }))
+        ),
+        "256-byte snapshot name"
+    );
+    if let Some(ok) = f.raw_zfs(&["snapshot", &format!("{d}@{over}")]) {
+        assert!(!ok, "zfs took a 256-byte snapshot name");
+    }
+    b.bookmark(&d, &fits, &"b".repeat(room)).unwrap();
+    assert!(matches!(
+        b.bookmark(&d, &fits, &"b".repeat(room + 1)),
+        Err(ZfsError::Name(NameError::TooLong { .. }))
+    ));
+    b.hold(&d, &fits, &"t".repeat(255)).unwrap();
+    assert!(matches!(
+        b.hold(&d, &fits, &"t".repeat(256)),
+        Err(ZfsError::Invalid { .. })
+    ));
+    assert_eq!(b.holds(&d, &fits).unwrap(), ["t".repeat(255)]);
+    assert_eq!(snaps(f, &d)[0].userrefs, 1);
+
+    // Recursive: the listed dataset's name fits, its child's would not, so
+    // the whole set is refused, naming the child.
+    let r = "r".repeat(room - 1);
+    match b.snapshot(std::slice::from_ref(&d), &r, true) {
+        Err(ZfsError::Name(NameError::TooLong { name, .. })) => {
+            assert_eq!(name, format!("{child}@{r}"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(snaps(f, &d).len(), 1);
+    assert!(snaps(f, &child).is_empty());
 }

@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use zdr_common::dataset::parse_snapshot_name;
 use zdr_common::wire::{PoolInfo, SnapshotInfo};
-use zdr_common::DatasetName;
+use zdr_common::{DatasetName, NameError};
 
 use super::names::{bookmark_name, check_tag, check_user_property};
 use super::{Backend, DatasetInfo, ZfsError};
@@ -103,11 +103,24 @@ impl Backend for CliBackend {
             return Ok(());
         };
         let pool = datasets[0].pool();
-        self.zfs(&args, pool, |_, stderr| match quoted(stderr) {
+        let failure = match self.run(&self.zfs, &args)? {
+            Ok(_) => return Ok(()),
+            Err(f) => f,
+        };
+        // With -r a child's full name can pass 255 bytes although every
+        // listed one fits; zfs(8) then refuses the whole set, naming the child.
+        if failure.stderr.contains("name is too long") {
+            if let Some(q) = quoted(&failure.stderr) {
+                return Err(ZfsError::Name(NameError::TooLong {
+                    name: q.to_string(),
+                    len: q.len(),
+                }));
+            }
+        }
+        Err(failure.into_error(pool, |_, stderr| match quoted(stderr) {
             Some(q) => q.to_string(),
             None => format!("snapshot @{name}"),
-        })
-        .map(drop)
+        }))
     }
 
     fn destroy_snapshot(&self, dataset: &DatasetName, name: &str) -> Result<(), ZfsError> {
@@ -862,6 +875,23 @@ mod tests {
                 Err(ZfsError::Command { status, stderr, .. }) => {
                     assert!(status.contains('3'), "{status}");
                     assert_eq!(stderr, "internal error: something new");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        #[test]
+        fn child_name_too_long_in_a_recursive_snapshot_is_a_name_error() {
+            let dir = tempfile::tempdir().unwrap();
+            let (zfs, _) = fake(
+                dir.path(),
+                "echo \"cannot create snapshot 'tank/a/long child@s': name is too long\" >&2\n\
+                 echo 'no snapshots were created' >&2; exit 1",
+            );
+            match retry(|| zfs.snapshot(&[ds("tank/a")], "s", true)) {
+                Err(ZfsError::Name(NameError::TooLong { name, len })) => {
+                    assert_eq!(name, "tank/a/long child@s");
+                    assert_eq!(len, name.len());
                 }
                 other => panic!("{other:?}"),
             }

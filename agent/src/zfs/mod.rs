@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod error;
+#[cfg(feature = "lzc")]
+pub mod lzc;
 mod names;
 pub mod sim;
 

@@ -466,6 +466,11 @@ impl Backend for SimBackend {
                     targets.insert(d.clone());
                 }
             }
+            // As zfs(8) does, every name of the set (children included) is
+            // checked before any exists check: one too long fails them all.
+            for t in &targets {
+                t.snapshot(name)?;
+            }
             for t in &targets {
                 if s.datasets[t].snapshots.iter().any(|x| x.name == name) {
                     return Err(ZfsError::Exists {
