@@ -12,4 +12,5 @@ pub mod lifecycle;
 pub mod node;
 pub mod retention;
 pub mod state;
+pub mod transfer;
 pub mod zfs;
