@@ -316,7 +316,8 @@ async fn four_megabytes_at_two_megabytes_a_second_take_about_two_seconds() {
     out.sent.unwrap();
     assert_eq!(out.sink, data);
     let secs = out.elapsed.as_secs_f64();
-    assert!((1.6..3.0).contains(&secs), "took {secs:.2} s");
+    // The upper bound only absorbs a loaded machine; unthrottled takes ~0.05 s.
+    assert!((1.6..8.0).contains(&secs), "took {secs:.2} s");
 }
 
 #[tokio::test]
@@ -338,7 +339,7 @@ async fn a_rate_change_reaches_a_running_transfer() {
     assert_eq!(out.sink, data);
     assert_eq!(handle.get(), rate(4_000_000));
     let secs = out.elapsed.as_secs_f64();
-    assert!((1.0..3.0).contains(&secs), "took {secs:.2} s");
+    assert!((1.0..8.0).contains(&secs), "took {secs:.2} s; 15 s if the change were ignored");
 }
 
 #[tokio::test]
@@ -358,7 +359,7 @@ async fn a_throttled_transfer_can_be_set_unlimited() {
     assert_eq!(out.sink, data);
     let secs = out.elapsed.as_secs_f64();
     assert!(
-        secs < 3.0,
+        secs < 8.0,
         "took {secs:.2} s; 20 s if the change were ignored"
     );
 }
