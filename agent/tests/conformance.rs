@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use zdr_agent::zfs::cli::CliBackend;
 use zdr_agent::zfs::sim::SimBackend;
-use zdr_agent::zfs::{Backend, ZfsError};
+use zdr_agent::zfs::{Backend, RecvSpec, SendBase, SendSpec, ZfsError};
 use zdr_common::wire::SnapshotInfo;
 use zdr_common::{DatasetName, NameError};
 
@@ -28,6 +28,13 @@ trait Fixture {
     /// Writes `bytes` of incompressible data into the dataset (no-op for sim,
     /// which has no data path).
     fn write_data(&self, dataset: &DatasetName, bytes: usize);
+    /// Mounts a received (`-u`) filesystem so that `write_data` reaches it.
+    fn mount(&self, dataset: &DatasetName);
+    /// Creates an encrypted filesystem with its key loaded; `false` where
+    /// the backend models no encryption (sim).
+    fn create_encrypted(&self, name: &DatasetName) -> bool;
+    /// A native property's value (`zfs get -Hp`); `None` for sim.
+    fn native_property(&self, dataset: &DatasetName, property: &str) -> Option<String>;
     /// Leaves the pool so that a snapshot of `dataset` cannot fit.
     fn exhaust_space(&self, dataset: &DatasetName);
     /// Bookmarks (name after '#', guid) of the dataset; `None` where the
@@ -100,7 +107,16 @@ impl Fixture for SimFixture {
     fn set_property(&self, dataset: &DatasetName, key: &str, value: &str) {
         self.sim.set_property(dataset, key, value).unwrap();
     }
-    fn write_data(&self, _dataset: &DatasetName, _bytes: usize) {}
+    fn write_data(&self, dataset: &DatasetName, bytes: usize) {
+        self.sim.write_data(dataset, bytes as u64).unwrap();
+    }
+    fn mount(&self, _dataset: &DatasetName) {}
+    fn create_encrypted(&self, _name: &DatasetName) -> bool {
+        false
+    }
+    fn native_property(&self, _dataset: &DatasetName, _property: &str) -> Option<String> {
+        None
+    }
     fn exhaust_space(&self, _dataset: &DatasetName) {
         // Filler datasets until one no longer fits, then filler snapshots
         // until one no longer fits either.
@@ -269,6 +285,29 @@ impl Fixture for CliFixture {
         std::fs::write(&path, &data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         run(&self.zpool, &["sync", &self.pool]).unwrap();
     }
+    fn mount(&self, dataset: &DatasetName) {
+        self.zfs(&["mount", dataset.as_str()]);
+    }
+    fn create_encrypted(&self, name: &DatasetName) -> bool {
+        // A raw hex key from a file: no passphrase derivation, which is slow
+        // under emulation.
+        let key = self._dir.path().join("key.hex");
+        std::fs::write(&key, "0123456789abcdef".repeat(4)).unwrap();
+        self.zfs(&[
+            "create",
+            "-o",
+            "encryption=on",
+            "-o",
+            "keyformat=hex",
+            "-o",
+            &format!("keylocation=file://{}", key.display()),
+            name.as_str(),
+        ]);
+        true
+    }
+    fn native_property(&self, dataset: &DatasetName, property: &str) -> Option<String> {
+        Some(self.get(property, dataset))
+    }
     fn exhaust_space(&self, dataset: &DatasetName) {
         // A snapshot of a dataset with a refreservation needs room outside it
         // for the dataset's unique bytes: reserve all but 2 MiB of the pool
@@ -342,6 +381,95 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+fn full(d: &DatasetName, snapshot: &str) -> SendSpec {
+    SendSpec::Full {
+        dataset: d.clone(),
+        snapshot: snapshot.into(),
+        raw: false,
+    }
+}
+
+fn incr(d: &DatasetName, from: &str, to: &str, intermediates: bool) -> SendSpec {
+    SendSpec::Incremental {
+        dataset: d.clone(),
+        from: SendBase::Snapshot(from.into()),
+        to: to.into(),
+        intermediates,
+        raw: false,
+    }
+}
+
+fn send_all(f: &dyn Fixture, spec: &SendSpec) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let n = f
+        .backend()
+        .send(spec, &mut buf)
+        .unwrap_or_else(|e| panic!("send {spec:?}: {e}"));
+    assert_eq!(n, buf.len() as u64);
+    buf
+}
+
+fn transfer(
+    f: &dyn Fixture,
+    spec: &SendSpec,
+    target: &DatasetName,
+    force: bool,
+) -> Result<(), ZfsError> {
+    let buf = send_all(f, spec);
+    f.backend()
+        .receive(target, &RecvSpec { force }, &mut &buf[..])
+}
+
+/// (name, guid) of each snapshot, in order.
+fn ids(f: &dyn Fixture, d: &DatasetName) -> Vec<(String, u64)> {
+    snaps(f, d).into_iter().map(|s| (s.name, s.guid)).collect()
+}
+
+/// Keeps the first `limit` bytes, then fails like a dropped connection.
+struct CutWriter {
+    kept: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for CutWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit - self.kept.len();
+        if room == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "link cut",
+            ));
+        }
+        let n = room.min(buf.len());
+        self.kept.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends `spec` into a link cut halfway and feeds what got through to
+/// `target`; returns the full stream size.
+fn interrupted_transfer(f: &dyn Fixture, spec: &SendSpec, target: &DatasetName) -> u64 {
+    let b = f.backend();
+    let size = b.send(spec, &mut std::io::sink()).unwrap();
+    let mut cut = CutWriter {
+        kept: Vec::new(),
+        limit: (size / 2) as usize,
+    };
+    match b.send(spec, &mut cut) {
+        Err(ZfsError::Stream { .. }) => {}
+        other => panic!("send into a cut link: {other:?}"),
+    }
+    assert_eq!(cut.kept.len() as u64, size / 2);
+    match b.receive(target, &RecvSpec::default(), &mut &cut.kept[..]) {
+        Err(ZfsError::Incomplete { detail, .. }) => eprintln!("truncated receive: {detail}"),
+        other => panic!("receive of half a stream: {other:?}"),
+    }
+    size
 }
 
 // ---------------------------------------------------------------- cases ---
@@ -863,4 +991,292 @@ fn names_at_the_255_byte_limit() {
     }
     assert_eq!(snaps(f, &d).len(), 1);
     assert!(snaps(f, &child).is_empty());
+}
+
+#[test]
+fn send_receive_full_and_incremental_keep_guids() {
+    let f = fixture("sendrecv");
+    let f = f.as_ref();
+    let b = f.backend();
+    let src = f.make("src");
+    let dst = f.ds("dst");
+    f.write_data(&src, 256 << 10);
+    snap(f, &[&src], "a", false);
+    for (i, name) in ["b", "c", "d"].into_iter().enumerate() {
+        f.write_data(&src, (64 << 10) + i);
+        snap(f, &[&src], name, false);
+    }
+    let all = ids(f, &src);
+
+    transfer(f, &full(&src, "a"), &dst, false).unwrap();
+    assert_eq!(ids(f, &dst), all[..1]);
+    transfer(f, &incr(&src, "a", "b", false), &dst, false).unwrap();
+    assert_eq!(ids(f, &dst), all[..2]);
+    // -I brings every snapshot in between.
+    transfer(f, &incr(&src, "b", "d", true), &dst, false).unwrap();
+    assert_eq!(ids(f, &dst), all);
+    let (s, d) = (snaps(f, &src), snaps(f, &dst));
+    for (x, y) in s.iter().zip(&d) {
+        assert_eq!(x.creation, y.creation, "creation of {}", x.name);
+    }
+    for w in d.windows(2) {
+        assert!(w[0].createtxg < w[1].createtxg, "{d:?}");
+    }
+
+    // A stream the target already has, or that does not continue it.
+    for force in [false, true] {
+        match transfer(f, &full(&src, "a"), &dst, force) {
+            Err(ZfsError::Diverged { detail, .. }) => {
+                eprintln!("full onto dst (-F {force}): {detail}")
+            }
+            other => panic!("full stream onto an existing target (-F {force}): {other:?}"),
+        }
+    }
+    // A snapshot the target already has: zfs(8) succeeds, nothing changes.
+    transfer(f, &incr(&src, "a", "b", false), &dst, false).unwrap();
+    match transfer(f, &incr(&src, "a", "b", false), &f.ds("nowhere"), false) {
+        Err(ZfsError::NotFound { what }) => eprintln!("incremental into missing: {what}"),
+        other => panic!("incremental into a missing target: {other:?}"),
+    }
+    match transfer(f, &full(&src, "a"), &f.ds("no parent/dst"), false) {
+        Err(ZfsError::NotFound { what }) => eprintln!("full into missing parent: {what}"),
+        other => panic!("full stream below a missing parent: {other:?}"),
+    }
+    assert_eq!(ids(f, &dst), all);
+    assert!(matches!(
+        b.send(&full(&src, "nope"), &mut std::io::sink()),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.send(&full(&src, "a;b"), &mut std::io::sink()),
+        Err(ZfsError::Name(_))
+    ));
+    assert!(matches!(
+        b.send(
+            &SendSpec::Resume { token: "-n".into() },
+            &mut std::io::sink()
+        ),
+        Err(ZfsError::Invalid { .. })
+    ));
+    assert_eq!(b.resume_token(&dst).unwrap(), None);
+    assert!(matches!(
+        b.resume_token(&f.ds("nowhere")),
+        Err(ZfsError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn incremental_from_a_bookmark() {
+    let f = fixture("sendbook");
+    let f = f.as_ref();
+    let b = f.backend();
+    let src = f.make("src");
+    let dst = f.ds("dst");
+    f.write_data(&src, 128 << 10);
+    snap(f, &[&src], "a", false);
+    transfer(f, &full(&src, "a"), &dst, false).unwrap();
+    b.bookmark(&src, "a", "mark").unwrap();
+    let a = ids(f, &src);
+    b.destroy_snapshot(&src, "a").unwrap();
+    f.write_data(&src, 64 << 10);
+    snap(f, &[&src], "b", false);
+    let spec = SendSpec::Incremental {
+        dataset: src.clone(),
+        from: SendBase::Bookmark("mark".into()),
+        to: "b".into(),
+        intermediates: false,
+        raw: false,
+    };
+    let est = b.estimate(&spec).unwrap();
+    eprintln!("estimate from a bookmark: {est:?}");
+    transfer(f, &spec, &dst, false).unwrap();
+    let mut want = a;
+    want.extend(ids(f, &src));
+    assert_eq!(ids(f, &dst), want);
+    let dash_i = SendSpec::Incremental {
+        dataset: src.clone(),
+        from: SendBase::Bookmark("mark".into()),
+        to: "b".into(),
+        intermediates: true,
+        raw: false,
+    };
+    assert!(matches!(
+        b.send(&dash_i, &mut std::io::sink()),
+        Err(ZfsError::Invalid { .. })
+    ));
+    let missing = SendSpec::Incremental {
+        dataset: src.clone(),
+        from: SendBase::Bookmark("gone".into()),
+        to: "b".into(),
+        intermediates: false,
+        raw: false,
+    };
+    match b.send(&missing, &mut std::io::sink()) {
+        Err(ZfsError::NotFound { what }) => eprintln!("missing bookmark: {what}"),
+        other => panic!("send from a missing bookmark: {other:?}"),
+    }
+}
+
+#[test]
+fn diverged_target_is_refused_unless_forced() {
+    let f = fixture("diverged");
+    let f = f.as_ref();
+    let src = f.make("src");
+    let dst = f.ds("dst");
+    f.write_data(&src, 64 << 10);
+    snap(f, &[&src], "a", false);
+    snap(f, &[&src], "b", false);
+    transfer(f, &full(&src, "a"), &dst, false).unwrap();
+    transfer(f, &incr(&src, "a", "b", false), &dst, false).unwrap();
+    // A snapshot of the target's own that changes no data is no divergence.
+    snap(f, &[&dst], "local", false);
+    f.write_data(&src, 32 << 10);
+    snap(f, &[&src], "c", false);
+    transfer(f, &incr(&src, "b", "c", false), &dst, false).unwrap();
+    eprintln!("after b..c over local: {:?}", names(&snaps(f, &dst)));
+    assert_eq!(names(&snaps(f, &dst)), ["a", "b", "local", "c"]);
+
+    // Data written on the target since the base is.
+    f.mount(&dst);
+    f.write_data(&dst, 16 << 10);
+    snap(f, &[&dst], "mine", false);
+    f.write_data(&src, 16 << 10);
+    snap(f, &[&src], "d", false);
+    match transfer(f, &incr(&src, "c", "d", false), &dst, false) {
+        Err(ZfsError::Diverged { detail, .. }) => eprintln!("diverged: {detail}"),
+        other => panic!("incremental onto a diverged target: {other:?}"),
+    }
+    assert_eq!(names(&snaps(f, &dst)), ["a", "b", "local", "c", "mine"]);
+    transfer(f, &incr(&src, "c", "d", false), &dst, true).unwrap();
+    eprintln!("after -F c..d: {:?}", names(&snaps(f, &dst)));
+    assert_eq!(names(&snaps(f, &dst)), ["a", "b", "local", "c", "d"]);
+    let s = ids(f, &src);
+    assert_eq!(ids(f, &dst).last(), s.last());
+
+    // From a base older than the target's newest: refused, and -F rolls back to it.
+    f.write_data(&src, 16 << 10);
+    snap(f, &[&src], "e", false);
+    match transfer(f, &incr(&src, "a", "e", false), &dst, false) {
+        Err(ZfsError::Diverged { detail, .. }) => eprintln!("old base: {detail}"),
+        other => panic!("incremental from an old base: {other:?}"),
+    }
+    transfer(f, &incr(&src, "a", "e", false), &dst, true).unwrap();
+    eprintln!("after -F a..e: {:?}", names(&snaps(f, &dst)));
+    let s = ids(f, &src);
+    assert_eq!(ids(f, &dst), [s[0].clone(), s[4].clone()]);
+
+    // A base the target never had is refused even with -F.
+    let other = f.make("other");
+    snap(f, &[&other], "x", false);
+    snap(f, &[&other], "y", false);
+    for force in [false, true] {
+        match transfer(f, &incr(&other, "x", "y", false), &dst, force) {
+            Err(ZfsError::Diverged { detail, .. }) => {
+                eprintln!("foreign base (-F {force}): {detail}")
+            }
+            other => panic!("incremental from a foreign base (-F {force}): {other:?}"),
+        }
+    }
+    assert_eq!(ids(f, &dst), [s[0].clone(), s[4].clone()]);
+}
+
+#[test]
+fn interrupted_receive_resumes_or_aborts() {
+    let f = fixture("resume");
+    let f = f.as_ref();
+    let b = f.backend();
+    let src = f.make("src");
+    f.write_data(&src, 4 << 20);
+    snap(f, &[&src], "big", false);
+    let spec = full(&src, "big");
+
+    let dst = f.ds("resumed");
+    let size = interrupted_transfer(f, &spec, &dst);
+    let est = b
+        .estimate(&spec)
+        .unwrap()
+        .expect("an estimate for a full send");
+    eprintln!("full stream {size} bytes, estimate {est}");
+    assert!(
+        est >= size / 2 && est <= size * 2,
+        "estimate {est} for {size}"
+    );
+    let token = b.resume_token(&dst).unwrap().expect("a resume token");
+    eprintln!(
+        "resume estimate: {:?}",
+        b.estimate(&SendSpec::Resume {
+            token: token.clone()
+        })
+    );
+    let rest = send_all(f, &SendSpec::Resume { token });
+    assert!(
+        (rest.len() as u64) < size,
+        "resumed {} of {size}",
+        rest.len()
+    );
+    b.receive(&dst, &RecvSpec::default(), &mut &rest[..])
+        .unwrap();
+    assert_eq!(b.resume_token(&dst).unwrap(), None);
+    assert_eq!(ids(f, &dst), ids(f, &src));
+
+    // Aborting an interrupted incremental keeps the target as it was.
+    f.write_data(&src, 2 << 20);
+    snap(f, &[&src], "more", false);
+    interrupted_transfer(f, &incr(&src, "big", "more", false), &dst);
+    assert!(b.resume_token(&dst).unwrap().is_some());
+    b.abort_receive(&dst).unwrap();
+    assert_eq!(b.resume_token(&dst).unwrap(), None);
+    assert_eq!(names(&snaps(f, &dst)), ["big"]);
+    match b.abort_receive(&dst) {
+        Err(ZfsError::NotFound { what }) => eprintln!("abort twice: {what}"),
+        other => panic!("abort without partial state: {other:?}"),
+    }
+    transfer(f, &incr(&src, "big", "more", false), &dst, false).unwrap();
+    assert_eq!(ids(f, &dst), ids(f, &src));
+
+    // Aborting an interrupted full receive removes the new filesystem.
+    let fresh = f.ds("fresh");
+    interrupted_transfer(f, &spec, &fresh);
+    assert!(b.resume_token(&fresh).unwrap().is_some());
+    b.abort_receive(&fresh).unwrap();
+    assert!(matches!(
+        b.list_snapshots(&fresh),
+        Err(ZfsError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn raw_send_keeps_the_target_encrypted_without_its_key() {
+    let f = fixture("raw");
+    let f = f.as_ref();
+    let src = f.ds("secret");
+    if !f.create_encrypted(&src) {
+        eprintln!("{}: no encryption modelled; skipped", f.backend().kind());
+        return;
+    }
+    f.write_data(&src, 256 << 10);
+    snap(f, &[&src], "a", false);
+    f.write_data(&src, 64 << 10);
+    snap(f, &[&src], "b", false);
+    let dst = f.ds("copy");
+    let raw_full = SendSpec::Full {
+        dataset: src.clone(),
+        snapshot: "a".into(),
+        raw: true,
+    };
+    transfer(f, &raw_full, &dst, false).unwrap();
+    let raw_incr = SendSpec::Incremental {
+        dataset: src.clone(),
+        from: SendBase::Snapshot("a".into()),
+        to: "b".into(),
+        intermediates: false,
+        raw: true,
+    };
+    transfer(f, &raw_incr, &dst, false).unwrap();
+    assert_eq!(ids(f, &dst), ids(f, &src));
+    let enc = f.native_property(&dst, "encryption").unwrap();
+    let status = f.native_property(&dst, "keystatus").unwrap();
+    eprintln!("raw copy: encryption={enc} keystatus={status}");
+    assert_ne!(enc, "off");
+    assert_eq!(status, "unavailable");
 }

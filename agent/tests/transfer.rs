@@ -339,7 +339,10 @@ async fn a_rate_change_reaches_a_running_transfer() {
     assert_eq!(out.sink, data);
     assert_eq!(handle.get(), rate(4_000_000));
     let secs = out.elapsed.as_secs_f64();
-    assert!((1.0..8.0).contains(&secs), "took {secs:.2} s; 15 s if the change were ignored");
+    assert!(
+        (1.0..8.0).contains(&secs),
+        "took {secs:.2} s; 15 s if the change were ignored"
+    );
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 //! in `-Hp` form (tab-separated, exact numbers) and any line that does not fit
 //! is an error naming the line.
 
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 
 use zdr_common::dataset::parse_snapshot_name;
@@ -12,7 +13,7 @@ use zdr_common::wire::{PoolInfo, SnapshotInfo};
 use zdr_common::{DatasetName, NameError};
 
 use super::names::{bookmark_name, check_tag, check_user_property};
-use super::{Backend, DatasetInfo, ZfsError};
+use super::{Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// Runs the zfs and zpool binaries found at the configured paths.
 #[derive(Debug, Clone)]
@@ -32,15 +33,67 @@ impl CliBackend {
         CliBackend { zfs, zpool }
     }
 
-    /// `Ok(Err(_))` is a command that ran and failed, to be classified by the
-    /// caller, which knows what the command was about.
-    fn run(&self, program: &Path, args: &[String]) -> Result<Result<String, Failure>, ZfsError> {
-        let output = Command::new(program)
-            .args(args)
+    fn command(program: &Path, args: &[String]) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
             // Messages are matched in English and must not be translated.
             .env("LC_ALL", "C")
             .env("LANG", "C")
-            .env_remove("LANGUAGE")
+            .env_remove("LANGUAGE");
+        cmd
+    }
+
+    /// Starts zfs(8) with piped stdio as given and stderr collected by a thread.
+    fn spawn(
+        &self,
+        args: &[String],
+        stdin: Stdio,
+        stdout: Stdio,
+    ) -> Result<(Child, std::thread::JoinHandle<String>), ZfsError> {
+        let mut child = Self::command(&self.zfs, args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| ZfsError::Spawn {
+                program: self.zfs.display().to_string(),
+                source,
+            })?;
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).trim().to_string()
+        });
+        Ok((child, reader))
+    }
+
+    /// Waits for a spawned zfs(8); `Err(_)` when it failed.
+    fn finish(
+        &self,
+        args: &[String],
+        mut child: Child,
+        reader: std::thread::JoinHandle<String>,
+    ) -> Result<Result<(), Failure>, ZfsError> {
+        let status = child.wait().map_err(|source| ZfsError::Spawn {
+            program: self.zfs.display().to_string(),
+            source,
+        })?;
+        let stderr = reader.join().unwrap_or_default();
+        if status.success() {
+            return Ok(Ok(()));
+        }
+        Ok(Err(Failure {
+            argv: render_argv(&self.zfs, args),
+            status: status.to_string(),
+            stderr,
+        }))
+    }
+
+    /// `Ok(Err(_))` is a command that ran and failed, to be classified by the
+    /// caller, which knows what the command was about.
+    fn run(&self, program: &Path, args: &[String]) -> Result<Result<String, Failure>, ZfsError> {
+        let output = Self::command(program, args)
             .stdin(Stdio::null())
             .output()
             .map_err(|source| ZfsError::Spawn {
@@ -185,6 +238,335 @@ impl Backend for CliBackend {
         })
         .map(drop)
     }
+
+    fn send(&self, spec: &SendSpec, out: &mut dyn Write) -> Result<u64, ZfsError> {
+        let args = send_args(spec, false)?;
+        let (mut child, reader) = self.spawn(&args, Stdio::null(), Stdio::piped())?;
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut buf = vec![0u8; 256 << 10];
+        let mut sent = 0u64;
+        let copied = loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    break Err(ZfsError::Stream {
+                        what: "reading from zfs send".into(),
+                        source,
+                    })
+                }
+            };
+            if let Err(source) = out.write_all(&buf[..n]) {
+                break Err(ZfsError::Stream {
+                    what: format!("after {sent} bytes: writing the output"),
+                    source,
+                });
+            }
+            sent += n as u64;
+        };
+        if let Err(e) = copied {
+            let _ = child.kill();
+            drop(stdout);
+            let _ = self.finish(&args, child, reader);
+            return Err(e);
+        }
+        drop(stdout);
+        if let Err(f) = self.finish(&args, child, reader)? {
+            return Err(send_error(f, spec));
+        }
+        out.flush().map_err(|source| ZfsError::Stream {
+            what: "flushing the output".into(),
+            source,
+        })?;
+        Ok(sent)
+    }
+
+    fn estimate(&self, spec: &SendSpec) -> Result<Option<u64>, ZfsError> {
+        let args = send_args(spec, true)?;
+        let output = Self::command(&self.zfs, &args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ZfsError::Spawn {
+                program: self.zfs.display().to_string(),
+                source,
+            })?;
+        if !output.status.success() {
+            let f = Failure {
+                argv: render_argv(&self.zfs, &args),
+                status: output.status.to_string(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            };
+            return Err(send_error(f, spec));
+        }
+        // OpenZFS 2.x prints the dry run on stdout, older releases on stderr.
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push('\n');
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        let from_bookmark = matches!(
+            spec,
+            SendSpec::Incremental {
+                from: SendBase::Bookmark(_),
+                ..
+            }
+        );
+        parse_estimate(&text, from_bookmark)
+    }
+
+    fn receive(
+        &self,
+        target: &DatasetName,
+        spec: &RecvSpec,
+        input: &mut dyn Read,
+    ) -> Result<(), ZfsError> {
+        let args = receive_args(target, spec);
+        let (mut child, reader) = self.spawn(&args, Stdio::piped(), Stdio::null())?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let mut buf = vec![0u8; 256 << 10];
+        let mut read_error = None;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            };
+            // zfs receive stops reading when it refuses the stream; its
+            // stderr says why.
+            if stdin.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        // Closing stdin ends the stream; after a read error zfs receive
+        // sees a truncated stream and keeps the partial state.
+        drop(stdin);
+        match self.finish(&args, child, reader)? {
+            Ok(()) => Ok(()),
+            Err(mut f) => {
+                if let Some(e) = read_error {
+                    f.stderr = format!("{} (reading the input: {e})", f.stderr);
+                }
+                Err(receive_error(f, target))
+            }
+        }
+    }
+
+    fn resume_token(&self, dataset: &DatasetName) -> Result<Option<String>, ZfsError> {
+        let args = resume_token_args(dataset);
+        let out = self.zfs(&args, dataset.pool(), |_, _| format!("dataset {dataset}"))?;
+        let value = out.trim_end_matches('\n');
+        if value.contains('\n') {
+            return Err(parse_error(value, "expected one value"));
+        }
+        Ok((!matches!(value, "" | "-")).then(|| value.to_string()))
+    }
+
+    fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        let args = abort_receive_args(dataset);
+        let failure = match self.run(&self.zfs, &args)? {
+            Ok(_) => return Ok(()),
+            Err(f) => f,
+        };
+        if failure
+            .stderr
+            .contains("does not have any resumable receive state")
+        {
+            return Err(ZfsError::NotFound {
+                what: format!("resumable receive state on {dataset}"),
+            });
+        }
+        Err(failure.into_error(dataset.pool(), |_, _| format!("dataset {dataset}")))
+    }
+}
+
+/// Resume tokens are ZFS-made: hex digits and dashes.
+pub(crate) fn check_token(token: &str) -> Result<(), ZfsError> {
+    let ok = !token.is_empty()
+        && token.len() <= 64 << 10
+        && !token.starts_with('-')
+        && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ZfsError::Invalid {
+            what: "resume token",
+            value: token.chars().take(80).collect(),
+            reason: "expected letters, digits and '-', not starting with '-'".into(),
+        })
+    }
+}
+
+/// The full name of an incremental source; a bookmark base cannot be `-I`.
+pub(crate) fn send_base_name(
+    dataset: &DatasetName,
+    from: &SendBase,
+    intermediates: bool,
+) -> Result<String, ZfsError> {
+    match from {
+        SendBase::Snapshot(s) => Ok(dataset.snapshot(s)?),
+        SendBase::Bookmark(b) if intermediates => Err(ZfsError::Invalid {
+            what: "send -I source",
+            value: bookmark_name(dataset, b)?,
+            reason: "-I needs a snapshot; send from a bookmark with -i".into(),
+        }),
+        SendBase::Bookmark(b) => Ok(bookmark_name(dataset, b)?),
+    }
+}
+
+fn send_error(f: Failure, spec: &SendSpec) -> ZfsError {
+    let what = |stderr: &str| quoted(stderr).map_or_else(|| "snapshot".into(), str::to_string);
+    if classify(&f.stderr).is_none() && f.stderr.contains("does not exist") {
+        return ZfsError::NotFound {
+            what: what(&f.stderr),
+        };
+    }
+    f.into_error(send_pool(spec), |_, stderr| what(stderr))
+}
+
+fn send_pool(spec: &SendSpec) -> &str {
+    match spec {
+        SendSpec::Full { dataset, .. } | SendSpec::Incremental { dataset, .. } => dataset.pool(),
+        SendSpec::Resume { .. } => "",
+    }
+}
+
+/// `zfs send`, or with `dry_run` its `-nvP` estimate.
+fn send_args(spec: &SendSpec, dry_run: bool) -> Result<Vec<String>, ZfsError> {
+    let mut args = strings(&["send"]);
+    if dry_run {
+        args.extend(strings(&["-n", "-v", "-P"]));
+    }
+    match spec {
+        SendSpec::Full {
+            dataset,
+            snapshot,
+            raw,
+        } => {
+            if *raw {
+                args.push("-w".into());
+            }
+            args.push(dataset.snapshot(snapshot)?);
+        }
+        SendSpec::Incremental {
+            dataset,
+            from,
+            to,
+            intermediates,
+            raw,
+        } => {
+            if *raw {
+                args.push("-w".into());
+            }
+            args.push(if *intermediates { "-I" } else { "-i" }.into());
+            args.push(send_base_name(dataset, from, *intermediates)?);
+            args.push(dataset.snapshot(to)?);
+        }
+        SendSpec::Resume { token } => {
+            check_token(token)?;
+            args.push("-t".into());
+            args.push(token.clone());
+        }
+    }
+    Ok(args)
+}
+
+fn receive_args(target: &DatasetName, spec: &RecvSpec) -> Vec<String> {
+    let mut args = strings(&["receive", "-s", "-u"]);
+    if spec.force {
+        args.push("-F".into());
+    }
+    args.push(target.to_string());
+    args
+}
+
+fn resume_token_args(dataset: &DatasetName) -> Vec<String> {
+    let mut args = strings(&["get", "-Hp", "-o", "value", "receive_resume_token"]);
+    args.push(dataset.to_string());
+    args
+}
+
+fn abort_receive_args(dataset: &DatasetName) -> Vec<String> {
+    vec!["receive".into(), "-A".into(), dataset.to_string()]
+}
+
+/// zfs receive's refusals, before the generic classification.
+fn receive_error(f: Failure, target: &DatasetName) -> ZfsError {
+    const INCOMPLETE: [&str; 3] = [
+        "incomplete stream",
+        "Partially received snapshot is saved",
+        "checksum mismatch",
+    ];
+    const DIVERGED: [&str; 6] = [
+        "does not match incremental source",
+        "has been modified",
+        "destination has snapshots",
+        "must specify -F",
+        "destination already exists",
+        "local origin for clone",
+    ];
+    // libzfs wraps some of these messages over lines.
+    let s = &f.stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+    if INCOMPLETE.iter().any(|p| s.contains(p)) {
+        return ZfsError::Incomplete {
+            target: target.to_string(),
+            detail: f.stderr,
+        };
+    }
+    if DIVERGED.iter().any(|p| s.contains(p)) {
+        return ZfsError::Diverged {
+            target: target.to_string(),
+            detail: f.stderr,
+        };
+    }
+    if s.contains("partially-complete state") {
+        return ZfsError::Busy {
+            what: format!("dataset {target}"),
+            detail: f.stderr,
+        };
+    }
+    if s.contains("does not exist") {
+        return ZfsError::NotFound {
+            what: quoted(s).map_or_else(|| format!("dataset {target}"), str::to_string),
+        };
+    }
+    f.into_error(target.pool(), |_, _| format!("dataset {target}"))
+}
+
+/// Values past i64::MAX are the wrapped negatives of OpenZFS #12265.
+const MAX_PLAUSIBLE_ESTIMATE: u64 = i64::MAX as u64;
+
+/// Reads `zfs send -nvP`: the `size` line, or failing that the sum of the
+/// `full` / `incremental` lines; other lines (a resume token's contents) are
+/// skipped. `None` for overflowed figures, and from a bookmark for 0 too
+/// (OpenZFS #12265).
+pub(crate) fn parse_estimate(out: &str, from_bookmark: bool) -> Result<Option<u64>, ZfsError> {
+    let mut size: Option<u64> = None;
+    let mut sum: Option<u64> = None;
+    for line in out.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let value = match (f[0], f.len()) {
+            ("size", 2) => {
+                size = Some(number(line, "size", f[1])?);
+                continue;
+            }
+            ("full", 3) => f[2],
+            ("incremental", 4) => f[3],
+            _ => continue,
+        };
+        let n: u64 = number(line, "estimate", value)?;
+        sum = Some(sum.unwrap_or(0).saturating_add(n));
+    }
+    let Some(n) = size.or(sum) else {
+        return Err(parse_error(
+            out.lines().next().unwrap_or(""),
+            "no size in zfs send -nvP output",
+        ));
+    };
+    let plausible = n <= MAX_PLAUSIBLE_ESTIMATE && !(from_bookmark && n == 0);
+    Ok(plausible.then_some(n))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -698,6 +1080,152 @@ mod tests {
             ["bookmark", "tank/my data@s", "tank/my data#b"]
         );
         assert!(bookmark_args(&d, "s", "b#c").is_err());
+    }
+
+    #[test]
+    fn parses_send_estimates() {
+        // zfs send -nvP, OpenZFS 2.x.
+        let full = "full\ttank/src@big\t4223352\nsize\t4223352\n";
+        assert_eq!(parse_estimate(full, false).unwrap(), Some(4223352));
+        let incremental = "incremental\ta\ttank/src@b\t78112\nsize\t78112\n";
+        assert_eq!(parse_estimate(incremental, false).unwrap(), Some(78112));
+        let many =
+            "incremental\tb\ttank/src@c\t1000\nincremental\tc\ttank/src@d\t2000\nsize\t3000\n";
+        assert_eq!(parse_estimate(many, false).unwrap(), Some(3000));
+        // Without a size line, the per-snapshot lines add up.
+        let no_size = "incremental\tb\ttank/src@c\t1000\nincremental\tc\ttank/src@d\t2000\n";
+        assert_eq!(parse_estimate(no_size, false).unwrap(), Some(3000));
+        // A resume token's contents come first and are skipped.
+        let resumed =
+            "resume token contents:\nnvlist version: 0\n\tobject = 0x2\n\toffset = 0x1a0000\n\
+                       \tbytes = 0x1a4e58\nfull\ttank/src@big\t2101248\nsize\t2101248\n";
+        assert_eq!(parse_estimate(resumed, false).unwrap(), Some(2101248));
+        // OpenZFS #12265: from a bookmark the figure is 0 or a wrapped negative.
+        let zero = "incremental\tmark\ttank/src@b\t0\nsize\t0\n";
+        assert_eq!(parse_estimate(zero, true).unwrap(), None);
+        assert_eq!(parse_estimate(zero, false).unwrap(), Some(0));
+        let wrapped =
+            "incremental\tmark\ttank/src@b\t18446744073614344448\nsize\t18446744073614344448\n";
+        assert_eq!(parse_estimate(wrapped, true).unwrap(), None);
+        assert_eq!(parse_estimate(wrapped, false).unwrap(), None);
+        let book = "incremental\tmark\ttank/src@b\t78112\nsize\t78112\n";
+        assert_eq!(parse_estimate(book, true).unwrap(), Some(78112));
+        for bad in [
+            "",
+            "nothing here\n",
+            "size\tlots\n",
+            "full\ttank/src@a\t-5\n",
+        ] {
+            assert!(
+                matches!(parse_estimate(bad, false), Err(ZfsError::Parse { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn builds_send_and_receive_argv() {
+        let d = ds("tank/my data");
+        let full = SendSpec::Full {
+            dataset: d.clone(),
+            snapshot: "s 1".into(),
+            raw: true,
+        };
+        assert_eq!(
+            send_args(&full, false).unwrap(),
+            ["send", "-w", "tank/my data@s 1"]
+        );
+        assert_eq!(
+            send_args(&full, true).unwrap(),
+            ["send", "-n", "-v", "-P", "-w", "tank/my data@s 1"]
+        );
+        let incr = |from: SendBase, all: bool| SendSpec::Incremental {
+            dataset: d.clone(),
+            from,
+            to: "b".into(),
+            intermediates: all,
+            raw: false,
+        };
+        assert_eq!(
+            send_args(&incr(SendBase::Snapshot("a".into()), true), false).unwrap(),
+            ["send", "-I", "tank/my data@a", "tank/my data@b"]
+        );
+        assert_eq!(
+            send_args(&incr(SendBase::Bookmark("m k".into()), false), false).unwrap(),
+            ["send", "-i", "tank/my data#m k", "tank/my data@b"]
+        );
+        assert!(matches!(
+            send_args(&incr(SendBase::Bookmark("m".into()), true), false),
+            Err(ZfsError::Invalid { .. })
+        ));
+        assert!(matches!(
+            send_args(&incr(SendBase::Snapshot("a;b".into()), false), false),
+            Err(ZfsError::Name(_))
+        ));
+        let token = "1-e604ea4bf-e0-789c63a2";
+        assert_eq!(
+            send_args(
+                &SendSpec::Resume {
+                    token: token.into()
+                },
+                false
+            )
+            .unwrap(),
+            ["send", "-t", token]
+        );
+        for bad in ["", "-v", "1-abc;rm", "1 2"] {
+            assert!(
+                matches!(
+                    send_args(&SendSpec::Resume { token: bad.into() }, false),
+                    Err(ZfsError::Invalid { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            receive_args(&d, &RecvSpec::default()),
+            ["receive", "-s", "-u", "tank/my data"]
+        );
+        assert_eq!(
+            receive_args(&d, &RecvSpec { force: true }),
+            ["receive", "-s", "-u", "-F", "tank/my data"]
+        );
+        assert_eq!(
+            resume_token_args(&d),
+            [
+                "get",
+                "-Hp",
+                "-o",
+                "value",
+                "receive_resume_token",
+                "tank/my data"
+            ]
+        );
+        assert_eq!(abort_receive_args(&d), ["receive", "-A", "tank/my data"]);
+    }
+
+    #[test]
+    fn classifies_receive_refusals() {
+        let t = ds("tank/dst");
+        let f = |stderr: &str| Failure {
+            argv: "zfs receive".into(),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        };
+        let cases: [(&str, &str); 7] = [
+            ("cannot receive incremental stream: most recent snapshot of tank/dst does not\nmatch incremental source", "Diverged"),
+            ("cannot receive new filesystem stream: destination 'tank/dst' exists\nmust specify -F to overwrite it", "Diverged"),
+            ("cannot receive new filesystem stream: destination has snapshots (eg. tank/dst@a)\nmust destroy them to overwrite it", "Diverged"),
+            ("cannot receive incremental stream: checksum mismatch or incomplete stream.\nPartially received snapshot is saved.", "Incomplete"),
+            ("cannot receive incremental stream: destination 'tank/nope' does not exist", "NotFound"),
+            ("cannot receive: destination tank/dst contains partially-complete state from \"zfs receive -s\".", "Busy"),
+            ("cannot receive: permission denied", "Command"),
+        ];
+        for (stderr, want) in cases {
+            let got = receive_error(f(stderr), &t);
+            let name = format!("{got:?}");
+            assert!(name.starts_with(want), "{stderr}: {got:?}");
+        }
     }
 
     #[test]

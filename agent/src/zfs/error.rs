@@ -28,6 +28,19 @@ pub enum ZfsError {
         status: String,
         stderr: String,
     },
+    /// A receive refused because the target does not continue the stream's
+    /// history (it has later snapshots, lacks the base, or already exists).
+    #[error("receive into {target} refused: {detail}")]
+    Diverged { target: String, detail: String },
+    /// A stream that ended early; the target keeps a resume token.
+    #[error("stream into {target} incomplete: {detail}")]
+    Incomplete { target: String, detail: String },
+    /// Reading or writing a stream failed on our side of the pipe.
+    #[error("stream {what}: {source}")]
+    Stream {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("cannot parse zfs output line {line:?}: {reason}")]
     Parse { line: String, reason: String },
     #[error("cannot run {program}: {source}")]

@@ -22,7 +22,7 @@ use zdr_common::DatasetName;
 use self::ffi::{NvList, Outcome};
 use super::cli::CliBackend;
 use super::names::{bookmark_name, check_tag};
-use super::{Backend, DatasetInfo, ZfsError};
+use super::{Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
 
 /// The user property read while listing the children of a recursive
 /// snapshot; its value is not used.
@@ -244,6 +244,32 @@ impl Backend for LzcBackend {
             };
             f.into_error(dataset.pool(), what)
         })
+    }
+
+    // Streams go through zfs(8) for now; lzc_send/lzc_receive come later.
+    fn send(&self, spec: &SendSpec, out: &mut dyn std::io::Write) -> Result<u64, ZfsError> {
+        self.cli.send(spec, out)
+    }
+
+    fn estimate(&self, spec: &SendSpec) -> Result<Option<u64>, ZfsError> {
+        self.cli.estimate(spec)
+    }
+
+    fn receive(
+        &self,
+        target: &DatasetName,
+        spec: &RecvSpec,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), ZfsError> {
+        self.cli.receive(target, spec, input)
+    }
+
+    fn resume_token(&self, dataset: &DatasetName) -> Result<Option<String>, ZfsError> {
+        self.cli.resume_token(dataset)
+    }
+
+    fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        self.cli.abort_receive(dataset)
     }
 }
 

@@ -25,6 +25,45 @@ pub struct DatasetInfo {
     pub class_property: Option<String>,
 }
 
+/// The incremental source of a send: a snapshot or a bookmark of the sent dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendBase {
+    /// `dataset@name`
+    Snapshot(String),
+    /// `dataset#name`
+    Bookmark(String),
+}
+
+/// What `zfs send` sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendSpec {
+    /// `zfs send [-w] dataset@snapshot`
+    Full {
+        dataset: DatasetName,
+        snapshot: String,
+        raw: bool,
+    },
+    /// `zfs send [-w] -i from dataset@to`, or `-I` with `intermediates`
+    /// (every snapshot between; only from a snapshot, not a bookmark).
+    Incremental {
+        dataset: DatasetName,
+        from: SendBase,
+        to: String,
+        intermediates: bool,
+        raw: bool,
+    },
+    /// `zfs send -t token`: the rest of an interrupted resumable receive.
+    Resume { token: String },
+}
+
+/// How `zfs receive -s -u` receives: always resumable, never mounted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecvSpec {
+    /// `-F`: roll the target back to the stream's base first, destroying
+    /// the target's later snapshots.
+    pub force: bool,
+}
+
 /// Synchronous by design: zfs(8) and libzfs_core calls block, so callers run
 /// them on `spawn_blocking`.
 pub trait Backend: Send + Sync {
@@ -63,4 +102,30 @@ pub trait Backend: Send + Sync {
         snapshot: &str,
         bookmark: &str,
     ) -> Result<(), ZfsError>;
+
+    /// Writes the stream to `out`; returns the bytes written. A failing
+    /// `out` stops the sender and comes back as [`ZfsError::Stream`].
+    fn send(&self, spec: &SendSpec, out: &mut dyn std::io::Write) -> Result<u64, ZfsError>;
+
+    /// `zfs send -nvP`: the stream size ZFS expects, or `None` when it gave
+    /// no usable figure (0, or an incremental from a bookmark, OpenZFS #12265).
+    fn estimate(&self, spec: &SendSpec) -> Result<Option<u64>, ZfsError>;
+
+    /// `zfs receive -s -u [-F] target` from `input`. A stream that ends early
+    /// is [`ZfsError::Incomplete`] and leaves a [`Backend::resume_token`];
+    /// a target whose history does not continue the stream's is
+    /// [`ZfsError::Diverged`].
+    fn receive(
+        &self,
+        target: &DatasetName,
+        spec: &RecvSpec,
+        input: &mut dyn std::io::Read,
+    ) -> Result<(), ZfsError>;
+
+    /// `receive_resume_token` of the dataset; `None` when no receive is pending.
+    fn resume_token(&self, dataset: &DatasetName) -> Result<Option<String>, ZfsError>;
+
+    /// `zfs receive -A`: drops the partial state of an interrupted receive
+    /// (a partially received new filesystem goes with it).
+    fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError>;
 }
