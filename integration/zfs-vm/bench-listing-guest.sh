@@ -13,6 +13,11 @@
 #   ZDR_BENCH_LUA            path of list_snapshots.lua
 #   ZDR_BENCH_CREATE_BUDGET  seconds of snapshot creation allowed per size
 #   ZDR_BENCH_LIST_BUDGET    seconds of timed listing allowed per size
+#   ZDR_BENCH_TIME_LIMIT     seconds this whole script may take (0: no limit).
+#                            A size whose creation plus one listing round (as
+#                            extrapolated from the previous size) does not fit
+#                            is skipped; a listing run that would overrun it is
+#                            killed and shown as "killed".
 set -euo pipefail
 
 SIZES=${ZDR_BENCH_SIZES:?}
@@ -21,6 +26,7 @@ LZC=${ZDR_BENCH_LZC:-}
 LUA=${ZDR_BENCH_LUA:?}
 CREATE_BUDGET=${ZDR_BENCH_CREATE_BUDGET:-2700}
 LIST_BUDGET=${ZDR_BENCH_LIST_BUDGET:-1500}
+TIME_LIMIT=${ZDR_BENCH_TIME_LIMIT:-0}
 
 POOL=zdrbench
 DS=$POOL/fs
@@ -37,6 +43,11 @@ now() { echo "$EPOCHREALTIME"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 log() { printf '[%7.1fs] %s\n' "$(sub "$T0" "$(now)")" "$*"; }
 die() { log "BENCH FAILED: $*" >&2; exit 1; }
+remaining() {  # seconds left under ZDR_BENCH_TIME_LIMIT (a large number if none)
+    if [ "$TIME_LIMIT" -gt 0 ]; then
+        awk -v l="$TIME_LIMIT" -v e="$(sub "$T0" "$(now)")" 'BEGIN { printf "%d", l - e - 20 }'
+    else echo 999999999; fi
+}
 
 T0=$(now)
 W=$(mktemp -d)
@@ -55,13 +66,13 @@ truncate -s 2G "$W/pool.img"
 zpool create -o ashift=12 -O mountpoint=none -O atime=off "$POOL" "$W/pool.img"
 zfs create "$DS"
 
-run_method() {  # run_method M OUTFILE: one listing of $DS by method M
+argv_of() {  # argv_of M: set ARGV to the command that lists $DS by method M
     case $1 in
-    a) zfs list -Hp -t snapshot -o "$COLS" -s createtxg -d 1 "$DS" ;;
-    b) zfs list -H -t snapshot -o name -s name -d 1 "$DS" ;;
-    c) zfs program -n -j -t "$LUA_T" -m "$LUA_M" "$POOL" "$LUA" "$DS" ;;
-    d) zfs list -j -p -t snapshot -o "$COLS" -s createtxg -d 1 "$DS" ;;
-    esac > "$2"
+    a) ARGV=(zfs list -Hp -t snapshot -o "$COLS" -s createtxg -d 1 "$DS") ;;
+    b) ARGV=(zfs list -H -t snapshot -o name -s name -d 1 "$DS") ;;
+    c) ARGV=(zfs program -n -j -t "$LUA_T" -m "$LUA_M" "$POOL" "$LUA" "$DS") ;;
+    d) ARGV=(zfs list -j -p -t snapshot -o "$COLS" -s createtxg -d 1 "$DS") ;;
+    esac
 }
 
 names_of() {  # names_of M OUTFILE: the sorted snapshot names in one output
@@ -78,11 +89,18 @@ RATE=""         # measured creation rate, snapshots/s
 create_upto() {  # create_upto N: extend $DS's snapshots to N; 1 if the budget ran out
     local n=$1 t=$(now) chunk left el tc
     if [ -n "$RATE" ]; then
-        local est
+        local est lest=0
         est=$(awk -v n="$n" -v h="$HAVE" -v r="$RATE" 'BEGIN { printf "%d", (n - h) / r }')
         if [ "$est" -gt "$CREATE_BUDGET" ]; then
             log "SKIP size $n: creating $((n - HAVE)) more snapshots at the measured $RATE/s" \
                 "would take ~${est}s, over ZDR_BENCH_CREATE_BUDGET=${CREATE_BUDGET}s"
+            return 1
+        fi
+        [ -z "$LAST_ROUND" ] || lest=$(awk -v r="$LAST_ROUND" -v n="$n" -v p="$LAST_N" 'BEGIN { printf "%d", r * n / p }')
+        if [ $((est + lest)) -gt "$(remaining)" ]; then
+            log "SKIP size $n: creating $((n - HAVE)) more snapshots at the measured $RATE/s (~${est}s) plus" \
+                "one listing round (~${lest}s, scaled linearly from size $LAST_N) exceeds the $(remaining)s left" \
+                "of ZDR_BENCH_TIME_LIMIT=${TIME_LIMIT}s"
             return 1
         fi
     fi
@@ -108,8 +126,10 @@ create_upto() {  # create_upto N: extend $DS's snapshots to N; 1 if the budget r
     CREATE_TIME[$n]=$(sub "$t" "$(now)")
 }
 
-declare -A CREATE_TIME TIMES MED MIN MAX COUNT NREPS
+declare -A CREATE_TIME TIMES MED MIN MAX COUNT NREPS KILLED NRUN
 RESULT_SIZES=()
+LAST_ROUND=""   # seconds of the first listing round at the last size measured
+LAST_N=""
 CREATE_SECS=0   # seconds spent creating snapshots, all sizes
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -117,13 +137,17 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR 
 print_table() {
     echo
     echo "== Snapshot listing: one dataset, OpenZFS $(zfs version | head -n 1 | sed 's/^zfs-//'), median of the timed runs =="
-    printf '%-8s  %-48s  %4s  %9s  %9s  %9s  %8s  %8s\n' snapshots method runs "median s" "min s" "max s" "vs (a)" "listed"
+    printf '%-9s  %-74s  %4s  %9s  %9s  %9s  %8s  %8s\n' snapshots method runs "median s" "min s" "max s" "vs (a)" "listed"
     local n m
     for n in "${RESULT_SIZES[@]}"; do
         for m in "${METHODS[@]}"; do
-            printf '%-8s  %-48s  %4s  %9.3f  %9.3f  %9.3f  %8s  %8s\n' "$n" "($m) ${LABEL[$m]}" "${NREPS[$n]}" \
+            if [ "${MED[$n,$m]}" = nan ]; then
+                printf '%-9s  %-74s  %4s  %9s  %9s  %9s  %8s  %8s\n' "$n" "($m) ${LABEL[$m]}" 0 killed - - - "${COUNT[$n,$m]}"
+                continue
+            fi
+            printf '%-9s  %-74s  %4s  %9.3f  %9.3f  %9.3f  %8s  %8s\n' "$n" "($m) ${LABEL[$m]}" "${NRUN[$n,$m]}" \
                 "${MED[$n,$m]}" "${MIN[$n,$m]}" "${MAX[$n,$m]}" \
-                "$(awk -v x="${MED[$n,$m]}" -v a="${MED[$n,a]}" 'BEGIN { printf "%.2fx", x / a }')" "${COUNT[$n,$m]}"
+                "$(awk -v x="${MED[$n,$m]}" -v a="${MED[$n,a]}" 'BEGIN { if (a == "nan") print "-"; else printf "%.2fx", x / a }')" "${COUNT[$n,$m]}"
         done
     done
     for n in "${RESULT_SIZES[@]}"; do
@@ -134,7 +158,7 @@ print_table() {
 bench_size() {  # bench_size N: time every method at the current $HAVE == N
     local n=$1 r m k t f reps=$REPS order
     log "size $n: warm-up (names only, untimed)"
-    run_method b "$W/warm" >/dev/null
+    argv_of b; "${ARGV[@]}" > "$W/warm"
     for m in "${METHODS[@]}"; do TIMES[$m]=""; done
     for ((r = 0; r < reps; r++)); do
         # interleaved, and rotated each round so no method always runs first
@@ -144,9 +168,20 @@ bench_size() {  # bench_size N: time every method at the current $HAVE == N
         round_t0=$(now)
         for m in "${order[@]}"; do
             f="$W/out.$n.$m.$r"
+            local left cap rc=0
+            left=$(remaining)
+            cap=$((left > 30 ? left : 30))
+            argv_of "$m"
             t=$(now)
-            run_method "$m" "$f" || die "method ($m) failed at size $n"
+            timeout -s TERM "$cap" "${ARGV[@]}" > "$f" || rc=$?
             t=$(sub "$t" "$(now)")
+            if [ $rc -eq 124 ]; then
+                log "size $n round $((r + 1))/$reps: ($m) KILLED after ${t}s (ZDR_BENCH_TIME_LIMIT)"
+                KILLED[$n,$m]=$t
+                rm -f "$f"
+                continue
+            fi
+            [ $rc -eq 0 ] || die "method ($m) failed at size $n (exit $rc)"
             TIMES[$m]+="$t "
             # check: every method lists exactly the snapshots that exist
             names_of "$m" "$f" > "$f.names"
@@ -159,6 +194,11 @@ bench_size() {  # bench_size N: time every method at the current $HAVE == N
             log "size $n round $((r + 1))/$reps: ($m) ${t}s, $n listed"
             rm -f "$f" "$f.names"
         done
+        if [ "$r" -eq 0 ]; then LAST_ROUND=$(sub "$round_t0" "$(now)"); LAST_N=$n; fi
+        if [ "$r" -lt $((reps - 1)) ] && [ "$(remaining)" -lt "${LAST_ROUND%.*}" ]; then
+            log "size $n: stopping after $((r + 1)) round(s): another (~${LAST_ROUND}s) does not fit ZDR_BENCH_TIME_LIMIT"
+            reps=$((r + 1))
+        fi
         if [ "$r" -eq 0 ] && [ "$reps" -gt 1 ]; then
             local round need
             round=$(sub "$round_t0" "$(now)")
@@ -172,7 +212,11 @@ bench_size() {  # bench_size N: time every method at the current $HAVE == N
     rm -f "$W/ref.names"
     NREPS[$n]=$reps
     for m in "${METHODS[@]}"; do
+        if [ -z "${TIMES[$m]// /}" ]; then
+            MED[$n,$m]=nan; MIN[$n,$m]=nan; MAX[$n,$m]=nan; COUNT[$n,$m]="killed@${KILLED[$n,$m]}s"; continue
+        fi
         MED[$n,$m]=$(echo "${TIMES[$m]}" | median)
+        NRUN[$n,$m]=$(echo "${TIMES[$m]}" | wc -w)
         MIN[$n,$m]=$(echo "${TIMES[$m]}" | tr ' ' '\n' | grep . | sort -g | head -n 1)
         MAX[$n,$m]=$(echo "${TIMES[$m]}" | tr ' ' '\n' | grep . | sort -g | tail -n 1)
     done
