@@ -37,6 +37,8 @@ mod lzc {
             .allowlist_function("fnvlist_.*")
             .allowlist_function("nvlist_.*")
             .allowlist_function("nvpair_.*")
+            // OpenZFS's own errnos (ZFS_ERR_STREAM_TRUNCATED, ...).
+            .allowlist_type("zfs_errno_t")
             // Printing and regex matching would drag in FILE and regex_t.
             .blocklist_function("nvlist_print.*|nvlist_prt.*|nvpair_value_match.*|dump_nvlist")
             // Types reached from the remaining functions come along.

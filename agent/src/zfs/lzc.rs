@@ -1,10 +1,14 @@
 //! [`Backend`] over libzfs_core (`lzc_*`), the stable ioctl-level API of
 //! OpenZFS, for the calls that change a pool: snapshot (atomic over a set of
-//! datasets), destroy, holds and bookmarks. libzfs itself is not used: its
-//! ABI changes between releases. libzfs_core has no list call, so pools,
-//! datasets and snapshots are still listed by zfs(8)/zpool(8) through an
-//! inner [`CliBackend`], which also finds the children of a recursive
-//! snapshot.
+//! datasets), destroy, holds and bookmarks, and for streams: full and `-i`
+//! sends (`lzc_send`, through a pipe), their estimates (`lzc_send_space`) and
+//! plain resumable receives (`lzc_receive_resumable`). libzfs itself is not
+//! used: its ABI changes between releases. So what only libzfs knows goes
+//! through zfs(8), via an inner [`CliBackend`]: listing (libzfs_core has no
+//! list call; this also finds the children of a recursive snapshot), `-I`
+//! package streams (sent and received), resume tokens (decoding one, reading
+//! it, `receive -A`), and `receive -F` (libzfs destroys the snapshots after
+//! the base; lzc_receive's `force` only rolls back).
 //!
 //! Every name is checked (the same checks as the CLI backend) before any
 //! libzfs_core call; all unsafe code is in the `ffi` submodule.
@@ -14,13 +18,14 @@ mod ffi;
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use zdr_common::wire::{PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 use self::ffi::{NvList, Outcome};
-use super::cli::CliBackend;
+use super::cli::{send_base_name, CliBackend};
 use super::names::{bookmark_name, check_tag};
 use super::{Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
 
@@ -77,6 +82,15 @@ impl LzcBackend {
             }
         }
         Ok(names)
+    }
+
+    /// Whether the target already has the stream's snapshot (same GUID).
+    fn has_snapshot(&self, target: &DatasetName, begin: &Begin) -> bool {
+        self.cli.list_snapshots(target).is_ok_and(|snaps| {
+            snaps
+                .iter()
+                .any(|s| s.name == begin.snapshot && s.guid == begin.toguid)
+        })
     }
 
     /// For a destroy refused with EBUSY: Held when the snapshot has holds,
@@ -246,22 +260,188 @@ impl Backend for LzcBackend {
         })
     }
 
-    // Streams go through zfs(8) for now; lzc_send/lzc_receive come later.
+    /// Full and `-i` streams (from a snapshot or a bookmark) through
+    /// `lzc_send`. `-I` (a package stream of every snapshot in between,
+    /// built by libzfs) and resume tokens (decoded by libzfs) go through
+    /// zfs(8).
     fn send(&self, spec: &SendSpec, out: &mut dyn std::io::Write) -> Result<u64, ZfsError> {
-        self.cli.send(spec, out)
+        let Some(one) = OneStream::of(spec)? else {
+            return self.cli.send(spec, out);
+        };
+        init()?;
+        let (mut reader, writer) = std::io::pipe().map_err(|source| ZfsError::Stream {
+            what: "creating a pipe".into(),
+            source,
+        })?;
+        let (c_snap, c_from, raw) = (one.c_snap.clone(), one.c_from.clone(), one.raw);
+        let sender = std::thread::Builder::new()
+            .name("lzc-send".into())
+            .spawn(move || ffi::send(&c_snap, c_from.as_deref(), writer.into(), raw))
+            .map_err(|source| ZfsError::Spawn {
+                program: "lzc_send thread".into(),
+                source,
+            })?;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut sent = 0u64;
+        let copied = loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    break Err(ZfsError::Stream {
+                        what: "reading from lzc_send".into(),
+                        source,
+                    })
+                }
+            };
+            if let Err(source) = out.write_all(&buf[..n]) {
+                break Err(ZfsError::Stream {
+                    what: format!("after {sent} bytes: writing the output"),
+                    source,
+                });
+            }
+            sent += n as u64;
+        };
+        // Closing the read end makes a sender still writing fail with EPIPE.
+        drop(reader);
+        let rc = sender.join().unwrap_or(libc::EIO);
+        copied?;
+        if rc != 0 {
+            return Err(one.failure("lzc_send", rc));
+        }
+        out.flush().map_err(|source| ZfsError::Stream {
+            what: "flushing the output".into(),
+            source,
+        })?;
+        Ok(sent)
     }
 
+    /// `lzc_send_space` for what [`send`](Self::send) sends itself.
     fn estimate(&self, spec: &SendSpec) -> Result<Option<u64>, ZfsError> {
-        self.cli.estimate(spec)
+        let Some(one) = OneStream::of(spec)? else {
+            return self.cli.estimate(spec);
+        };
+        init()?;
+        let space = ffi::send_space(&one.c_snap, one.c_from.as_deref(), one.raw)
+            .map_err(|errno| one.failure("lzc_send_space", errno))?;
+        // The same reading as zfs(8)'s: no figure for the wrapped negatives
+        // of OpenZFS #12265, nor for 0 from a bookmark.
+        let from_bookmark = one.from.as_deref().is_some_and(|f| f.contains('#'));
+        Ok((space <= MAX_PLAUSIBLE_ESTIMATE && !(space == 0 && from_bookmark)).then_some(space))
     }
 
+    /// One plain stream through `lzc_receive_resumable`. `-F` goes through
+    /// zfs(8): libzfs destroys the target's snapshots after the base first,
+    /// which lzc_receive's `force` does not. So do package streams (`-I`),
+    /// clone streams and streams of the other byte order, which libzfs
+    /// unpacks.
     fn receive(
         &self,
         target: &DatasetName,
         spec: &RecvSpec,
         input: &mut dyn std::io::Read,
     ) -> Result<(), ZfsError> {
-        self.cli.receive(target, spec, input)
+        if spec.force {
+            return self.cli.receive(target, spec, input);
+        }
+        let mut header = [0u8; BEGIN_RECORD];
+        let got = read_full(input, &mut header).map_err(|source| ZfsError::Stream {
+            what: "reading the input".into(),
+            source,
+        })?;
+        let Some(begin) = Begin::parse(&header[..got]) else {
+            let mut whole = (&header[..got]).chain(input);
+            return self.cli.receive(target, spec, &mut whole);
+        };
+        let full = target.snapshot(&begin.snapshot)?;
+        let c_full = c_name(&full)?;
+        init()?;
+        let (reader, mut writer) = std::io::pipe().map_err(|source| ZfsError::Stream {
+            what: "creating a pipe".into(),
+            source,
+        })?;
+        let raw = begin.raw;
+        let receiver = std::thread::Builder::new()
+            .name("lzc-receive".into())
+            .spawn(move || ffi::receive(&c_full, raw, reader.into()))
+            .map_err(|source| ZfsError::Spawn {
+                program: "lzc_receive thread".into(),
+                source,
+            })?;
+        let mut read_error = None;
+        // The receiver stops reading when it refuses the stream: writes
+        // then fail with EPIPE, and its errno says why.
+        if writer.write_all(&header).is_ok() {
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        read_error = Some(e);
+                        break;
+                    }
+                };
+                if writer.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+        // The end of the stream; after a read error the receiver sees a
+        // truncated stream and keeps the partial state.
+        drop(writer);
+        let rc = receiver.join().unwrap_or(libc::EIO);
+        if rc == 0 {
+            return Ok(());
+        }
+        let call = describe("lzc_receive_resumable", [&full]);
+        let mut detail = format!("{call} returned {}: {}", errno_status(rc), strerror(rc));
+        if let Some(e) = read_error {
+            detail.push_str(&format!(" (reading the input: {e})"));
+        }
+        let diverged = |detail: String| ZfsError::Diverged {
+            target: target.to_string(),
+            detail,
+        };
+        Err(match rc {
+            ffi::ERR_STREAM_TRUNCATED | libc::EBADE => ZfsError::Incomplete {
+                target: target.to_string(),
+                detail: format!("{detail}; partially received state is saved"),
+            },
+            libc::ENODEV => diverged(format!(
+                "most recent snapshot of {target} does not match incremental source ({detail})"
+            )),
+            // Without force, nothing may have changed since the base: no
+            // data, and no later snapshot that holds changes.
+            libc::ETXTBSY => diverged(format!(
+                "destination {target} has been modified since the stream's base snapshot ({detail})"
+            )),
+            // zfs(8) skips an incremental whose snapshot the target already has.
+            libc::EEXIST if begin.incremental && self.has_snapshot(target, &begin) => return Ok(()),
+            libc::EEXIST if begin.incremental => {
+                diverged(format!("destination {full} exists ({detail})"))
+            }
+            libc::EEXIST => diverged(format!(
+                "destination {target} exists; must specify -F to overwrite it ({detail})"
+            )),
+            libc::ENOENT => ZfsError::NotFound {
+                what: format!("dataset {target}"),
+            },
+            libc::EBUSY => ZfsError::Busy {
+                what: format!("dataset {target}"),
+                detail: format!(
+                    "{detail}: a receive is in progress or left partially-complete state"
+                ),
+            },
+            errno => Failure {
+                call,
+                errno,
+                object: None,
+            }
+            .into_error(target.pool(), format!("dataset {target}")),
+        })
     }
 
     fn resume_token(&self, dataset: &DatasetName) -> Result<Option<String>, ZfsError> {
@@ -272,6 +452,144 @@ impl Backend for LzcBackend {
         self.cli.abort_receive(dataset)
     }
 }
+
+/// A full or `-i` send: one stream that `lzc_send` makes by itself.
+struct OneStream {
+    snap: String,
+    from: Option<String>,
+    c_snap: CString,
+    c_from: Option<CString>,
+    raw: bool,
+    pool: String,
+}
+
+impl OneStream {
+    /// `None` for `-I` and resume tokens, which only libzfs (zfs(8)) makes.
+    fn of(spec: &SendSpec) -> Result<Option<Self>, ZfsError> {
+        let (dataset, snap, from, raw) = match spec {
+            SendSpec::Full {
+                dataset,
+                snapshot,
+                raw,
+            } => (dataset, dataset.snapshot(snapshot)?, None, *raw),
+            SendSpec::Incremental {
+                dataset,
+                from,
+                to,
+                intermediates: false,
+                raw,
+            } => (
+                dataset,
+                dataset.snapshot(to)?,
+                Some(send_base_name(dataset, from, false)?),
+                *raw,
+            ),
+            SendSpec::Incremental { .. } | SendSpec::Resume { .. } => return Ok(None),
+        };
+        Ok(Some(OneStream {
+            c_snap: c_name(&snap)?,
+            c_from: from.as_deref().map(c_name).transpose()?,
+            snap,
+            from,
+            raw,
+            pool: dataset.pool().to_string(),
+        }))
+    }
+
+    /// ENOENT names whichever end of the stream is missing; a missing
+    /// bookmark is ESRCH (dsl_bookmark_lookup), a NotFound all the same.
+    fn failure(&self, call: &str, errno: i32) -> ZfsError {
+        let errno = if errno == libc::ESRCH && self.from.is_some() {
+            libc::ENOENT
+        } else {
+            errno
+        };
+        let names: Vec<&str> = std::iter::once(self.snap.as_str())
+            .chain(self.from.as_deref())
+            .collect();
+        let f = Failure {
+            call: describe(call, names),
+            errno,
+            object: None,
+        };
+        let what = match &self.from {
+            Some(from) if errno == libc::ENOENT && ffi::exists(&self.c_snap) => {
+                let kind = if from.contains('#') {
+                    "bookmark"
+                } else {
+                    "snapshot"
+                };
+                format!("{kind} {from}")
+            }
+            _ => format!("snapshot {}", self.snap),
+        };
+        f.into_error(&self.pool, what)
+    }
+}
+
+/// `sizeof (dmu_replay_record_t)`: a stream's first record, DRR_BEGIN.
+const BEGIN_RECORD: usize = 312;
+const DMU_BACKUP_MAGIC: u64 = 0x2_f5ba_cbac;
+const DMU_SUBSTREAM: u64 = 1;
+const DMU_BACKUP_FEATURE_RAW: u64 = 1 << 24;
+const DRR_FLAG_CLONE: u32 = 1;
+
+/// What the DRR_BEGIN record of a plain stream says.
+#[derive(Debug, PartialEq, Eq)]
+struct Begin {
+    /// The part of `drr_toname` after `@`.
+    snapshot: String,
+    raw: bool,
+    incremental: bool,
+    toguid: u64,
+}
+
+impl Begin {
+    /// `None` unless this is the begin record of one plain, non-clone stream
+    /// in this host's byte order: anything else is left to zfs(8).
+    fn parse(record: &[u8]) -> Option<Begin> {
+        if record.len() != BEGIN_RECORD {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes(record[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_ne_bytes(record[o..o + 8].try_into().unwrap());
+        // drr_type DRR_BEGIN (0), then drr_begin after drr_payloadlen.
+        if u32_at(0) != 0 || u64_at(8) != DMU_BACKUP_MAGIC {
+            return None;
+        }
+        let versioninfo = u64_at(16);
+        if versioninfo & 3 != DMU_SUBSTREAM || u32_at(36) & DRR_FLAG_CLONE != 0 {
+            return None;
+        }
+        let features = (versioninfo >> 2) & ((1 << 30) - 1);
+        let toname = &record[56..BEGIN_RECORD];
+        let toname = std::str::from_utf8(&toname[..toname.iter().position(|&b| b == 0)?]).ok()?;
+        let (_, snapshot) = toname.split_once('@')?;
+        Some(Begin {
+            snapshot: snapshot.to_string(),
+            raw: features & DMU_BACKUP_FEATURE_RAW != 0,
+            incremental: u64_at(48) != 0,
+            toguid: u64_at(40),
+        })
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(input: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Values past i64::MAX are the wrapped negatives of OpenZFS #12265.
+const MAX_PLAUSIBLE_ESTIMATE: u64 = i64::MAX as u64;
 
 /// Opens /dev/zfs, naming it when that fails.
 fn init() -> Result<(), ZfsError> {
@@ -400,6 +718,7 @@ const ERRNO_NAMES: &[(i32, &str)] = &[
     (libc::ENOMEM, "ENOMEM"),
     (libc::EACCES, "EACCES"),
     (libc::EFAULT, "EFAULT"),
+    (libc::ETXTBSY, "ETXTBSY"),
     (libc::EBUSY, "EBUSY"),
     (libc::EEXIST, "EEXIST"),
     (libc::EXDEV, "EXDEV"),
@@ -450,6 +769,7 @@ fn strerror(errno: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::zfs::SendBase;
 
     fn outcome(rc: i32, errlist: &[(&str, i32)]) -> Outcome {
         Outcome {
@@ -730,6 +1050,78 @@ mod tests {
         assert!(b.list_snapshots(&a).unwrap().is_empty());
     }
 
+    /// A DRR_BEGIN record as lzc_send writes it.
+    fn begin_record(toname: &str, fromguid: u64, features: u64, hdrtype: u64) -> Vec<u8> {
+        let mut r = vec![0u8; BEGIN_RECORD];
+        r[8..16].copy_from_slice(&DMU_BACKUP_MAGIC.to_ne_bytes());
+        r[16..24].copy_from_slice(&((features << 2) | hdrtype).to_ne_bytes());
+        r[40..48].copy_from_slice(&77u64.to_ne_bytes());
+        r[48..56].copy_from_slice(&fromguid.to_ne_bytes());
+        r[56..56 + toname.len()].copy_from_slice(toname.as_bytes());
+        r
+    }
+
+    #[test]
+    fn begin_records_of_plain_streams_only() {
+        let b = Begin::parse(&begin_record("tank/src@s 1", 5, 0, DMU_SUBSTREAM)).unwrap();
+        assert_eq!(
+            b,
+            Begin {
+                snapshot: "s 1".into(),
+                raw: false,
+                incremental: true,
+                toguid: 77
+            }
+        );
+        let raw = Begin::parse(&begin_record("p/e@a", 0, DMU_BACKUP_FEATURE_RAW, 1)).unwrap();
+        assert!(raw.raw && !raw.incremental);
+        // Package streams (-I, -R), clones, other byte orders, short input,
+        // names without a snapshot: left to zfs(8).
+        assert!(Begin::parse(&begin_record("p/a@b", 5, 0, 2)).is_none());
+        let mut clone = begin_record("p/a@b", 5, 0, 1);
+        clone[36] = 1;
+        assert!(Begin::parse(&clone).is_none());
+        let mut swapped = begin_record("p/a@b", 5, 0, 1);
+        swapped[8..16].copy_from_slice(&DMU_BACKUP_MAGIC.swap_bytes().to_ne_bytes());
+        assert!(Begin::parse(&swapped).is_none());
+        assert!(Begin::parse(&begin_record("p/a@b", 5, 0, 1)[..100]).is_none());
+        assert!(Begin::parse(&begin_record("p/a", 5, 0, 1)).is_none());
+        assert!(Begin::parse(&[0u8; BEGIN_RECORD]).is_none());
+    }
+
+    #[test]
+    fn streams_check_names_before_any_call() {
+        let b = blind();
+        let d = ds("tank/a");
+        let bad_full = SendSpec::Full {
+            dataset: d.clone(),
+            snapshot: "a;b".into(),
+            raw: false,
+        };
+        assert!(matches!(
+            b.send(&bad_full, &mut std::io::sink()),
+            Err(ZfsError::Name(_))
+        ));
+        assert!(matches!(b.estimate(&bad_full), Err(ZfsError::Name(_))));
+        let bad_from = SendSpec::Incremental {
+            dataset: d.clone(),
+            from: SendBase::Bookmark("x#y".into()),
+            to: "b".into(),
+            intermediates: false,
+            raw: true,
+        };
+        assert!(matches!(
+            b.send(&bad_from, &mut std::io::sink()),
+            Err(ZfsError::Name(_))
+        ));
+        // A stream whose snapshot name is hostile is refused before /dev/zfs.
+        let hostile = begin_record("evil/x@a;b", 0, 0, DMU_SUBSTREAM);
+        assert!(matches!(
+            b.receive(&d, &RecvSpec::default(), &mut &hostile[..]),
+            Err(ZfsError::Name(_))
+        ));
+    }
+
     #[test]
     fn without_dev_zfs_calls_fail_naming_it() {
         if std::path::Path::new("/dev/zfs").exists() {
@@ -744,6 +1136,25 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(LzcBackend::open("zfs".into(), "zpool".into()).is_err());
+        let spec = SendSpec::Full {
+            dataset: ds("tank/a"),
+            snapshot: "s".into(),
+            raw: false,
+        };
+        assert!(matches!(
+            b.send(&spec, &mut std::io::sink()),
+            Err(ZfsError::Command { .. })
+        ));
+        let stream = begin_record("tank/a@s", 0, 0, DMU_SUBSTREAM);
+        assert!(matches!(
+            b.receive(&ds("tank/b"), &RecvSpec::default(), &mut &stream[..]),
+            Err(ZfsError::Command { .. })
+        ));
+        // What is not a plain stream goes to zfs(8), unreachable here.
+        assert!(matches!(
+            b.receive(&ds("tank/b"), &RecvSpec::default(), &mut &b"junk"[..]),
+            Err(ZfsError::Spawn { .. })
+        ));
         // Recursive snapshots list children through zfs(8) first.
         assert!(matches!(
             b.snapshot(&[ds("tank/a")], "s", true),

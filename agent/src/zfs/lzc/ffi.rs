@@ -6,6 +6,7 @@
 
 use std::ffi::{c_int, CStr, CString};
 use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::{self, NonNull};
 use std::sync::{Mutex, PoisonError};
 
@@ -231,6 +232,83 @@ pub(super) fn get_holds(snapshot: &CStr) -> Result<NvList, i32> {
 /// `lzc_exists`: whether the dataset, snapshot or bookmark exists.
 pub(super) fn exists(name: &CStr) -> bool {
     unsafe { sys::lzc_exists(name.as_ptr()) != sys::boolean_t_B_FALSE }
+}
+
+/// `ZFS_ERR_STREAM_TRUNCATED`: a receive whose stream ended early.
+pub(super) const ERR_STREAM_TRUNCATED: i32 = sys::zfs_errno_t_ZFS_ERR_STREAM_TRUNCATED as i32;
+
+/// The flags of `zfs send` (none) or `zfs send -w` (raw, which zfs(8) pairs
+/// with compressed, embedded and large blocks).
+fn send_flags(raw: bool) -> sys::lzc_send_flags {
+    if raw {
+        sys::lzc_send_flags_LZC_SEND_FLAG_RAW
+            | sys::lzc_send_flags_LZC_SEND_FLAG_COMPRESS
+            | sys::lzc_send_flags_LZC_SEND_FLAG_EMBED_DATA
+            | sys::lzc_send_flags_LZC_SEND_FLAG_LARGE_BLOCK
+    } else {
+        0
+    }
+}
+
+fn opt_ptr(name: Option<&CStr>) -> *const std::ffi::c_char {
+    name.map_or(ptr::null(), CStr::as_ptr)
+}
+
+/// `lzc_send`: the stream of `snapshot` (incremental from the snapshot or
+/// bookmark `from`) written to `fd`, which is closed when the call returns.
+/// Returns 0 or the errno.
+pub(super) fn send(snapshot: &CStr, from: Option<&CStr>, fd: OwnedFd, raw: bool) -> i32 {
+    let rc = unsafe {
+        sys::lzc_send(
+            snapshot.as_ptr(),
+            opt_ptr(from),
+            fd.as_raw_fd(),
+            send_flags(raw),
+        )
+    };
+    drop(fd);
+    rc
+}
+
+/// `lzc_send_space`: the size the stream of [`send`] would have.
+pub(super) fn send_space(snapshot: &CStr, from: Option<&CStr>, raw: bool) -> Result<u64, i32> {
+    let mut space = 0u64;
+    let rc = unsafe {
+        sys::lzc_send_space(
+            snapshot.as_ptr(),
+            opt_ptr(from),
+            send_flags(raw),
+            &mut space,
+        )
+    };
+    match rc {
+        0 => Ok(space),
+        errno => Err(errno),
+    }
+}
+
+/// `lzc_receive_resumable` of one (non-package) stream read from `fd`, which
+/// is closed when the call returns, into `snapshot`: no properties, no
+/// origin, no force; a stream that ends early leaves a resume token. Does
+/// not mount. Returns 0 or the errno.
+pub(super) fn receive(snapshot: &CStr, raw: bool, fd: OwnedFd) -> i32 {
+    let raw = if raw {
+        sys::boolean_t_B_TRUE
+    } else {
+        sys::boolean_t_B_FALSE
+    };
+    let rc = unsafe {
+        sys::lzc_receive_resumable(
+            snapshot.as_ptr(),
+            ptr::null_mut(),
+            ptr::null(),
+            sys::boolean_t_B_FALSE,
+            raw,
+            fd.as_raw_fd(),
+        )
+    };
+    drop(fd);
+    rc
 }
 
 /// A name for libzfs_core; `None` when it holds a NUL, which no validated
