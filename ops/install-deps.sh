@@ -14,14 +14,13 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 need_apt=()
-for pkg in pkg-config curl python3-pip; do
+for pkg in pkg-config curl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
-# pip may come from somewhere other than Debian (pyenv); then python3-pip is not needed.
-if command -v pip3 >/dev/null 2>&1 || command -v pip >/dev/null 2>&1; then
-  need_apt=("${need_apt[@]/python3-pip}")
+# pip may come from elsewhere than Debian (pyenv); only then is python3-pip not needed.
+if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+  need_apt+=(python3-pip)
 fi
-need_apt=($(printf '%s\n' "${need_apt[@]}" | grep -v '^$' || true))
 if ((${#need_apt[@]})); then
   say "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
