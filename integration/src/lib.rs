@@ -409,13 +409,17 @@ public_key = "{key}"
     }
 }
 
-/// Snapshot names of `dataset` on `node` as the coordinator's API shows them.
-pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Option<Vec<String>> {
-    let n = fleet["nodes"]
+/// One node of `/api/v1/fleet`.
+pub fn node_in<'a>(fleet: &'a serde_json::Value, node: &str) -> Option<&'a serde_json::Value> {
+    fleet["nodes"]
         .as_array()?
         .iter()
-        .find(|n| n["node"] == node)?;
-    let d = n["datasets"]
+        .find(|n| n["node"] == node)
+}
+
+/// Snapshot names of `dataset` on `node` as the coordinator's API shows them.
+pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Option<Vec<String>> {
+    let d = node_in(fleet, node)?["datasets"]
         .as_array()?
         .iter()
         .find(|d| d["dataset"] == dataset)?;

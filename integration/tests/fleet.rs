@@ -111,12 +111,7 @@ async fn inventories_reach_the_coordinator_and_pruning_keeps_exactly_the_tiers()
         },
     )
     .await;
-    let a1_view = fleet["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == "node-a1")
-        .unwrap();
+    let a1_view = node_in(&fleet, "node-a1").unwrap();
     assert_eq!(a1_view["site"], "site-a");
     assert_eq!(a1_view["backend"], "sim");
     let scratch = a1_view["datasets"]
@@ -149,12 +144,7 @@ async fn inventories_reach_the_coordinator_and_pruning_keeps_exactly_the_tiers()
 
     // RPO status is computed per dataset.
     let v = coord.fleet().await.unwrap();
-    let db = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["node"] == "node-a1")
-        .unwrap()["datasets"]
+    let db = node_in(&v, "node-a1").unwrap()["datasets"]
         .as_array()
         .unwrap()
         .iter()
@@ -451,11 +441,7 @@ async fn an_agent_restarted_without_nats_runs_on_its_cached_policy() {
         Duration::from_secs(60),
         || async {
             let v = coord.fleet().await?;
-            let n = v["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["node"] == "node-a1")?
-                .clone();
+            let n = node_in(&v, "node-a1")?.clone();
             (n["policy_revision"] == 1).then_some(())
         },
     )
@@ -518,11 +504,7 @@ async fn a_policy_edit_reaches_the_agents_and_a_broken_edit_is_not_applied() {
         Duration::from_secs(60),
         || async {
             let v = coord.fleet().await?;
-            let n = v["nodes"]
-                .as_array()?
-                .iter()
-                .find(|n| n["node"] == "node-a1")?
-                .clone();
+            let n = node_in(&v, "node-a1")?.clone();
             let snaps = zdr_snaps(&snapshots_in(&v, "node-a1", "tank/db")?);
             (n["policy_revision"] == 2 && snaps.len() == 2).then_some(())
         },

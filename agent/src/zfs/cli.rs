@@ -13,6 +13,7 @@ use zdr_common::wire::{PoolInfo, SnapshotInfo};
 use zdr_common::{DatasetName, NameError};
 
 use super::names::{bookmark_name, check_tag, check_user_property};
+use super::stream::{copy_stream, flush_output};
 use super::{Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// Runs the zfs and zpool binaries found at the configured paths.
@@ -243,42 +244,21 @@ impl Backend for CliBackend {
         let args = send_args(spec, false)?;
         let (mut child, reader) = self.spawn(&args, Stdio::null(), Stdio::piped())?;
         let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut buf = vec![0u8; 256 << 10];
-        let mut sent = 0u64;
-        let copied = loop {
-            let n = match stdout.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    break Err(ZfsError::Stream {
-                        what: "reading from zfs send".into(),
-                        source,
-                    })
-                }
-            };
-            if let Err(source) = out.write_all(&buf[..n]) {
-                break Err(ZfsError::Stream {
-                    what: format!("after {sent} bytes: writing the output"),
-                    source,
-                });
+        let copied = copy_stream(&mut stdout, "zfs send", out);
+        let sent = match copied {
+            Ok(sent) => sent,
+            Err(e) => {
+                let _ = child.kill();
+                drop(stdout);
+                let _ = self.finish(&args, child, reader);
+                return Err(e);
             }
-            sent += n as u64;
         };
-        if let Err(e) = copied {
-            let _ = child.kill();
-            drop(stdout);
-            let _ = self.finish(&args, child, reader);
-            return Err(e);
-        }
         drop(stdout);
         if let Err(f) = self.finish(&args, child, reader)? {
             return Err(send_error(f, spec));
         }
-        out.flush().map_err(|source| ZfsError::Stream {
-            what: "flushing the output".into(),
-            source,
-        })?;
+        flush_output(out)?;
         Ok(sent)
     }
 

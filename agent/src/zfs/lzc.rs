@@ -27,6 +27,7 @@ use zdr_common::DatasetName;
 use self::ffi::{NvList, Outcome};
 use super::cli::{send_base_name, CliBackend};
 use super::names::{bookmark_name, check_tag};
+use super::stream::{copy_stream, flush_output};
 use super::{Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
 
 /// The user property read while listing the children of a recursive
@@ -281,39 +282,15 @@ impl Backend for LzcBackend {
                 program: "lzc_send thread".into(),
                 source,
             })?;
-        let mut buf = vec![0u8; 256 << 10];
-        let mut sent = 0u64;
-        let copied = loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    break Err(ZfsError::Stream {
-                        what: "reading from lzc_send".into(),
-                        source,
-                    })
-                }
-            };
-            if let Err(source) = out.write_all(&buf[..n]) {
-                break Err(ZfsError::Stream {
-                    what: format!("after {sent} bytes: writing the output"),
-                    source,
-                });
-            }
-            sent += n as u64;
-        };
+        let copied = copy_stream(&mut reader, "lzc_send", out);
         // Closing the read end makes a sender still writing fail with EPIPE.
         drop(reader);
         let rc = sender.join().unwrap_or(libc::EIO);
-        copied?;
+        let sent = copied?;
         if rc != 0 {
             return Err(one.failure("lzc_send", rc));
         }
-        out.flush().map_err(|source| ZfsError::Stream {
-            what: "flushing the output".into(),
-            source,
-        })?;
+        flush_output(out)?;
         Ok(sent)
     }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod lzc;
 mod names;
 pub mod sim;
+mod stream;
 
 pub use error::ZfsError;
 use zdr_common::wire::{PoolInfo, SnapshotInfo};

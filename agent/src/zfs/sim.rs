@@ -23,6 +23,7 @@ use zdr_common::DatasetName;
 
 use super::cli::{check_token, send_base_name};
 use super::names::{bookmark_name, check_tag, check_user_property};
+use super::stream::{flush_output, write_stream};
 use super::{Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// Unix seconds, UTC.
@@ -451,15 +452,6 @@ fn record_of_token(token: &str) -> Result<Record, ZfsError> {
         .collect::<Result<Vec<u8>, _>>()
         .map_err(|_| bad("not hex"))?;
     serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))
-}
-
-fn write_stream(out: &mut dyn Write, bytes: &[u8], sent: &mut u64) -> Result<(), ZfsError> {
-    out.write_all(bytes).map_err(|source| ZfsError::Stream {
-        what: format!("after {sent} bytes: writing the output"),
-        source,
-    })?;
-    *sent += bytes.len() as u64;
-    Ok(())
 }
 
 /// Reads up to `max` bytes or to EOF; the count read and the read error, if any.
@@ -1008,10 +1000,7 @@ impl Backend for SimBackend {
                 left -= n as u64;
             }
         }
-        out.flush().map_err(|source| ZfsError::Stream {
-            what: "flushing the output".into(),
-            source,
-        })?;
+        flush_output(out)?;
         Ok(sent)
     }
 
