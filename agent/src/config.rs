@@ -29,6 +29,31 @@ pub struct Config {
     pub backend: BackendConfig,
     /// Coordinator keys whose signatures this agent accepts.
     pub trusted_keys: Vec<TrustedKey>,
+    /// The replication data plane; without it the agent neither sends nor receives.
+    #[serde(default)]
+    pub transfer: Option<TransferConfig>,
+}
+
+/// Mutual TLS between agents, with certificates from the fleet CA (`ops/pki.sh`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// The fleet CA certificate, PEM.
+    pub ca: PathBuf,
+    /// This node's certificate, PEM; it must name the node id.
+    pub cert: PathBuf,
+    /// This node's private key, PEM.
+    pub key: PathBuf,
+    /// Where this agent receives streams; port 0 picks a free port at start.
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// The address senders are told, when a proxy or NAT sits in front of `listen`.
+    #[serde(default)]
+    pub advertise: Option<std::net::SocketAddr>,
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    ([0, 0, 0, 0], 7480).into()
 }
 
 fn default_nats() -> String {
@@ -200,6 +225,22 @@ kid = "coordinator"
 public_key = "{KEY}"
 "#
         )
+    }
+
+    #[test]
+    fn transfer_section_is_optional_and_checked() {
+        assert!(Config::parse("agent.toml", &good()).unwrap().transfer.is_none());
+        let text = format!(
+            "{}\n[transfer]\nca = \"/ca.pem\"\ncert = \"/n1.pem\"\nkey = \"/n1.key\"\nlisten = \"127.0.0.1:0\"\n",
+            good()
+        );
+        let t = Config::parse("agent.toml", &text).unwrap().transfer.unwrap();
+        assert_eq!(t.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(t.advertise, None);
+        let e = Config::parse("agent.toml", &text.replace("127.0.0.1:0", "localhost"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("agent.toml:20:10: invalid socket address"), "{e}");
     }
 
     #[test]

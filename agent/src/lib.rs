@@ -4,12 +4,14 @@
 //! - [`retention`]: which snapshots the tiers keep (pure);
 //! - [`lifecycle`]: the inventory cache, scheduled snapshots and pruning;
 //! - [`node`]: the NATS side (hello, heartbeats, inventory, commands, policy);
+//! - [`replication`]: both ends of a replication job, over [`transfer`];
 //! - [`state`], [`audit`], [`config`]: what the agent keeps on disk.
 
 pub mod audit;
 pub mod config;
 pub mod lifecycle;
 pub mod node;
+pub mod replication;
 pub mod retention;
 pub mod state;
 pub mod transfer;

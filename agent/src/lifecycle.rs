@@ -128,6 +128,16 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// After a receive: relists the dataset, or everything when it is new.
+    pub fn dataset_changed(&self, ds: &DatasetName, now: i64) {
+        let known = lock(&self.inventory).datasets.contains_key(ds);
+        if known {
+            self.refresh(ds);
+        } else if let Err(e) = self.rescan(now) {
+            warn!(dataset = %ds, error = %e, "relisting after a new dataset failed");
+        }
+    }
+
     /// Lists one dataset's snapshots again after we changed them.
     fn refresh(&self, ds: &DatasetName) {
         match self.backend.list_snapshots(ds) {

@@ -9,6 +9,7 @@ use zdr_agent::audit::AuditLog;
 use zdr_agent::config::{BackendConfig, Config};
 use zdr_agent::lifecycle::Lifecycle;
 use zdr_agent::node::{self, Agent};
+use zdr_agent::replication::Replication;
 use zdr_agent::state::StateDir;
 use zdr_agent::zfs::cli::CliBackend;
 use zdr_agent::zfs::sim::SimBackend;
@@ -151,9 +152,20 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let agent = Arc::new(Agent::new(config, lifecycle, verifier, state, freshness));
+    let (replication, job_updates) =
+        Replication::start(lifecycle.clone(), config.node.clone(), config.transfer.as_ref())
+            .await
+            .with_context(|| format!("{}", cli.config.display()))?;
+    let agent = Arc::new(Agent::new(
+        config,
+        lifecycle,
+        verifier,
+        state,
+        freshness,
+        replication,
+    ));
     tokio::select! {
-        _ = node::run(agent) => {}
+        _ = node::run(agent, job_updates) => {}
         _ = tokio::signal::ctrl_c() => info!("shutting down after the current pass"),
     }
     let _ = stop_tx.send(true);

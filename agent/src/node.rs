@@ -7,17 +7,18 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
 use zdr_common::wire::{
-    chunk_inventory, Command, CommandResult, EventKind, Heartbeat, Hello, InventoryDelta, Outcome,
-    INVENTORY_CHUNK_BYTES,
+    chunk_inventory, Command, CommandResult, EventKind, Heartbeat, Hello, InventoryDelta, JobUpdate,
+    Outcome, INVENTORY_CHUNK_BYTES,
 };
 
 use crate::config::Config;
 use crate::lifecycle::Lifecycle;
+use crate::replication::Replication;
 use crate::state::{SignedPolicy, StateDir};
 
 pub fn now() -> i64 {
@@ -30,6 +31,7 @@ pub struct Agent {
     pub verifier: Verifier,
     pub state: StateDir,
     pub freshness: Mutex<Freshness>,
+    pub replication: Arc<Replication>,
     pub started_at: i64,
     heartbeat_seq: AtomicU64,
     /// A coordinator that lost track of this node asked for everything again.
@@ -43,6 +45,7 @@ impl Agent {
         verifier: Verifier,
         state: StateDir,
         freshness: Freshness,
+        replication: Arc<Replication>,
     ) -> Self {
         Agent {
             config,
@@ -50,6 +53,7 @@ impl Agent {
             verifier,
             state,
             freshness: Mutex::new(freshness),
+            replication,
             started_at: now(),
             heartbeat_seq: AtomicU64::new(0),
             hello_due: AtomicBool::new(false),
@@ -206,6 +210,7 @@ impl Agent {
                 node: self.config.node.clone(),
                 outcome: Outcome::Refused,
                 message: reason,
+                offer: None,
             }
         };
         let opened = match self.verifier.open(subject, payload, t) {
@@ -227,6 +232,7 @@ impl Agent {
             node: self.config.node.clone(),
             outcome,
             message,
+            offer: None,
         };
         let cmd: Command = match serde_json::from_slice(opened.payload) {
             Ok(c) => c,
@@ -242,6 +248,31 @@ impl Agent {
             self.hello_due.store(true, Ordering::SeqCst);
         }
         let actor = format!("coordinator:{}/{}", opened.header.kid, id);
+        let done = |r: Result<String, String>| match r {
+            Ok(m) => result(Outcome::Done, m),
+            Err(m) => result(Outcome::Failed, m),
+        };
+        let repl = &self.replication;
+        let cmd = match cmd {
+            Command::Receive(job) => {
+                return match repl.receive(job, actor).await {
+                    Ok(offer) => CommandResult {
+                        offer: Some(offer),
+                        ..result(Outcome::Done, "waiting for the sender".into())
+                    },
+                    Err(m) => result(Outcome::Failed, m),
+                };
+            }
+            Command::Send(job) => return done(repl.send(job).await),
+            Command::SetRate { job, bytes_per_sec } => {
+                return done(repl.set_rate(&job, bytes_per_sec))
+            }
+            Command::CancelJob { job } => return done(repl.cancel(&job)),
+            Command::ReleaseHolds { dataset, tag, keep } => {
+                return done(repl.release_holds(&dataset, &tag, &keep).await)
+            }
+            other => other,
+        };
         let lc = self.lifecycle.clone();
         let run = move || match cmd {
             Command::Ping {} => (Outcome::Done, "pong".to_string()),
@@ -260,6 +291,7 @@ impl Agent {
                 let r = lc.prune_pass(now(), &actor);
                 summarize(&r.destroyed, &r.errors, "destroyed")
             }
+            _ => unreachable!("replication commands returned above"),
         };
         match tokio::task::spawn_blocking(run).await {
             Ok((outcome, message)) => result(outcome, message),
@@ -368,7 +400,7 @@ async fn publish<T: serde::Serialize>(
 /// Runs the NATS side until the process stops. Connection loss is normal: the
 /// client reconnects, and on every (re)connect the agent says hello and
 /// publishes a full inventory.
-pub async fn run(agent: Arc<Agent>) {
+pub async fn run(agent: Arc<Agent>, mut job_updates: mpsc::UnboundedReceiver<JobUpdate>) {
     let (conn_tx, mut conn_rx) = watch::channel(false);
     let client = match async_nats::ConnectOptions::new()
         .name(format!("zdr-agent {}", agent.config.node))
@@ -415,6 +447,10 @@ pub async fn run(agent: Arc<Agent>) {
                 } else {
                     warn!("NATS connection lost; snapshots and pruning go on under the cached policy");
                 }
+            }
+            Some(update) = job_updates.recv() => {
+                // Lost while disconnected: the coordinator times the job out and retries.
+                publish(&client, agent.subjects().job, &update).await;
             }
             _ = heartbeat.tick() => agent.heartbeat(&client).await,
             _ = publish_tick.tick() => {

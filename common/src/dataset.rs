@@ -99,6 +99,12 @@ impl DatasetName {
         Ok(full)
     }
 
+    /// The dataset above this one; `None` for a pool's root.
+    pub fn parent(&self) -> Option<DatasetName> {
+        let (p, _) = self.0.rsplit_once('/')?;
+        Some(DatasetName(p.to_string()))
+    }
+
     /// Whether `other` is this dataset or lies below it.
     pub fn contains(&self, other: &DatasetName) -> bool {
         other.0 == self.0

@@ -8,6 +8,7 @@
 //! | `zdr.v1.agent.<node>.inventory`   | agent → coord      | [`crate::wire::InventoryChunk`] |
 //! | `zdr.v1.agent.<node>.delta`       | agent → coord      | [`crate::wire::InventoryDelta`] |
 //! | `zdr.v1.agent.<node>.event`       | agent → coord      | [`crate::wire::Event`]  |
+//! | `zdr.v1.agent.<node>.job`         | agent → coord      | [`crate::wire::JobUpdate`] (replication progress and outcome) |
 //! | `zdr.v1.agent.<node>.cmd`         | coord → agent, req/reply | signed [`crate::wire::Command`], reply [`crate::wire::CommandResult`] |
 //! | KV `zdr_policy`, key `current`    | coord → agents     | signed [`crate::wire::PolicyBundle`] |
 
@@ -21,6 +22,7 @@ pub struct AgentSubjects {
     pub inventory: String,
     pub delta: String,
     pub event: String,
+    pub job: String,
     pub cmd: String,
 }
 
@@ -33,6 +35,7 @@ impl AgentSubjects {
             inventory: format!("{base}.inventory"),
             delta: format!("{base}.delta"),
             event: format!("{base}.event"),
+            job: format!("{base}.job"),
             cmd: format!("{base}.cmd"),
         }
     }
@@ -54,6 +57,7 @@ pub enum AgentTopic {
     Inventory,
     Delta,
     Event,
+    Job,
 }
 
 /// Splits an agent subject into its node id and topic; `None` for anything else.
@@ -66,6 +70,7 @@ pub fn parse_agent_subject(subject: &str) -> Option<(&str, AgentTopic)> {
         "inventory" => AgentTopic::Inventory,
         "delta" => AgentTopic::Delta,
         "event" => AgentTopic::Event,
+        "job" => AgentTopic::Job,
         _ => return None,
     };
     valid_node_id(node).ok()?;

@@ -141,6 +141,144 @@ pub enum Command {
     SnapshotNow {},
     /// Apply retention now.
     PruneNow {},
+    /// Target side of a replication step: wait for the sender and receive.
+    Receive(ReceiveJob),
+    /// Source side of a replication step: send to the waiting target.
+    Send(SendJob),
+    /// New rate for a running send; `None` is unlimited.
+    SetRate {
+        job: String,
+        bytes_per_sec: Option<u64>,
+    },
+    /// Stop a job's send or receive; a partial receive is kept for resuming.
+    CancelJob { job: String },
+    /// Releases `tag` from every snapshot of `dataset` but `keep`: the
+    /// replication base moved on to `keep`.
+    ReleaseHolds {
+        dataset: String,
+        tag: String,
+        keep: String,
+    },
+}
+
+/// A snapshot and its GUID, which is what identifies it across pools.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRef {
+    /// The part after `@`.
+    pub name: String,
+    pub guid: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveJob {
+    pub job: String,
+    /// 64 hex digits the sender must present; the source gets the same.
+    pub token: String,
+    /// Node id the sender's certificate must name.
+    pub source_node: String,
+    /// The dataset to receive into; missing parents are created.
+    pub dataset: String,
+    /// `zfs receive -F`: roll back to the stream's base first.
+    pub force: bool,
+    /// Snapshots `-F` will destroy, for the audit log.
+    #[serde(default)]
+    pub discards: Vec<String>,
+    /// `zfs receive -A` before anything else: a saved partial receive is not to be resumed.
+    #[serde(default)]
+    pub discard_partial: bool,
+    /// The snapshot this step lands, with its GUID on the source.
+    pub expect: SnapshotRef,
+    /// Hold tag that protects the replication base on this side.
+    pub hold_tag: String,
+    /// How long to wait for the sender to connect.
+    pub accept_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendJob {
+    pub job: String,
+    pub token: String,
+    /// Node id the receiver's certificate must name.
+    pub target_node: String,
+    /// `ip:port` the target agent gave in its [`ReceiveOffer`].
+    pub target_addr: String,
+    pub dataset: String,
+    pub stream: StreamSpec,
+    /// `zfs send -w`: encrypted datasets leave encrypted, others as stored.
+    pub raw: bool,
+    /// zstd frames on the wire (ignored for raw sends, already compressed).
+    pub compress: bool,
+    /// Throttle; `None` is unlimited.
+    pub bytes_per_sec: Option<u64>,
+    /// Hold tag that protects the replication base on this side.
+    pub hold_tag: String,
+}
+
+/// What the source sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum StreamSpec {
+    /// `zfs send dataset@snapshot`
+    Full { snapshot: String },
+    /// `zfs send -i|-I dataset@from dataset@to`
+    Incremental {
+        from: String,
+        to: String,
+        intermediates: bool,
+    },
+    /// `zfs send -t token`: the rest of an interrupted receive.
+    Resume { token: String },
+}
+
+/// The target's answer to [`Command::Receive`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveOffer {
+    /// Where the sender connects.
+    pub addr: String,
+    /// `receive_resume_token` of a saved partial receive: send with `-t` to finish it.
+    pub resume_token: Option<String>,
+}
+
+/// Progress and outcome of one end of a job, on `zdr.v1.agent.<node>.job`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobUpdate {
+    pub node: String,
+    pub job: String,
+    pub role: JobRole,
+    pub state: JobPhase,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// Stream bytes so far.
+    pub bytes: u64,
+    /// `zfs send -nvP` estimate of the whole stream, when ZFS gave one.
+    pub size_hint: Option<u64>,
+    /// Over the last second or so.
+    pub bytes_per_sec: u64,
+    pub message: String,
+    /// Target, when done: the snapshot that landed, as listed after the receive.
+    pub landed: Option<SnapshotRef>,
+    /// Target, when failed: a partial receive is saved and can be resumed.
+    pub resumable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobRole {
+    Source,
+    Target,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    Running,
+    Done,
+    Failed,
 }
 
 /// The reply to a command.
@@ -152,6 +290,9 @@ pub struct CommandResult {
     pub node: String,
     pub outcome: Outcome,
     pub message: String,
+    /// Set by a [`Command::Receive`] that is ready for its sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<ReceiveOffer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -24,6 +24,7 @@ pub const FLEET_BUCKET: &str = "zdr_fleet";
 pub const INVENTORY_BUCKET: &str = "zdr_inventory";
 pub const LEASE_BUCKET: &str = "zdr_lease";
 pub const PAIRINGS_BUCKET: &str = "zdr_pairings";
+pub const JOBS_BUCKET: &str = "zdr_jobs";
 pub const EVENTS_STREAM: &str = "ZDR_EVENTS";
 
 /// Handles on every bucket, created on first start.
@@ -34,6 +35,7 @@ pub struct Stores {
     pub policy: kv::Store,
     pub lease: kv::Store,
     pub pairings: kv::Store,
+    pub jobs: kv::Store,
 }
 
 async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
@@ -96,6 +98,16 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         },
     )
     .await?;
+    let jobs = bucket(
+        js,
+        kv::Config {
+            bucket: JOBS_BUCKET.into(),
+            description: "zdr replication jobs, one key per pairing: state, progress, history".into(),
+            history: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
     js.get_or_create_stream(stream::Config {
         name: EVENTS_STREAM.into(),
         subjects: vec!["zdr.v1.agent.*.event".into()],
@@ -110,6 +122,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         policy,
         lease,
         pairings,
+        jobs,
     })
 }
 

@@ -5,6 +5,7 @@
 //! - `GET /metrics`: Prometheus text.
 //! - `GET /api/v1/fleet`: nodes, their datasets, snapshots and RPO status.
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
+//! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 
 use std::sync::atomic::Ordering;
@@ -28,6 +29,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         .route("/metrics", get(metrics))
         .route("/api/v1/fleet", get(fleet))
         .route("/api/v1/pairings", get(pairings))
+        .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/nodes/{node}/commands", post(command))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
@@ -129,6 +131,10 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
 async fn pairings(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
     let plan = st.pairings.read().await;
     Json(serde_json::json!({ "pairings": plan.pairings, "unpaired": plan.unpaired }))
+}
+
+async fn jobs(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "jobs": crate::jobs::list(&st).await }))
 }
 
 async fn command(

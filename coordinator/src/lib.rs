@@ -2,9 +2,11 @@
 //! what agents publish, keeps its durable state in JetStream KV, and serves the
 //! HTTP health and status API. It never touches ZFS.
 
+pub mod bandwidth;
 pub mod bus;
 pub mod fleet;
 pub mod http;
+pub mod jobs;
 pub mod lease;
 pub mod pairing;
 pub mod policy;

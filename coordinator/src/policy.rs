@@ -48,16 +48,19 @@ pub fn load(path: &Path) -> Result<Loaded, PolicyError> {
 }
 
 /// The replication tasks, checked against the policy; none without a file.
+/// The tasks file; without one, no tasks and no link budgets.
 pub fn load_tasks(
     path: Option<&Path>,
     policy: &Policy,
-) -> Result<Vec<zdr_schemas::tasks::Task>, PolicyError> {
+) -> Result<zdr_schemas::tasks::Tasks, PolicyError> {
     let Some(path) = path else {
-        return Ok(Vec::new());
+        return Ok(zdr_schemas::tasks::Tasks {
+            version: 1,
+            tasks: Vec::new(),
+            links: Vec::new(),
+        });
     };
-    zdr_schemas::load_tasks(path, policy)
-        .map(|t| t.tasks)
-        .map_err(|e| PolicyError::Spec(e.to_string()))
+    zdr_schemas::load_tasks(path, policy).map_err(|e| PolicyError::Spec(e.to_string()))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -15,11 +15,12 @@ use zdr_common::policy::Policy;
 use zdr_common::subject::{self, AgentTopic};
 use zdr_common::wire::{
     Command, CommandResult, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk,
-    InventoryDelta,
+    InventoryDelta, JobUpdate,
 };
 
 use crate::bus::{self, Stores};
 use crate::fleet::{Changed, Fleet, NodeRecord};
+use crate::jobs;
 use crate::lease::Lease;
 use crate::pairing;
 use crate::policy;
@@ -68,6 +69,8 @@ pub struct PolicyState {
     pub policy: Policy,
     pub revision: u64,
     pub tasks: Vec<zdr_schemas::tasks::Task>,
+    /// Site-to-site bandwidth budgets.
+    pub links: Vec<zdr_schemas::tasks::Link>,
 }
 
 /// Everything the HTTP handlers and the loops share.
@@ -81,7 +84,8 @@ pub struct State {
     pub config: Config,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub pairings: RwLock<pairing::Plan>,
-    stores: Stores,
+    pub jobs: tokio::sync::Mutex<jobs::Jobs>,
+    pub(crate) stores: Stores,
     command_seq: AtomicU64,
 }
 
@@ -162,6 +166,7 @@ pub async fn run(
         config: config.clone(),
         metrics,
         pairings: RwLock::new(pairing::Plan::default()),
+        jobs: tokio::sync::Mutex::new(jobs::Jobs::default()),
         stores,
         command_seq: AtomicU64::new(0),
     });
@@ -208,13 +213,15 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
         now(),
     )
     .await?;
-    info!(revision, digest = %loaded.digest, tasks = tasks.len(), "policy published");
+    info!(revision, digest = %loaded.digest, tasks = tasks.tasks.len(), "policy published");
     *state.policy.write().await = Some(PolicyState {
         policy: loaded.policy,
         revision,
-        tasks,
+        tasks: tasks.tasks,
+        links: tasks.links,
     });
     restore_pairings(state).await;
+    jobs::restore(state).await;
     state.leader.store(true, Ordering::SeqCst);
 
     let mut sub = state
@@ -224,6 +231,7 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
         .map_err(|e| ServiceError::Lease(e.into()))?;
     let mut renew = tokio::time::interval(config.lease_ttl / 3);
     let mut gauges = tokio::time::interval(Duration::from_secs(5));
+    let mut job_tick = tokio::time::interval(Duration::from_secs(1));
     let mut resync_asked: std::collections::HashMap<String, i64> = Default::default();
     loop {
         tokio::select! {
@@ -254,6 +262,7 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
                 update_gauges(state).await;
                 update_pairings(state).await;
             }
+            _ = job_tick.tick() => jobs::tick(state).await,
             _ = tokio::signal::ctrl_c() => {
                 info!("shutting down; releasing the lease");
                 state.leader.store(false, Ordering::SeqCst);
@@ -289,7 +298,8 @@ async fn resign_policy(state: &State, epoch: u64) {
             *p = Some(PolicyState {
                 policy: loaded.policy,
                 revision,
-                tasks,
+                tasks: tasks.tasks,
+                links: tasks.links,
             });
         }
         Err(e) => warn!(error = %e, "could not publish the policy"),
@@ -422,7 +432,7 @@ fn decode<T: serde::de::DeserializeOwned>(subject: &str, payload: &[u8]) -> Opti
 }
 
 /// Applies one agent message; returns the node when it needs a full resync.
-async fn handle_message(state: &State, subject: &str, payload: &[u8]) -> Option<String> {
+async fn handle_message(state: &Arc<State>, subject: &str, payload: &[u8]) -> Option<String> {
     metrics::counter!("zdr_agent_messages_total").increment(1);
     if payload.len() > MAX_MESSAGE {
         bad_message(subject, "oversized", format!("{} bytes", payload.len()));
@@ -484,6 +494,14 @@ async fn handle_message(state: &State, subject: &str, payload: &[u8]) -> Option<
             }
             info!(node, event = ?m.kind, "agent event");
             metrics::counter!("zdr_agent_events_total").increment(1);
+            Changed::default()
+        }
+        AgentTopic::Job => {
+            let m: JobUpdate = decode(subject, payload)?;
+            if !check(&m.node) {
+                return None;
+            }
+            jobs::on_update(state, m).await;
             Changed::default()
         }
     };

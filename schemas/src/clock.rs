@@ -74,6 +74,13 @@ impl Window {
         }
     }
 
+    /// Whether the window covers `minute` minutes after midnight.
+    pub fn contains(&self, minute: u16) -> bool {
+        self.ranges()
+            .iter()
+            .any(|&(from, to)| from <= minute && minute < to)
+    }
+
     pub fn overlaps(&self, other: &Window) -> bool {
         self.ranges()
             .iter()
@@ -178,6 +185,9 @@ mod tests {
             .unwrap_err()
             .contains("empty"));
         assert!(w("00:00-24:00").overlaps(&w("12:00-12:01")));
+        assert!(w("22:00-06:00").contains(23 * 60) && w("22:00-06:00").contains(0));
+        assert!(!w("22:00-06:00").contains(6 * 60) && w("08:00-18:00").contains(8 * 60));
+        assert!(w("18:00-24:00").contains(MINUTES_PER_DAY - 1) && !w("18:00-24:00").contains(0));
         assert!("24:00-06:00"
             .parse::<Window>()
             .unwrap_err()

@@ -63,6 +63,7 @@ pub fn generate() -> Vec<(PathBuf, String)> {
         wire("command", render::<wire::Command>()),
         wire("command_result", render::<wire::CommandResult>()),
         wire("event", render::<wire::Event>()),
+        wire("job_update", render::<wire::JobUpdate>()),
     ]
 }
 

@@ -25,6 +25,9 @@ pub struct Tasks {
     pub version: u32,
     /// Replication tasks; each runs on its own schedule.
     pub tasks: Vec<Task>,
+    /// Bandwidth budgets between two sites, shared by every transfer between them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -350,6 +353,48 @@ impl RateWindow {
     }
 }
 
+impl Bandwidth {
+    /// The cap in force `minute` minutes after midnight UTC.
+    pub fn limit_at(&self, minute: u16) -> Rate {
+        limit_at(self.limit, &self.windows, minute)
+    }
+}
+
+/// A bandwidth budget between two sites. Both directions share it: a
+/// transfer from either site to the other counts against the same budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// The two sites, in either order, such as `[fra1, ams1]`.
+    #[schemars(length(equal = 2))]
+    pub between: Vec<String>,
+    /// The budget outside the windows: `200MB/s`, `500KiB/s` or `unlimited`.
+    #[serde(default)]
+    pub limit: Rate,
+    /// Other budgets at given times of day (UTC); they may not overlap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<RateWindow>,
+}
+
+impl Link {
+    /// Whether transfers between these two sites, either way, use this budget.
+    pub fn joins(&self, a: &str, b: &str) -> bool {
+        matches!(self.between.as_slice(), [x, y] if (x == a && y == b) || (x == b && y == a))
+    }
+
+    /// The budget in force `minute` minutes after midnight UTC.
+    pub fn limit_at(&self, minute: u16) -> Rate {
+        limit_at(self.limit, &self.windows, minute)
+    }
+}
+
+fn limit_at(limit: Rate, windows: &[RateWindow], minute: u16) -> Rate {
+    windows
+        .iter()
+        .find(|w| w.window().contains(minute))
+        .map_or(limit, |w| w.limit)
+}
+
 /// Stream compression on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -436,8 +481,55 @@ impl Tasks {
                 out.push(p);
             }
         }
+        for (i, link) in self.links.iter().enumerate() {
+            for mut p in link_problems(link, &self.links[..i], policy) {
+                p.path.splice(0..0, ["links".to_string(), i.to_string()]);
+                out.push(p);
+            }
+        }
         out
     }
+}
+
+fn link_problems(link: &Link, earlier: &[Link], policy: &Policy) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (i, site) in link.between.iter().enumerate() {
+        if !policy.sites.contains_key(site) {
+            out.push(problem(
+                &["between", &i.to_string()],
+                unknown("a site", site, &names(policy.sites.keys())),
+            ));
+        }
+    }
+    match link.between.as_slice() {
+        [a, b] if a == b => out.push(problem(
+            &["between", "1"],
+            format!("names {a:?} twice; a link joins two different sites (transfers within a site have no link budget)"),
+        )),
+        [a, b] => {
+            if let Some(j) = earlier.iter().position(|l| l.joins(a, b)) {
+                out.push(problem(
+                    &["between"],
+                    format!(
+                        "{a} and {b} already have a budget in links[{j}]; both directions share one, so give each pair once"
+                    ),
+                ));
+            }
+        }
+        other => out.push(problem(
+            &["between"],
+            format!("lists {} sites; a link is between exactly two", other.len()),
+        )),
+    }
+    if link.limit == Rate::UNLIMITED && link.windows.is_empty() {
+        out.push(problem(
+            &["limit"],
+            "the link is unlimited at all times; give a `limit` or `windows`, or remove the link"
+                .into(),
+        ));
+    }
+    window_problems(&link.windows, &["windows"], &mut out);
+    out
 }
 
 fn task_problems(task: &Task, policy: &Policy) -> Vec<Problem> {
@@ -450,26 +542,7 @@ fn task_problems(task: &Task, policy: &Policy) -> Vec<Problem> {
             "must be at least 1s".into(),
         ));
     }
-    let windows = &task.bandwidth.windows;
-    for (i, w) in windows.iter().enumerate() {
-        let idx = i.to_string();
-        if let Some(p) = w.window().problem() {
-            out.push(problem(&["bandwidth", "windows", &idx], p));
-        }
-        if let Some(j) = windows[..i]
-            .iter()
-            .position(|o| o.window().overlaps(&w.window()))
-        {
-            out.push(problem(
-                &["bandwidth", "windows", &idx],
-                format!(
-                    "window {} overlaps windows[{j}] ({}); only one limit can apply at a time, so split or shorten one",
-                    w.window(),
-                    windows[j].window()
-                ),
-            ));
-        }
-    }
+    window_problems(&task.bandwidth.windows, &["bandwidth", "windows"], &mut out);
     if let Some(retention) = &task.retention {
         if retention.tiers.is_empty() {
             out.push(problem(
@@ -487,6 +560,30 @@ fn task_problems(task: &Task, policy: &Policy) -> Vec<Problem> {
         }
     }
     out
+}
+
+/// Empty and overlapping rate windows, under `at` (the path of the list).
+fn window_problems(windows: &[RateWindow], at: &[&str], out: &mut Vec<Problem>) {
+    for (i, w) in windows.iter().enumerate() {
+        let idx = i.to_string();
+        let path: Vec<&str> = at.iter().copied().chain([idx.as_str()]).collect();
+        if let Some(p) = w.window().problem() {
+            out.push(problem(&path, p));
+        }
+        if let Some(j) = windows[..i]
+            .iter()
+            .position(|o| o.window().overlaps(&w.window()))
+        {
+            out.push(problem(
+                &path,
+                format!(
+                    "window {} overlaps windows[{j}] ({}); only one limit can apply at a time, so split or shorten one",
+                    w.window(),
+                    windows[j].window()
+                ),
+            ));
+        }
+    }
 }
 
 fn source_problems(source: &Source, policy: &Policy, out: &mut Vec<Problem>) {

@@ -257,9 +257,91 @@ fn a_bare_list_gets_a_hint() {
     );
 }
 
+/// Appended to BASE, so it starts on line 26.
+const LINKS: &str = r#"links:
+  - between: [a, b]
+    limit: 100MB/s
+    windows:
+      - { from: "22:00", to: "06:00", limit: unlimited }
+      - { from: "08:00", to: "18:00", limit: 20MB/s }
+"#;
+
+fn with_links(edits: &[(&str, &str)]) -> String {
+    let mut links = LINKS.to_string();
+    for (from, to) in edits {
+        assert!(links.contains(from), "{from:?} is not in LINKS");
+        links = links.replacen(from, to, 1);
+    }
+    format!("{BASE}{links}")
+}
+
+#[test]
+fn links_parse_and_give_the_limit_in_force() {
+    let tasks = parse_tasks("t.yml", &format!("{BASE}{LINKS}"), &policy()).unwrap();
+    let link = &tasks.links[0];
+    assert!(link.joins("a", "b") && link.joins("b", "a") && !link.joins("a", "a"));
+    assert_eq!(link.limit_at(9 * 60).bytes_per_sec(), Some(20_000_000));
+    assert_eq!(link.limit_at(18 * 60).bytes_per_sec(), Some(100_000_000));
+    assert_eq!(link.limit_at(23 * 60).bytes_per_sec(), None);
+    assert_eq!(link.limit_at(5 * 60 + 59).bytes_per_sec(), None);
+    let offsite = &tasks.tasks[1].bandwidth;
+    assert_eq!(offsite.limit_at(12 * 60).bytes_per_sec(), Some(20_000_000));
+    assert_eq!(offsite.limit_at(7 * 60).bytes_per_sec(), Some(50_000_000));
+    let none = parse_tasks("t.yml", BASE, &policy()).unwrap();
+    assert!(none.links.is_empty());
+}
+
+#[test]
+fn link_sites_must_exist_differ_and_pair_once() {
+    assert_eq!(
+        error(&with_links(&[("[a, b]", "[a, c]")])),
+        "specs/t.yml:27:18: links[0].between[1]: \"c\" is not a site in the policy; known: `a`, `b`"
+    );
+    assert_eq!(
+        error(&with_links(&[("[a, b]", "[a, a]")])),
+        "specs/t.yml:27:18: links[0].between[1]: names \"a\" twice; a link joins two different sites (transfers within a site have no link budget)"
+    );
+    assert_eq!(
+        error(&with_links(&[("[a, b]", "[a, b, c]")])),
+        "specs/t.yml:27:5: links[0].between: lists 3 sites; a link is between exactly two\n\
+         specs/t.yml:27:21: links[0].between[2]: \"c\" is not a site in the policy; known: `a`, `b`"
+    );
+    assert_eq!(
+        error(&format!(
+            "{BASE}{LINKS}  - {{ between: [b, a], limit: 1MB/s }}\n"
+        )),
+        "specs/t.yml:32:7: links[1].between: b and a already have a budget in links[0]; both directions share one, so give each pair once"
+    );
+}
+
+#[test]
+fn link_budgets_are_checked_together() {
+    assert_eq!(
+        error(&with_links(&[("limit: 100MB/s", "limiit: 100MB/s")])),
+        "specs/t.yml:28:5: links[0]: unknown key `limiit`; did you mean `limit`?"
+    );
+    assert_eq!(
+        error(&with_links(&[("limit: 20MB/s", "limit: 0B/s")])),
+        "specs/t.yml:31:46: links[0].windows[1].limit: \"0B/s\" is less than 1 byte per second; use at least 1B/s, or `unlimited`"
+    );
+    let text = with_links(&[
+        ("[a, b]", "[b, b]"),
+        ("\"22:00\", to: \"06:00\"", "\"17:00\", to: \"07:00\""),
+    ]);
+    assert_eq!(
+        error(&text),
+        "specs/t.yml:27:18: links[0].between[1]: names \"b\" twice; a link joins two different sites (transfers within a site have no link budget)\n\
+         specs/t.yml:31:9: links[0].windows[1]: window 08:00-18:00 overlaps windows[0] (17:00-07:00); only one limit can apply at a time, so split or shorten one"
+    );
+    assert_eq!(
+        error(&format!("{BASE}links:\n  - between: [a, b]\n")),
+        "specs/t.yml:27:5: links[0].limit: the link is unlimited at all times; give a `limit` or `windows`, or remove the link"
+    );
+}
+
 #[test]
 fn json_round_trip() {
-    let tasks = parse_tasks("t.yml", BASE, &policy()).unwrap();
+    let tasks = parse_tasks("t.yml", &format!("{BASE}{LINKS}"), &policy()).unwrap();
     let json = serde_json::to_string(&tasks).unwrap();
     assert_eq!(serde_json::from_str::<Tasks>(&json).unwrap(), tasks);
     // JSON is YAML too: the loader reads it back the same.

@@ -34,7 +34,7 @@ use std::io;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-pub use net::{Receiver, Sender};
+pub use net::{Listener, Pending, Receiver, Sender};
 pub use throttle::RateHandle;
 pub use tls::FleetTls;
 
@@ -214,6 +214,10 @@ pub enum TransferError {
     Handshake(io::Error),
     #[error("handshake or hello not done within {HANDSHAKE_TIMEOUT:?}")]
     HandshakeTimeout,
+    #[error("job {job}: the sender's certificate does not name {expected}, the job's source node")]
+    WrongPeer { job: String, expected: String },
+    #[error("no sender connected within {0:?}")]
+    NoSender(std::time::Duration),
     #[error("refused the sender: {0}")]
     Refused(Refusal),
     #[error("the receiver refused the transfer: {0}")]

@@ -73,8 +73,12 @@ where
     }
 }
 
-/// Receiver: reads the hello and accepts it only for `job`.
-pub(super) async fn admit<S>(stream: &mut S, job: &Job) -> Result<Hello, TransferError>
+/// Receiver: reads the hello and accepts it only for the job `expected`
+/// gives for its id, and only with that job's token.
+pub(super) async fn admit<S>(
+    stream: &mut S,
+    expected: impl FnOnce(&[u8]) -> Option<Job>,
+) -> Result<(Hello, Job), TransferError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -107,22 +111,23 @@ where
         .await
         .map_err(TransferError::Handshake)?;
 
-    // The token is checked first and always, in constant time.
+    // Job ids are not secret; the token is compared in constant time.
+    let Some(job) = expected(&id) else {
+        return refuse(stream, Refusal::WrongJob).await;
+    };
     if !job.token.matches(&token) {
         return refuse(stream, Refusal::WrongToken).await;
-    }
-    if id != job.id.as_bytes() {
-        return refuse(stream, Refusal::WrongJob).await;
     }
     stream
         .write_all(&[ACCEPTED])
         .await
         .map_err(TransferError::Network)?;
     stream.flush().await.map_err(TransferError::Network)?;
-    Ok(Hello {
+    let hello = Hello {
         compressed: flags & FLAG_ZSTD != 0,
         size_hint: (flags & FLAG_SIZE_HINT != 0).then_some(size_hint),
-    })
+    };
+    Ok((hello, job))
 }
 
 async fn refuse<S, T>(stream: &mut S, refusal: Refusal) -> Result<T, TransferError>
@@ -273,6 +278,10 @@ where
     };
     let mut hasher = blake3::Hasher::new();
     let mut raw = vec![0u8; MAX_CHUNK];
+    // The latest frame's data reaches the sink only after the next frame, or
+    // after the end frame's hash matched: a corrupt stream never ends well
+    // on the receiving side, so `zfs receive` cannot complete it.
+    let mut held = Vec::with_capacity(MAX_CHUNK);
     let mut packed = Vec::new();
     let (mut bytes, mut wire_bytes) = (0u64, 0u64);
     loop {
@@ -318,7 +327,9 @@ where
             _ => return Err(TransferError::Protocol("malformed data frame")),
         };
         hasher.update(data);
-        sink.write_all(data).await.map_err(TransferError::Sink)?;
+        sink.write_all(&held).await.map_err(TransferError::Sink)?;
+        held.clear();
+        held.extend_from_slice(data);
         bytes += raw_len as u64;
         wire_bytes += (FRAME_HEADER + wire_len) as u64;
         if let Some(progress) = progress {
@@ -334,9 +345,12 @@ where
         .read_exact(&mut end)
         .await
         .map_err(network_or_truncated)?;
-    sink.flush().await.map_err(TransferError::Sink)?;
     let (sent_bytes, sent) = parse_result(&end);
     let hash = hasher.finalize();
+    if sent_bytes == bytes && sent == hash {
+        sink.write_all(&held).await.map_err(TransferError::Sink)?;
+    }
+    sink.flush().await.map_err(TransferError::Sink)?;
     // The sender judges too, so it learns of a mismatch from the same numbers.
     let mut result = [0u8; RESULT_LEN];
     result[..8].copy_from_slice(&bytes.to_be_bytes());

@@ -344,6 +344,16 @@ impl Backend for CliBackend {
         Ok((!matches!(value, "" | "-")).then(|| value.to_string()))
     }
 
+    fn create_parents(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        let Some(parent) = dataset.parent() else {
+            return Ok(());
+        };
+        // -p: no error for ancestors (or the parent) that exist already.
+        let args = vec!["create".into(), "-p".into(), parent.to_string()];
+        self.zfs(&args, dataset.pool(), |_, _| format!("dataset {parent}"))
+            .map(drop)
+    }
+
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
         let args = abort_receive_args(dataset);
         let failure = match self.run(&self.zfs, &args)? {

@@ -425,6 +425,11 @@ impl Backend for LzcBackend {
         self.cli.resume_token(dataset)
     }
 
+    fn create_parents(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        // lzc_create makes one dataset; `zfs create -p` walks the ancestors.
+        self.cli.create_parents(dataset)
+    }
+
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
         self.cli.abort_receive(dataset)
     }

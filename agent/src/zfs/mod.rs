@@ -123,6 +123,10 @@ pub trait Backend: Send + Sync {
         input: &mut dyn std::io::Read,
     ) -> Result<(), ZfsError>;
 
+    /// Creates the missing ancestors of `dataset` (`zfs create -p`), so a
+    /// receive can create `dataset` itself.
+    fn create_parents(&self, dataset: &DatasetName) -> Result<(), ZfsError>;
+
     /// `receive_resume_token` of the dataset; `None` when no receive is pending.
     fn resume_token(&self, dataset: &DatasetName) -> Result<Option<String>, ZfsError>;
 

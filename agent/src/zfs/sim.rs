@@ -95,6 +95,9 @@ struct Record {
 
 const STREAM_MAGIC: &str = "zdr-sim-stream-v1 ";
 
+/// A receive saves its progress every this many bytes, as a txg would.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+
 /// An interrupted receive: the record and how far it got (`record.offset`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Partial {
@@ -1045,11 +1048,20 @@ impl Backend for SimBackend {
             records += 1;
             let begun = self.mutate(|s| s.begin_record(target, &r, spec.force))?;
             let mut got = r.offset;
+            let mut checkpoint = got;
             let mut failure = None;
             while got < r.payload {
                 let want = (r.payload - got).min(buf.len() as u64) as usize;
                 let (n, err) = read_exact_or_eof(input, &mut buf[..want]);
                 got += n as u64;
+                // ZFS saves a receive's progress with every txg, so a receiver
+                // killed outright still leaves a resume token; so does the model.
+                if let (Some(new_dataset), true) = (begun, got - checkpoint >= CHECKPOINT_BYTES) {
+                    checkpoint = got;
+                    let mut saved = r.clone();
+                    saved.offset = got;
+                    self.mutate(|s| s.end_record(target, saved, new_dataset, true, spec.force))?;
+                }
                 if let Some(e) = err {
                     failure = Some(format!("reading the input: {e}"));
                     break;
@@ -1085,6 +1097,25 @@ impl Backend for SimBackend {
             .partial
             .as_ref()
             .map(|p| token_of(&p.record)))
+    }
+
+    fn create_parents(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        let mut missing = Vec::new();
+        let mut at = parent(dataset);
+        while let Some(p) = at {
+            if self.lock().datasets.contains_key(&p) {
+                break;
+            }
+            at = parent(&p);
+            missing.push(p);
+        }
+        for p in missing.iter().rev() {
+            match self.create_dataset(p) {
+                Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {

@@ -1,0 +1,719 @@
+//! The agent's side of replication jobs. The target registers the job with
+//! its transfer listener and pipes what arrives into `zfs receive -s -u`; the
+//! source pipes `zfs send` to it. Both ends report progress and their outcome
+//! as [`JobUpdate`]s; the coordinator decides what happens next.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::{info, warn};
+use zdr_common::wire::{
+    JobPhase, JobRole, JobUpdate, ReceiveJob, ReceiveOffer, SendJob, SnapshotRef, StreamSpec,
+};
+use zdr_common::DatasetName;
+
+use crate::audit::Record;
+use crate::config::TransferConfig;
+use crate::lifecycle::Lifecycle;
+use crate::node::now;
+use crate::transfer::{
+    Compression, FleetTls, Job, JobToken, Listener, Progress, RateHandle, SendOptions, Sender,
+    TransferError,
+};
+use crate::zfs::{RecvSpec, SendBase, SendSpec, ZfsError};
+
+/// zstd level on the wire: level 1 keeps up with a 10 Gb/s link per core.
+const ZSTD_LEVEL: i32 = 1;
+/// How often a running job reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The data plane of one node, when its config has a `[transfer]` section.
+struct Plane {
+    listener: Arc<Listener>,
+    advertise: SocketAddr,
+    sender: Sender,
+}
+
+/// What a command can still change in a running job.
+struct Running {
+    cancel: Arc<Notify>,
+    rate: Option<RateHandle>,
+}
+
+pub struct Replication {
+    lifecycle: Arc<Lifecycle>,
+    node: String,
+    plane: Option<Plane>,
+    jobs: Mutex<HashMap<String, Running>>,
+    updates: mpsc::UnboundedSender<JobUpdate>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("[transfer]: {0}")]
+    Tls(#[from] TransferError),
+    #[error("[transfer]: listen = {0} is not an address a sender can reach; set advertise to this node's address")]
+    NoAdvertise(SocketAddr),
+}
+
+/// Why a job command was refused; the message goes back to the coordinator.
+type Refused = String;
+
+impl Replication {
+    /// Binds the transfer listener (when configured) and starts serving it.
+    pub async fn start(
+        lifecycle: Arc<Lifecycle>,
+        node: String,
+        config: Option<&TransferConfig>,
+    ) -> Result<(Arc<Replication>, mpsc::UnboundedReceiver<JobUpdate>), SetupError> {
+        let plane = match config {
+            None => None,
+            Some(c) => {
+                let tls = FleetTls::from_pem_files(&c.ca, &c.cert, &c.key)?;
+                let listener = Listener::bind(&tls, c.listen).await?;
+                let bound = listener.local_addr()?;
+                let advertise = match c.advertise {
+                    Some(a) => a,
+                    None if bound.ip().is_unspecified() => {
+                        return Err(SetupError::NoAdvertise(bound))
+                    }
+                    None => bound,
+                };
+                info!(listen = %bound, %advertise, "transfer listener up");
+                tokio::spawn(listener.clone().serve());
+                Some(Plane {
+                    listener,
+                    advertise,
+                    sender: Sender::new(&tls),
+                })
+            }
+        };
+        let (updates, rx) = mpsc::unbounded_channel();
+        let me = Arc::new(Replication {
+            lifecycle,
+            node,
+            plane,
+            jobs: Mutex::new(HashMap::new()),
+            updates,
+        });
+        Ok((me, rx))
+    }
+
+    fn plane(&self) -> Result<&Plane, Refused> {
+        self.plane.as_ref().ok_or_else(|| {
+            "this agent's config has no [transfer] section, so it can neither send nor receive; \
+             add one with the fleet CA, this node's certificate and key"
+                .to_string()
+        })
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a job id; refused if it runs already.
+    fn register(&self, id: &str, rate: Option<RateHandle>) -> Result<Arc<Notify>, Refused> {
+        let mut jobs = self.jobs();
+        if jobs.contains_key(id) {
+            return Err(format!("job {id} is already running on this node"));
+        }
+        let cancel = Arc::new(Notify::new());
+        jobs.insert(
+            id.to_string(),
+            Running {
+                cancel: cancel.clone(),
+                rate,
+            },
+        );
+        Ok(cancel)
+    }
+
+    fn update(&self, job: &str, role: JobRole, state: JobPhase, p: &Reporter, message: String) {
+        let _ = self.updates.send(JobUpdate {
+            node: self.node.clone(),
+            job: job.to_string(),
+            role,
+            state,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            bytes: p.bytes,
+            size_hint: p.size_hint,
+            bytes_per_sec: p.rate,
+            message,
+            landed: None,
+            resumable: false,
+        });
+    }
+
+    /// Target side: checks the command, prepares the dataset and waits for
+    /// the sender in the background. Returns where the sender connects.
+    pub async fn receive(
+        self: &Arc<Self>,
+        cmd: ReceiveJob,
+        actor: String,
+    ) -> Result<ReceiveOffer, Refused> {
+        let plane = self.plane()?;
+        let dataset = DatasetName::parse(&cmd.dataset).map_err(|e| format!("dataset: {e}"))?;
+        dataset
+            .snapshot(&cmd.expect.name)
+            .map_err(|e| format!("expect.name: {e}"))?;
+        let job = job(&cmd.job, &cmd.token)?;
+        let backend = self.lifecycle.backend.clone();
+        let ds = dataset.clone();
+        let discard = cmd.discard_partial;
+        let resume_token = tokio::task::spawn_blocking(move || {
+            if discard {
+                match backend.abort_receive(&ds) {
+                    Ok(()) | Err(ZfsError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            match backend.resume_token(&ds) {
+                Ok(Some(token)) => return Ok(Some(token)),
+                Ok(None) | Err(ZfsError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            backend.create_parents(&ds)?;
+            Ok(None)
+        })
+        .await
+        .map_err(|e| format!("preparing {dataset} panicked: {e}"))?
+        .map_err(|e| format!("preparing {dataset}: {e}"))?;
+        if discard {
+            self.audit(
+                &actor,
+                "receive -A",
+                dataset.as_str(),
+                &format!("job {}: the saved partial receive is not to be resumed", cmd.job),
+                "done",
+            );
+        }
+        let cancel = self.register(&cmd.job, None)?;
+        let pending = plane.listener.expect(job, &cmd.source_node);
+        let me = self.clone();
+        let resuming = resume_token.is_some();
+        tokio::spawn(async move {
+            let id = cmd.job.clone();
+            me.run_receive(cmd, dataset, pending, cancel, actor, resuming)
+                .await;
+            me.jobs().remove(&id);
+        });
+        Ok(ReceiveOffer {
+            addr: plane.advertise.to_string(),
+            resume_token,
+        })
+    }
+
+    async fn run_receive(
+        self: &Arc<Self>,
+        cmd: ReceiveJob,
+        dataset: DatasetName,
+        pending: crate::transfer::Pending,
+        cancel: Arc<Notify>,
+        actor: String,
+        resuming: bool,
+    ) {
+        let why_force = format!(
+            "job {}: roll {} back to the common snapshot, destroying {}",
+            cmd.job,
+            dataset,
+            if cmd.discards.is_empty() {
+                "nothing listed".to_string()
+            } else {
+                cmd.discards.join(", ")
+            }
+        );
+        if cmd.force
+            && !self.audit(&actor, "receive -F", dataset.as_str(), &why_force, "intent")
+        {
+            let r = Reporter::default();
+            self.update(
+                &cmd.job,
+                JobRole::Target,
+                JobPhase::Failed,
+                &r,
+                "the audit log could not be written; not receiving with -F".into(),
+            );
+            return;
+        }
+        let (mut sink, input) = match pipe_to_zfs() {
+            Ok(p) => p,
+            Err(e) => {
+                let r = Reporter::default();
+                let msg = format!("creating a pipe: {e}");
+                self.update(&cmd.job, JobRole::Target, JobPhase::Failed, &r, msg);
+                return;
+            }
+        };
+        let backend = self.lifecycle.backend.clone();
+        let ds = dataset.clone();
+        let spec = RecvSpec { force: cmd.force };
+        let zfs = tokio::task::spawn_blocking(move || {
+            let mut input = input;
+            backend.receive(&ds, &spec, &mut input)
+        });
+        let (progress, mut reporter) = self.reporter(&cmd.job, JobRole::Target);
+        let wait = Duration::from_secs(cmd.accept_secs.max(1));
+        let transfer = tokio::select! {
+            r = pending.receive(wait, &mut sink, Some(&progress)) => r,
+            _ = cancel.notified() => Err(TransferError::Protocol("cancelled by the coordinator")),
+        };
+        drop(sink); // EOF: a complete stream ends the receive, a cut one leaves it partial.
+        let zfs = zfs
+            .await
+            .unwrap_or_else(|e| Err(ZfsError::Invalid {
+                what: "receive",
+                value: dataset.to_string(),
+                reason: format!("panicked: {e}"),
+            }));
+        reporter.stop().await;
+        let r = reporter.last();
+
+        let backend = self.lifecycle.backend.clone();
+        let ds = dataset.clone();
+        let job_id = cmd.job.clone();
+        let outcome = match (&transfer, zfs) {
+            (Ok(summary), Ok(())) => {
+                let expect = cmd.expect.clone();
+                let tag = cmd.hold_tag.clone();
+                let landed = tokio::task::spawn_blocking(move || landed(&*backend, &ds, &expect, &tag))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("checking the result panicked: {e}")));
+                match landed {
+                    Ok(snap) => Ok((snap, summary.clone())),
+                    Err(e) => Err((e, false)),
+                }
+            }
+            (Err(TransferError::HashMismatch { .. }), _) => {
+                // The held-back tail never reached zfs, so a partial state may
+                // exist: it holds corrupt data and must not be resumed.
+                let aborted = tokio::task::spawn_blocking(move || backend.abort_receive(&ds)).await;
+                let note = match aborted {
+                    Ok(Ok(())) => {
+                        self.audit(
+                            &actor,
+                            "receive -A",
+                            dataset.as_str(),
+                            &format!("job {job_id}: the stream's hash did not match"),
+                            "done",
+                        );
+                        "; the partial receive was aborted (zfs receive -A)"
+                    }
+                    _ => "",
+                };
+                Err((
+                    format!("{}{note}", transfer.as_ref().err().expect("an error")),
+                    false,
+                ))
+            }
+            (t, z) => {
+                let token = tokio::task::spawn_blocking(move || backend.resume_token(&ds))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten();
+                let mut msg = match (t, z) {
+                    (Err(t), Err(z)) => format!("{t}; zfs receive: {z}"),
+                    (Err(t), Ok(())) => t.to_string(),
+                    (Ok(_), Err(z)) => format!("zfs receive: {z}"),
+                    (Ok(_), Ok(())) => unreachable!("handled above"),
+                };
+                if token.is_some() {
+                    msg.push_str("; the partial receive is saved for resuming");
+                }
+                Err((msg, token.is_some()))
+            }
+        };
+        if cmd.force {
+            let result = match &outcome {
+                Ok(_) => "done".to_string(),
+                Err((e, _)) => format!("failed: {e}"),
+            };
+            self.audit(&actor, "receive -F", dataset.as_str(), &why_force, &result);
+        }
+        let lc = self.lifecycle.clone();
+        let ds = dataset.clone();
+        let _ = tokio::task::spawn_blocking(move || lc.dataset_changed(&ds, now())).await;
+        let mut update = JobUpdate {
+            node: self.node.clone(),
+            job: cmd.job.clone(),
+            role: JobRole::Target,
+            state: JobPhase::Done,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            bytes: r.bytes,
+            size_hint: r.size_hint,
+            bytes_per_sec: r.rate,
+            message: String::new(),
+            landed: None,
+            resumable: false,
+        };
+        match outcome {
+            Ok((snap, summary)) => {
+                info!(job = %cmd.job, %dataset, snapshot = %snap.name, bytes = summary.bytes, resumed = resuming, "received");
+                update.bytes = summary.bytes;
+                update.message = format!(
+                    "received {} bytes{} into {dataset}, BLAKE3 {} agreed by both ends; {}@{} has GUID {}",
+                    summary.bytes,
+                    if resuming { " (resumed)" } else { "" },
+                    summary.hash,
+                    dataset,
+                    snap.name,
+                    snap.guid
+                );
+                update.landed = Some(snap);
+            }
+            Err((message, resumable)) => {
+                warn!(job = %cmd.job, %dataset, %message, "receive failed");
+                update.state = JobPhase::Failed;
+                update.message = message;
+                update.resumable = resumable;
+            }
+        }
+        let _ = self.updates.send(update);
+    }
+
+    /// Source side: checks the command, holds the snapshot it sends and
+    /// streams in the background.
+    pub async fn send(self: &Arc<Self>, cmd: SendJob) -> Result<String, Refused> {
+        self.plane()?;
+        let dataset = DatasetName::parse(&cmd.dataset).map_err(|e| format!("dataset: {e}"))?;
+        let addr: SocketAddr = cmd
+            .target_addr
+            .parse()
+            .map_err(|e| format!("target_addr {:?}: {e}", cmd.target_addr))?;
+        zdr_common::subject::valid_node_id(&cmd.target_node)?;
+        let job = job(&cmd.job, &cmd.token)?;
+        let (spec, held) = match &cmd.stream {
+            StreamSpec::Full { snapshot } => (
+                SendSpec::Full {
+                    dataset: dataset.clone(),
+                    snapshot: snapshot.clone(),
+                    raw: cmd.raw,
+                },
+                Some(snapshot.clone()),
+            ),
+            StreamSpec::Incremental {
+                from,
+                to,
+                intermediates,
+            } => (
+                SendSpec::Incremental {
+                    dataset: dataset.clone(),
+                    from: SendBase::Snapshot(from.clone()),
+                    to: to.clone(),
+                    intermediates: *intermediates,
+                    raw: cmd.raw,
+                },
+                Some(to.clone()),
+            ),
+            StreamSpec::Resume { token } => (
+                SendSpec::Resume {
+                    token: token.clone(),
+                },
+                None,
+            ),
+        };
+        let backend = self.lifecycle.backend.clone();
+        let (ds, tag, s) = (dataset.clone(), cmd.hold_tag.clone(), spec.clone());
+        // Held first, so pruning cannot take the snapshot while it is sent.
+        let size_hint = tokio::task::spawn_blocking(move || {
+            if let Some(snap) = &held {
+                match backend.hold(&ds, snap, &tag) {
+                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            backend.estimate(&s)
+        })
+        .await
+        .map_err(|e| format!("preparing the send panicked: {e}"))?
+        .map_err(|e| format!("{dataset}: {e}"))?;
+        let rate = RateHandle::new(cmd.bytes_per_sec.and_then(NonZeroU64::new));
+        let cancel = self.register(&cmd.job, Some(rate.clone()))?;
+        let opts = SendOptions {
+            compression: if cmd.compress && !cmd.raw {
+                Compression::Zstd { level: ZSTD_LEVEL }
+            } else {
+                Compression::None
+            },
+            rate,
+            size_hint,
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = cmd.job.clone();
+            me.run_send(cmd, spec, job, addr, opts, cancel).await;
+            me.jobs().remove(&id);
+        });
+        Ok(match size_hint {
+            Some(n) => format!("sending about {n} bytes"),
+            None => "sending (no size estimate)".into(),
+        })
+    }
+
+    async fn run_send(
+        self: &Arc<Self>,
+        cmd: SendJob,
+        spec: SendSpec,
+        job: Job,
+        addr: SocketAddr,
+        opts: SendOptions,
+        cancel: Arc<Notify>,
+    ) {
+        let plane = self.plane.as_ref().expect("send checked the plane");
+        let (output, mut source) = match pipe_from_zfs() {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("creating a pipe: {e}");
+                self.update(&cmd.job, JobRole::Source, JobPhase::Failed, &Reporter::default(), msg);
+                return;
+            }
+        };
+        let backend = self.lifecycle.backend.clone();
+        let zfs = tokio::task::spawn_blocking(move || {
+            let mut output = output;
+            backend.send(&spec, &mut output)
+        });
+        let (progress, mut reporter) = self.reporter(&cmd.job, JobRole::Source);
+        progress.send_replace(Progress {
+            bytes: 0,
+            size_hint: opts.size_hint,
+        });
+        let transfer = tokio::select! {
+            r = plane.sender.send(addr, &cmd.target_node, &job, &mut source, &opts, Some(&progress)) => r,
+            _ = cancel.notified() => Err(TransferError::Protocol("cancelled by the coordinator")),
+        };
+        drop(source); // a sender still writing gets EPIPE and stops
+        let zfs = zfs.await.unwrap_or_else(|e| {
+            Err(ZfsError::Invalid {
+                what: "send",
+                value: cmd.dataset.clone(),
+                reason: format!("panicked: {e}"),
+            })
+        });
+        reporter.stop().await;
+        let r = reporter.last();
+        let (state, message) = match (transfer, zfs) {
+            (Ok(s), Ok(_)) => (
+                JobPhase::Done,
+                format!(
+                    "sent {} bytes ({} on the wire), BLAKE3 {}",
+                    s.bytes, s.wire_bytes, s.hash
+                ),
+            ),
+            (Err(t), Ok(_)) => (JobPhase::Failed, t.to_string()),
+            // A failed transfer makes zfs send fail on its pipe: the transfer is the cause.
+            (Err(t), Err(_)) => (JobPhase::Failed, t.to_string()),
+            (Ok(_), Err(z)) => (JobPhase::Failed, format!("zfs send: {z}")),
+        };
+        if state == JobPhase::Failed {
+            warn!(job = %cmd.job, %message, "send failed");
+        } else {
+            info!(job = %cmd.job, %message, "sent");
+        }
+        self.update(&cmd.job, JobRole::Source, state, &r, message);
+    }
+
+    pub fn set_rate(&self, job: &str, bytes_per_sec: Option<u64>) -> Result<String, Refused> {
+        let jobs = self.jobs();
+        let rate = jobs
+            .get(job)
+            .and_then(|r| r.rate.as_ref())
+            .ok_or_else(|| format!("no send of job {job} is running on this node"))?;
+        rate.set(bytes_per_sec.and_then(NonZeroU64::new));
+        Ok(match bytes_per_sec {
+            Some(b) => format!("job {job} now limited to {b} bytes/s"),
+            None => format!("job {job} now unlimited"),
+        })
+    }
+
+    pub fn cancel(&self, job: &str) -> Result<String, Refused> {
+        let jobs = self.jobs();
+        let running = jobs
+            .get(job)
+            .ok_or_else(|| format!("job {job} is not running on this node"))?;
+        running.cancel.notify_one();
+        Ok(format!("job {job} cancelled"))
+    }
+
+    /// Moves the replication hold `tag` to `keep` alone on `dataset`.
+    pub async fn release_holds(
+        &self,
+        dataset: &str,
+        tag: &str,
+        keep: &str,
+    ) -> Result<String, Refused> {
+        let ds = DatasetName::parse(dataset).map_err(|e| format!("dataset: {e}"))?;
+        let backend = self.lifecycle.backend.clone();
+        let (tag, kept) = (tag.to_string(), keep.to_string());
+        let released = tokio::task::spawn_blocking(move || {
+            let keep = kept;
+            // The new base is held before any older one is let go.
+            match backend.hold(&ds, &keep, &tag) {
+                Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let mut released = Vec::new();
+            for s in backend.list_snapshots(&ds)? {
+                if s.name == keep || s.userrefs == 0 {
+                    continue;
+                }
+                if backend.holds(&ds, &s.name)?.contains(&tag) {
+                    backend.release(&ds, &s.name, &tag)?;
+                    released.push(s.name);
+                }
+            }
+            Ok(released)
+        })
+        .await
+        .map_err(|e| format!("releasing holds panicked: {e}"))?
+        .map_err(|e| format!("{dataset}: {e}"))?;
+        Ok(if released.is_empty() {
+            format!("{dataset}@{keep} holds the base; nothing else to release")
+        } else {
+            format!(
+                "{dataset}@{keep} holds the base; released {}",
+                released.join(", ")
+            )
+        })
+    }
+
+    /// False when the record could not be written.
+    fn audit(&self, actor: &str, action: &str, target: &str, why: &str, outcome: &str) -> bool {
+        let record = Record {
+            at: now(),
+            actor,
+            action,
+            target,
+            why,
+            outcome,
+            policy_revision: self.lifecycle.policy().map(|p| p.bundle.revision),
+        };
+        match self.lifecycle.audit.write(&record) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, "audit log write failed");
+                false
+            }
+        }
+    }
+
+    /// A progress channel and the task that reports it every second.
+    fn reporter(self: &Arc<Self>, job: &str, role: JobRole) -> (watch::Sender<Progress>, Reporting) {
+        let (tx, mut rx) = watch::channel(Progress::default());
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let me = self.clone();
+        let job = job.to_string();
+        let task = tokio::spawn(async move {
+            let mut r = Reporter::default();
+            let mut last = (Instant::now(), 0u64);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop_rx.changed() => {}
+                }
+                let p = *rx.borrow_and_update();
+                let elapsed = last.0.elapsed().as_secs_f64();
+                if elapsed > 0.0 && p.bytes >= last.1 {
+                    r.rate = ((p.bytes - last.1) as f64 / elapsed) as u64;
+                }
+                last = (Instant::now(), p.bytes);
+                r.bytes = p.bytes;
+                r.size_hint = p.size_hint;
+                if *stop_rx.borrow() {
+                    return r;
+                }
+                me.update(&job, role, JobPhase::Running, &r, String::new());
+            }
+        });
+        (
+            tx,
+            Reporting {
+                stop: stop_tx,
+                task: Some(task),
+                last: Reporter::default(),
+            },
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Reporter {
+    bytes: u64,
+    size_hint: Option<u64>,
+    rate: u64,
+}
+
+struct Reporting {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<Reporter>>,
+    last: Reporter,
+}
+
+impl Reporting {
+    async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            self.last = task.await.unwrap_or_default();
+        }
+    }
+
+    fn last(&self) -> Reporter {
+        self.last
+    }
+}
+
+fn job(id: &str, token: &str) -> Result<Job, Refused> {
+    let token: JobToken = token.parse().map_err(|e| format!("token: {e}"))?;
+    Job::new(id, token).map_err(|e| e.to_string())
+}
+
+/// The snapshot the receive had to land, checked by GUID, then held.
+fn landed(
+    backend: &dyn crate::zfs::Backend,
+    dataset: &DatasetName,
+    expect: &SnapshotRef,
+    tag: &str,
+) -> Result<SnapshotRef, String> {
+    let snaps = backend
+        .list_snapshots(dataset)
+        .map_err(|e| format!("listing {dataset} after the receive: {e}"))?;
+    let got = match snaps.iter().find(|s| s.name == expect.name) {
+        Some(s) if s.guid != expect.guid => {
+            return Err(format!(
+                "{dataset}@{} has GUID {} after the receive, but the source's has {}",
+                expect.name, s.guid, expect.guid
+            ))
+        }
+        Some(s) => s,
+        // A resumed stream may have finished an earlier step instead.
+        None => snaps
+            .last()
+            .ok_or_else(|| format!("{dataset} has no snapshot after the receive"))?,
+    };
+    match backend.hold(dataset, &got.name, tag) {
+        Ok(()) | Err(ZfsError::Exists { .. }) => {}
+        Err(e) => return Err(format!("holding {dataset}@{}: {e}", got.name)),
+    }
+    Ok(SnapshotRef {
+        name: got.name.clone(),
+        guid: got.guid,
+    })
+}
+
+/// An OS pipe that we write and `zfs receive` reads.
+fn pipe_to_zfs() -> std::io::Result<(tokio::net::unix::pipe::Sender, File)> {
+    let (tx, rx) = tokio::net::unix::pipe::pipe()?;
+    Ok((tx, File::from(rx.into_blocking_fd()?)))
+}
+
+/// An OS pipe that `zfs send` writes and we read.
+fn pipe_from_zfs() -> std::io::Result<(File, tokio::net::unix::pipe::Receiver)> {
+    let (tx, rx) = tokio::net::unix::pipe::pipe()?;
+    Ok((File::from(tx.into_blocking_fd()?), rx))
+}
