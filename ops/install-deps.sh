@@ -14,7 +14,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 need_apt=()
-for pkg in pkg-config curl; do
+for pkg in pkg-config curl openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 # pip may come from elsewhere than Debian (pyenv); only then is python3-pip not needed.

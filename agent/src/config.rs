@@ -87,7 +87,12 @@ pub enum BackendConfig {
         zpool: PathBuf,
     },
     /// Simulated pools, for the demo and scale tests only. State persists in `state_dir`.
-    Sim { pools: Vec<SimPool> },
+    Sim {
+        pools: Vec<SimPool>,
+        /// Data each new snapshot holds, so its streams have that many bytes.
+        #[serde(default)]
+        snapshot_bytes: Option<u64>,
+    },
 }
 
 fn default_zfs() -> PathBuf {
@@ -169,7 +174,7 @@ impl Config {
                 "heartbeat_secs, tick_secs and rescan_secs must be at least 1".into(),
             ));
         }
-        if let BackendConfig::Sim { pools } = &config.backend {
+        if let BackendConfig::Sim { pools, .. } = &config.backend {
             for p in pools {
                 for ds in std::iter::once(&p.name).chain(&p.datasets) {
                     zdr_common::DatasetName::parse(ds)
@@ -229,18 +234,27 @@ public_key = "{KEY}"
 
     #[test]
     fn transfer_section_is_optional_and_checked() {
-        assert!(Config::parse("agent.toml", &good()).unwrap().transfer.is_none());
+        assert!(Config::parse("agent.toml", &good())
+            .unwrap()
+            .transfer
+            .is_none());
         let text = format!(
             "{}\n[transfer]\nca = \"/ca.pem\"\ncert = \"/n1.pem\"\nkey = \"/n1.key\"\nlisten = \"127.0.0.1:0\"\n",
             good()
         );
-        let t = Config::parse("agent.toml", &text).unwrap().transfer.unwrap();
+        let t = Config::parse("agent.toml", &text)
+            .unwrap()
+            .transfer
+            .unwrap();
         assert_eq!(t.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(t.advertise, None);
         let e = Config::parse("agent.toml", &text.replace("127.0.0.1:0", "localhost"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("agent.toml:20:10: invalid socket address"), "{e}");
+        assert!(
+            e.starts_with("agent.toml:18:10: invalid socket address"),
+            "{e}"
+        );
     }
 
     #[test]

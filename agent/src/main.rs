@@ -61,9 +61,15 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
         BackendConfig::Lzc { .. } => Err(anyhow!(
             "backend kind \"lzc\" needs a zdr-agent built with `--features lzc`; rebuild it or use kind = \"cli\""
         )),
-        BackendConfig::Sim { pools } => {
+        BackendConfig::Sim {
+            pools,
+            snapshot_bytes,
+        } => {
             warn!("SIMULATED ZFS BACKEND: this agent protects no real data (demo and scale tests only)");
-            let sim = SimBackend::open(state.path("sim-pools.json"))?;
+            let mut sim = SimBackend::open(state.path("sim-pools.json"))?;
+            if let Some(bytes) = snapshot_bytes {
+                sim = sim.with_snapshot_bytes(*bytes);
+            }
             for pool in pools {
                 match sim.add_pool(&pool.name, pool.size_bytes) {
                     Ok(()) | Err(ZfsError::Exists { .. }) => {}
@@ -152,10 +158,13 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let (replication, job_updates) =
-        Replication::start(lifecycle.clone(), config.node.clone(), config.transfer.as_ref())
-            .await
-            .with_context(|| format!("{}", cli.config.display()))?;
+    let (replication, job_updates) = Replication::start(
+        lifecycle.clone(),
+        config.node.clone(),
+        config.transfer.as_ref(),
+    )
+    .await
+    .with_context(|| format!("{}", cli.config.display()))?;
     let agent = Arc::new(Agent::new(
         config,
         lifecycle,

@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
 use zdr_common::wire::{
-    chunk_inventory, Command, CommandResult, EventKind, Heartbeat, Hello, InventoryDelta, JobUpdate,
-    Outcome, INVENTORY_CHUNK_BYTES,
+    chunk_inventory, Command, CommandResult, EventKind, Heartbeat, Hello, InventoryDelta,
+    JobUpdate, Outcome, INVENTORY_CHUNK_BYTES,
 };
 
 use crate::config::Config;

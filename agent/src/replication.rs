@@ -188,7 +188,10 @@ impl Replication {
                 &actor,
                 "receive -A",
                 dataset.as_str(),
-                &format!("job {}: the saved partial receive is not to be resumed", cmd.job),
+                &format!(
+                    "job {}: the saved partial receive is not to be resumed",
+                    cmd.job
+                ),
                 "done",
             );
         }
@@ -227,9 +230,7 @@ impl Replication {
                 cmd.discards.join(", ")
             }
         );
-        if cmd.force
-            && !self.audit(&actor, "receive -F", dataset.as_str(), &why_force, "intent")
-        {
+        if cmd.force && !self.audit(&actor, "receive -F", dataset.as_str(), &why_force, "intent") {
             let r = Reporter::default();
             self.update(
                 &cmd.job,
@@ -263,13 +264,13 @@ impl Replication {
             _ = cancel.notified() => Err(TransferError::Protocol("cancelled by the coordinator")),
         };
         drop(sink); // EOF: a complete stream ends the receive, a cut one leaves it partial.
-        let zfs = zfs
-            .await
-            .unwrap_or_else(|e| Err(ZfsError::Invalid {
+        let zfs = zfs.await.unwrap_or_else(|e| {
+            Err(ZfsError::Invalid {
                 what: "receive",
                 value: dataset.to_string(),
                 reason: format!("panicked: {e}"),
-            }));
+            })
+        });
         reporter.stop().await;
         let r = reporter.last();
 
@@ -280,15 +281,16 @@ impl Replication {
             (Ok(summary), Ok(())) => {
                 let expect = cmd.expect.clone();
                 let tag = cmd.hold_tag.clone();
-                let landed = tokio::task::spawn_blocking(move || landed(&*backend, &ds, &expect, &tag))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("checking the result panicked: {e}")));
+                let landed =
+                    tokio::task::spawn_blocking(move || landed(&*backend, &ds, &expect, &tag))
+                        .await
+                        .unwrap_or_else(|e| Err(format!("checking the result panicked: {e}")));
                 match landed {
                     Ok(snap) => Ok((snap, summary.clone())),
                     Err(e) => Err((e, false)),
                 }
             }
-            (Err(TransferError::HashMismatch { .. }), _) => {
+            (Err(mismatch @ TransferError::HashMismatch { .. }), _) => {
                 // The held-back tail never reached zfs, so a partial state may
                 // exist: it holds corrupt data and must not be resumed.
                 let aborted = tokio::task::spawn_blocking(move || backend.abort_receive(&ds)).await;
@@ -305,10 +307,7 @@ impl Replication {
                     }
                     _ => "",
                 };
-                Err((
-                    format!("{}{note}", transfer.as_ref().err().expect("an error")),
-                    false,
-                ))
+                Err((format!("{mismatch}{note}"), false))
             }
             (t, z) => {
                 let token = tokio::task::spawn_blocking(move || backend.resume_token(&ds))
@@ -469,7 +468,13 @@ impl Replication {
             Ok(p) => p,
             Err(e) => {
                 let msg = format!("creating a pipe: {e}");
-                self.update(&cmd.job, JobRole::Source, JobPhase::Failed, &Reporter::default(), msg);
+                self.update(
+                    &cmd.job,
+                    JobRole::Source,
+                    JobPhase::Failed,
+                    &Reporter::default(),
+                    msg,
+                );
                 return;
             }
         };
@@ -603,7 +608,11 @@ impl Replication {
     }
 
     /// A progress channel and the task that reports it every second.
-    fn reporter(self: &Arc<Self>, job: &str, role: JobRole) -> (watch::Sender<Progress>, Reporting) {
+    fn reporter(
+        self: &Arc<Self>,
+        job: &str,
+        role: JobRole,
+    ) -> (watch::Sender<Progress>, Reporting) {
         let (tx, mut rx) = watch::channel(Progress::default());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let me = self.clone();

@@ -1246,6 +1246,60 @@ fn interrupted_receive_resumes_or_aborts() {
 }
 
 #[test]
+fn fresh_receive_onto_pending_partial_state_is_busy() {
+    let f = fixture("busy");
+    let f = f.as_ref();
+    let b = f.backend();
+    let src = f.make("src");
+    f.write_data(&src, 256 << 10);
+    snap(f, &[&src], "a", false);
+    let dst = f.ds("dst");
+    transfer(f, &full(&src, "a"), &dst, false).unwrap();
+    f.write_data(&src, 4 << 20);
+    snap(f, &[&src], "b", false);
+
+    // An interrupted incremental leaves resumable state on the target; the
+    // same increment sent afresh (not as a resume), with or without force,
+    // is refused as busy and changes nothing.
+    let step = incr(&src, "a", "b", false);
+    interrupted_transfer(f, &step, &dst);
+    let token = b.resume_token(&dst).unwrap().expect("a resume token");
+    for force in [false, true] {
+        match transfer(f, &step, &dst, force) {
+            Err(ZfsError::Busy { what, detail }) => {
+                eprintln!("fresh incremental (force {force}): {what}: {detail}")
+            }
+            other => panic!("fresh incremental over partial state (force {force}): {other:?}"),
+        }
+    }
+    assert_eq!(names(&snaps(f, &dst)), ["a"]);
+    assert_eq!(b.resume_token(&dst).unwrap().as_ref(), Some(&token));
+    let rest = send_all(f, &SendSpec::Resume { token });
+    b.receive(&dst, &RecvSpec::default(), &mut &rest[..])
+        .unwrap();
+    assert_eq!(ids(f, &dst), ids(f, &src));
+
+    // An interrupted full receive into a new filesystem: a fresh full
+    // stream with force is refused as busy too (OpenZFS 2.3.2: "destination
+    // ... contains partially-complete state from \"zfs receive -s\".").
+    let fresh = f.ds("fresh");
+    let whole = full(&src, "b");
+    interrupted_transfer(f, &whole, &fresh);
+    let token = b.resume_token(&fresh).unwrap().expect("a resume token");
+    // Without force, zfs(8) first refuses to overwrite an existing dataset.
+    match transfer(f, &whole, &fresh, false) {
+        Err(ZfsError::Diverged { detail, .. }) => eprintln!("fresh full (no force): {detail}"),
+        other => panic!("fresh full over partial state (no force): {other:?}"),
+    }
+    match transfer(f, &whole, &fresh, true) {
+        Err(ZfsError::Busy { what, detail }) => eprintln!("fresh full (force): {what}: {detail}"),
+        other => panic!("fresh full over partial state (force): {other:?}"),
+    }
+    assert_eq!(b.resume_token(&fresh).unwrap().as_ref(), Some(&token));
+    b.abort_receive(&fresh).unwrap();
+}
+
+#[test]
 fn raw_send_keeps_the_target_encrypted_without_its_key() {
     let f = fixture("raw");
     let f = f.as_ref();

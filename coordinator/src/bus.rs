@@ -102,7 +102,8 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         js,
         kv::Config {
             bucket: JOBS_BUCKET.into(),
-            description: "zdr replication jobs, one key per pairing: state, progress, history".into(),
+            description: "zdr replication jobs, one key per pairing: state, progress, history"
+                .into(),
             history: 5,
             ..Default::default()
         },

@@ -92,6 +92,9 @@ pub struct JobRecord {
     pub next_attempt_at_ms: Option<i64>,
     /// When the pairing last was up to date (a job finished, or nothing to send).
     pub last_success_ms: Option<i64>,
+    /// The hold is being moved to this snapshot; no new job starts until then.
+    #[serde(default)]
+    pub moving_holds_to: Option<String>,
     pub history: Vec<String>,
 }
 
@@ -101,8 +104,10 @@ impl JobRecord {
         if self.history.len() >= HISTORY {
             self.history.remove(0);
         }
-        self.history
-            .push(format!("{} {line}", chrono::Utc::now().format("%H:%M:%S%.3f")));
+        self.history.push(format!(
+            "{} {line}",
+            chrono::Utc::now().format("%H:%M:%S%.3f")
+        ));
     }
 
     fn active(&self) -> bool {
@@ -147,6 +152,7 @@ pub async fn restore(state: &State) {
         };
         match serde_json::from_slice::<JobRecord>(&raw) {
             Ok(mut r) => {
+                r.moving_holds_to = None;
                 if r.active() {
                     r.state = JobState::Failed;
                     r.error = Some("the coordinator changed during the attempt".into());
@@ -186,8 +192,16 @@ pub async fn tick(state: &Arc<State>) {
             let key = bus::pairing_key(&pairing.task, &pairing.source_node, &pairing.dataset);
             if let Some(rec) = jobs.records.get_mut(&key) {
                 if rec.active() && t_ms - rec.updated_at_ms > STALL_MS {
-                    to_cancel.push((rec.source_node.clone(), rec.target_node.clone(), rec.attempt_id.clone()));
-                    fail_attempt(rec, format!("no word from either agent for {} s", STALL_MS / 1000), false);
+                    to_cancel.push((
+                        rec.source_node.clone(),
+                        rec.target_node.clone(),
+                        rec.attempt_id.clone(),
+                    ));
+                    fail_attempt(
+                        rec,
+                        format!("no word from either agent for {} s", STALL_MS / 1000),
+                        false,
+                    );
                     let r = rec.clone();
                     persist(state, &key, &r).await;
                     continue;
@@ -197,7 +211,8 @@ pub async fn tick(state: &Arc<State>) {
                 continue;
             };
             let rec = jobs.records.get(&key);
-            if rec.is_some_and(JobRecord::active) {
+            // A new send would hold its snapshot while the last base's holds move.
+            if rec.is_some_and(|r| r.active() || r.moving_holds_to.is_some()) {
                 continue;
             }
             let due = match rec {
@@ -346,6 +361,7 @@ fn new_record(
         finished_at_ms: None,
         next_attempt_at_ms: None,
         last_success_ms: None,
+        moving_holds_to: None,
         history: Vec::new(),
     }
 }
@@ -466,12 +482,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         policy
             .as_ref()
             .and_then(|p| p.tasks.iter().find(|t| t.name == rec.task))
-            .map(|t| {
-                (
-                    t.raw,
-                    t.compress == zdr_schemas::tasks::Compress::Zstd,
-                )
-            })
+            .map(|t| (t.raw, t.compress == zdr_schemas::tasks::Compress::Zstd))
             .unwrap_or((true, false))
     };
     {
@@ -491,7 +502,9 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
             let why = format!("target {}: {}", rec.target_node, r.message);
             return fail_current(state, key, &attempt_id, why, false).await;
         }
-        Err(e) => return fail_current(state, key, &attempt_id, format!("target: {e}"), false).await,
+        Err(e) => {
+            return fail_current(state, key, &attempt_id, format!("target: {e}"), false).await
+        }
     };
     let resumed = offer.resume_token.is_some();
     let stream = match &offer.resume_token {
@@ -526,7 +539,8 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     }
     let mut jobs = state.jobs.lock().await;
     if let Some(cur) = jobs.records.get_mut(key) {
-        if cur.attempt_id == attempt_id && cur.state == JobState::Planned {
+        // Progress may have arrived before this reply: the attempt may be Running already.
+        if cur.attempt_id == attempt_id && cur.active() {
             cur.state = JobState::Running;
             cur.resumed = resumed;
             cur.discard_partial = false;
@@ -619,7 +633,11 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
         }
         (role, JobPhase::Failed) => {
             let rec = jobs.records.get_mut(&key).expect("found above");
-            let side = if role == JobRole::Source { "source" } else { "target" };
+            let side = if role == JobRole::Source {
+                "source"
+            } else {
+                "target"
+            };
             let discard = role == JobRole::Source && rec.resumed;
             let other = if role == JobRole::Source {
                 rec.target_node.clone()
@@ -627,7 +645,11 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
                 rec.source_node.clone()
             };
             follow_up = Some(FollowUp::Cancel(other, rec.attempt_id.clone()));
-            fail_attempt(rec, format!("{side} {}: {}", update.node, update.message), discard);
+            fail_attempt(
+                rec,
+                format!("{side} {}: {}", update.node, update.message),
+                discard,
+            );
         }
         (JobRole::Target, JobPhase::Done) => {
             let rec = jobs.records.get_mut(&key).expect("found above");
@@ -656,6 +678,7 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
                             rec.target_node,
                             (t - rec.started_at_ms) as f64 / 1000.0
                         ));
+                        rec.moving_holds_to = Some(step.expect.name.clone());
                         follow_up = Some(FollowUp::MoveHolds(step.expect.name.clone()));
                     }
                 }
@@ -691,7 +714,12 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
             tokio::spawn(async move { start_attempt(&st, &key).await });
         }
         Some(FollowUp::MoveHolds(keep)) => {
-            tokio::spawn(async move { move_holds(&st, &rec, &keep).await });
+            tokio::spawn(async move {
+                move_holds(&st, &rec, &keep).await;
+                if let Some(r) = st.jobs.lock().await.records.get_mut(&key) {
+                    r.moving_holds_to = None;
+                }
+            });
         }
     }
 }
@@ -720,7 +748,9 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
         };
         match state.send_command(node, &cmd).await {
             Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
-            Ok(r) => warn!(node, %dataset, message = %r.message, "moving the replication hold failed"),
+            Ok(r) => {
+                warn!(node, %dataset, message = %r.message, "moving the replication hold failed")
+            }
             Err(e) => warn!(node, %dataset, error = %e, "moving the replication hold failed"),
         }
     }

@@ -75,7 +75,12 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command, log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).expect("log file");
+        // Appended: a restarted process keeps its predecessor's log above its own.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let err = out.try_clone().expect("log file");
         cmd.stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -341,6 +346,30 @@ pub struct AgentSpec<'a> {
     pub datasets: &'a [&'a str],
 }
 
+/// Beyond [`AgentSpec`]: more pools, sim settings and the data plane.
+#[derive(Default)]
+pub struct AgentExtra {
+    /// Pools beside `tank`, each empty.
+    pub pools: Vec<String>,
+    /// Bytes each new simulated snapshot holds.
+    pub snapshot_bytes: Option<u64>,
+    /// Directory with `ca.pem`, `<node>.pem` and `<node>.key` (see [`pki`]).
+    pub pki: Option<PathBuf>,
+}
+
+/// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
+pub fn pki(dir: &Path, nodes: &[&str]) -> PathBuf {
+    let out = dir.join("pki");
+    let status = Command::new("bash")
+        .arg(workspace_root().join("ops/pki.sh"))
+        .arg(&out)
+        .args(nodes)
+        .status()
+        .expect("running ops/pki.sh");
+    assert!(status.success(), "ops/pki.sh failed");
+    out
+}
+
 pub struct Agent {
     pub proc: Proc,
     pub state_dir: PathBuf,
@@ -353,6 +382,16 @@ impl Agent {
         nats: &Nats,
         keys: &Keys,
         spec: &AgentSpec,
+    ) -> (PathBuf, PathBuf) {
+        Self::write_config_with(dir, nats, keys, spec, &AgentExtra::default())
+    }
+
+    pub fn write_config_with(
+        dir: &Path,
+        nats: &Nats,
+        keys: &Keys,
+        spec: &AgentSpec,
+        extra: &AgentExtra,
     ) -> (PathBuf, PathBuf) {
         let state_dir = dir.join(format!("agent-{}", spec.node));
         std::fs::create_dir_all(&state_dir).unwrap();
@@ -368,12 +407,12 @@ tick_secs = 1
 
 [backend]
 kind = "sim"
-pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}]
-
+pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{more_pools}]
+{snapshot_bytes}
 [[trusted_keys]]
 kid = "coordinator"
 public_key = "{key}"
-"#,
+{transfer}"#,
             node = spec.node,
             site = spec.site,
             media = spec.media,
@@ -381,6 +420,27 @@ public_key = "{key}"
             state = state_dir.display(),
             datasets = datasets.join(", "),
             key = keys.public_b64,
+            more_pools = extra
+                .pools
+                .iter()
+                .map(|p| format!(", {{ name = {p:?}, size_bytes = 10000000000 }}"))
+                .collect::<String>(),
+            snapshot_bytes = extra
+                .snapshot_bytes
+                .map(|b| format!("snapshot_bytes = {b}\n"))
+                .unwrap_or_default(),
+            transfer = extra
+                .pki
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        "\n[transfer]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nlisten = \"127.0.0.1:0\"\n",
+                        ca = d.join("ca.pem").display().to_string(),
+                        cert = d.join(format!("{}.pem", spec.node)).display().to_string(),
+                        key = d.join(format!("{}.key", spec.node)).display().to_string(),
+                    )
+                })
+                .unwrap_or_default(),
         );
         let path = dir.join(format!("agent-{}.toml", spec.node));
         std::fs::write(&path, config).unwrap();
@@ -388,7 +448,17 @@ public_key = "{key}"
     }
 
     pub fn start(dir: &Path, nats: &Nats, keys: &Keys, spec: &AgentSpec) -> Agent {
-        let (config, state_dir) = Self::write_config(dir, nats, keys, spec);
+        Self::start_with(dir, nats, keys, spec, &AgentExtra::default())
+    }
+
+    pub fn start_with(
+        dir: &Path,
+        nats: &Nats,
+        keys: &Keys,
+        spec: &AgentSpec,
+        extra: &AgentExtra,
+    ) -> Agent {
+        let (config, state_dir) = Self::write_config_with(dir, nats, keys, spec, extra);
         let mut cmd = Command::new(bin_dir().join("zdr-agent"));
         cmd.arg("--config").arg(&config);
         let proc = Proc::spawn(cmd, dir.join(format!("agent-{}.log", spec.node)));

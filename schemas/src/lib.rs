@@ -30,7 +30,7 @@ use tree::{Pos, Seg, Value};
 const POLICY_SHAPE: &str =
     "a mapping with the keys `version`, `sites`, `nodes`, `classes` and `datasets`";
 const TASKS_SHAPE: &str =
-    "a mapping with the keys `version` and `tasks` (the list of tasks goes under `tasks:`)";
+    "a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links`";
 
 pub fn load_policy(path: &Path) -> Result<Policy, SpecError> {
     let (label, text) = read(path)?;

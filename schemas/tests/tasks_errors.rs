@@ -253,7 +253,7 @@ fn retention_override_is_checked() {
 fn a_bare_list_gets_a_hint() {
     assert_eq!(
         error("- name: local\n"),
-        "specs/t.yml:1:1: the top level is a list; expected a mapping with the keys `version` and `tasks` (the list of tasks goes under `tasks:`)"
+        "specs/t.yml:1:1: the top level is a list; expected a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links`"
     );
 }
 

@@ -69,9 +69,10 @@ impl Receiver {
                 .accept(tcp)
                 .await
                 .map_err(TransferError::Handshake)?;
-            let (hello, _) =
-                protocol::admit(&mut tls, |id| (id == job.id.as_bytes()).then(|| job.clone()))
-                    .await?;
+            let (hello, _) = protocol::admit(&mut tls, |id| {
+                (id == job.id.as_bytes()).then(|| job.clone())
+            })
+            .await?;
             Ok::<_, TransferError>((tls, hello))
         })
         .await

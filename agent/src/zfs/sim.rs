@@ -647,7 +647,9 @@ impl State {
             return Ok(Some(p.new_dataset));
         }
         if let Some(ds) = self.datasets.get(target) {
-            if ds.partial.is_some() {
+            // zfs(8) refuses a full stream onto an existing dataset without
+            // -F first ("must specify -F"), before the kernel's EBUSY.
+            if ds.partial.is_some() && (force || r.fromguid.is_some()) {
                 return Err(ZfsError::Busy {
                     what: format!("dataset {target}"),
                     detail: "contains partially-complete state from \"zfs receive -s\"".into(),

@@ -1,0 +1,396 @@
+//! Replication end to end: a real nats-server, the real coordinator and agents
+//! (simulated ZFS), streams over the agents' mutual-TLS data plane. What
+//! landed is read from each agent's pool file, not from what the agents say.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use zdr_integration::*;
+
+const POLICY: &str = r#"version: 1
+sites:
+  site-a: {}
+  site-b: {}
+nodes:
+  node-a1: { site: site-a, media: ssd }
+  node-a2: { site: site-a, media: hdd }
+  node-b1: { site: site-b, media: ssd }
+  node-b2: { site: site-b, media: hdd }
+classes:
+  fast:
+    tiers: { 3s: 20 }
+    rpo: 1m
+    rto: 1h
+    immutable_for: 0s
+  slow:
+    tiers: { 1h: 3 }
+    rpo: 2h
+    rto: 1h
+    immutable_for: 0s
+datasets:
+  - match: "tank/db"
+    class: fast
+  - match: "tank/big"
+    class: slow
+"#;
+
+/// Copies of `tank/db` within each site on the other media, and to the other site.
+const TASKS: &str = r#"version: 1
+tasks:
+  - name: local
+    source: { match: "tank/db" }
+    target: { site: same, media: different, root: "backup/{node}" }
+    schedule: { every: 2s }
+  - name: offsite
+    source: { match: "tank/db", nodes: [node-a1] }
+    target: { site: other, root: "backup/{node}" }
+    schedule: { every: 2s }
+"#;
+
+/// One big dataset to one other node, slow enough to cut mid-stream.
+const TASKS_BIG: &str = r#"version: 1
+tasks:
+  - name: offsite
+    source: { match: "tank/big", nodes: [node-a1] }
+    target: { site: other, root: "backup/{node}" }
+    schedule: { every: 2s }
+    bandwidth: { limit: 4MB/s }
+"#;
+
+fn spec(node: &'static str) -> AgentSpec<'static> {
+    let (site, media) = match node {
+        "node-a1" => ("site-a", "ssd"),
+        "node-a2" => ("site-a", "hdd"),
+        "node-b1" => ("site-b", "ssd"),
+        _ => ("site-b", "hdd"),
+    };
+    AgentSpec {
+        node,
+        site,
+        media,
+        datasets: &["tank/db", "tank/big"],
+    }
+}
+
+/// `dataset` in an agent's simulated pools: snapshot name → (GUID, hold tags).
+fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
+    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).ok()?;
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    let ds = v["datasets"].get(dataset)?;
+    Some(
+        ds["snapshots"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                let holds = s["holds"]
+                    .as_array()
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    s["name"].as_str().unwrap_or("").to_string(),
+                    s["guid"].as_u64().unwrap_or(0),
+                    holds,
+                )
+            })
+            .collect(),
+    )
+}
+
+fn partial_on_disk(agent: &Agent, dataset: &str) -> bool {
+    std::fs::read(agent.state_dir.join("sim-pools.json"))
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+        .is_some_and(|v| !v["datasets"][dataset]["partial"].is_null())
+}
+
+async fn jobs(c: &Coordinator) -> Vec<Value> {
+    let Some((200, body)) = c.get("/api/v1/jobs").await else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["jobs"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn job_for<'a>(jobs: &'a [Value], task: &str, source: &str) -> Option<&'a Value> {
+    jobs.iter()
+        .find(|j| j["task"] == task && j["source_node"] == source)
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    nats: Nats,
+    keys: Keys,
+    pki: std::path::PathBuf,
+    coordinator: Coordinator,
+}
+
+async fn setup(tasks: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path()).await;
+    let keys = Keys::create(dir.path());
+    let policy = dir.path().join("policies.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let tasks_file = dir.path().join("tasks.yml");
+    std::fs::write(&tasks_file, tasks).unwrap();
+    let pki = pki(dir.path(), &["node-a1", "node-a2", "node-b1", "node-b2"]);
+    let coordinator =
+        Coordinator::start_with_tasks(dir.path(), &nats, &policy, Some(&tasks_file), &keys, "c1");
+    coordinator.wait_ready().await;
+    Setup {
+        dir,
+        nats,
+        keys,
+        pki,
+        coordinator,
+    }
+}
+
+impl Setup {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn agent(&self, node: &'static str, snapshot_bytes: Option<u64>) -> Agent {
+        let extra = AgentExtra {
+            pools: vec!["backup".into()],
+            snapshot_bytes,
+            pki: Some(self.pki.clone()),
+        };
+        Agent::start_with(self.path(), &self.nats, &self.keys, &spec(node), &extra)
+    }
+}
+
+/// Every snapshot of the copy has its source's GUID, and the newest common
+/// one is held on both sides.
+fn assert_faithful(source: &Agent, target: &Agent, dataset: &str, copy: &str, tag: &str) {
+    let src = on_disk(source, dataset).expect("source dataset");
+    let dst = on_disk(target, copy).expect("target dataset");
+    let src_guids: BTreeMap<&str, u64> = src.iter().map(|(n, g, _)| (n.as_str(), *g)).collect();
+    for (name, guid, _) in &dst {
+        assert_eq!(
+            src_guids.get(name.as_str()),
+            Some(guid),
+            "{copy}@{name} has GUID {guid}, which the source's {dataset}@{name} does not have"
+        );
+    }
+    let (newest, _, held) = dst.last().expect("a snapshot on the target");
+    assert!(
+        held.iter().any(|t| t == tag),
+        "{copy}@{newest} is not held by {tag}: {held:?}"
+    );
+    let on_source = src
+        .iter()
+        .find(|(n, _, _)| n == newest)
+        .expect("newest common on source");
+    assert!(
+        on_source.2.iter().any(|t| t == tag),
+        "{dataset}@{newest} on the source is not held by {tag}: {:?}",
+        on_source.2
+    );
+}
+
+#[tokio::test]
+async fn two_sites_get_their_copies_and_incrementals_follow() {
+    let s = setup(TASKS).await;
+    let a1 = s.agent("node-a1", None);
+    let a2 = s.agent("node-a2", None);
+    let b1 = s.agent("node-b1", None);
+    let b2 = s.agent("node-b2", None);
+
+    // Full copies, then at least two later rounds of incrementals.
+    let done = wait_for(
+        "local and offsite copies with incrementals",
+        Duration::from_secs(120),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let local_a = job_for(&all, "local", "node-a1")?;
+            let local_b = job_for(&all, "local", "node-b1")?;
+            let offsite = job_for(&all, "offsite", "node-a1")?;
+            let copies = [
+                (&a2, "backup/node-a1/tank/db"),
+                (&b2, "backup/node-b1/tank/db"),
+            ];
+            for (agent, copy) in copies {
+                if on_disk(agent, copy).map(|s| s.len()).unwrap_or(0) < 4 {
+                    return None;
+                }
+            }
+            let incrementals = |j: &Value| {
+                j["history"]
+                    .as_array()
+                    .map(|h| {
+                        h.iter()
+                            .filter(|l| l.as_str().is_some_and(|l| l.contains("-I @")))
+                            .count()
+                    })
+                    .unwrap_or(0)
+            };
+            (offsite["state"] == "done" && incrementals(local_a) + incrementals(local_b) >= 1)
+                .then(|| (local_a.clone(), offsite.clone()))
+        },
+    )
+    .await;
+    let (local_a, offsite) = done;
+    assert_eq!(
+        local_a["target_node"], "node-a2",
+        "local copy on the other media: {local_a}"
+    );
+    let offsite_target = offsite["target_node"].as_str().unwrap().to_string();
+    assert!(
+        offsite_target.starts_with("node-b"),
+        "offsite copy in the other site: {offsite}"
+    );
+
+    // Let the schedules settle between jobs, then read the disks.
+    wait_for(
+        "a quiet moment with every job done",
+        Duration::from_secs(60),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            all.iter()
+                .all(|j| j["state"] == "done" && j["moving_holds_to"].is_null())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_faithful(
+        &a1,
+        &a2,
+        "tank/db",
+        "backup/node-a1/tank/db",
+        "zdr-repl-local",
+    );
+    assert_faithful(
+        &b1,
+        &b2,
+        "tank/db",
+        "backup/node-b1/tank/db",
+        "zdr-repl-local",
+    );
+    let offsite_agent = if offsite_target == "node-b1" {
+        &b1
+    } else {
+        &b2
+    };
+    assert_faithful(
+        &a1,
+        offsite_agent,
+        "tank/db",
+        "backup/node-a1/tank/db",
+        "zdr-repl-offsite",
+    );
+    // Older bases are released: between jobs exactly one snapshot per side
+    // holds the pairing's tag (during one, the source also holds what it sends).
+    let held = |agent: &Agent, ds: &str, tag: &str| {
+        on_disk(agent, ds)
+            .unwrap()
+            .iter()
+            .filter(|(_, _, h)| h.iter().any(|t| t == tag))
+            .count()
+    };
+    wait_for(
+        "one held base per side",
+        Duration::from_secs(60),
+        || async {
+            let copy = held(&a2, "backup/node-a1/tank/db", "zdr-repl-local");
+            let source = held(&a1, "tank/db", "zdr-repl-local");
+            assert!(
+                copy <= 2 && source <= 2,
+                "holds pile up: {copy} on the copy, {source} on the source"
+            );
+            (copy == 1 && source == 1).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Cuts the stream by killing one end, restarts it, and checks that the
+/// next attempt resumed the saved partial receive and the copy is exact.
+async fn interrupted(kill_target: bool) {
+    let s = setup(TASKS_BIG).await;
+    // 24 MB per snapshot at 4 MB/s: about 6 s per stream.
+    let mut a1 = s.agent("node-a1", Some(24_000_000));
+    let mut b1 = s.agent("node-b1", Some(24_000_000));
+    let copy = "backup/node-a1/tank/big";
+
+    let victim = if kill_target { &mut b1 } else { &mut a1 };
+    // Killed once the target has saved some progress (every 4 MiB in the sim).
+    wait_for(
+        "the stream to be under way",
+        Duration::from_secs(90),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            (j["state"] == "running" && j["bytes"].as_u64().unwrap_or(0) > 9_000_000).then_some(())
+        },
+    )
+    .await;
+    victim.proc.kill();
+    let restarted = if kill_target {
+        assert!(
+            partial_on_disk(&b1, copy),
+            "no partial receive saved on the target"
+        );
+        b1 = s.agent("node-b1", Some(24_000_000));
+        "target"
+    } else {
+        a1 = s.agent("node-a1", Some(24_000_000));
+        "source"
+    };
+
+    let job = wait_for(
+        "the job to finish after the restart",
+        Duration::from_secs(120),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            (j["state"] == "done").then(|| j.clone())
+        },
+    )
+    .await;
+    let history: Vec<&str> = job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        history.iter().any(|l| l.contains("failed")),
+        "the cut attempt failed ({restarted} killed): {history:#?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|l| l.contains("resuming the saved partial receive")),
+        "a later attempt resumed ({restarted} killed): {history:#?}"
+    );
+    // The resumed attempt sent only the rest of the stream.
+    let resumed_bytes = job["bytes"].as_u64().unwrap();
+    assert!(
+        resumed_bytes < 20_000_000,
+        "the resume sent {resumed_bytes} bytes, as much as a new stream"
+    );
+    assert!(
+        !partial_on_disk(&b1, copy),
+        "the partial receive state is still there"
+    );
+    assert_faithful(&a1, &b1, "tank/big", copy, "zdr-repl-offsite");
+}
+
+#[tokio::test]
+async fn a_killed_source_resumes_from_the_token() {
+    interrupted(false).await;
+}
+
+#[tokio::test]
+async fn a_killed_target_resumes_from_the_token() {
+    interrupted(true).await;
+}
