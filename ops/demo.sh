@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs a local zdr fleet: nats-server with JetStream, the coordinator, and three
 # agents in two sites (node-a1 ssd and node-a2 hdd in site-a, node-b1 hdd in
-# site-b) under specs/demo/policies.yaml. Everything listens on 127.0.0.1.
+# site-b) under specs/demo/policies.yaml, replicating under specs/demo/tasks.yml
+# over mutual TLS (a demo fleet CA is made with ops/pki.sh). Everything listens
+# on 127.0.0.1.
 #
 #   ops/demo.sh              run until Ctrl-C
 #   ops/demo.sh --for 60     run 60 seconds, print the fleet, stop
@@ -43,6 +45,7 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 
+bash "$root/ops/pki.sh" "$dir/pki" node-a1 node-a2 node-b1
 [ -f "$dir/coordinator.key" ] || "$bin/zdr-coordinator" keygen "$dir/coordinator.key" >/dev/null
 pub=$("$bin/zdr-coordinator" pubkey "$dir/coordinator.key")
 
@@ -62,9 +65,13 @@ agent() { # node site media
     if [ "$kind" = cli ]; then
       printf 'kind = "cli"\n'
     else
-      printf 'kind = "sim"\npools = [{ name = "tank", size_bytes = 107374182400, datasets = ["tank/db", "tank/home", "tank/home/alice", "tank/vm-101", "tank/scratch"] }]\n'
+      printf 'kind = "sim"\npools = [{ name = "tank", size_bytes = 107374182400, datasets = ["tank/db", "tank/home", "tank/home/alice", "tank/vm-101", "tank/scratch"] }, { name = "backup", size_bytes = 107374182400 }]\n'
+      # Every snapshot holds 2 MB, so transfers take a moment to watch.
+      printf 'snapshot_bytes = 2000000\n'
     fi
     printf '\n[[trusted_keys]]\nkid = "coordinator"\npublic_key = "%s"\n' "$pub"
+    printf '\n[transfer]\nca = "%s/pki/ca.pem"\ncert = "%s/pki/%s.pem"\nkey = "%s/pki/%s.key"\nlisten = "127.0.0.1:0"\n' \
+      "$dir" "$dir" "$node" "$dir" "$node"
   } >"$dir/$node.toml"
   "$bin/zdr-agent" --config "$dir/$node.toml" >"$dir/$node.log" 2>&1 &
   pids+=($!)
@@ -84,6 +91,7 @@ zdr demo fleet is running (backend: $backend$([ "$backend" = sim ] && echo ' - S
   health:   curl http://127.0.0.1:$http_port/healthz   (and /readyz, /metrics)
   status:   curl -s http://127.0.0.1:$http_port/api/v1/fleet | python3 -m json.tool
   pairing:  curl -s http://127.0.0.1:$http_port/api/v1/pairings | python3 -m json.tool
+  jobs:     curl -s http://127.0.0.1:$http_port/api/v1/jobs | python3 -m json.tool
   command:  curl -s -XPOST -d '{"snapshot_now":{}}' http://127.0.0.1:$http_port/api/v1/nodes/node-a1/commands
   NATS:     nats --server nats://127.0.0.1:$nats_port sub 'zdr.v1.>'   |   nats kv ls zdr_policy
   logs:     $dir/*.log      audit: $dir/<node>/audit.jsonl
@@ -101,7 +109,15 @@ for n in f["nodes"]:
         print("  %-18s class=%s rpo_met=%s snapshots=%d newest=%s"
               % (d["dataset"], d["class"], d["rpo_met"], len(d["snapshots"]), d["newest"]))
 '
-  echo "pairings (replication itself is not built yet):"
+  echo "replication jobs:"
+  curl -s "http://127.0.0.1:$http_port/api/v1/jobs" | python3 -c '
+import json, sys
+for j in json.load(sys.stdin)["jobs"]:
+    print("  %-13s %s:%s -> %s:%s  %s, attempt %d, %d bytes%s"
+          % (j["task"], j["source_node"], j["dataset"], j["target_node"], j["target_dataset"],
+             j["state"], j["attempt"], j["bytes"], ("  error: " + j["error"]) if j["error"] else ""))
+'
+  echo "pairings:"
   curl -s "http://127.0.0.1:$http_port/api/v1/pairings" | python3 -c '
 import json, sys
 p = json.load(sys.stdin)

@@ -210,6 +210,11 @@ pub async fn tick(state: &Arc<State>) {
             let Some(task) = p.tasks.iter().find(|x| x.name == pairing.task) else {
                 continue;
             };
+            // A parent that is copied too lands first: receiving it later into
+            // the placeholder made for its child's sake would need -F.
+            if parent_first(pairing, &pairings, &jobs.records) {
+                continue;
+            }
             let rec = jobs.records.get(&key);
             // A new send would hold its snapshot while the last base's holds move.
             if rec.is_some_and(|r| r.active() || r.moving_holds_to.is_some()) {
@@ -327,6 +332,24 @@ pub async fn tick(state: &Arc<State>) {
         tokio::spawn(async move { start_attempt(&st, &key).await });
     }
     update_rates(state).await;
+}
+
+/// Whether an ancestor of the pairing's dataset, copied by the same task from
+/// the same node, has never been copied yet.
+fn parent_first(pairing: &Pairing, all: &[Pairing], records: &BTreeMap<String, JobRecord>) -> bool {
+    let Ok(name) = zdr_common::DatasetName::parse(&pairing.dataset) else {
+        return false;
+    };
+    std::iter::successors(name.parent(), |p| p.parent()).any(|ancestor| {
+        all.iter().any(|q| {
+            q.task == pairing.task
+                && q.source_node == pairing.source_node
+                && q.dataset == ancestor.as_str()
+                && records
+                    .get(&bus::pairing_key(&q.task, &q.source_node, &q.dataset))
+                    .is_none_or(|r| r.last_success_ms.is_none())
+        })
+    })
 }
 
 fn new_record(
