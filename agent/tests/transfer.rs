@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use support::pki::Pki;
 use tokio::sync::watch;
 use zdr_agent::transfer::{
-    Compression, FleetTls, Job, JobToken, Progress, RateHandle, Receiver, Refusal, SendOptions,
-    Sender, Summary, TransferError,
+    Compression, FleetTls, Job, JobToken, Listener, Progress, RateHandle, Receiver, Refusal,
+    SendOptions, Sender, Summary, TransferError,
 };
 
 const LOOPBACK: &str = "127.0.0.1:0";
@@ -388,4 +388,71 @@ async fn nothing_listens_is_a_connect_error() {
         matches!(sent, Err(TransferError::Connect { .. })),
         "{sent:?}"
     );
+}
+
+/// The agent's one listener serves each job to its own source node only; a
+/// sender from the fleet CA that names another node is turned away, and the
+/// job still waits for the right one.
+#[tokio::test]
+async fn the_listener_serves_a_job_only_to_its_source_node() {
+    let pki = Pki::new("fleet");
+    let listener = Listener::bind(&pki.tls("node-b"), LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(listener.clone().serve());
+    let job = job();
+    let pending = listener.expect(job.clone(), "node-a");
+    let data = noise(700 * 1024);
+    let opts = SendOptions::default();
+
+    let impostor = Sender::new(&pki.tls("node-c"));
+    let mut source = &data[..];
+    let refused = impostor
+        .send(addr, "node-b", &job, &mut source, &opts, None)
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(TransferError::RefusedByReceiver(Refusal::WrongPeer))
+        ),
+        "{refused:?}"
+    );
+
+    let sender = Sender::new(&pki.tls("node-a"));
+    let mut sink = Vec::new();
+    let mut source = &data[..];
+    let (sent, received) = tokio::join!(
+        sender.send(addr, "node-b", &job, &mut source, &opts, None),
+        pending.receive(Duration::from_secs(30), &mut sink, None),
+    );
+    assert_eq!(sent.unwrap(), received.unwrap());
+    assert_eq!(sink, data);
+
+    // Served once: the job is forgotten, and a forgotten job is refused.
+    let mut source = &data[..];
+    let again = sender
+        .send(addr, "node-b", &job, &mut source, &opts, None)
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(TransferError::RefusedByReceiver(Refusal::WrongJob))
+        ),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_nobody_sends_gives_up_in_time() {
+    let pki = Pki::new("fleet");
+    let listener = Listener::bind(&pki.tls("node-b"), LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
+    let pending = listener.expect(job(), "node-a");
+    let mut sink = Vec::new();
+    let r = pending
+        .receive(Duration::from_millis(300), &mut sink, None)
+        .await;
+    assert!(matches!(r, Err(TransferError::NoSender(_))), "{r:?}");
 }

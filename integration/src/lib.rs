@@ -349,8 +349,10 @@ pub struct AgentSpec<'a> {
 /// Beyond [`AgentSpec`]: more pools, sim settings and the data plane.
 #[derive(Default)]
 pub struct AgentExtra {
-    /// Pools beside `tank`, each empty.
-    pub pools: Vec<String>,
+    /// Pools beside `tank`, each empty: name and size in bytes.
+    pub pools: Vec<(String, u64)>,
+    /// `[transfer] advertise`: the address senders are told.
+    pub advertise: Option<String>,
     /// Bytes each new simulated snapshot holds.
     pub snapshot_bytes: Option<u64>,
     /// Directory with `ca.pem`, `<node>.pem` and `<node>.key` (see [`pki`]).
@@ -423,7 +425,7 @@ public_key = "{key}"
             more_pools = extra
                 .pools
                 .iter()
-                .map(|p| format!(", {{ name = {p:?}, size_bytes = 10000000000 }}"))
+                .map(|(p, size)| format!(", {{ name = {p:?}, size_bytes = {size} }}"))
                 .collect::<String>(),
             snapshot_bytes = extra
                 .snapshot_bytes
@@ -434,10 +436,15 @@ public_key = "{key}"
                 .as_ref()
                 .map(|d| {
                     format!(
-                        "\n[transfer]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nlisten = \"127.0.0.1:0\"\n",
+                        "\n[transfer]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nlisten = \"127.0.0.1:0\"\n{advertise}",
                         ca = d.join("ca.pem").display().to_string(),
                         cert = d.join(format!("{}.pem", spec.node)).display().to_string(),
                         key = d.join(format!("{}.key", spec.node)).display().to_string(),
+                        advertise = extra
+                            .advertise
+                            .as_ref()
+                            .map(|a| format!("advertise = {a:?}\n"))
+                            .unwrap_or_default(),
                     )
                 })
                 .unwrap_or_default(),

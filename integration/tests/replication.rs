@@ -159,11 +159,21 @@ impl Setup {
     }
 
     fn agent(&self, node: &'static str, snapshot_bytes: Option<u64>) -> Agent {
-        let extra = AgentExtra {
-            pools: vec!["backup".into()],
-            snapshot_bytes,
-            pki: Some(self.pki.clone()),
-        };
+        self.agent_with(
+            node,
+            AgentExtra {
+                snapshot_bytes,
+                ..AgentExtra::default()
+            },
+        )
+    }
+
+    /// With a 10 GB `backup` pool and the fleet's certificates unless `extra` says otherwise.
+    fn agent_with(&self, node: &'static str, mut extra: AgentExtra) -> Agent {
+        if extra.pools.is_empty() {
+            extra.pools = vec![("backup".into(), 10_000_000_000)];
+        }
+        extra.pki.get_or_insert_with(|| self.pki.clone());
         Agent::start_with(self.path(), &self.nats, &self.keys, &spec(node), &extra)
     }
 }
@@ -393,4 +403,90 @@ async fn a_killed_source_resumes_from_the_token() {
 #[tokio::test]
 async fn a_killed_target_resumes_from_the_token() {
     interrupted(true).await;
+}
+
+/// Bad input ends in a clear error in the job's state, is retried, and
+/// touches nothing else.
+#[tokio::test]
+async fn bad_targets_fail_the_job_with_a_clear_error() {
+    let s = setup(TASKS_BIG).await;
+    let a1 = s.agent("node-a1", Some(24_000_000));
+
+    // A target pool far too small for the stream.
+    let small = s.agent_with(
+        "node-b1",
+        AgentExtra {
+            pools: vec![("backup".into(), 5_000_000)],
+            ..AgentExtra::default()
+        },
+    );
+    let job = wait_for(
+        "the job to fail for lack of space, twice",
+        Duration::from_secs(90),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            (j["state"] == "failed" && j["attempt"].as_u64()? >= 2).then(|| j.clone())
+        },
+    )
+    .await;
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("space") && error.contains("backup"),
+        "{job:#}"
+    );
+    let before = on_disk(&a1, "tank/big").unwrap();
+    drop(small);
+
+    // A target whose advertised address nobody listens on.
+    let closed = free_port();
+    let _b1 = s.agent_with(
+        "node-b1",
+        AgentExtra {
+            pools: vec![("backup2".into(), 10_000_000_000)],
+            advertise: Some(format!("127.0.0.1:{closed}")),
+            ..AgentExtra::default()
+        },
+    );
+    let job = wait_for(
+        "the job to fail on the unreachable peer",
+        Duration::from_secs(90),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            let e = j["error"].as_str()?;
+            e.contains(&format!("127.0.0.1:{closed}"))
+                .then(|| j.clone())
+        },
+    )
+    .await;
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains("connecting to") && error.contains("refused"),
+        "{job:#}"
+    );
+
+    // The source lost nothing and kept its snapshots unheld but for the send.
+    let after = on_disk(&a1, "tank/big").unwrap();
+    let names = |v: &[(String, u64, Vec<String>)]| {
+        v.iter()
+            .map(|(n, g, _)| (n.clone(), *g))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&before)[..], names(&after)[..before.len()]);
+
+    // A command for a dataset the agent does not have names it.
+    let body = r#"{"send":{"job":"j1","token":"0000000000000000000000000000000000000000000000000000000000000000","target_node":"node-b1","target_addr":"127.0.0.1:9","dataset":"tank/nope","stream":{"kind":"full","snapshot":"x"},"raw":true,"compress":false,"bytes_per_sec":null,"hold_tag":"t"}}"#;
+    let (code, reply) = s
+        .coordinator
+        .post("/api/v1/nodes/node-a1/commands", body)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{reply}");
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["outcome"], "failed", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("tank/nope"),
+        "{reply}"
+    );
 }

@@ -167,6 +167,8 @@ pub enum Refusal {
     WrongJob,
     BadHello,
     UnsupportedVersion,
+    /// The certificate does not name the job's source node.
+    WrongPeer,
 }
 
 impl fmt::Display for Refusal {
@@ -176,6 +178,7 @@ impl fmt::Display for Refusal {
             Refusal::WrongJob => "no such job expected",
             Refusal::BadHello => "malformed hello",
             Refusal::UnsupportedVersion => "unsupported protocol version",
+            Refusal::WrongPeer => "the certificate does not name the job's source node",
         })
     }
 }
@@ -214,8 +217,6 @@ pub enum TransferError {
     Handshake(io::Error),
     #[error("handshake or hello not done within {HANDSHAKE_TIMEOUT:?}")]
     HandshakeTimeout,
-    #[error("job {job}: the sender's certificate does not name {expected}, the job's source node")]
-    WrongPeer { job: String, expected: String },
     #[error("no sender connected within {0:?}")]
     NoSender(std::time::Duration),
     #[error("refused the sender: {0}")]

@@ -13,7 +13,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
-    protocol, FleetTls, Job, Progress, SendOptions, Summary, TransferError, HANDSHAKE_TIMEOUT,
+    protocol, FleetTls, Job, Progress, Refusal, SendOptions, Summary, TransferError,
+    HANDSHAKE_TIMEOUT,
 };
 
 /// The target side: listens for the sender of a job.
@@ -70,7 +71,9 @@ impl Receiver {
                 .await
                 .map_err(TransferError::Handshake)?;
             let (hello, _) = protocol::admit(&mut tls, |id| {
-                (id == job.id.as_bytes()).then(|| job.clone())
+                (id == job.id.as_bytes())
+                    .then(|| job.clone())
+                    .ok_or(Refusal::WrongJob)
             })
             .await?;
             Ok::<_, TransferError>((tls, hello))
@@ -188,31 +191,18 @@ impl Listener {
             .peer_certificates()
             .and_then(|c| c.first())
             .cloned();
-        let mut peer = None;
         let (hello, job) = protocol::admit(&mut tls, |id| {
-            let id = std::str::from_utf8(id).ok()?;
+            let id = std::str::from_utf8(id).map_err(|_| Refusal::WrongJob)?;
             let table = self.table();
-            let e = table.get(id)?;
-            peer = Some(e.peer.clone());
-            Some(e.job.clone())
+            let e = table.get(id).ok_or(Refusal::WrongJob)?;
+            if !names(certified.as_ref(), &e.peer) {
+                return Err(Refusal::WrongPeer);
+            }
+            Ok(e.job.clone())
         })
         .await?;
-        let peer = peer.expect("admit found the job");
-        let names_peer = certified.as_ref().is_some_and(|cert| {
-            let Ok(name) = ServerName::try_from(peer.as_str()) else {
-                return false;
-            };
-            webpki::EndEntityCert::try_from(cert)
-                .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
-        });
-        if !names_peer {
-            return Err(TransferError::WrongPeer {
-                job: job.id().to_owned(),
-                expected: peer,
-            });
-        }
         let Some(e) = self.table().remove(job.id()) else {
-            return Err(TransferError::Refused(super::Refusal::WrongJob));
+            return Err(TransferError::Refused(Refusal::WrongJob));
         };
         // A receiver that gave up in the meantime drops the connection here.
         let _ = e.ready.send(Admitted { tls, hello });
@@ -256,6 +246,15 @@ impl Drop for Pending {
             table.remove(&self.id);
         }
     }
+}
+
+/// Whether `cert` is valid for the node id `peer` (a DNS name in the certificate).
+fn names(cert: Option<&rustls::pki_types::CertificateDer<'_>>, peer: &str) -> bool {
+    let (Some(cert), Ok(name)) = (cert, ServerName::try_from(peer)) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
 }
 
 /// The source side: connects to a job's receiver.

@@ -74,10 +74,10 @@ where
 }
 
 /// Receiver: reads the hello and accepts it only for the job `expected`
-/// gives for its id, and only with that job's token.
+/// gives for its id (or refuses as it says), and only with that job's token.
 pub(super) async fn admit<S>(
     stream: &mut S,
-    expected: impl FnOnce(&[u8]) -> Option<Job>,
+    expected: impl FnOnce(&[u8]) -> Result<Job, Refusal>,
 ) -> Result<(Hello, Job), TransferError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -112,8 +112,9 @@ where
         .map_err(TransferError::Handshake)?;
 
     // Job ids are not secret; the token is compared in constant time.
-    let Some(job) = expected(&id) else {
-        return refuse(stream, Refusal::WrongJob).await;
+    let job = match expected(&id) {
+        Ok(job) => job,
+        Err(refusal) => return refuse(stream, refusal).await,
     };
     if !job.token.matches(&token) {
         return refuse(stream, Refusal::WrongToken).await;
@@ -139,6 +140,7 @@ where
         Refusal::WrongJob => 2,
         Refusal::BadHello => 3,
         Refusal::UnsupportedVersion => 4,
+        Refusal::WrongPeer => 5,
     };
     // Best effort: the sender may already be gone, and the refusal is the error.
     let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -155,6 +157,7 @@ fn refusal_from(code: u8) -> Result<Refusal, TransferError> {
         2 => Refusal::WrongJob,
         3 => Refusal::BadHello,
         4 => Refusal::UnsupportedVersion,
+        5 => Refusal::WrongPeer,
         _ => return Err(TransferError::Protocol("unknown verdict from the receiver")),
     })
 }

@@ -89,7 +89,9 @@ where
     };
     let receive = async {
         let (hello, _) = admit(&mut server, |id| {
-            (id == job.id().as_bytes()).then(|| job.clone())
+            (id == job.id().as_bytes())
+                .then(|| job.clone())
+                .ok_or(Refusal::WrongJob)
         })
         .await?;
         stream_in(&mut server, &hello, &mut sink, None).await
@@ -170,7 +172,9 @@ async fn a_sender_that_stops_before_the_end_frame_is_an_error() {
     let opts = SendOptions::default();
     let receive = async {
         let (hello, _) = admit(&mut server, |id| {
-            (id == job.id().as_bytes()).then(|| job.clone())
+            (id == job.id().as_bytes())
+                .then(|| job.clone())
+                .ok_or(Refusal::WrongJob)
         })
         .await?;
         stream_in(&mut server, &hello, &mut Vec::new(), None).await
@@ -197,7 +201,9 @@ async fn a_zstd_frame_without_the_compression_flag_is_refused() {
     let opts = SendOptions::default();
     let receive = async {
         let (hello, _) = admit(&mut server, |id| {
-            (id == job.id().as_bytes()).then(|| job.clone())
+            (id == job.id().as_bytes())
+                .then(|| job.clone())
+                .ok_or(Refusal::WrongJob)
         })
         .await?;
         stream_in(&mut server, &hello, &mut Vec::new(), None).await
