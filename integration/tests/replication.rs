@@ -490,3 +490,56 @@ async fn bad_targets_fail_the_job_with_a_clear_error() {
         "{reply}"
     );
 }
+
+/// A new cap in the tasks file reaches the running send: same attempt, new rate.
+#[tokio::test]
+async fn a_rate_change_reaches_the_running_job() {
+    let slow = TASKS_BIG.replace("limit: 4MB/s", "limit: 1MB/s");
+    let s = setup(&slow).await;
+    let _a1 = s.agent("node-a1", Some(24_000_000));
+    let _b1 = s.agent("node-b1", Some(24_000_000));
+    wait_for(
+        "the capped stream to run",
+        Duration::from_secs(90),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            (j["state"] == "running" && j["bytes"].as_u64()? > 1_000_000).then_some(())
+        },
+    )
+    .await;
+    // The coordinator rereads its files while it leads.
+    std::fs::write(
+        s.path().join("tasks.yml"),
+        slow.replace("limit: 1MB/s", "limit: 40MB/s"),
+    )
+    .unwrap();
+    let job = wait_for(
+        "the job to finish at the new rate",
+        Duration::from_secs(60),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            (j["state"] == "done").then(|| j.clone())
+        },
+    )
+    .await;
+    let history: Vec<&str> = job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        history.iter().any(|l| l.contains("rate now 40000000 B/s")),
+        "{history:#?}"
+    );
+    assert_eq!(job["attempt"], 1, "the job was restarted: {history:#?}");
+    assert!(
+        !history.iter().any(|l| l.contains("failed")),
+        "{history:#?}"
+    );
+    // At 1 MB/s the 24 MB stream would have taken 24 s.
+    let took = job["finished_at_ms"].as_i64().unwrap() - job["started_at_ms"].as_i64().unwrap();
+    assert!(took < 20_000, "took {took} ms: the new rate did not apply");
+}
