@@ -164,14 +164,14 @@ impl Replication {
         let job = job(&cmd.job, &cmd.token)?;
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
-        let discard = cmd.discard_partial;
+        if cmd.discard_partial {
+            let why = format!(
+                "job {}: the saved partial receive is not to be resumed",
+                cmd.job
+            );
+            self.abort_audited(&actor, &dataset, &why).await?;
+        }
         let resume_token = tokio::task::spawn_blocking(move || {
-            if discard {
-                match backend.abort_receive(&ds) {
-                    Ok(()) | Err(ZfsError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
             match backend.resume_token(&ds) {
                 Ok(Some(token)) => return Ok(Some(token)),
                 Ok(None) | Err(ZfsError::NotFound { .. }) => {}
@@ -183,18 +183,6 @@ impl Replication {
         .await
         .map_err(|e| format!("preparing {dataset} panicked: {e}"))?
         .map_err(|e| format!("preparing {dataset}: {e}"))?;
-        if discard {
-            self.audit(
-                &actor,
-                "receive -A",
-                dataset.as_str(),
-                &format!(
-                    "job {}: the saved partial receive is not to be resumed",
-                    cmd.job
-                ),
-                "done",
-            );
-        }
         let cancel = self.register(&cmd.job, None)?;
         let pending = plane.listener.expect(job, &cmd.source_node);
         let me = self.clone();
@@ -293,19 +281,11 @@ impl Replication {
             (Err(mismatch @ TransferError::HashMismatch { .. }), _) => {
                 // The held-back tail never reached zfs, so a partial state may
                 // exist: it holds corrupt data and must not be resumed.
-                let aborted = tokio::task::spawn_blocking(move || backend.abort_receive(&ds)).await;
-                let note = match aborted {
-                    Ok(Ok(())) => {
-                        self.audit(
-                            &actor,
-                            "receive -A",
-                            dataset.as_str(),
-                            &format!("job {job_id}: the stream's hash did not match"),
-                            "done",
-                        );
-                        "; the partial receive was aborted (zfs receive -A)"
-                    }
-                    _ => "",
+                let why = format!("job {job_id}: the stream's hash did not match");
+                let note = match self.abort_audited(&actor, &dataset, &why).await {
+                    Ok(true) => "; the partial receive was aborted (zfs receive -A)".to_string(),
+                    Ok(false) => String::new(),
+                    Err(e) => format!("; {e}"),
                 };
                 Err((format!("{mismatch}{note}"), false))
             }
@@ -585,6 +565,42 @@ impl Replication {
                 released.join(", ")
             )
         })
+    }
+
+    /// `zfs receive -A` on `dataset` if it has a saved partial receive,
+    /// audited before and after. True when one was dropped.
+    async fn abort_audited(
+        &self,
+        actor: &str,
+        dataset: &DatasetName,
+        why: &str,
+    ) -> Result<bool, Refused> {
+        let backend = self.lifecycle.backend.clone();
+        let ds = dataset.clone();
+        let pending = tokio::task::spawn_blocking(move || backend.resume_token(&ds))
+            .await
+            .map_err(|e| format!("reading the resume token panicked: {e}"))?;
+        match pending {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(ZfsError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(format!("reading the resume token of {dataset}: {e}")),
+        }
+        if !self.audit(actor, "receive -A", dataset.as_str(), why, "intent") {
+            return Err("the audit log could not be written; the partial receive stays".into());
+        }
+        let backend = self.lifecycle.backend.clone();
+        let ds = dataset.clone();
+        let aborted = tokio::task::spawn_blocking(move || backend.abort_receive(&ds))
+            .await
+            .map_err(|e| format!("zfs receive -A panicked: {e}"))?;
+        let outcome = match &aborted {
+            Ok(()) => "done".to_string(),
+            Err(e) => format!("failed: {e}"),
+        };
+        self.audit(actor, "receive -A", dataset.as_str(), why, &outcome);
+        aborted
+            .map(|()| true)
+            .map_err(|e| format!("zfs receive -A on {dataset}: {e}"))
     }
 
     /// False when the record could not be written.
