@@ -339,7 +339,13 @@ async fn interrupted(kill_target: bool) {
         || async {
             let all = jobs(&s.coordinator).await;
             let j = job_for(&all, "offsite", "node-a1")?;
-            (j["state"] == "running" && j["bytes"].as_u64().unwrap_or(0) > 9_000_000).then_some(())
+            // Progress as the status API shows it: bytes, the estimate, rate and ETA.
+            let running = j["state"] == "running" && j["bytes"].as_u64().unwrap_or(0) > 9_000_000;
+            (running
+                && j["size_hint"].as_u64()? > 20_000_000
+                && j["eta_secs"].is_u64()
+                && j["bytes_per_sec"].as_u64()? > 0)
+                .then_some(())
         },
     )
     .await;
