@@ -128,6 +128,15 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// From the last listing; a dataset not listed yet counts as encrypted,
+    /// so that it is sent raw.
+    pub fn is_encrypted(&self, ds: &DatasetName) -> bool {
+        lock(&self.inventory)
+            .datasets
+            .get(ds)
+            .is_none_or(|(info, _)| info.encrypted)
+    }
+
     /// After a receive: relists the dataset, or everything when it is new.
     pub fn dataset_changed(&self, ds: &DatasetName, now: i64) {
         let known = lock(&self.inventory).datasets.contains_key(ds);

@@ -366,12 +366,15 @@ impl Replication {
             .map_err(|e| format!("target_addr {:?}: {e}", cmd.target_addr))?;
         zdr_common::subject::valid_node_id(&cmd.target_node)?;
         let job = job(&cmd.job, &cmd.token)?;
+        // Never decrypted on the way out, whatever the task says.
+        let encrypted = self.lifecycle.is_encrypted(&dataset);
+        let raw = cmd.raw || encrypted;
         let (spec, held) = match &cmd.stream {
             StreamSpec::Full { snapshot } => (
                 SendSpec::Full {
                     dataset: dataset.clone(),
                     snapshot: snapshot.clone(),
-                    raw: cmd.raw,
+                    raw,
                 },
                 Some(snapshot.clone()),
             ),
@@ -385,7 +388,7 @@ impl Replication {
                     from: SendBase::Snapshot(from.clone()),
                     to: to.clone(),
                     intermediates: *intermediates,
-                    raw: cmd.raw,
+                    raw,
                 },
                 Some(to.clone()),
             ),
@@ -414,7 +417,7 @@ impl Replication {
         let rate = RateHandle::new(cmd.bytes_per_sec.and_then(NonZeroU64::new));
         let cancel = self.register(&cmd.job, Some(rate.clone()))?;
         let opts = SendOptions {
-            compression: if cmd.compress && !cmd.raw {
+            compression: if cmd.compress && !raw {
                 Compression::Zstd { level: ZSTD_LEVEL }
             } else {
                 Compression::None

@@ -52,7 +52,10 @@ pub struct Task {
     /// snapshot. When false a diverged target stops the task for a human to look at.
     #[serde(default)]
     pub allow_rollback: bool,
-    /// Send encrypted datasets raw (`zfs send -w`): the target never holds the key.
+    /// Send every dataset raw (`zfs send -w`), as stored (compressed, and
+    /// encrypted where it is). With `false`, unencrypted datasets go as plain
+    /// streams; encrypted datasets go raw all the same, so the target never
+    /// holds a key or decrypted data.
     #[serde(default = "yes")]
     pub raw: bool,
     /// Compression of the stream on the wire (raw sends are already compressed as stored).

@@ -570,7 +570,9 @@ fn pools_args() -> Vec<String> {
 fn list_datasets_args(class_property: &str) -> Result<Vec<String>, ZfsError> {
     check_user_property(class_property)?;
     let mut args = strings(&["list", "-Hp", "-t", "filesystem,volume", "-o"]);
-    args.push(format!("name,guid,used,available,{class_property}"));
+    args.push(format!(
+        "name,guid,used,available,encryption,{class_property}"
+    ));
     Ok(args)
 }
 
@@ -800,11 +802,11 @@ fn parse_datasets(out: &str) -> Result<Vec<DatasetInfo>, ZfsError> {
     out.lines()
         .map(|line| {
             // The property value is last and may itself contain tabs.
-            let f: Vec<&str> = line.splitn(5, '\t').collect();
-            if f.len() != 5 {
+            let f: Vec<&str> = line.splitn(6, '\t').collect();
+            if f.len() != 6 {
                 return Err(parse_error(
                     line,
-                    format!("expected 5 tab-separated fields, found {}", f.len()),
+                    format!("expected 6 tab-separated fields, found {}", f.len()),
                 ));
             }
             Ok(DatasetInfo {
@@ -812,7 +814,9 @@ fn parse_datasets(out: &str) -> Result<Vec<DatasetInfo>, ZfsError> {
                 guid: number(line, "guid", f[1])?,
                 used: number(line, "used", f[2])?,
                 available: number(line, "available", f[3])?,
-                class_property: (f[4] != "-").then(|| f[4].to_string()),
+                // `-` where the pool has no encryption feature.
+                encrypted: !matches!(f[4], "off" | "-"),
+                class_property: (f[5] != "-").then(|| f[5].to_string()),
             })
         })
         .collect()
@@ -908,9 +912,9 @@ mod tests {
 
     #[test]
     fn parses_datasets_with_spaces_and_unset_property() {
-        let out = "tank\t111\t1000\t9000\t-\n\
-                   tank/my data\t222\t500\t9000\tgold\n\
-                   tank/vol 1\t333\t0\t9000\tsilver\twith tab\n";
+        let out = "tank\t111\t1000\t9000\toff\t-\n\
+                   tank/my data\t222\t500\t9000\taes-256-gcm\tgold\n\
+                   tank/vol 1\t333\t0\t9000\t-\tsilver\twith tab\n";
         let got = parse_datasets(out).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].class_property, None);
@@ -921,11 +925,17 @@ mod tests {
                 guid: 222,
                 used: 500,
                 available: 9000,
-                class_property: Some("gold".into())
+                class_property: Some("gold".into()),
+                encrypted: true,
             }
         );
+        assert!(!got[0].encrypted && !got[2].encrypted);
         assert_eq!(got[2].class_property.as_deref(), Some("silver\twith tab"));
-        for bad in ["tank\t1\t2\t3", "tank;x\t1\t2\t3\t-", "tank\tguid\t2\t3\t-"] {
+        for bad in [
+            "tank\t1\t2\t3\toff",
+            "tank;x\t1\t2\t3\toff\t-",
+            "tank\tguid\t2\t3\toff\t-",
+        ] {
             assert!(
                 matches!(parse_datasets(bad), Err(ZfsError::Parse { line, .. }) if line == bad),
                 "{bad:?}"
@@ -1000,7 +1010,7 @@ mod tests {
                 "-t",
                 "filesystem,volume",
                 "-o",
-                "name,guid,used,available,zdr:class"
+                "name,guid,used,available,encryption,zdr:class"
             ]
         );
         assert!(matches!(

@@ -24,6 +24,8 @@ pub struct DatasetInfo {
     pub available: u64,
     /// Value of the policy's class property (a ZFS user property), if set locally or inherited.
     pub class_property: Option<String>,
+    /// `encryption` is not `off`: such a dataset is only ever sent raw.
+    pub encrypted: bool,
 }
 
 /// The incremental source of a send: a snapshot or a bookmark of the sent dataset.

@@ -817,6 +817,8 @@ impl Backend for SimBackend {
                     used: used[name.as_str()],
                     available: pool.size.saturating_sub(pool.allocated),
                     class_property: s.property(name, class_property),
+                    // The model has no encryption.
+                    encrypted: false,
                 })
             })
             .collect()
