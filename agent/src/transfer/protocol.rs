@@ -284,7 +284,8 @@ where
     // The latest frame's data reaches the sink only after the next frame, or
     // after the end frame's hash matched: a corrupt stream never ends well
     // on the receiving side, so `zfs receive` cannot complete it.
-    let mut held = Vec::with_capacity(MAX_CHUNK);
+    let mut held = vec![0u8; MAX_CHUNK];
+    let mut held_len = 0;
     let mut packed = Vec::new();
     let (mut bytes, mut wire_bytes) = (0u64, 0u64);
     loop {
@@ -330,9 +331,12 @@ where
             _ => return Err(TransferError::Protocol("malformed data frame")),
         };
         hasher.update(data);
-        sink.write_all(&held).await.map_err(TransferError::Sink)?;
-        held.clear();
-        held.extend_from_slice(data);
+        sink.write_all(&held[..held_len])
+            .await
+            .map_err(TransferError::Sink)?;
+        // The frame just read becomes the held one; no copy.
+        std::mem::swap(&mut raw, &mut held);
+        held_len = raw_len;
         bytes += raw_len as u64;
         wire_bytes += (FRAME_HEADER + wire_len) as u64;
         if let Some(progress) = progress {
@@ -351,7 +355,9 @@ where
     let (sent_bytes, sent) = parse_result(&end);
     let hash = hasher.finalize();
     if sent_bytes == bytes && sent == hash {
-        sink.write_all(&held).await.map_err(TransferError::Sink)?;
+        sink.write_all(&held[..held_len])
+            .await
+            .map_err(TransferError::Sink)?;
     }
     sink.flush().await.map_err(TransferError::Sink)?;
     // The sender judges too, so it learns of a mismatch from the same numbers.
