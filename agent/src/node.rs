@@ -431,6 +431,14 @@ pub async fn run(agent: Arc<Agent>, mut job_updates: mpsc::UnboundedReceiver<Job
     };
 
     tokio::spawn(commands(agent.clone(), client.clone()));
+    // Apart from the loop below, whose heartbeats wait on zpool(8).
+    let (c, subject) = (client.clone(), agent.subjects().job);
+    tokio::spawn(async move {
+        while let Some(update) = job_updates.recv().await {
+            // Lost while disconnected: the coordinator times the job out and retries.
+            publish(&c, subject.clone(), &update).await;
+        }
+    });
     tokio::spawn(policy_watch(agent.clone(), client.clone()));
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(agent.config.heartbeat_secs));
@@ -447,10 +455,6 @@ pub async fn run(agent: Arc<Agent>, mut job_updates: mpsc::UnboundedReceiver<Job
                 } else {
                     warn!("NATS connection lost; snapshots and pruning go on under the cached policy");
                 }
-            }
-            Some(update) = job_updates.recv() => {
-                // Lost while disconnected: the coordinator times the job out and retries.
-                publish(&client, agent.subjects().job, &update).await;
             }
             _ = heartbeat.tick() => agent.heartbeat(&client).await,
             _ = publish_tick.tick() => {

@@ -259,9 +259,8 @@ impl Replication {
                 reason: format!("panicked: {e}"),
             })
         });
-        reporter.stop().await;
-        let r = reporter.last();
-
+        // The reporter keeps the coordinator informed until the final word:
+        // checking, holding and relisting can take a while on a busy pool.
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
         let job_id = cmd.job.clone();
@@ -317,6 +316,8 @@ impl Replication {
         let lc = self.lifecycle.clone();
         let ds = dataset.clone();
         let _ = tokio::task::spawn_blocking(move || lc.dataset_changed(&ds, now())).await;
+        reporter.stop().await;
+        let r = reporter.last();
         let mut update = JobUpdate {
             node: self.node.clone(),
             job: cmd.job.clone(),
@@ -400,16 +401,14 @@ impl Replication {
             ),
         };
         let backend = self.lifecycle.backend.clone();
-        let (ds, tag, s) = (dataset.clone(), cmd.hold_tag.clone(), spec.clone());
+        let (ds, tag) = (dataset.clone(), cmd.hold_tag.clone());
         // Held first, so pruning cannot take the snapshot while it is sent.
-        let size_hint = tokio::task::spawn_blocking(move || {
-            if let Some(snap) = &held {
-                match backend.hold(&ds, snap, &tag) {
-                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            backend.estimate(&s)
+        tokio::task::spawn_blocking(move || match &held {
+            Some(snap) => match backend.hold(&ds, snap, &tag) {
+                Ok(()) | Err(ZfsError::Exists { .. }) => Ok(()),
+                Err(e) => Err(e),
+            },
+            None => Ok(()),
         })
         .await
         .map_err(|e| format!("preparing the send panicked: {e}"))?
@@ -423,7 +422,7 @@ impl Replication {
                 Compression::None
             },
             rate,
-            size_hint,
+            size_hint: None,
         };
         let me = self.clone();
         tokio::spawn(async move {
@@ -431,10 +430,7 @@ impl Replication {
             me.run_send(cmd, spec, job, addr, opts, cancel).await;
             me.jobs().remove(&id);
         });
-        Ok(match size_hint {
-            Some(n) => format!("sending about {n} bytes"),
-            None => "sending (no size estimate)".into(),
-        })
+        Ok(format!("sending {dataset} to {addr}"))
     }
 
     async fn run_send(
@@ -443,10 +439,22 @@ impl Replication {
         spec: SendSpec,
         job: Job,
         addr: SocketAddr,
-        opts: SendOptions,
+        mut opts: SendOptions,
         cancel: Arc<Notify>,
     ) {
         let plane = self.plane.as_ref().expect("send checked the plane");
+        let (progress, mut reporter) = self.reporter(&cmd.job, JobRole::Source);
+        // After the command's reply: `zfs send -nvP` of a long backlog takes a while.
+        let backend = self.lifecycle.backend.clone();
+        let s = spec.clone();
+        opts.size_hint = match tokio::task::spawn_blocking(move || backend.estimate(&s)).await {
+            Ok(Ok(hint)) => hint,
+            Ok(Err(e)) => {
+                warn!(job = %cmd.job, error = %e, "no size estimate");
+                None
+            }
+            Err(_) => None,
+        };
         let (output, mut source) = match pipe_from_zfs() {
             Ok(p) => p,
             Err(e) => {
@@ -466,7 +474,6 @@ impl Replication {
             let mut output = output;
             backend.send(&spec, &mut output)
         });
-        let (progress, mut reporter) = self.reporter(&cmd.job, JobRole::Source);
         progress.send_replace(Progress {
             bytes: 0,
             size_hint: opts.size_hint,

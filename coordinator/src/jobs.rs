@@ -324,8 +324,10 @@ pub async fn tick(state: &Arc<State>) {
             }
         }
     }
+    // Never awaited here: the leader's loop must not wait on agents.
     for (source, target, attempt) in to_cancel {
-        cancel(state, &source, &target, &attempt).await;
+        let st = state.clone();
+        tokio::spawn(async move { cancel(&st, &source, &target, &attempt).await });
     }
     for key in to_start {
         let st = state.clone();
@@ -822,7 +824,7 @@ async fn initial_rate(state: &State, rec: &JobRecord) -> Option<u64> {
 }
 
 /// Pushes changed rates to running sends (a window opened, a job came or went).
-async fn update_rates(state: &State) {
+async fn update_rates(state: &Arc<State>) {
     let rates = allocation(state).await;
     let mut changes = Vec::new();
     {
@@ -850,9 +852,12 @@ async fn update_rates(state: &State) {
             job,
             bytes_per_sec: rate,
         };
-        if let Err(e) = state.send_command(&node, &cmd).await {
-            warn!(node, error = %e, "could not change a job's rate");
-        }
+        let st = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = st.send_command(&node, &cmd).await {
+                warn!(node, error = %e, "could not change a job's rate");
+            }
+        });
     }
 }
 

@@ -147,6 +147,8 @@ pub async fn run(
     let client = async_nats::ConnectOptions::new()
         .name(format!("zdr-coordinator {}", config.instance))
         .retry_on_initial_connect()
+        // Else async-nats' own 10 s default cuts every command short.
+        .request_timeout(Some(config.command_timeout))
         .connect(&config.nats_url)
         .await
         .map_err(|source| ServiceError::Connect {
