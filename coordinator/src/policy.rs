@@ -67,12 +67,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What is in the bucket now, verified with our own key.
-async fn current(store: &kv::Store, verifier: &Verifier, now: i64) -> Option<(PolicyBundle, i64)> {
+/// What is in the bucket now, verified with our own key: the bundle, its
+/// expiry and the epoch it was signed under.
+async fn current(
+    store: &kv::Store,
+    verifier: &Verifier,
+    now: i64,
+) -> Option<(PolicyBundle, i64, u64)> {
     let raw = store.get(subject::POLICY_KEY).await.ok()??;
     let opened = verifier.open(subject::POLICY, &raw, now).ok()?;
     let bundle: PolicyBundle = serde_json::from_slice(opened.payload).ok()?;
-    Some((bundle, opened.header.exp))
+    Some((bundle, opened.header.exp, opened.header.epoch))
 }
 
 /// Publishes `loaded` unless the bucket already holds the same policy with
@@ -88,13 +93,15 @@ pub async fn publish(
     verifier.trust(sealer.kid(), sealer.verifying_key());
     let existing = current(store, &verifier, now).await;
     let revision = match &existing {
-        Some((b, exp)) if b.source_digest == loaded.digest => {
-            if exp - now > RESIGN_BEFORE_SECS {
+        Some((b, exp, signed_epoch)) if b.source_digest == loaded.digest => {
+            // A new leader signs again: agents that saw its epoch on a
+            // command refuse anything signed under an older one.
+            if exp - now > RESIGN_BEFORE_SECS && *signed_epoch >= epoch {
                 return Ok(b.revision);
             }
             b.revision
         }
-        Some((b, _)) => b.revision + 1,
+        Some((b, _, _)) => b.revision + 1,
         None => 1,
     };
     let bundle = PolicyBundle {

@@ -27,7 +27,8 @@
 # per size), ZDR_BENCH_LIST_BUDGET (1500 s of timed listing per size; fewer
 # rounds are run above it), ZDR_BENCH_TIME_LIMIT (0: none; seconds for the
 # whole guest part: sizes that do not fit are skipped, runs that overrun are
-# killed and shown as such), plus zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults
+# killed and shown as such), ZDR_BENCH_POOL_SIZE (2G: the file vdev; 2G ran
+# out of space at 4949 snapshots, so give 10k+ more, and ZDR_VM_MEM), plus zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults
 # to 14400 here). Exit code: the guest's; 125 means the VM failed.
 set -euo pipefail
 
@@ -88,6 +89,7 @@ export ZDR_BENCH_REPS=${ZDR_BENCH_REPS:-3}
 export ZDR_BENCH_CREATE_BUDGET=${ZDR_BENCH_CREATE_BUDGET:-2700}
 export ZDR_BENCH_LIST_BUDGET=${ZDR_BENCH_LIST_BUDGET:-1500}
 export ZDR_BENCH_TIME_LIMIT=${ZDR_BENCH_TIME_LIMIT:-0}
+export ZDR_BENCH_POOL_SIZE=${ZDR_BENCH_POOL_SIZE:-2G}
 export ZDR_VM_TIMEOUT=${ZDR_VM_TIMEOUT:-14400}
 rc=0
 ZDR_VM_RW=none ZDR_VM_TIMING=${ZDR_VM_TIMING:-1} "$HERE/zfs-vm.sh" run /bin/bash "$HERE/bench-listing-guest.sh" || rc=$?

@@ -1,0 +1,205 @@
+#!/bin/bash
+# bench-catchup-guest.sh - runs INSIDE the zfs-vm guest, started by
+# bench-catchup.sh (read that one first). Makes a backlog of N small
+# snapshots of src/data, then brings dst/n1/src/data (which holds only the
+# first one) up to date three ways, from the same start state each time, and
+# prints the times and ratios side by side.
+#
+# Environment (set by bench-catchup.sh):
+#   ZDR_BENCH_N        snapshots in the backlog (>= 200)
+#   ZDR_BENCH_SNAP     path of the snapwrite helper (fleet/snapwrite.c), or empty
+#   ZDR_BENCH_METHODS  which methods to run, in order (default "1 3 2")
+#   ZDR_BENCH_M1_TIMEOUT  seconds method 1 may take before it is given up
+#                      (default 900; the others still run, the exit code is 1)
+#   ZDR_BIN            directory with the zdr-agent and zdr-coordinator to run
+#   ZDR_ROOT           the checkout
+#   ZDR_BENCH_LOGS     where the fleet's process logs go
+#   NATS_SERVER        the nats-server binary
+set -euo pipefail
+
+N=${ZDR_BENCH_N:?}
+SNAP=${ZDR_BENCH_SNAP:-}
+METHODS=${ZDR_BENCH_METHODS:-1 3 2}
+M1_TIMEOUT=${ZDR_BENCH_M1_TIMEOUT:-900}
+FAILED_METHODS=""
+HERE=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")
+W=$(mktemp -d)
+LOGS=${ZDR_BENCH_LOGS:-$W/logs}
+T0=$EPOCHREALTIME
+# shellcheck source=fleet/lib.sh
+. "$HERE/fleet/lib.sh"
+
+die() { log "BENCH FAILED: $*" >&2; show_logs 30; exit 1; }
+cleanup() { fleet_stop; pools_destroy; }
+trap cleanup EXIT
+
+SRC=src/data
+DST=dst/n1/src/data          # where the task's root "dst/{node}" puts it
+FIRST=$(printf 's%05d' 1)
+LAST=$(printf 's%05d' "$N")
+TAG=zdr-bench                # the hold tag method 2 moves
+
+echo "guest: kernel $(uname -r), $(nproc) vCPUs, $(awk '/MemTotal/ {printf "%d MiB", $2/1024}' /proc/meminfo)," \
+    "loadavg $(cut -d' ' -f1-3 /proc/loadavg); $(zfs version | head -n 1)"
+
+pools_create 2G
+zfs create "$SRC"
+zfs create -p dst/n1/src
+
+# The backlog: N snapshots, each after writing a 4 KiB file.
+t=$(now)
+if [ -n "$SNAP" ]; then
+    "$SNAP" "$SRC" "$W/mnt/data" 1 "$N" || die "snapwrite failed"
+else
+    for ((i = 1; i <= N; i++)); do
+        head -c 4096 /dev/urandom > "$W/mnt/data/$(printf 'f%05d' "$i")"
+        zfs snapshot "$SRC@$(printf 's%05d' "$i")"
+    done
+fi
+log "made $N snapshots of $SRC (a 4 KiB file before each) in $(sub "$t" "$(now)")s"
+[ "$(snaps "$SRC" | wc -l)" -eq "$N" ] || die "expected $N snapshots of $SRC"
+
+# reset: the start state of every method. The target has only the first
+# snapshot (destroyed and received again), and no holds are left anywhere.
+reset() {
+    release_all "$SRC"
+    if zfs list -H -o name "$DST" >/dev/null 2>&1; then
+        release_all "$DST"
+        zfs destroy -r "$DST"
+    fi
+    zfs send "$SRC@$FIRST" | zfs recv -u "$DST"
+    [ "$(snaps "$DST" | wc -l)" -eq 1 ] || die "reset: $DST should have one snapshot"
+    sync
+}
+
+# check M: the end state is right: the same N snapshots, equal GUIDs.
+check() {
+    local m=$1
+    same_snaps "$SRC" "$DST" || {
+        diff <(snaps "$SRC") <(snaps "$DST") | head -n 10 >&2
+        die "method $m: $DST does not have the same snapshots (names and GUIDs) as $SRC"
+    }
+    CHECKED[$m]="$N snapshots, GUIDs equal (newest $(snaps "$DST" | tail -n 1))"
+    HOLDS[$m]="src: $(holds_of "$SRC" | tr '\n' ' ')| dst: $(holds_of "$DST" | tr '\n' ' ')"
+    log "method $m: checked: ${CHECKED[$m]}; holds ${HOLDS[$m]}"
+}
+
+declare -A TIME CHECKED HOLDS NOTE
+
+# (3) one bare -I stream: the limit.
+method3() {
+    reset
+    log "method 3: zfs send -I @$FIRST $SRC@$LAST | zfs recv"
+    local t
+    t=$(now)
+    zfs send -I "@$FIRST" "$SRC@$LAST" | zfs recv -u "$DST"
+    TIME[3]=$(sub "$t" "$(now)")
+    log "method 3: ${TIME[3]}s"
+    check 3
+}
+
+# (2) N-1 -i steps, each followed by moving the holds on both sides (hold the
+# new snapshot, release the previous one), as zrepl's steps do. The base is
+# held on both sides before the clock starts.
+method2() {
+    reset
+    zfs hold "$TAG" "$SRC@$FIRST" "$DST@$FIRST"
+    log "method 2: $((N - 1)) x (zfs send -i | zfs recv; hold new and release previous on both sides)"
+    local t i prev cur
+    t=$(now)
+    prev=$FIRST
+    for ((i = 2; i <= N; i++)); do
+        cur=$(printf 's%05d' "$i")
+        zfs send -i "@$prev" "$SRC@$cur" | zfs recv -u "$DST"
+        zfs hold "$TAG" "$DST@$cur"
+        zfs hold "$TAG" "$SRC@$cur"
+        zfs release "$TAG" "$DST@$prev"
+        zfs release "$TAG" "$SRC@$prev"
+        prev=$cur
+        if [ $((i % 50)) -eq 0 ]; then log "method 2: $i/$N ($(sub "$t" "$(now)")s)"; fi
+    done
+    TIME[2]=$(sub "$t" "$(now)")
+    log "method 2: ${TIME[2]}s"
+    check 2
+}
+
+# (1) zdr: the real coordinator and agents. The fleet starts with no task;
+# the wall clock starts when the task is written to the tasks file (the
+# coordinator reads it again at its next lease renewal, within 5 s) and stops
+# when the target has the last snapshot (polled once a second with a `zfs
+# list` of that one snapshot: listing all N each time would load the guest).
+# The coordinator's job record gives the job's own start (planned) and finish
+# (the target reported the last snapshot landed, GUID checked).
+method1() {
+    reset
+    [ -x "$ZDR_BIN/zdr-agent" ] && [ -x "$ZDR_BIN/zdr-coordinator" ] || die "no zdr binaries in $ZDR_BIN"
+    fleet_setup
+    fleet_up || die "the fleet did not come up"
+    log "method 1: fleet up (coordinator, agents n1 and n2); writing the task"
+    local t job_start job_end
+    t=$(now)
+    fleet_tasks "version: 1
+tasks:
+  - name: catchup
+    source: { match: \"$SRC\", nodes: [n1] }
+    target: { site: same, media: different, root: \"dst/{node}\" }
+    schedule: { every: 10s }"
+    local i=0
+    until zfs list -H -o name "$DST@$LAST" >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ "$i" -ge "$M1_TIMEOUT" ]; then
+            log "method 1: the target did not get @$LAST within ${M1_TIMEOUT}s; the job's history:"
+            $API "$HTTP_PORT" field "$SRC" history 2>/dev/null | sed 's/^/    history: /' || true
+            NOTE[1]="did not finish within ${M1_TIMEOUT}s; last error: $($API "$HTTP_PORT" field "$SRC" error 2>/dev/null | cut -c1-200)"
+            FAILED_METHODS+=" 1"
+            fleet_stop
+            return 0
+        fi
+        sleep 1
+    done
+    TIME[1]=$(sub "$t" "$(now)")
+    log "method 1: target has @$LAST after ${TIME[1]}s (wall clock from writing the task)"
+    wait_until 120 "the job record to say done" \
+        bash -c "[ \"\$($API $HTTP_PORT field $SRC state)\" = done ]" ||
+        log "method 1: the job record is not done: $($API "$HTTP_PORT" field "$SRC" state)"
+    $API "$HTTP_PORT" job "$SRC" > "$LOGS/bench-job.json" 2>/dev/null || true
+    $API "$HTTP_PORT" field "$SRC" history 2>/dev/null | sed 's/^/    history: /' || true
+    job_start=$($API "$HTTP_PORT" field "$SRC" started_at_ms 2>/dev/null || echo -)
+    job_end=$($API "$HTTP_PORT" field "$SRC" finished_at_ms 2>/dev/null || echo -)
+    JOB_TIME=$(awk -v a="$job_start" -v b="$job_end" 'BEGIN { if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) printf "%.3f", (b - a) / 1000; else print "-" }')
+    NOTE[1]="job record: state $($API "$HTTP_PORT" field "$SRC" state 2>/dev/null), attempt $($API "$HTTP_PORT" field "$SRC" attempt 2>/dev/null), $($API "$HTTP_PORT" field "$SRC" bytes 2>/dev/null) bytes, started_at_ms to finished_at_ms ${JOB_TIME}s"
+    log "method 1: ${NOTE[1]}"
+    # The hold moves after the job is done; give the agents time for it.
+    wait_until 60 "the hold zdr-repl-catchup on @$LAST on both sides" \
+        bash -c "zfs holds -H $SRC@$LAST | grep -q zdr-repl-catchup && zfs holds -H $DST@$LAST | grep -q zdr-repl-catchup" || true
+    check 1
+    fleet_stop
+}
+
+for m in $METHODS; do
+    "method$m"
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
+
+echo
+echo "== Replication catch-up: $N snapshots of one filesystem (4 KiB written before each), $(zfs version | head -n 1 | sed 's/^zfs-//') =="
+printf '%-4s  %-72s  %10s  %s\n' method what seconds "end state"
+declare -A WHAT=(
+    [1]="zdr: coordinator + 2 agents, mTLS data plane (wall clock: task written -> last snapshot on target)"
+    [2]="$((N - 1)) x zfs send -i | zfs recv, holds moved on both sides each step"
+    [3]="one zfs send -I first..last | zfs recv (no holds)"
+)
+for m in 1 2 3; do
+    [ -n "${TIME[$m]:-}" ] || continue
+    printf '%-4s  %-72s  %10s  %s\n' "($m)" "${WHAT[$m]}" "${TIME[$m]}" "${CHECKED[$m]}"
+done
+[ -z "${NOTE[1]:-}" ] || printf '%-4s  %s\n' "" "(1) ${NOTE[1]}"
+for m in 1 2 3; do [ -z "${HOLDS[$m]:-}" ] || printf 'holds after (%s): %s\n' "$m" "${HOLDS[$m]}"; done
+echo "method2/method1 = $(ratio "${TIME[2]:-}" "${TIME[1]:-}") (goal >= 5x)"
+echo "method1/method3 = $(ratio "${TIME[1]:-}" "${TIME[3]:-}") (goal <= 1.2x)"
+if [ -n "${JOB_TIME:-}" ] && [ "$JOB_TIME" != - ]; then
+    echo "with the job record's time for (1), ${JOB_TIME}s: method2/method1 = $(ratio "${TIME[2]:-}" "$JOB_TIME"), method1/method3 = $(ratio "$JOB_TIME" "${TIME[3]:-}")"
+fi
+log "done; guest loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
+[ -z "$FAILED_METHODS" ] || { log "BENCH INCOMPLETE: method(s)$FAILED_METHODS did not finish"; exit 1; }
