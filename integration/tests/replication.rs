@@ -119,6 +119,28 @@ async fn jobs(c: &Coordinator) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// The `offsite` job of node-a1 once it is done.
+async fn offsite_job_done(c: &Coordinator, what: &str, timeout: Duration) -> Value {
+    wait_for(what, timeout, || async {
+        let all = jobs(c).await;
+        let j = job_for(&all, "offsite", "node-a1")?;
+        (j["state"] == "done").then(|| j.clone())
+    })
+    .await
+}
+
+fn history(job: &Value) -> Vec<String> {
+    job["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn job_for<'a>(jobs: &'a [Value], task: &str, source: &str) -> Option<&'a Value> {
     jobs.iter()
         .find(|j| j["task"] == task && j["source_node"] == source)
@@ -362,22 +384,13 @@ async fn interrupted(kill_target: bool) {
         "source"
     };
 
-    let job = wait_for(
+    let job = offsite_job_done(
+        &s.coordinator,
         "the job to finish after the restart",
         Duration::from_secs(120),
-        || async {
-            let all = jobs(&s.coordinator).await;
-            let j = job_for(&all, "offsite", "node-a1")?;
-            (j["state"] == "done").then(|| j.clone())
-        },
     )
     .await;
-    let history: Vec<&str> = job["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let history = history(&job);
     assert!(
         history.iter().any(|l| l.contains("failed")),
         "the cut attempt failed ({restarted} killed): {history:#?}"
@@ -520,22 +533,13 @@ async fn a_rate_change_reaches_the_running_job() {
         slow.replace("limit: 1MB/s", "limit: 40MB/s"),
     )
     .unwrap();
-    let job = wait_for(
+    let job = offsite_job_done(
+        &s.coordinator,
         "the job to finish at the new rate",
         Duration::from_secs(60),
-        || async {
-            let all = jobs(&s.coordinator).await;
-            let j = job_for(&all, "offsite", "node-a1")?;
-            (j["state"] == "done").then(|| j.clone())
-        },
     )
     .await;
-    let history: Vec<&str> = job["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let history = history(&job);
     assert!(
         history.iter().any(|l| l.contains("rate now 40000000 B/s")),
         "{history:#?}"
