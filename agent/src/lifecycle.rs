@@ -147,19 +147,36 @@ impl Lifecycle {
         }
     }
 
+    /// Takes a listing of one dataset's snapshots made by the caller after
+    /// it changed them, so the dataset is not listed twice.
+    pub fn dataset_listed(&self, ds: &DatasetName, snaps: Vec<SnapshotInfo>, now: i64) {
+        if !self.replace_listing(ds, snaps) {
+            if let Err(e) = self.rescan(now) {
+                warn!(dataset = %ds, error = %e, "relisting after a new dataset failed");
+            }
+        }
+    }
+
     /// Lists one dataset's snapshots again after we changed them.
     fn refresh(&self, ds: &DatasetName) {
         match self.backend.list_snapshots(ds) {
             Ok(snaps) => {
-                let mut inv = lock(&self.inventory);
-                let inv = &mut *inv;
-                if let Some((_, old)) = inv.datasets.get_mut(ds) {
-                    diff_into(&mut inv.pending, ds, old, &snaps);
-                    *old = snaps;
-                }
+                self.replace_listing(ds, snaps);
             }
             Err(e) => warn!(dataset = %ds, error = %e, "relisting snapshots failed"),
         }
+    }
+
+    /// False if the dataset is not in the inventory yet.
+    fn replace_listing(&self, ds: &DatasetName, snaps: Vec<SnapshotInfo>) -> bool {
+        let mut inv = lock(&self.inventory);
+        let inv = &mut *inv;
+        let Some((_, old)) = inv.datasets.get_mut(ds) else {
+            return false;
+        };
+        diff_into(&mut inv.pending, ds, old, &snaps);
+        *old = snaps;
+        true
     }
 
     /// Protected datasets with their class, from the cache.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{info, warn};
 use zdr_common::wire::{
-    JobPhase, JobRole, JobUpdate, ReceiveJob, ReceiveOffer, SendJob, SnapshotRef, StreamSpec,
+    JobPhase, JobRole, JobUpdate, ReceiveJob, ReceiveOffer, SendJob, SnapshotInfo, SnapshotRef,
+    StreamSpec,
 };
 use zdr_common::DatasetName;
 
@@ -264,7 +265,7 @@ impl Replication {
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
         let job_id = cmd.job.clone();
-        let outcome = match (&transfer, zfs) {
+        let mut outcome = match (&transfer, zfs) {
             (Ok(summary), Ok(())) => {
                 let expect = cmd.expect.clone();
                 let tag = cmd.hold_tag.clone();
@@ -273,7 +274,7 @@ impl Replication {
                         .await
                         .unwrap_or_else(|e| Err(format!("checking the result panicked: {e}")));
                 match landed {
-                    Ok(snap) => Ok((snap, summary.clone())),
+                    Ok((snap, listing)) => Ok((snap, listing, summary.clone())),
                     Err(e) => Err((e, false)),
                 }
             }
@@ -315,7 +316,15 @@ impl Replication {
         }
         let lc = self.lifecycle.clone();
         let ds = dataset.clone();
-        let _ = tokio::task::spawn_blocking(move || lc.dataset_changed(&ds, now())).await;
+        let listing = match &mut outcome {
+            Ok((_, listing, _)) => Some(std::mem::take(listing)),
+            Err(_) => None,
+        };
+        let _ = tokio::task::spawn_blocking(move || match listing {
+            Some(snaps) => lc.dataset_listed(&ds, snaps, now()),
+            None => lc.dataset_changed(&ds, now()),
+        })
+        .await;
         reporter.stop().await;
         let r = reporter.last();
         let mut update = JobUpdate {
@@ -332,7 +341,7 @@ impl Replication {
             resumable: false,
         };
         match outcome {
-            Ok((snap, summary)) => {
+            Ok((snap, _, summary)) => {
                 info!(job = %cmd.job, %dataset, snapshot = %snap.name, bytes = summary.bytes, resumed = resuming, "received");
                 update.bytes = summary.bytes;
                 update.message = format!(
@@ -439,22 +448,16 @@ impl Replication {
         spec: SendSpec,
         job: Job,
         addr: SocketAddr,
-        mut opts: SendOptions,
+        opts: SendOptions,
         cancel: Arc<Notify>,
     ) {
         let plane = self.plane.as_ref().expect("send checked the plane");
         let (progress, mut reporter) = self.reporter(&cmd.job, JobRole::Source);
-        // After the command's reply: `zfs send -nvP` of a long backlog takes a while.
+        // Beside the stream, not before it: `zfs send -nvP` of a long backlog
+        // takes a while, and the size only feeds the progress report.
         let backend = self.lifecycle.backend.clone();
         let s = spec.clone();
-        opts.size_hint = match tokio::task::spawn_blocking(move || backend.estimate(&s)).await {
-            Ok(Ok(hint)) => hint,
-            Ok(Err(e)) => {
-                warn!(job = %cmd.job, error = %e, "no size estimate");
-                None
-            }
-            Err(_) => None,
-        };
+        let mut estimate = Some(tokio::task::spawn_blocking(move || backend.estimate(&s)));
         let (output, mut source) = match pipe_from_zfs() {
             Ok(p) => p,
             Err(e) => {
@@ -474,13 +477,30 @@ impl Replication {
             let mut output = output;
             backend.send(&spec, &mut output)
         });
-        progress.send_replace(Progress {
-            bytes: 0,
-            size_hint: opts.size_hint,
-        });
-        let transfer = tokio::select! {
-            r = plane.sender.send(addr, &cmd.target_node, &job, &mut source, &opts, Some(&progress)) => r,
-            _ = cancel.notified() => Err(TransferError::Protocol("cancelled by the coordinator")),
+        let transfer = {
+            let send = plane.sender.send(
+                addr,
+                &cmd.target_node,
+                &job,
+                &mut source,
+                &opts,
+                Some(&progress),
+            );
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    r = &mut send => break r,
+                    e = async { estimate.as_mut().expect("guarded").await }, if estimate.is_some() => {
+                        estimate = None;
+                        match e {
+                            Ok(Ok(hint)) => progress.send_modify(|p| p.size_hint = hint),
+                            Ok(Err(e)) => warn!(job = %cmd.job, error = %e, "no size estimate"),
+                            Err(_) => {}
+                        }
+                    }
+                    _ = cancel.notified() => break Err(TransferError::Protocol("cancelled by the coordinator")),
+                }
+            }
         };
         drop(source); // a sender still writing gets EPIPE and stops
         let zfs = zfs.await.unwrap_or_else(|e| {
@@ -708,37 +728,42 @@ fn job(id: &str, token: &str) -> Result<Job, Refused> {
     Job::new(id, token).map_err(|e| e.to_string())
 }
 
-/// The snapshot the receive had to land, checked by GUID, then held.
+/// The snapshot the receive had to land, checked by GUID, then held; and
+/// the dataset's listing, which the inventory takes as it is.
 fn landed(
     backend: &dyn crate::zfs::Backend,
     dataset: &DatasetName,
     expect: &SnapshotRef,
     tag: &str,
-) -> Result<SnapshotRef, String> {
-    let snaps = backend
+) -> Result<(SnapshotRef, Vec<SnapshotInfo>), String> {
+    let mut snaps = backend
         .list_snapshots(dataset)
         .map_err(|e| format!("listing {dataset} after the receive: {e}"))?;
-    let got = match snaps.iter().find(|s| s.name == expect.name) {
-        Some(s) if s.guid != expect.guid => {
+    let at = match snaps.iter().position(|s| s.name == expect.name) {
+        Some(i) if snaps[i].guid != expect.guid => {
             return Err(format!(
                 "{dataset}@{} has GUID {} after the receive, but the source's has {}",
-                expect.name, s.guid, expect.guid
+                expect.name, snaps[i].guid, expect.guid
             ))
         }
-        Some(s) => s,
+        Some(i) => i,
         // A resumed stream may have finished an earlier step instead.
         None => snaps
-            .last()
+            .len()
+            .checked_sub(1)
             .ok_or_else(|| format!("{dataset} has no snapshot after the receive"))?,
     };
+    let got = &mut snaps[at];
     match backend.hold(dataset, &got.name, tag) {
-        Ok(()) | Err(ZfsError::Exists { .. }) => {}
+        Ok(()) => got.userrefs += 1,
+        Err(ZfsError::Exists { .. }) => {}
         Err(e) => return Err(format!("holding {dataset}@{}: {e}", got.name)),
     }
-    Ok(SnapshotRef {
+    let landed = SnapshotRef {
         name: got.name.clone(),
         guid: got.guid,
-    })
+    };
+    Ok((landed, snaps))
 }
 
 /// An OS pipe that we write and `zfs receive` reads.

@@ -234,6 +234,7 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
     let mut renew = tokio::time::interval(config.lease_ttl / 3);
     let mut gauges = tokio::time::interval(Duration::from_secs(5));
     let mut job_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut specs_seen = spec_stamps(config);
     let mut resync_asked: std::collections::HashMap<String, i64> = Default::default();
     loop {
         tokio::select! {
@@ -264,7 +265,16 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
                 update_gauges(state).await;
                 update_pairings(state).await;
             }
-            _ = job_tick.tick() => jobs::tick(state).await,
+            _ = job_tick.tick() => {
+                // An edit of a spec file takes effect within a second, not at the next renewal.
+                let stamps = spec_stamps(config);
+                if stamps != specs_seen {
+                    specs_seen = stamps;
+                    resign_policy(state, lease.epoch).await;
+                    update_pairings(state).await;
+                }
+                jobs::tick(state).await
+            }
             _ = tokio::signal::ctrl_c() => {
                 info!("shutting down; releasing the lease");
                 state.leader.store(false, Ordering::SeqCst);
@@ -277,6 +287,19 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
     state.leader.store(false, Ordering::SeqCst);
     let _ = sub.unsubscribe().await;
     Ok(Led::LostLease)
+}
+
+/// The modification time and size of the policy and tasks files: cheap to
+/// read every second, and changed by any edit (a missing file reads as None).
+fn spec_stamps(config: &Config) -> [Option<(std::time::SystemTime, u64)>; 2] {
+    let stamp = |p: Option<&std::path::Path>| {
+        let m = std::fs::metadata(p?).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    };
+    [
+        stamp(Some(&config.policy_path)),
+        stamp(config.tasks_path.as_deref()),
+    ]
 }
 
 async fn resign_policy(state: &State, epoch: u64) {

@@ -1,13 +1,15 @@
 #!/bin/bash
 # bench-listing-guest.sh - runs INSIDE the zfs-vm guest, started by
-# bench-listing.sh (read that one first). Creates the snapshots of one dataset
-# up to each size in turn, and at each size times every listing method,
+# bench-listing.sh (read that one first). Creates the snapshots (of one
+# dataset, or spread over ZDR_BENCH_DATASETS children of it) up to each size in turn, and at each size times every listing method,
 # interleaved, ZDR_BENCH_REPS times, checking that all of them list the same
 # snapshots. Prints a table of medians and ratios to method (a).
 #
 # Environment (set by bench-listing.sh):
 #   ZDR_BENCH_SIZES          ascending snapshot counts, e.g. "1000 10000 100000"
 #   ZDR_BENCH_REPS           timed runs of each method per size (median taken)
+#   ZDR_BENCH_DATASETS       1: the snapshots are in one dataset, listed with
+#                            -d 1; D > 1: in D children of it, listed with -r
 #   ZDR_BENCH_LZC            path of the lzc_snapshot loop helper, or empty
 #                            (then one `zfs snapshot` per snapshot: far slower)
 #   ZDR_BENCH_LUA            path of list_snapshots.lua
@@ -34,6 +36,7 @@ CREATE_BUDGET=${ZDR_BENCH_CREATE_BUDGET:-2700}
 LIST_BUDGET=${ZDR_BENCH_LIST_BUDGET:-1500}
 TIME_LIMIT=${ZDR_BENCH_TIME_LIMIT:-0}
 POOL_SIZE=${ZDR_BENCH_POOL_SIZE:-2G}
+NDS=${ZDR_BENCH_DATASETS:-1}
 
 POOL=zdrbench
 DS=$POOL/fs
@@ -72,13 +75,22 @@ LUA_M=1073741824
 truncate -s "$POOL_SIZE" "$W/pool.img"
 zpool create -o ashift=12 -O mountpoint=none -O atime=off "$POOL" "$W/pool.img"
 zfs create "$DS"
+FSS=("$DS")     # the filesystems that get snapshots, one each per round
+DEPTH=(-d 1)
+if [ "$NDS" -gt 1 ]; then
+    FSS=()
+    for ((i = 0; i < NDS; i++)); do FSS+=("$(printf '%s/d%04d' "$DS" "$i")"); done
+    for f in "${FSS[@]}"; do zfs create "$f"; done
+    DEPTH=(-r)
+    log "created $NDS datasets under $DS; each round snapshots all of them in one txg"
+fi
 
 argv_of() {  # argv_of M: set ARGV to the command that lists $DS by method M
     case $1 in
-    a) ARGV=(zfs list -Hp -t snapshot -o "$COLS" -s createtxg -d 1 "$DS") ;;
-    b) ARGV=(zfs list -H -t snapshot -o name -s name -d 1 "$DS") ;;
-    c) ARGV=(zfs program -n -j -t "$LUA_T" -m "$LUA_M" "$POOL" "$LUA" "$DS") ;;
-    d) ARGV=(zfs list -j -p -t snapshot -o "$COLS" -s createtxg -d 1 "$DS") ;;
+    a) ARGV=(zfs list -Hp -t snapshot -o "$COLS" -s createtxg "${DEPTH[@]}" "$DS") ;;
+    b) ARGV=(zfs list -H -t snapshot -o name -s name "${DEPTH[@]}" "$DS") ;;
+    c) ARGV=(zfs program -n -j -t "$LUA_T" -m "$LUA_M" "$POOL" "$LUA" "$DS" "${DEPTH[0]}") ;;
+    d) ARGV=(zfs list -j -p -t snapshot -o "$COLS" -s createtxg "${DEPTH[@]}" "$DS") ;;
     esac
 }
 
@@ -87,7 +99,7 @@ names_of() {  # names_of M OUTFILE: the sorted snapshot names in one output
     a|b) cut -f1 "$2" ;;
     # JSON: every snapshot is an object key "pool/fs@name":{ ; nothing else
     # in these outputs has an '@' in a key.
-    c|d) grep -o "\"$DS@[^\"]*\":{" "$2" | sed 's/^"//; s/":{$//' ;;
+    c|d) grep -o "\"$DS[^\"@]*@[^\"]*\":{" "$2" | sed 's/^"//; s/":{$//' ;;
     esac | LC_ALL=C sort
 }
 
@@ -112,23 +124,27 @@ create_upto() {  # create_upto N: extend $DS's snapshots to N; 1 if the budget r
         fi
     fi
     while [ "$HAVE" -lt "$n" ]; do
+        # chunk: snapshots per helper call, whole rounds of one per filesystem
         left=$((n - HAVE)); chunk=$((left < 250 ? left : 250)); tc=$(now)
+        chunk=$(( (chunk + NDS - 1) / NDS * NDS ))
         if [ -n "$LZC" ]; then
-            if ! "$LZC" "$DS" "$HAVE" "$chunk"; then
+            if ! "$LZC" "$((HAVE / NDS))" "$((chunk / NDS))" "${FSS[@]}"; then
                 # keep what exists: count it, and measure at that size
-                HAVE=$(zfs list -H -t snapshot -o name -d 1 "$DS" | wc -l)
+                HAVE=$(zfs list -H -t snapshot -o name "${DEPTH[@]}" "$DS" | wc -l)
                 log "CREATION FAILED with $HAVE snapshots; $(zpool list -Hp -o size,alloc,free "$POOL" | tr '\t' ' ')" \
                     "(size alloc free, bytes)"
                 return 2
             fi
         else
-            for ((i = HAVE; i < HAVE + chunk; i++)); do zfs snapshot "$(printf '%s@s%07d' "$DS" "$i")"; done
+            for ((i = HAVE / NDS; i < (HAVE + chunk) / NDS; i++)); do
+                zfs snapshot "${FSS[@]/%/$(printf '@s%07d' "$i")}"
+            done
         fi
         HAVE=$((HAVE + chunk))
         CREATE_SECS=$(awk -v a="$CREATE_SECS" -v c="$(sub "$tc" "$(now)")" 'BEGIN { print a + c }')
         el=$(sub "$t" "$(now)")
         RATE=$(awk -v h="$HAVE" -v e="$CREATE_SECS" 'BEGIN { printf "%.2f", h / e }')
-        if [ $((HAVE % 2000)) -eq 0 ] || [ "$HAVE" -eq "$n" ]; then
+        if [ $((HAVE / 2000)) -gt $(((HAVE - chunk) / 2000)) ] || [ "$HAVE" -eq "$n" ]; then
             log "created $HAVE snapshots (this size: ${el}s; overall $RATE snapshots/s;" \
                 "pool size alloc free $(zpool list -Hp -o size,alloc,free "$POOL" | tr '\t' ' '))"
         fi
@@ -150,7 +166,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR 
 
 print_table() {
     echo
-    echo "== Snapshot listing: one dataset, OpenZFS $(zfs version | head -n 1 | sed 's/^zfs-//'), median of the timed runs =="
+    echo "== Snapshot listing: $([ "$NDS" -gt 1 ] && echo "$NDS datasets, recursive" || echo "one dataset"), OpenZFS $(zfs version | head -n 1 | sed 's/^zfs-//'), median of the timed runs =="
     printf '%-9s  %-74s  %4s  %9s  %9s  %9s  %8s  %8s\n' snapshots method runs "median s" "min s" "max s" "vs (a)" "listed"
     local n m
     for n in "${RESULT_SIZES[@]}"; do

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# bench-listing.sh - benchmark (not a test) of listing one dataset's snapshots
-# on real OpenZFS, in ONE zfs-vm guest, by each method available:
+# bench-listing.sh - benchmark (not a test) of listing snapshots (of one
+# dataset, or of D datasets under one parent: ZDR_BENCH_DATASETS) on real OpenZFS, in ONE zfs-vm guest, by each method available:
 #   (a) zfs list -Hp -t snapshot -o name,guid,createtxg,creation,used,userrefs
 #       -s createtxg -d 1 DS          (what zdr's agent runs, agent/src/zfs/cli.rs)
 #   (b) zfs list -H -t snapshot -o name -s name -d 1 DS      (names only)
@@ -28,17 +28,23 @@
 # rounds are run above it), ZDR_BENCH_TIME_LIMIT (0: none; seconds for the
 # whole guest part: sizes that do not fit are skipped, runs that overrun are
 # killed and shown as such), ZDR_BENCH_POOL_SIZE (2G: the file vdev; 2G ran
-# out of space at 4949 snapshots, so give 10k+ more, and ZDR_VM_MEM), plus zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults
+# out of space at 4949 snapshots, so give 10k+ more, and ZDR_VM_MEM),
+# ZDR_BENCH_DATASETS (1: all snapshots in one dataset; D > 1: spread evenly
+# over D child datasets of one parent, listed recursively from the parent;
+# sizes must be multiples of D), plus zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults
 # to 14400 here). Exit code: the guest's; 125 means the VM failed.
 set -euo pipefail
 
 HERE=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000 10000 100000)
+DATASETS=${ZDR_BENCH_DATASETS:-1}
+case $DATASETS in ''|*[!0-9]*|0*) echo "bench-listing: ZDR_BENCH_DATASETS must be a positive integer, not '$DATASETS'" >&2; exit 2 ;; esac
 prev=0
 for n in "${SIZES[@]}"; do
     case $n in ''|*[!0-9]*|0*) echo "bench-listing: sizes must be positive integers, not '$n'" >&2; exit 2 ;; esac
     [ "$n" -gt "$prev" ] || { echo "bench-listing: sizes must be ascending" >&2; exit 2; }
+    [ $((n % DATASETS)) -eq 0 ] || { echo "bench-listing: size $n is not a multiple of ZDR_BENCH_DATASETS=$DATASETS" >&2; exit 2; }
     prev=$n
 done
 
@@ -47,21 +53,25 @@ done
 TMP=$(mktemp -d /tmp/zdr-bench-listing.XXXXXX)
 trap 'rm -rf -- "$TMP"' EXIT
 cat > "$TMP/snapmany.c" <<'EOF'
-/* snapmany FS FIRST COUNT: snapshots FS@s<FIRST>..FS@s<FIRST+COUNT-1> (7
- * digits), one lzc_snapshot call each (one txg sync each), in one process. */
+/* snapmany FIRST COUNT FS...: for i in FIRST..FIRST+COUNT-1, one lzc_snapshot
+ * call (one txg sync) taking FS@s<i> (7 digits) of every FS at once, in one
+ * process. Snapshots of different filesystems share a txg; those of one
+ * filesystem cannot. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <libzfs_core.h>
 #include <libnvpair.h>
 int main(int argc, char **argv) {
-    if (argc != 4) { fprintf(stderr, "usage: snapmany FS FIRST COUNT\n"); return 2; }
+    if (argc < 4) { fprintf(stderr, "usage: snapmany FIRST COUNT FS...\n"); return 2; }
     if (libzfs_core_init() != 0) { perror("libzfs_core_init"); return 1; }
-    long first = atol(argv[2]), count = atol(argv[3]);
+    long first = atol(argv[1]), count = atol(argv[2]);
     char name[512];
     for (long i = first; i < first + count; i++) {
         nvlist_t *snaps = fnvlist_alloc(), *errs = NULL;
-        snprintf(name, sizeof name, "%s@s%07ld", argv[1], i);
-        fnvlist_add_boolean(snaps, name);
+        for (int f = 3; f < argc; f++) {
+            snprintf(name, sizeof name, "%s@s%07ld", argv[f], i);
+            fnvlist_add_boolean(snaps, name);
+        }
         int e = lzc_snapshot(snaps, NULL, &errs);
         if (e != 0) { fprintf(stderr, "lzc_snapshot %s: error %d\n", name, e); return 1; }
         fnvlist_free(snaps);
@@ -90,6 +100,7 @@ export ZDR_BENCH_CREATE_BUDGET=${ZDR_BENCH_CREATE_BUDGET:-2700}
 export ZDR_BENCH_LIST_BUDGET=${ZDR_BENCH_LIST_BUDGET:-1500}
 export ZDR_BENCH_TIME_LIMIT=${ZDR_BENCH_TIME_LIMIT:-0}
 export ZDR_BENCH_POOL_SIZE=${ZDR_BENCH_POOL_SIZE:-2G}
+export ZDR_BENCH_DATASETS=$DATASETS
 export ZDR_VM_TIMEOUT=${ZDR_VM_TIMEOUT:-14400}
 rc=0
 ZDR_VM_RW=none ZDR_VM_TIMING=${ZDR_VM_TIMING:-1} "$HERE/zfs-vm.sh" run /bin/bash "$HERE/bench-listing-guest.sh" || rc=$?

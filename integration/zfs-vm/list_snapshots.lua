@@ -1,8 +1,9 @@
 -- list_snapshots.lua - a read-only ZFS channel program that lists the
--- snapshots of ONE dataset with the columns zdr's agent reads
+-- snapshots of ONE dataset (or, with -r, of it and all its descendants) with
+-- the columns zdr's agent reads
 -- (agent/src/zfs/cli.rs: name,guid,createtxg,creation,used,userrefs).
 --
---   zfs program -n -j -t 100000000 -m 104857600 POOL list_snapshots.lua DATASET
+--   zfs program -n -j -t 100000000 -m 104857600 POOL list_snapshots.lua DATASET [-r]
 --
 -- -n runs it read-only (no txg sync, so it does not wait for one). Returns
 -- {count = N, snapshots = {["ds@snap"] = {guid=..., createtxg=..., ...}}}.
@@ -14,16 +15,25 @@
 args = ...
 argv = args["argv"]
 local ds = argv[1]
+local recurse = argv[2] == "-r"
 local props = {"guid", "createtxg", "creation", "used", "userrefs"}
 local snaps = {}
 local n = 0
-for snap in zfs.list.snapshots(ds) do
-    local e = {}
-    for _, p in ipairs(props) do
-        local v = zfs.get_prop(snap, p)
-        e[p] = v
+local function walk(fs)
+    for snap in zfs.list.snapshots(fs) do
+        local e = {}
+        for _, p in ipairs(props) do
+            local v = zfs.get_prop(snap, p)
+            e[p] = v
+        end
+        snaps[snap] = e
+        n = n + 1
     end
-    snaps[snap] = e
-    n = n + 1
+    if recurse then
+        for child in zfs.list.children(fs) do
+            walk(child)
+        end
+    end
 end
+walk(ds)
 return {count = n, snapshots = snaps}

@@ -219,9 +219,10 @@ where
             .map_err(TransferError::Network)?;
         wire_bytes += frame.len() as u64;
         if let Some(progress) = progress {
-            progress.send_replace(Progress {
-                bytes,
-                size_hint: opts.size_hint,
+            // The caller may learn the size later and set it meanwhile.
+            progress.send_modify(|p| {
+                p.bytes = bytes;
+                p.size_hint = opts.size_hint.or(p.size_hint);
             });
         }
         if n < MAX_CHUNK {
