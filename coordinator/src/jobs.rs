@@ -15,7 +15,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobPhase, JobRole, JobUpdate, Outcome, ReceiveJob, SendJob, SnapshotRef, StreamSpec,
+    Command, JobPhase, JobRole, JobUpdate, Outcome, ReceiveJob, SendJob, SnapshotInfo, SnapshotRef,
+    StreamSpec,
 };
 
 use crate::bus;
@@ -32,6 +33,9 @@ pub const STALL_MS: i64 = 30_000;
 const ACCEPT_SECS: u64 = 60;
 /// Lines of history kept per job.
 const HISTORY: usize = 30;
+/// After a job, the next plan waits this long at most for the target's
+/// inventory to show what landed; planning from an older one sends it again.
+const LANDED_WAIT_MS: i64 = 60_000;
 /// Progress is written to KV at most this often.
 const PERSIST_PROGRESS_MS: i64 = 5_000;
 
@@ -264,6 +268,11 @@ pub async fn tick(state: &Arc<State>) {
                 .and_then(|m| m.get(&pairing.target_dataset))
                 .map(|d| d.snapshots.as_slice())
                 .unwrap_or(&[]);
+            if let Some(r) = jobs.records.get(&key) {
+                if awaiting_landed_inventory(r, tgt, t_ms) {
+                    continue;
+                }
+            }
             let planned = transfer_plan::plan(
                 &src.snapshots,
                 tgt,
@@ -334,6 +343,17 @@ pub async fn tick(state: &Arc<State>) {
         tokio::spawn(async move { start_attempt(&st, &key).await });
     }
     update_rates(state).await;
+}
+
+/// Whether the target's inventory does not show the snapshot the last job
+/// landed yet (for a while after it).
+fn awaiting_landed_inventory(rec: &JobRecord, target: &[SnapshotInfo], t_ms: i64) -> bool {
+    let (JobState::Done, Some(done), Some(last)) =
+        (rec.state, rec.finished_at_ms, rec.steps.last())
+    else {
+        return false;
+    };
+    t_ms - done < LANDED_WAIT_MS && !target.iter().any(|s| s.guid == last.expect.guid)
 }
 
 /// Whether an ancestor of the pairing's dataset, copied by the same task from
@@ -871,7 +891,6 @@ pub async fn list(state: &State) -> Vec<JobRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zdr_common::wire::SnapshotInfo;
 
     fn s(name: &str, guid: u64) -> SnapshotInfo {
         SnapshotInfo {
@@ -911,6 +930,44 @@ mod tests {
                 guid: 3
             }
         );
+    }
+
+    #[test]
+    fn the_next_plan_waits_for_the_target_inventory_to_show_the_landing() {
+        let pairing = Pairing {
+            task: "t".into(),
+            source_node: "a".into(),
+            dataset: "tank/d".into(),
+            target_node: "b".into(),
+            target_dataset: "backup/d".into(),
+            reason: String::new(),
+        };
+        let source = vec![s("s1", 1), s("s2", 2)];
+        let steps = steps_of(
+            &[Step::Incremental {
+                from: "s1".into(),
+                to: "s2".into(),
+                intermediates: true,
+            }],
+            &source,
+        );
+        let mut rec = new_record(&pairing, "c", 1, steps, 0);
+        assert!(!awaiting_landed_inventory(&rec, &[s("s1", 1)], 1_000));
+        rec.state = JobState::Done;
+        rec.finished_at_ms = Some(1_000);
+        // Lagging: the target's inventory does not list @s2 (GUID 2) yet.
+        assert!(awaiting_landed_inventory(&rec, &[s("s1", 1)], 2_000));
+        assert!(!awaiting_landed_inventory(
+            &rec,
+            &[s("s1", 1), s("s2", 2)],
+            2_000
+        ));
+        // Not for ever: a snapshot destroyed on the target meanwhile is planned for again.
+        assert!(!awaiting_landed_inventory(
+            &rec,
+            &[s("s1", 1)],
+            1_000 + LANDED_WAIT_MS
+        ));
     }
 
     #[test]

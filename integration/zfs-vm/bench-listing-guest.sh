@@ -89,7 +89,7 @@ argv_of() {  # argv_of M: set ARGV to the command that lists $DS by method M
     case $1 in
     a) ARGV=(zfs list -Hp -t snapshot -o "$COLS" -s createtxg "${DEPTH[@]}" "$DS") ;;
     b) ARGV=(zfs list -H -t snapshot -o name -s name "${DEPTH[@]}" "$DS") ;;
-    c) ARGV=(zfs program -n -j -t "$LUA_T" -m "$LUA_M" "$POOL" "$LUA" "$DS" "${DEPTH[0]}") ;;
+    c) ARGV=(zfs program -n -j -t "$LUA_T" -m "$LUA_M" "$POOL" "$LUA" "$DS" "${DEPTH[0]#-}") ;;
     d) ARGV=(zfs list -j -p -t snapshot -o "$COLS" -s createtxg "${DEPTH[@]}" "$DS") ;;
     esac
 }

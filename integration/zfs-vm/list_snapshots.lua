@@ -1,9 +1,9 @@
 -- list_snapshots.lua - a read-only ZFS channel program that lists the
--- snapshots of ONE dataset (or, with -r, of it and all its descendants) with
+-- snapshots of ONE dataset (or, with r, of it and all its descendants) with
 -- the columns zdr's agent reads
 -- (agent/src/zfs/cli.rs: name,guid,createtxg,creation,used,userrefs).
 --
---   zfs program -n -j -t 100000000 -m 104857600 POOL list_snapshots.lua DATASET [-r]
+--   zfs program -n -j -t 100000000 -m 104857600 POOL list_snapshots.lua DATASET [r]
 --
 -- -n runs it read-only (no txg sync, so it does not wait for one). Returns
 -- {count = N, snapshots = {["ds@snap"] = {guid=..., createtxg=..., ...}}}.
@@ -15,7 +15,7 @@
 args = ...
 argv = args["argv"]
 local ds = argv[1]
-local recurse = argv[2] == "-r"
+local recurse = argv[2] == "r"
 local props = {"guid", "createtxg", "creation", "used", "userrefs"}
 local snaps = {}
 local n = 0
