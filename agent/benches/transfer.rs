@@ -2,21 +2,21 @@
 //! loopback against ssh and a plain pipe, and throttle accuracy.
 //!
 //! Every method moves the same bytes (a random 16 MiB block, repeated) from
-//! this process's memory into a sink that discards them, and counts its own
-//! setup (TLS or ssh handshake, process start).
+//! this process through an OS pipe, its transport and another OS pipe into
+//! `cat > /dev/null`, as an agent's stream goes from `zfs send` to `zfs
+//! receive`, and counts its own setup (TLS or ssh handshake, process start).
 
 #[path = "../tests/support/pki.rs"]
 mod pki;
 
 use std::io::Write;
 use std::num::NonZeroU64;
-use std::pin::Pin;
+use std::os::fd::OwnedFd;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::unix::pipe;
 use zdr_agent::transfer::{Job, JobToken, RateHandle, Receiver, SendOptions, Sender};
 
 const BLOCK: usize = 16 << 20;
@@ -87,40 +87,9 @@ fn usage(flag: &str) -> ! {
     std::process::exit(2)
 }
 
-/// `len` bytes of `block`, repeated.
-struct Repeat {
-    block: Arc<Vec<u8>>,
-    pos: usize,
-    left: u64,
-}
-
-impl Repeat {
-    fn new(block: &Arc<Vec<u8>>, len: u64) -> Repeat {
-        Repeat {
-            block: block.clone(),
-            pos: 0,
-            left: len,
-        }
-    }
-}
-
-impl AsyncRead for Repeat {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = (self.block.len() - self.pos)
-            .min(buf.remaining())
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
-        buf.put_slice(&self.block[self.pos..self.pos + n]);
-        self.pos = (self.pos + n) % self.block.len();
-        self.left -= n as u64;
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Seconds to send `bytes` through the data plane (TLS + BLAKE3) on loopback.
+/// Seconds to move `bytes` through the data plane (TLS + BLAKE3) on
+/// loopback: written into a pipe by a thread (as by `zfs send`), and out of
+/// the receiver into `cat > /dev/null` through another (as into `zfs receive`).
 async fn data_plane(block: &Arc<Vec<u8>>, bytes: u64, rate: Option<NonZeroU64>) -> f64 {
     let pki = pki::Pki::new("bench-fleet");
     let (source, target) = (pki.tls("node-a"), pki.tls("node-b"));
@@ -133,12 +102,22 @@ async fn data_plane(block: &Arc<Vec<u8>>, bytes: u64, rate: Option<NonZeroU64>) 
         rate: RateHandle::new(rate),
         ..SendOptions::default()
     };
-    let src = Repeat::new(block, bytes);
     let started = Instant::now();
+    let (feed, src) = pipe::pipe().expect("pipe");
+    let feed = std::fs::File::from(feed.into_blocking_fd().expect("blocking pipe"));
+    let b = block.clone();
+    let feeding = std::thread::spawn(move || write_repeated(feed, &b, bytes));
+    let mut cat = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("running cat");
+    let stdin = OwnedFd::from(cat.stdin.take().expect("piped stdin"));
+    let mut sink = pipe::Sender::from_owned_fd(stdin).expect("pipe to cat");
     // Two tasks, so that both ends may run on their own core.
     let receiving = {
         let job = job.clone();
-        tokio::spawn(async move { receiver.accept(&job, &mut tokio::io::sink(), None).await })
+        tokio::spawn(async move { receiver.accept(&job, &mut sink, None).await })
     };
     let sending = tokio::spawn(async move {
         let mut src = src;
@@ -150,11 +129,24 @@ async fn data_plane(block: &Arc<Vec<u8>>, bytes: u64, rate: Option<NonZeroU64>) 
         sending.await.expect("sender task"),
         receiving.await.expect("receiver task"),
     );
+    feeding.join().expect("feeding thread");
+    let status = cat.wait().expect("waiting for cat");
     let secs = started.elapsed().as_secs_f64();
+    assert!(status.success(), "cat failed: {status}");
     let (sent, received) = (sent.expect("send"), received.expect("receive"));
     assert_eq!(sent.bytes, bytes);
     assert_eq!(sent.hash, received.hash);
     secs
+}
+
+/// Writes `bytes` of `block`, repeated, into `w`.
+fn write_repeated(mut w: impl Write, block: &[u8], bytes: u64) {
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left).unwrap_or(usize::MAX).min(block.len());
+        w.write_all(&block[..n]).expect("writing into the pipe");
+        left -= n as u64;
+    }
 }
 
 /// Seconds to write `bytes` into the standard input of `argv`.
@@ -166,14 +158,7 @@ fn child(block: &[u8], bytes: u64, argv: &[String]) -> f64 {
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let mut left = bytes;
-    while left > 0 {
-        let n = usize::try_from(left).unwrap_or(usize::MAX).min(block.len());
-        stdin.write_all(&block[..n]).expect("writing to the child");
-        left -= n as u64;
-    }
-    drop(stdin);
+    write_repeated(child.stdin.take().expect("piped stdin"), block, bytes);
     let status = child.wait().expect("waiting for the child");
     assert!(status.success(), "{argv:?} failed: {status}");
     started.elapsed().as_secs_f64()

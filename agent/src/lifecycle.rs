@@ -6,8 +6,10 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tracing::{info, warn};
-use zdr_common::policy::Class;
-use zdr_common::wire::{DatasetInventory, Event, EventKind, InventoryChange, SnapshotInfo};
+use zdr_common::policy::{Class, Tiers};
+use zdr_common::wire::{
+    DatasetInventory, Event, EventKind, InventoryChange, PruneReplica, SnapshotInfo,
+};
 use zdr_common::DatasetName;
 
 use crate::audit::{AuditLog, Record};
@@ -299,7 +301,6 @@ impl Lifecycle {
         let Some(policy) = self.policy() else {
             return report;
         };
-        let revision = Some(policy.bundle.revision);
         for (info, class_name, class, snaps) in self.protected(&policy) {
             let rules = Rules {
                 prefix: policy.bundle.policy.snapshot_prefix.clone(),
@@ -307,54 +308,130 @@ impl Lifecycle {
                 immutable_for_secs: class.immutable_for.secs(),
                 protected_guids: HashSet::new(),
             };
-            let plan = retention::plan(&snaps, &rules, now);
-            if plan.destroy.is_empty() {
-                continue;
-            }
             let why = format!(
                 "retention: class {class_name} keeps {}",
-                describe_tiers(&class)
+                describe_tiers(&class.tiers)
             );
-            for snap in &plan.destroy {
-                let target = format!("{}@{}", info.name, snap);
-                let record = |outcome| Record {
-                    at: now,
-                    actor,
-                    action: "destroy",
-                    target: &target,
-                    why: &why,
-                    outcome,
-                    policy_revision: revision,
-                };
-                if let Err(e) = self.audit.write(&record("intent")) {
-                    warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
-                    report.errors.push(format!("audit log: {e}"));
-                    return report;
-                }
-                match self.backend.destroy_snapshot(&info.name, snap) {
-                    Ok(()) => {
-                        let _ = self.audit.write(&record("done"));
-                        info!(snapshot = %target, "pruned");
-                        self.event(
-                            EventKind::SnapshotPruned {
-                                dataset: info.name.to_string(),
-                                snapshot: snap.clone(),
-                                reason: why.clone(),
-                            },
-                            now,
-                        );
-                        report.destroyed.push(target);
-                    }
-                    Err(e) => {
-                        let failed = format!("failed: {e}");
-                        let _ = self.audit.write(&record(&failed));
-                        self.backend_error(&mut report, "destroy", &info.name, &e, now);
-                    }
-                }
+            let revision = Some(policy.bundle.revision);
+            if !self.prune(
+                &info.name,
+                &snaps,
+                &rules,
+                &why,
+                revision,
+                now,
+                actor,
+                &mut report,
+            ) {
+                break;
             }
-            self.refresh(&info.name);
         }
         report
+    }
+
+    /// Applies a replication task's retention to its copy here, listed afresh
+    /// (the holds that protect the base must be current).
+    pub fn prune_replica(&self, cmd: &PruneReplica, now: i64, actor: &str) -> PassReport {
+        let mut report = PassReport::default();
+        let ds = match DatasetName::parse(&cmd.dataset) {
+            Ok(ds) => ds,
+            Err(e) => {
+                report.errors.push(format!("dataset: {e}"));
+                return report;
+            }
+        };
+        let Some(policy) = self.policy() else {
+            report
+                .errors
+                .push("no signed policy yet: the snapshot prefix is unknown".into());
+            return report;
+        };
+        let snaps = match self.backend.list_snapshots(&ds) {
+            Ok(s) => s,
+            Err(e) => {
+                self.backend_error(&mut report, "list", &ds, &e, now);
+                return report;
+            }
+        };
+        let rules = Rules {
+            prefix: policy.bundle.policy.snapshot_prefix.clone(),
+            tiers: cmd.tiers.clone(),
+            immutable_for_secs: cmd.immutable_for_secs,
+            protected_guids: HashSet::new(),
+        };
+        let why = format!(
+            "retention: task {} keeps {} on its copy",
+            cmd.task,
+            describe_tiers(&cmd.tiers)
+        );
+        let revision = Some(policy.bundle.revision);
+        if !self.prune(&ds, &snaps, &rules, &why, revision, now, actor, &mut report) {
+            return report;
+        }
+        if report.destroyed.is_empty() {
+            self.dataset_listed(&ds, snaps, now);
+        }
+        report
+    }
+
+    /// Destroys what `rules` do not keep of `ds`, auditing each destroy
+    /// first. False if the audit log cannot be written: then nothing more
+    /// may be destroyed.
+    #[allow(clippy::too_many_arguments)]
+    fn prune(
+        &self,
+        ds: &DatasetName,
+        snaps: &[SnapshotInfo],
+        rules: &Rules,
+        why: &str,
+        revision: Option<u64>,
+        now: i64,
+        actor: &str,
+        report: &mut PassReport,
+    ) -> bool {
+        let plan = retention::plan(snaps, rules, now);
+        if plan.destroy.is_empty() {
+            return true;
+        }
+        for snap in &plan.destroy {
+            let target = format!("{ds}@{snap}");
+            let record = |outcome| Record {
+                at: now,
+                actor,
+                action: "destroy",
+                target: &target,
+                why,
+                outcome,
+                policy_revision: revision,
+            };
+            if let Err(e) = self.audit.write(&record("intent")) {
+                warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
+                report.errors.push(format!("audit log: {e}"));
+                return false;
+            }
+            match self.backend.destroy_snapshot(ds, snap) {
+                Ok(()) => {
+                    let _ = self.audit.write(&record("done"));
+                    info!(snapshot = %target, "pruned");
+                    self.event(
+                        EventKind::SnapshotPruned {
+                            dataset: ds.to_string(),
+                            snapshot: snap.clone(),
+                            reason: why.to_string(),
+                        },
+                        now,
+                    );
+                    report.destroyed.push(target);
+                }
+                Err(e) => {
+                    let failed = format!("failed: {e}");
+                    let _ = self.audit.write(&record(&failed));
+                    self.backend_error(report, "destroy", ds, &e, now);
+                }
+            }
+        }
+        self.dataset_changed(ds, now);
+        true
     }
 
     /// The cache as wire inventory.
@@ -378,9 +455,8 @@ impl Lifecycle {
     }
 }
 
-fn describe_tiers(class: &Class) -> String {
-    class
-        .tiers
+fn describe_tiers(tiers: &Tiers) -> String {
+    tiers
         .iter()
         .map(|(p, n)| format!("{p} {n}"))
         .collect::<Vec<_>>()

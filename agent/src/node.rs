@@ -291,6 +291,10 @@ impl Agent {
                 let r = lc.prune_pass(now(), &actor);
                 summarize(&r.destroyed, &r.errors, "destroyed")
             }
+            Command::PruneReplica(cmd) => {
+                let r = lc.prune_replica(&cmd, now(), &actor);
+                summarize(&r.destroyed, &r.errors, "destroyed")
+            }
             _ => unreachable!("replication commands returned above"),
         };
         match tokio::task::spawn_blocking(run).await {

@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Policy;
+use crate::policy::{Policy, Tiers};
 
 /// Inventory chunks stay well under NATS' default 1 MiB max_payload.
 pub const INVENTORY_CHUNK_BYTES: usize = 256 * 1024;
@@ -159,6 +159,21 @@ pub enum Command {
         tag: String,
         keep: String,
     },
+    /// Applies a replication task's retention to its copy on this node.
+    PruneReplica(PruneReplica),
+}
+
+/// Destroys the copy's snapshots that `tiers` no longer keep. Held snapshots
+/// (the replication base), the newest, those inside the immutability window
+/// and those not named by the fleet's prefix are kept, as in local pruning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneReplica {
+    pub dataset: String,
+    /// The task whose retention this is (for the audit log).
+    pub task: String,
+    pub tiers: Tiers,
+    pub immutable_for_secs: u64,
 }
 
 /// A snapshot and its GUID, which is what identifies it across pools.

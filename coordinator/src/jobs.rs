@@ -15,8 +15,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobPhase, JobRole, JobUpdate, Outcome, ReceiveJob, SendJob, SnapshotInfo, SnapshotRef,
-    StreamSpec,
+    Command, JobPhase, JobRole, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob,
+    SnapshotInfo, SnapshotRef, StreamSpec,
 };
 
 use crate::bus;
@@ -142,8 +142,9 @@ pub fn hold_tag(task: &str) -> String {
 }
 
 /// Loads the records made before. An attempt that was under way belongs to a
-/// coordinator that is gone: it is failed and retried.
-pub async fn restore(state: &State) {
+/// coordinator that is gone: it is cancelled on both agents (it may still be
+/// running there), failed and retried.
+pub async fn restore(state: &Arc<State>) {
     let mut jobs = state.jobs.lock().await;
     jobs.records.clear();
     let Ok(mut keys) = state.stores.jobs.keys().await else {
@@ -158,10 +159,18 @@ pub async fn restore(state: &State) {
             Ok(mut r) => {
                 r.moving_holds_to = None;
                 if r.active() {
+                    let st = state.clone();
+                    let (source, target, attempt) = (
+                        r.source_node.clone(),
+                        r.target_node.clone(),
+                        r.attempt_id.clone(),
+                    );
+                    tokio::spawn(async move { cancel(&st, &source, &target, &attempt).await });
                     r.state = JobState::Failed;
                     r.error = Some("the coordinator changed during the attempt".into());
-                    r.next_attempt_at_ms = Some(now_ms());
-                    r.log("attempt abandoned: the coordinator changed".into());
+                    // Time for the cancel to reach the agents before the retry.
+                    r.next_attempt_at_ms = Some(now_ms() + BACKOFF_FIRST_MS);
+                    r.log("attempt abandoned and cancelled: the coordinator changed".into());
                 }
                 jobs.records.insert(key, r);
             }
@@ -761,6 +770,7 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
         Some(FollowUp::MoveHolds(keep)) => {
             tokio::spawn(async move {
                 move_holds(&st, &rec, &keep).await;
+                prune_replica(&st, &key, &rec).await;
                 if let Some(r) = st.jobs.lock().await.records.get_mut(&key) {
                     r.moving_holds_to = None;
                 }
@@ -798,6 +808,45 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
             }
             Err(e) => warn!(node, %dataset, error = %e, "moving the replication hold failed"),
         }
+    }
+}
+
+/// Applies the task's retention (the source class's tiers when it has none)
+/// to the copy. Runs before the pairing's next job may start.
+async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
+    let cmd = {
+        let policy = state.policy.read().await;
+        let fleet = state.fleet.read().await;
+        let Some(p) = policy.as_ref() else { return };
+        let Some(task) = p.tasks.iter().find(|t| t.name == rec.task) else {
+            return;
+        };
+        let class = fleet
+            .inventory
+            .get(&rec.source_node)
+            .and_then(|m| m.get(&rec.dataset))
+            .and_then(|d| d.class.as_ref())
+            .and_then(|c| p.policy.classes.get(c));
+        let tiers = match (&task.retention, class) {
+            (Some(r), _) => r.tiers.clone(),
+            (None, Some(c)) => c.tiers.clone(),
+            (None, None) => return,
+        };
+        Command::PruneReplica(PruneReplica {
+            dataset: rec.target_dataset.clone(),
+            task: rec.task.clone(),
+            tiers,
+            immutable_for_secs: class.map_or(0, |c| c.immutable_for.secs()),
+        })
+    };
+    let line = match state.send_command(&rec.target_node, &cmd).await {
+        Ok(r) if r.outcome == Outcome::Done && r.message.starts_with("0 ") => return,
+        Ok(r) if r.outcome == Outcome::Done => format!("retention on the copy: {}", r.message),
+        Ok(r) => format!("retention on the copy failed: {}", r.message),
+        Err(e) => format!("retention on the copy failed: {e}"),
+    };
+    if let Some(r) = state.jobs.lock().await.records.get_mut(key) {
+        r.log(line);
     }
 }
 

@@ -452,6 +452,135 @@ async fn a_killed_target_resumes_from_the_token() {
     interrupted(true).await;
 }
 
+/// The copy keeps the task's retention, not the source's: older copies are
+/// destroyed (audited) after each job, the held base never.
+#[tokio::test]
+async fn a_copy_is_pruned_to_the_tasks_retention() {
+    let s = setup(
+        r#"version: 1
+tasks:
+  - name: local
+    source: { match: "tank/db", nodes: [node-a1] }
+    target: { site: same, media: different, root: "backup/{node}" }
+    schedule: { every: 2s }
+    retention: { tiers: { 3s: 2 } }
+"#,
+    )
+    .await;
+    let a1 = s.agent("node-a1", None);
+    let a2 = s.agent("node-a2", None);
+    let copy = "backup/node-a1/tank/db";
+    wait_for(
+        "the copy to be pruned while the source keeps more",
+        Duration::from_secs(120),
+        || async {
+            let pruned = a2
+                .audit()
+                .iter()
+                .filter(|r| r["outcome"] == "done" && r["action"] == "destroy")
+                .count();
+            let source = on_disk(&a1, "tank/db")?.len();
+            (pruned >= 3 && source >= 7).then_some(())
+        },
+    )
+    .await;
+    // Between jobs: two 3 s buckets, plus the newest, which is the held base.
+    // (While a job lands its snapshot, the copy briefly has one more.)
+    let on_copy = wait_for(
+        "a quiet moment with the copy at its retention",
+        Duration::from_secs(60),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "local", "node-a1")?;
+            let quiet = j["state"] == "done" && j["moving_holds_to"].is_null();
+            let on_copy = on_disk(&a2, copy)?;
+            (quiet && on_copy.len() <= 3).then_some(on_copy)
+        },
+    )
+    .await;
+    assert!(
+        on_copy
+            .iter()
+            .any(|(_, _, holds)| holds.iter().any(|t| t == "zdr-repl-local")),
+        "the base is still there and held: {on_copy:?}"
+    );
+    assert!(on_disk(&a1, "tank/db").unwrap().len() > on_copy.len());
+    assert_faithful(&a1, &a2, "tank/db", copy, "zdr-repl-local");
+    let audit = a2.audit();
+    let why = audit
+        .iter()
+        .find(|r| r["action"] == "destroy")
+        .map(|r| r["why"].as_str().unwrap_or("").to_string())
+        .unwrap();
+    assert!(why.contains("task local keeps 3s 2"), "{why}");
+    assert!(
+        audit
+            .iter()
+            .filter(|r| r["action"] == "destroy")
+            .all(|r| r["target"].as_str().unwrap().starts_with(copy)),
+        "only the copy was pruned on the target"
+    );
+}
+
+/// The leader dies mid-stream: the standby takes over, cancels the attempt
+/// the agents are still running for the dead leader, and resumes it.
+#[tokio::test]
+async fn a_new_leader_cancels_the_old_attempt_and_resumes_it() {
+    let mut s = setup(TASKS_BIG).await;
+    let tasks = s.path().join("tasks.yml");
+    let policy = s.path().join("policies.yaml");
+    let standby =
+        Coordinator::start_with_tasks(s.path(), &s.nats, &policy, Some(&tasks), &s.keys, "c2");
+    // 48 MB at 4 MB/s: about 12 s per stream, longer than a takeover.
+    let a1 = s.agent("node-a1", Some(48_000_000));
+    let b1 = s.agent("node-b1", Some(48_000_000));
+    let copy = "backup/node-a1/tank/big";
+    // Past the sim's first 4 MiB checkpoint, so a cancel leaves a resume token.
+    wait_for(
+        "the stream to be under way",
+        Duration::from_secs(90),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            (j["state"] == "running" && j["bytes"].as_u64()? > 6_000_000).then_some(())
+        },
+    )
+    .await;
+    s.coordinator.proc.kill();
+    standby.wait_ready().await;
+    let job = offsite_job_done(
+        &standby,
+        "the new leader to finish the job",
+        Duration::from_secs(120),
+    )
+    .await;
+    let history = history(&job);
+    assert!(
+        history
+            .iter()
+            .any(|l| l.contains("attempt abandoned and cancelled")),
+        "{history:#?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|l| l.contains("resuming the saved partial receive")),
+        "the new leader's attempt resumed: {history:#?}"
+    );
+    // Whichever end the cancel reaches first stops, and the other with it.
+    assert!(
+        a1.proc.output().contains("cancelled by the coordinator")
+            || b1.proc.output().contains("cancelled by the coordinator"),
+        "the attempt of the dead leader was cancelled"
+    );
+    let resumed_bytes = job["bytes"].as_u64().unwrap();
+    assert!(
+        resumed_bytes < 44_000_000,
+        "the resume sent {resumed_bytes} bytes, as much as a new stream"
+    );
+    assert_faithful(&a1, &b1, "tank/big", copy, "zdr-repl-offsite");
+}
+
 /// Bad input ends in a clear error in the job's state, is retried, and
 /// touches nothing else.
 #[tokio::test]
