@@ -79,8 +79,9 @@ pub fn parse_agent_subject(subject: &str) -> Option<(&str, AgentTopic)> {
 
 /// Node ids become subject tokens and KV keys, so they are kept to a safe alphabet.
 pub fn valid_node_id(node: &str) -> Result<(), String> {
-    if node.is_empty() || node.len() > 64 {
-        return Err(format!("node id {node:?} must be 1 to 64 characters long"));
+    // 63: a DNS label's limit (the id names the node's certificate).
+    if node.is_empty() || node.len() > 63 {
+        return Err(format!("node id {node:?} must be 1 to 63 characters long"));
     }
     if let Some(c) = node
         .chars()
@@ -88,6 +89,18 @@ pub fn valid_node_id(node: &str) -> Result<(), String> {
     {
         return Err(format!(
             "node id {node:?} contains {c:?}; use only ASCII letters, digits, '-' and '_'"
+        ));
+    }
+    // The id is also the DNS name in the node's TLS certificate.
+    if node.starts_with('-') || node.ends_with('-') {
+        return Err(format!(
+            "node id {node:?} starts or ends with '-', which a certificate's DNS name cannot; \
+             move or drop the '-'"
+        ));
+    }
+    if node.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "node id {node:?} is all digits, which a certificate's DNS name cannot be; add a letter"
         ));
     }
     Ok(())
@@ -113,8 +126,10 @@ mod tests {
     #[test]
     fn node_ids_are_checked() {
         assert!(valid_node_id("stor_01-a").is_ok());
-        for bad in ["", "a.b", "a*", "a>", "nœud", "a b"] {
+        for bad in ["", "a.b", "a*", "a>", "nœud", "a b", "-a", "a-", "042"] {
             assert!(valid_node_id(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(valid_node_id(&"n".repeat(63)).is_ok());
+        assert!(valid_node_id(&"n".repeat(64)).is_err());
     }
 }
