@@ -840,7 +840,7 @@ async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
         })
     };
     let line = match state.send_command(&rec.target_node, &cmd).await {
-        Ok(r) if r.outcome == Outcome::Done && r.message.starts_with("0 ") => return,
+        Ok(r) if r.outcome == Outcome::Done && r.message.starts_with("0 destroyed") => return,
         Ok(r) if r.outcome == Outcome::Done => format!("retention on the copy: {}", r.message),
         Ok(r) => format!("retention on the copy failed: {}", r.message),
         Err(e) => format!("retention on the copy failed: {e}"),
