@@ -24,7 +24,8 @@
 # (ZDR_BENCH_PROFILE=debug for a debug build; ZDR_BENCH_BIN=DIR runs the
 # binaries in DIR instead, without building), and a small C helper (gcc,
 # libzfslinux-dev) that writes a 4 KiB file and takes one lzc_snapshot per
-# snapshot. Environment: ZDR_BENCH_METHODS ("1 3 2": which methods, in that
+# snapshot, and another that waits for a snapshot with lzc_exists (method 1's
+# observer). Environment: ZDR_BENCH_METHODS ("1 3 2": which methods, in that
 # order), ZDR_BENCH_KEEP_LOGS (a host directory to keep the fleet's logs in),
 # plus zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults to 3600 here). Run it
 # under `nice -n 10` on a shared host. Exit code: the guest's; 125 means the VM
@@ -63,6 +64,14 @@ else
     echo "bench-catchup: WARNING: could not build the snapwrite helper; falling back to zfs snapshot:" >&2
     sed 's/^/  /' "$TMP/gcc.err" >&2
 fi
+WAIT=""
+if gcc -O2 -I/usr/include/libzfs -I/usr/include/libspl -o "$TMP/snapwait" "$HERE/fleet/snapwait.c" \
+    -lzfs_core -lnvpair 2> "$TMP/gcc.err"; then
+    WAIT=$TMP/snapwait
+else
+    echo "bench-catchup: WARNING: could not build the snapwait helper; method 1 polls with zfs list:" >&2
+    sed 's/^/  /' "$TMP/gcc.err" >&2
+fi
 NATS=${NATS_SERVER:-$(command -v nats-server || true)}
 # pyenv shims need a writable home; use the real binary behind the shim.
 if [ -n "$NATS" ] && [ "$(head -c 2 "$NATS")" = "#!" ] && command -v pyenv >/dev/null; then
@@ -70,7 +79,7 @@ if [ -n "$NATS" ] && [ "$(head -c 2 "$NATS")" = "#!" ] && command -v pyenv >/dev
 fi
 
 echo "host: $(nproc) cores, loadavg $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC'); zdr binaries: $BIN ($PROFILE)"
-export ZDR_BENCH_N=$N ZDR_BENCH_SNAP=$SNAP ZDR_BIN=$BIN ZDR_ROOT=$ROOT ZDR_BENCH_LOGS=$LOGS NATS_SERVER=$NATS
+export ZDR_BENCH_N=$N ZDR_BENCH_SNAP=$SNAP ZDR_BENCH_WAIT=$WAIT ZDR_BIN=$BIN ZDR_ROOT=$ROOT ZDR_BENCH_LOGS=$LOGS NATS_SERVER=$NATS
 export ZDR_BENCH_METHODS=${ZDR_BENCH_METHODS:-1 3 2}
 export ZDR_BENCH_M1_TIMEOUT=${ZDR_BENCH_M1_TIMEOUT:-900}
 export ZDR_VM_TIMEOUT=${ZDR_VM_TIMEOUT:-3600}
