@@ -129,6 +129,20 @@ async fn offsite_job_done(c: &Coordinator, what: &str, timeout: Duration) -> Val
     .await
 }
 
+/// Waits until the offsite job's stream has moved more than `bytes`.
+async fn offsite_stream_past(c: &Coordinator, bytes: u64) {
+    wait_for(
+        "the offsite stream to be under way",
+        Duration::from_secs(90),
+        || async {
+            let all = jobs(c).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            (j["state"] == "running" && j["bytes"].as_u64()? > bytes).then_some(())
+        },
+    )
+    .await;
+}
+
 fn history(job: &Value) -> Vec<String> {
     job["history"]
         .as_array()
@@ -536,16 +550,7 @@ async fn a_new_leader_cancels_the_old_attempt_and_resumes_it() {
     let b1 = s.agent("node-b1", Some(48_000_000));
     let copy = "backup/node-a1/tank/big";
     // Past the sim's first 4 MiB checkpoint, so a cancel leaves a resume token.
-    wait_for(
-        "the stream to be under way",
-        Duration::from_secs(90),
-        || async {
-            let all = jobs(&s.coordinator).await;
-            let j = job_for(&all, "offsite", "node-a1")?;
-            (j["state"] == "running" && j["bytes"].as_u64()? > 6_000_000).then_some(())
-        },
-    )
-    .await;
+    offsite_stream_past(&s.coordinator, 6_000_000).await;
     s.coordinator.proc.kill();
     standby.wait_ready().await;
     let job = offsite_job_done(
@@ -674,16 +679,7 @@ async fn a_rate_change_reaches_the_running_job() {
     let s = setup(&slow).await;
     let _a1 = s.agent("node-a1", Some(24_000_000));
     let _b1 = s.agent("node-b1", Some(24_000_000));
-    wait_for(
-        "the capped stream to run",
-        Duration::from_secs(90),
-        || async {
-            let all = jobs(&s.coordinator).await;
-            let j = job_for(&all, "offsite", "node-a1")?;
-            (j["state"] == "running" && j["bytes"].as_u64()? > 1_000_000).then_some(())
-        },
-    )
-    .await;
+    offsite_stream_past(&s.coordinator, 1_000_000).await;
     // The coordinator rereads its files while it leads.
     std::fs::write(
         s.path().join("tasks.yml"),

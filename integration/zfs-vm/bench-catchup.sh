@@ -56,22 +56,19 @@ TMP=$(mktemp -d /tmp/zdr-bench-catchup.XXXXXX)
 LOGS=${ZDR_BENCH_KEEP_LOGS:-$TMP/logs}
 mkdir -p "$LOGS"
 trap 'rm -rf -- "$TMP"' EXIT
-SNAP=""
-if gcc -O2 -I/usr/include/libzfs -I/usr/include/libspl -o "$TMP/snapwrite" "$HERE/fleet/snapwrite.c" \
-    -lzfs_core -lnvpair 2> "$TMP/gcc.err"; then
-    SNAP=$TMP/snapwrite
-else
-    echo "bench-catchup: WARNING: could not build the snapwrite helper; falling back to zfs snapshot:" >&2
-    sed 's/^/  /' "$TMP/gcc.err" >&2
-fi
-WAIT=""
-if gcc -O2 -I/usr/include/libzfs -I/usr/include/libspl -o "$TMP/snapwait" "$HERE/fleet/snapwait.c" \
-    -lzfs_core -lnvpair 2> "$TMP/gcc.err"; then
-    WAIT=$TMP/snapwait
-else
-    echo "bench-catchup: WARNING: could not build the snapwait helper; method 1 polls with zfs list:" >&2
-    sed 's/^/  /' "$TMP/gcc.err" >&2
-fi
+# helper NAME FALLBACK: builds fleet/NAME.c into $TMP and prints its path, or
+# prints nothing and warns (saying what FALLBACK is used instead).
+helper() {
+    if gcc -O2 -I/usr/include/libzfs -I/usr/include/libspl -o "$TMP/$1" "$HERE/fleet/$1.c" \
+        -lzfs_core -lnvpair 2> "$TMP/gcc.err"; then
+        echo "$TMP/$1"
+    else
+        echo "bench-catchup: WARNING: could not build the $1 helper; $2:" >&2
+        sed 's/^/  /' "$TMP/gcc.err" >&2
+    fi
+}
+SNAP=$(helper snapwrite "falling back to zfs snapshot")
+WAIT=$(helper snapwait "method 1 polls with zfs list")
 NATS=${NATS_SERVER:-$(command -v nats-server || true)}
 # pyenv shims need a writable home; use the real binary behind the shim.
 if [ -n "$NATS" ] && [ "$(head -c 2 "$NATS")" = "#!" ] && command -v pyenv >/dev/null; then
