@@ -141,14 +141,19 @@ pub fn hold_tag(task: &str) -> String {
     format!("zdr-repl-{task}")
 }
 
+/// An attempt a former leader started: (source node, target node, attempt id).
+pub type Abandoned = (String, String, String);
+
 /// Loads the records made before. An attempt that was under way belongs to a
-/// coordinator that is gone: it is cancelled on both agents (it may still be
-/// running there), failed and retried.
-pub async fn restore(state: &Arc<State>) {
+/// coordinator that is gone: it is failed and retried, and returned, to be
+/// cancelled on both agents (it may still run there) by [`cancel_abandoned`]
+/// once this coordinator leads.
+pub async fn restore(state: &State) -> Vec<Abandoned> {
     let mut jobs = state.jobs.lock().await;
     jobs.records.clear();
+    let mut abandoned = Vec::new();
     let Ok(mut keys) = state.stores.jobs.keys().await else {
-        return;
+        return abandoned;
     };
     use futures::StreamExt;
     while let Some(Ok(key)) = keys.next().await {
@@ -159,13 +164,11 @@ pub async fn restore(state: &Arc<State>) {
             Ok(mut r) => {
                 r.moving_holds_to = None;
                 if r.active() {
-                    let st = state.clone();
-                    let (source, target, attempt) = (
+                    abandoned.push((
                         r.source_node.clone(),
                         r.target_node.clone(),
                         r.attempt_id.clone(),
-                    );
-                    tokio::spawn(async move { cancel(&st, &source, &target, &attempt).await });
+                    ));
                     r.state = JobState::Failed;
                     r.error = Some("the coordinator changed during the attempt".into());
                     // Time for the cancel to reach the agents before the retry.
@@ -176,6 +179,16 @@ pub async fn restore(state: &Arc<State>) {
             }
             Err(e) => warn!(key, error = %e, "unreadable job record in KV; skipped"),
         }
+    }
+    abandoned
+}
+
+/// Cancels a former leader's attempts on their agents (commands go out only
+/// from the leader, so call this after taking the lead).
+pub fn cancel_abandoned(state: &Arc<State>, abandoned: Vec<Abandoned>) {
+    for (source, target, attempt) in abandoned {
+        let st = state.clone();
+        tokio::spawn(async move { cancel(&st, &source, &target, &attempt).await });
     }
 }
 

@@ -223,8 +223,9 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
         links: tasks.links,
     });
     restore_pairings(state).await;
-    jobs::restore(state).await;
+    let abandoned = jobs::restore(state).await;
     state.leader.store(true, Ordering::SeqCst);
+    jobs::cancel_abandoned(state, abandoned);
 
     let mut sub = state
         .client

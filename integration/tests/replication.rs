@@ -573,10 +573,11 @@ async fn a_new_leader_cancels_the_old_attempt_and_resumes_it() {
         "the new leader's attempt resumed: {history:#?}"
     );
     // Whichever end the cancel reaches first stops, and the other with it.
+    let (out_a1, out_b1) = (a1.proc.output(), b1.proc.output());
     assert!(
-        a1.proc.output().contains("cancelled by the coordinator")
-            || b1.proc.output().contains("cancelled by the coordinator"),
-        "the attempt of the dead leader was cancelled"
+        out_a1.contains("cancelled by the coordinator")
+            || out_b1.contains("cancelled by the coordinator"),
+        "the attempt of the dead leader was cancelled: {history:#?}\nsource:\n{out_a1}\ntarget:\n{out_b1}"
     );
     let resumed_bytes = job["bytes"].as_u64().unwrap();
     assert!(
