@@ -41,6 +41,11 @@ pub struct Changed {
 }
 
 impl Fleet {
+    /// One dataset's last known inventory on one node.
+    pub fn dataset(&self, node: &str, dataset: &str) -> Option<&DatasetInventory> {
+        self.inventory.get(node)?.get(dataset)
+    }
+
     pub fn hello(&mut self, hello: Hello, now: i64) -> Changed {
         let node = hello.node.clone();
         let prev = self.nodes.remove(&node);

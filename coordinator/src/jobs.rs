@@ -277,17 +277,11 @@ pub async fn tick(state: &Arc<State>) {
             if busy {
                 continue;
             }
-            let Some(src) = fleet
-                .inventory
-                .get(&pairing.source_node)
-                .and_then(|m| m.get(&pairing.dataset))
-            else {
+            let Some(src) = fleet.dataset(&pairing.source_node, &pairing.dataset) else {
                 continue;
             };
             let tgt = fleet
-                .inventory
-                .get(&pairing.target_node)
-                .and_then(|m| m.get(&pairing.target_dataset))
+                .dataset(&pairing.target_node, &pairing.target_dataset)
                 .map(|d| d.snapshots.as_slice())
                 .unwrap_or(&[]);
             if let Some(r) = jobs.records.get(&key) {
@@ -835,9 +829,7 @@ async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
             return;
         };
         let class = fleet
-            .inventory
-            .get(&rec.source_node)
-            .and_then(|m| m.get(&rec.dataset))
+            .dataset(&rec.source_node, &rec.dataset)
             .and_then(|d| d.class.as_ref())
             .and_then(|c| p.policy.classes.get(c));
         let tiers = match (&task.retention, class) {
