@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use zdr_common::policy::{Class, Tiers};
 use zdr_common::wire::{
-    DatasetInventory, Event, EventKind, InventoryChange, PruneReplica, SnapshotInfo,
+    DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica, SnapshotInfo,
 };
 use zdr_common::DatasetName;
 
@@ -19,6 +20,11 @@ use crate::zfs::{Backend, DatasetInfo, ZfsError};
 
 /// Events wait here while NATS is down; the oldest go first when it overflows.
 const MAX_QUEUED_EVENTS: usize = 10_000;
+
+/// How old the pool capacity that heartbeats carry may be. A `zpool list`
+/// per heartbeat was a steady load beside the ZFS work it reports on; what
+/// this node changes itself (receives, destroys) is listed again at once.
+const POOL_STATS_MAX_AGE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct Inventory {
@@ -40,6 +46,7 @@ pub struct Lifecycle {
     pub policy: RwLock<Option<SignedPolicy>>,
     pub inventory: Mutex<Inventory>,
     pub events: Mutex<VecDeque<Event>>,
+    pool_stats: Mutex<Option<(Instant, Vec<PoolInfo>)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,6 +73,7 @@ impl Lifecycle {
                 ..Default::default()
             }),
             events: Mutex::new(VecDeque::new()),
+            pool_stats: Mutex::new(None),
         }
     }
 
@@ -139,8 +147,21 @@ impl Lifecycle {
             .is_none_or(|(info, _)| info.encrypted)
     }
 
+    /// Pool capacity, from `zpool list` at most [`POOL_STATS_MAX_AGE`] ago.
+    pub fn pools(&self) -> Result<Vec<PoolInfo>, ZfsError> {
+        if let Some((at, pools)) = &*lock(&self.pool_stats) {
+            if at.elapsed() < POOL_STATS_MAX_AGE {
+                return Ok(pools.clone());
+            }
+        }
+        let pools = self.backend.pools()?;
+        *lock(&self.pool_stats) = Some((Instant::now(), pools.clone()));
+        Ok(pools)
+    }
+
     /// After a receive: relists the dataset, or everything when it is new.
     pub fn dataset_changed(&self, ds: &DatasetName, now: i64) {
+        *lock(&self.pool_stats) = None;
         let known = lock(&self.inventory).datasets.contains_key(ds);
         if known {
             self.refresh(ds);
@@ -152,6 +173,7 @@ impl Lifecycle {
     /// Takes a listing of one dataset's snapshots made by the caller after
     /// it changed them, so the dataset is not listed twice.
     pub fn dataset_listed(&self, ds: &DatasetName, snaps: Vec<SnapshotInfo>, now: i64) {
+        *lock(&self.pool_stats) = None;
         if !self.replace_listing(ds, snaps) {
             if let Err(e) = self.rescan(now) {
                 warn!(dataset = %ds, error = %e, "relisting after a new dataset failed");

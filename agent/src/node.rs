@@ -69,8 +69,8 @@ impl Agent {
     }
 
     async fn pools(&self) -> Vec<zdr_common::wire::PoolInfo> {
-        let backend = self.lifecycle.backend.clone();
-        tokio::task::spawn_blocking(move || backend.pools())
+        let lifecycle = self.lifecycle.clone();
+        tokio::task::spawn_blocking(move || lifecycle.pools())
             .await
             .ok()
             .and_then(|r| {

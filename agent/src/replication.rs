@@ -162,7 +162,7 @@ impl Replication {
         dataset
             .snapshot(&cmd.expect.name)
             .map_err(|e| format!("expect.name: {e}"))?;
-        let job = job(&cmd.job, &cmd.token)?;
+        let job = job(&cmd.job, &cmd.token.0)?;
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
         if cmd.discard_partial {
@@ -250,7 +250,7 @@ impl Replication {
         let wait = Duration::from_secs(cmd.accept_secs.max(1));
         let transfer = tokio::select! {
             r = pending.receive(wait, &mut sink, Some(&progress)) => r,
-            _ = cancel.notified() => Err(TransferError::Protocol("cancelled by the coordinator")),
+            _ = cancel.notified() => Err(TransferError::Cancelled),
         };
         drop(sink); // EOF: a complete stream ends the receive, a cut one leaves it partial.
         let zfs = zfs.await.unwrap_or_else(|e| {
@@ -375,7 +375,7 @@ impl Replication {
             .parse()
             .map_err(|e| format!("target_addr {:?}: {e}", cmd.target_addr))?;
         zdr_common::subject::valid_node_id(&cmd.target_node)?;
-        let job = job(&cmd.job, &cmd.token)?;
+        let job = job(&cmd.job, &cmd.token.0)?;
         // Never decrypted on the way out, whatever the task says.
         let encrypted = self.lifecycle.is_encrypted(&dataset);
         let raw = cmd.raw || encrypted;
@@ -498,7 +498,7 @@ impl Replication {
                             Err(_) => {}
                         }
                     }
-                    _ = cancel.notified() => break Err(TransferError::Protocol("cancelled by the coordinator")),
+                    _ = cancel.notified() => break Err(TransferError::Cancelled),
                 }
             }
         };

@@ -185,12 +185,24 @@ pub struct SnapshotRef {
     pub guid: u64,
 }
 
+/// A data-plane job token: on the wire inside the signed command, never in
+/// a log line (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct JobSecret(pub String);
+
+impl std::fmt::Debug for JobSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSecret(..)")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiveJob {
     pub job: String,
     /// 64 hex digits the sender must present; the source gets the same.
-    pub token: String,
+    pub token: JobSecret,
     /// Node id the sender's certificate must name.
     pub source_node: String,
     /// The dataset to receive into; missing parents are created.
@@ -215,7 +227,7 @@ pub struct ReceiveJob {
 #[serde(deny_unknown_fields)]
 pub struct SendJob {
     pub job: String,
-    pub token: String,
+    pub token: JobSecret,
     /// Node id the receiver's certificate must name.
     pub target_node: String,
     /// `ip:port` the target agent gave in its [`ReceiveOffer`].
@@ -480,5 +492,20 @@ mod tests {
         assert_eq!(ok, Command::Ping {});
         assert!(serde_json::from_str::<Command>(r#"{"ping":{"x":1}}"#).is_err());
         assert!(serde_json::from_str::<Command>(r#"{"rm_rf":{}}"#).is_err());
+    }
+
+    #[test]
+    fn job_tokens_travel_but_are_never_logged() {
+        let secret = "ab".repeat(32);
+        let body = format!(
+            r#"{{"send":{{"job":"j1","token":"{secret}","target_node":"n2","target_addr":"127.0.0.1:9","dataset":"tank/a","stream":{{"kind":"full","snapshot":"s1"}},"raw":true,"compress":false,"bytes_per_sec":null,"hold_tag":"t"}}}}"#
+        );
+        let cmd: Command = serde_json::from_str(&body).unwrap();
+        let Command::Send(send) = &cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(send.token.0, secret);
+        assert!(serde_json::to_string(&cmd).unwrap().contains(&secret));
+        assert!(!format!("{cmd:?}").contains(&secret), "{cmd:?}");
     }
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobPhase, JobRole, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob,
+    Command, JobPhase, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob,
     SnapshotInfo, SnapshotRef, StreamSpec,
 };
 
@@ -509,10 +509,10 @@ fn fail_attempt(rec: &mut JobRecord, why: String, discard_partial: bool) {
 }
 
 /// Token for the data plane: 32 random bytes, hex.
-fn token() -> String {
+fn token() -> JobSecret {
     let mut bytes = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    JobSecret(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Sends the current step's two commands.
@@ -656,7 +656,7 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
     let Some((key, rec)) = jobs
         .records
         .iter_mut()
-        .find(|(_, r)| r.attempt_id == update.job && r.active())
+        .find(|(_, r)| r.attempt_id == update.job)
     else {
         return; // an older attempt, or a job this coordinator never started
     };
@@ -667,6 +667,22 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
     };
     if &update.node != expected_node {
         warn!(job = %update.job, node = %update.node, "job update from a node not in the job; dropped");
+        return;
+    }
+    if !rec.active() {
+        // The other end's word on an attempt that already failed is often the
+        // cause: a target's TLS error arrives after the source's broken pipe.
+        if rec.state == JobState::Failed && update.state == JobPhase::Failed {
+            let line = format!("{} {}: {}", side(update.role), update.node, update.message);
+            rec.log(format!("attempt {} also failed at the {line}", rec.attempt));
+            rec.error = Some(match rec.error.take() {
+                Some(first) => format!("{first}; {line}"),
+                None => line,
+            });
+            let rec = rec.clone();
+            drop(jobs);
+            persist(state, &key, &rec).await;
+        }
         return;
     }
     rec.updated_at_ms = now_ms();
@@ -694,11 +710,6 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
         }
         (role, JobPhase::Failed) => {
             let rec = jobs.records.get_mut(&key).expect("found above");
-            let side = if role == JobRole::Source {
-                "source"
-            } else {
-                "target"
-            };
             let discard = role == JobRole::Source && rec.resumed;
             let other = if role == JobRole::Source {
                 rec.target_node.clone()
@@ -708,7 +719,7 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
             follow_up = Some(FollowUp::Cancel(other, rec.attempt_id.clone()));
             fail_attempt(
                 rec,
-                format!("{side} {}: {}", update.node, update.message),
+                format!("{} {}: {}", side(role), update.node, update.message),
                 discard,
             );
         }
@@ -783,6 +794,13 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
                 }
             });
         }
+    }
+}
+
+fn side(role: JobRole) -> &'static str {
+    match role {
+        JobRole::Source => "source",
+        JobRole::Target => "target",
     }
 }
 

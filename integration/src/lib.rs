@@ -351,6 +351,8 @@ pub struct AgentSpec<'a> {
 pub struct AgentExtra {
     /// Pools beside `tank`, each empty: name and size in bytes.
     pub pools: Vec<(String, u64)>,
+    /// `[transfer] listen` (default `127.0.0.1:0`).
+    pub listen: Option<String>,
     /// `[transfer] advertise`: the address senders are told.
     pub advertise: Option<String>,
     /// Bytes each new simulated snapshot holds.
@@ -436,10 +438,11 @@ public_key = "{key}"
                 .as_ref()
                 .map(|d| {
                     format!(
-                        "\n[transfer]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nlisten = \"127.0.0.1:0\"\n{advertise}",
+                        "\n[transfer]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nlisten = {listen:?}\n{advertise}",
                         ca = d.join("ca.pem").display().to_string(),
                         cert = d.join(format!("{}.pem", spec.node)).display().to_string(),
                         key = d.join(format!("{}.key", spec.node)).display().to_string(),
+                        listen = extra.listen.as_deref().unwrap_or("127.0.0.1:0"),
                         advertise = extra
                             .advertise
                             .as_ref()
@@ -507,4 +510,79 @@ pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Opt
             .filter_map(|s| s.as_str().map(str::to_string))
             .collect(),
     )
+}
+
+/// A TCP relay on loopback that flips one bit of the first connection's
+/// client-to-server bytes at `offset`, as a faulty link would; later
+/// connections pass untouched.
+pub struct FlipProxy {
+    pub port: u16,
+    flipped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FlipProxy {
+    pub async fn start(upstream: u16, offset: u64) -> FlipProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let flipped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flipped.clone();
+        let accept = tokio::spawn(async move {
+            let mut flip_at = Some(offset);
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue; // the client sees its connection closed
+                };
+                tokio::spawn(relay(client, server, flip_at.take(), f.clone()));
+            }
+        });
+        FlipProxy {
+            port,
+            flipped,
+            accept,
+        }
+    }
+
+    pub fn flipped(&self) -> bool {
+        self.flipped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FlipProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    flip_at: Option<u64>,
+    flipped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let back = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        let _ = cw.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    loop {
+        let n = match cr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Some(o) = flip_at.filter(|o| (at..at + n as u64).contains(o)) {
+            buf[(o - at) as usize] ^= 0x01;
+            flipped.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        at += n as u64;
+        if sw.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = sw.shutdown().await;
+    let _ = back.await;
 }

@@ -466,6 +466,64 @@ async fn a_killed_target_resumes_from_the_token() {
     interrupted(true).await;
 }
 
+/// A bit flipped on the wire between the agents fails the attempt on TLS's
+/// integrity check; the history has both ends' word on it, and the retry
+/// resumes from what had arrived intact and lands an exact copy.
+#[tokio::test]
+async fn a_corrupted_byte_in_transit_fails_the_attempt_and_the_retry_lands() {
+    let s = setup(TASKS_BIG).await;
+    let a1 = s.agent("node-a1", Some(24_000_000));
+    let listen = free_port();
+    // Past the TLS handshake and the first saved progress (every 4 MiB in the sim).
+    let proxy = FlipProxy::start(listen, 9_000_000).await;
+    let b1 = s.agent_with(
+        "node-b1",
+        AgentExtra {
+            snapshot_bytes: Some(24_000_000),
+            listen: Some(format!("127.0.0.1:{listen}")),
+            advertise: Some(format!("127.0.0.1:{}", proxy.port)),
+            ..AgentExtra::default()
+        },
+    );
+    let job = offsite_job_done(
+        &s.coordinator,
+        "the job to finish after the corrupted attempt",
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(proxy.flipped(), "the proxy never flipped a bit");
+    let history = history(&job);
+    let failed: Vec<&String> = history
+        .iter()
+        .filter(|l| l.contains("attempt 1 ") && l.contains("failed"))
+        .collect();
+    // The target's TLS layer is the one that sees the corruption.
+    assert!(
+        failed
+            .iter()
+            .any(|l| l.contains("target node-b1") && l.contains("altered in transit")),
+        "no word from the target on the corrupted stream: {history:#?}"
+    );
+    assert!(
+        failed.iter().any(|l| l.contains("source node-a1")),
+        "no word from the source: {history:#?}"
+    );
+    assert!(job["attempt"].as_u64().unwrap() >= 2, "{history:#?}");
+    assert!(
+        history
+            .iter()
+            .any(|l| l.contains("resuming the saved partial receive")),
+        "the retry did not resume: {history:#?}"
+    );
+    assert_faithful(
+        &a1,
+        &b1,
+        "tank/big",
+        "backup/node-a1/tank/big",
+        "zdr-repl-offsite",
+    );
+}
+
 /// The copy keeps the task's retention, not the source's: older copies are
 /// destroyed (audited) after each job, the held base never.
 #[tokio::test]

@@ -225,6 +225,11 @@ pub enum TransferError {
     RefusedByReceiver(Refusal),
     #[error("network: {0}")]
     Network(io::Error),
+    /// TLS authenticates every record, so a changed byte ends the stream here.
+    #[error("TLS: {0}: bytes were altered in transit")]
+    Altered(rustls::Error),
+    #[error("cancelled by the coordinator")]
+    Cancelled,
     #[error("reading the source stream: {0}")]
     Source(io::Error),
     #[error("writing the sink: {0}")]
@@ -242,4 +247,21 @@ pub enum TransferError {
         received_bytes: u64,
         received: blake3::Hash,
     },
+}
+
+impl TransferError {
+    /// A failed read or write on the data connection. A record that failed
+    /// TLS's integrity check, here or (told by alert) at the other end, is
+    /// told apart from a plain network error.
+    pub(crate) fn network(e: io::Error) -> TransferError {
+        use rustls::AlertDescription::{BadRecordMac, DecryptError};
+        let tls = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+        match tls {
+            Some(
+                t @ (rustls::Error::DecryptError
+                | rustls::Error::AlertReceived(BadRecordMac | DecryptError)),
+            ) => TransferError::Altered(t.clone()),
+            _ => TransferError::Network(e),
+        }
+    }
 }

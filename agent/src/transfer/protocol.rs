@@ -122,8 +122,8 @@ where
     stream
         .write_all(&[ACCEPTED])
         .await
-        .map_err(TransferError::Network)?;
-    stream.flush().await.map_err(TransferError::Network)?;
+        .map_err(TransferError::network)?;
+    stream.flush().await.map_err(TransferError::network)?;
     let hello = Hello {
         compressed: flags & FLAG_ZSTD != 0,
         size_hint: (flags & FLAG_SIZE_HINT != 0).then_some(size_hint),
@@ -216,7 +216,7 @@ where
         stream
             .write_all(frame)
             .await
-            .map_err(TransferError::Network)?;
+            .map_err(TransferError::network)?;
         wire_bytes += frame.len() as u64;
         if let Some(progress) = progress {
             // The caller may learn the size later and set it meanwhile.
@@ -238,14 +238,14 @@ where
     stream
         .write_all(&end)
         .await
-        .map_err(TransferError::Network)?;
-    stream.flush().await.map_err(TransferError::Network)?;
+        .map_err(TransferError::network)?;
+    stream.flush().await.map_err(TransferError::network)?;
 
     let mut result = [0u8; RESULT_LEN];
     stream
         .read_exact(&mut result)
         .await
-        .map_err(TransferError::Network)?;
+        .map_err(TransferError::network)?;
     let (received_bytes, received) = parse_result(&result);
     if received_bytes != bytes || received != hash {
         return Err(TransferError::HashMismatch {
@@ -378,7 +378,7 @@ where
             received: hash,
         });
     }
-    sent_result.map_err(TransferError::Network)?;
+    sent_result.map_err(TransferError::network)?;
     let _ = stream.shutdown().await;
     Ok(Summary {
         bytes,
@@ -403,7 +403,7 @@ fn network_or_truncated(e: std::io::Error) -> TransferError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
         TransferError::Protocol("the sender closed the stream before its end frame")
     } else {
-        TransferError::Network(e)
+        TransferError::network(e)
     }
 }
 

@@ -239,3 +239,22 @@ fn job_ids_are_bounded() {
     assert!(Job::new("x".repeat(256), JobToken::generate()).is_err());
     assert!(Job::new("x".repeat(255), JobToken::generate()).is_ok());
 }
+
+#[test]
+fn a_record_failing_tls_integrity_is_told_apart_from_a_network_error() {
+    let altered =
+        |e: rustls::Error| TransferError::network(io::Error::new(io::ErrorKind::InvalidData, e));
+    let here = altered(rustls::Error::DecryptError);
+    assert!(matches!(here, TransferError::Altered(_)), "{here}");
+    assert!(here.to_string().contains("altered in transit"), "{here}");
+    let there = altered(rustls::Error::AlertReceived(
+        rustls::AlertDescription::BadRecordMac,
+    ));
+    assert!(matches!(there, TransferError::Altered(_)), "{there}");
+    let other = altered(rustls::Error::AlertReceived(
+        rustls::AlertDescription::HandshakeFailure,
+    ));
+    assert!(matches!(other, TransferError::Network(_)), "{other}");
+    let reset = TransferError::network(io::ErrorKind::ConnectionReset.into());
+    assert!(matches!(reset, TransferError::Network(_)), "{reset}");
+}

@@ -35,6 +35,7 @@ impl CliBackend {
     }
 
     fn command(program: &Path, args: &[String]) -> Command {
+        tracing::debug!(argv = %render_argv(program, args), "running");
         let mut cmd = Command::new(program);
         cmd.args(args)
             // Messages are matched in English and must not be translated.
