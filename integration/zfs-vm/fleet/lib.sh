@@ -191,6 +191,18 @@ stop() {
 
 alive() { [ -n "${PIDS[$1]:-}" ] && kill -0 "${PIDS[$1]}" 2>/dev/null; }
 
+# fleet_cpu: "NAME SECONDS" lines, the user+system CPU time of every process
+# started here (fields 14 and 15 of /proc/PID/stat, after the command name)
+fleet_cpu() {
+    local n tck
+    tck=$(getconf CLK_TCK)
+    for n in "${!PIDS[@]}"; do
+        [ -r "/proc/${PIDS[$n]}/stat" ] || continue
+        awk -v n="$n" -v t="$tck" '{ sub(/^.*\) /, ""); printf "%s %.2f\n", n, ($12 + $13) / t }' \
+            "/proc/${PIDS[$n]}/stat"
+    done
+}
+
 fleet_start_nats() {
     [ -x "$NATS_SERVER" ] || { log "no nats-server (set NATS_SERVER)"; return 1; }
     mkdir -p "$W/fleet/nats"
