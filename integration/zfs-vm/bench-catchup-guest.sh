@@ -10,6 +10,8 @@
 #   ZDR_BENCH_SNAP     path of the snapwrite helper (fleet/snapwrite.c), or empty
 #   ZDR_BENCH_WAIT     path of the snapwait helper (fleet/snapwait.c), or empty
 #   ZDR_BENCH_METHODS  which methods to run, in order (default "1 3 2")
+#   ZDR_BENCH_RAW      the task's `raw:` (default true, the task default: zfs
+#                      send -w; false sends plain, like methods 2 and 3)
 #   ZDR_BENCH_M1_TIMEOUT  seconds method 1 may take before it is given up
 #                      (default 900; the others still run, the exit code is 1)
 #   ZDR_BIN            directory with the zdr-agent and zdr-coordinator to run
@@ -23,6 +25,7 @@ SNAP=${ZDR_BENCH_SNAP:-}
 WAIT=${ZDR_BENCH_WAIT:-}
 METHODS=${ZDR_BENCH_METHODS:-1 3 2}
 M1_TIMEOUT=${ZDR_BENCH_M1_TIMEOUT:-900}
+RAW=${ZDR_BENCH_RAW:-true}
 FAILED_METHODS=""
 HERE=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")
 W=$(mktemp -d)
@@ -157,7 +160,8 @@ tasks:
   - name: catchup
     source: { match: \"$SRC\", nodes: [n1] }
     target: { site: same, media: different, root: \"dst/{node}\" }
-    schedule: { every: 10s }"
+    schedule: { every: 10s }
+    raw: $RAW"
     local waited=0
     until landed; do
         waited=$((waited + LANDED_STEP))

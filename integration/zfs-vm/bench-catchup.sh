@@ -26,7 +26,8 @@
 # libzfslinux-dev) that writes a 4 KiB file and takes one lzc_snapshot per
 # snapshot, and another that waits for a snapshot with lzc_exists (method 1's
 # observer). Environment: ZDR_BENCH_METHODS ("1 3 2": which methods, in that
-# order), ZDR_BENCH_KEEP_LOGS (a host directory to keep the fleet's logs in),
+# order), ZDR_BENCH_RAW (the task's raw:, default true), ZDR_BENCH_KEEP_LOGS
+# (a host directory to keep the fleet's logs in),
 # plus zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults to 3600 here). Run it
 # under `nice -n 10` on a shared host. Exit code: the guest's; 125 means the VM
 # failed.
