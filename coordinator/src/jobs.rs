@@ -99,7 +99,17 @@ pub struct JobRecord {
     /// The hold is being moved to this snapshot; no new job starts until then.
     #[serde(default)]
     pub moving_holds_to: Option<String>,
+    /// The last attempt that failed, so that its other end's later report
+    /// is still kept (it may come after the retry started).
+    #[serde(default)]
+    pub failed_attempt: Option<FailedAttempt>,
     pub history: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub id: String,
+    pub attempt: u32,
 }
 
 impl JobRecord {
@@ -423,6 +433,7 @@ fn new_record(
         next_attempt_at_ms: None,
         last_success_ms: None,
         moving_holds_to: None,
+        failed_attempt: None,
         history: Vec::new(),
     }
 }
@@ -496,6 +507,10 @@ fn describe(steps: &[PlannedStep]) -> String {
 
 fn fail_attempt(rec: &mut JobRecord, why: String, discard_partial: bool) {
     let wait = backoff_ms(rec.attempt);
+    rec.failed_attempt = Some(FailedAttempt {
+        id: rec.attempt_id.clone(),
+        attempt: rec.attempt,
+    });
     rec.state = JobState::Failed;
     rec.error = Some(why.clone());
     rec.discard_partial = discard_partial;
@@ -653,10 +668,15 @@ async fn cancel(state: &State, source: &str, target: &str, attempt: &str) {
 /// Applies one agent's report on a job.
 pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
     let mut jobs = state.jobs.lock().await;
+    let failed_here = |r: &JobRecord| {
+        r.failed_attempt
+            .as_ref()
+            .is_some_and(|f| f.id == update.job)
+    };
     let Some((key, rec)) = jobs
         .records
         .iter_mut()
-        .find(|(_, r)| r.attempt_id == update.job)
+        .find(|(_, r)| r.attempt_id == update.job || failed_here(r))
     else {
         return; // an older attempt, or a job this coordinator never started
     };
@@ -669,20 +689,29 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
         warn!(job = %update.job, node = %update.node, "job update from a node not in the job; dropped");
         return;
     }
-    if !rec.active() {
+    if rec.attempt_id != update.job || !rec.active() {
         // The other end's word on an attempt that already failed is often the
         // cause: a target's TLS error arrives after the source's broken pipe.
-        if rec.state == JobState::Failed && update.state == JobPhase::Failed {
-            let line = format!("{} {}: {}", side(update.role), update.node, update.message);
-            rec.log(format!("attempt {} also failed at the {line}", rec.attempt));
+        let Some(failed) = rec.failed_attempt.clone().filter(|f| f.id == update.job) else {
+            return;
+        };
+        if update.state != JobPhase::Failed {
+            return;
+        }
+        let line = format!("{} {}: {}", side(update.role), update.node, update.message);
+        rec.log(format!(
+            "attempt {} also failed at the {line}",
+            failed.attempt
+        ));
+        if rec.attempt_id == failed.id {
             rec.error = Some(match rec.error.take() {
                 Some(first) => format!("{first}; {line}"),
                 None => line,
             });
-            let rec = rec.clone();
-            drop(jobs);
-            persist(state, &key, &rec).await;
         }
+        let rec = rec.clone();
+        drop(jobs);
+        persist(state, &key, &rec).await;
         return;
     }
     rec.updated_at_ms = now_ms();
