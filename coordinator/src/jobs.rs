@@ -331,6 +331,7 @@ pub async fn tick(state: &Arc<State>) {
                     if let Some(prev) = retry {
                         rec.attempt = prev.attempt;
                         rec.discard_partial = prev.discard_partial;
+                        rec.failed_attempt = prev.failed_attempt.clone();
                         rec.history = prev.history.clone();
                     }
                     rec.last_success_ms = previous.as_ref().and_then(|r| r.last_success_ms);
