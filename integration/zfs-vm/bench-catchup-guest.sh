@@ -3,15 +3,18 @@
 # bench-catchup.sh (read that one first). Makes a backlog of N small
 # snapshots of src/data, then brings dst/n1/src/data (which holds only the
 # first one) up to date three ways, from the same start state each time, and
-# prints the times and ratios side by side.
+# prints the times and ratios side by side. A method listed more than once in
+# ZDR_BENCH_METHODS runs again (a fresh fleet each time for zdr); the ratios
+# are then of the medians, and each run is printed.
 #
 # Environment (set by bench-catchup.sh):
 #   ZDR_BENCH_N        snapshots in the backlog (>= 200)
 #   ZDR_BENCH_SNAP     path of the snapwrite helper (fleet/snapwrite.c), or empty
 #   ZDR_BENCH_WAIT     path of the snapwait helper (fleet/snapwait.c), or empty
-#   ZDR_BENCH_METHODS  which methods to run, in order (default "1 3 2")
-#   ZDR_BENCH_RAW      the task's `raw:` (default true, the task default: zfs
-#                      send -w; false sends plain, like methods 2 and 3)
+#   ZDR_BENCH_METHODS  which methods to run, in order (default "1 3 1 3 1 3 2")
+#   ZDR_BENCH_RAW      the task's `raw:` (default true, the task default); the
+#                      bare methods send with the same flags (-w when true),
+#                      so all three move the same stream
 #   ZDR_BENCH_M1_TIMEOUT  seconds method 1 may take before it is given up
 #                      (default 900; the others still run, the exit code is 1)
 #   ZDR_BIN            directory with the zdr-agent and zdr-coordinator to run
@@ -23,7 +26,7 @@ set -euo pipefail
 N=${ZDR_BENCH_N:?}
 SNAP=${ZDR_BENCH_SNAP:-}
 WAIT=${ZDR_BENCH_WAIT:-}
-METHODS=${ZDR_BENCH_METHODS:-1 3 2}
+METHODS=${ZDR_BENCH_METHODS:-1 3 1 3 1 3 2}
 M1_TIMEOUT=${ZDR_BENCH_M1_TIMEOUT:-900}
 RAW=${ZDR_BENCH_RAW:-true}
 FAILED_METHODS=""
@@ -43,6 +46,10 @@ DST=dst/n1/src/data          # where the task's root "dst/{node}" puts it
 FIRST=$(printf 's%05d' 1)
 LAST=$(printf 's%05d' "$N")
 TAG=zdr-bench                # the hold tag method 2 moves
+# What zdr's send adds for the task's raw: (an unencrypted dataset here, so
+# -w is -Lec: blocks as stored). The bare methods use the same.
+SEND_FLAGS=()
+[ "$RAW" != true ] || SEND_FLAGS=(-w)
 
 echo "guest: kernel $(uname -r), $(nproc) vCPUs, $(awk '/MemTotal/ {printf "%d MiB", $2/1024}' /proc/meminfo)," \
     "loadavg $(cut -d' ' -f1-3 /proc/loadavg); $(zfs version | head -n 1)"
@@ -89,16 +96,21 @@ check() {
     log "method $m: checked: ${CHECKED[$m]}; holds ${HOLDS[$m]}"
 }
 
-declare -A TIME CHECKED HOLDS NOTE
+declare -A TIME CHECKED HOLDS NOTE TIMES
+# took M SECONDS: one run's time of method M
+took() {
+    TIME[$1]=$2
+    TIMES[$1]+="$2 "
+}
 
 # (3) one bare -I stream: the limit.
 method3() {
     reset
-    log "method 3: zfs send -I @$FIRST $SRC@$LAST | zfs recv"
+    log "method 3: zfs send ${SEND_FLAGS[*]} -I @$FIRST $SRC@$LAST | zfs recv"
     local t
     t=$(now)
-    zfs send -I "@$FIRST" "$SRC@$LAST" | zfs recv -u "$DST"
-    TIME[3]=$(sub "$t" "$(now)")
+    zfs send "${SEND_FLAGS[@]}" -I "@$FIRST" "$SRC@$LAST" | zfs recv -u "$DST"
+    took 3 "$(sub "$t" "$(now)")"
     log "method 3: ${TIME[3]}s"
     check 3
 }
@@ -109,13 +121,13 @@ method3() {
 method2() {
     reset
     zfs hold "$TAG" "$SRC@$FIRST" "$DST@$FIRST"
-    log "method 2: $((N - 1)) x (zfs send -i | zfs recv; hold new and release previous on both sides)"
+    log "method 2: $((N - 1)) x (zfs send ${SEND_FLAGS[*]} -i | zfs recv; hold new and release previous on both sides)"
     local t i prev cur
     t=$(now)
     prev=$FIRST
     for ((i = 2; i <= N; i++)); do
         cur=$(printf 's%05d' "$i")
-        zfs send -i "@$prev" "$SRC@$cur" | zfs recv -u "$DST"
+        zfs send "${SEND_FLAGS[@]}" -i "@$prev" "$SRC@$cur" | zfs recv -u "$DST"
         zfs hold "$TAG" "$DST@$cur"
         zfs hold "$TAG" "$SRC@$cur"
         zfs release "$TAG" "$DST@$prev"
@@ -123,7 +135,7 @@ method2() {
         prev=$cur
         if [ $((i % 50)) -eq 0 ]; then log "method 2: $i/$N ($(sub "$t" "$(now)")s)"; fi
     done
-    TIME[2]=$(sub "$t" "$(now)")
+    took 2 "$(sub "$t" "$(now)")"
     log "method 2: ${TIME[2]}s"
     check 2
 }
@@ -131,7 +143,7 @@ method2() {
 # (1) zdr: the real coordinator and agents. The fleet starts with no task;
 # the wall clock starts when the task is written to the tasks file (the
 # coordinator checks it every second) and stops when the target has the last
-# snapshot, seen by the snapwait helper (one lzc_exists ioctl every 0.1 s; a
+# snapshot, seen by the snapwait helper (one lzc_exists ioctl every 0.5 s; a
 # `zfs list` a second, the fallback, starts a process each time and loads the
 # guest it measures; methods 2 and 3 have no observer at all).
 # The coordinator's job record gives the job's own start (planned) and finish
@@ -149,6 +161,7 @@ landed() {
 method1() {
     reset
     [ -x "$ZDR_BIN/zdr-agent" ] && [ -x "$ZDR_BIN/zdr-coordinator" ] || die "no zdr binaries in $ZDR_BIN"
+    rm -rf "$W/fleet"            # a fresh fleet for every run: keys, NATS store, agents' state
     fleet_setup
     fleet_up || die "the fleet did not come up"
     log "method 1: fleet up (coordinator, agents n1 and n2); writing the task"
@@ -174,7 +187,7 @@ tasks:
             return 0
         fi
     done
-    TIME[1]=$(sub "$t" "$(now)")
+    took 1 "$(sub "$t" "$(now)")"
     log "method 1: target has @$LAST after ${TIME[1]}s (wall clock from writing the task)"
     # What the fleet's own processes cost the guest meanwhile (zfs(8) children not counted).
     CPU1=$(join <(echo "$cpu0" | sort) <(fleet_cpu | sort) |
@@ -187,8 +200,10 @@ tasks:
     $API "$HTTP_PORT" field "$SRC" history 2>/dev/null | sed 's/^/    history: /' || true
     job_start=$($API "$HTTP_PORT" field "$SRC" started_at_ms 2>/dev/null || echo -)
     job_end=$($API "$HTTP_PORT" field "$SRC" finished_at_ms 2>/dev/null || echo -)
-    JOB_TIME=$(awk -v a="$job_start" -v b="$job_end" 'BEGIN { if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) printf "%.3f", (b - a) / 1000; else print "-" }')
-    NOTE[1]="job record: state $($API "$HTTP_PORT" field "$SRC" state 2>/dev/null), attempt $($API "$HTTP_PORT" field "$SRC" attempt 2>/dev/null), $($API "$HTTP_PORT" field "$SRC" bytes 2>/dev/null) bytes, started_at_ms to finished_at_ms ${JOB_TIME}s"
+    local job_time
+    job_time=$(awk -v a="$job_start" -v b="$job_end" 'BEGIN { if (a ~ /^[0-9]+$/ && b ~ /^[0-9]+$/) printf "%.3f", (b - a) / 1000; else print "-" }')
+    NOTE[1]="job record: state $($API "$HTTP_PORT" field "$SRC" state 2>/dev/null), attempt $($API "$HTTP_PORT" field "$SRC" attempt 2>/dev/null), $($API "$HTTP_PORT" field "$SRC" bytes 2>/dev/null) bytes, started_at_ms to finished_at_ms ${job_time}s"
+    [ "$job_time" = - ] || JOB_TIMES+="$job_time "
     log "method 1: ${NOTE[1]}"
     # The hold moves after the job is done; give the agents time for it.
     wait_until 60 "the hold zdr-repl-catchup on @$LAST on both sides" \
@@ -201,27 +216,45 @@ for m in $METHODS; do
     "method$m"
 done
 
+# median "T1 T2 ...": the middle one, or the mean of the middle two
+median() {
+    # shellcheck disable=SC2086 # one word per time
+    printf '%s\n' $1 | sort -g |
+        awk 'NF { v[++n] = $1 } END { if (n) printf "%.3f", (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }'
+}
+for m in "${!TIMES[@]}"; do TIME[$m]=$(median "${TIMES[$m]}"); done
+JOB_TIME=$(median "${JOB_TIMES:-}")
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
 
 echo
 echo "== Replication catch-up: $N snapshots of one filesystem (4 KiB written before each), $(zfs version | head -n 1 | sed 's/^zfs-//') =="
+echo "raw: $RAW (all methods send with: ${SEND_FLAGS[*]:-no flags}); seconds are the median of the runs listed"
 printf '%-4s  %-72s  %10s  %s\n' method what seconds "end state"
 declare -A WHAT=(
     [1]="zdr: coordinator + 2 agents, mTLS data plane (wall clock: task written -> last snapshot on target)"
-    [2]="$((N - 1)) x zfs send -i | zfs recv, holds moved on both sides each step"
-    [3]="one zfs send -I first..last | zfs recv (no holds)"
+    [2]="$((N - 1)) x zfs send ${SEND_FLAGS[*]} -i | zfs recv, holds moved on both sides each step"
+    [3]="one zfs send ${SEND_FLAGS[*]} -I first..last | zfs recv (no holds)"
 )
 for m in 1 2 3; do
     [ -n "${TIME[$m]:-}" ] || continue
     printf '%-4s  %-72s  %10s  %s\n' "($m)" "${WHAT[$m]}" "${TIME[$m]}" "${CHECKED[$m]}"
+    printf '%-4s  %s\n' "" "runs: ${TIMES[$m]}"
 done
 [ -z "${NOTE[1]:-}" ] || printf '%-4s  %s\n' "" "(1) ${NOTE[1]}"
 [ -z "${CPU1:-}" ] || printf '%-4s  %s\n' "" "(1) CPU of the fleet's processes, task written to last snapshot landed: $CPU1"
 for m in 1 2 3; do [ -z "${HOLDS[$m]:-}" ] || printf 'holds after (%s): %s\n' "$m" "${HOLDS[$m]}"; done
 echo "method2/method1 = $(ratio "${TIME[2]:-}" "${TIME[1]:-}") (goal >= 5x)"
 echo "method1/method3 = $(ratio "${TIME[1]:-}" "${TIME[3]:-}") (goal <= 1.2x)"
+# Runs of 1 and 3 taken in turn ("1 3 1 3 ..."): the k-th of each as a pair.
+read -ra R1 <<< "${TIMES[1]:-}"
+read -ra R3 <<< "${TIMES[3]:-}"
+if [ "${#R1[@]}" -gt 1 ] && [ "${#R1[@]}" -eq "${#R3[@]}" ]; then
+    pairs=""
+    for k in "${!R1[@]}"; do pairs+="$(ratio "${R1[$k]}" "${R3[$k]}") "; done
+    echo "method1/method3 run by run: $pairs"
+fi
 if [ -n "${JOB_TIME:-}" ] && [ "$JOB_TIME" != - ]; then
-    echo "with the job record's time for (1), ${JOB_TIME}s: method2/method1 = $(ratio "${TIME[2]:-}" "$JOB_TIME"), method1/method3 = $(ratio "$JOB_TIME" "${TIME[3]:-}")"
+    echo "with the job record's time for (1), ${JOB_TIME}s (median of ${JOB_TIMES}): method2/method1 = $(ratio "${TIME[2]:-}" "$JOB_TIME"), method1/method3 = $(ratio "$JOB_TIME" "${TIME[3]:-}")"
 fi
 log "done; guest loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -z "$FAILED_METHODS" ] || { log "BENCH INCOMPLETE: method(s)$FAILED_METHODS did not finish"; exit 1; }

@@ -15,8 +15,12 @@
 #       both sides (hold the new snapshot, release the previous one), as
 #       zrepl's steps do;
 #   (3) one bare `zfs send -I first last | zfs recv`: the limit.
-# Prints the times side by side and the ratios (2)/(1) (goal >= 5x) and
-# (1)/(3) (goal <= 1.2x).
+# Methods 2 and 3 send with zdr's flags for the task's raw: (-w by default),
+# so all three move the same stream. Zdr's runs alternate with the bare -I
+# runs ("1 3 1 3 1 3 2"), each with a fresh fleet; single runs in this lane
+# vary by 10-20 %. Prints every run, the medians and the ratios of the
+# medians (2)/(1) (goal >= 5x) and (1)/(3) (goal <= 1.2x), and (1)/(3) pair
+# by pair. About 25 min for N = 200.
 #
 #   integration/zfs-vm/bench-catchup.sh [N]        # N >= 200, default 200
 #
@@ -25,11 +29,11 @@
 # binaries in DIR instead, without building), and a small C helper (gcc,
 # libzfslinux-dev) that writes a 4 KiB file and takes one lzc_snapshot per
 # snapshot, and another that waits for a snapshot with lzc_exists (method 1's
-# observer). Environment: ZDR_BENCH_METHODS ("1 3 2": which methods, in that
-# order), ZDR_BENCH_RAW (the task's raw:, default true), ZDR_BENCH_KEEP_LOGS
-# (a host directory to keep the fleet's logs in),
-# plus zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults to 3600 here). Run it
-# under `nice -n 10` on a shared host. Exit code: the guest's; 125 means the VM
+# observer). Environment: ZDR_BENCH_METHODS (which methods, in that order;
+# default "1 3 1 3 1 3 2"), ZDR_BENCH_RAW (the task's raw:, default true),
+# ZDR_BENCH_KEEP_LOGS (a host directory to keep the fleet's logs in), plus
+# zfs-vm.sh's ZDR_VM_* (ZDR_VM_TIMEOUT defaults to 3600 here). Run it under
+# `nice -n 10` on a shared host. Exit code: the guest's; 125 means the VM
 # failed.
 set -euo pipefail
 
@@ -78,7 +82,7 @@ fi
 
 echo "host: $(nproc) cores, loadavg $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC'); zdr binaries: $BIN ($PROFILE)"
 export ZDR_BENCH_N=$N ZDR_BENCH_SNAP=$SNAP ZDR_BENCH_WAIT=$WAIT ZDR_BIN=$BIN ZDR_ROOT=$ROOT ZDR_BENCH_LOGS=$LOGS NATS_SERVER=$NATS
-export ZDR_BENCH_METHODS=${ZDR_BENCH_METHODS:-1 3 2}
+export ZDR_BENCH_METHODS=${ZDR_BENCH_METHODS:-1 3 1 3 1 3 2}
 export ZDR_BENCH_M1_TIMEOUT=${ZDR_BENCH_M1_TIMEOUT:-900}
 export ZDR_VM_TIMEOUT=${ZDR_VM_TIMEOUT:-3600}
 export ZDR_VM_ENV="NATS_SERVER ${ZDR_VM_ENV:-}"
