@@ -693,18 +693,20 @@ pub async fn on_update(state: &Arc<State>, update: JobUpdate) {
     if rec.attempt_id != update.job || !rec.active() {
         // The other end's word on an attempt that already failed is often the
         // cause: a target's TLS error arrives after the source's broken pipe.
-        let Some(failed) = rec.failed_attempt.clone().filter(|f| f.id == update.job) else {
+        let Some(attempt) = rec
+            .failed_attempt
+            .as_ref()
+            .filter(|f| f.id == update.job)
+            .map(|f| f.attempt)
+        else {
             return;
         };
         if update.state != JobPhase::Failed {
             return;
         }
         let line = format!("{} {}: {}", side(update.role), update.node, update.message);
-        rec.log(format!(
-            "attempt {} also failed at the {line}",
-            failed.attempt
-        ));
-        if rec.attempt_id == failed.id {
+        rec.log(format!("attempt {attempt} also failed at the {line}"));
+        if rec.attempt_id == update.job {
             rec.error = Some(match rec.error.take() {
                 Some(first) => format!("{first}; {line}"),
                 None => line,

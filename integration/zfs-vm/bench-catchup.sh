@@ -20,7 +20,7 @@
 # runs ("1 3 1 3 1 3 2"), each with a fresh fleet; single runs in this lane
 # vary by 10-20 %. Prints every run, the medians and the ratios of the
 # medians (2)/(1) (goal >= 5x) and (1)/(3) (goal <= 1.2x), and (1)/(3) pair
-# by pair. About 25 min for N = 200.
+# by pair. About 20 min for N = 200.
 #
 #   integration/zfs-vm/bench-catchup.sh [N]        # N >= 200, default 200
 #
