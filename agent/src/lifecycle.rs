@@ -330,21 +330,16 @@ impl Lifecycle {
                 immutable_for_secs: class.immutable_for.secs(),
                 protected_guids: HashSet::new(),
             };
-            let why = format!(
-                "retention: class {class_name} keeps {}",
-                describe_tiers(&class.tiers)
-            );
-            let revision = Some(policy.bundle.revision);
-            if !self.prune(
-                &info.name,
-                &snaps,
-                &rules,
-                &why,
-                revision,
-                now,
+            let reason = Reason {
                 actor,
-                &mut report,
-            ) {
+                why: format!(
+                    "retention: class {class_name} keeps {}",
+                    describe_tiers(&class.tiers)
+                ),
+                revision: Some(policy.bundle.revision),
+                now,
+            };
+            if !self.prune(&info.name, &snaps, &rules, &reason, &mut report) {
                 break;
             }
         }
@@ -381,13 +376,17 @@ impl Lifecycle {
             immutable_for_secs: cmd.immutable_for_secs,
             protected_guids: HashSet::new(),
         };
-        let why = format!(
-            "retention: task {} keeps {} on its copy",
-            cmd.task,
-            describe_tiers(&cmd.tiers)
-        );
-        let revision = Some(policy.bundle.revision);
-        if !self.prune(&ds, &snaps, &rules, &why, revision, now, actor, &mut report) {
+        let reason = Reason {
+            actor,
+            why: format!(
+                "retention: task {} keeps {} on its copy",
+                cmd.task,
+                describe_tiers(&cmd.tiers)
+            ),
+            revision: Some(policy.bundle.revision),
+            now,
+        };
+        if !self.prune(&ds, &snaps, &rules, &reason, &mut report) {
             return report;
         }
         if report.destroyed.is_empty() {
@@ -399,18 +398,20 @@ impl Lifecycle {
     /// Destroys what `rules` do not keep of `ds`, auditing each destroy
     /// first. False if the audit log cannot be written: then nothing more
     /// may be destroyed.
-    #[allow(clippy::too_many_arguments)]
     fn prune(
         &self,
         ds: &DatasetName,
         snaps: &[SnapshotInfo],
         rules: &Rules,
-        why: &str,
-        revision: Option<u64>,
-        now: i64,
-        actor: &str,
+        reason: &Reason<'_>,
         report: &mut PassReport,
     ) -> bool {
+        let Reason {
+            actor,
+            ref why,
+            revision,
+            now,
+        } = *reason;
         let plan = retention::plan(snaps, rules, now);
         if plan.destroy.is_empty() {
             return true;
@@ -439,7 +440,7 @@ impl Lifecycle {
                         EventKind::SnapshotPruned {
                             dataset: ds.to_string(),
                             snapshot: snap.clone(),
-                            reason: why.to_string(),
+                            reason: why.clone(),
                         },
                         now,
                     );
@@ -475,6 +476,15 @@ impl Lifecycle {
             })
             .collect()
     }
+}
+
+/// Who prunes, why, under which policy revision and when: what each
+/// destroy's audit record and event carry.
+struct Reason<'a> {
+    actor: &'a str,
+    why: String,
+    revision: Option<u64>,
+    now: i64,
 }
 
 fn describe_tiers(tiers: &Tiers) -> String {

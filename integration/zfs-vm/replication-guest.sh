@@ -69,6 +69,20 @@ show_job() {
 }
 guids() { snaps "$1" | tr '\t\n' ': ' | sed 's/ $//'; }
 
+# await_job T DS WHAT SECS: waits up to SECS for DS's target to get WHAT
+# (catch up with DS) and then for the job record to say done; the job's
+# history goes into H and is printed. On failure says so for test T.
+await_job() {
+    local t=$1 ds=$2 what=$3 secs=$4 tgt
+    tgt=$(target_of "$ds")
+    wait_until "$secs" "$tgt to catch up ($what)" caught_up "$ds" || {
+        fail "$t: $tgt did not get $what within $secs s"; show_job "$ds"; return 1; }
+    wait_until 60 "the job record to say done" job_done "$ds" || {
+        fail "$t: job state $(job_state "$ds"), not done"; show_job "$ds"; return 1; }
+    H=$(history_of "$ds")
+    echo "$H" | sed 's/^/    history: /'
+}
+
 # restart_n2: (re)starts agent n2 (stopping it first with SIGTERM if it
 # runs) and waits until it is connected to NATS again.
 restart_n2() {
@@ -100,14 +114,8 @@ test1() {
     fill $ds 8 a; zfs snapshot $ds@r1
     fill $ds 1 b; zfs snapshot $ds@r2
     task t1 $ds
-    wait_until 300 "$tgt to catch up (full)" caught_up $ds || {
-        fail "1: $tgt did not get @r1 @r2 within 300 s"; show_job $ds; return 1; }
-    wait_until 30 "the job record to say done" job_done $ds || {
-        fail "1: job state $(job_state $ds), not done"; show_job $ds; return 1; }
-    local h1
-    h1=$(history_of $ds)
-    echo "$h1" | sed 's/^/    history: /'
-    echo "$h1" | grep -q "planned 2 step(s): full @r1, -I @r1 @r2" || {
+    await_job 1 $ds "@r1 @r2, full" 300 || return 1
+    echo "$H" | grep -q "planned 2 step(s): full @r1, -I @r1 @r2" || {
         fail "1: the first job was not planned as 'full @r1, -I @r1 @r2'"; return 1; }
     log "full: source $(guids $ds); target $(guids "$tgt")"
     wait_until 30 "the hold $tag on @r2 on both sides" \
@@ -125,14 +133,8 @@ tasks: []"
     wait_until 120 "n1's inventory to list $ds@r4" $API "$HTTP_PORT" has-snap n1 $ds r4 || {
         fail "1: the coordinator never saw $ds@r4"; return 1; }
     task t1 $ds
-    wait_until 300 "$tgt to catch up (incremental)" caught_up $ds || {
-        fail "1: $tgt did not get @r3 @r4 within 300 s"; show_job $ds; return 1; }
-    wait_until 30 "the job record to say done" job_done $ds || {
-        fail "1: job state $(job_state $ds), not done"; show_job $ds; return 1; }
-    local h2
-    h2=$(history_of $ds)
-    echo "$h2" | sed 's/^/    history: /'
-    echo "$h2" | grep -q -- "-I @r2 @r4" || { fail "1: the second job was not '-I @r2 @r4'"; return 1; }
+    await_job 1 $ds "@r3 @r4, incremental" 300 || return 1
+    echo "$H" | grep -q -- "-I @r2 @r4" || { fail "1: the second job was not '-I @r2 @r4'"; return 1; }
     wait_until 30 "the hold $tag to move to @r4 alone on both sides" \
         bash -c "$(declare -f holds_of holds_only_on); holds_only_on $ds r4 $tag && holds_only_on $tgt r4 $tag" || {
         fail "1: $tag is not on @r4 alone on both sides: src [$(holds_of $ds | tr '\n' ' ')] dst [$(holds_of "$tgt" | tr '\n' ' ')]"
@@ -163,18 +165,13 @@ test2() {
     log "$tgt has receive_resume_token ${token:0:24}... (${#token} chars); lifting the task's bandwidth limit and restarting agent n2"
     task t2 $ds
     restart_n2
-    wait_until 300 "$tgt to catch up after the restart" caught_up $ds || {
-        fail "2: $tgt did not get @b1 within 300 s of the restart"; show_job $ds; return 1; }
-    wait_until 30 "the job record to say done" job_done $ds || {
-        fail "2: job state $(job_state $ds), not done"; show_job $ds; return 1; }
-    local h attempt
-    h=$(history_of $ds)
+    await_job 2 $ds "@b1 after the restart" 300 || return 1
+    local attempt
     attempt=$($API "$HTTP_PORT" field $ds attempt)
-    echo "$h" | sed 's/^/    history: /'
-    echo "$h" | grep -q "attempt 1 failed" || { fail "2: no failed first attempt in the job history"; return 1; }
-    echo "$h" | grep -q "resuming the saved partial receive" || {
+    echo "$H" | grep -q "attempt 1 failed" || { fail "2: no failed first attempt in the job history"; return 1; }
+    echo "$H" | grep -q "resuming the saved partial receive" || {
         fail "2: no attempt of the job resumed the saved partial receive"; return 1; }
-    echo "$h" | grep -q "(resumed) into $tgt" || { fail "2: the target did not report a resumed receive"; return 1; }
+    echo "$H" | grep -q "(resumed) into $tgt" || { fail "2: the target did not report a resumed receive"; return 1; }
     [ "$(zfs get -H -o value receive_resume_token "$tgt")" = - ] || { fail "2: $tgt still has a resume token"; return 1; }
     grep -q "resumed=true" "$LOGS/agent-n2.log" && log "agent n2's log: $(grep 'resumed=true' "$LOGS/agent-n2.log" | tail -n 1 | cut -c1-220)"
     pass "2: killed n2 mid-stream; $tgt kept a receive_resume_token; after the restart the job resumed it (attempt $attempt, 'resuming the saved partial receive'); target GUIDs equal the source's: $(guids "$tgt")"
@@ -189,11 +186,7 @@ test3() {
     zfs create -o encryption=on -o keyformat=passphrase -o keylocation="file://$key" $ds
     fill $ds 2 a; zfs snapshot $ds@e1
     task t3 $ds
-    wait_until 300 "$tgt to catch up" caught_up $ds || {
-        fail "3: $tgt did not get @e1 within 300 s"; show_job $ds; return 1; }
-    wait_until 60 "the job record to say done" job_done $ds || {
-        fail "3: job state $(job_state $ds), not done"; show_job $ds; return 1; }
-    history_of $ds | sed 's/^/    history: /'
+    await_job 3 $ds @e1 300 || return 1
     enc=$(zfs get -H -o value encryption,keystatus "$tgt" | tr '\n' ' ')
     log "target $tgt: encryption,keystatus = $enc; encryptionroot $(zfs get -H -o value encryptionroot "$tgt")"
     case $enc in
@@ -206,7 +199,7 @@ test3() {
 
 # ------------------------------------------------------------------------ 4
 test4() {
-    local ds=src/corrupt tgt proxy_port=17012 flip_at=300000 h attempt
+    local ds=src/corrupt tgt proxy_port=17012 flip_at=300000 attempt
     tgt=$(target_of $ds)
     log "--- 4. a corrupted byte in transit"
     # No other task while n2 restarts behind the proxy: a re-planned job of an
@@ -226,17 +219,12 @@ tasks: []"
     zfs create $ds
     fill $ds 6 a; zfs snapshot $ds@c1
     task t4 $ds
-    wait_until 300 "$tgt to catch up" caught_up $ds || {
-        fail "4: $tgt did not get @c1 within 300 s"; show_job $ds; sed 's/^/    proxy: /' "$LOGS/proxy.log"; return 1; }
-    wait_until 30 "the job record to say done" job_done $ds || {
-        fail "4: job state $(job_state $ds), not done"; show_job $ds; return 1; }
+    await_job 4 $ds @c1 300 || { sed 's/^/    proxy: /' "$LOGS/proxy.log"; return 1; }
     sed 's/^/    proxy: /' "$LOGS/proxy.log"
-    h=$(history_of $ds)
     attempt=$($API "$HTTP_PORT" field $ds attempt)
-    echo "$h" | sed 's/^/    history: /'
     grep -q "flipped the byte" "$LOGS/proxy.log" || { fail "4: the proxy never flipped a byte"; return 1; }
     local why
-    why=$(echo "$h" | grep -m1 "attempt 1 failed" | sed 's/^[0-9:.]* attempt 1 failed: //')
+    why=$(echo "$H" | grep -m1 "attempt 1 failed" | sed 's/^[0-9:.]* attempt 1 failed: //')
     [ -n "$why" ] || { fail "4: the first attempt did not fail"; return 1; }
     case $why in
         "no word from either agent"*)
@@ -245,7 +233,7 @@ tasks: []"
     [ "$attempt" -ge 2 ] || { fail "4: the job finished on attempt $attempt, not a retry"; return 1; }
     # Whichever end reported first, the target's word is kept: its TLS layer saw the change.
     local target_word
-    target_word=$(echo "$h" | grep -m1 -o "target n2: TLS: [^;]*altered in transit") ||
+    target_word=$(echo "$H" | grep -m1 -o "target n2: TLS: [^;]*altered in transit") ||
         { fail "4: the history has no word from the target on the altered stream"; return 1; }
     pass "4: the proxy flipped one byte in transit; attempt 1 failed ($why; $target_word); attempt $attempt completed; GUIDs equal: $(guids "$tgt")"
 }
