@@ -227,16 +227,6 @@ impl Coordinator {
         dir: &Path,
         nats: &Nats,
         policy: &Path,
-        keys: &Keys,
-        instance: &str,
-    ) -> Coordinator {
-        Self::start_with_tasks(dir, nats, policy, None, keys, instance)
-    }
-
-    pub fn start_with_tasks(
-        dir: &Path,
-        nats: &Nats,
-        policy: &Path,
         tasks: Option<&Path>,
         keys: &Keys,
         instance: &str,
@@ -289,6 +279,90 @@ impl Coordinator {
             matches!(self.get("/readyz").await, Some((200, _))).then_some(())
         })
         .await;
+    }
+}
+
+/// A fleet's working directory: a running nats-server, the coordinator's
+/// signing key, the policy file and, when given, the tasks file.
+/// Coordinators and agents start in it and log there; a failing test prints
+/// every process's log, as CI has nothing else to go on.
+pub struct Fleet {
+    dir: tempfile::TempDir,
+    pub nats: Nats,
+    pub keys: Keys,
+    pub policy: PathBuf,
+    pub tasks: Option<PathBuf>,
+}
+
+impl Fleet {
+    pub async fn start(policy: &str, tasks: Option<&str>) -> Fleet {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = Nats::start(dir.path()).await;
+        let keys = Keys::create(dir.path());
+        let policy_file = dir.path().join("policies.yaml");
+        std::fs::write(&policy_file, policy).unwrap();
+        let tasks = tasks.map(|t| {
+            let file = dir.path().join("tasks.yml");
+            std::fs::write(&file, t).unwrap();
+            file
+        });
+        Fleet {
+            dir,
+            nats,
+            keys,
+            policy: policy_file,
+            tasks,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A coordinator on the fleet's policy and tasks files.
+    pub fn coordinator(&self, instance: &str) -> Coordinator {
+        Coordinator::start(
+            self.path(),
+            &self.nats,
+            &self.policy,
+            self.tasks.as_deref(),
+            &self.keys,
+            instance,
+        )
+    }
+
+    pub fn agent(&self, spec: &AgentSpec) -> Agent {
+        self.agent_with(spec, &AgentExtra::default())
+    }
+
+    pub fn agent_with(&self, spec: &AgentSpec, extra: &AgentExtra) -> Agent {
+        Agent::start(self.path(), &self.nats, &self.keys, spec, extra)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            dump_logs(self.path());
+        }
+    }
+}
+
+/// The last lines of every `*.log` in `dir`, on stderr.
+fn dump_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("===== {} (last {} lines)", p.display(), tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
@@ -457,11 +531,7 @@ public_key = "{key}"
         (path, state_dir)
     }
 
-    pub fn start(dir: &Path, nats: &Nats, keys: &Keys, spec: &AgentSpec) -> Agent {
-        Self::start_with(dir, nats, keys, spec, &AgentExtra::default())
-    }
-
-    pub fn start_with(
+    pub fn start(
         dir: &Path,
         nats: &Nats,
         keys: &Keys,

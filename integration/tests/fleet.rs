@@ -1,7 +1,6 @@
 //! The control plane end to end: real nats-server, real coordinator and agent
 //! binaries (simulated ZFS backend).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use zdr_common::envelope::Sealer;
@@ -41,48 +40,6 @@ const B1: AgentSpec = AgentSpec {
     datasets: &["tank/db"],
 };
 
-struct Fleet {
-    dir: tempfile::TempDir,
-    nats: Nats,
-    keys: Keys,
-    policy: PathBuf,
-}
-
-async fn fleet() -> Fleet {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path()).await;
-    let keys = Keys::create(dir.path());
-    let policy = dir.path().join("policies.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    Fleet {
-        dir,
-        nats,
-        keys,
-        policy,
-    }
-}
-
-impl Drop for Fleet {
-    // On failure, show every process's log: CI has nothing else to go on.
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            dump_logs(self.dir.path());
-        }
-    }
-}
-
-impl Fleet {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn coordinator(&self, instance: &str) -> Coordinator {
-        Coordinator::start(self.path(), &self.nats, &self.policy, &self.keys, instance)
-    }
-    fn agent(&self, spec: &AgentSpec) -> Agent {
-        Agent::start(self.path(), &self.nats, &self.keys, spec)
-    }
-}
-
 fn zdr_snaps(names: &[String]) -> Vec<String> {
     names
         .iter()
@@ -93,7 +50,7 @@ fn zdr_snaps(names: &[String]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn inventories_reach_the_coordinator_and_pruning_keeps_exactly_the_tiers() {
-    let f = fleet().await;
+    let f = Fleet::start(POLICY, None).await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
     let mut a1 = f.agent(&A1);
@@ -191,7 +148,7 @@ async fn inventories_reach_the_coordinator_and_pruning_keeps_exactly_the_tiers()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_cut_off_from_nats_keeps_snapshotting_and_resyncs() {
-    let mut f = fleet().await;
+    let mut f = Fleet::start(POLICY, None).await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
     let a1 = f.agent(&A1);
@@ -234,7 +191,7 @@ async fn an_agent_cut_off_from_nats_keeps_snapshotting_and_resyncs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_coordinator_still_knows_the_fleet() {
-    let f = fleet().await;
+    let f = Fleet::start(POLICY, None).await;
     let mut coord = f.coordinator("c1");
     coord.wait_ready().await;
     let mut a1 = f.agent(&A1);
@@ -265,7 +222,7 @@ async fn a_restarted_coordinator_still_knows_the_fleet() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_replayed_expired_and_stale_commands_are_refused() {
-    let f = fleet().await;
+    let f = Fleet::start(POLICY, None).await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
     let a1 = f.agent(&A1);
@@ -324,7 +281,7 @@ async fn forged_replayed_expired_and_stale_commands_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_and_oversized_agent_messages_are_dropped() {
-    let f = fleet().await;
+    let f = Fleet::start(POLICY, None).await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
     let client = f.nats.client().await;
@@ -371,23 +328,6 @@ async fn ping_through(coord: &Coordinator, node: &str) {
     assert_eq!(r.outcome, Outcome::Done, "{}", r.message);
 }
 
-fn dump_logs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "log") {
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("===== {} (last {} lines)", p.display(), tail.len());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
-
 /// Snapshot names of one dataset in a stopped sim agent's pool file.
 fn sim_snapshots(agent: &Agent, dataset: &str) -> Vec<String> {
     let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).expect("sim pool file");
@@ -432,7 +372,7 @@ fn snapshot_time(name: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_restarted_without_nats_runs_on_its_cached_policy() {
-    let mut f = fleet().await;
+    let mut f = Fleet::start(POLICY, None).await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
     let mut a1 = f.agent(&A1);
@@ -470,7 +410,7 @@ async fn an_agent_restarted_without_nats_runs_on_its_cached_policy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_policy_edit_reaches_the_agents_and_a_broken_edit_is_not_applied() {
-    let f = fleet().await;
+    let f = Fleet::start(POLICY, None).await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
     let a1 = f.agent(&A1);
@@ -515,7 +455,7 @@ async fn a_policy_edit_reaches_the_agents_and_a_broken_edit_is_not_applied() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_coordinator_takes_over_with_a_higher_epoch() {
-    let f = fleet().await;
+    let f = Fleet::start(POLICY, None).await;
     let mut c1 = f.coordinator("c1");
     c1.wait_ready().await;
     let c2 = f.coordinator("c2");
@@ -543,21 +483,15 @@ async fn a_standby_coordinator_takes_over_with_a_higher_epoch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pairings_follow_the_tasks_and_stay_stable_across_a_restart() {
-    let f = fleet().await;
-    let tasks = f.path().join("tasks.yml");
-    std::fs::write(
-        &tasks,
-        r#"version: 1
+    let tasks = r#"version: 1
 tasks:
   - name: offsite
     source: { class: fast }
     target: { site: other, root: "backup/{node}" }
     schedule: { every: 10s }
-"#,
-    )
-    .unwrap();
-    let mut c1 =
-        Coordinator::start_with_tasks(f.path(), &f.nats, &f.policy, Some(&tasks), &f.keys, "c1");
+"#;
+    let f = Fleet::start(POLICY, Some(tasks)).await;
+    let mut c1 = f.coordinator("c1");
     c1.wait_ready().await;
     let _a1 = f.agent(&A1);
     let _b1 = f.agent(&B1);
@@ -586,8 +520,7 @@ tasks:
 
     // A new coordinator reads the pairing back from JetStream: same target, same reason.
     c1.proc.kill();
-    let c2 =
-        Coordinator::start_with_tasks(f.path(), &f.nats, &f.policy, Some(&tasks), &f.keys, "c2");
+    let c2 = f.coordinator("c2");
     c2.wait_ready().await;
     let again = wait_for(
         "pairings after restart",

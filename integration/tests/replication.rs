@@ -182,38 +182,30 @@ fn job_for<'a>(jobs: &'a [Value], task: &str, source: &str) -> Option<&'a Value>
         .find(|j| j["task"] == task && j["source_node"] == source)
 }
 
+/// A fleet with the four nodes' certificates and a ready coordinator on `tasks`.
 struct Setup {
-    dir: tempfile::TempDir,
-    nats: Nats,
-    keys: Keys,
-    pki: std::path::PathBuf,
+    // Dropped in this order: the coordinator stops before the fleet's
+    // nats-server and directory go.
     coordinator: Coordinator,
+    pki: std::path::PathBuf,
+    fleet: Fleet,
 }
 
 async fn setup(tasks: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path()).await;
-    let keys = Keys::create(dir.path());
-    let policy = dir.path().join("policies.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let tasks_file = dir.path().join("tasks.yml");
-    std::fs::write(&tasks_file, tasks).unwrap();
-    let pki = pki(dir.path(), &["node-a1", "node-a2", "node-b1", "node-b2"]);
-    let coordinator =
-        Coordinator::start_with_tasks(dir.path(), &nats, &policy, Some(&tasks_file), &keys, "c1");
+    let fleet = Fleet::start(POLICY, Some(tasks)).await;
+    let pki = pki(fleet.path(), &["node-a1", "node-a2", "node-b1", "node-b2"]);
+    let coordinator = fleet.coordinator("c1");
     coordinator.wait_ready().await;
     Setup {
-        dir,
-        nats,
-        keys,
-        pki,
         coordinator,
+        pki,
+        fleet,
     }
 }
 
 impl Setup {
     fn path(&self) -> &Path {
-        self.dir.path()
+        self.fleet.path()
     }
 
     fn agent(&self, node: &'static str, snapshot_bytes: Option<u64>) -> Agent {
@@ -232,7 +224,7 @@ impl Setup {
             extra.pools = vec![("backup".into(), 10_000_000_000)];
         }
         extra.pki.get_or_insert_with(|| self.pki.clone());
-        Agent::start_with(self.path(), &self.nats, &self.keys, &spec(node), &extra)
+        self.fleet.agent_with(&spec(node), &extra)
     }
 }
 
@@ -599,10 +591,7 @@ tasks:
 #[tokio::test]
 async fn a_new_leader_cancels_the_old_attempt_and_resumes_it() {
     let mut s = setup(TASKS_BIG).await;
-    let tasks = s.path().join("tasks.yml");
-    let policy = s.path().join("policies.yaml");
-    let standby =
-        Coordinator::start_with_tasks(s.path(), &s.nats, &policy, Some(&tasks), &s.keys, "c2");
+    let standby = s.fleet.coordinator("c2");
     // 48 MB at 4 MB/s: about 12 s per stream, longer than a takeover.
     let a1 = s.agent("node-a1", Some(48_000_000));
     let b1 = s.agent("node-b1", Some(48_000_000));
