@@ -14,7 +14,8 @@
 #   ZDR_BENCH_METHODS  which methods to run, in order (default "1 3 1 3 1 3 2")
 #   ZDR_BENCH_RAW      the task's `raw:` (default true, the task default); the
 #                      bare methods send with the same flags (-w when true),
-#                      so all three move the same stream
+#                      so all three move the same stream; all three receive
+#                      with -s -u
 #   ZDR_BENCH_M1_TIMEOUT  seconds method 1 may take before it is given up
 #                      (default 900; the others still run, the exit code is 1)
 #   ZDR_BIN            directory with the zdr-agent and zdr-coordinator to run
@@ -50,6 +51,9 @@ TAG=zdr-bench                # the hold tag method 2 moves
 # -w is -Lec: blocks as stored). The bare methods use the same.
 SEND_FLAGS=()
 [ "$RAW" != true ] || SEND_FLAGS=(-w)
+# And they receive as zdr's target does (and zrepl's: its receiver saves the
+# partial state too): resumable, not mounted.
+RECV_FLAGS=(-s -u)
 
 echo "guest: kernel $(uname -r), $(nproc) vCPUs, $(awk '/MemTotal/ {printf "%d MiB", $2/1024}' /proc/meminfo)," \
     "loadavg $(cut -d' ' -f1-3 /proc/loadavg); $(zfs version | head -n 1)"
@@ -114,10 +118,10 @@ took() {
 # (3) one bare -I stream: the limit.
 method3() {
     reset
-    log "method 3: zfs send ${SEND_FLAGS[*]} -I @$FIRST $SRC@$LAST | zfs recv"
+    log "method 3: zfs send ${SEND_FLAGS[*]} -I @$FIRST $SRC@$LAST | zfs recv ${RECV_FLAGS[*]}"
     local t
     t=$(now)
-    zfs send "${SEND_FLAGS[@]}" -I "@$FIRST" "$SRC@$LAST" | zfs recv -u "$DST"
+    zfs send "${SEND_FLAGS[@]}" -I "@$FIRST" "$SRC@$LAST" | zfs recv "${RECV_FLAGS[@]}" "$DST"
     took 3 "$(sub "$t" "$(now)")"
     log "method 3: ${TIME[3]}s"
     check 3
@@ -129,13 +133,13 @@ method3() {
 method2() {
     reset
     zfs hold "$TAG" "$SRC@$FIRST" "$DST@$FIRST"
-    log "method 2: $((N - 1)) x (zfs send ${SEND_FLAGS[*]} -i | zfs recv; hold new and release previous on both sides)"
+    log "method 2: $((N - 1)) x (zfs send ${SEND_FLAGS[*]} -i | zfs recv ${RECV_FLAGS[*]}; hold new and release previous on both sides)"
     local t i prev cur
     t=$(now)
     prev=$FIRST
     for ((i = 2; i <= N; i++)); do
         cur=$(printf 's%05d' "$i")
-        zfs send "${SEND_FLAGS[@]}" -i "@$prev" "$SRC@$cur" | zfs recv -u "$DST"
+        zfs send "${SEND_FLAGS[@]}" -i "@$prev" "$SRC@$cur" | zfs recv "${RECV_FLAGS[@]}" "$DST"
         zfs hold "$TAG" "$DST@$cur"
         zfs hold "$TAG" "$SRC@$cur"
         zfs release "$TAG" "$DST@$prev"
@@ -236,12 +240,12 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" ||
 
 echo
 echo "== Replication catch-up: $N snapshots of one filesystem (4 KiB written before each), $(zfs version | head -n 1 | sed 's/^zfs-//') =="
-echo "raw: $RAW (all methods send with: ${SEND_FLAGS[*]:-no flags}); seconds are the median of the runs listed"
+echo "raw: $RAW (all methods send with: ${SEND_FLAGS[*]:-no flags}, receive with: ${RECV_FLAGS[*]}); seconds are the median of the runs listed"
 printf '%-4s  %-72s  %10s  %s\n' method what seconds "end state"
 declare -A WHAT=(
     [1]="zdr: coordinator + 2 agents, mTLS data plane (wall clock: task written -> last snapshot on target)"
-    [2]="$((N - 1)) x zfs send ${SEND_FLAGS[*]} -i | zfs recv, holds moved on both sides each step"
-    [3]="one zfs send ${SEND_FLAGS[*]} -I first..last | zfs recv (no holds)"
+    [2]="$((N - 1)) x zfs send ${SEND_FLAGS[*]} -i | zfs recv ${RECV_FLAGS[*]}, holds moved on both sides each step"
+    [3]="one zfs send ${SEND_FLAGS[*]} -I first..last | zfs recv ${RECV_FLAGS[*]} (no holds)"
 )
 for m in 1 2 3; do
     [ -n "${TIME[$m]:-}" ] || continue

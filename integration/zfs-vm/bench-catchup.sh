@@ -16,7 +16,8 @@
 #       zrepl's steps do;
 #   (3) one bare `zfs send -I first last | zfs recv`: the limit.
 # Methods 2 and 3 send with zdr's flags for the task's raw: (-w by default),
-# so all three move the same stream. Zdr's runs alternate with the bare -I
+# so all three move the same stream, and receive as zdr's target (and
+# zrepl's) does, resumable (-s -u). Zdr's runs alternate with the bare -I
 # runs ("1 3 1 3 1 3 2"), each with a fresh fleet; single runs in this lane
 # vary by 10-20 %. Prints every run, the medians and the ratios of the
 # medians (2)/(1) (goal >= 5x) and (1)/(3) (goal <= 1.2x), and (1)/(3) pair
