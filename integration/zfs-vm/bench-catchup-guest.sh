@@ -108,11 +108,14 @@ check() {
     log "method $m: checked: ${CHECKED[$m]}; holds ${HOLDS[$m]}"
 }
 
+# TIMES[M]: every run's seconds of method M; TIME[M]: their median, at the end
 declare -A TIME CHECKED HOLDS NOTE TIMES
-# took M SECONDS: one run's time of method M
+# took M START [WHAT]: a run of method M that started at START ends now
 took() {
-    TIME[$1]=$2
-    TIMES[$1]+="$2 "
+    local secs
+    secs=$(sub "$2" "$(now)")
+    TIMES[$1]+="$secs "
+    log "method $1: ${secs}s${3:+ $3}"
 }
 
 # (3) one bare -I stream: the limit.
@@ -122,8 +125,7 @@ method3() {
     local t
     t=$(now)
     zfs send "${SEND_FLAGS[@]}" -I "@$FIRST" "$SRC@$LAST" | zfs recv "${RECV_FLAGS[@]}" "$DST"
-    took 3 "$(sub "$t" "$(now)")"
-    log "method 3: ${TIME[3]}s"
+    took 3 "$t"
     check 3
 }
 
@@ -147,8 +149,7 @@ method2() {
         prev=$cur
         if [ $((i % 50)) -eq 0 ]; then log "method 2: $i/$N ($(sub "$t" "$(now)")s)"; fi
     done
-    took 2 "$(sub "$t" "$(now)")"
-    log "method 2: ${TIME[2]}s"
+    took 2 "$t"
     check 2
 }
 
@@ -199,8 +200,7 @@ tasks:
             return 0
         fi
     done
-    took 1 "$(sub "$t" "$(now)")"
-    log "method 1: target has @$LAST after ${TIME[1]}s (wall clock from writing the task)"
+    took 1 "$t" "until the target had @$LAST (wall clock from writing the task)"
     # What the fleet's own processes cost the guest meanwhile (zfs(8) children not counted).
     CPU1=$(join <(echo "$cpu0" | sort) <(fleet_cpu | sort) |
         awk '{ printf "%s%s %.1f s", sep, $1, $3 - $2; sep = ", " }')
