@@ -473,6 +473,7 @@ impl Lifecycle {
                     .and_then(|p| self.class_of(p, info))
                     .map(|(n, _)| n),
                 snapshots: snaps.clone(),
+                bookmarks: Vec::new(),
             })
             .collect()
     }

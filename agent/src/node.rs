@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
 use zdr_common::wire::{
-    chunk_inventory, Command, CommandResult, EventKind, Heartbeat, Hello, InventoryDelta,
+    chunk_inventory, Command, CommandResult, Effects, EventKind, Heartbeat, Hello, InventoryDelta,
     JobUpdate, Outcome, INVENTORY_CHUNK_BYTES,
 };
 
@@ -205,13 +205,7 @@ impl Agent {
                 },
                 t,
             );
-            CommandResult {
-                id: String::new(),
-                node: self.config.node.clone(),
-                outcome: Outcome::Refused,
-                message: reason,
-                offer: None,
-            }
+            CommandResult::new("", &self.config.node, Outcome::Refused, reason)
         };
         let opened = match self.verifier.open(subject, payload, t) {
             Ok(o) => o,
@@ -227,13 +221,8 @@ impl Agent {
             }
         }
         let id = opened.header.id.clone();
-        let result = |outcome, message: String| CommandResult {
-            id: id.clone(),
-            node: self.config.node.clone(),
-            outcome,
-            message,
-            offer: None,
-        };
+        let result =
+            |outcome, message: String| CommandResult::new(&id, &self.config.node, outcome, message);
         let cmd: Command = match serde_json::from_slice(opened.payload) {
             Ok(c) => c,
             Err(e) => {
@@ -268,6 +257,15 @@ impl Agent {
                 return done(repl.set_rate(&job, bytes_per_sec))
             }
             Command::CancelJob { job } => return done(repl.cancel(&job)),
+            Command::JobStatus { job } => {
+                return match repl.status(&job) {
+                    Some(update) => CommandResult {
+                        job: Some(update),
+                        ..result(Outcome::Done, "running".into())
+                    },
+                    None => result(Outcome::Failed, format!("no job {job} runs here")),
+                }
+            }
             Command::ReleaseHolds { dataset, tag, keep } => {
                 return done(repl.release_holds(&dataset, &tag, &keep).await)
             }
@@ -275,30 +273,51 @@ impl Agent {
         };
         let lc = self.lifecycle.clone();
         let run = move || match cmd {
-            Command::Ping {} => (Outcome::Done, "pong".to_string()),
+            Command::Ping {} => summarize(Effects::default(), "pong".into()),
             Command::SendInventory {} => {
                 lc.inventory
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .need_full = true;
-                (Outcome::Done, "hello and full inventory queued".to_string())
+                summarize(Effects::default(), "hello and full inventory queued".into())
             }
             Command::SnapshotNow {} => {
                 let r = lc.snapshot_pass(now(), true);
-                summarize(&r.taken, &r.errors, "taken")
+                let line = counted("taken", &r.taken);
+                let effects = Effects {
+                    taken: r.taken,
+                    errors: r.errors,
+                    ..Effects::default()
+                };
+                summarize(effects, line)
             }
             Command::PruneNow {} => {
                 let r = lc.prune_pass(now(), &actor);
-                summarize(&r.destroyed, &r.errors, "destroyed")
+                let line = counted("destroyed", &r.destroyed);
+                let effects = Effects {
+                    destroyed: r.destroyed,
+                    errors: r.errors,
+                    ..Effects::default()
+                };
+                summarize(effects, line)
             }
             Command::PruneReplica(cmd) => {
                 let r = lc.prune_replica(&cmd, now(), &actor);
-                summarize(&r.destroyed, &r.errors, "destroyed")
+                let line = counted("destroyed", &r.destroyed);
+                let effects = Effects {
+                    destroyed: r.destroyed,
+                    errors: r.errors,
+                    ..Effects::default()
+                };
+                summarize(effects, line)
             }
             _ => unreachable!("replication commands returned above"),
         };
         match tokio::task::spawn_blocking(run).await {
-            Ok((outcome, message)) => result(outcome, message),
+            Ok((outcome, message, effects)) => CommandResult {
+                effects,
+                ..result(outcome, message)
+            },
             Err(e) => result(Outcome::Failed, format!("command panicked: {e}")),
         }
     }
@@ -366,18 +385,21 @@ impl Agent {
     }
 }
 
-fn summarize(done: &[String], errors: &[String], verb: &str) -> (Outcome, String) {
-    let mut msg = format!("{} {verb}", done.len());
-    if !done.is_empty() {
-        msg.push_str(&format!(": {}", done.join(", ")));
-    }
-    if errors.is_empty() {
-        (Outcome::Done, msg)
+/// The reply's outcome and a line for people; the coordinator reads `effects`.
+fn summarize(effects: Effects, line: String) -> (Outcome, String, Effects) {
+    if effects.errors.is_empty() {
+        (Outcome::Done, line, effects)
     } else {
-        (
-            Outcome::Failed,
-            format!("{msg}; errors: {}", errors.join("; ")),
-        )
+        let line = format!("{line}; errors: {}", effects.errors.join("; "));
+        (Outcome::Failed, line, effects)
+    }
+}
+
+/// "3 destroyed: a@x, a@y, b@z"
+fn counted(verb: &str, items: &[String]) -> String {
+    match items {
+        [] => format!("0 {verb}"),
+        _ => format!("{} {verb}: {}", items.len(), items.join(", ")),
     }
 }
 

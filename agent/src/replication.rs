@@ -44,6 +44,9 @@ struct Plane {
 struct Running {
     cancel: Arc<Notify>,
     rate: Option<RateHandle>,
+    role: JobRole,
+    /// The job's latest report, for [`Replication::status`].
+    last: Option<JobUpdate>,
 }
 
 pub struct Replication {
@@ -118,7 +121,12 @@ impl Replication {
     }
 
     /// Registers a job id; refused if it runs already.
-    fn register(&self, id: &str, rate: Option<RateHandle>) -> Result<Arc<Notify>, Refused> {
+    fn register(
+        &self,
+        id: &str,
+        role: JobRole,
+        rate: Option<RateHandle>,
+    ) -> Result<Arc<Notify>, Refused> {
         let mut jobs = self.jobs();
         if jobs.contains_key(id) {
             return Err(format!("job {id} is already running on this node"));
@@ -129,13 +137,15 @@ impl Replication {
             Running {
                 cancel: cancel.clone(),
                 rate,
+                last: None,
+                role,
             },
         );
         Ok(cancel)
     }
 
     fn update(&self, job: &str, role: JobRole, state: JobPhase, p: &Reporter, message: String) {
-        let _ = self.updates.send(JobUpdate {
+        let update = JobUpdate {
             node: self.node.clone(),
             job: job.to_string(),
             role,
@@ -147,7 +157,32 @@ impl Replication {
             message,
             landed: None,
             resumable: false,
-        });
+            partial: None,
+        };
+        if let Some(running) = self.jobs().get_mut(job) {
+            running.last = Some(update.clone());
+        }
+        let _ = self.updates.send(update);
+    }
+
+    /// The latest report of a job that still runs here; `None` when it does not.
+    pub fn status(&self, job: &str) -> Option<JobUpdate> {
+        let jobs = self.jobs();
+        let running = jobs.get(job)?;
+        Some(running.last.clone().unwrap_or_else(|| JobUpdate {
+            node: self.node.clone(),
+            job: job.to_string(),
+            role: running.role,
+            state: JobPhase::Running,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            bytes: 0,
+            size_hint: None,
+            bytes_per_sec: 0,
+            message: "starting".into(),
+            landed: None,
+            resumable: false,
+            partial: None,
+        }))
     }
 
     /// Target side: checks the command, prepares the dataset and waits for
@@ -184,7 +219,7 @@ impl Replication {
         .await
         .map_err(|e| format!("preparing {dataset} panicked: {e}"))?
         .map_err(|e| format!("preparing {dataset}: {e}"))?;
-        let cancel = self.register(&cmd.job, None)?;
+        let cancel = self.register(&cmd.job, JobRole::Target, None)?;
         let pending = plane.listener.expect(job, &cmd.source_node);
         let me = self.clone();
         let resuming = resume_token.is_some();
@@ -197,6 +232,7 @@ impl Replication {
         Ok(ReceiveOffer {
             addr: plane.advertise.to_string(),
             resume_token,
+            partial: None,
         })
     }
 
@@ -339,6 +375,7 @@ impl Replication {
             message: String::new(),
             landed: None,
             resumable: false,
+            partial: None,
         };
         match outcome {
             Ok((snap, _, summary)) => {
@@ -392,10 +429,15 @@ impl Replication {
                 from,
                 to,
                 intermediates,
+                from_bookmark,
             } => (
                 SendSpec::Incremental {
                     dataset: dataset.clone(),
-                    from: SendBase::Snapshot(from.clone()),
+                    from: if *from_bookmark {
+                        SendBase::Bookmark(from.clone())
+                    } else {
+                        SendBase::Snapshot(from.clone())
+                    },
                     to: to.clone(),
                     intermediates: *intermediates,
                     raw,
@@ -423,7 +465,7 @@ impl Replication {
         .map_err(|e| format!("preparing the send panicked: {e}"))?
         .map_err(|e| format!("{dataset}: {e}"))?;
         let rate = RateHandle::new(cmd.bytes_per_sec.and_then(NonZeroU64::new));
-        let cancel = self.register(&cmd.job, Some(rate.clone()))?;
+        let cancel = self.register(&cmd.job, JobRole::Source, Some(rate.clone()))?;
         let opts = SendOptions {
             compression: if cmd.compress && !raw {
                 Compression::Zstd { level: ZSTD_LEVEL }

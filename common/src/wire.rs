@@ -67,6 +67,20 @@ pub struct SnapshotInfo {
     pub userrefs: u32,
 }
 
+/// One bookmark (`dataset#name`): what an incremental send needs of a
+/// snapshot that is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BookmarkInfo {
+    /// The part after `#`.
+    pub name: String,
+    /// The GUID of the snapshot it was made from.
+    pub guid: u64,
+    pub createtxg: u64,
+    /// Unix seconds (the snapshot's creation).
+    pub creation: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetInventory {
@@ -78,6 +92,11 @@ pub struct DatasetInventory {
     pub class: Option<String>,
     /// Snapshots in createtxg order.
     pub snapshots: Vec<SnapshotInfo>,
+    /// Bookmarks in createtxg order. The source bookmarks what it sends, so a
+    /// target that kept a snapshot the source since pruned still has a common
+    /// base (matched by GUID) to continue from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bookmarks: Vec<BookmarkInfo>,
 }
 
 /// One chunk of a full inventory. A full inventory is complete when chunks
@@ -110,6 +129,15 @@ pub enum InventoryChange {
         snapshot: SnapshotInfo,
     },
     SnapshotDestroyed {
+        dataset: String,
+        name: String,
+        guid: u64,
+    },
+    BookmarkCreated {
+        dataset: String,
+        bookmark: BookmarkInfo,
+    },
+    BookmarkDestroyed {
         dataset: String,
         name: String,
         guid: u64,
@@ -152,6 +180,9 @@ pub enum Command {
     },
     /// Stop a job's send or receive; a partial receive is kept for resuming.
     CancelJob { job: String },
+    /// How the agent's end of a job stands now (in the reply's `job`): a new
+    /// leader adopts the attempts still streaming instead of cancelling them.
+    JobStatus { job: String },
     /// Releases `tag` from every snapshot of `dataset` but `keep`: the
     /// replication base moved on to `keep`.
     ReleaseHolds {
@@ -209,9 +240,15 @@ pub struct ReceiveJob {
     pub dataset: String,
     /// `zfs receive -F`: roll back to the stream's base first.
     pub force: bool,
-    /// Snapshots `-F` will destroy, for the audit log.
+    /// Snapshots `-F` will destroy, as the coordinator planned them. The
+    /// target lists what would really go from its own pool and refuses
+    /// when the two differ.
     #[serde(default)]
     pub discards: Vec<String>,
+    /// The common snapshot the stream starts from (matched by GUID on the
+    /// target); `None` for a full stream. `-F` rolls back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<SnapshotRef>,
     /// `zfs receive -A` before anything else: a saved partial receive is not to be resumed.
     #[serde(default)]
     pub discard_partial: bool,
@@ -250,11 +287,14 @@ pub struct SendJob {
 pub enum StreamSpec {
     /// `zfs send dataset@snapshot`
     Full { snapshot: String },
-    /// `zfs send -i|-I dataset@from dataset@to`
+    /// `zfs send -i|-I dataset@from dataset@to`, or `-i dataset#from
+    /// dataset@to` from a bookmark (never with `intermediates`).
     Incremental {
         from: String,
         to: String,
         intermediates: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        from_bookmark: bool,
     },
     /// `zfs send -t token`: the rest of an interrupted receive.
     Resume { token: String },
@@ -268,6 +308,21 @@ pub struct ReceiveOffer {
     pub addr: String,
     /// `receive_resume_token` of a saved partial receive: send with `-t` to finish it.
     pub resume_token: Option<String>,
+    /// What that token resumes, decoded from it by the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialReceive>,
+}
+
+/// A saved partial receive, as its resume token describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartialReceive {
+    /// GUID of the snapshot being received.
+    pub toguid: u64,
+    /// GUID of the incremental source; `None` for a full stream.
+    pub fromguid: Option<u64>,
+    /// Stream bytes already received (the token's `bytes`).
+    pub bytes: u64,
 }
 
 /// Progress and outcome of one end of a job, on `zdr.v1.agent.<node>.job`.
@@ -291,6 +346,9 @@ pub struct JobUpdate {
     pub landed: Option<SnapshotRef>,
     /// Target, when failed: a partial receive is saved and can be resumed.
     pub resumable: bool,
+    /// Target, when failed and resumable: what the saved partial receive holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialReceive>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -320,6 +378,56 @@ pub struct CommandResult {
     /// Set by a [`Command::Receive`] that is ready for its sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offer: Option<ReceiveOffer>,
+    /// What the command did, as data: the coordinator decides on these,
+    /// never on the wording of `message`.
+    #[serde(default, skip_serializing_if = "Effects::is_empty")]
+    pub effects: Effects,
+    /// Set by [`Command::JobStatus`]: the agent's latest report of that job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobUpdate>,
+}
+
+impl CommandResult {
+    /// A reply with nothing but its outcome and message.
+    pub fn new(id: &str, node: &str, outcome: Outcome, message: String) -> Self {
+        CommandResult {
+            id: id.to_string(),
+            node: node.to_string(),
+            outcome,
+            message,
+            offer: None,
+            effects: Effects::default(),
+            job: None,
+        }
+    }
+}
+
+/// The typed part of a [`CommandResult`]: snapshots as `name` (the part after
+/// `@`) or `dataset@name`, as the command's scope makes clear.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Effects {
+    /// Snapshots taken (`dataset@name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taken: Vec<String>,
+    /// Snapshots destroyed (`dataset@name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destroyed: Vec<String>,
+    /// Snapshots whose hold was released (`dataset@name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
+    /// One line per item that failed; the outcome is then `failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.taken.is_empty()
+            && self.destroyed.is_empty()
+            && self.released.is_empty()
+            && self.errors.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -377,34 +485,46 @@ pub fn chunk_inventory(
     datasets: Vec<DatasetInventory>,
     limit: usize,
 ) -> Vec<InventoryChunk> {
+    // Approximate per-entry cost from its JSON; exact sizing is not needed.
+    fn cost<T: Serialize>(v: &T) -> usize {
+        serde_json::to_vec(v).map(|v| v.len() + 1).unwrap_or(256)
+    }
     let mut chunks: Vec<Vec<DatasetInventory>> = vec![Vec::new()];
     let mut size = 0usize;
     for mut ds in datasets {
-        // Approximate per-snapshot cost from its JSON; exact sizing is not needed.
-        let snap_size =
-            |s: &SnapshotInfo| serde_json::to_vec(s).map(|v| v.len() + 1).unwrap_or(256);
         let base = 200 + ds.dataset.len() * 2;
-        let mut pieces = Vec::new();
-        let mut cur: Vec<SnapshotInfo> = Vec::new();
+        let mut pieces: Vec<(DatasetInventory, usize)> = Vec::new();
+        let empty = DatasetInventory {
+            snapshots: Vec::new(),
+            bookmarks: Vec::new(),
+            ..ds.clone()
+        };
+        let mut cur = empty.clone();
         let mut cur_size = base;
-        for s in std::mem::take(&mut ds.snapshots) {
-            let n = snap_size(&s);
-            if cur_size + n > limit && !cur.is_empty() {
-                pieces.push((std::mem::take(&mut cur), cur_size));
-                cur_size = base;
+        let snapshots = std::mem::take(&mut ds.snapshots);
+        let bookmarks = std::mem::take(&mut ds.bookmarks);
+        let mut push = |n: usize, cur: &mut DatasetInventory, cur_size: &mut usize| {
+            if *cur_size + n > limit && (!cur.snapshots.is_empty() || !cur.bookmarks.is_empty()) {
+                pieces.push((std::mem::replace(cur, empty.clone()), *cur_size));
+                *cur_size = base;
             }
-            cur_size += n;
-            cur.push(s);
+            *cur_size += n;
+        };
+        for s in snapshots {
+            push(cost(&s), &mut cur, &mut cur_size);
+            cur.snapshots.push(s);
+        }
+        for b in bookmarks {
+            push(cost(&b), &mut cur, &mut cur_size);
+            cur.bookmarks.push(b);
         }
         pieces.push((cur, cur_size));
-        for (snaps, psize) in pieces {
+        for (piece, psize) in pieces {
             if size + psize > limit && !chunks.last().map(Vec::is_empty).unwrap_or(true) {
                 chunks.push(Vec::new());
                 size = 0;
             }
             size += psize;
-            let mut piece = ds.clone();
-            piece.snapshots = snaps;
             chunks.last_mut().expect("one chunk").push(piece);
         }
     }
@@ -422,15 +542,16 @@ pub fn chunk_inventory(
         .collect()
 }
 
-/// Joins the chunks of one generation back into datasets (pieces of one
-/// dataset are concatenated in chunk order).
 pub fn join_inventory(mut chunks: Vec<InventoryChunk>) -> Vec<DatasetInventory> {
     chunks.sort_by_key(|c| c.chunk);
     let mut out: Vec<DatasetInventory> = Vec::new();
     for c in chunks {
         for ds in c.datasets {
             match out.last_mut() {
-                Some(last) if last.dataset == ds.dataset => last.snapshots.extend(ds.snapshots),
+                Some(last) if last.dataset == ds.dataset => {
+                    last.snapshots.extend(ds.snapshots);
+                    last.bookmarks.extend(ds.bookmarks);
+                }
                 _ => out.push(ds),
             }
         }
@@ -457,6 +578,14 @@ mod tests {
                     creation: i as i64,
                     used: 0,
                     userrefs: 0,
+                })
+                .collect(),
+            bookmarks: (0..n / 2)
+                .map(|i| BookmarkInfo {
+                    name: format!("zdr_{i:08}"),
+                    guid: i + 100,
+                    createtxg: i,
+                    creation: i as i64,
                 })
                 .collect(),
         }

@@ -171,6 +171,21 @@ impl Fleet {
                         touched.push(dataset);
                     }
                 }
+                InventoryChange::BookmarkCreated { dataset, bookmark } => {
+                    if let Some(ds) = inv.get_mut(&dataset) {
+                        if !ds.bookmarks.iter().any(|b| b.name == bookmark.name) {
+                            ds.bookmarks.push(bookmark);
+                            ds.bookmarks.sort_by_key(|b| b.createtxg);
+                        }
+                        touched.push(dataset);
+                    }
+                }
+                InventoryChange::BookmarkDestroyed { dataset, name, .. } => {
+                    if let Some(ds) = inv.get_mut(&dataset) {
+                        ds.bookmarks.retain(|b| b.name != name);
+                        touched.push(dataset);
+                    }
+                }
             }
         }
         touched.sort();
@@ -270,6 +285,7 @@ mod tests {
             available: 0,
             class: None,
             snapshots: snaps,
+            bookmarks: vec![],
         }
     }
 

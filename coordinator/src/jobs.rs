@@ -465,6 +465,7 @@ fn steps_of(steps: &[Step], source: &[zdr_common::wire::SnapshotInfo]) -> Vec<Pl
                     from: from.clone(),
                     to: to.clone(),
                     intermediates: *intermediates,
+                    from_bookmark: false,
                 },
                 to,
             ),
@@ -495,6 +496,7 @@ fn describe(steps: &[PlannedStep]) -> String {
                     from,
                     to,
                     intermediates,
+                    ..
                 } => format!(
                     "{} @{from} @{to}{f}",
                     if *intermediates { "-I" } else { "-i" }
@@ -549,6 +551,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         dataset: rec.target_dataset.clone(),
         force: step.force,
         discards: step.discards.clone(),
+        base: None,
         discard_partial: rec.discard_partial,
         expect: step.expect.clone(),
         hold_tag: tag.clone(),
@@ -895,7 +898,7 @@ async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
         })
     };
     let line = match state.send_command(&rec.target_node, &cmd).await {
-        Ok(r) if r.outcome == Outcome::Done && r.message.starts_with("0 destroyed") => return,
+        Ok(r) if r.outcome == Outcome::Done && r.effects.destroyed.is_empty() => return,
         Ok(r) if r.outcome == Outcome::Done => format!("retention on the copy: {}", r.message),
         Ok(r) => format!("retention on the copy failed: {}", r.message),
         Err(e) => format!("retention on the copy failed: {e}"),
