@@ -8,7 +8,6 @@
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Path, State as AxState};
@@ -20,9 +19,14 @@ use serde::Serialize;
 use zdr_common::wire::{Command, PoolInfo};
 
 use crate::fleet::{dataset_status, DatasetStatus};
-use crate::service::{now, State};
+use crate::state::{now, CommandError, State};
 
-pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
+/// Serves until `shutdown` is cancelled (requests under way finish).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -32,7 +36,11 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>) {
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/nodes/{node}/commands", post(command))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).await {
+    let stop = async move { shutdown.cancelled().await };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "HTTP server stopped");
     }
 }
@@ -44,17 +52,22 @@ struct Ready {
     policy_loaded: bool,
     leader: bool,
     epoch: u64,
+    /// Why the policy or tasks file is not in force (the last good signed
+    /// policy is); the instance is not ready until it is fixed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_error: Option<String>,
 }
 
 async fn readyz(AxState(st): AxState<Arc<State>>) -> Response {
     let r = Ready {
         nats_connected: st.nats_connected(),
-        policy_loaded: st.policy.read().await.is_some(),
-        leader: st.leader.load(Ordering::SeqCst),
-        epoch: st.epoch.load(Ordering::SeqCst),
+        policy_loaded: st.policy().is_some(),
+        leader: st.is_leader(),
+        epoch: st.epoch(),
+        policy_error: st.policy_problem(),
         ready: false,
     };
-    let ready = r.nats_connected && r.policy_loaded && r.leader;
+    let ready = r.nats_connected && r.policy_loaded && r.leader && r.policy_error.is_none();
     let code = if ready {
         StatusCode::OK
     } else {
@@ -64,7 +77,7 @@ async fn readyz(AxState(st): AxState<Arc<State>>) -> Response {
 }
 
 async fn metrics(AxState(st): AxState<Arc<State>>) -> String {
-    st.metrics.render()
+    st.render_metrics()
 }
 
 #[derive(Serialize)]
@@ -91,10 +104,10 @@ struct NodeView {
 }
 
 async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
-    let fleet = st.fleet.read().await;
-    let policy = st.policy.read().await;
+    let fleet = st.fleet();
+    let policy = st.policy();
     let t = now();
-    let timeout = st.config.offline_after.as_secs() as i64;
+    let timeout = st.config().offline_after.as_secs() as i64;
     let nodes = fleet
         .nodes
         .iter()
@@ -121,20 +134,20 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
         .collect();
     Json(FleetView {
         generated_at: t,
-        leader: st.leader.load(Ordering::SeqCst),
-        epoch: st.epoch.load(Ordering::SeqCst),
+        leader: st.is_leader(),
+        epoch: st.epoch(),
         policy_revision: policy.as_ref().map(|p| p.revision),
         nodes,
     })
 }
 
 async fn pairings(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
-    let plan = st.pairings.read().await;
+    let plan = st.pairings();
     Json(serde_json::json!({ "pairings": plan.pairings, "unpaired": plan.unpaired }))
 }
 
 async fn jobs(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "jobs": crate::jobs::list(&st).await }))
+    Json(serde_json::json!({ "jobs": crate::jobs::list(&st) }))
 }
 
 async fn command(
@@ -142,6 +155,10 @@ async fn command(
     Path(node): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
+    // Answered at once from the fleet this coordinator knows.
+    if let Err(e) = st.known_node(&node) {
+        return command_error(e);
+    }
     let cmd: Command = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
@@ -156,6 +173,18 @@ async fn command(
     };
     match st.send_command(&node, &cmd).await {
         Ok(result) => Json(result).into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+        Err(e) => command_error(e),
     }
+}
+
+fn command_error(e: CommandError) -> Response {
+    let code = match &e {
+        CommandError::BadNode(_) => StatusCode::BAD_REQUEST,
+        CommandError::UnknownNode(_) => StatusCode::NOT_FOUND,
+        CommandError::Standby => StatusCode::SERVICE_UNAVAILABLE,
+        CommandError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        CommandError::Request { .. } | CommandError::Malformed { .. } => StatusCode::BAD_GATEWAY,
+        CommandError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, format!("{e}\n")).into_response()
 }

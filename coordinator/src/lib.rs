@@ -4,6 +4,7 @@
 
 pub mod bandwidth;
 pub mod bus;
+pub mod config;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
@@ -11,4 +12,5 @@ pub mod lease;
 pub mod pairing;
 pub mod policy;
 pub mod service;
+pub mod state;
 pub mod transfer_plan;

@@ -74,6 +74,25 @@ fn init_logs(json: bool) {
     }
 }
 
+/// SIGINT or SIGTERM (systemd's stop) cancels `token`: one way to stop.
+async fn stop_on_signal(token: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+            token.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+    token.cancel();
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
@@ -143,7 +162,9 @@ async fn main() -> anyhow::Result<()> {
                 offline_after: Duration::from_secs(a.offline_after_secs),
                 command_timeout: Duration::from_secs(a.command_timeout_secs),
             };
-            service::run(config, metrics).await?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            service::run(config, metrics, shutdown).await?;
             Ok(())
         }
     }

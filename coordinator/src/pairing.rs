@@ -31,7 +31,7 @@ pub struct SourceDataset {
     pub used: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Pairing {
     pub task: String,
     pub source_node: String,

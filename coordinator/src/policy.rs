@@ -80,6 +80,16 @@ async fn current(
     Some((bundle, opened.header.exp, opened.header.epoch))
 }
 
+/// The policy in the bucket, verified with our own key: what a new leader
+/// keeps when its own policy file has errors.
+pub async fn last_signed(store: &kv::Store, sealer: &Sealer, now: i64) -> Option<PolicyBundle> {
+    let mut verifier = Verifier::new();
+    verifier.trust(sealer.kid(), sealer.verifying_key());
+    current(store, &verifier, now)
+        .await
+        .map(|(bundle, _, _)| bundle)
+}
+
 /// Publishes `loaded` unless the bucket already holds the same policy with
 /// plenty of validity left. Returns the revision in force.
 pub async fn publish(

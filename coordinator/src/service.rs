@@ -1,49 +1,35 @@
 //! The coordinator's main loop: lease, policy, agent messages, persistence.
+//!
+//! `run(config, metrics, shutdown)` serves HTTP and competes for the lease;
+//! while it leads, one loop takes agent messages, renews the lease, ticks
+//! the job engine and refreshes pairings and gauges. Everything stops on the
+//! `shutdown` token: the lease is released on the way out, so a standby
+//! takes over at once, and the transfers in flight go on, to be adopted.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use tokio::sync::RwLock;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use zdr_common::envelope::Sealer;
-use zdr_common::policy::Policy;
 use zdr_common::subject::{self, AgentTopic};
 use zdr_common::wire::{
-    Command, CommandResult, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk,
-    InventoryDelta, JobUpdate,
+    Command, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk, InventoryDelta, JobUpdate,
 };
 
-use crate::bus::{self, Stores};
-use crate::fleet::{Changed, Fleet, NodeRecord};
+use crate::bus;
+pub use crate::config::Config;
+use crate::fleet::{Changed, NodeRecord};
 use crate::jobs;
 use crate::lease::Lease;
 use crate::pairing;
 use crate::policy;
+use crate::state::{now, now_ms, PolicyState, State};
 
 /// Agent messages larger than this are dropped unread.
 const MAX_MESSAGE: usize = 1 << 20;
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub nats_url: String,
-    pub policy_path: PathBuf,
-    /// Replication tasks; without it no replication is planned.
-    pub tasks_path: Option<PathBuf>,
-    pub http_addr: SocketAddr,
-    pub key_id: String,
-    pub signing_key: ed25519_dalek::SigningKey,
-    /// This instance's name in the lease.
-    pub instance: String,
-    pub lease_ttl: Duration,
-    /// A node is offline after this long without a heartbeat.
-    pub offline_after: Duration,
-    pub command_timeout: Duration,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -54,95 +40,20 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    #[error(transparent)]
-    Policy(#[from] policy::PolicyError),
-    #[error("lease: {0}")]
-    Lease(async_nats::Error),
+    #[error("subscribing to agent messages: {0}")]
+    Subscribe(async_nats::SubscribeError),
     #[error("HTTP listener on {addr}: {source}")]
     Http {
-        addr: SocketAddr,
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
 }
 
-pub struct PolicyState {
-    pub policy: Policy,
-    pub revision: u64,
-    pub tasks: Vec<zdr_schemas::tasks::Task>,
-    /// Site-to-site bandwidth budgets.
-    pub links: Vec<zdr_schemas::tasks::Link>,
-}
-
-/// Everything the HTTP handlers and the loops share.
-pub struct State {
-    pub client: async_nats::Client,
-    pub fleet: RwLock<Fleet>,
-    pub policy: RwLock<Option<PolicyState>>,
-    pub leader: AtomicBool,
-    pub epoch: AtomicU64,
-    pub sealer: Sealer,
-    pub config: Config,
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    pub pairings: RwLock<pairing::Plan>,
-    pub jobs: tokio::sync::Mutex<jobs::Jobs>,
-    pub(crate) stores: Stores,
-    command_seq: AtomicU64,
-}
-
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-impl State {
-    pub fn nats_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
-    }
-
-    /// Signs and sends one command, waiting for the agent's reply.
-    pub async fn send_command(&self, node: &str, cmd: &Command) -> Result<CommandResult, String> {
-        if !self.leader.load(Ordering::SeqCst) {
-            return Err("this coordinator is a standby; send commands to the leader".into());
-        }
-        subject::valid_node_id(node)?;
-        let subj = subject::AgentSubjects::for_node(node).cmd;
-        let payload = serde_json::to_vec(cmd).map_err(|e| e.to_string())?;
-        let id = format!(
-            "{}-{}-{}",
-            self.config.instance,
-            now(),
-            self.command_seq.fetch_add(1, Ordering::SeqCst)
-        );
-        let ttl = self.config.command_timeout.as_secs().max(1) as i64 * 6;
-        let env = self.sealer.seal(
-            &subj,
-            &id,
-            now(),
-            ttl,
-            self.epoch.load(Ordering::SeqCst),
-            &payload,
-        );
-        metrics::counter!("zdr_commands_sent_total").increment(1);
-        let reply = tokio::time::timeout(
-            self.config.command_timeout,
-            self.client.request(subj, env.into()),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "node {node} did not answer within {:?}",
-                self.config.command_timeout
-            )
-        })?
-        .map_err(|e| format!("request to node {node} failed: {e}"))?;
-        serde_json::from_slice(&reply.payload)
-            .map_err(|e| format!("node {node} sent a malformed reply: {e}"))
-    }
-}
-
-/// Connects, restores state, and runs until the process is stopped.
+/// Connects, restores state, and runs until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("zdr-coordinator {}", config.instance))
@@ -157,21 +68,7 @@ pub async fn run(
         })?;
     let js = jetstream::new(client.clone());
     let stores = bus::open(&js, config.lease_ttl).await?;
-    let sealer = Sealer::new(config.key_id.clone(), config.signing_key.clone());
-    let state = Arc::new(State {
-        client: client.clone(),
-        fleet: RwLock::new(Fleet::default()),
-        policy: RwLock::new(None),
-        leader: AtomicBool::new(false),
-        epoch: AtomicU64::new(0),
-        sealer,
-        config: config.clone(),
-        metrics,
-        pairings: RwLock::new(pairing::Plan::default()),
-        jobs: tokio::sync::Mutex::new(jobs::Jobs::default()),
-        stores,
-        command_seq: AtomicU64::new(0),
-    });
+    let state = Arc::new(State::new(client, config.clone(), metrics, stores));
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -180,19 +77,30 @@ pub async fn run(
             source,
         })?;
     info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP API listening");
-    tokio::spawn(crate::http::serve(listener, state.clone()));
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        state.clone(),
+        shutdown.clone(),
+    ));
 
     // Losing the lease (or NATS) sends this instance back to standby; it
     // competes again and, if it wins, leads under a new, higher epoch.
-    loop {
+    let result = loop {
         info!(instance = %config.instance, "waiting for the coordinator lease");
-        let lease =
-            Lease::acquire(&state.stores.lease, &config.instance, config.lease_ttl / 3).await;
-        match lead(&state, lease).await? {
-            Led::Shutdown => return Ok(()),
-            Led::LostLease => continue,
+        let lease = tokio::select! {
+            lease = Lease::acquire(&state.stores.lease, &config.instance, config.lease_ttl / 3) => lease,
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        match lead(&state, lease, &shutdown).await {
+            Ok(Led::Shutdown) => break Ok(()),
+            Ok(Led::LostLease) => continue,
+            Err(e) => break Err(e),
         }
-    }
+    };
+    info!("shutting down");
+    let _ = http.await;
+    let _ = state.client().flush().await;
+    result
 }
 
 enum Led {
@@ -200,53 +108,110 @@ enum Led {
     LostLease,
 }
 
-async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError> {
-    let config = &state.config;
-    state.epoch.store(lease.epoch, Ordering::SeqCst);
+/// Loads the policy and tasks files. When they have errors, a new leader
+/// keeps the last good signed policy from KV, and says why in `/readyz`.
+async fn load_policy(state: &State, epoch: u64) {
+    let config = state.config();
+    let loaded = policy::load(&config.policy_path)
+        .and_then(|l| policy::load_tasks(config.tasks_path.as_deref(), &l.policy).map(|t| (l, t)));
+    match loaded {
+        Ok((loaded, tasks)) => publish_policy(state, epoch, loaded, tasks).await,
+        Err(e) => {
+            let why = format!(
+                "policy or tasks file has errors; keeping the last good signed policy: {e}"
+            );
+            warn!("{why}");
+            state.set_policy_problem(Some(why));
+            if state.policy().is_some() {
+                return;
+            }
+            let Some(bundle) =
+                policy::last_signed(&state.stores.policy, state.sealer(), now()).await
+            else {
+                warn!("no signed policy in KV either: no snapshots are scheduled and no jobs run until the files are fixed");
+                return;
+            };
+            let tasks = policy::load_tasks(config.tasks_path.as_deref(), &bundle.policy)
+                .map(|t| (t.tasks, t.links))
+                .unwrap_or_default();
+            info!(
+                revision = bundle.revision,
+                "leading on the last good signed policy"
+            );
+            state.set_policy(PolicyState {
+                policy: bundle.policy,
+                revision: bundle.revision,
+                tasks: tasks.0,
+                links: tasks.1,
+            });
+        }
+    }
+}
+
+async fn publish_policy(
+    state: &State,
+    epoch: u64,
+    loaded: policy::Loaded,
+    tasks: zdr_schemas::tasks::Tasks,
+) {
+    match policy::publish(&state.stores.policy, state.sealer(), epoch, &loaded, now()).await {
+        Ok(revision) => {
+            if state.policy().as_ref().map(|p| p.revision) != Some(revision) {
+                info!(revision, digest = %loaded.digest, tasks = tasks.tasks.len(), "policy published");
+            }
+            state.set_policy_problem(None);
+            state.set_policy(PolicyState {
+                policy: loaded.policy,
+                revision,
+                tasks: tasks.tasks,
+                links: tasks.links,
+            });
+        }
+        Err(e) => {
+            warn!(error = %e, "could not publish the policy");
+            state.set_policy_problem(Some(format!("could not publish the policy: {e}")));
+        }
+    }
+}
+
+async fn lead(
+    state: &Arc<State>,
+    mut lease: Lease,
+    shutdown: &CancellationToken,
+) -> Result<Led, ServiceError> {
+    let config = state.config();
     info!(epoch = lease.epoch, "became leader");
     restore(state).await;
-    let loaded = policy::load(&config.policy_path)?;
-    let tasks = policy::load_tasks(config.tasks_path.as_deref(), &loaded.policy)?;
-    let revision = policy::publish(
-        &state.stores.policy,
-        &state.sealer,
-        lease.epoch,
-        &loaded,
-        now(),
-    )
-    .await?;
-    info!(revision, digest = %loaded.digest, tasks = tasks.tasks.len(), "policy published");
-    *state.policy.write().await = Some(PolicyState {
-        policy: loaded.policy,
-        revision,
-        tasks: tasks.tasks,
-        links: tasks.links,
-    });
+    load_policy(state, lease.epoch).await;
     restore_pairings(state).await;
-    let abandoned = jobs::restore(state).await;
-    state.leader.store(true, Ordering::SeqCst);
-    jobs::cancel_abandoned(state, abandoned);
+    let running = jobs::restore(state).await;
+    state.set_leader(Some(lease.epoch));
+    let mut tasks = JoinSet::new();
+    jobs::adopt(state, &mut tasks, running);
 
-    let mut sub = state
-        .client
-        .subscribe(subject::ALL_AGENTS)
-        .await
-        .map_err(|e| ServiceError::Lease(e.into()))?;
+    let mut sub = match state.client().subscribe(subject::ALL_AGENTS).await {
+        Ok(s) => s,
+        Err(e) => {
+            state.set_leader(None);
+            lease.release().await;
+            return Err(ServiceError::Subscribe(e));
+        }
+    };
     let mut renew = tokio::time::interval(config.lease_ttl / 3);
     let mut gauges = tokio::time::interval(Duration::from_secs(5));
     let mut job_tick = tokio::time::interval(Duration::from_secs(1));
     let mut specs_seen = spec_stamps(config);
     let mut resync_asked: std::collections::HashMap<String, i64> = Default::default();
-    loop {
+    let led = loop {
         tokio::select! {
             msg = sub.next() => {
-                let Some(msg) = msg else { break };
-                if let Some(node) = handle_message(state, &msg.subject, &msg.payload).await {
+                let Some(msg) = msg else { break Led::LostLease };
+                if let Some(node) = handle_message(state, &mut tasks, &msg.subject, &msg.payload).await {
                     let t = now();
                     if resync_asked.get(&node).map(|at| t - at >= 10).unwrap_or(true) {
                         resync_asked.insert(node.clone(), t);
                         let st = state.clone();
-                        tokio::spawn(async move {
+                        tasks.spawn(async move {
                             match st.send_command(&node, &Command::SendInventory {}).await {
                                 Ok(r) => debug!(node, ?r.outcome, "asked for a full inventory"),
                                 Err(e) => warn!(node, error = %e, "could not ask for a full inventory"),
@@ -258,12 +223,12 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
             _ = renew.tick() => {
                 if let Err(e) = lease.renew().await {
                     warn!(error = %e, "lost the coordinator lease; back to standby");
-                    break;
+                    break Led::LostLease;
                 }
                 resign_policy(state, lease.epoch).await;
             }
             _ = gauges.tick() => {
-                update_gauges(state).await;
+                update_gauges(state);
                 update_pairings(state).await;
             }
             _ = job_tick.tick() => {
@@ -274,20 +239,28 @@ async fn lead(state: &Arc<State>, mut lease: Lease) -> Result<Led, ServiceError>
                     resign_policy(state, lease.epoch).await;
                     update_pairings(state).await;
                 }
-                jobs::tick(state).await
+                jobs::tick(state, &mut tasks, now_ms()).await
             }
-            _ = tokio::signal::ctrl_c() => {
-                info!("shutting down; releasing the lease");
-                state.leader.store(false, Ordering::SeqCst);
-                lease.release().await;
-                let _ = state.client.flush().await;
-                return Ok(Led::Shutdown);
+            Some(done) = tasks.join_next() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        warn!(error = %e, "a job task panicked");
+                    }
+                }
             }
+            _ = shutdown.cancelled() => break Led::Shutdown,
         }
-    }
-    state.leader.store(false, Ordering::SeqCst);
+    };
+    state.set_leader(None);
+    // Commands half sent are dropped; the agents' transfers go on and the
+    // next leader adopts them.
+    tasks.shutdown().await;
     let _ = sub.unsubscribe().await;
-    Ok(Led::LostLease)
+    if matches!(led, Led::Shutdown) {
+        info!("releasing the lease");
+        lease.release().await;
+    }
+    Ok(led)
 }
 
 /// The modification time and size of the policy and tasks files: cheap to
@@ -303,32 +276,22 @@ fn spec_stamps(config: &Config) -> [Option<(std::time::SystemTime, u64)>; 2] {
     ]
 }
 
+/// Re-reads both spec files and publishes what changed; a broken edit keeps
+/// the running policy and says why in `/readyz`.
 async fn resign_policy(state: &State, epoch: u64) {
-    let loaded = policy::load(&state.config.policy_path).and_then(|l| {
-        policy::load_tasks(state.config.tasks_path.as_deref(), &l.policy).map(|t| (l, t))
-    });
-    let (loaded, tasks) = match loaded {
-        Ok(v) => v,
-        // A broken edit must not replace the running policy.
+    let config = state.config();
+    let loaded = policy::load(&config.policy_path)
+        .and_then(|l| policy::load_tasks(config.tasks_path.as_deref(), &l.policy).map(|t| (l, t)));
+    match loaded {
+        Ok((loaded, tasks)) => publish_policy(state, epoch, loaded, tasks).await,
         Err(e) => {
-            warn!(error = %e, "policy or tasks file has errors; keeping the last good revision");
-            return;
-        }
-    };
-    match policy::publish(&state.stores.policy, &state.sealer, epoch, &loaded, now()).await {
-        Ok(revision) => {
-            let mut p = state.policy.write().await;
-            if p.as_ref().map(|p| p.revision) != Some(revision) {
-                info!(revision, "policy file changed; new revision published");
+            let why =
+                format!("policy or tasks file has errors; keeping the last good revision: {e}");
+            if state.policy_problem().as_deref() != Some(why.as_str()) {
+                warn!("{why}");
             }
-            *p = Some(PolicyState {
-                policy: loaded.policy,
-                revision,
-                tasks: tasks.tasks,
-                links: tasks.links,
-            });
+            state.set_policy_problem(Some(why));
         }
-        Err(e) => warn!(error = %e, "could not publish the policy"),
     }
 }
 
@@ -345,14 +308,17 @@ async fn restore_pairings(state: &State) {
             }
         }
     }
-    state.pairings.write().await.pairings = kept;
+    state.set_pairings(pairing::Plan {
+        pairings: kept,
+        ..Default::default()
+    });
 }
 
 /// Re-plans pairings from the fleet as it is now and persists what changed.
 async fn update_pairings(state: &State) {
-    let (plan, previous) = {
-        let fleet = state.fleet.read().await;
-        let policy = state.policy.read().await;
+    let (plan, changed) = {
+        let fleet = state.fleet();
+        let policy = state.policy();
         let Some(p) = policy.as_ref() else { return };
         let nodes: Vec<pairing::NodeFacts> = fleet
             .nodes
@@ -382,16 +348,19 @@ async fn update_pairings(state: &State) {
                 })
             })
             .collect();
-        let previous = state.pairings.read().await.pairings.clone();
-        (
-            pairing::plan(&p.tasks, &nodes, &sources, &previous),
-            previous,
-        )
+        let previous = state.pairings();
+        let plan = pairing::plan(&p.tasks, &nodes, &sources, &previous.pairings);
+        let before: std::collections::HashSet<&pairing::Pairing> =
+            previous.pairings.iter().collect();
+        let changed: Vec<pairing::Pairing> = plan
+            .pairings
+            .iter()
+            .filter(|p| !before.contains(p))
+            .cloned()
+            .collect();
+        (plan, changed)
     };
-    for p in &plan.pairings {
-        if previous.iter().any(|q| q == p) {
-            continue;
-        }
+    for p in &changed {
         info!(task = %p.task, node = %p.source_node, dataset = %p.dataset, target = %p.target_node, reason = %p.reason, "pairing");
         let key = bus::pairing_key(&p.task, &p.source_node, &p.dataset);
         if let Ok(raw) = serde_json::to_vec(p) {
@@ -402,24 +371,23 @@ async fn update_pairings(state: &State) {
     }
     metrics::gauge!("zdr_pairings").set(plan.pairings.len() as f64);
     metrics::gauge!("zdr_unpaired_datasets").set(plan.unpaired.len() as f64);
-    *state.pairings.write().await = plan;
+    state.set_pairings(plan);
 }
 
 /// Loads node records and inventories from KV.
 async fn restore(state: &State) {
-    let mut fleet = state.fleet.write().await;
+    let mut nodes = Vec::new();
     if let Ok(mut keys) = state.stores.fleet.keys().await {
         while let Some(Ok(key)) = keys.next().await {
             if let Ok(Some(raw)) = state.stores.fleet.get(&key).await {
                 match serde_json::from_slice::<NodeRecord>(&raw) {
-                    Ok(rec) => {
-                        fleet.nodes.insert(key, rec);
-                    }
+                    Ok(rec) => nodes.push((key, rec)),
                     Err(e) => warn!(key, error = %e, "unreadable node record in KV; skipped"),
                 }
             }
         }
     }
+    let mut inventories = Vec::new();
     if let Ok(mut keys) = state.stores.inventory.keys().await {
         while let Some(Ok(key)) = keys.next().await {
             if let Ok(Some(raw)) = state.stores.inventory.get(&key).await {
@@ -427,17 +395,22 @@ async fn restore(state: &State) {
                     continue;
                 };
                 match serde_json::from_slice::<DatasetInventory>(&raw) {
-                    Ok(inv) => {
-                        fleet
-                            .inventory
-                            .entry(node.to_string())
-                            .or_default()
-                            .insert(inv.dataset.clone(), inv);
-                    }
+                    Ok(inv) => inventories.push((node.to_string(), inv)),
                     Err(e) => warn!(key, error = %e, "unreadable inventory in KV; skipped"),
                 }
             }
         }
+    }
+    let mut fleet = state.fleet_mut();
+    for (key, rec) in nodes {
+        fleet.nodes.insert(key, rec);
+    }
+    for (node, inv) in inventories {
+        fleet
+            .inventory
+            .entry(node)
+            .or_default()
+            .insert(inv.dataset.clone(), inv);
     }
     info!(nodes = fleet.nodes.len(), "fleet restored from JetStream");
 }
@@ -458,7 +431,12 @@ fn decode<T: serde::de::DeserializeOwned>(subject: &str, payload: &[u8]) -> Opti
 }
 
 /// Applies one agent message; returns the node when it needs a full resync.
-async fn handle_message(state: &Arc<State>, subject: &str, payload: &[u8]) -> Option<String> {
+async fn handle_message(
+    state: &Arc<State>,
+    tasks: &mut JoinSet<()>,
+    subject: &str,
+    payload: &[u8],
+) -> Option<String> {
     metrics::counter!("zdr_agent_messages_total").increment(1);
     if payload.len() > MAX_MESSAGE {
         bad_message(subject, "oversized", format!("{} bytes", payload.len()));
@@ -490,28 +468,28 @@ async fn handle_message(state: &Arc<State>, subject: &str, payload: &[u8]) -> Op
                 );
             }
             // The agent publishes a full inventory right after its hello.
-            state.fleet.write().await.hello(m, t)
+            state.fleet_mut().hello(m, t)
         }
         AgentTopic::Heartbeat => {
             let m: Heartbeat = decode(subject, payload)?;
             if !check(&m.node) {
                 return None;
             }
-            state.fleet.write().await.heartbeat(m, t)
+            state.fleet_mut().heartbeat(m, t)
         }
         AgentTopic::Inventory => {
             let m: InventoryChunk = decode(subject, payload)?;
             if !check(&m.node) {
                 return None;
             }
-            state.fleet.write().await.inventory_chunk(m)
+            state.fleet_mut().inventory_chunk(m)
         }
         AgentTopic::Delta => {
             let m: InventoryDelta = decode(subject, payload)?;
             if !check(&m.node) {
                 return None;
             }
-            state.fleet.write().await.delta(m)
+            state.fleet_mut().delta(m)
         }
         AgentTopic::Event => {
             let m: Event = decode(subject, payload)?;
@@ -527,7 +505,7 @@ async fn handle_message(state: &Arc<State>, subject: &str, payload: &[u8]) -> Op
             if !check(&m.node) {
                 return None;
             }
-            jobs::on_update(state, m).await;
+            jobs::on_update(state, tasks, m).await;
             Changed::default()
         }
     };
@@ -535,31 +513,39 @@ async fn handle_message(state: &Arc<State>, subject: &str, payload: &[u8]) -> Op
     changed.resync.then(|| node.to_string())
 }
 
+/// Writes what a message changed to KV: serialized under the fleet lock,
+/// written after it is dropped.
 async fn persist(state: &State, node: &str, changed: &Changed) {
-    let fleet = state.fleet.read().await;
-    if changed.node_record {
-        if let Some(rec) = fleet.nodes.get(node) {
-            if let Ok(raw) = serde_json::to_vec(rec) {
-                if let Err(e) = state.stores.fleet.put(node, raw.into()).await {
-                    warn!(node, error = %e, "could not persist node record");
-                }
-            }
+    let (record, datasets) = {
+        let fleet = state.fleet();
+        let record = changed
+            .node_record
+            .then(|| {
+                fleet
+                    .nodes
+                    .get(node)
+                    .and_then(|r| serde_json::to_vec(r).ok())
+            })
+            .flatten();
+        let inv = fleet.inventory.get(node);
+        let datasets: Vec<(String, Vec<u8>)> = changed
+            .datasets
+            .iter()
+            .filter_map(|ds| {
+                let d = inv.and_then(|i| i.get(ds))?;
+                Some((bus::inventory_key(node, ds), serde_json::to_vec(d).ok()?))
+            })
+            .collect();
+        (record, datasets)
+    };
+    if let Some(raw) = record {
+        if let Err(e) = state.stores.fleet.put(node, raw.into()).await {
+            warn!(node, error = %e, "could not persist node record");
         }
     }
-    let inv = fleet.inventory.get(node);
-    for ds in &changed.datasets {
-        let Some(d) = inv.and_then(|i| i.get(ds)) else {
-            continue;
-        };
-        if let Ok(raw) = serde_json::to_vec(d) {
-            if let Err(e) = state
-                .stores
-                .inventory
-                .put(bus::inventory_key(node, ds), raw.into())
-                .await
-            {
-                warn!(node, dataset = %ds, error = %e, "could not persist inventory");
-            }
+    for (key, raw) in datasets {
+        if let Err(e) = state.stores.inventory.put(&key, raw.into()).await {
+            warn!(key, error = %e, "could not persist inventory");
         }
     }
     for ds in &changed.removed_datasets {
@@ -571,11 +557,11 @@ async fn persist(state: &State, node: &str, changed: &Changed) {
     }
 }
 
-async fn update_gauges(state: &State) {
-    let fleet = state.fleet.read().await;
-    let policy = state.policy.read().await;
+fn update_gauges(state: &State) {
+    let fleet = state.fleet();
+    let policy = state.policy();
     let t = now();
-    let timeout = state.config.offline_after.as_secs() as i64;
+    let timeout = state.config().offline_after.as_secs() as i64;
     let online = fleet
         .nodes
         .keys()
@@ -597,9 +583,5 @@ async fn update_gauges(state: &State) {
         }
     }
     metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
-    metrics::gauge!("zdr_coordinator_leader").set(if state.leader.load(Ordering::SeqCst) {
-        1.0
-    } else {
-        0.0
-    });
+    metrics::gauge!("zdr_coordinator_leader").set(if state.is_leader() { 1.0 } else { 0.0 });
 }

@@ -1,0 +1,22 @@
+//! The coordinator's run-time settings, as `main` builds them from flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub policy_path: PathBuf,
+    /// Replication tasks; without it no replication is planned.
+    pub tasks_path: Option<PathBuf>,
+    pub http_addr: SocketAddr,
+    pub key_id: String,
+    pub signing_key: ed25519_dalek::SigningKey,
+    /// This instance's name in the lease.
+    pub instance: String,
+    pub lease_ttl: Duration,
+    /// A node is offline after this long without a heartbeat.
+    pub offline_after: Duration,
+    pub command_timeout: Duration,
+}

@@ -1,0 +1,86 @@
+//! The job engine. Every job — today replication; restore, drill, upload and
+//! verify to come — is a record in KV `zdr_jobs` (one per pairing, so a
+//! restarted or standby coordinator sees every job's state and history),
+//! driven through the same transitions, schedule, retries and rates.
+//!
+//! The split follows zrepl's: planning decides, a driver carries it out.
+//! - `record`: the record and its transitions, pure (`apply(update, now)`
+//!   returns [`Effect`]s); retries, backoff, late reports of a failed
+//!   attempt, adoption by a new leader.
+//! - `schedule`: which pairing starts what on a tick, pure: due times,
+//!   windows, admission (one job per target dataset), parents before
+//!   children, planning from both inventories (`crate::transfer_plan`).
+//! - `rates`: the bandwidth rules applied to the running jobs.
+//! - `run`: the shell: locks, KV, signed commands, tasks in a `JoinSet`.
+//!
+//! A replication attempt is a signed `receive` to the target, then a signed
+//! `send` to the source, then `JobUpdate`s from both until the target says
+//! what landed; the target keeps a partial receive and the next attempt
+//! resumes it with `send -t`. A new job kind adds a [`JobKind`] variant, its
+//! planner (a `Decision::Start` with its steps) and its arm where `run`
+//! starts an attempt; the record, retries and persistence are shared.
+
+mod rates;
+mod record;
+mod run;
+mod schedule;
+
+use std::collections::BTreeMap;
+
+pub use record::{Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep};
+pub use run::{adopt, list, on_update, restore, tick};
+
+/// How long the target waits for its sender.
+const ACCEPT_SECS: u64 = 60;
+
+/// Hold tags name the task: each pairing protects its own base.
+pub fn hold_tag(task: &str) -> String {
+    format!("zdr-repl-{task}")
+}
+
+/// Jobs by pairing key.
+#[derive(Default)]
+pub struct Jobs {
+    records: BTreeMap<String, JobRecord>,
+    seq: u64,
+}
+
+impl Jobs {
+    pub fn get(&self, key: &str) -> Option<&JobRecord> {
+        self.records.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut JobRecord> {
+        self.records.get_mut(key)
+    }
+
+    pub fn insert(&mut self, key: String, rec: JobRecord) {
+        self.records.insert(key, rec);
+    }
+
+    pub fn clear(&mut self) {
+        self.records.clear();
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &JobRecord> {
+        self.records.values()
+    }
+
+    pub fn records_mut(&mut self) -> impl Iterator<Item = &mut JobRecord> {
+        self.records.values_mut()
+    }
+
+    /// A sequence number for record ids, unique within this instance.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The key of the record that knows `attempt` (current or last failed).
+    pub fn key_of_attempt(&self, attempt: &str) -> Option<String> {
+        self.records
+            .iter()
+            .find(|(_, r)| r.knows_attempt(attempt))
+            .map(|(k, _)| k.clone())
+    }
+}

@@ -1,0 +1,979 @@
+//! A job's record and its transitions. Pure: the time comes in as `now_ms`,
+//! and what the shell must do next comes out as [`Effect`]s; nothing here
+//! sends, persists or reads a clock.
+//!
+//! A record goes `Planned → Running → Done`, or `→ Failed` (retried after a
+//! backoff: 2 s, doubling, 5 min at most) or `Blocked` (needs a human). Each
+//! step of the plan is attempted until it lands; an attempt is known to both
+//! agents by its `attempt_id`. A failed attempt's id is kept so that the
+//! other end's later word on it (often the cause) still reaches the history.
+
+use serde::{Deserialize, Serialize};
+use zdr_common::wire::{
+    JobPhase, JobRole, JobUpdate, PartialReceive, SnapshotInfo, SnapshotRef, StreamSpec,
+};
+
+use crate::pairing::Pairing;
+
+/// The first retry waits this long; every further one twice as long.
+pub const BACKOFF_FIRST_MS: i64 = 2_000;
+pub const BACKOFF_MAX_MS: i64 = 300_000;
+/// A running attempt with no word from either end for this long has failed.
+pub const STALL_MS: i64 = 30_000;
+/// Lines of history kept per job.
+const HISTORY: usize = 30;
+/// After a job, the next plan waits this long at most for the target's
+/// inventory to show what landed; planning from an older one sends it again.
+pub const LANDED_WAIT_MS: i64 = 60_000;
+/// Progress is written to KV at most this often.
+const PERSIST_PROGRESS_MS: i64 = 5_000;
+
+/// What a job does. Every kind runs on the same record, schedule, retries
+/// and persistence; a kind brings its planner and how an attempt starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Keep a copy of a source dataset on a target node current.
+    #[default]
+    Replication,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Commands are on their way to the two agents.
+    Planned,
+    Running,
+    Done,
+    /// The last attempt failed; another follows at `next_attempt_at_ms`.
+    Failed,
+    /// Needs a human: a diverged target, or no common snapshot.
+    Blocked,
+}
+
+/// One `zfs send | zfs receive` of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub stream: StreamSpec,
+    /// The snapshot the step lands, with the source's GUID.
+    pub expect: SnapshotRef,
+    /// `zfs receive -F`, discarding these target snapshots.
+    pub force: bool,
+    pub discards: Vec<String>,
+    /// The common snapshot (or bookmark) the stream starts from, by GUID.
+    #[serde(default)]
+    pub base: Option<SnapshotRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    pub id: String,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    #[serde(default)]
+    pub kind: JobKind,
+    pub task: String,
+    pub source_node: String,
+    pub dataset: String,
+    pub target_node: String,
+    pub target_dataset: String,
+    pub state: JobState,
+    pub steps: Vec<PlannedStep>,
+    /// Index into `steps` of the step under way.
+    pub step: usize,
+    /// Attempts of the current step so far.
+    pub attempt: u32,
+    /// The id both agents know the current attempt by.
+    pub attempt_id: String,
+    /// The current attempt continues a saved partial receive (`send -t`).
+    pub resumed: bool,
+    /// The next attempt drops the target's partial receive (`receive -A`).
+    pub discard_partial: bool,
+    /// What the target's saved partial receive holds, as it last said.
+    #[serde(default)]
+    pub partial: Option<PartialReceive>,
+    pub bytes: u64,
+    pub size_hint: Option<u64>,
+    pub bytes_per_sec: u64,
+    pub eta_secs: Option<u64>,
+    /// The throttle given to the source; `None` is unlimited.
+    pub rate_limit: Option<u64>,
+    pub error: Option<String>,
+    pub started_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub next_attempt_at_ms: Option<i64>,
+    /// When the pairing last was up to date (a job finished, or nothing to send).
+    pub last_success_ms: Option<i64>,
+    /// The hold is being moved to this snapshot; no new job starts until then.
+    #[serde(default)]
+    pub moving_holds_to: Option<String>,
+    /// The last attempt that failed, so that its other end's later report
+    /// is still kept (it may come after the retry started).
+    #[serde(default)]
+    pub failed_attempt: Option<FailedAttempt>,
+    pub history: Vec<String>,
+    /// When this record was last written to KV (not itself persisted).
+    #[serde(skip)]
+    pub persisted_at_ms: i64,
+}
+
+/// What the shell does after a transition, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Write the record to KV.
+    Persist,
+    /// Start the next attempt of the current step.
+    Start,
+    /// Cancel an attempt on these nodes (best effort: it may be over there).
+    Cancel { nodes: Vec<String>, attempt: String },
+    /// Move the pairing's holds to `keep` on both sides, then apply the
+    /// task's retention to the copy; no new job starts until that is done.
+    MoveHolds { keep: String },
+}
+
+/// How a new leader treats an attempt its predecessor left running, from
+/// what the two agents say of it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adoption {
+    /// Both ends still work on it: keep it, under this leader.
+    Adopt,
+    /// One end or both are gone: cancel what is left and retry (the target's
+    /// partial receive makes the retry resume, not start over).
+    Retry { cancel: Vec<String> },
+}
+
+pub fn backoff_ms(attempt: u32) -> i64 {
+    let shift = attempt.saturating_sub(1).min(20);
+    (BACKOFF_FIRST_MS << shift).min(BACKOFF_MAX_MS)
+}
+
+fn side(role: JobRole) -> &'static str {
+    match role {
+        JobRole::Source => "source",
+        JobRole::Target => "target",
+    }
+}
+
+fn clock(now_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(now_ms)
+        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_default()
+}
+
+pub fn describe(steps: &[PlannedStep]) -> String {
+    steps
+        .iter()
+        .map(|s| {
+            let f = if s.force { " with -F" } else { "" };
+            match &s.stream {
+                StreamSpec::Full { snapshot } => format!("full @{snapshot}{f}"),
+                StreamSpec::Incremental {
+                    from,
+                    to,
+                    intermediates,
+                    from_bookmark,
+                } => format!(
+                    "{} {}{from} @{to}{f}",
+                    if *intermediates { "-I" } else { "-i" },
+                    if *from_bookmark { "#" } else { "@" }
+                ),
+                StreamSpec::Resume { .. } => "resume".into(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl JobRecord {
+    pub fn new(
+        kind: JobKind,
+        pairing: &Pairing,
+        instance: &str,
+        seq: u64,
+        steps: Vec<PlannedStep>,
+        now_ms: i64,
+    ) -> JobRecord {
+        JobRecord {
+            id: format!("{instance}-{now_ms}-{seq}"),
+            kind,
+            task: pairing.task.clone(),
+            source_node: pairing.source_node.clone(),
+            dataset: pairing.dataset.clone(),
+            target_node: pairing.target_node.clone(),
+            target_dataset: pairing.target_dataset.clone(),
+            state: JobState::Planned,
+            steps,
+            step: 0,
+            attempt: 0,
+            attempt_id: String::new(),
+            resumed: false,
+            discard_partial: false,
+            partial: None,
+            bytes: 0,
+            size_hint: None,
+            bytes_per_sec: 0,
+            eta_secs: None,
+            rate_limit: None,
+            error: None,
+            started_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            finished_at_ms: None,
+            next_attempt_at_ms: None,
+            last_success_ms: None,
+            moving_holds_to: None,
+            failed_attempt: None,
+            history: Vec::new(),
+            persisted_at_ms: 0,
+        }
+    }
+
+    /// Appends a line to the history (and the log).
+    pub fn log(&mut self, line: String, now_ms: i64) {
+        tracing::info!(job = %self.id, task = %self.task, dataset = %self.dataset, target = %self.target_node, "{line}");
+        if self.history.len() >= HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(format!("{} {line}", clock(now_ms)));
+    }
+
+    pub fn active(&self) -> bool {
+        matches!(self.state, JobState::Planned | JobState::Running)
+    }
+
+    fn persist(&mut self, now_ms: i64) -> Effect {
+        self.persisted_at_ms = now_ms;
+        Effect::Persist
+    }
+
+    /// The node an update's role must come from.
+    pub fn node_of(&self, role: JobRole) -> &str {
+        match role {
+            JobRole::Source => &self.source_node,
+            JobRole::Target => &self.target_node,
+        }
+    }
+
+    /// Whether `attempt` is the current attempt or the last failed one.
+    pub fn knows_attempt(&self, attempt: &str) -> bool {
+        self.attempt_id == attempt
+            || self
+                .failed_attempt
+                .as_ref()
+                .is_some_and(|f| f.id == attempt)
+    }
+
+    pub fn fail_attempt(&mut self, why: String, discard_partial: bool, now_ms: i64) {
+        let wait = backoff_ms(self.attempt);
+        self.failed_attempt = Some(FailedAttempt {
+            id: self.attempt_id.clone(),
+            attempt: self.attempt,
+        });
+        self.state = JobState::Failed;
+        self.error = Some(why.clone());
+        self.discard_partial = discard_partial;
+        self.next_attempt_at_ms = Some(now_ms + wait);
+        self.updated_at_ms = now_ms;
+        self.log(
+            format!(
+                "attempt {} failed: {why}; retrying in {} s",
+                self.attempt,
+                wait / 1000
+            ),
+            now_ms,
+        );
+    }
+
+    /// The tick's check: an active attempt with no word from either end for
+    /// [`STALL_MS`] has failed, and is cancelled on both agents.
+    pub fn check_stall(&mut self, now_ms: i64) -> Vec<Effect> {
+        if !self.active() || now_ms - self.updated_at_ms <= STALL_MS {
+            return Vec::new();
+        }
+        let cancel = Effect::Cancel {
+            nodes: vec![self.source_node.clone(), self.target_node.clone()],
+            attempt: self.attempt_id.clone(),
+        };
+        let why = format!("no word from either agent for {} s", STALL_MS / 1000);
+        self.fail_attempt(why, false, now_ms);
+        vec![self.persist(now_ms), cancel]
+    }
+
+    /// Whether a new run is due: a retry after its backoff, else `every_ms`
+    /// after the last success (or start). Active records and records whose
+    /// holds are moving are never due.
+    pub fn due(&self, every_ms: i64, now_ms: i64) -> bool {
+        if self.active() || self.moving_holds_to.is_some() {
+            return false;
+        }
+        match self.state {
+            JobState::Failed => self.next_attempt_at_ms.is_none_or(|at| now_ms >= at),
+            _ => self
+                .last_success_ms
+                .max(Some(self.started_at_ms))
+                .is_none_or(|last| now_ms - last >= every_ms),
+        }
+    }
+
+    /// Whether the target's inventory does not show the snapshot the last job
+    /// landed yet (for a while after it).
+    pub fn awaiting_landed_inventory(&self, target: &[SnapshotInfo], now_ms: i64) -> bool {
+        let (JobState::Done, Some(done), Some(last)) =
+            (self.state, self.finished_at_ms, self.steps.last())
+        else {
+            return false;
+        };
+        now_ms - done < LANDED_WAIT_MS && !target.iter().any(|s| s.guid == last.expect.guid)
+    }
+
+    /// A new plan for a pairing that had `previous`: a retry carries the
+    /// attempt count, the partial-receive state and the history on.
+    pub fn continue_from(mut self, previous: Option<&JobRecord>, now_ms: i64) -> JobRecord {
+        if let Some(prev) = previous {
+            if prev.state == JobState::Failed {
+                self.attempt = prev.attempt;
+                self.discard_partial = prev.discard_partial;
+                self.partial = prev.partial.clone();
+                self.failed_attempt = prev.failed_attempt.clone();
+            }
+            self.history = prev.history.clone();
+            self.last_success_ms = prev.last_success_ms;
+        }
+        self.attempt += 1;
+        self.log(
+            format!(
+                "planned {} step(s): {}",
+                self.steps.len(),
+                describe(&self.steps)
+            ),
+            now_ms,
+        );
+        self
+    }
+
+    /// The source has nothing the target lacks.
+    pub fn up_to_date(&mut self, now_ms: i64) -> Vec<Effect> {
+        self.last_success_ms = Some(now_ms);
+        if self.state != JobState::Done {
+            self.state = JobState::Done;
+            self.error = None;
+            self.log("up to date".into(), now_ms);
+        }
+        vec![self.persist(now_ms)]
+    }
+
+    /// The plan needs a human: the record says why, keeps its history.
+    pub fn block(mut self, previous: Option<&JobRecord>, why: String, now_ms: i64) -> JobRecord {
+        self.state = JobState::Blocked;
+        self.error = Some(why.clone());
+        if let Some(prev) = previous {
+            self.last_success_ms = prev.last_success_ms;
+            self.history = prev.history.clone();
+        }
+        self.log(format!("blocked: {why}"), now_ms);
+        self.persisted_at_ms = now_ms;
+        self
+    }
+
+    /// The id of the attempt about to start.
+    pub fn begin_attempt(&mut self, now_ms: i64) -> String {
+        self.attempt_id = format!("{}-s{}-a{}", self.id, self.step, self.attempt);
+        self.updated_at_ms = now_ms;
+        self.attempt_id.clone()
+    }
+
+    /// Both agents took their commands.
+    pub fn attempt_running(
+        &mut self,
+        attempt: &str,
+        resumed: bool,
+        rate: Option<u64>,
+        line: String,
+        now_ms: i64,
+    ) -> Vec<Effect> {
+        // Progress may have arrived before the source's reply: the attempt
+        // may be Running already; a failure may have ended it.
+        if self.attempt_id != attempt || !self.active() {
+            return Vec::new();
+        }
+        self.state = JobState::Running;
+        self.resumed = resumed;
+        self.discard_partial = false;
+        self.partial = None;
+        self.rate_limit = rate;
+        self.updated_at_ms = now_ms;
+        self.log(line, now_ms);
+        vec![self.persist(now_ms)]
+    }
+
+    /// An attempt that could not start (a command refused or unanswered).
+    pub fn attempt_failed(
+        &mut self,
+        attempt: &str,
+        why: String,
+        discard: bool,
+        now_ms: i64,
+    ) -> Vec<Effect> {
+        if self.attempt_id != attempt || !self.active() {
+            return Vec::new();
+        }
+        self.fail_attempt(why, discard, now_ms);
+        vec![self.persist(now_ms)]
+    }
+
+    /// Applies one agent's report. The caller checked that the update's node
+    /// is [`JobRecord::node_of`] its role and that the record knows its attempt.
+    pub fn apply(&mut self, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+        if self.attempt_id != update.job || !self.active() {
+            return self.late_report(update, now_ms);
+        }
+        self.updated_at_ms = now_ms;
+        self.state = JobState::Running;
+        if update.role == JobRole::Source || update.state != JobPhase::Running {
+            self.bytes = update.bytes;
+            self.size_hint = update.size_hint.or(self.size_hint);
+            self.bytes_per_sec = update.bytes_per_sec;
+            self.eta_secs = match (self.size_hint, update.bytes_per_sec) {
+                (Some(size), rate) if rate > 0 => Some(size.saturating_sub(update.bytes) / rate),
+                _ => None,
+            };
+        }
+        match (update.role, update.state) {
+            (_, JobPhase::Running) => {
+                if now_ms - self.persisted_at_ms < PERSIST_PROGRESS_MS {
+                    return Vec::new();
+                }
+                vec![self.persist(now_ms)]
+            }
+            (JobRole::Source, JobPhase::Done) => {
+                self.log(format!("source: {}", update.message), now_ms);
+                vec![self.persist(now_ms)]
+            }
+            (role, JobPhase::Failed) => {
+                // A resume the source cannot continue is dropped next time.
+                let discard = role == JobRole::Source && self.resumed;
+                let other = match role {
+                    JobRole::Source => self.target_node.clone(),
+                    JobRole::Target => self.source_node.clone(),
+                };
+                if role == JobRole::Target {
+                    self.partial = update.partial.clone();
+                }
+                let cancel = Effect::Cancel {
+                    nodes: vec![other],
+                    attempt: self.attempt_id.clone(),
+                };
+                let why = format!("{} {}: {}", side(role), update.node, update.message);
+                self.fail_attempt(why, discard, now_ms);
+                vec![self.persist(now_ms), cancel]
+            }
+            (JobRole::Target, JobPhase::Done) => self.landed(update, now_ms),
+        }
+    }
+
+    /// The target says the current step's receive is over.
+    fn landed(&mut self, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+        let step = self.steps[self.step].clone();
+        self.log(format!("target: {}", update.message), now_ms);
+        match &update.landed {
+            Some(l) if l.guid == step.expect.guid => {
+                self.step += 1;
+                self.resumed = false;
+                if self.step < self.steps.len() {
+                    self.state = JobState::Planned;
+                    self.attempt = 1;
+                    return vec![self.persist(now_ms), Effect::Start];
+                }
+                self.state = JobState::Done;
+                self.error = None;
+                self.finished_at_ms = Some(now_ms);
+                self.last_success_ms = Some(now_ms);
+                self.eta_secs = Some(0);
+                self.log(
+                    format!(
+                        "done: {}@{} (GUID {}) is on {} in {:.1} s",
+                        self.target_dataset,
+                        step.expect.name,
+                        step.expect.guid,
+                        self.target_node,
+                        (now_ms - self.started_at_ms) as f64 / 1000.0
+                    ),
+                    now_ms,
+                );
+                self.moving_holds_to = Some(step.expect.name.clone());
+                vec![
+                    self.persist(now_ms),
+                    Effect::MoveHolds {
+                        keep: step.expect.name,
+                    },
+                ]
+            }
+            Some(l) => {
+                // A resume finished an earlier stream: plan again from what is there now.
+                let why = format!(
+                    "the resumed receive landed @{} (GUID {}), not @{}; planning again",
+                    l.name, l.guid, step.expect.name
+                );
+                self.state = JobState::Failed;
+                self.error = Some(why.clone());
+                self.next_attempt_at_ms = Some(now_ms + BACKOFF_FIRST_MS);
+                self.log(why, now_ms);
+                vec![self.persist(now_ms)]
+            }
+            None => {
+                let why = "the target reported success without the snapshot it landed".into();
+                self.fail_attempt(why, false, now_ms);
+                vec![self.persist(now_ms)]
+            }
+        }
+    }
+
+    /// The other end's word on an attempt that already failed is often the
+    /// cause: a target's TLS error arrives after the source's broken pipe.
+    fn late_report(&mut self, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+        let Some(attempt) = self
+            .failed_attempt
+            .as_ref()
+            .filter(|f| f.id == update.job)
+            .map(|f| f.attempt)
+        else {
+            return Vec::new();
+        };
+        if update.state != JobPhase::Failed {
+            return Vec::new();
+        }
+        let line = format!("{} {}: {}", side(update.role), update.node, update.message);
+        self.log(
+            format!("attempt {attempt} also failed at the {line}"),
+            now_ms,
+        );
+        if update.role == JobRole::Target && update.partial.is_some() {
+            self.partial = update.partial.clone();
+        }
+        if self.attempt_id == update.job {
+            self.error = Some(match self.error.take() {
+                Some(first) => format!("{first}; {line}"),
+                None => line,
+            });
+        }
+        vec![self.persist(now_ms)]
+    }
+
+    /// The holds moved and the copy was pruned: the pairing may plan again.
+    pub fn holds_moved(&mut self) {
+        self.moving_holds_to = None;
+    }
+
+    /// Logs a line about the copy's retention.
+    pub fn note(&mut self, line: String, now_ms: i64) -> Vec<Effect> {
+        self.log(line, now_ms);
+        vec![self.persist(now_ms)]
+    }
+
+    /// Loaded by a new leader: a hold move in flight is forgotten (the
+    /// move is idempotent and runs again after the next job); an attempt
+    /// under way is returned for adoption and gets a full stall period for it.
+    pub fn loaded_by_new_leader(&mut self, now_ms: i64) -> Option<String> {
+        self.moving_holds_to = None;
+        if !self.active() {
+            return None;
+        }
+        self.updated_at_ms = now_ms;
+        Some(self.attempt_id.clone())
+    }
+
+    /// Which of its predecessor's attempts a new leader keeps: only one whose
+    /// two ends both still run it (`JobStatus` answered with a report).
+    pub fn adoption(source: Option<&JobUpdate>, target: Option<&JobUpdate>) -> Adoption {
+        let running = |u: Option<&JobUpdate>| u.is_some_and(|u| u.state == JobPhase::Running);
+        match (running(source), running(target)) {
+            (true, true) => Adoption::Adopt,
+            (s, t) => Adoption::Retry {
+                cancel: [(s, JobRole::Source), (t, JobRole::Target)]
+                    .into_iter()
+                    .filter(|(r, _)| *r)
+                    .map(|(_, role)| side(role).to_string())
+                    .collect(),
+            },
+        }
+    }
+
+    /// Applies a new leader's [`Adoption`] decision for `attempt`.
+    pub fn adopt(&mut self, attempt: &str, decision: &Adoption, now_ms: i64) -> Vec<Effect> {
+        if self.attempt_id != attempt || !self.active() {
+            return Vec::new();
+        }
+        match decision {
+            Adoption::Adopt => {
+                self.state = JobState::Running;
+                self.updated_at_ms = now_ms;
+                self.log(
+                    format!(
+                        "attempt {} adopted by a new leader: both ends still stream",
+                        self.attempt
+                    ),
+                    now_ms,
+                );
+                vec![self.persist(now_ms)]
+            }
+            Adoption::Retry { cancel } => {
+                let nodes = cancel
+                    .iter()
+                    .map(|side| match side.as_str() {
+                        "source" => self.source_node.clone(),
+                        _ => self.target_node.clone(),
+                    })
+                    .collect();
+                let effect = Effect::Cancel {
+                    nodes,
+                    attempt: self.attempt_id.clone(),
+                };
+                self.fail_attempt(
+                    "the coordinator changed during the attempt and one end no longer runs it"
+                        .into(),
+                    false,
+                    now_ms,
+                );
+                // Time for the cancel to reach the agents before the retry.
+                self.next_attempt_at_ms = Some(now_ms + BACKOFF_FIRST_MS);
+                vec![self.persist(now_ms), effect]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(name: &str, guid: u64) -> SnapshotInfo {
+        SnapshotInfo {
+            name: name.into(),
+            guid,
+            createtxg: guid,
+            creation: guid as i64,
+            used: 0,
+            userrefs: 0,
+        }
+    }
+
+    fn pairing() -> Pairing {
+        Pairing {
+            task: "t".into(),
+            source_node: "a".into(),
+            dataset: "tank/d".into(),
+            target_node: "b".into(),
+            target_dataset: "backup/d".into(),
+            reason: String::new(),
+        }
+    }
+
+    fn step(to: &str, guid: u64) -> PlannedStep {
+        PlannedStep {
+            stream: StreamSpec::Full {
+                snapshot: to.into(),
+            },
+            expect: SnapshotRef {
+                name: to.into(),
+                guid,
+            },
+            force: false,
+            discards: vec![],
+            base: None,
+        }
+    }
+
+    /// A record with `n` steps whose first attempt has started.
+    fn running(n: u64) -> JobRecord {
+        let steps = (1..=n).map(|i| step(&format!("s{i}"), i)).collect();
+        let mut r = JobRecord::new(JobKind::Replication, &pairing(), "c", 1, steps, 0)
+            .continue_from(None, 0);
+        r.begin_attempt(0);
+        r
+    }
+
+    fn update(r: &JobRecord, role: JobRole, state: JobPhase, bytes: u64) -> JobUpdate {
+        JobUpdate {
+            node: r.node_of(role).to_string(),
+            job: r.attempt_id.clone(),
+            role,
+            state,
+            at_ms: 0,
+            bytes,
+            size_hint: Some(1000),
+            bytes_per_sec: 100,
+            message: format!("{state:?}"),
+            landed: None,
+            resumable: false,
+            partial: None,
+        }
+    }
+
+    fn landed(r: &JobRecord, name: &str, guid: u64) -> JobUpdate {
+        JobUpdate {
+            landed: Some(SnapshotRef {
+                name: name.into(),
+                guid,
+            }),
+            ..update(r, JobRole::Target, JobPhase::Done, 1000)
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        assert_eq!(backoff_ms(1), BACKOFF_FIRST_MS);
+        assert_eq!(backoff_ms(2), 2 * BACKOFF_FIRST_MS);
+        assert_eq!(backoff_ms(3), 4 * BACKOFF_FIRST_MS);
+        assert_eq!(backoff_ms(40), BACKOFF_MAX_MS);
+    }
+
+    #[test]
+    fn the_next_plan_waits_for_the_target_inventory_to_show_the_landing() {
+        let mut rec = JobRecord::new(
+            JobKind::Replication,
+            &pairing(),
+            "c",
+            1,
+            vec![step("s2", 2)],
+            0,
+        );
+        assert!(!rec.awaiting_landed_inventory(&[s("s1", 1)], 1_000));
+        rec.state = JobState::Done;
+        rec.finished_at_ms = Some(1_000);
+        // Lagging: the target's inventory does not list @s2 (GUID 2) yet.
+        assert!(rec.awaiting_landed_inventory(&[s("s1", 1)], 2_000));
+        assert!(!rec.awaiting_landed_inventory(&[s("s1", 1), s("s2", 2)], 2_000));
+        // Not for ever: a snapshot destroyed on the target meanwhile is planned for again.
+        assert!(!rec.awaiting_landed_inventory(&[s("s1", 1)], 1_000 + LANDED_WAIT_MS));
+    }
+
+    #[test]
+    fn progress_is_persisted_at_most_every_few_seconds() {
+        let mut r = running(1);
+        let u = update(&r, JobRole::Source, JobPhase::Running, 10);
+        assert_eq!(r.apply(&u, 10_000), vec![Effect::Persist]);
+        assert_eq!(r.state, JobState::Running);
+        assert_eq!(r.bytes, 10);
+        assert_eq!(r.eta_secs, Some(9));
+        assert!(r.apply(&u, 11_000).is_empty());
+        assert_eq!(
+            r.apply(&u, 10_000 + PERSIST_PROGRESS_MS),
+            vec![Effect::Persist]
+        );
+        // The target's running reports do not move the byte count.
+        let t = update(&r, JobRole::Target, JobPhase::Running, 5);
+        r.apply(&t, 20_000);
+        assert_eq!(r.bytes, 10);
+    }
+
+    #[test]
+    fn a_landed_step_starts_the_next_and_the_last_moves_the_holds() {
+        let mut r = running(2);
+        let u = landed(&r, "s1", 1);
+        assert_eq!(r.apply(&u, 1_000), vec![Effect::Persist, Effect::Start]);
+        assert_eq!((r.step, r.attempt, r.state), (1, 1, JobState::Planned));
+        r.begin_attempt(1_100);
+        let u = landed(&r, "s2", 2);
+        assert_eq!(
+            r.apply(&u, 2_000),
+            vec![Effect::Persist, Effect::MoveHolds { keep: "s2".into() }]
+        );
+        assert_eq!(r.state, JobState::Done);
+        assert_eq!(r.last_success_ms, Some(2_000));
+        assert_eq!(r.moving_holds_to.as_deref(), Some("s2"));
+        // No new run while the holds move, however long ago the last success was.
+        assert!(!r.due(0, 1_000_000));
+        r.holds_moved();
+        assert!(r.due(0, 1_000_000));
+        assert!(!r.due(10_000, 3_000));
+    }
+
+    #[test]
+    fn a_landing_of_another_snapshot_plans_again_and_none_fails() {
+        let mut r = running(1);
+        let u = landed(&r, "s0", 99);
+        assert_eq!(r.apply(&u, 1_000), vec![Effect::Persist]);
+        assert_eq!(r.state, JobState::Failed);
+        assert_eq!(r.next_attempt_at_ms, Some(1_000 + BACKOFF_FIRST_MS));
+        let mut r = running(1);
+        let u = update(&r, JobRole::Target, JobPhase::Done, 10);
+        r.apply(&u, 1_000);
+        assert_eq!(r.state, JobState::Failed);
+        assert!(r.error.as_deref().unwrap().contains("without the snapshot"));
+    }
+
+    #[test]
+    fn a_failure_cancels_the_other_end_and_retries_after_backoff() {
+        let mut r = running(1);
+        let mut u = update(&r, JobRole::Target, JobPhase::Failed, 10);
+        u.partial = Some(PartialReceive {
+            toguid: 1,
+            fromguid: None,
+            bytes: 10,
+        });
+        let fx = r.apply(&u, 5_000);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Persist,
+                Effect::Cancel {
+                    nodes: vec!["a".into()],
+                    attempt: r.attempt_id.clone()
+                }
+            ]
+        );
+        assert_eq!(r.state, JobState::Failed);
+        assert_eq!(r.next_attempt_at_ms, Some(5_000 + backoff_ms(1)));
+        assert_eq!(r.partial.as_ref().map(|p| p.bytes), Some(10));
+        assert!(!r.due(1, 5_000 + backoff_ms(1) - 1));
+        assert!(r.due(1, 5_000 + backoff_ms(1)));
+        // The retry counts on, keeps the partial receive and the history.
+        let again = JobRecord::new(
+            JobKind::Replication,
+            &pairing(),
+            "c",
+            2,
+            vec![step("s1", 1)],
+            9_000,
+        )
+        .continue_from(Some(&r), 9_000);
+        assert_eq!(again.attempt, 2);
+        assert!(again.partial.is_some());
+        assert!(again.history.len() > r.history.len());
+    }
+
+    #[test]
+    fn a_source_failure_while_resuming_drops_the_partial_next_time() {
+        let mut r = running(1);
+        let id = r.attempt_id.clone();
+        r.attempt_running(&id, true, None, "resuming".into(), 100);
+        let u = update(&r, JobRole::Source, JobPhase::Failed, 0);
+        r.apply(&u, 200);
+        assert!(r.discard_partial);
+    }
+
+    #[test]
+    fn the_other_ends_late_report_is_kept_even_after_the_retry_started() {
+        let mut r = running(1);
+        let first = r.attempt_id.clone();
+        let src = update(&r, JobRole::Source, JobPhase::Failed, 0);
+        r.apply(&src, 1_000);
+        let tgt = JobUpdate {
+            message: "altered in transit".into(),
+            ..update(&r, JobRole::Target, JobPhase::Failed, 0)
+        };
+        // Retry planned and begun: the target's word on the first attempt still counts.
+        let mut r = JobRecord::new(
+            JobKind::Replication,
+            &pairing(),
+            "c",
+            2,
+            vec![step("s1", 1)],
+            4_000,
+        )
+        .continue_from(Some(&r), 4_000);
+        r.begin_attempt(4_000);
+        assert!(r.knows_attempt(&first));
+        assert_eq!(r.apply(&tgt, 5_000), vec![Effect::Persist]);
+        assert!(r
+            .history
+            .iter()
+            .any(|l| l.contains("also failed at the target b: altered in transit")));
+        assert_eq!(r.state, JobState::Planned, "the retry is untouched");
+        // Running reports of an old attempt change nothing.
+        let old = JobUpdate {
+            job: first,
+            ..update(&r, JobRole::Source, JobPhase::Running, 1)
+        };
+        assert!(r.apply(&old, 6_000).is_empty());
+    }
+
+    #[test]
+    fn a_silent_attempt_stalls_and_is_cancelled_on_both_ends() {
+        let mut r = running(1);
+        assert!(r.check_stall(STALL_MS).is_empty());
+        let fx = r.check_stall(STALL_MS + 1);
+        assert_eq!(fx.len(), 2);
+        assert!(
+            matches!(&fx[1], Effect::Cancel { nodes, .. } if nodes == &["a".to_string(), "b".to_string()])
+        );
+        assert_eq!(r.state, JobState::Failed);
+    }
+
+    #[test]
+    fn an_attempt_that_could_not_start_fails_once() {
+        let mut r = running(1);
+        let id = r.attempt_id.clone();
+        assert_eq!(
+            r.attempt_failed(&id, "target refused".into(), false, 10),
+            vec![Effect::Persist]
+        );
+        assert!(r.attempt_failed(&id, "again".into(), false, 20).is_empty());
+        assert_eq!(r.error.as_deref(), Some("target refused"));
+    }
+
+    #[test]
+    fn a_new_leader_adopts_only_attempts_both_ends_still_run() {
+        let mut r = running(1);
+        let id = r.attempt_id.clone();
+        r.updated_at_ms = 0;
+        assert_eq!(r.loaded_by_new_leader(50_000), Some(id.clone()));
+        assert!(
+            r.check_stall(50_000 + STALL_MS).is_empty(),
+            "a full stall period to adopt"
+        );
+        let src = update(&r, JobRole::Source, JobPhase::Running, 500);
+        let tgt = update(&r, JobRole::Target, JobPhase::Running, 500);
+        assert_eq!(JobRecord::adoption(Some(&src), Some(&tgt)), Adoption::Adopt);
+        assert_eq!(
+            r.adopt(&id, &Adoption::Adopt, 51_000),
+            vec![Effect::Persist]
+        );
+        assert_eq!(r.state, JobState::Running);
+        assert_eq!(r.attempt, 1, "no new attempt");
+
+        let mut r = running(1);
+        let id = r.attempt_id.clone();
+        let decision = JobRecord::adoption(None, Some(&tgt));
+        assert_eq!(
+            decision,
+            Adoption::Retry {
+                cancel: vec!["target".into()]
+            }
+        );
+        let fx = r.adopt(&id, &decision, 60_000);
+        assert_eq!(
+            fx[1],
+            Effect::Cancel {
+                nodes: vec!["b".into()],
+                attempt: id
+            }
+        );
+        assert_eq!(r.state, JobState::Failed);
+        assert_eq!(
+            JobRecord::adoption(None, None),
+            Adoption::Retry { cancel: vec![] }
+        );
+    }
+
+    #[test]
+    fn blocked_keeps_the_history_and_says_why() {
+        let prev = running(1);
+        let b = JobRecord::new(JobKind::Replication, &pairing(), "c", 3, vec![], 7).block(
+            Some(&prev),
+            "target diverged".into(),
+            7,
+        );
+        assert_eq!(b.state, JobState::Blocked);
+        assert!(b
+            .history
+            .last()
+            .unwrap()
+            .contains("blocked: target diverged"));
+        assert!(b.history.len() > prev.history.len());
+    }
+}

@@ -1,0 +1,489 @@
+//! The shell around the records: reads the shared state under its locks,
+//! asks the pure parts (`schedule`, `record`, `rates`) what to do, drops the
+//! locks, then persists and sends. No lock is held across an await; every
+//! task it starts goes into the leader's `JoinSet`, so a shutdown or a lost
+//! lease stops them all.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use zdr_common::wire::{
+    Command, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
+};
+
+use super::record::{describe, Effect, JobKind, JobRecord};
+use super::schedule::{self, Decision, Ends, NeverCopied};
+use super::{hold_tag, rates, ACCEPT_SECS};
+use crate::bus;
+use crate::state::{now_ms, State};
+
+/// Writes one record to KV.
+async fn persist(state: &State, key: &str, rec: &JobRecord) {
+    if let Ok(raw) = serde_json::to_vec(rec) {
+        if let Err(e) = state.stores.jobs.put(key, raw.into()).await {
+            warn!(key, error = %e, "could not persist a job record");
+        }
+    }
+}
+
+/// Persists the record if the effects say so, then starts the rest as tasks.
+async fn carry_out(
+    state: &Arc<State>,
+    tasks: &mut JoinSet<()>,
+    key: &str,
+    rec: JobRecord,
+    effects: Vec<Effect>,
+) {
+    for effect in effects {
+        let st = state.clone();
+        let key = key.to_string();
+        match effect {
+            Effect::Persist => persist(state, &key, &rec).await,
+            Effect::Start => {
+                tasks.spawn(async move { start_attempt(&st, &key).await });
+            }
+            Effect::Cancel { nodes, attempt } => {
+                tasks.spawn(async move { cancel(&st, &nodes, &attempt).await });
+            }
+            Effect::MoveHolds { keep } => {
+                let rec = rec.clone();
+                tasks.spawn(async move {
+                    move_holds(&st, &rec, &keep).await;
+                    prune_replica(&st, &key, &rec).await;
+                    if let Some(r) = st.jobs().get_mut(&key) {
+                        r.holds_moved();
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Starts what is due: new runs on schedule, retries after their backoff.
+/// Fails attempts that went silent. Runs on the leader every second.
+pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
+    let mut work: Vec<(String, JobRecord, Vec<Effect>)> = Vec::new();
+    let pushes;
+    {
+        let pairings = state.pairings();
+        let fleet = state.fleet();
+        let policy = state.policy();
+        let Some(p) = policy.as_ref() else { return };
+        let mut jobs = state.jobs();
+        let offline = state.config().offline_after.as_secs() as i64;
+        let t = now_ms / 1000;
+        let key_of =
+            |q: &crate::pairing::Pairing| bus::pairing_key(&q.task, &q.source_node, &q.dataset);
+        for pairing in &pairings.pairings {
+            let key = key_of(pairing);
+            if let Some(rec) = jobs.get_mut(&key) {
+                let fx = rec.check_stall(now_ms);
+                if !fx.is_empty() {
+                    work.push((key, rec.clone(), fx));
+                }
+            }
+        }
+        let never = NeverCopied::new(&pairings.pairings, |q| jobs.get(&key_of(q)));
+        let mut busy = schedule::busy_targets(jobs.records());
+        for pairing in &pairings.pairings {
+            let Some(task) = p.tasks.iter().find(|x| x.name == pairing.task) else {
+                continue;
+            };
+            if never.parent_first(pairing) {
+                continue;
+            }
+            let key = key_of(pairing);
+            let ends = Ends {
+                source_online: fleet.online(&pairing.source_node, t, offline),
+                target_online: fleet.online(&pairing.target_node, t, offline),
+                source: fleet.dataset(&pairing.source_node, &pairing.dataset),
+                target: fleet.dataset(&pairing.target_node, &pairing.target_dataset),
+            };
+            let target = (pairing.target_node.clone(), pairing.target_dataset.clone());
+            let previous = jobs.get(&key);
+            match schedule::decide(task, previous, &ends, busy.contains(&target), now_ms) {
+                Decision::Wait => {}
+                Decision::UpToDate => {
+                    if let Some(r) = jobs.get_mut(&key) {
+                        let fx = r.up_to_date(now_ms);
+                        work.push((key, r.clone(), fx));
+                    }
+                }
+                Decision::Start {
+                    steps,
+                    discard_partial,
+                } => {
+                    let seq = jobs.next_seq();
+                    let instance = &state.config().instance;
+                    let mut rec =
+                        JobRecord::new(JobKind::Replication, pairing, instance, seq, steps, now_ms)
+                            .continue_from(jobs.get(&key), now_ms);
+                    if let Some(why) = discard_partial {
+                        rec.discard_partial = true;
+                        rec.partial = None;
+                        rec.log(
+                            format!("the target's partial receive will be dropped: {why}"),
+                            now_ms,
+                        );
+                    }
+                    busy.insert(target);
+                    jobs.insert(key.clone(), rec.clone());
+                    work.push((key, rec, vec![Effect::Start]));
+                }
+                Decision::Blocked(why) => {
+                    let rec = JobRecord::new(
+                        JobKind::Replication,
+                        pairing,
+                        &state.config().instance,
+                        jobs.next_seq(),
+                        Vec::new(),
+                        now_ms,
+                    )
+                    .block(jobs.get(&key), why, now_ms);
+                    jobs.insert(key.clone(), rec.clone());
+                    work.push((key, rec, vec![Effect::Persist]));
+                }
+            }
+        }
+        let allocation = rates::allocation(p, jobs.records(), now_ms);
+        pushes = rates::changes(&allocation, jobs.records_mut(), now_ms);
+    }
+    for (key, rec, effects) in work {
+        carry_out(state, tasks, &key, rec, effects).await;
+    }
+    for change in pushes {
+        let st = state.clone();
+        tasks.spawn(async move {
+            let cmd = Command::SetRate {
+                job: change.attempt,
+                bytes_per_sec: change.bytes_per_sec,
+            };
+            if let Err(e) = st.send_command(&change.source_node, &cmd).await {
+                warn!(node = %change.source_node, error = %e, "could not change a job's rate");
+            }
+        });
+    }
+}
+
+/// Applies one agent's report on a job.
+pub async fn on_update(state: &Arc<State>, tasks: &mut JoinSet<()>, update: JobUpdate) {
+    let (key, rec, effects) = {
+        let mut jobs = state.jobs();
+        let Some(key) = jobs.key_of_attempt(&update.job) else {
+            return; // an older attempt, or a job this coordinator never started
+        };
+        let rec = jobs.get_mut(&key).expect("found above");
+        if update.node != rec.node_of(update.role) {
+            warn!(job = %update.job, node = %update.node, "job update from a node not in the job; dropped");
+            return;
+        }
+        let effects = rec.apply(&update, now_ms());
+        (key, rec.clone(), effects)
+    };
+    carry_out(state, tasks, &key, rec, effects).await;
+}
+
+/// Token for the data plane: 32 random bytes, hex.
+fn token() -> JobSecret {
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    JobSecret(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Records a failed start of `attempt` and persists it.
+async fn fail_current(state: &State, key: &str, attempt: &str, why: String, discard: bool) {
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(key) else { return };
+        if cur
+            .attempt_failed(attempt, why, discard, now_ms())
+            .is_empty()
+        {
+            return;
+        }
+        cur.clone()
+    };
+    persist(state, key, &rec).await;
+}
+
+/// Sends the current step's two commands: `receive` to the target, then
+/// `send` to the source with the target's address (and resume token).
+async fn start_attempt(state: &Arc<State>, key: &str) {
+    let (rec, attempt, step) = {
+        let mut jobs = state.jobs();
+        let Some(rec) = jobs.get_mut(key) else { return };
+        let Some(step) = rec.steps.get(rec.step).cloned() else {
+            return;
+        };
+        let attempt = rec.begin_attempt(now_ms());
+        (rec.clone(), attempt, step)
+    };
+    let token = token();
+    let tag = hold_tag(&rec.task);
+    let receive = ReceiveJob {
+        job: attempt.clone(),
+        token: token.clone(),
+        source_node: rec.source_node.clone(),
+        dataset: rec.target_dataset.clone(),
+        force: step.force,
+        discards: step.discards.clone(),
+        base: step.base.clone(),
+        discard_partial: rec.discard_partial,
+        expect: step.expect.clone(),
+        hold_tag: tag.clone(),
+        accept_secs: ACCEPT_SECS,
+    };
+    let (raw, compress) = state
+        .policy()
+        .as_ref()
+        .and_then(|p| p.tasks.iter().find(|t| t.name == rec.task))
+        .map(|t| (t.raw, t.compress == zdr_schemas::tasks::Compress::Zstd))
+        .unwrap_or((true, false));
+    let offer = match state
+        .send_command(&rec.target_node, &Command::Receive(receive))
+        .await
+    {
+        Ok(r) if r.outcome == Outcome::Done && r.offer.is_some() => r.offer.expect("checked"),
+        Ok(r) => {
+            let why = format!("target {}: {}", rec.target_node, r.message);
+            return fail_current(state, key, &attempt, why, false).await;
+        }
+        Err(e) => return fail_current(state, key, &attempt, format!("target: {e}"), false).await,
+    };
+    // A partial receive the source cannot continue is dropped now, not
+    // found out by a failing send.
+    let gone = offer.partial.as_ref().and_then(|p| {
+        let fleet = state.fleet();
+        let src = fleet.dataset(&rec.source_node, &rec.dataset)?;
+        schedule::unresumable(p, &src.snapshots, &src.bookmarks)
+    });
+    if let Some(why) = gone {
+        cancel(state, std::slice::from_ref(&rec.target_node), &attempt).await;
+        return fail_current(state, key, &attempt, why, true).await;
+    }
+    let resumed = offer.resume_token.is_some();
+    let stream = match &offer.resume_token {
+        Some(t) => StreamSpec::Resume { token: t.clone() },
+        None => step.stream.clone(),
+    };
+    let rate = {
+        let policy = state.policy();
+        let jobs = state.jobs();
+        policy
+            .as_ref()
+            .and_then(|p| {
+                rates::allocation(p, jobs.records(), now_ms())
+                    .get(&attempt)
+                    .copied()
+            })
+            .flatten()
+            .map(|r| r.get())
+    };
+    let send = SendJob {
+        job: attempt.clone(),
+        token,
+        target_node: rec.target_node.clone(),
+        target_addr: offer.addr.clone(),
+        dataset: rec.dataset.clone(),
+        stream,
+        raw,
+        compress,
+        bytes_per_sec: rate,
+        hold_tag: tag,
+    };
+    let why = match state
+        .send_command(&rec.source_node, &Command::Send(send))
+        .await
+    {
+        Ok(r) if r.outcome == Outcome::Done => None,
+        Ok(r) => Some(format!("source {}: {}", rec.source_node, r.message)),
+        Err(e) => Some(format!("source: {e}")),
+    };
+    if let Some(why) = why {
+        cancel(state, std::slice::from_ref(&rec.target_node), &attempt).await;
+        // A resume the source cannot continue is dropped on the next attempt.
+        return fail_current(state, key, &attempt, why, resumed).await;
+    }
+    let line = format!(
+        "attempt {} of step {}: {}{} to {} at {}",
+        rec.attempt,
+        rec.step + 1,
+        if resumed {
+            "resuming the saved partial receive".to_string()
+        } else {
+            describe(std::slice::from_ref(&step))
+        },
+        match rate {
+            Some(r) => format!(", limited to {r} B/s"),
+            None => String::new(),
+        },
+        rec.target_node,
+        offer.addr
+    );
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(key) else { return };
+        if cur
+            .attempt_running(&attempt, resumed, rate, line, now_ms())
+            .is_empty()
+        {
+            return;
+        }
+        cur.clone()
+    };
+    persist(state, key, &rec).await;
+}
+
+async fn cancel(state: &State, nodes: &[String], attempt: &str) {
+    for node in nodes {
+        let cmd = Command::CancelJob {
+            job: attempt.to_string(),
+        };
+        // Best effort: the job may be over there already.
+        let _ = state.send_command(node, &cmd).await;
+    }
+}
+
+/// The new common snapshot is held on both sides; older holds of the pairing go.
+async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
+    let tag = hold_tag(&rec.task);
+    for (node, dataset) in [
+        (&rec.source_node, &rec.dataset),
+        (&rec.target_node, &rec.target_dataset),
+    ] {
+        let cmd = Command::ReleaseHolds {
+            dataset: dataset.clone(),
+            tag: tag.clone(),
+            keep: keep.to_string(),
+        };
+        match state.send_command(node, &cmd).await {
+            Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
+            Ok(r) => {
+                warn!(node, %dataset, message = %r.message, "moving the replication hold failed")
+            }
+            Err(e) => warn!(node, %dataset, error = %e, "moving the replication hold failed"),
+        }
+    }
+}
+
+/// Applies the task's retention (the source class's tiers when it has none)
+/// to the copy. Runs before the pairing's next job may start.
+async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
+    let cmd = {
+        let policy = state.policy();
+        let fleet = state.fleet();
+        let Some(p) = policy.as_ref() else { return };
+        let Some(task) = p.tasks.iter().find(|t| t.name == rec.task) else {
+            return;
+        };
+        let class = fleet
+            .dataset(&rec.source_node, &rec.dataset)
+            .and_then(|d| d.class.as_ref())
+            .and_then(|c| p.policy.classes.get(c));
+        let tiers = match (&task.retention, class) {
+            (Some(r), _) => r.tiers.clone(),
+            (None, Some(c)) => c.tiers.clone(),
+            (None, None) => return,
+        };
+        Command::PruneReplica(PruneReplica {
+            dataset: rec.target_dataset.clone(),
+            task: rec.task.clone(),
+            tiers,
+            immutable_for_secs: class.map_or(0, |c| c.immutable_for.secs()),
+        })
+    };
+    let line = match state.send_command(&rec.target_node, &cmd).await {
+        Ok(r) if r.outcome == Outcome::Done && r.effects.destroyed.is_empty() => return,
+        Ok(r) if r.outcome == Outcome::Done => format!(
+            "retention on the copy: {} destroyed: {}",
+            r.effects.destroyed.len(),
+            r.effects.destroyed.join(", ")
+        ),
+        Ok(r) => format!("retention on the copy failed: {}", r.message),
+        Err(e) => format!("retention on the copy failed: {e}"),
+    };
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(r) = jobs.get_mut(key) else { return };
+        r.note(line, now_ms());
+        r.clone()
+    };
+    persist(state, key, &rec).await;
+}
+
+/// Loads the records made before. Attempts still under way are returned,
+/// for [`adopt`] once this coordinator leads.
+pub async fn restore(state: &State) -> Vec<(String, String)> {
+    let mut loaded = Vec::new();
+    if let Ok(mut keys) = state.stores.jobs.keys().await {
+        while let Some(Ok(key)) = keys.next().await {
+            let Ok(Some(raw)) = state.stores.jobs.get(&key).await else {
+                continue;
+            };
+            match serde_json::from_slice::<JobRecord>(&raw) {
+                Ok(r) => loaded.push((key, r)),
+                Err(e) => warn!(key, error = %e, "unreadable job record in KV; skipped"),
+            }
+        }
+    }
+    let mut jobs = state.jobs();
+    jobs.clear();
+    let t = now_ms();
+    let mut running = Vec::new();
+    for (key, mut rec) in loaded {
+        if let Some(attempt) = rec.loaded_by_new_leader(t) {
+            running.push((key.clone(), attempt));
+        }
+        jobs.insert(key, rec);
+    }
+    running
+}
+
+/// Asks both agents of each attempt a former leader left running how it
+/// stands, then keeps the ones both still run and retries the rest (commands
+/// go out only from the leader, so call this after taking the lead).
+pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, String)>) {
+    for (key, attempt) in running {
+        let st = state.clone();
+        tasks.spawn(async move {
+            let Some(rec) = st.jobs().get(&key).cloned() else {
+                return;
+            };
+            let status = |node: String| {
+                let st = st.clone();
+                let job = attempt.clone();
+                async move {
+                    match st.send_command(&node, &Command::JobStatus { job }).await {
+                        Ok(r) if r.outcome == Outcome::Done => r.job,
+                        _ => None,
+                    }
+                }
+            };
+            let (source, target) = tokio::join!(
+                status(rec.source_node.clone()),
+                status(rec.target_node.clone())
+            );
+            let decision = JobRecord::adoption(source.as_ref(), target.as_ref());
+            let (rec, effects) = {
+                let mut jobs = st.jobs();
+                let Some(cur) = jobs.get_mut(&key) else {
+                    return;
+                };
+                let effects = cur.adopt(&attempt, &decision, now_ms());
+                (cur.clone(), effects)
+            };
+            let mut inner = JoinSet::new();
+            carry_out(&st, &mut inner, &key, rec, effects).await;
+            while inner.join_next().await.is_some() {}
+        });
+    }
+}
+
+/// For the status API: every job, newest first.
+pub fn list(state: &State) -> Vec<JobRecord> {
+    let mut all: Vec<JobRecord> = state.jobs().records().cloned().collect();
+    all.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
+    all
+}

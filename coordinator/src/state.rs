@@ -1,0 +1,242 @@
+//! What the coordinator's loops and its HTTP API share, behind narrow
+//! accessors. Every lock here is a `std::sync` lock: its guard cannot live
+//! across an `.await` in a spawned task (the future would not be `Send`), so
+//! "no lock held across an await" is checked by the compiler.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use zdr_common::envelope::Sealer;
+use zdr_common::policy::Policy;
+use zdr_common::subject;
+use zdr_common::wire::{Command, CommandResult};
+
+use crate::bus::Stores;
+use crate::config::Config;
+use crate::fleet::Fleet;
+use crate::jobs::Jobs;
+use crate::pairing;
+
+/// Unix seconds.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub struct PolicyState {
+    pub policy: Policy,
+    pub revision: u64,
+    pub tasks: Vec<zdr_schemas::tasks::Task>,
+    /// Site-to-site bandwidth budgets.
+    pub links: Vec<zdr_schemas::tasks::Link>,
+}
+
+/// Why a command did not get an answer. The HTTP API maps each kind to its
+/// status code; nothing reads the wording.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("this coordinator is a standby; send commands to the leader")]
+    Standby,
+    #[error("{0}")]
+    BadNode(String),
+    #[error("node {0} is not in the fleet (it never said hello to this coordinator); check the node id with GET /api/v1/fleet")]
+    UnknownNode(String),
+    #[error("node {node} did not answer within {after:?}")]
+    Timeout {
+        node: String,
+        after: std::time::Duration,
+    },
+    #[error("request to node {node} failed: {source}")]
+    Request {
+        node: String,
+        source: async_nats::RequestError,
+    },
+    #[error("node {node} sent a malformed reply: {source}")]
+    Malformed {
+        node: String,
+        source: serde_json::Error,
+    },
+    #[error("command does not serialize: {0}")]
+    Encode(serde_json::Error),
+}
+
+pub struct State {
+    client: async_nats::Client,
+    config: Config,
+    sealer: Sealer,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub(crate) stores: Stores,
+    fleet: RwLock<Fleet>,
+    policy: RwLock<Option<PolicyState>>,
+    /// Why the policy or tasks file was not applied; `None` when it was.
+    policy_problem: Mutex<Option<String>>,
+    pairings: RwLock<pairing::Plan>,
+    jobs: Mutex<Jobs>,
+    leader: AtomicBool,
+    epoch: AtomicU64,
+    command_seq: AtomicU64,
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl State {
+    pub fn new(
+        client: async_nats::Client,
+        config: Config,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+        stores: Stores,
+    ) -> Self {
+        State {
+            client,
+            sealer: Sealer::new(config.key_id.clone(), config.signing_key.clone()),
+            config,
+            metrics,
+            stores,
+            fleet: RwLock::new(Fleet::default()),
+            policy: RwLock::new(None),
+            policy_problem: Mutex::new(None),
+            pairings: RwLock::new(pairing::Plan::default()),
+            jobs: Mutex::new(Jobs::default()),
+            leader: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            command_seq: AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+
+    pub fn fleet(&self) -> RwLockReadGuard<'_, Fleet> {
+        read(&self.fleet)
+    }
+
+    pub fn fleet_mut(&self) -> RwLockWriteGuard<'_, Fleet> {
+        write(&self.fleet)
+    }
+
+    pub fn policy(&self) -> RwLockReadGuard<'_, Option<PolicyState>> {
+        read(&self.policy)
+    }
+
+    pub fn set_policy(&self, p: PolicyState) {
+        *write(&self.policy) = Some(p);
+    }
+
+    pub fn policy_problem(&self) -> Option<String> {
+        self.policy_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_policy_problem(&self, problem: Option<String>) {
+        *self
+            .policy_problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    pub fn pairings(&self) -> RwLockReadGuard<'_, pairing::Plan> {
+        read(&self.pairings)
+    }
+
+    pub fn set_pairings(&self, plan: pairing::Plan) {
+        *write(&self.pairings) = plan;
+    }
+
+    pub fn jobs(&self) -> MutexGuard<'_, Jobs> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Takes the lead under `epoch`, or steps down (`None`).
+    pub fn set_leader(&self, epoch: Option<u64>) {
+        if let Some(e) = epoch {
+            self.epoch.store(e, Ordering::SeqCst);
+        }
+        self.leader.store(epoch.is_some(), Ordering::SeqCst);
+    }
+
+    pub fn nats_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Checks that `node` is a node id this coordinator knows; answered at
+    /// once, before anything is signed or sent.
+    pub fn known_node(&self, node: &str) -> Result<(), CommandError> {
+        subject::valid_node_id(node).map_err(CommandError::BadNode)?;
+        if !self.fleet().nodes.contains_key(node) {
+            return Err(CommandError::UnknownNode(node.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Signs and sends one command, waiting for the agent's reply.
+    pub async fn send_command(
+        &self,
+        node: &str,
+        cmd: &Command,
+    ) -> Result<CommandResult, CommandError> {
+        if !self.is_leader() {
+            return Err(CommandError::Standby);
+        }
+        self.known_node(node)?;
+        let subj = subject::AgentSubjects::for_node(node).cmd;
+        let payload = serde_json::to_vec(cmd).map_err(CommandError::Encode)?;
+        let t = now();
+        let id = format!(
+            "{}-{}-{}",
+            self.config.instance,
+            t,
+            self.command_seq.fetch_add(1, Ordering::SeqCst)
+        );
+        let ttl = self.config.command_timeout.as_secs().max(1) as i64 * 6;
+        let env = self.sealer.seal(&subj, &id, t, ttl, self.epoch(), &payload);
+        metrics::counter!("zdr_commands_sent_total").increment(1);
+        let after = self.config.command_timeout;
+        let reply = tokio::time::timeout(after, self.client.request(subj, env.into()))
+            .await
+            .map_err(|_| CommandError::Timeout {
+                node: node.to_string(),
+                after,
+            })?
+            .map_err(|source| CommandError::Request {
+                node: node.to_string(),
+                source,
+            })?;
+        serde_json::from_slice(&reply.payload).map_err(|source| CommandError::Malformed {
+            node: node.to_string(),
+            source,
+        })
+    }
+}
