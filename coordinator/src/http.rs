@@ -155,7 +155,11 @@ async fn command(
     Path(node): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    // Answered at once from the fleet this coordinator knows.
+    // Answered at once from the fleet this coordinator knows (a standby
+    // knows none: it says so first).
+    if !st.is_leader() {
+        return command_error(CommandError::Standby);
+    }
     if let Err(e) = st.known_node(&node) {
         return command_error(e);
     }
@@ -181,9 +185,10 @@ fn command_error(e: CommandError) -> Response {
     let code = match &e {
         CommandError::BadNode(_) => StatusCode::BAD_REQUEST,
         CommandError::UnknownNode(_) => StatusCode::NOT_FOUND,
-        CommandError::Standby => StatusCode::SERVICE_UNAVAILABLE,
         CommandError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        CommandError::Request { .. } | CommandError::Malformed { .. } => StatusCode::BAD_GATEWAY,
+        CommandError::Standby | CommandError::Request { .. } | CommandError::Malformed { .. } => {
+            StatusCode::BAD_GATEWAY
+        }
         CommandError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (code, format!("{e}\n")).into_response()

@@ -191,8 +191,8 @@ impl State {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Checks that `node` is a node id this coordinator knows; answered at
-    /// once, before anything is signed or sent.
+    /// Checks that `node` is a node id this coordinator knows (it said
+    /// hello); the HTTP API answers at once with this.
     pub fn known_node(&self, node: &str) -> Result<(), CommandError> {
         subject::valid_node_id(node).map_err(CommandError::BadNode)?;
         if !self.fleet().nodes.contains_key(node) {
@@ -210,7 +210,9 @@ impl State {
         if !self.is_leader() {
             return Err(CommandError::Standby);
         }
-        self.known_node(node)?;
+        // Not `known_node`: a node heard only through heartbeats is asked
+        // for its hello and inventory this way.
+        subject::valid_node_id(node).map_err(CommandError::BadNode)?;
         let subj = subject::AgentSubjects::for_node(node).cmd;
         let payload = serde_json::to_vec(cmd).map_err(CommandError::Encode)?;
         let t = now();

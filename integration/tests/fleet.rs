@@ -534,3 +534,111 @@ tasks:
     .await;
     assert_eq!(again, first);
 }
+
+/// systemd stops a service with SIGTERM: the leader exits 0 and gives its
+/// lease up on the way out, so the standby leads within one lease period
+/// (3 s here) instead of waiting for the lease to expire.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_hands_the_lease_to_the_standby_at_once() {
+    let f = Fleet::start(POLICY, None).await;
+    let mut c1 = f.coordinator("c1");
+    c1.wait_ready().await;
+    let c2 = f.coordinator("c2");
+    let _a1 = f.agent(&A1);
+    wait_for(
+        "the standby's HTTP API",
+        Duration::from_secs(30),
+        || async { c2.get("/readyz").await },
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let status = c1.proc.terminate(Duration::from_secs(10));
+    let exited = start.elapsed();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the leader exits 0 on SIGTERM:\n{}",
+        c1.proc.output()
+    );
+    c2.wait_ready().await;
+    let took = start.elapsed();
+    eprintln!("SIGTERM to exit: {exited:?}; SIGTERM to the standby leading: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the standby took {took:?} to lead, more than one lease period"
+    );
+    assert!(c1.proc.output().contains("releasing the lease"));
+    ping_through(&c2, "node-a1").await;
+}
+
+/// A standby whose policy file is broken when it wins the lease stays up,
+/// leads on the last good signed policy, and says why in /readyz.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_with_a_broken_policy_file_keeps_the_last_good_policy() {
+    let f = Fleet::start(POLICY, None).await;
+    let mut c1 = f.coordinator("c1");
+    c1.wait_ready().await;
+    let _a1 = f.agent(&A1);
+    let before = wait_for(
+        "the fleet's policy revision",
+        Duration::from_secs(30),
+        || async { c1.fleet().await?["policy_revision"].as_u64() },
+    )
+    .await;
+    let broken = f.path().join("broken.yaml");
+    std::fs::write(&broken, POLICY.replace("rpo: 10s", "rpo: [not a duration")).unwrap();
+    let mut c2 = Coordinator::start(f.path(), &f.nats, &broken, None, &f.keys, "c2");
+    c1.proc.terminate(Duration::from_secs(10));
+    let body = wait_for(
+        "the standby to lead and explain its policy",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = c2.get("/readyz").await?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["leader"] == true).then_some((code, v))
+        },
+    )
+    .await;
+    let (code, ready) = body;
+    assert_eq!(code, 503, "{ready}");
+    let why = ready["policy_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("broken.yaml:"),
+        "names the file and line: {why}"
+    );
+    assert!(why.contains("last good"), "{why}");
+    assert_eq!(ready["policy_loaded"], true, "{ready}");
+    let v = c2.fleet().await.unwrap();
+    assert_eq!(v["policy_revision"].as_u64(), Some(before), "{v}");
+    assert!(
+        c2.proc.running(),
+        "the standby stays up:\n{}",
+        c2.proc.output()
+    );
+    ping_through(&c2, "node-a1").await;
+}
+
+/// A command for a node the coordinator does not know, or for a malformed
+/// node id, is answered at once from the fleet: 404 and 400, not a timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_for_unknown_or_malformed_nodes_are_answered_at_once() {
+    let f = Fleet::start(POLICY, None).await;
+    let c1 = f.coordinator("c1");
+    c1.wait_ready().await;
+    let _a1 = f.agent(&A1);
+    ping_through(&c1, "node-a1").await;
+    for (node, want) in [("node-zz", 404), ("-bad-", 400), ("12345", 400)] {
+        let start = std::time::Instant::now();
+        let (code, body) = c1
+            .post(&format!("/api/v1/nodes/{node}/commands"), r#"{"ping":{}}"#)
+            .await
+            .unwrap();
+        assert_eq!(code, want, "{node}: {body}");
+        assert!(body.contains(node), "the error names the node: {body}");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{node}: answered in {:?}",
+            start.elapsed()
+        );
+    }
+}
