@@ -2,7 +2,7 @@
 //! a tier is due, prune by the tiers. Runs on the last signed policy whether or
 //! not NATS is up; it never touches the network.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use zdr_common::wire::{
 use zdr_common::DatasetName;
 
 use crate::audit::{AuditLog, Record};
-use crate::retention::{self, Rules};
+use crate::retention::{self, KeepReason, Rules};
 use crate::state::SignedPolicy;
 use crate::zfs::{Backend, DatasetInfo, ZfsError};
 
@@ -27,25 +27,88 @@ const MAX_QUEUED_EVENTS: usize = 10_000;
 const POOL_STATS_MAX_AGE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
-pub struct Inventory {
-    pub datasets: BTreeMap<DatasetName, (DatasetInfo, Vec<SnapshotInfo>)>,
+struct Inventory {
+    datasets: BTreeMap<DatasetName, (DatasetInfo, Vec<SnapshotInfo>)>,
     /// Changes not yet published as a delta.
-    pub pending: Vec<InventoryChange>,
+    pending: Vec<InventoryChange>,
     /// Set when a delta cannot describe what changed (datasets came or went,
     /// or a publication failed): the next publication is a full inventory.
-    pub need_full: bool,
-    pub generation: u64,
-    pub delta_seq: u64,
-    pub last_rescan: i64,
+    need_full: bool,
+    generation: u64,
+    delta_seq: u64,
+    last_rescan: i64,
+}
+
+/// What the next inventory publication carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Publication {
+    /// A full inventory under this new generation.
+    Full { generation: u64 },
+    Delta {
+        generation: u64,
+        seq: u64,
+        changes: Vec<InventoryChange>,
+    },
+    Nothing,
+}
+
+impl Inventory {
+    /// Decides the next publication and moves the counters on; `fresh_generation`
+    /// is used when a full inventory is due.
+    fn next_publication(&mut self, fresh_generation: u64) -> Publication {
+        if self.need_full {
+            self.need_full = false;
+            self.pending.clear();
+            self.generation = fresh_generation;
+            self.delta_seq = 0;
+            Publication::Full {
+                generation: self.generation,
+            }
+        } else if !self.pending.is_empty() {
+            self.delta_seq += 1;
+            Publication::Delta {
+                generation: self.generation,
+                seq: self.delta_seq,
+                changes: std::mem::take(&mut self.pending),
+            }
+        } else {
+            Publication::Nothing
+        }
+    }
+}
+
+/// Snapshots inside streams in flight, counted: two streams may share one.
+type InFlightSet = Arc<Mutex<HashMap<(DatasetName, String), usize>>>;
+
+/// Keeps snapshots from pruning while a stream that reads them runs;
+/// they are let go when this is dropped.
+pub struct InFlight {
+    set: InFlightSet,
+    entries: Vec<(DatasetName, String)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut set = lock(&self.set);
+        for e in self.entries.drain(..) {
+            if let Some(n) = set.get_mut(&e) {
+                *n -= 1;
+                if *n == 0 {
+                    set.remove(&e);
+                }
+            }
+        }
+    }
 }
 
 pub struct Lifecycle {
     pub node: String,
     pub backend: Arc<dyn Backend>,
     pub audit: AuditLog,
-    pub policy: RwLock<Option<SignedPolicy>>,
-    pub inventory: Mutex<Inventory>,
-    pub events: Mutex<VecDeque<Event>>,
+    policy: RwLock<Option<SignedPolicy>>,
+    inventory: Mutex<Inventory>,
+    events: Mutex<VecDeque<Event>>,
+    in_flight: InFlightSet,
     pool_stats: Mutex<Option<(Instant, Vec<PoolInfo>)>>,
 }
 
@@ -73,8 +136,94 @@ impl Lifecycle {
                 ..Default::default()
             }),
             events: Mutex::new(VecDeque::new()),
+            in_flight: Arc::default(),
             pool_stats: Mutex::new(None),
         }
+    }
+
+    /// Installs a verified policy. True when its revision differs from the
+    /// one before; then classes may have changed, so a full inventory follows.
+    pub fn install_policy(&self, policy: SignedPolicy) -> bool {
+        let revision = policy.bundle.revision;
+        let before = self
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(policy)
+            .map(|p| p.bundle.revision);
+        let changed = before != Some(revision);
+        if changed {
+            self.request_full_inventory();
+        }
+        changed
+    }
+
+    /// The next publication is a full inventory.
+    pub fn request_full_inventory(&self) {
+        lock(&self.inventory).need_full = true;
+    }
+
+    /// Whether the last full listing is at least `every` seconds old.
+    pub fn rescan_due(&self, now: i64, every: i64) -> bool {
+        now - lock(&self.inventory).last_rescan >= every
+    }
+
+    /// The published inventory's generation and delta sequence, for heartbeats.
+    pub fn inventory_position(&self) -> (u64, u64) {
+        let inv = lock(&self.inventory);
+        (inv.generation, inv.delta_seq)
+    }
+
+    /// Takes what is to be published next; `fresh_generation` names a full
+    /// inventory if one is due. A publication that fails must be followed by
+    /// [`Lifecycle::request_full_inventory`].
+    pub fn next_publication(&self, fresh_generation: u64) -> Publication {
+        lock(&self.inventory).next_publication(fresh_generation)
+    }
+
+    /// The oldest event waiting for publication.
+    pub fn pop_event(&self) -> Option<Event> {
+        lock(&self.events).pop_front()
+    }
+
+    /// Puts back an event whose publication failed, first in line.
+    pub fn unpop_event(&self, event: Event) {
+        lock(&self.events).push_front(event);
+    }
+
+    /// Marks the snapshots a stream of `ds` reads as in flight, found in the
+    /// inventory cache by [`retention::in_stream`]; pruning spares them until
+    /// the returned guard is dropped.
+    pub fn stream_in_flight(
+        &self,
+        ds: &DatasetName,
+        from: Option<&str>,
+        to: &str,
+        intermediates: bool,
+    ) -> InFlight {
+        let names = {
+            let inv = lock(&self.inventory);
+            let snaps = inv.datasets.get(ds).map(|(_, s)| s.as_slice()).unwrap_or(&[]);
+            retention::in_stream(snaps, from, to, intermediates)
+        };
+        let entries: Vec<(DatasetName, String)> =
+            names.into_iter().map(|n| (ds.clone(), n)).collect();
+        let mut set = lock(&self.in_flight);
+        for e in &entries {
+            *set.entry(e.clone()).or_default() += 1;
+        }
+        InFlight {
+            set: self.in_flight.clone(),
+            entries,
+        }
+    }
+
+    fn in_flight_of(&self, ds: &DatasetName) -> HashSet<String> {
+        lock(&self.in_flight)
+            .keys()
+            .filter(|(d, _)| d == ds)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     pub fn policy(&self) -> Option<SignedPolicy> {
@@ -412,7 +561,12 @@ impl Lifecycle {
             revision,
             now,
         } = *reason;
-        let plan = retention::plan(snaps, rules, now);
+        let plan = retention::plan_sparing(snaps, rules, &self.in_flight_of(ds), now);
+        for (snap, reasons) in &plan.keep {
+            if reasons == &[KeepReason::InFlight] {
+                info!(snapshot = %format!("{ds}@{snap}"), "not pruned: {}", KeepReason::InFlight);
+            }
+        }
         if plan.destroy.is_empty() {
             return true;
         }
