@@ -286,7 +286,7 @@ mod tests {
         // From a bookmark: everything up to `to`.
         let mut got = in_stream(&snaps, Some("zdr_gone"), &n(2), true);
         got.sort();
-        assert_eq!(got, ["zdr_gone".to_string(), n(0), n(1), n(2)]);
+        assert_eq!(got, [n(0), n(1), n(2), "zdr_gone".to_string()]);
     }
 
     #[test]
