@@ -1,6 +1,6 @@
 //! The zdr agent: one per storage node, the only process that touches ZFS.
 //!
-//! - [`zfs`]: the backend trait and its backends;
+//! - [`zfs`]: the backend trait and its backends; [`latency`] slows one down;
 //! - [`retention`]: which snapshots the tiers keep (pure);
 //! - [`lifecycle`]: the inventory cache, scheduled snapshots and pruning;
 //! - [`scheduler`]: runs the lifecycle's passes until shutdown;
@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod latency;
 pub mod lifecycle;
 pub mod node;
 pub mod replication;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zdr_agent::audit::AuditLog;
 use zdr_agent::config::{BackendConfig, Config};
+use zdr_agent::latency::Slow;
 use zdr_agent::lifecycle::Lifecycle;
 use zdr_agent::node::{self, Agent};
 use zdr_agent::replication::Replication;
@@ -67,6 +68,7 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
         BackendConfig::Sim {
             pools,
             snapshot_bytes,
+            op_latency_ms,
         } => {
             warn!("SIMULATED ZFS BACKEND: this agent protects no real data (demo and scale tests only)");
             let mut sim = SimBackend::open(state.path("sim-pools.json"))?;
@@ -86,7 +88,14 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
                     }
                 }
             }
-            Ok(Arc::new(sim))
+            let sim: Arc<dyn Backend> = Arc::new(sim);
+            Ok(match op_latency_ms {
+                Some(ms) => {
+                    warn!(ms, "every simulated ZFS operation is slowed down (op_latency_ms)");
+                    Arc::new(Slow::new(sim, Duration::from_millis(*ms)))
+                }
+                None => sim,
+            })
         }
     }
 }
