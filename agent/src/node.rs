@@ -478,7 +478,10 @@ pub async fn run(
     let last = async {
         agent.publish_inventory(&client).await;
         agent.publish_events(&client).await;
-        client.flush().await
+        // Flushing waits for a connection; without one there is nothing to send.
+        if client.connection_state() == async_nats::connection::State::Connected {
+            let _ = client.flush().await;
+        }
     };
     if tokio::time::timeout(FLUSH_GRACE, last).await.is_err() {
         debug!("the last publications did not go out in time");
