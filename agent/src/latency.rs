@@ -139,9 +139,13 @@ mod tests {
         sim.create_dataset(&ds).unwrap();
         let slow = Slow::new(Arc::new(sim), Duration::from_millis(30));
         let t = Instant::now();
-        slow.snapshot(std::slice::from_ref(&ds), "s1", false).unwrap();
+        slow.snapshot(std::slice::from_ref(&ds), "s1", false)
+            .unwrap();
         let listed = slow.list_snapshots(&ds).unwrap();
         assert!(t.elapsed() >= Duration::from_millis(60));
-        assert_eq!(listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["s1"]);
+        assert_eq!(
+            listed.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["s1"]
+        );
     }
 }

@@ -43,7 +43,9 @@ struct Inventory {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Publication {
     /// A full inventory under this new generation.
-    Full { generation: u64 },
+    Full {
+        generation: u64,
+    },
     Delta {
         generation: u64,
         seq: u64,
@@ -203,7 +205,11 @@ impl Lifecycle {
     ) -> InFlight {
         let names = {
             let inv = lock(&self.inventory);
-            let snaps = inv.datasets.get(ds).map(|(_, s)| s.as_slice()).unwrap_or(&[]);
+            let snaps = inv
+                .datasets
+                .get(ds)
+                .map(|(_, s)| s.as_slice())
+                .unwrap_or(&[]);
             retention::in_stream(snaps, from, to, intermediates)
         };
         let entries: Vec<(DatasetName, String)> =

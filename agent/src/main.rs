@@ -122,7 +122,10 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        info!(signal = name, "shutting down: the pass under way finishes, running jobs stop resumably");
+        info!(
+            signal = name,
+            "shutting down: the pass under way finishes, running jobs stop resumably"
+        );
         t.cancel();
     });
     Ok(token)

@@ -113,11 +113,11 @@ impl Agent {
         let ok = match self.lifecycle.next_publication(fresh) {
             Publication::Full { generation } => {
                 let chunks = chunk_inventory(
-                &self.config.node,
-                generation,
-                self.lifecycle.snapshot_inventory(),
-                INVENTORY_CHUNK_BYTES,
-            );
+                    &self.config.node,
+                    generation,
+                    self.lifecycle.snapshot_inventory(),
+                    INVENTORY_CHUNK_BYTES,
+                );
                 let n = chunks.len();
                 let mut ok = true;
                 for c in chunks {
@@ -431,12 +431,13 @@ pub async fn run(
     let job_publisher = tokio::spawn(async move {
         loop {
             tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
                 update = job_updates.recv() => match update {
                     // Lost while disconnected: the coordinator times the job out and retries.
                     Some(update) => { publish(&c, subject.clone(), &update).await; }
                     None => return,
                 },
-                _ = stop.cancelled() => break,
             }
         }
         a.replication.stop(JOB_STOP_GRACE).await;
@@ -444,12 +445,18 @@ pub async fn run(
             publish(&c, subject.clone(), &update).await;
         }
     });
-    tokio::spawn(policy_watch(agent.clone(), client.clone(), shutdown.clone()));
+    tokio::spawn(policy_watch(
+        agent.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(agent.config.heartbeat_secs));
     let mut publish_tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
             changed = conn_rx.changed() => {
                 if changed.is_err() { return; }
                 if *conn_rx.borrow_and_update() {
@@ -469,7 +476,6 @@ pub async fn run(
                 agent.publish_inventory(&client).await;
                 agent.publish_events(&client).await;
             }
-            _ = shutdown.cancelled() => break,
         }
     }
     // A command being handled finishes; then the jobs stop and report.
@@ -504,11 +510,12 @@ async fn commands(agent: Arc<Agent>, client: async_nats::Client, shutdown: Cance
     };
     loop {
         let msg = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
             m = sub.next() => match m {
                 Some(m) => m,
                 None => return,
             },
-            _ = shutdown.cancelled() => return,
         };
         let result = agent.handle_command(&msg.subject, &msg.payload).await;
         if let Some(reply) = msg.reply {

@@ -21,9 +21,9 @@ use zdr_common::wire::{
 use zdr_common::DatasetName;
 
 use crate::audit::Record;
+use crate::clock::now;
 use crate::config::TransferConfig;
 use crate::lifecycle::Lifecycle;
-use crate::clock::now;
 use crate::transfer::{
     Compression, FleetTls, Job, JobToken, Listener, Progress, RateHandle, SendOptions, Sender,
     TransferError,
@@ -469,15 +469,19 @@ impl Replication {
         // A resumed stream's snapshots are not known here (its token is
         // opaque): it relies on the hold of its `to` taken by the first attempt.
         let in_flight = match &cmd.stream {
-            StreamSpec::Full { snapshot } => {
-                Some(self.lifecycle.stream_in_flight(&dataset, None, snapshot, false))
-            }
+            StreamSpec::Full { snapshot } => Some(
+                self.lifecycle
+                    .stream_in_flight(&dataset, None, snapshot, false),
+            ),
             StreamSpec::Incremental {
                 from,
                 to,
                 intermediates,
                 ..
-            } => Some(self.lifecycle.stream_in_flight(&dataset, Some(from), to, *intermediates)),
+            } => Some(
+                self.lifecycle
+                    .stream_in_flight(&dataset, Some(from), to, *intermediates),
+            ),
             StreamSpec::Resume { .. } => None,
         };
         let backend = self.lifecycle.backend.clone();

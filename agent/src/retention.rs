@@ -300,7 +300,10 @@ mod tests {
         assert_eq!(reasons_of(&spared, &victim), [KeepReason::InFlight]);
         assert!(!spared.destroy.contains(&victim));
         assert_eq!(spared.destroy.len(), before.destroy.len() - 1);
-        assert_eq!(KeepReason::InFlight.to_string(), "inside a stream in flight");
+        assert_eq!(
+            KeepReason::InFlight.to_string(),
+            "inside a stream in flight"
+        );
     }
 
     #[test]

@@ -27,11 +27,15 @@ pub struct Settings {
 /// under way, if any, has finished.
 pub async fn run(lifecycle: Arc<Lifecycle>, settings: Settings, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(settings.tick);
+    // A pass longer than a tick is followed by one pass, not a burst of them.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned_expiry = 0;
     loop {
         tokio::select! {
-            _ = interval.tick() => {}
+            // Checked first: after a long pass both are ready.
+            biased;
             _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
         }
         let t = now();
         if let Some(p) = lifecycle.policy() {
@@ -40,7 +44,11 @@ pub async fn run(lifecycle: Arc<Lifecycle>, settings: Settings, shutdown: Cancel
                 warn!(expired_at = p.exp, "the cached policy has expired; still applying it until the coordinator sends a new one");
             }
         }
-        let (lc, actor, rescan) = (lifecycle.clone(), settings.actor.clone(), settings.rescan_secs);
+        let (lc, actor, rescan) = (
+            lifecycle.clone(),
+            settings.actor.clone(),
+            settings.rescan_secs,
+        );
         let pass = tokio::task::spawn_blocking(move || {
             if lc.rescan_due(t, rescan) {
                 if let Err(e) = lc.rescan(t) {

@@ -655,7 +655,6 @@ pub async fn jobs(c: &Coordinator) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-
 /// A job's history lines.
 pub fn history(job: &Value) -> Vec<String> {
     job["history"]
@@ -669,13 +668,11 @@ pub fn history(job: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-
 /// The job of `task` from `source` among `jobs`.
 pub fn job_for<'a>(jobs: &'a [Value], task: &str, source: &str) -> Option<&'a Value> {
     jobs.iter()
         .find(|j| j["task"] == task && j["source_node"] == source)
 }
-
 
 /// Every snapshot of the copy has its source's GUID, and the newest common
 /// one is held on both sides.

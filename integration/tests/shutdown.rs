@@ -101,11 +101,31 @@ async fn sigterm_mid_prune_pass_finishes_the_pass_and_exits_0() {
     );
 
     let after = destroys(&a1);
+    eprintln!(
+        "audited destroy records: {} at the signal, {} at the exit",
+        before.len(),
+        after.len()
+    );
     // The pass went on after the signal: it did not stop between two destroys.
     assert!(
         after.len() > before.len(),
         "no destroy after the signal: the pass was not under way ({before:?})"
     );
+    // Only the pass under way went on: its records carry its time.
+    let pass_at = |r: &Value| r["at"].as_i64();
+    let audit: Vec<Value> = a1
+        .audit()
+        .into_iter()
+        .filter(|r| r["action"] == "destroy")
+        .collect();
+    let under_way = pass_at(&audit[before.len() - 1]);
+    for r in &audit[before.len()..] {
+        assert_eq!(
+            pass_at(r),
+            under_way,
+            "a destroy of a later pass after the signal: {r}"
+        );
+    }
     // Every audited intent was carried out, and the pool agrees.
     let intents: BTreeSet<&str> = after
         .iter()
@@ -187,7 +207,10 @@ async fn sigterm_to_an_idle_agent_exits_0_at_once() {
         status.is_some_and(|s| s.success()),
         "exit status {status:?} after SIGTERM"
     );
-    assert!(took < IDLE_EXIT, "an agent without NATS took {took:?} to stop");
+    assert!(
+        took < IDLE_EXIT,
+        "an agent without NATS took {took:?} to stop"
+    );
 }
 
 #[tokio::test]
@@ -269,6 +292,9 @@ async fn sigterm_mid_transfer_exits_0_and_the_job_resumes_after_restart() {
         resumed_bytes < 20_000_000,
         "the resume sent {resumed_bytes} bytes, as much as a new stream"
     );
-    assert!(!partial_on_disk(&b1, copy), "the partial receive is still there");
+    assert!(
+        !partial_on_disk(&b1, copy),
+        "the partial receive is still there"
+    );
     assert_faithful(&a1_again, &b1, "tank/big", copy, "zdr-repl-offsite");
 }
