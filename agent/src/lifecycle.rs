@@ -679,3 +679,137 @@ fn diff_into(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zfs::sim::SimBackend;
+
+    fn created(name: &str) -> InventoryChange {
+        InventoryChange::SnapshotCreated {
+            dataset: "tank/a".into(),
+            snapshot: SnapshotInfo {
+                name: name.into(),
+                guid: 1,
+                createtxg: 1,
+                creation: 0,
+                used: 0,
+                userrefs: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn publications_go_full_then_deltas_in_sequence() {
+        let mut inv = Inventory {
+            need_full: true,
+            pending: vec![created("old")],
+            ..Default::default()
+        };
+        assert_eq!(inv.next_publication(7), Publication::Full { generation: 7 });
+        assert_eq!(inv.next_publication(8), Publication::Nothing);
+        inv.pending.push(created("s1"));
+        assert_eq!(
+            inv.next_publication(9),
+            Publication::Delta {
+                generation: 7,
+                seq: 1,
+                changes: vec![created("s1")]
+            }
+        );
+        inv.pending.push(created("s2"));
+        let Publication::Delta { seq, .. } = inv.next_publication(9) else {
+            panic!("a delta was due");
+        };
+        assert_eq!(seq, 2);
+        inv.need_full = true;
+        assert_eq!(
+            inv.next_publication(10),
+            Publication::Full { generation: 10 }
+        );
+        assert_eq!(inv.delta_seq, 0);
+    }
+
+    #[test]
+    fn in_flight_snapshots_are_released_when_the_last_stream_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let lc = Lifecycle::new("n".into(), Arc::new(SimBackend::new()), audit);
+        let ds = DatasetName::parse("tank/a").unwrap();
+        let first = lc.stream_in_flight(&ds, Some("s1"), "s3", false);
+        let second = lc.stream_in_flight(&ds, None, "s3", false);
+        assert_eq!(
+            lc.in_flight_of(&ds),
+            HashSet::from(["s1".to_string(), "s3".to_string()])
+        );
+        drop(first);
+        assert_eq!(lc.in_flight_of(&ds), HashSet::from(["s3".to_string()]));
+        let other = DatasetName::parse("tank/b").unwrap();
+        assert!(lc.in_flight_of(&other).is_empty());
+        drop(second);
+        assert!(lc.in_flight_of(&ds).is_empty());
+    }
+
+    #[test]
+    fn a_full_inventory_once_and_rescans_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let lc = Lifecycle::new("n".into(), Arc::new(SimBackend::new()), audit);
+        assert!(matches!(lc.next_publication(1), Publication::Full { .. }));
+        assert_eq!(lc.next_publication(2), Publication::Nothing);
+        assert!(lc.rescan_due(300, 300));
+        lc.rescan(300).unwrap();
+        assert!(!lc.rescan_due(599, 300));
+        assert!(lc.rescan_due(600, 300));
+    }
+
+    fn policy() -> SignedPolicy {
+        let policy = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "sites": { "site-a": {} },
+            "nodes": { "n": { "site": "site-a", "media": "ssd" } },
+            "classes": {
+                "fast": { "tiers": { "1h": 1 }, "rpo": "2h", "rto": "1h", "immutable_for": "0s" }
+            },
+            "datasets": [{ "match": "tank/a", "class": "fast" }]
+        }))
+        .unwrap();
+        SignedPolicy {
+            bundle: zdr_common::wire::PolicyBundle {
+                revision: 1,
+                issued_at: 0,
+                source_digest: String::new(),
+                policy,
+            },
+            epoch: 1,
+            exp: i64::MAX,
+            raw: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn prune_spares_what_a_stream_in_flight_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let sim = SimBackend::new();
+        sim.add_pool("tank", 1 << 30).unwrap();
+        let ds = DatasetName::parse("tank/a").unwrap();
+        sim.create_dataset(&ds).unwrap();
+        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
+            sim.snapshot(std::slice::from_ref(&ds), name, false)
+                .unwrap();
+        }
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
+        assert!(lc.install_policy(policy()));
+        let now = crate::clock::now();
+        lc.rescan(now).unwrap();
+        // The hour's oldest and the newest are kept; zdr_2 and zdr_3 are not,
+        // but an -I stream from zdr_1 to zdr_4 reads them.
+        let stream = lc.stream_in_flight(&ds, Some("zdr_1"), "zdr_4", true);
+        let r = lc.prune_pass(now, "test");
+        assert_eq!(r.destroyed, Vec::<String>::new(), "{r:?}");
+        drop(stream);
+        let r = lc.prune_pass(now, "test");
+        assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"]);
+    }
+}
