@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use zdr_common::wire::{PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 use crate::zfs::{Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
@@ -86,6 +86,16 @@ impl Backend for Slow {
     ) -> Result<(), ZfsError> {
         self.wait();
         self.inner.bookmark(dataset, snapshot, bookmark)
+    }
+
+    fn list_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<BookmarkInfo>, ZfsError> {
+        self.wait();
+        self.inner.list_bookmarks(dataset)
+    }
+
+    fn destroy_bookmark(&self, dataset: &DatasetName, name: &str) -> Result<(), ZfsError> {
+        self.wait();
+        self.inner.destroy_bookmark(dataset, name)
     }
 
     fn send(&self, spec: &SendSpec, out: &mut dyn std::io::Write) -> Result<u64, ZfsError> {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use zdr_common::policy::{Class, Tiers};
 use zdr_common::wire::{
-    DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica, SnapshotInfo,
+    BookmarkInfo, DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica,
+    SnapshotInfo,
 };
 use zdr_common::DatasetName;
 
@@ -29,6 +30,8 @@ const POOL_STATS_MAX_AGE: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct Inventory {
     datasets: BTreeMap<DatasetName, (DatasetInfo, Vec<SnapshotInfo>)>,
+    /// Listed with the datasets, and again where the lifecycle changes them.
+    bookmarks: BTreeMap<DatasetName, Vec<BookmarkInfo>>,
     /// Changes not yet published as a delta.
     pending: Vec<InventoryChange>,
     /// Set when a delta cannot describe what changed (datasets came or went,
@@ -267,13 +270,19 @@ impl Lifecycle {
             .unwrap_or_else(|| "zdr:class".into());
         let listed = self.backend.list_datasets(&class_property)?;
         let mut fresh = BTreeMap::new();
+        let mut marks = BTreeMap::new();
         for info in listed {
-            let snaps = match self.backend.list_snapshots(&info.name) {
-                Ok(s) => s,
-                // Destroyed between the two listings.
+            let listing = self
+                .backend
+                .list_snapshots(&info.name)
+                .and_then(|s| Ok((s, self.backend.list_bookmarks(&info.name)?)));
+            let (snaps, bookmarks) = match listing {
+                Ok(l) => l,
+                // Destroyed between the listings.
                 Err(ZfsError::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
             };
+            marks.insert(info.name.clone(), bookmarks);
             fresh.insert(info.name.clone(), (info, snaps));
         }
         let mut inv = lock(&self.inventory);
@@ -288,7 +297,12 @@ impl Lifecycle {
                 .unwrap_or_default();
             diff_into(&mut inv.pending, name, &before, snaps);
         }
+        for (name, after) in &marks {
+            let before = inv.bookmarks.get(name).cloned().unwrap_or_default();
+            diff_bookmarks_into(&mut inv.pending, name, &before, after);
+        }
         inv.datasets = fresh;
+        inv.bookmarks = marks;
         inv.last_rescan = now;
         Ok(())
     }
@@ -344,6 +358,22 @@ impl Lifecycle {
             }
             Err(e) => warn!(dataset = %ds, error = %e, "relisting snapshots failed"),
         }
+    }
+
+    /// Lists one dataset's bookmarks again after we changed them.
+    fn refresh_bookmarks(&self, ds: &DatasetName) {
+        let marks = match self.backend.list_bookmarks(ds) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(dataset = %ds, error = %e, "relisting bookmarks failed");
+                return;
+            }
+        };
+        let mut inv = lock(&self.inventory);
+        let inv = &mut *inv;
+        let old = inv.bookmarks.entry(ds.clone()).or_default();
+        diff_bookmarks_into(&mut inv.pending, ds, old, &marks);
+        *old = marks;
     }
 
     /// False if the dataset is not in the inventory yet.
@@ -488,17 +518,91 @@ impl Lifecycle {
             let reason = Reason {
                 actor,
                 why: format!(
-                    "retention: class {class_name} keeps {}",
+                    "retention: class {class_name} keeps {}; bookmarked (#same name) first, \
+                     as a common base for targets that keep it",
                     describe_tiers(&class.tiers)
                 ),
                 revision: Some(policy.bundle.revision),
                 now,
+                bookmark_first: true,
             };
+            let destroyed = report.destroyed.len();
             if !self.prune(&info.name, &snaps, &rules, &reason, &mut report) {
+                break;
+            }
+            if report.destroyed.len() > destroyed {
+                self.refresh_bookmarks(&info.name);
+            }
+            if !self.prune_bookmarks(
+                &info.name,
+                &class.tiers,
+                &rules.prefix,
+                &reason,
+                &mut report,
+            ) {
                 break;
             }
         }
         report
+    }
+
+    /// Destroys the bookmarks of ours that [`retention::stale_bookmarks`]
+    /// lets go, from the cache, each audited first. False if the audit log
+    /// cannot be written.
+    fn prune_bookmarks(
+        &self,
+        ds: &DatasetName,
+        tiers: &Tiers,
+        prefix: &str,
+        reason: &Reason<'_>,
+        report: &mut PassReport,
+    ) -> bool {
+        let stale = {
+            let inv = lock(&self.inventory);
+            let snaps = inv
+                .datasets
+                .get(ds)
+                .map(|(_, s)| s.as_slice())
+                .unwrap_or(&[]);
+            let marks = inv.bookmarks.get(ds).map(Vec::as_slice).unwrap_or(&[]);
+            retention::stale_bookmarks(marks, snaps, tiers, prefix)
+        };
+        if stale.is_empty() {
+            return true;
+        }
+        let why = format!(
+            "retention: bookmark older than the oldest snapshot by more than the longest tier span ({}s)",
+            retention::longest_span(tiers)
+        );
+        for name in &stale {
+            let target = format!("{ds}#{name}");
+            let record = |outcome| Record {
+                at: reason.now,
+                actor: reason.actor,
+                action: "destroy",
+                target: &target,
+                why: &why,
+                outcome,
+                policy_revision: reason.revision,
+            };
+            if let Err(e) = self.audit.write(&record("intent")) {
+                warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
+                report.errors.push(format!("audit log: {e}"));
+                return false;
+            }
+            match self.backend.destroy_bookmark(ds, name) {
+                Ok(()) => {
+                    let _ = self.audit.write(&record("done"));
+                    info!(bookmark = %target, "pruned");
+                }
+                Err(e) => {
+                    let _ = self.audit.write(&record(&format!("failed: {e}")));
+                    self.backend_error(report, "destroy bookmark", ds, &e, reason.now);
+                }
+            }
+        }
+        self.refresh_bookmarks(ds);
+        true
     }
 
     /// Applies a replication task's retention to its copy here, listed afresh
@@ -540,6 +644,7 @@ impl Lifecycle {
             ),
             revision: Some(policy.bundle.revision),
             now,
+            bookmark_first: false,
         };
         if !self.prune(&ds, &snaps, &rules, &reason, &mut report) {
             return report;
@@ -566,6 +671,7 @@ impl Lifecycle {
             ref why,
             revision,
             now,
+            bookmark_first,
         } = *reason;
         let plan = retention::plan_sparing(snaps, rules, &self.in_flight_of(ds), now);
         for (snap, reasons) in &plan.keep {
@@ -591,6 +697,17 @@ impl Lifecycle {
                 warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
                 report.errors.push(format!("audit log: {e}"));
                 return false;
+            }
+            if bookmark_first {
+                match self.backend.bookmark(ds, snap, snap) {
+                    // Left by an earlier attempt at this destroy.
+                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                    Err(e) => {
+                        let _ = self.audit.write(&record(&format!("failed: bookmark: {e}")));
+                        self.backend_error(report, "bookmark", ds, &e, now);
+                        continue;
+                    }
+                }
             }
             match self.backend.destroy_snapshot(ds, snap) {
                 Ok(()) => {
@@ -633,7 +750,7 @@ impl Lifecycle {
                     .and_then(|p| self.class_of(p, info))
                     .map(|(n, _)| n),
                 snapshots: snaps.clone(),
-                bookmarks: Vec::new(),
+                bookmarks: inv.bookmarks.get(&info.name).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -646,6 +763,8 @@ struct Reason<'a> {
     why: String,
     revision: Option<u64>,
     now: i64,
+    /// The source bookmarks its own snapshots before it destroys them.
+    bookmark_first: bool,
 }
 
 fn describe_tiers(tiers: &Tiers) -> String {
@@ -676,6 +795,31 @@ fn diff_into(
         out.push(InventoryChange::SnapshotCreated {
             dataset: ds.to_string(),
             snapshot: s.clone(),
+        });
+    }
+}
+
+/// Appends the bookmarks that came and went (matched by name and GUID).
+fn diff_bookmarks_into(
+    out: &mut Vec<InventoryChange>,
+    ds: &DatasetName,
+    before: &[BookmarkInfo],
+    after: &[BookmarkInfo],
+) {
+    let key = |b: &BookmarkInfo| (b.name.clone(), b.guid);
+    let old: HashSet<(String, u64)> = before.iter().map(key).collect();
+    let new: HashSet<(String, u64)> = after.iter().map(key).collect();
+    for b in before.iter().filter(|b| !new.contains(&key(b))) {
+        out.push(InventoryChange::BookmarkDestroyed {
+            dataset: ds.to_string(),
+            name: b.name.clone(),
+            guid: b.guid,
+        });
+    }
+    for b in after.iter().filter(|b| !old.contains(&key(b))) {
+        out.push(InventoryChange::BookmarkCreated {
+            dataset: ds.to_string(),
+            bookmark: b.clone(),
         });
     }
 }
@@ -811,5 +955,16 @@ mod tests {
         drop(stream);
         let r = lc.prune_pass(now, "test");
         assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"]);
+        // Each was bookmarked first, and the inventory says so.
+        let marks = |m: &[BookmarkInfo]| m.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            marks(&lc.backend.list_bookmarks(&ds).unwrap()),
+            ["zdr_2", "zdr_3"]
+        );
+        let inventory = lc.snapshot_inventory();
+        let a = inventory.iter().find(|d| d.dataset == "tank/a").unwrap();
+        assert_eq!(marks(&a.bookmarks), ["zdr_2", "zdr_3"]);
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(audit.contains("bookmarked (#same name) first"), "{audit}");
     }
 }

@@ -17,6 +17,13 @@
 //!   it, and the representatives of the N most recent buckets are kept.
 //! - Everything else of ours is destroyed.
 //!
+//! Before it destroys a snapshot of its own, the source bookmarks it, so that
+//! a target which kept that snapshot still shares a GUID-matched base with it.
+//! Bookmarks are bounded by [`stale_bookmarks`]: one of ours goes once it is
+//! older than the dataset's oldest snapshot by more than the class's longest
+//! tier span (period × count). By then the history the class keeps has turned
+//! over once more since that bookmark's snapshot was pruned.
+//!
 //! Planning again on what a plan keeps destroys nothing, and new snapshots
 //! never change which older snapshot represents a bucket.
 
@@ -25,7 +32,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use zdr_common::policy::{Period, Tiers};
-use zdr_common::wire::SnapshotInfo;
+use zdr_common::wire::{BookmarkInfo, SnapshotInfo};
 
 const WEEK: u64 = 7 * 86_400;
 /// 1970-01-01 was a Thursday; Monday 1970-01-05 starts week 0.
@@ -192,6 +199,36 @@ pub fn in_stream(
     names
 }
 
+/// The longest span a tier covers: its period times its count, in seconds.
+pub fn longest_span(tiers: &Tiers) -> u64 {
+    tiers
+        .iter()
+        .map(|(p, n)| p.0.secs().saturating_mul(u64::from(*n)))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Our bookmarks (names after `#`) that the bound in the module docs lets
+/// go: created more than `longest_span(tiers)` before the oldest snapshot in
+/// `snaps`. With no snapshot there is nothing to measure by: none goes.
+pub fn stale_bookmarks(
+    bookmarks: &[BookmarkInfo],
+    snaps: &[SnapshotInfo],
+    tiers: &Tiers,
+    prefix: &str,
+) -> Vec<String> {
+    let Some(oldest) = snaps.iter().map(|s| s.creation).min() else {
+        return Vec::new();
+    };
+    let span = i64::try_from(longest_span(tiers)).unwrap_or(i64::MAX);
+    let limit = oldest.saturating_sub(span);
+    bookmarks
+        .iter()
+        .filter(|b| is_ours(&b.name, prefix) && b.creation < limit)
+        .map(|b| b.name.clone())
+        .collect()
+}
+
 /// Due when there is no snapshot of ours yet, or `now` lies in another bucket
 /// of the smallest period than the newest (by createtxg) of ours. A clock jump
 /// either way therefore triggers one snapshot, not a storm.
@@ -272,6 +309,28 @@ mod tests {
                 snap(&snapshot_name("zdr", at), 10 + h, at)
             })
             .collect()
+    }
+
+    #[test]
+    fn bookmarks_go_once_older_than_the_kept_history_by_the_longest_span() {
+        let t = tiers(&[(HOUR, 24), (DAY, 7)]);
+        assert_eq!(longest_span(&t), 7 * DAY);
+        let snaps = hourly(3); // the oldest was created at T0
+        let mark = |name: &str, creation: i64| BookmarkInfo {
+            name: name.into(),
+            guid: 1,
+            createtxg: 1,
+            creation,
+        };
+        let span = (7 * DAY) as i64;
+        let marks = [
+            mark("zdr_old", T0 - span - 1),
+            mark("zdr_edge", T0 - span),
+            mark("zdr_recent", T0 - 1),
+            mark("manual", T0 - 10 * span),
+        ];
+        assert_eq!(stale_bookmarks(&marks, &snaps, &t, "zdr"), ["zdr_old"]);
+        assert!(stale_bookmarks(&marks, &[], &t, "zdr").is_empty());
     }
 
     #[test]
