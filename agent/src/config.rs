@@ -92,6 +92,11 @@ pub enum BackendConfig {
         /// Data each new snapshot holds, so its streams have that many bytes.
         #[serde(default)]
         snapshot_bytes: Option<u64>,
+        /// A modelled latency, in milliseconds, added to every simulated ZFS
+        /// operation (real ones take milliseconds to seconds); lets tests
+        /// catch the agent in the middle of a pass. Off by default.
+        #[serde(default)]
+        op_latency_ms: Option<u64>,
     },
 }
 

@@ -2,19 +2,20 @@
 //! a tier is due, prune by the tiers. Runs on the last signed policy whether or
 //! not NATS is up; it never touches the network.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use zdr_common::policy::{Class, Tiers};
 use zdr_common::wire::{
-    DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica, SnapshotInfo,
+    BookmarkInfo, DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica,
+    SnapshotInfo,
 };
 use zdr_common::DatasetName;
 
 use crate::audit::{AuditLog, Record};
-use crate::retention::{self, Rules};
+use crate::retention::{self, KeepReason, Rules};
 use crate::state::SignedPolicy;
 use crate::zfs::{Backend, DatasetInfo, ZfsError};
 
@@ -27,25 +28,92 @@ const MAX_QUEUED_EVENTS: usize = 10_000;
 const POOL_STATS_MAX_AGE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
-pub struct Inventory {
-    pub datasets: BTreeMap<DatasetName, (DatasetInfo, Vec<SnapshotInfo>)>,
+struct Inventory {
+    datasets: BTreeMap<DatasetName, (DatasetInfo, Vec<SnapshotInfo>)>,
+    /// Listed with the datasets, and again where the lifecycle changes them.
+    bookmarks: BTreeMap<DatasetName, Vec<BookmarkInfo>>,
     /// Changes not yet published as a delta.
-    pub pending: Vec<InventoryChange>,
+    pending: Vec<InventoryChange>,
     /// Set when a delta cannot describe what changed (datasets came or went,
     /// or a publication failed): the next publication is a full inventory.
-    pub need_full: bool,
-    pub generation: u64,
-    pub delta_seq: u64,
-    pub last_rescan: i64,
+    need_full: bool,
+    generation: u64,
+    delta_seq: u64,
+    last_rescan: i64,
+}
+
+/// What the next inventory publication carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Publication {
+    /// A full inventory under this new generation.
+    Full {
+        generation: u64,
+    },
+    Delta {
+        generation: u64,
+        seq: u64,
+        changes: Vec<InventoryChange>,
+    },
+    Nothing,
+}
+
+impl Inventory {
+    /// Decides the next publication and moves the counters on; `fresh_generation`
+    /// is used when a full inventory is due.
+    fn next_publication(&mut self, fresh_generation: u64) -> Publication {
+        if self.need_full {
+            self.need_full = false;
+            self.pending.clear();
+            self.generation = fresh_generation;
+            self.delta_seq = 0;
+            Publication::Full {
+                generation: self.generation,
+            }
+        } else if !self.pending.is_empty() {
+            self.delta_seq += 1;
+            Publication::Delta {
+                generation: self.generation,
+                seq: self.delta_seq,
+                changes: std::mem::take(&mut self.pending),
+            }
+        } else {
+            Publication::Nothing
+        }
+    }
+}
+
+/// Snapshots inside streams in flight, counted: two streams may share one.
+type InFlightSet = Arc<Mutex<HashMap<(DatasetName, String), usize>>>;
+
+/// Keeps snapshots from pruning while a stream that reads them runs;
+/// they are let go when this is dropped.
+pub struct InFlight {
+    set: InFlightSet,
+    entries: Vec<(DatasetName, String)>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut set = lock(&self.set);
+        for e in self.entries.drain(..) {
+            if let Some(n) = set.get_mut(&e) {
+                *n -= 1;
+                if *n == 0 {
+                    set.remove(&e);
+                }
+            }
+        }
+    }
 }
 
 pub struct Lifecycle {
     pub node: String,
     pub backend: Arc<dyn Backend>,
     pub audit: AuditLog,
-    pub policy: RwLock<Option<SignedPolicy>>,
-    pub inventory: Mutex<Inventory>,
-    pub events: Mutex<VecDeque<Event>>,
+    policy: RwLock<Option<SignedPolicy>>,
+    inventory: Mutex<Inventory>,
+    events: Mutex<VecDeque<Event>>,
+    in_flight: InFlightSet,
     pool_stats: Mutex<Option<(Instant, Vec<PoolInfo>)>>,
 }
 
@@ -73,8 +141,98 @@ impl Lifecycle {
                 ..Default::default()
             }),
             events: Mutex::new(VecDeque::new()),
+            in_flight: Arc::default(),
             pool_stats: Mutex::new(None),
         }
+    }
+
+    /// Installs a verified policy. True when its revision differs from the
+    /// one before; then classes may have changed, so a full inventory follows.
+    pub fn install_policy(&self, policy: SignedPolicy) -> bool {
+        let revision = policy.bundle.revision;
+        let before = self
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(policy)
+            .map(|p| p.bundle.revision);
+        let changed = before != Some(revision);
+        if changed {
+            self.request_full_inventory();
+        }
+        changed
+    }
+
+    /// The next publication is a full inventory.
+    pub fn request_full_inventory(&self) {
+        lock(&self.inventory).need_full = true;
+    }
+
+    /// Whether the last full listing is at least `every` seconds old.
+    pub fn rescan_due(&self, now: i64, every: i64) -> bool {
+        now - lock(&self.inventory).last_rescan >= every
+    }
+
+    /// The published inventory's generation and delta sequence, for heartbeats.
+    pub fn inventory_position(&self) -> (u64, u64) {
+        let inv = lock(&self.inventory);
+        (inv.generation, inv.delta_seq)
+    }
+
+    /// Takes what is to be published next; `fresh_generation` names a full
+    /// inventory if one is due. A publication that fails must be followed by
+    /// [`Lifecycle::request_full_inventory`].
+    pub fn next_publication(&self, fresh_generation: u64) -> Publication {
+        lock(&self.inventory).next_publication(fresh_generation)
+    }
+
+    /// The oldest event waiting for publication.
+    pub fn pop_event(&self) -> Option<Event> {
+        lock(&self.events).pop_front()
+    }
+
+    /// Puts back an event whose publication failed, first in line.
+    pub fn unpop_event(&self, event: Event) {
+        lock(&self.events).push_front(event);
+    }
+
+    /// Marks the snapshots a stream of `ds` reads as in flight, found in the
+    /// inventory cache by [`retention::in_stream`]; pruning spares them until
+    /// the returned guard is dropped.
+    pub fn stream_in_flight(
+        &self,
+        ds: &DatasetName,
+        from: Option<&str>,
+        to: &str,
+        intermediates: bool,
+    ) -> InFlight {
+        let names = {
+            let inv = lock(&self.inventory);
+            let snaps = inv
+                .datasets
+                .get(ds)
+                .map(|(_, s)| s.as_slice())
+                .unwrap_or(&[]);
+            retention::in_stream(snaps, from, to, intermediates)
+        };
+        let entries: Vec<(DatasetName, String)> =
+            names.into_iter().map(|n| (ds.clone(), n)).collect();
+        let mut set = lock(&self.in_flight);
+        for e in &entries {
+            *set.entry(e.clone()).or_default() += 1;
+        }
+        InFlight {
+            set: self.in_flight.clone(),
+            entries,
+        }
+    }
+
+    fn in_flight_of(&self, ds: &DatasetName) -> HashSet<String> {
+        lock(&self.in_flight)
+            .keys()
+            .filter(|(d, _)| d == ds)
+            .map(|(_, n)| n.clone())
+            .collect()
     }
 
     pub fn policy(&self) -> Option<SignedPolicy> {
@@ -112,13 +270,19 @@ impl Lifecycle {
             .unwrap_or_else(|| "zdr:class".into());
         let listed = self.backend.list_datasets(&class_property)?;
         let mut fresh = BTreeMap::new();
+        let mut marks = BTreeMap::new();
         for info in listed {
-            let snaps = match self.backend.list_snapshots(&info.name) {
-                Ok(s) => s,
-                // Destroyed between the two listings.
+            let listing = self
+                .backend
+                .list_snapshots(&info.name)
+                .and_then(|s| Ok((s, self.backend.list_bookmarks(&info.name)?)));
+            let (snaps, bookmarks) = match listing {
+                Ok(l) => l,
+                // Destroyed between the listings.
                 Err(ZfsError::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
             };
+            marks.insert(info.name.clone(), bookmarks);
             fresh.insert(info.name.clone(), (info, snaps));
         }
         let mut inv = lock(&self.inventory);
@@ -133,7 +297,12 @@ impl Lifecycle {
                 .unwrap_or_default();
             diff_into(&mut inv.pending, name, &before, snaps);
         }
+        for (name, after) in &marks {
+            let before = inv.bookmarks.get(name).cloned().unwrap_or_default();
+            diff_bookmarks_into(&mut inv.pending, name, &before, after);
+        }
         inv.datasets = fresh;
+        inv.bookmarks = marks;
         inv.last_rescan = now;
         Ok(())
     }
@@ -189,6 +358,22 @@ impl Lifecycle {
             }
             Err(e) => warn!(dataset = %ds, error = %e, "relisting snapshots failed"),
         }
+    }
+
+    /// Lists one dataset's bookmarks again after we changed them.
+    fn refresh_bookmarks(&self, ds: &DatasetName) {
+        let marks = match self.backend.list_bookmarks(ds) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(dataset = %ds, error = %e, "relisting bookmarks failed");
+                return;
+            }
+        };
+        let mut inv = lock(&self.inventory);
+        let inv = &mut *inv;
+        let old = inv.bookmarks.entry(ds.clone()).or_default();
+        diff_bookmarks_into(&mut inv.pending, ds, old, &marks);
+        *old = marks;
     }
 
     /// False if the dataset is not in the inventory yet.
@@ -333,17 +518,91 @@ impl Lifecycle {
             let reason = Reason {
                 actor,
                 why: format!(
-                    "retention: class {class_name} keeps {}",
+                    "retention: class {class_name} keeps {}; bookmarked (#same name) first, \
+                     as a common base for targets that keep it",
                     describe_tiers(&class.tiers)
                 ),
                 revision: Some(policy.bundle.revision),
                 now,
+                bookmark_first: true,
             };
+            let destroyed = report.destroyed.len();
             if !self.prune(&info.name, &snaps, &rules, &reason, &mut report) {
+                break;
+            }
+            if report.destroyed.len() > destroyed {
+                self.refresh_bookmarks(&info.name);
+            }
+            if !self.prune_bookmarks(
+                &info.name,
+                &class.tiers,
+                &rules.prefix,
+                &reason,
+                &mut report,
+            ) {
                 break;
             }
         }
         report
+    }
+
+    /// Destroys the bookmarks of ours that [`retention::stale_bookmarks`]
+    /// lets go, from the cache, each audited first. False if the audit log
+    /// cannot be written.
+    fn prune_bookmarks(
+        &self,
+        ds: &DatasetName,
+        tiers: &Tiers,
+        prefix: &str,
+        reason: &Reason<'_>,
+        report: &mut PassReport,
+    ) -> bool {
+        let stale = {
+            let inv = lock(&self.inventory);
+            let snaps = inv
+                .datasets
+                .get(ds)
+                .map(|(_, s)| s.as_slice())
+                .unwrap_or(&[]);
+            let marks = inv.bookmarks.get(ds).map(Vec::as_slice).unwrap_or(&[]);
+            retention::stale_bookmarks(marks, snaps, tiers, prefix)
+        };
+        if stale.is_empty() {
+            return true;
+        }
+        let why = format!(
+            "retention: bookmark older than the oldest snapshot by more than the longest tier span ({}s)",
+            retention::longest_span(tiers)
+        );
+        for name in &stale {
+            let target = format!("{ds}#{name}");
+            let record = |outcome| Record {
+                at: reason.now,
+                actor: reason.actor,
+                action: "destroy",
+                target: &target,
+                why: &why,
+                outcome,
+                policy_revision: reason.revision,
+            };
+            if let Err(e) = self.audit.write(&record("intent")) {
+                warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
+                report.errors.push(format!("audit log: {e}"));
+                return false;
+            }
+            match self.backend.destroy_bookmark(ds, name) {
+                Ok(()) => {
+                    let _ = self.audit.write(&record("done"));
+                    info!(bookmark = %target, "pruned");
+                }
+                Err(e) => {
+                    let _ = self.audit.write(&record(&format!("failed: {e}")));
+                    self.backend_error(report, "destroy bookmark", ds, &e, reason.now);
+                }
+            }
+        }
+        self.refresh_bookmarks(ds);
+        true
     }
 
     /// Applies a replication task's retention to its copy here, listed afresh
@@ -385,6 +644,7 @@ impl Lifecycle {
             ),
             revision: Some(policy.bundle.revision),
             now,
+            bookmark_first: false,
         };
         if !self.prune(&ds, &snaps, &rules, &reason, &mut report) {
             return report;
@@ -411,8 +671,14 @@ impl Lifecycle {
             ref why,
             revision,
             now,
+            bookmark_first,
         } = *reason;
-        let plan = retention::plan(snaps, rules, now);
+        let plan = retention::plan_sparing(snaps, rules, &self.in_flight_of(ds), now);
+        for (snap, reasons) in &plan.keep {
+            if reasons == &[KeepReason::InFlight] {
+                info!(snapshot = %format!("{ds}@{snap}"), "not pruned: {}", KeepReason::InFlight);
+            }
+        }
         if plan.destroy.is_empty() {
             return true;
         }
@@ -431,6 +697,17 @@ impl Lifecycle {
                 warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
                 report.errors.push(format!("audit log: {e}"));
                 return false;
+            }
+            if bookmark_first {
+                match self.backend.bookmark(ds, snap, snap) {
+                    // Left by an earlier attempt at this destroy.
+                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                    Err(e) => {
+                        let _ = self.audit.write(&record(&format!("failed: bookmark: {e}")));
+                        self.backend_error(report, "bookmark", ds, &e, now);
+                        continue;
+                    }
+                }
             }
             match self.backend.destroy_snapshot(ds, snap) {
                 Ok(()) => {
@@ -473,7 +750,7 @@ impl Lifecycle {
                     .and_then(|p| self.class_of(p, info))
                     .map(|(n, _)| n),
                 snapshots: snaps.clone(),
-                bookmarks: Vec::new(),
+                bookmarks: inv.bookmarks.get(&info.name).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -486,6 +763,8 @@ struct Reason<'a> {
     why: String,
     revision: Option<u64>,
     now: i64,
+    /// The source bookmarks its own snapshots before it destroys them.
+    bookmark_first: bool,
 }
 
 fn describe_tiers(tiers: &Tiers) -> String {
@@ -517,5 +796,175 @@ fn diff_into(
             dataset: ds.to_string(),
             snapshot: s.clone(),
         });
+    }
+}
+
+/// Appends the bookmarks that came and went (matched by name and GUID).
+fn diff_bookmarks_into(
+    out: &mut Vec<InventoryChange>,
+    ds: &DatasetName,
+    before: &[BookmarkInfo],
+    after: &[BookmarkInfo],
+) {
+    let key = |b: &BookmarkInfo| (b.name.clone(), b.guid);
+    let old: HashSet<(String, u64)> = before.iter().map(key).collect();
+    let new: HashSet<(String, u64)> = after.iter().map(key).collect();
+    for b in before.iter().filter(|b| !new.contains(&key(b))) {
+        out.push(InventoryChange::BookmarkDestroyed {
+            dataset: ds.to_string(),
+            name: b.name.clone(),
+            guid: b.guid,
+        });
+    }
+    for b in after.iter().filter(|b| !old.contains(&key(b))) {
+        out.push(InventoryChange::BookmarkCreated {
+            dataset: ds.to_string(),
+            bookmark: b.clone(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zfs::sim::SimBackend;
+
+    fn created(name: &str) -> InventoryChange {
+        InventoryChange::SnapshotCreated {
+            dataset: "tank/a".into(),
+            snapshot: SnapshotInfo {
+                name: name.into(),
+                guid: 1,
+                createtxg: 1,
+                creation: 0,
+                used: 0,
+                userrefs: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn publications_go_full_then_deltas_in_sequence() {
+        let mut inv = Inventory {
+            need_full: true,
+            pending: vec![created("old")],
+            ..Default::default()
+        };
+        assert_eq!(inv.next_publication(7), Publication::Full { generation: 7 });
+        assert_eq!(inv.next_publication(8), Publication::Nothing);
+        inv.pending.push(created("s1"));
+        assert_eq!(
+            inv.next_publication(9),
+            Publication::Delta {
+                generation: 7,
+                seq: 1,
+                changes: vec![created("s1")]
+            }
+        );
+        inv.pending.push(created("s2"));
+        let Publication::Delta { seq, .. } = inv.next_publication(9) else {
+            panic!("a delta was due");
+        };
+        assert_eq!(seq, 2);
+        inv.need_full = true;
+        assert_eq!(
+            inv.next_publication(10),
+            Publication::Full { generation: 10 }
+        );
+        assert_eq!(inv.delta_seq, 0);
+    }
+
+    #[test]
+    fn in_flight_snapshots_are_released_when_the_last_stream_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let lc = Lifecycle::new("n".into(), Arc::new(SimBackend::new()), audit);
+        let ds = DatasetName::parse("tank/a").unwrap();
+        let first = lc.stream_in_flight(&ds, Some("s1"), "s3", false);
+        let second = lc.stream_in_flight(&ds, None, "s3", false);
+        assert_eq!(
+            lc.in_flight_of(&ds),
+            HashSet::from(["s1".to_string(), "s3".to_string()])
+        );
+        drop(first);
+        assert_eq!(lc.in_flight_of(&ds), HashSet::from(["s3".to_string()]));
+        let other = DatasetName::parse("tank/b").unwrap();
+        assert!(lc.in_flight_of(&other).is_empty());
+        drop(second);
+        assert!(lc.in_flight_of(&ds).is_empty());
+    }
+
+    #[test]
+    fn a_full_inventory_once_and_rescans_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let lc = Lifecycle::new("n".into(), Arc::new(SimBackend::new()), audit);
+        assert!(matches!(lc.next_publication(1), Publication::Full { .. }));
+        assert_eq!(lc.next_publication(2), Publication::Nothing);
+        assert!(lc.rescan_due(300, 300));
+        lc.rescan(300).unwrap();
+        assert!(!lc.rescan_due(599, 300));
+        assert!(lc.rescan_due(600, 300));
+    }
+
+    fn policy() -> SignedPolicy {
+        let policy = serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "sites": { "site-a": {} },
+            "nodes": { "n": { "site": "site-a", "media": "ssd" } },
+            "classes": {
+                "fast": { "tiers": { "1h": 1 }, "rpo": "2h", "rto": "1h", "immutable_for": "0s" }
+            },
+            "datasets": [{ "match": "tank/a", "class": "fast" }]
+        }))
+        .unwrap();
+        SignedPolicy {
+            bundle: zdr_common::wire::PolicyBundle {
+                revision: 1,
+                issued_at: 0,
+                source_digest: String::new(),
+                policy,
+            },
+            epoch: 1,
+            exp: i64::MAX,
+            raw: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn prune_spares_what_a_stream_in_flight_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let sim = SimBackend::new();
+        sim.add_pool("tank", 1 << 30).unwrap();
+        let ds = DatasetName::parse("tank/a").unwrap();
+        sim.create_dataset(&ds).unwrap();
+        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
+            sim.snapshot(std::slice::from_ref(&ds), name, false)
+                .unwrap();
+        }
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
+        assert!(lc.install_policy(policy()));
+        let now = crate::clock::now();
+        lc.rescan(now).unwrap();
+        // The hour's oldest and the newest are kept; zdr_2 and zdr_3 are not,
+        // but an -I stream from zdr_1 to zdr_4 reads them.
+        let stream = lc.stream_in_flight(&ds, Some("zdr_1"), "zdr_4", true);
+        let r = lc.prune_pass(now, "test");
+        assert_eq!(r.destroyed, Vec::<String>::new(), "{r:?}");
+        drop(stream);
+        let r = lc.prune_pass(now, "test");
+        assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"]);
+        // Each was bookmarked first, and the inventory says so.
+        let marks = |m: &[BookmarkInfo]| m.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            marks(&lc.backend.list_bookmarks(&ds).unwrap()),
+            ["zdr_2", "zdr_3"]
+        );
+        let inventory = lc.snapshot_inventory();
+        let a = inventory.iter().find(|d| d.dataset == "tank/a").unwrap();
+        assert_eq!(marks(&a.bookmarks), ["zdr_2", "zdr_3"]);
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(audit.contains("bookmarked (#same name) first"), "{audit}");
     }
 }

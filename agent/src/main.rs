@@ -4,12 +4,16 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zdr_agent::audit::AuditLog;
 use zdr_agent::config::{BackendConfig, Config};
+use zdr_agent::latency::Slow;
 use zdr_agent::lifecycle::Lifecycle;
 use zdr_agent::node::{self, Agent};
 use zdr_agent::replication::Replication;
+use zdr_agent::scheduler::{self, Settings};
 use zdr_agent::state::StateDir;
 use zdr_agent::zfs::cli::CliBackend;
 use zdr_agent::zfs::sim::SimBackend;
@@ -64,6 +68,7 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
         BackendConfig::Sim {
             pools,
             snapshot_bytes,
+            op_latency_ms,
         } => {
             warn!("SIMULATED ZFS BACKEND: this agent protects no real data (demo and scale tests only)");
             let mut sim = SimBackend::open(state.path("sim-pools.json"))?;
@@ -83,15 +88,53 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
                     }
                 }
             }
-            Ok(Arc::new(sim))
+            let sim: Arc<dyn Backend> = Arc::new(sim);
+            Ok(match op_latency_ms {
+                Some(ms) => {
+                    warn!(ms, "every simulated ZFS operation is slowed down (op_latency_ms)");
+                    Arc::new(Slow::new(sim, Duration::from_millis(*ms)))
+                }
+                None => sim,
+            })
         }
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long work still running after the orderly shutdown (a blocking ZFS
+/// call whose job did not stop in its grace time) may hold up the exit.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let result = runtime.block_on(run());
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
+/// One token for SIGINT and SIGTERM (systemd stops services with the latter).
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(
+            signal = name,
+            "shutting down: the pass under way finishes, running jobs stop resumably"
+        );
+        t.cancel();
+    });
+    Ok(token)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.json_logs);
+    let shutdown = shutdown_on_signals()?;
     let mut config = Config::load(&cli.config)?;
     if let Some(url) = cli.nats_url {
         config.nats_url = url;
@@ -107,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
     match state.load_policy(&verifier) {
         Ok(Some(p)) => {
             info!(revision = p.bundle.revision, "cached signed policy loaded");
-            *lifecycle.policy.write().unwrap_or_else(|e| e.into_inner()) = Some(p);
+            lifecycle.install_policy(p);
         }
         Ok(None) => info!("no cached policy yet; waiting for the coordinator's"),
         Err(e) => warn!(error = %e, "cached policy refused; waiting for the coordinator's"),
@@ -115,53 +158,21 @@ async fn main() -> anyhow::Result<()> {
     let freshness = state.load_freshness().map_err(|e| anyhow!(e))?;
     info!(node = %config.node, site = %config.site, media = %config.media, backend = lifecycle.backend.kind(), "agent starting");
 
-    let tick = Duration::from_secs(config.tick_secs);
-    let rescan = config.rescan_secs as i64;
-    let actor = format!("agent:{}/retention", config.node);
-    let lc = lifecycle.clone();
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let scheduler = tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick);
-        let mut warned_expiry = 0;
-        loop {
-            // A stop is only seen between passes: never in the middle of a destroy.
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = stop_rx.changed() => return,
-            }
-            let lc = lc.clone();
-            let actor = actor.clone();
-            let t = node::now();
-            if let Some(p) = lc.policy() {
-                if p.exp < t && t - warned_expiry > 3600 {
-                    warned_expiry = t;
-                    warn!(expired_at = p.exp, "the cached policy has expired; still applying it until the coordinator sends a new one");
-                }
-            }
-            let pass = tokio::task::spawn_blocking(move || {
-                let last = lc
-                    .inventory
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .last_rescan;
-                if t - last >= rescan {
-                    if let Err(e) = lc.rescan(t) {
-                        warn!(error = %e, "inventory scan failed");
-                    }
-                }
-                lc.snapshot_pass(t, false);
-                lc.prune_pass(t, &actor);
-            });
-            if let Err(e) = pass.await {
-                warn!(error = %e, "lifecycle pass panicked");
-            }
-        }
-    });
-
+    let settings = Settings {
+        tick: Duration::from_secs(config.tick_secs),
+        rescan_secs: config.rescan_secs as i64,
+        actor: format!("agent:{}/retention", config.node),
+    };
+    let scheduler = tokio::spawn(scheduler::run(
+        lifecycle.clone(),
+        settings,
+        shutdown.clone(),
+    ));
     let (replication, job_updates) = Replication::start(
         lifecycle.clone(),
         config.node.clone(),
         config.transfer.as_ref(),
+        shutdown.clone(),
     )
     .await
     .with_context(|| format!("{}", cli.config.display()))?;
@@ -173,11 +184,12 @@ async fn main() -> anyhow::Result<()> {
         freshness,
         replication,
     ));
-    tokio::select! {
-        _ = node::run(agent, job_updates) => {}
-        _ = tokio::signal::ctrl_c() => info!("shutting down after the current pass"),
+    node::run(agent, job_updates, shutdown.clone()).await;
+    // Early only when NATS is unusable: the lifecycle goes on alone.
+    shutdown.cancelled().await;
+    if let Err(e) = scheduler.await {
+        warn!(error = %e, "the scheduler panicked");
     }
-    let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(120), scheduler).await;
+    info!("stopped");
     Ok(())
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
@@ -16,14 +17,11 @@ use zdr_common::wire::{
     JobUpdate, Outcome, INVENTORY_CHUNK_BYTES,
 };
 
+use crate::clock::now;
 use crate::config::Config;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::{Lifecycle, Publication};
 use crate::replication::Replication;
 use crate::state::{SignedPolicy, StateDir};
-
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
 
 pub struct Agent {
     pub config: Config,
@@ -95,14 +93,7 @@ impl Agent {
     }
 
     async fn heartbeat(&self, client: &async_nats::Client) {
-        let (generation, delta_seq) = {
-            let inv = self
-                .lifecycle
-                .inventory
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            (inv.generation, inv.delta_seq)
-        };
+        let (generation, delta_seq) = self.lifecycle.inventory_position();
         let hb = Heartbeat {
             node: self.config.node.clone(),
             seq: self.heartbeat_seq.fetch_add(1, Ordering::SeqCst),
@@ -117,77 +108,51 @@ impl Agent {
 
     /// Publishes a full inventory if one is needed, else pending changes as a delta.
     async fn publish_inventory(&self, client: &async_nats::Client) {
-        let (full, delta) = {
-            let mut inv = self
-                .lifecycle
-                .inventory
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if inv.need_full {
-                inv.need_full = false;
-                inv.pending.clear();
-                // Milliseconds keep generations distinct across agent restarts.
-                inv.generation = chrono::Utc::now().timestamp_millis() as u64;
-                inv.delta_seq = 0;
-                (Some(inv.generation), None)
-            } else if !inv.pending.is_empty() {
-                inv.delta_seq += 1;
+        // Milliseconds keep generations distinct across agent restarts.
+        let fresh = chrono::Utc::now().timestamp_millis() as u64;
+        let ok = match self.lifecycle.next_publication(fresh) {
+            Publication::Full { generation } => {
+                let chunks = chunk_inventory(
+                    &self.config.node,
+                    generation,
+                    self.lifecycle.snapshot_inventory(),
+                    INVENTORY_CHUNK_BYTES,
+                );
+                let n = chunks.len();
+                let mut ok = true;
+                for c in chunks {
+                    ok &= publish(client, self.subjects().inventory, &c).await;
+                }
+                debug!(generation, chunks = n, "full inventory published");
+                ok
+            }
+            Publication::Delta {
+                generation,
+                seq,
+                changes,
+            } => {
                 let d = InventoryDelta {
                     node: self.config.node.clone(),
-                    generation: inv.generation,
-                    seq: inv.delta_seq,
-                    changes: std::mem::take(&mut inv.pending),
+                    generation,
+                    seq,
+                    changes,
                 };
-                (None, Some(d))
-            } else {
-                (None, None)
+                publish(client, self.subjects().delta, &d).await
             }
-        };
-        let ok = if let Some(generation) = full {
-            let chunks = chunk_inventory(
-                &self.config.node,
-                generation,
-                self.lifecycle.snapshot_inventory(),
-                INVENTORY_CHUNK_BYTES,
-            );
-            let n = chunks.len();
-            let mut ok = true;
-            for c in chunks {
-                ok &= publish(client, self.subjects().inventory, &c).await;
-            }
-            debug!(generation, chunks = n, "full inventory published");
-            ok
-        } else if let Some(d) = delta {
-            publish(client, self.subjects().delta, &d).await
-        } else {
-            true
+            Publication::Nothing => true,
         };
         if !ok {
-            self.lifecycle
-                .inventory
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .need_full = true;
+            self.lifecycle.request_full_inventory();
         }
     }
 
     async fn publish_events(&self, client: &async_nats::Client) {
         loop {
-            let Some(ev) = self
-                .lifecycle
-                .events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop_front()
-            else {
+            let Some(ev) = self.lifecycle.pop_event() else {
                 return;
             };
             if !publish(client, self.subjects().event, &ev).await {
-                self.lifecycle
-                    .events
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_front(ev);
+                self.lifecycle.unpop_event(ev);
                 return;
             }
         }
@@ -275,10 +240,7 @@ impl Agent {
         let run = move || match cmd {
             Command::Ping {} => summarize(Effects::default(), "pong".into()),
             Command::SendInventory {} => {
-                lc.inventory
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .need_full = true;
+                lc.request_full_inventory();
                 summarize(Effects::default(), "hello and full inventory queued".into())
             }
             Command::SnapshotNow {} => {
@@ -365,22 +327,10 @@ impl Agent {
             warn!(error = %e, "could not cache the policy; applying it anyway");
         }
         let revision = new.bundle.revision;
-        let changed = current.map(|c| c.bundle.revision) != Some(revision);
-        *self
-            .lifecycle
-            .policy
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(new);
-        if changed {
+        if self.lifecycle.install_policy(new) {
             info!(revision, "policy applied");
             self.lifecycle
                 .event(EventKind::PolicyApplied { revision }, t);
-            // Classes may have changed.
-            self.lifecycle
-                .inventory
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .need_full = true;
         }
     }
 }
@@ -423,12 +373,23 @@ async fn publish<T: serde::Serialize>(
     }
 }
 
-/// Runs the NATS side until the process stops. Connection loss is normal: the
+/// How long running jobs get to stop at shutdown before their final reports
+/// are sent (or lost: the coordinator then times the attempt out).
+const JOB_STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the last publications may take on the way out.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the NATS side until `shutdown`. Connection loss is normal: the
 /// client reconnects, and on every (re)connect the agent says hello and
-/// publishes a full inventory.
-pub async fn run(agent: Arc<Agent>, mut job_updates: mpsc::UnboundedReceiver<JobUpdate>) {
+/// publishes a full inventory. On shutdown it takes no more commands, stops
+/// the running jobs and publishes their last reports.
+pub async fn run(
+    agent: Arc<Agent>,
+    mut job_updates: mpsc::UnboundedReceiver<JobUpdate>,
+    shutdown: CancellationToken,
+) {
     let (conn_tx, mut conn_rx) = watch::channel(false);
-    let client = match async_nats::ConnectOptions::new()
+    let connect = async_nats::ConnectOptions::new()
         .name(format!("zdr-agent {}", agent.config.node))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -446,9 +407,12 @@ pub async fn run(agent: Arc<Agent>, mut job_updates: mpsc::UnboundedReceiver<Job
                 }
             }
         })
-        .connect(&agent.config.nats_url)
-        .await
-    {
+        .connect(&agent.config.nats_url);
+    let connected = tokio::select! {
+        c = connect => c,
+        _ = shutdown.cancelled() => return,
+    };
+    let client = match connected {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, url = %agent.config.nats_url, "NATS unusable; running on the cached policy alone");
@@ -456,26 +420,48 @@ pub async fn run(agent: Arc<Agent>, mut job_updates: mpsc::UnboundedReceiver<Job
         }
     };
 
-    tokio::spawn(commands(agent.clone(), client.clone()));
+    let commands = tokio::spawn(commands(agent.clone(), client.clone(), shutdown.clone()));
     // Apart from the loop below, whose heartbeats wait on zpool(8).
-    let (c, subject) = (client.clone(), agent.subjects().job);
-    tokio::spawn(async move {
-        while let Some(update) = job_updates.recv().await {
-            // Lost while disconnected: the coordinator times the job out and retries.
+    let (c, subject, a, stop) = (
+        client.clone(),
+        agent.subjects().job,
+        agent.clone(),
+        shutdown.clone(),
+    );
+    let job_publisher = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                update = job_updates.recv() => match update {
+                    // Lost while disconnected: the coordinator times the job out and retries.
+                    Some(update) => { publish(&c, subject.clone(), &update).await; }
+                    None => return,
+                },
+            }
+        }
+        a.replication.stop(JOB_STOP_GRACE).await;
+        while let Ok(update) = job_updates.try_recv() {
             publish(&c, subject.clone(), &update).await;
         }
     });
-    tokio::spawn(policy_watch(agent.clone(), client.clone()));
+    tokio::spawn(policy_watch(
+        agent.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
 
     let mut heartbeat = tokio::time::interval(Duration::from_secs(agent.config.heartbeat_secs));
     let mut publish_tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
             changed = conn_rx.changed() => {
                 if changed.is_err() { return; }
                 if *conn_rx.borrow_and_update() {
                     info!(url = %agent.config.nats_url, "connected to NATS");
-                    agent.lifecycle.inventory.lock().unwrap_or_else(|e| e.into_inner()).need_full = true;
+                    agent.lifecycle.request_full_inventory();
                     agent.hello(&client).await;
                     agent.publish_inventory(&client).await;
                 } else {
@@ -492,20 +478,45 @@ pub async fn run(agent: Arc<Agent>, mut job_updates: mpsc::UnboundedReceiver<Job
             }
         }
     }
+    // A command being handled finishes; then the jobs stop and report.
+    let _ = commands.await;
+    let _ = job_publisher.await;
+    let last = async {
+        agent.publish_inventory(&client).await;
+        agent.publish_events(&client).await;
+        // Flushing waits for a connection; without one there is nothing to send.
+        if client.connection_state() == async_nats::connection::State::Connected {
+            let _ = client.flush().await;
+        }
+    };
+    if tokio::time::timeout(FLUSH_GRACE, last).await.is_err() {
+        debug!("the last publications did not go out in time");
+    }
 }
 
-async fn commands(agent: Arc<Agent>, client: async_nats::Client) {
+async fn commands(agent: Arc<Agent>, client: async_nats::Client, shutdown: CancellationToken) {
     let subject = AgentSubjects::for_node(&agent.config.node).cmd;
     let mut sub = loop {
         match client.subscribe(subject.clone()).await {
             Ok(s) => break s,
             Err(e) => {
                 warn!(error = %e, "subscribing to commands failed; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     };
-    while let Some(msg) = sub.next().await {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
         let result = agent.handle_command(&msg.subject, &msg.payload).await;
         if let Some(reply) = msg.reply {
             if let Ok(body) = serde_json::to_vec(&result) {
@@ -515,7 +526,15 @@ async fn commands(agent: Arc<Agent>, client: async_nats::Client) {
     }
 }
 
-async fn policy_watch(agent: Arc<Agent>, client: async_nats::Client) {
+async fn policy_watch(agent: Arc<Agent>, client: async_nats::Client, shutdown: CancellationToken) {
+    tokio::select! {
+        _ = watch_policy(agent, client) => {}
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Applying a policy is synchronous, so dropping this at any await is safe.
+async fn watch_policy(agent: Arc<Agent>, client: async_nats::Client) {
     let js = jetstream::new(client);
     loop {
         let store = match js.get_key_value(subject::POLICY_BUCKET).await {

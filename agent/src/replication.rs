@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zdr_common::wire::{
     JobPhase, JobRole, JobUpdate, ReceiveJob, ReceiveOffer, SendJob, SnapshotInfo, SnapshotRef,
@@ -19,9 +21,9 @@ use zdr_common::wire::{
 use zdr_common::DatasetName;
 
 use crate::audit::Record;
+use crate::clock::now;
 use crate::config::TransferConfig;
 use crate::lifecycle::Lifecycle;
-use crate::node::now;
 use crate::transfer::{
     Compression, FleetTls, Job, JobToken, Listener, Progress, RateHandle, SendOptions, Sender,
     TransferError,
@@ -54,6 +56,8 @@ pub struct Replication {
     node: String,
     plane: Option<Plane>,
     jobs: Mutex<HashMap<String, Running>>,
+    /// Set by [`Replication::stop`]: no new job starts.
+    stopping: AtomicBool,
     updates: mpsc::UnboundedSender<JobUpdate>,
 }
 
@@ -69,11 +73,12 @@ pub enum SetupError {
 type Refused = String;
 
 impl Replication {
-    /// Binds the transfer listener (when configured) and starts serving it.
+    /// Binds the transfer listener (when configured) and serves it until `shutdown`.
     pub async fn start(
         lifecycle: Arc<Lifecycle>,
         node: String,
         config: Option<&TransferConfig>,
+        shutdown: CancellationToken,
     ) -> Result<(Arc<Replication>, mpsc::UnboundedReceiver<JobUpdate>), SetupError> {
         let plane = match config {
             None => None,
@@ -89,7 +94,13 @@ impl Replication {
                     None => bound,
                 };
                 info!(listen = %bound, %advertise, "transfer listener up");
-                tokio::spawn(listener.clone().serve());
+                let serve = listener.clone().serve();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                });
                 Some(Plane {
                     listener,
                     advertise,
@@ -103,6 +114,7 @@ impl Replication {
             node,
             plane,
             jobs: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
             updates,
         });
         Ok((me, rx))
@@ -128,6 +140,9 @@ impl Replication {
         rate: Option<RateHandle>,
     ) -> Result<Arc<Notify>, Refused> {
         let mut jobs = self.jobs();
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(format!("job {id} refused: this agent is shutting down"));
+        }
         if jobs.contains_key(id) {
             return Err(format!("job {id} is already running on this node"));
         }
@@ -451,6 +466,24 @@ impl Replication {
                 None,
             ),
         };
+        // A resumed stream's snapshots are not known here (its token is
+        // opaque): it relies on the hold of its `to` taken by the first attempt.
+        let in_flight = match &cmd.stream {
+            StreamSpec::Full { snapshot } => Some(
+                self.lifecycle
+                    .stream_in_flight(&dataset, None, snapshot, false),
+            ),
+            StreamSpec::Incremental {
+                from,
+                to,
+                intermediates,
+                ..
+            } => Some(
+                self.lifecycle
+                    .stream_in_flight(&dataset, Some(from), to, *intermediates),
+            ),
+            StreamSpec::Resume { .. } => None,
+        };
         let backend = self.lifecycle.backend.clone();
         let (ds, tag) = (dataset.clone(), cmd.hold_tag.clone());
         // Held first, so pruning cannot take the snapshot while it is sent.
@@ -479,6 +512,7 @@ impl Replication {
         tokio::spawn(async move {
             let id = cmd.job.clone();
             me.run_send(cmd, spec, job, addr, opts, cancel).await;
+            drop(in_flight);
             me.jobs().remove(&id);
         });
         Ok(format!("sending {dataset} to {addr}"))
@@ -595,6 +629,31 @@ impl Replication {
             .ok_or_else(|| format!("job {job} is not running on this node"))?;
         running.cancel.notify_one();
         Ok(format!("job {job} cancelled"))
+    }
+
+    /// At shutdown: takes no new job, cancels the running ones (a target keeps
+    /// its partial receive for resuming) and waits up to `grace` for them to
+    /// end and report.
+    pub async fn stop(&self, grace: Duration) {
+        let running: Vec<String> = {
+            let jobs = self.jobs();
+            self.stopping.store(true, Ordering::SeqCst);
+            jobs.keys().cloned().collect()
+        };
+        for id in &running {
+            let _ = self.cancel(id);
+        }
+        let deadline = Instant::now() + grace;
+        while !self.jobs().is_empty() {
+            if Instant::now() >= deadline {
+                warn!(jobs = ?self.jobs().keys().collect::<Vec<_>>(), "jobs still running at shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !running.is_empty() {
+            info!(jobs = ?running, "running jobs stopped for shutdown");
+        }
     }
 
     /// Moves the replication hold `tag` to `keep` alone on `dataset`.

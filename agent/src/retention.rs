@@ -8,11 +8,21 @@
 //! - Held snapshots, protected GUIDs (the newest common snapshot of a
 //!   replication pair) and snapshots created after `now - immutable_for` are
 //!   kept; the last includes snapshots dated in the future after a clock jump.
+//! - Snapshots inside a stream in flight ([`in_stream`]) are kept while it
+//!   runs: a target that received part of an `-I` stream would otherwise hold
+//!   a snapshot the source no longer has, and diverge.
 //! - Each tier (period P, keep N) puts our snapshots in UTC buckets
 //!   `floor(creation / P)`; periods that are whole weeks start on Monday
 //!   00:00 UTC. The oldest snapshot (lowest createtxg) of a bucket represents
 //!   it, and the representatives of the N most recent buckets are kept.
 //! - Everything else of ours is destroyed.
+//!
+//! Before it destroys a snapshot of its own, the source bookmarks it, so that
+//! a target which kept that snapshot still shares a GUID-matched base with it.
+//! Bookmarks are bounded by [`stale_bookmarks`]: one of ours goes once it is
+//! older than the dataset's oldest snapshot by more than the class's longest
+//! tier span (period × count). By then the history the class keeps has turned
+//! over once more since that bookmark's snapshot was pruned.
 //!
 //! Planning again on what a plan keeps destroys nothing, and new snapshots
 //! never change which older snapshot represents a bucket.
@@ -22,7 +32,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use zdr_common::policy::{Period, Tiers};
-use zdr_common::wire::SnapshotInfo;
+use zdr_common::wire::{BookmarkInfo, SnapshotInfo};
 
 const WEEK: u64 = 7 * 86_400;
 /// 1970-01-01 was a Thursday; Monday 1970-01-05 starts week 0.
@@ -45,6 +55,8 @@ pub enum KeepReason {
     Held,
     Protected,
     Immutable,
+    /// Read by a stream in flight.
+    InFlight,
     /// Represents one of the tier's most recent buckets.
     Tier(Period),
 }
@@ -57,6 +69,7 @@ impl fmt::Display for KeepReason {
             KeepReason::Held => f.write_str("held"),
             KeepReason::Protected => f.write_str("protected common snapshot"),
             KeepReason::Immutable => f.write_str("immutable"),
+            KeepReason::InFlight => f.write_str("inside a stream in flight"),
             KeepReason::Tier(period) => write!(f, "{period} tier"),
         }
     }
@@ -88,6 +101,16 @@ pub fn bucket(t: i64, period: u64) -> i64 {
 }
 
 pub fn plan(snaps: &[SnapshotInfo], rules: &Rules, now: i64) -> Plan {
+    plan_sparing(snaps, rules, &HashSet::new(), now)
+}
+
+/// [`plan`], also keeping the snapshots named in `in_flight`.
+pub fn plan_sparing(
+    snaps: &[SnapshotInfo],
+    rules: &Rules,
+    in_flight: &HashSet<String>,
+    now: i64,
+) -> Plan {
     let mut order: Vec<&SnapshotInfo> = snaps.iter().collect();
     order.sort_by_key(|s| s.createtxg);
     let ours: Vec<bool> = order
@@ -116,6 +139,9 @@ pub fn plan(snaps: &[SnapshotInfo], rules: &Rules, now: i64) -> Plan {
         if s.creation > immutable_after {
             r.push(KeepReason::Immutable);
         }
+        if in_flight.contains(&s.name) {
+            r.push(KeepReason::InFlight);
+        }
     }
 
     for (period, keep) in &rules.tiers {
@@ -140,6 +166,67 @@ pub fn plan(snaps: &[SnapshotInfo], rules: &Rules, now: i64) -> Plan {
         }
     }
     plan
+}
+
+/// The snapshots (names after `@`) a stream from `from` to `to` reads, by
+/// createtxg in `snaps`: `to` alone for a full stream; `from` and `to` for
+/// `-i`; everything from `from` to `to` for `-I`. When `from` is not among
+/// `snaps` (a bookmark, or a cache that lags) an `-I` stream counts as
+/// reading everything up to `to`, and when `to` is not, everything from
+/// `from` on: too much kept for a while is safe, too little is not.
+pub fn in_stream(
+    snaps: &[SnapshotInfo],
+    from: Option<&str>,
+    to: &str,
+    intermediates: bool,
+) -> Vec<String> {
+    let txg = |name: &str| snaps.iter().find(|s| s.name == name).map(|s| s.createtxg);
+    let mut names = vec![to.to_string()];
+    let Some(from) = from else {
+        return names;
+    };
+    names.push(from.to_string());
+    if intermediates {
+        let lo = txg(from).unwrap_or(0);
+        let hi = txg(to).unwrap_or(u64::MAX);
+        names.extend(
+            snaps
+                .iter()
+                .filter(|s| s.createtxg > lo && s.createtxg < hi)
+                .map(|s| s.name.clone()),
+        );
+    }
+    names
+}
+
+/// The longest span a tier covers: its period times its count, in seconds.
+pub fn longest_span(tiers: &Tiers) -> u64 {
+    tiers
+        .iter()
+        .map(|(p, n)| p.0.secs().saturating_mul(u64::from(*n)))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Our bookmarks (names after `#`) that the bound in the module docs lets
+/// go: created more than `longest_span(tiers)` before the oldest snapshot in
+/// `snaps`. With no snapshot there is nothing to measure by: none goes.
+pub fn stale_bookmarks(
+    bookmarks: &[BookmarkInfo],
+    snaps: &[SnapshotInfo],
+    tiers: &Tiers,
+    prefix: &str,
+) -> Vec<String> {
+    let Some(oldest) = snaps.iter().map(|s| s.creation).min() else {
+        return Vec::new();
+    };
+    let span = i64::try_from(longest_span(tiers)).unwrap_or(i64::MAX);
+    let limit = oldest.saturating_sub(span);
+    bookmarks
+        .iter()
+        .filter(|b| is_ours(&b.name, prefix) && b.creation < limit)
+        .map(|b| b.name.clone())
+        .collect()
 }
 
 /// Due when there is no snapshot of ours yet, or `now` lies in another bucket
@@ -222,6 +309,60 @@ mod tests {
                 snap(&snapshot_name("zdr", at), 10 + h, at)
             })
             .collect()
+    }
+
+    #[test]
+    fn bookmarks_go_once_older_than_the_kept_history_by_the_longest_span() {
+        let t = tiers(&[(HOUR, 24), (DAY, 7)]);
+        assert_eq!(longest_span(&t), 7 * DAY);
+        let snaps = hourly(3); // the oldest was created at T0
+        let mark = |name: &str, creation: i64| BookmarkInfo {
+            name: name.into(),
+            guid: 1,
+            createtxg: 1,
+            creation,
+        };
+        let span = (7 * DAY) as i64;
+        let marks = [
+            mark("zdr_old", T0 - span - 1),
+            mark("zdr_edge", T0 - span),
+            mark("zdr_recent", T0 - 1),
+            mark("manual", T0 - 10 * span),
+        ];
+        assert_eq!(stale_bookmarks(&marks, &snaps, &t, "zdr"), ["zdr_old"]);
+        assert!(stale_bookmarks(&marks, &[], &t, "zdr").is_empty());
+    }
+
+    #[test]
+    fn in_stream_reads_what_each_kind_of_stream_sends() {
+        let snaps = hourly(6);
+        let n = |i: usize| snaps[i].name.clone();
+        assert_eq!(in_stream(&snaps, None, &n(4), false), [n(4)]);
+        assert_eq!(in_stream(&snaps, Some(&n(1)), &n(4), false), [n(4), n(1)]);
+        let mut got = in_stream(&snaps, Some(&n(1)), &n(4), true);
+        got.sort();
+        assert_eq!(got, [n(1), n(2), n(3), n(4)]);
+        // From a bookmark: everything up to `to`.
+        let mut got = in_stream(&snaps, Some("zdr_gone"), &n(2), true);
+        got.sort();
+        assert_eq!(got, [n(0), n(1), n(2), "zdr_gone".to_string()]);
+    }
+
+    #[test]
+    fn snapshots_in_flight_are_kept_and_say_why() {
+        let snaps = hourly(10);
+        let now = T0 + 9 * HOUR as i64;
+        let r = rules(tiers(&[(DAY, 1)]), 0);
+        let before = plan(&snaps, &r, now);
+        let victim = before.destroy[3].clone();
+        let spared = plan_sparing(&snaps, &r, &HashSet::from([victim.clone()]), now);
+        assert_eq!(reasons_of(&spared, &victim), [KeepReason::InFlight]);
+        assert!(!spared.destroy.contains(&victim));
+        assert_eq!(spared.destroy.len(), before.destroy.len() - 1);
+        assert_eq!(
+            KeepReason::InFlight.to_string(),
+            "inside a stream in flight"
+        );
     }
 
     #[test]

@@ -781,6 +781,88 @@ fn bookmarks_outlive_their_snapshot() {
 }
 
 #[test]
+fn bookmarks_list_in_createtxg_order_and_destroy() {
+    let f = fixture("listbook");
+    let f = f.as_ref();
+    let b = f.backend();
+    let d = f.make("marked data");
+    let child = f.make("marked data/child");
+    assert!(b.list_bookmarks(&d).unwrap().is_empty());
+    snap(f, &[&d], "s", false);
+    f.write_data(&d, 64 << 10);
+    snap(f, &[&d, &child], "t", false);
+    // Made first, but of the later snapshot: listed last.
+    b.bookmark(&d, "t", "a late").unwrap();
+    b.bookmark(&d, "s", "m two").unwrap();
+    b.bookmark(&d, "s", "b one").unwrap();
+    b.bookmark(&child, "t", "child mark").unwrap();
+    let s = snaps(f, &d);
+    let marks = b.list_bookmarks(&d).unwrap();
+    let got: Vec<(&str, u64, u64, i64)> = marks
+        .iter()
+        .map(|m| (m.name.as_str(), m.guid, m.createtxg, m.creation))
+        .collect();
+    let of = |name, x: &SnapshotInfo| (name, x.guid, x.createtxg, x.creation);
+    assert_eq!(
+        got,
+        [of("b one", &s[0]), of("m two", &s[0]), of("a late", &s[1])]
+    );
+    if let Some(raw) = f.bookmarks(&d) {
+        assert_eq!(
+            sorted(raw.into_iter().map(|(n, _)| n).collect()),
+            sorted(marks.iter().map(|m| m.name.clone()).collect())
+        );
+    }
+    // They outlive their snapshot, unchanged.
+    b.destroy_snapshot(&d, "s").unwrap();
+    assert_eq!(b.list_bookmarks(&d).unwrap(), marks);
+    let child_marks = b.list_bookmarks(&child).unwrap();
+    assert_eq!(child_marks.len(), 1);
+    assert_eq!(child_marks[0].name, "child mark");
+    assert_eq!(child_marks[0].guid, snaps(f, &child)[0].guid);
+
+    b.destroy_bookmark(&d, "m two").unwrap();
+    let left: Vec<String> = b
+        .list_bookmarks(&d)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(left, ["b one", "a late"]);
+    match b.destroy_bookmark(&d, "m two") {
+        Err(ZfsError::NotFound { what }) => assert!(what.contains("m two"), "{what}"),
+        other => panic!("destroying a missing bookmark: {other:?}"),
+    }
+    let missing = f.ds("nowhere");
+    assert!(matches!(
+        b.destroy_bookmark(&missing, "b one"),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.list_bookmarks(&missing),
+        Err(ZfsError::NotFound { .. })
+    ));
+    // The name is free again, and the child's bookmark was not touched.
+    b.bookmark(&d, "t", "m two").unwrap();
+    assert_eq!(b.list_bookmarks(&child).unwrap(), child_marks);
+    // Names ZFS would refuse never reach it.
+    let blind = f.blind_backend();
+    for be in [b, blind.as_ref()] {
+        for bad in ["$(reboot)", "a;b", "a@b", "a#b", "", "a/b"] {
+            assert!(
+                matches!(be.destroy_bookmark(&d, bad), Err(ZfsError::Name(_))),
+                "{} destroy_bookmark {bad:?}",
+                be.kind()
+            );
+        }
+    }
+    assert!(!matches!(
+        blind.list_bookmarks(&d),
+        Ok(_) | Err(ZfsError::Name(_))
+    ));
+}
+
+#[test]
 fn missing_and_duplicate_objects() {
     let f = fixture("errors");
     let f = f.as_ref();

@@ -2,12 +2,14 @@
 //! `zdr-coordinator` and `zdr-agent` binaries as child processes. Everything is
 //! killed on drop; every wait is bounded.
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -111,21 +113,22 @@ impl Proc {
         self.kill();
     }
 
-    /// Sends SIGTERM (systemd's stop) and waits up to `timeout` for the
-    /// exit; `None` if it did not exit by then (it is killed).
-    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    /// Sends SIGTERM, as systemd does to stop a service, and waits up to
+    /// `within` for the exit: its status (`None` if it did not exit in
+    /// time, then it is killed) and how long it took.
+    pub fn terminate(&mut self, within: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+        let start = Instant::now();
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let start = Instant::now();
-        while start.elapsed() < timeout {
+        while start.elapsed() < within {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
+                return (Some(status), start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         self.kill();
-        None
+        (None, start.elapsed())
     }
 
     /// Whether the process still runs.
@@ -455,6 +458,8 @@ pub struct AgentExtra {
     pub snapshot_bytes: Option<u64>,
     /// Directory with `ca.pem`, `<node>.pem` and `<node>.key` (see [`pki`]).
     pub pki: Option<PathBuf>,
+    /// The sim backend's modelled latency per ZFS operation, in milliseconds.
+    pub op_latency_ms: Option<u64>,
 }
 
 /// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
@@ -508,7 +513,7 @@ tick_secs = 1
 [backend]
 kind = "sim"
 pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{more_pools}]
-{snapshot_bytes}
+{snapshot_bytes}{op_latency_ms}
 [[trusted_keys]]
 kid = "coordinator"
 public_key = "{key}"
@@ -528,6 +533,10 @@ public_key = "{key}"
             snapshot_bytes = extra
                 .snapshot_bytes
                 .map(|b| format!("snapshot_bytes = {b}\n"))
+                .unwrap_or_default(),
+            op_latency_ms = extra
+                .op_latency_ms
+                .map(|ms| format!("op_latency_ms = {ms}\n"))
                 .unwrap_or_default(),
             transfer = extra
                 .pki
@@ -602,6 +611,101 @@ pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Opt
             .filter_map(|s| s.as_str().map(str::to_string))
             .collect(),
     )
+}
+
+/// `dataset` in an agent's simulated pools: snapshot name → (GUID, hold tags).
+pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
+    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).ok()?;
+    let v: Value = serde_json::from_slice(&raw).ok()?;
+    let ds = v["datasets"].get(dataset)?;
+    Some(
+        ds["snapshots"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                let holds = s["holds"]
+                    .as_array()
+                    .map(|h| {
+                        h.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    s["name"].as_str().unwrap_or("").to_string(),
+                    s["guid"].as_u64().unwrap_or(0),
+                    holds,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Whether `dataset` in an agent's simulated pools has a saved partial receive.
+pub fn partial_on_disk(agent: &Agent, dataset: &str) -> bool {
+    std::fs::read(agent.state_dir.join("sim-pools.json"))
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+        .is_some_and(|v| !v["datasets"][dataset]["partial"].is_null())
+}
+
+/// The coordinator's jobs (`/api/v1/jobs`); empty while it does not answer.
+pub async fn jobs(c: &Coordinator) -> Vec<Value> {
+    let Some((200, body)) = c.get("/api/v1/jobs").await else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v["jobs"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// A job's history lines.
+pub fn history(job: &Value) -> Vec<String> {
+    job["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The job of `task` from `source` among `jobs`.
+pub fn job_for<'a>(jobs: &'a [Value], task: &str, source: &str) -> Option<&'a Value> {
+    jobs.iter()
+        .find(|j| j["task"] == task && j["source_node"] == source)
+}
+
+/// Every snapshot of the copy has its source's GUID, and the newest common
+/// one is held on both sides.
+pub fn assert_faithful(source: &Agent, target: &Agent, dataset: &str, copy: &str, tag: &str) {
+    let src = on_disk(source, dataset).expect("source dataset");
+    let dst = on_disk(target, copy).expect("target dataset");
+    let src_guids: BTreeMap<&str, u64> = src.iter().map(|(n, g, _)| (n.as_str(), *g)).collect();
+    for (name, guid, _) in &dst {
+        assert_eq!(
+            src_guids.get(name.as_str()),
+            Some(guid),
+            "{copy}@{name} has GUID {guid}, which the source's {dataset}@{name} does not have"
+        );
+    }
+    let (newest, _, held) = dst.last().expect("a snapshot on the target");
+    assert!(
+        held.iter().any(|t| t == tag),
+        "{copy}@{newest} is not held by {tag}: {held:?}"
+    );
+    let on_source = src
+        .iter()
+        .find(|(n, _, _)| n == newest)
+        .expect("newest common on source");
+    assert!(
+        on_source.2.iter().any(|t| t == tag),
+        "{dataset}@{newest} on the source is not held by {tag}: {:?}",
+        on_source.2
+    );
 }
 
 /// A TCP relay on loopback that flips one bit of the first connection's

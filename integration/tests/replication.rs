@@ -2,7 +2,6 @@
 //! (simulated ZFS), streams over the agents' mutual-TLS data plane. What
 //! landed is read from each agent's pool file, not from what the agents say.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -74,51 +73,6 @@ fn spec(node: &'static str) -> AgentSpec<'static> {
     }
 }
 
-/// `dataset` in an agent's simulated pools: snapshot name → (GUID, hold tags).
-fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
-    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).ok()?;
-    let v: Value = serde_json::from_slice(&raw).ok()?;
-    let ds = v["datasets"].get(dataset)?;
-    Some(
-        ds["snapshots"]
-            .as_array()?
-            .iter()
-            .map(|s| {
-                let holds = s["holds"]
-                    .as_array()
-                    .map(|h| {
-                        h.iter()
-                            .filter_map(|x| x.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (
-                    s["name"].as_str().unwrap_or("").to_string(),
-                    s["guid"].as_u64().unwrap_or(0),
-                    holds,
-                )
-            })
-            .collect(),
-    )
-}
-
-fn partial_on_disk(agent: &Agent, dataset: &str) -> bool {
-    std::fs::read(agent.state_dir.join("sim-pools.json"))
-        .ok()
-        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
-        .is_some_and(|v| !v["datasets"][dataset]["partial"].is_null())
-}
-
-async fn jobs(c: &Coordinator) -> Vec<Value> {
-    let Some((200, body)) = c.get("/api/v1/jobs").await else {
-        return Vec::new();
-    };
-    serde_json::from_str::<Value>(&body)
-        .ok()
-        .and_then(|v| v["jobs"].as_array().cloned())
-        .unwrap_or_default()
-}
-
 /// The `offsite` job of node-a1 once it is done.
 async fn offsite_job_done(c: &Coordinator, what: &str, timeout: Duration) -> Value {
     wait_for(what, timeout, || async {
@@ -143,18 +97,6 @@ async fn offsite_stream_past(c: &Coordinator, bytes: u64) {
     .await;
 }
 
-fn history(job: &Value) -> Vec<String> {
-    job["history"]
-        .as_array()
-        .map(|h| {
-            h.iter()
-                .filter_map(Value::as_str)
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Snapshots a "planned" history line targets although an earlier "done"
 /// line already reported them landed.
 fn resent(history: &[String]) -> Vec<String> {
@@ -175,11 +117,6 @@ fn resent(history: &[String]) -> Vec<String> {
         }
     }
     again
-}
-
-fn job_for<'a>(jobs: &'a [Value], task: &str, source: &str) -> Option<&'a Value> {
-    jobs.iter()
-        .find(|j| j["task"] == task && j["source_node"] == source)
 }
 
 /// A fleet with the four nodes' certificates and a ready coordinator on `tasks`.
@@ -226,35 +163,6 @@ impl Setup {
         extra.pki.get_or_insert_with(|| self.pki.clone());
         self.fleet.agent_with(&spec(node), &extra)
     }
-}
-
-/// Every snapshot of the copy has its source's GUID, and the newest common
-/// one is held on both sides.
-fn assert_faithful(source: &Agent, target: &Agent, dataset: &str, copy: &str, tag: &str) {
-    let src = on_disk(source, dataset).expect("source dataset");
-    let dst = on_disk(target, copy).expect("target dataset");
-    let src_guids: BTreeMap<&str, u64> = src.iter().map(|(n, g, _)| (n.as_str(), *g)).collect();
-    for (name, guid, _) in &dst {
-        assert_eq!(
-            src_guids.get(name.as_str()),
-            Some(guid),
-            "{copy}@{name} has GUID {guid}, which the source's {dataset}@{name} does not have"
-        );
-    }
-    let (newest, _, held) = dst.last().expect("a snapshot on the target");
-    assert!(
-        held.iter().any(|t| t == tag),
-        "{copy}@{newest} is not held by {tag}: {held:?}"
-    );
-    let on_source = src
-        .iter()
-        .find(|(n, _, _)| n == newest)
-        .expect("newest common on source");
-    assert!(
-        on_source.2.iter().any(|t| t == tag),
-        "{dataset}@{newest} on the source is not held by {tag}: {:?}",
-        on_source.2
-    );
 }
 
 #[tokio::test]

@@ -9,12 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 
 use zdr_common::dataset::parse_snapshot_name;
-use zdr_common::wire::{PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::{DatasetName, NameError};
 
 use super::names::{bookmark_name, check_tag, check_user_property};
 use super::stream::{copy_stream, flush_output};
-use super::{Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
+use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// Runs the zfs and zpool binaries found at the configured paths.
 #[derive(Debug, Clone)]
@@ -239,6 +239,29 @@ impl Backend for CliBackend {
             _ => format!("snapshot {snap}"),
         })
         .map(drop)
+    }
+
+    fn list_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<BookmarkInfo>, ZfsError> {
+        let out = self.zfs(&list_bookmarks_args(dataset), dataset.pool(), |_, _| {
+            format!("dataset {dataset}")
+        })?;
+        parse_bookmarks(dataset, &out)
+    }
+
+    fn destroy_bookmark(&self, dataset: &DatasetName, name: &str) -> Result<(), ZfsError> {
+        let full = bookmark_name(dataset, name)?;
+        let args = vec!["destroy".into(), full.clone()];
+        let failure = match self.run(&self.zfs, &args)? {
+            Ok(_) => return Ok(()),
+            Err(f) => f,
+        };
+        // "bookmark '...' does not exist.", for a missing dataset too.
+        if classify(&failure.stderr).is_none() && failure.stderr.contains("does not exist") {
+            return Err(ZfsError::NotFound {
+                what: format!("bookmark {full}"),
+            });
+        }
+        Err(failure.into_error(dataset.pool(), |_, _| format!("bookmark {full}")))
     }
 
     fn send(&self, spec: &SendSpec, out: &mut dyn Write) -> Result<u64, ZfsError> {
@@ -596,6 +619,21 @@ fn list_snapshots_args(dataset: &DatasetName) -> Vec<String> {
     args
 }
 
+fn list_bookmarks_args(dataset: &DatasetName) -> Vec<String> {
+    let mut args = strings(&[
+        "list",
+        "-Hp",
+        "-t",
+        "bookmark",
+        "-d",
+        "1",
+        "-o",
+        "name,guid,createtxg,creation",
+    ]);
+    args.push(dataset.to_string());
+    args
+}
+
 /// `None` when there is nothing to snapshot. One call for all datasets keeps
 /// the snapshot atomic, and ZFS does that only within a single pool.
 fn snapshot_args(
@@ -846,6 +884,28 @@ fn parse_snapshots(dataset: &DatasetName, out: &str) -> Result<Vec<SnapshotInfo>
         .collect()
 }
 
+fn parse_bookmarks(dataset: &DatasetName, out: &str) -> Result<Vec<BookmarkInfo>, ZfsError> {
+    let mut marks = out
+        .lines()
+        .map(|line| {
+            let f = fields(line, 4)?;
+            let name = f[0]
+                .strip_prefix(dataset.as_str())
+                .and_then(|rest| rest.strip_prefix('#'))
+                .ok_or_else(|| parse_error(line, format!("bookmark is not of {dataset}")))?;
+            bookmark_name(dataset, name).map_err(|e| parse_error(line, e.to_string()))?;
+            Ok(BookmarkInfo {
+                name: name.to_string(),
+                guid: number(line, "guid", f[1])?,
+                createtxg: number(line, "createtxg", f[2])?,
+                creation: number(line, "creation", f[3])?,
+            })
+        })
+        .collect::<Result<Vec<_>, ZfsError>>()?;
+    in_createtxg_order(&mut marks);
+    Ok(marks)
+}
+
 /// `zfs holds -H` prints `name<TAB>tag<TAB>timestamp`. Names and timestamps
 /// have no tabs, so the tag is whatever lies between the first and last tab.
 fn parse_holds(snapshot: &str, out: &str) -> Result<Vec<String>, ZfsError> {
@@ -1023,6 +1083,40 @@ mod tests {
     }
 
     #[test]
+    fn parses_bookmarks_in_createtxg_order() {
+        let d = ds("tank/my data");
+        let out = "tank/my data#z late\t9\t300\t1704067300\n\
+                   tank/my data#b\t7\t100\t1704067200\n\
+                   tank/my data#a\t7\t100\t1704067200\n";
+        let got = parse_bookmarks(&d, out).unwrap();
+        let names: Vec<&str> = got.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "z late"]);
+        assert_eq!(
+            got[2],
+            BookmarkInfo {
+                name: "z late".into(),
+                guid: 9,
+                createtxg: 300,
+                creation: 1704067300
+            }
+        );
+        assert!(parse_bookmarks(&d, "").unwrap().is_empty());
+        for bad in [
+            "tank/other#b\t1\t2\t3",
+            "tank/my data/child#b\t1\t2\t3",
+            "tank/my data@s\t1\t2\t3",
+            "tank/my data#\t1\t2\t3",
+            "tank/my data#b\t1\t2",
+            "tank/my data#b\tx\t2\t3",
+        ] {
+            assert!(
+                matches!(parse_bookmarks(&d, bad), Err(ZfsError::Parse { line, .. }) if line == bad),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn parses_holds() {
         let snap = "tank/my data@s 1";
         let out = "tank/my data@s 1\tzdr keep\tThu Jan  4 10:00 2024\ntank/my data@s 1\tother\tFri Jan  5 11:00 2024\n";
@@ -1125,6 +1219,20 @@ mod tests {
             ["bookmark", "tank/my data@s", "tank/my data#b"]
         );
         assert!(bookmark_args(&d, "s", "b#c").is_err());
+        assert_eq!(
+            list_bookmarks_args(&d),
+            [
+                "list",
+                "-Hp",
+                "-t",
+                "bookmark",
+                "-d",
+                "1",
+                "-o",
+                "name,guid,createtxg,creation",
+                "tank/my data"
+            ]
+        );
     }
 
     #[test]
@@ -1403,6 +1511,27 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+
+        #[test]
+        fn destroy_bookmark_is_one_argv_element_and_missing_is_not_found() {
+            let dir = tempfile::tempdir().unwrap();
+            let (zfs, log) = fake(
+                dir.path(),
+                "case \"$2\" in\n\
+                 *#gone) echo \"bookmark '$2' does not exist.\" >&2; exit 1;;\n\
+                 esac",
+            );
+            retry(|| zfs.destroy_bookmark(&ds("tank/a b"), "m 1")).unwrap();
+            assert_eq!(logged(&log), ["destroy", "tank/a b#m 1"]);
+            match retry(|| zfs.destroy_bookmark(&ds("tank/a"), "gone")) {
+                Err(ZfsError::NotFound { what }) => assert_eq!(what, "bookmark tank/a#gone"),
+                other => panic!("{other:?}"),
+            }
+            assert!(matches!(
+                zfs.destroy_bookmark(&ds("tank/a"), "x@y"),
+                Err(ZfsError::Name(_))
+            ));
         }
 
         #[test]

@@ -21,14 +21,14 @@ use std::ffi::CString;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use zdr_common::wire::{PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
-use self::ffi::{NvList, Outcome};
+use self::ffi::{NvList, Outcome, Pair};
 use super::cli::{send_base_name, CliBackend};
 use super::names::{bookmark_name, check_tag};
 use super::stream::{copy_stream, flush_output};
-use super::{Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
+use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
 
 /// The user property read while listing the children of a recursive
 /// snapshot; its value is not used.
@@ -261,6 +261,48 @@ impl Backend for LzcBackend {
         })
     }
 
+    fn list_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<BookmarkInfo>, ZfsError> {
+        let c_fs = c_name(dataset.as_str())?;
+        let mut props = NvList::new();
+        for p in BOOKMARK_PROPERTIES {
+            props.add_boolean(&c_name(p)?);
+        }
+        init()?;
+        let list = ffi::get_bookmarks(&c_fs, &props).map_err(|errno| {
+            Failure {
+                call: describe("lzc_get_bookmarks", [dataset.as_str()]),
+                errno,
+                object: None,
+            }
+            .into_error(dataset.pool(), format!("dataset {dataset}"))
+        })?;
+        let mut marks = list
+            .iter()
+            .map(|p| bookmark_info(dataset, &p))
+            .collect::<Result<Vec<_>, _>>()?;
+        in_createtxg_order(&mut marks);
+        Ok(marks)
+    }
+
+    fn destroy_bookmark(&self, dataset: &DatasetName, name: &str) -> Result<(), ZfsError> {
+        let full = bookmark_name(dataset, name)?;
+        // lzc_destroy_bookmarks skips a bookmark that does not exist; zfs(8)
+        // checks first, and so do we.
+        if !self.list_bookmarks(dataset)?.iter().any(|b| b.name == name) {
+            return Err(ZfsError::NotFound {
+                what: format!("bookmark {full}"),
+            });
+        }
+        let names = BTreeSet::from([full.clone()]);
+        let list = boolean_set(&names)?;
+        Failure::check(
+            "lzc_destroy_bookmarks",
+            &names,
+            ffi::destroy_bookmarks(&list),
+        )
+        .map_err(|f| f.into_error(dataset.pool(), format!("bookmark {full}")))
+    }
+
     /// Full and `-i` streams (from a snapshot or a bookmark) through
     /// `lzc_send`. `-I` (a package stream of every snapshot in between,
     /// built by libzfs) and resume tokens (decoded by libzfs) go through
@@ -433,6 +475,38 @@ impl Backend for LzcBackend {
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
         self.cli.abort_receive(dataset)
     }
+}
+
+/// What [`Backend::list_bookmarks`] asks `lzc_get_bookmarks` for.
+const BOOKMARK_PROPERTIES: [&str; 3] = ["guid", "createtxg", "creation"];
+
+/// One entry of `lzc_get_bookmarks`: `name -> { property -> { "value" -> uint64 } }`.
+fn bookmark_info(dataset: &DatasetName, entry: &Pair<'_>) -> Result<BookmarkInfo, ZfsError> {
+    let name = entry.name();
+    let bad = |reason: String| ZfsError::Parse {
+        line: format!("lzc_get_bookmarks({dataset}) entry {name:?}"),
+        reason,
+    };
+    bookmark_name(dataset, &name).map_err(|e| bad(e.to_string()))?;
+    let props = entry
+        .nvlist()
+        .ok_or_else(|| bad("not an nvlist of properties".into()))?;
+    let value = |key: &str| -> Result<u64, ZfsError> {
+        props
+            .iter()
+            .find(|p| p.name() == key)
+            .and_then(|p| p.nvlist())
+            .and_then(|v| v.iter().find(|p| p.name() == "value")?.uint64())
+            .ok_or_else(|| bad(format!("no uint64 {key}")))
+    };
+    let creation = value("creation")?;
+    Ok(BookmarkInfo {
+        guid: value("guid")?,
+        createtxg: value("createtxg")?,
+        creation: i64::try_from(creation)
+            .map_err(|_| bad(format!("creation {creation} out of range")))?,
+        name,
+    })
 }
 
 /// A full or `-i` send: one stream that `lzc_send` makes by itself.
@@ -819,6 +893,51 @@ mod tests {
         match err(1031, None) {
             ZfsError::Command { status, .. } => assert_eq!(status, "errno 1031 (ZFS_ERR_*)"),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// `{ name -> { property -> { "value" -> n } } }` as lzc_get_bookmarks returns it.
+    fn bookmark_entry(name: &str, props: &[(&str, u64)]) -> NvList {
+        let mut inner = NvList::new();
+        for (key, n) in props {
+            let mut value = NvList::new();
+            value.add_uint64(&c_name("value").unwrap(), *n);
+            inner.add_nvlist(&c_name(key).unwrap(), &value);
+        }
+        let mut list = NvList::new();
+        list.add_nvlist(&c_name(name).unwrap(), &inner);
+        list
+    }
+
+    #[test]
+    fn bookmark_entries_need_every_property() {
+        let d = ds("tank/a");
+        let all = [("guid", 7), ("createtxg", 100), ("creation", 1704067200)];
+        let list = bookmark_entry("m 1", &all);
+        let entry = list.iter().next().unwrap();
+        assert_eq!(
+            bookmark_info(&d, &entry).unwrap(),
+            BookmarkInfo {
+                name: "m 1".into(),
+                guid: 7,
+                createtxg: 100,
+                creation: 1704067200
+            }
+        );
+        for bad in [
+            bookmark_entry("m", &all[..2]),
+            bookmark_entry(
+                "m",
+                &[("guid", 7), ("createtxg", 1), ("creation", u64::MAX)],
+            ),
+            bookmark_entry("a;b", &all),
+        ] {
+            let entry = bad.iter().next().unwrap();
+            assert!(
+                matches!(bookmark_info(&d, &entry), Err(ZfsError::Parse { .. })),
+                "{}",
+                entry.name()
+            );
         }
     }
 

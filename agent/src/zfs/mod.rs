@@ -12,7 +12,7 @@ pub mod sim;
 mod stream;
 
 pub use error::ZfsError;
-use zdr_common::wire::{PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 /// A filesystem or volume as listed by the backend.
@@ -106,6 +106,13 @@ pub trait Backend: Send + Sync {
         bookmark: &str,
     ) -> Result<(), ZfsError>;
 
+    /// Bookmarks of exactly this dataset (not its children), in createtxg
+    /// order; bookmarks of one snapshot (one createtxg) by name.
+    fn list_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<BookmarkInfo>, ZfsError>;
+
+    /// Destroys `dataset#name`; [`ZfsError::NotFound`] when it does not exist.
+    fn destroy_bookmark(&self, dataset: &DatasetName, name: &str) -> Result<(), ZfsError>;
+
     /// Writes the stream to `out`; returns the bytes written. A failing
     /// `out` stops the sender and comes back as [`ZfsError::Stream`].
     fn send(&self, spec: &SendSpec, out: &mut dyn std::io::Write) -> Result<u64, ZfsError>;
@@ -135,4 +142,9 @@ pub trait Backend: Send + Sync {
     /// `zfs receive -A`: drops the partial state of an interrupted receive
     /// (a partially received new filesystem goes with it).
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError>;
+}
+
+/// The order of [`Backend::list_bookmarks`], the same for every backend.
+pub(crate) fn in_createtxg_order(marks: &mut [BookmarkInfo]) {
+    marks.sort_by(|a, b| (a.createtxg, &a.name).cmp(&(b.createtxg, &b.name)));
 }

@@ -18,13 +18,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use zdr_common::dataset::parse_snapshot_name;
-use zdr_common::wire::{PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 use super::cli::{check_token, send_base_name};
 use super::names::{bookmark_name, check_tag, check_user_property};
 use super::stream::{flush_output, write_stream};
-use super::{Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
+use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// Unix seconds, UTC.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -985,6 +985,36 @@ impl Backend for SimBackend {
                 });
             }
             ds.bookmarks.insert(bookmark.into(), mark);
+            s.next_txg(dataset.pool());
+            Ok(())
+        })
+    }
+
+    fn list_bookmarks(&self, dataset: &DatasetName) -> Result<Vec<BookmarkInfo>, ZfsError> {
+        let s = self.lock();
+        let mut marks: Vec<BookmarkInfo> = s
+            .dataset(dataset)?
+            .bookmarks
+            .iter()
+            .map(|(name, b)| BookmarkInfo {
+                name: name.clone(),
+                guid: b.guid,
+                createtxg: b.createtxg,
+                creation: b.creation,
+            })
+            .collect();
+        in_createtxg_order(&mut marks);
+        Ok(marks)
+    }
+
+    fn destroy_bookmark(&self, dataset: &DatasetName, name: &str) -> Result<(), ZfsError> {
+        let full = bookmark_name(dataset, name)?;
+        self.mutate(|s| {
+            if s.dataset_mut(dataset)?.bookmarks.remove(name).is_none() {
+                return Err(ZfsError::NotFound {
+                    what: format!("bookmark {full}"),
+                });
+            }
             s.next_txg(dataset.pool());
             Ok(())
         })

@@ -65,6 +65,11 @@ impl NvList {
         unsafe { sys::fnvlist_add_int32(self.as_ptr(), name.as_ptr(), value) }
     }
 
+    #[cfg(test)]
+    pub fn add_uint64(&mut self, name: &CStr, value: u64) {
+        unsafe { sys::fnvlist_add_uint64(self.as_ptr(), name.as_ptr(), value) }
+    }
+
     /// The pairs in insertion order.
     pub fn iter(&self) -> Pairs<'_> {
         Pairs {
@@ -100,8 +105,14 @@ impl Pair<'_> {
         (rc == 0).then_some(value)
     }
 
+    /// The value, when it is a uint64 (the type of bookmark properties).
+    pub fn uint64(&self) -> Option<u64> {
+        let mut value = 0u64;
+        let rc = unsafe { sys::nvpair_value_uint64(self.raw.as_ptr(), &mut value) };
+        (rc == 0).then_some(value)
+    }
+
     /// The value, when it is an nvlist (a copy).
-    #[cfg(test)]
     pub fn nvlist(&self) -> Option<NvList> {
         let mut value: *mut sys::nvlist_t = ptr::null_mut();
         let rc = unsafe { sys::nvpair_value_nvlist(self.raw.as_ptr(), &mut value) };
@@ -217,16 +228,37 @@ pub(super) fn bookmark(bookmarks: &NvList) -> Outcome {
     with_errlist(|errlist| unsafe { sys::lzc_bookmark(bookmarks.as_ptr(), errlist) })
 }
 
-/// `lzc_get_holds`: `tag -> creation time` of one snapshot, or the errno.
-pub(super) fn get_holds(snapshot: &CStr) -> Result<NvList, i32> {
-    let mut raw: *mut sys::nvlist_t = ptr::null_mut();
-    let rc = unsafe { sys::lzc_get_holds(snapshot.as_ptr(), &mut raw) };
+/// The list a call handed to the caller (possibly NULL: empty), or its errno.
+fn returned_list(rc: c_int, raw: *mut sys::nvlist_t) -> Result<NvList, i32> {
+    // Whatever rc says, what the call allocated is ours to free.
     let list = unsafe { NvList::from_raw(raw) };
     match (rc, list) {
         (0, Some(list)) => Ok(list),
         (0, None) => Ok(NvList::new()),
         (errno, _) => Err(errno),
     }
+}
+
+/// `lzc_get_holds`: `tag -> creation time` of one snapshot, or the errno.
+pub(super) fn get_holds(snapshot: &CStr) -> Result<NvList, i32> {
+    let mut raw: *mut sys::nvlist_t = ptr::null_mut();
+    let rc = unsafe { sys::lzc_get_holds(snapshot.as_ptr(), &mut raw) };
+    returned_list(rc, raw)
+}
+
+/// `lzc_get_bookmarks`: `short name -> { property -> { "value" -> uint64 } }`
+/// for the bookmarks of one filesystem, with the properties named in `props`
+/// (a boolean set); or the errno.
+pub(super) fn get_bookmarks(fs: &CStr, props: &NvList) -> Result<NvList, i32> {
+    let mut raw: *mut sys::nvlist_t = ptr::null_mut();
+    let rc = unsafe { sys::lzc_get_bookmarks(fs.as_ptr(), props.as_ptr(), &mut raw) };
+    returned_list(rc, raw)
+}
+
+/// `lzc_destroy_bookmarks` of a boolean set of `pool/fs#bookmark` names (one
+/// pool). A bookmark that does not exist is skipped without an error.
+pub(super) fn destroy_bookmarks(bookmarks: &NvList) -> Outcome {
+    with_errlist(|errlist| unsafe { sys::lzc_destroy_bookmarks(bookmarks.as_ptr(), errlist) })
 }
 
 /// `lzc_exists`: whether the dataset, snapshot or bookmark exists.
