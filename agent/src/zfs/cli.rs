@@ -12,8 +12,8 @@ use zdr_common::dataset::parse_snapshot_name;
 use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::{DatasetName, NameError};
 
-use super::names::{bookmark_name, check_tag, check_user_property};
-use super::stream::{copy_stream, flush_output};
+use super::names::{bookmark_name, check_tag, check_token, check_user_property, send_base_name};
+use super::stream::{copy_stream, flush_output, plausible_estimate, pump};
 use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// Runs the zfs and zpool binaries found at the configured paths.
@@ -328,24 +328,9 @@ impl Backend for CliBackend {
         let args = receive_args(target, spec);
         let (mut child, reader) = self.spawn(&args, Stdio::piped(), Stdio::null())?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
-        let mut buf = vec![0u8; 256 << 10];
-        let mut read_error = None;
-        loop {
-            let n = match input.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    read_error = Some(e);
-                    break;
-                }
-            };
-            // zfs receive stops reading when it refuses the stream; its
-            // stderr says why.
-            if stdin.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
+        // zfs receive stops reading when it refuses the stream; its stderr
+        // says why.
+        let read_error = pump(input, &mut stdin);
         // Closing stdin ends the stream; after a read error zfs receive
         // sees a truncated stream and keeps the partial state.
         drop(stdin);
@@ -395,40 +380,6 @@ impl Backend for CliBackend {
             });
         }
         Err(failure.into_error(dataset.pool(), |_, _| format!("dataset {dataset}")))
-    }
-}
-
-/// Resume tokens are ZFS-made: hex digits and dashes.
-pub(crate) fn check_token(token: &str) -> Result<(), ZfsError> {
-    let ok = !token.is_empty()
-        && token.len() <= 64 << 10
-        && !token.starts_with('-')
-        && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ZfsError::Invalid {
-            what: "resume token",
-            value: token.chars().take(80).collect(),
-            reason: "expected letters, digits and '-', not starting with '-'".into(),
-        })
-    }
-}
-
-/// The full name of an incremental source; a bookmark base cannot be `-I`.
-pub(crate) fn send_base_name(
-    dataset: &DatasetName,
-    from: &SendBase,
-    intermediates: bool,
-) -> Result<String, ZfsError> {
-    match from {
-        SendBase::Snapshot(s) => Ok(dataset.snapshot(s)?),
-        SendBase::Bookmark(b) if intermediates => Err(ZfsError::Invalid {
-            what: "send -I source",
-            value: bookmark_name(dataset, b)?,
-            reason: "-I needs a snapshot; send from a bookmark with -i".into(),
-        }),
-        SendBase::Bookmark(b) => Ok(bookmark_name(dataset, b)?),
     }
 }
 
@@ -551,9 +502,6 @@ fn receive_error(f: Failure, target: &DatasetName) -> ZfsError {
     f.into_error(target.pool(), |_, _| format!("dataset {target}"))
 }
 
-/// Values past i64::MAX are the wrapped negatives of OpenZFS #12265.
-const MAX_PLAUSIBLE_ESTIMATE: u64 = i64::MAX as u64;
-
 /// Reads `zfs send -nvP`: the `size` line, or failing that the sum of the
 /// `full` / `incremental` lines; other lines (a resume token's contents) are
 /// skipped. `None` for overflowed figures, and from a bookmark for 0 too
@@ -581,8 +529,7 @@ pub(crate) fn parse_estimate(out: &str, from_bookmark: bool) -> Result<Option<u6
             "no size in zfs send -nvP output",
         ));
     };
-    let plausible = n <= MAX_PLAUSIBLE_ESTIMATE && !(from_bookmark && n == 0);
-    Ok(plausible.then_some(n))
+    Ok(plausible_estimate(n, from_bookmark))
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

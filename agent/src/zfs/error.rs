@@ -48,6 +48,11 @@ pub enum ZfsError {
         program: String,
         source: std::io::Error,
     },
-    #[error("simulated pool state {path}: {reason}")]
-    SimState { path: String, reason: String },
+    /// A backend's own failure, not about a ZFS object (the simulator's
+    /// state file, for one); `source` is the backend's error type.
+    #[error("{source}")]
+    Backend {
+        backend: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }

@@ -25,9 +25,9 @@ use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 use self::ffi::{NvList, Outcome, Pair};
-use super::cli::{send_base_name, CliBackend};
-use super::names::{bookmark_name, check_tag};
-use super::stream::{copy_stream, flush_output};
+use super::cli::CliBackend;
+use super::names::{bookmark_name, check_tag, send_base_name};
+use super::stream::{copy_stream, fill, flush_output, plausible_estimate, pump};
 use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
 
 /// The user property read while listing the children of a recursive
@@ -344,10 +344,8 @@ impl Backend for LzcBackend {
         init()?;
         let space = ffi::send_space(&one.c_snap, one.c_from.as_deref(), one.raw)
             .map_err(|errno| one.failure("lzc_send_space", errno))?;
-        // The same reading as zfs(8)'s: no figure for the wrapped negatives
-        // of OpenZFS #12265, nor for 0 from a bookmark.
         let from_bookmark = one.from.as_deref().is_some_and(|f| f.contains('#'));
-        Ok((space <= MAX_PLAUSIBLE_ESTIMATE && !(space == 0 && from_bookmark)).then_some(space))
+        Ok(plausible_estimate(space, from_bookmark))
     }
 
     /// One plain stream through `lzc_receive_resumable`. `-F` goes through
@@ -365,10 +363,13 @@ impl Backend for LzcBackend {
             return self.cli.receive(target, spec, input);
         }
         let mut header = [0u8; BEGIN_RECORD];
-        let got = read_full(input, &mut header).map_err(|source| ZfsError::Stream {
-            what: "reading the input".into(),
-            source,
-        })?;
+        let (got, err) = fill(input, &mut header);
+        if let Some(source) = err {
+            return Err(ZfsError::Stream {
+                what: "reading the input".into(),
+                source,
+            });
+        }
         let Some(begin) = Begin::parse(&header[..got]) else {
             let mut whole = (&header[..got]).chain(input);
             return self.cli.receive(target, spec, &mut whole);
@@ -388,26 +389,12 @@ impl Backend for LzcBackend {
                 program: "lzc_receive thread".into(),
                 source,
             })?;
-        let mut read_error = None;
         // The receiver stops reading when it refuses the stream: writes
         // then fail with EPIPE, and its errno says why.
-        if writer.write_all(&header).is_ok() {
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = match input.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        read_error = Some(e);
-                        break;
-                    }
-                };
-                if writer.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
+        let read_error = match writer.write_all(&header) {
+            Ok(()) => pump(input, &mut writer),
+            Err(_) => None,
+        };
         // The end of the stream; after a read error the receiver sees a
         // truncated stream and keeps the partial state.
         drop(writer);
@@ -629,23 +616,6 @@ impl Begin {
         })
     }
 }
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(input: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
-
-/// Values past i64::MAX are the wrapped negatives of OpenZFS #12265.
-const MAX_PLAUSIBLE_ESTIMATE: u64 = i64::MAX as u64;
 
 /// Opens /dev/zfs, naming it when that fails.
 fn init() -> Result<(), ZfsError> {

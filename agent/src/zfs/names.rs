@@ -1,11 +1,11 @@
 //! Checks for the names that `DatasetName` does not cover: hold tags, user
-//! property names and bookmarks. Both backends run them, so the simulator
-//! refuses exactly what the CLI backend refuses.
+//! property names, bookmarks, send bases and resume tokens. Every backend
+//! runs them, so the simulator refuses exactly what the real ones refuse.
 
 use zdr_common::dataset::{check_component, MAX_NAME_LEN};
 use zdr_common::{DatasetName, NameError};
 
-use super::ZfsError;
+use super::{SendBase, ZfsError};
 
 /// OpenZFS ZAP_MAXNAMELEN.
 const MAX_PROPERTY_LEN: usize = 256;
@@ -68,6 +68,40 @@ pub(crate) fn bookmark_name(dataset: &DatasetName, bookmark: &str) -> Result<Str
         });
     }
     Ok(full)
+}
+
+/// Resume tokens are ZFS-made: hex digits and dashes.
+pub(crate) fn check_token(token: &str) -> Result<(), ZfsError> {
+    let ok = !token.is_empty()
+        && token.len() <= 64 << 10
+        && !token.starts_with('-')
+        && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ZfsError::Invalid {
+            what: "resume token",
+            value: token.chars().take(80).collect(),
+            reason: "expected letters, digits and '-', not starting with '-'".into(),
+        })
+    }
+}
+
+/// The full name of an incremental source; a bookmark base cannot be `-I`.
+pub(crate) fn send_base_name(
+    dataset: &DatasetName,
+    from: &SendBase,
+    intermediates: bool,
+) -> Result<String, ZfsError> {
+    match from {
+        SendBase::Snapshot(s) => Ok(dataset.snapshot(s)?),
+        SendBase::Bookmark(b) if intermediates => Err(ZfsError::Invalid {
+            what: "send -I source",
+            value: bookmark_name(dataset, b)?,
+            reason: "-I needs a snapshot; send from a bookmark with -i".into(),
+        }),
+        SendBase::Bookmark(b) => Ok(bookmark_name(dataset, b)?),
+    }
 }
 
 #[cfg(test)]

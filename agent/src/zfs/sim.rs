@@ -21,9 +21,8 @@ use zdr_common::dataset::parse_snapshot_name;
 use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
-use super::cli::{check_token, send_base_name};
-use super::names::{bookmark_name, check_tag, check_user_property};
-use super::stream::{flush_output, write_stream};
+use super::names::{bookmark_name, check_tag, check_token, check_user_property, send_base_name};
+use super::stream::{fill, flush_output, write_stream};
 use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// Unix seconds, UTC.
@@ -142,7 +141,7 @@ impl SimBackend {
     }
 
     /// Loads the state from `path` if it exists, and saves it there after every change.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, ZfsError> {
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StateError> {
         let path = path.into();
         let state = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -276,7 +275,7 @@ impl SimBackend {
             return f(&mut state);
         };
         let before = state.clone();
-        let result = f(&mut state).and_then(|out| save(path, &state).map(|()| out));
+        let result = f(&mut state).and_then(|out| Ok(save(path, &state).map(|()| out)?));
         if result.is_err() {
             *state = before;
         }
@@ -284,15 +283,33 @@ impl SimBackend {
     }
 }
 
-fn sim_state(path: &Path, reason: impl ToString) -> ZfsError {
-    ZfsError::SimState {
+/// The simulator's state file could not be read or written: the simulator's
+/// own failure, which reaches callers of [`Backend`] as [`ZfsError::Backend`].
+#[derive(Debug, thiserror::Error)]
+#[error("simulated pool state {path}: {reason}")]
+pub struct StateError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl From<StateError> for ZfsError {
+    fn from(e: StateError) -> Self {
+        ZfsError::Backend {
+            backend: "sim",
+            source: Box::new(e),
+        }
+    }
+}
+
+fn sim_state(path: &Path, reason: impl ToString) -> StateError {
+    StateError {
         path: path.display().to_string(),
         reason: reason.to_string(),
     }
 }
 
 /// Write to a temporary file and rename, so a crash leaves the old or the new state.
-fn save(path: &Path, state: &State) -> Result<(), ZfsError> {
+fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let json = serde_json::to_vec_pretty(state).map_err(|e| sim_state(path, e))?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -457,26 +474,12 @@ fn record_of_token(token: &str) -> Result<Record, ZfsError> {
     serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))
 }
 
-/// Reads up to `max` bytes or to EOF; the count read and the read error, if any.
-fn read_exact_or_eof(input: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<std::io::Error>) {
-    let mut got = 0;
-    while got < buf.len() {
-        match input.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return (got, Some(e)),
-        }
-    }
-    (got, None)
-}
-
 /// One header line; `Ok(None)` at a clean end of stream.
 fn read_header(input: &mut dyn Read) -> Result<Option<Record>, String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
-        let (n, err) = read_exact_or_eof(input, &mut byte);
+        let (n, err) = fill(input, &mut byte);
         if let Some(e) = err {
             return Err(format!("failed to read from stream: {e}"));
         }
@@ -1086,7 +1089,7 @@ impl Backend for SimBackend {
             let mut failure = None;
             while got < r.payload {
                 let want = (r.payload - got).min(buf.len() as u64) as usize;
-                let (n, err) = read_exact_or_eof(input, &mut buf[..want]);
+                let (n, err) = fill(input, &mut buf[..want]);
                 got += n as u64;
                 // ZFS saves a receive's progress with every txg, so a receiver
                 // killed outright still leaves a resume token; so does the model.
@@ -1526,7 +1529,7 @@ mod tests {
         let sim = SimBackend::open(&path).unwrap();
         assert!(matches!(
             sim.add_pool("tank", 1 << 20),
-            Err(ZfsError::SimState { .. })
+            Err(ZfsError::Backend { backend: "sim", source }) if source.is::<StateError>()
         ));
         assert!(sim.pools().unwrap().is_empty());
     }
@@ -1591,23 +1594,18 @@ mod tests {
         let path = dir.path().join("pool.json");
         std::fs::write(&path, b"{\"pools\": [").unwrap();
         match SimBackend::open(&path) {
-            Err(ZfsError::SimState { path: p, .. }) => assert_eq!(p, path.display().to_string()),
-            Err(other) => panic!("{other:?}"),
+            Err(StateError { path: p, .. }) => assert_eq!(p, path.display().to_string()),
             Ok(_) => panic!("corrupt state accepted"),
         }
         std::fs::write(&path, br#"{"pools": {}, "datasets": {"tank/a;b": {}}}"#).unwrap();
-        assert!(matches!(
-            SimBackend::open(&path),
-            Err(ZfsError::SimState { .. })
-        ));
+        assert!(matches!(SimBackend::open(&path), Err(StateError { .. })));
         let orphan = r#"{"pools": {}, "datasets": {"tank": {"guid": 1, "own_bytes": 0,
             "properties": {}, "snapshots": [], "bookmarks": {}}}}"#;
         std::fs::write(&path, orphan).unwrap();
         match SimBackend::open(&path) {
-            Err(ZfsError::SimState { reason, .. }) => {
+            Err(StateError { reason, .. }) => {
                 assert!(reason.contains("no pool tank"), "{reason}")
             }
-            Err(other) => panic!("{other:?}"),
             Ok(_) => panic!("orphan dataset accepted"),
         }
     }
