@@ -230,12 +230,15 @@ impl Replication {
         let cancel = self.register(&cmd.job, JobRole::Target, None)?;
         let pending = plane.listener.expect(job, &cmd.source_node);
         let me = self.clone();
-        let resuming = resume_token.is_some();
+        let how = How {
+            actor,
+            resuming: resume_token.is_some(),
+            why_force,
+        };
         let partial = resume_token.as_deref().and_then(|t| decoded(&dataset, t));
         tokio::spawn(async move {
             let id = cmd.job.clone();
-            me.run_receive(cmd, dataset, pending, cancel, actor, resuming, why_force)
-                .await;
+            me.run_receive(cmd, dataset, pending, cancel, how).await;
             me.jobs().remove(&id);
         });
         Ok(ReceiveOffer {
@@ -262,19 +265,14 @@ impl Replication {
         .await
         .map_err(|e| format!("listing {dataset} panicked: {e}"))?
         .map_err(|e| format!("listing {dataset} before receive -F: {e}"))?;
-        let real = rollback::discards(dataset.as_str(), cmd.base.as_ref(), &cmd.discards, &listing)
-            .map_err(|e| {
-                warn!(job = %cmd.job, error = %e, "receive -F refused");
-                e.to_string()
-            })?;
-        let base = cmd.base.as_ref().expect("discards checked the base");
-        Ok(format!(
-            "job {}: roll {dataset} back to @{} (GUID {}), destroying {} as listed on this node",
-            cmd.job,
-            base.name,
-            base.guid,
-            rollback::list(&real)
-        ))
+        let rollback =
+            rollback::check(dataset.as_str(), cmd.base.as_ref(), &cmd.discards, &listing).map_err(
+                |e| {
+                    warn!(job = %cmd.job, error = %e, "receive -F refused");
+                    e.to_string()
+                },
+            )?;
+        Ok(format!("job {}: roll {dataset} back {rollback}", cmd.job))
     }
 
     async fn run_receive(
@@ -283,10 +281,13 @@ impl Replication {
         dataset: DatasetName,
         pending: crate::transfer::Pending,
         cancel: Arc<Notify>,
-        actor: String,
-        resuming: bool,
-        why_force: Option<String>,
+        how: How,
     ) {
+        let How {
+            actor,
+            resuming,
+            why_force,
+        } = how;
         if let Some(why) = &why_force {
             if !self.audit(&actor, "receive -F", dataset.as_str(), why, "intent") {
                 let r = Reporter::default();
@@ -772,6 +773,15 @@ impl Replication {
             },
         )
     }
+}
+
+/// How a receive runs, as `receive` found it.
+struct How {
+    actor: String,
+    /// A saved partial receive is being finished.
+    resuming: bool,
+    /// `-F`, with the audit log's reason: what it destroys on this node.
+    why_force: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]

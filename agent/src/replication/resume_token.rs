@@ -157,7 +157,7 @@ fn unhex(s: &str) -> Result<Vec<u8>, TokenError> {
             .map(|d| d as u8)
             .ok_or(TokenError::Hex { at: i })
     };
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(TokenError::Hex { at: s.len() });
     }
     (0..s.len())

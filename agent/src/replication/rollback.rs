@@ -36,14 +36,34 @@ pub enum RollbackRefused {
     },
 }
 
-/// The snapshots of `dataset` (listed in createtxg order in `target`) that
-/// a `receive -F` from `base` destroys, if they are the `planned` ones.
-pub fn discards(
+/// A `receive -F` this node agreed to: back to `base`, destroying `destroys`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    pub base: SnapshotRef,
+    pub destroys: Vec<String>,
+}
+
+impl std::fmt::Display for Rollback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "to @{} (GUID {}), destroying {} as listed on this node",
+            self.base.name,
+            self.base.guid,
+            list(&self.destroys)
+        )
+    }
+}
+
+/// The rollback of `dataset` (its snapshots listed in createtxg order in
+/// `target`) that a `receive -F` from `base` makes, if it destroys the
+/// `planned` snapshots and no others.
+pub fn check(
     dataset: &str,
     base: Option<&SnapshotRef>,
     planned: &[String],
     target: &[SnapshotInfo],
-) -> Result<Vec<String>, RollbackRefused> {
+) -> Result<Rollback, RollbackRefused> {
     let base = base.ok_or_else(|| RollbackRefused::NoBase {
         dataset: dataset.to_string(),
     })?;
@@ -64,11 +84,14 @@ pub fn discards(
             real,
         });
     }
-    Ok(real)
+    Ok(Rollback {
+        base: base.clone(),
+        destroys: real,
+    })
 }
 
 /// `[a, b]`, or `nothing`.
-pub fn list(names: &[String]) -> String {
+fn list(names: &[String]) -> String {
     if names.is_empty() {
         "nothing".into()
     } else {
@@ -108,53 +131,61 @@ mod tests {
 
     #[test]
     fn lists_everything_after_the_base_found_by_guid() {
-        let got = discards(
+        let got = check(
             "tank/a",
             Some(&base("b", 2)),
             &names(&["d", "c"]),
             &target(),
         );
-        assert_eq!(got, Ok(names(&["c", "d"])));
+        let got = got.unwrap();
+        assert_eq!(got.destroys, names(&["c", "d"]));
+        assert_eq!(
+            got.to_string(),
+            "to @b (GUID 2), destroying [c, d] as listed on this node"
+        );
         // The base's name on the target does not matter, only its GUID.
-        let got = discards(
+        let got = check(
             "tank/a",
             Some(&base("renamed", 3)),
             &names(&["d"]),
             &target(),
         );
-        assert_eq!(got, Ok(names(&["d"])));
-        let got = discards("tank/a", Some(&base("d", 4)), &[], &target());
-        assert_eq!(got, Ok(vec![]));
+        assert_eq!(got.unwrap().destroys, names(&["d"]));
+        let got = check("tank/a", Some(&base("d", 4)), &[], &target()).unwrap();
+        assert_eq!(
+            got.to_string(),
+            "to @d (GUID 4), destroying nothing as listed on this node"
+        );
     }
 
     #[test]
     fn a_forged_plan_is_refused_naming_both_lists() {
-        let e = discards("tank/a", Some(&base("a", 1)), &names(&["fake"]), &target()).unwrap_err();
+        let e = check("tank/a", Some(&base("a", 1)), &names(&["fake"]), &target()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "tank/a: receive -F back to @a would destroy [b, c, d] on this node, but the plan \
              names [fake]; nothing was received or destroyed; plan again from this node's inventory"
         );
         // One real snapshot left out is as bad as a fake one.
-        let e = discards(
+        let e = check(
             "tank/a",
             Some(&base("a", 1)),
             &names(&["b", "c"]),
             &target(),
         );
         assert!(matches!(e, Err(RollbackRefused::Differs { .. })));
-        let e = discards("tank/a", Some(&base("d", 4)), &names(&["d"]), &target());
+        let e = check("tank/a", Some(&base("d", 4)), &names(&["d"]), &target());
         assert!(matches!(e, Err(RollbackRefused::Differs { .. })));
     }
 
     #[test]
     fn no_base_or_an_unknown_base_is_refused() {
-        let e = discards("tank/a", None, &[], &target()).unwrap_err();
+        let e = check("tank/a", None, &[], &target()).unwrap_err();
         assert!(e
             .to_string()
             .starts_with("tank/a: receive -F without a base"));
         // The right name with another GUID is not the base.
-        let e = discards(
+        let e = check(
             "tank/a",
             Some(&base("b", 99)),
             &names(&["c", "d"]),
@@ -166,7 +197,7 @@ mod tests {
              node has that GUID; nothing was received or destroyed; plan again from this node's \
              inventory"
         );
-        let e = discards("tank/a", Some(&base("b", 2)), &[], &[]);
+        let e = check("tank/a", Some(&base("b", 2)), &[], &[]);
         assert!(matches!(e, Err(RollbackRefused::BaseMissing { .. })));
     }
 }
