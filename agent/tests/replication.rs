@@ -144,6 +144,15 @@ impl Node {
     }
 }
 
+fn s1_to_s2() -> StreamSpec {
+    StreamSpec::Incremental {
+        from: "s1".into(),
+        to: "s2".into(),
+        intermediates: false,
+        from_bookmark: false,
+    }
+}
+
 fn token() -> JobSecret {
     JobSecret("ab".repeat(32))
 }
@@ -302,12 +311,7 @@ async fn a_true_rollback_plan_is_audited_with_the_real_list_and_lands() {
         &mut target,
         // Planned in another order: the same snapshots go all the same.
         forced("rollback", s2.clone(), &s1, &["t2", "t1"]),
-        StreamSpec::Incremental {
-            from: "s1".into(),
-            to: "s2".into(),
-            intermediates: false,
-            from_bookmark: false,
-        },
+        s1_to_s2(),
     )
     .await;
     assert_eq!(done.state, JobPhase::Done, "{done:?}");
@@ -333,18 +337,7 @@ async fn a_receive_without_force_neither_lists_nor_audits_a_rollback() {
     let mut job = receive_job("plain", s2.clone());
     // A plan the -F check would refuse: ignored, since nothing is forced.
     job.discards = vec!["zdr_fake".into()];
-    let done = run(
-        &mut source,
-        &mut target,
-        job,
-        StreamSpec::Incremental {
-            from: "s1".into(),
-            to: "s2".into(),
-            intermediates: false,
-            from_bookmark: false,
-        },
-    )
-    .await;
+    let done = run(&mut source, &mut target, job, s1_to_s2()).await;
     assert_eq!(done.landed, Some(s2), "{done:?}");
     assert!(rollback_records(&target).is_empty());
 }
