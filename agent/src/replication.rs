@@ -3,6 +3,9 @@
 //! source pipes `zfs send` to it. Both ends report progress and their outcome
 //! as [`JobUpdate`]s; the coordinator decides what happens next.
 
+pub mod resume_token;
+pub mod rollback;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -15,8 +18,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zdr_common::wire::{
-    JobPhase, JobRole, JobUpdate, ReceiveJob, ReceiveOffer, SendJob, SnapshotInfo, SnapshotRef,
-    StreamSpec,
+    JobPhase, JobRole, JobUpdate, PartialReceive, ReceiveJob, ReceiveOffer, SendJob, SnapshotInfo,
+    SnapshotRef, StreamSpec,
 };
 use zdr_common::DatasetName;
 
@@ -213,6 +216,11 @@ impl Replication {
             .snapshot(&cmd.expect.name)
             .map_err(|e| format!("expect.name: {e}"))?;
         let job = job(&cmd.job, &cmd.token.0)?;
+        // Checked before anything is written: a refused -F changes nothing.
+        let why_force = match cmd.force {
+            true => Some(self.rollback_audit(&cmd, &dataset).await?),
+            false => None,
+        };
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
         if cmd.discard_partial {
@@ -237,18 +245,49 @@ impl Replication {
         let cancel = self.register(&cmd.job, JobRole::Target, None)?;
         let pending = plane.listener.expect(job, &cmd.source_node);
         let me = self.clone();
-        let resuming = resume_token.is_some();
+        let how = How {
+            actor,
+            resuming: resume_token.is_some(),
+            why_force,
+        };
+        let partial = resume_token.as_deref().and_then(|t| decoded(&dataset, t));
         tokio::spawn(async move {
             let id = cmd.job.clone();
-            me.run_receive(cmd, dataset, pending, cancel, actor, resuming)
-                .await;
+            me.run_receive(cmd, dataset, pending, cancel, how).await;
             me.jobs().remove(&id);
         });
         Ok(ReceiveOffer {
             addr: plane.advertise.to_string(),
             resume_token,
-            partial: None,
+            partial,
         })
+    }
+
+    /// Why `receive -F` runs, for the audit log: what it will destroy here,
+    /// listed from this node's pool. Refused unless it is what the
+    /// coordinator planned.
+    async fn rollback_audit(
+        &self,
+        cmd: &ReceiveJob,
+        dataset: &DatasetName,
+    ) -> Result<String, Refused> {
+        let backend = self.lifecycle.backend.clone();
+        let ds = dataset.clone();
+        let listing = tokio::task::spawn_blocking(move || match backend.list_snapshots(&ds) {
+            Err(ZfsError::NotFound { .. }) => Ok(Vec::new()),
+            r => r,
+        })
+        .await
+        .map_err(|e| format!("listing {dataset} panicked: {e}"))?
+        .map_err(|e| format!("listing {dataset} before receive -F: {e}"))?;
+        let rollback =
+            rollback::check(dataset.as_str(), cmd.base.as_ref(), &cmd.discards, &listing).map_err(
+                |e| {
+                    warn!(job = %cmd.job, error = %e, "receive -F refused");
+                    e.to_string()
+                },
+            )?;
+        Ok(format!("job {}: roll {dataset} back {rollback}", cmd.job))
     }
 
     async fn run_receive(
@@ -257,29 +296,25 @@ impl Replication {
         dataset: DatasetName,
         pending: crate::transfer::Pending,
         cancel: Arc<Notify>,
-        actor: String,
-        resuming: bool,
+        how: How,
     ) {
-        let why_force = format!(
-            "job {}: roll {} back to the common snapshot, destroying {}",
-            cmd.job,
-            dataset,
-            if cmd.discards.is_empty() {
-                "nothing listed".to_string()
-            } else {
-                cmd.discards.join(", ")
+        let How {
+            actor,
+            resuming,
+            why_force,
+        } = how;
+        if let Some(why) = &why_force {
+            if !self.audit(&actor, "receive -F", dataset.as_str(), why, "intent") {
+                let r = Reporter::default();
+                self.update(
+                    &cmd.job,
+                    JobRole::Target,
+                    JobPhase::Failed,
+                    &r,
+                    "the audit log could not be written; not receiving with -F".into(),
+                );
+                return;
             }
-        );
-        if cmd.force && !self.audit(&actor, "receive -F", dataset.as_str(), &why_force, "intent") {
-            let r = Reporter::default();
-            self.update(
-                &cmd.job,
-                JobRole::Target,
-                JobPhase::Failed,
-                &r,
-                "the audit log could not be written; not receiving with -F".into(),
-            );
-            return;
         }
         let (mut sink, input) = match pipe_to_zfs() {
             Ok(p) => p,
@@ -326,7 +361,7 @@ impl Replication {
                         .unwrap_or_else(|e| Err(format!("checking the result panicked: {e}")));
                 match landed {
                     Ok((snap, listing)) => Ok((snap, listing, summary.clone())),
-                    Err(e) => Err((e, false)),
+                    Err(e) => Err((e, None)),
                 }
             }
             (Err(mismatch @ TransferError::HashMismatch { .. }), _) => {
@@ -338,7 +373,7 @@ impl Replication {
                     Ok(false) => String::new(),
                     Err(e) => format!("; {e}"),
                 };
-                Err((format!("{mismatch}{note}"), false))
+                Err((format!("{mismatch}{note}"), None))
             }
             (t, z) => {
                 let token = tokio::task::spawn_blocking(move || backend.resume_token(&ds))
@@ -355,15 +390,15 @@ impl Replication {
                 if token.is_some() {
                     msg.push_str("; the partial receive is saved for resuming");
                 }
-                Err((msg, token.is_some()))
+                Err((msg, token))
             }
         };
-        if cmd.force {
+        if let Some(why) = &why_force {
             let result = match &outcome {
                 Ok(_) => "done".to_string(),
                 Err((e, _)) => format!("failed: {e}"),
             };
-            self.audit(&actor, "receive -F", dataset.as_str(), &why_force, &result);
+            self.audit(&actor, "receive -F", dataset.as_str(), why, &result);
         }
         let lc = self.lifecycle.clone();
         let ds = dataset.clone();
@@ -407,11 +442,12 @@ impl Replication {
                 );
                 update.landed = Some(snap);
             }
-            Err((message, resumable)) => {
+            Err((message, token)) => {
                 warn!(job = %cmd.job, %dataset, %message, "receive failed");
                 update.state = JobPhase::Failed;
                 update.message = message;
-                update.resumable = resumable;
+                update.resumable = token.is_some();
+                update.partial = token.as_deref().and_then(|t| decoded(&dataset, t));
             }
         }
         let _ = self.updates.send(update);
@@ -798,6 +834,15 @@ impl Replication {
     }
 }
 
+/// How a receive runs, as `receive` found it.
+struct How {
+    actor: String,
+    /// A saved partial receive is being finished.
+    resuming: bool,
+    /// `-F`, with the audit log's reason: what it destroys on this node.
+    why_force: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Reporter {
     bytes: u64,
@@ -821,6 +866,18 @@ impl Reporting {
 
     fn last(&self) -> Reporter {
         self.last
+    }
+}
+
+/// What a saved partial receive holds, from its resume token; `None` for a
+/// token this build cannot read (the simulator's own format among them).
+fn decoded(dataset: &DatasetName, token: &str) -> Option<PartialReceive> {
+    match resume_token::decode(token) {
+        Ok(t) => Some(t.partial()),
+        Err(e) => {
+            info!(%dataset, error = %e, "resume token not decoded; the partial receive is offered undescribed");
+            None
+        }
     }
 }
 
