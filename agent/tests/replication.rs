@@ -63,9 +63,14 @@ async fn node(pki: &Pki, name: &'static str, sim: SimBackend) -> Node {
         sim.clone(),
         AuditLog::open(&audit).unwrap(),
     ));
-    let (repl, updates) = Replication::start(lifecycle, name.into(), Some(&config))
-        .await
-        .unwrap();
+    let (repl, updates) = Replication::start(
+        lifecycle,
+        name.into(),
+        Some(&config),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     Node {
         name,
         repl,
