@@ -3,7 +3,6 @@
 //! source pipes `zfs send` to it. Both ends report progress and their outcome
 //! as [`JobUpdate`]s; the coordinator decides what happens next.
 
-pub mod resume_token;
 pub mod rollback;
 
 use std::collections::HashMap;
@@ -31,7 +30,7 @@ use crate::transfer::{
     Compression, FleetTls, Job, JobToken, Listener, Progress, RateHandle, SendOptions, Sender,
     TransferError,
 };
-use crate::zfs::{RecvSpec, SendBase, SendSpec, ZfsError};
+use crate::zfs::{resume_token, RecvSpec, SendBase, SendSpec, ZfsError};
 
 /// zstd level on the wire: level 1 keeps up with a 10 Gb/s link per core.
 const ZSTD_LEVEL: i32 = 1;
@@ -870,7 +869,7 @@ impl Reporting {
 }
 
 /// What a saved partial receive holds, from its resume token; `None` for a
-/// token this build cannot read (the simulator's own format among them).
+/// token this build cannot read (a newer OpenZFS token version, say).
 fn decoded(dataset: &DatasetName, token: &str) -> Option<PartialReceive> {
     match resume_token::decode(token) {
         Ok(t) => Some(t.partial()),

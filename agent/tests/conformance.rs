@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 
 use zdr_agent::zfs::cli::CliBackend;
 use zdr_agent::zfs::sim::SimBackend;
-use zdr_agent::zfs::{Backend, RecvSpec, SendBase, SendSpec, ZfsError};
+use zdr_agent::zfs::{resume_token, Backend, RecvSpec, SendBase, SendSpec, ZfsError};
 use zdr_common::wire::SnapshotInfo;
 use zdr_common::{DatasetName, NameError};
 
@@ -1286,6 +1286,14 @@ fn interrupted_receive_resumes_or_aborts() {
         "estimate {est} for {size}"
     );
     let token = b.resume_token(&dst).unwrap().expect("a resume token");
+    // The token says what the partial receive is of, in OpenZFS's format.
+    let decoded = resume_token::decode(&token).unwrap();
+    let big = &snaps(f, &src)[0];
+    assert_eq!(
+        (decoded.toguid, decoded.fromguid, decoded.toname.as_str()),
+        (big.guid, None, format!("{src}@big").as_str())
+    );
+    assert!(decoded.bytes > 0 && decoded.bytes < size, "{decoded:?}");
     eprintln!(
         "resume estimate: {:?}",
         b.estimate(&SendSpec::Resume {
@@ -1307,7 +1315,13 @@ fn interrupted_receive_resumes_or_aborts() {
     f.write_data(&src, 2 << 20);
     snap(f, &[&src], "more", false);
     interrupted_transfer(f, &incr(&src, "big", "more", false), &dst);
-    assert!(b.resume_token(&dst).unwrap().is_some());
+    let token = b.resume_token(&dst).unwrap().expect("a resume token");
+    let decoded = resume_token::decode(&token).unwrap();
+    let s = snaps(f, &src);
+    assert_eq!(
+        (decoded.toguid, decoded.fromguid),
+        (s[1].guid, Some(s[0].guid))
+    );
     b.abort_receive(&dst).unwrap();
     assert_eq!(b.resume_token(&dst).unwrap(), None);
     assert_eq!(names(&snaps(f, &dst)), ["big"]);

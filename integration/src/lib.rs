@@ -641,6 +641,20 @@ pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<Str
     )
 }
 
+/// The bookmarks of `dataset` in an agent's simulated pools: name and GUID.
+pub fn bookmarks_on_disk(agent: &Agent, dataset: &str) -> Vec<(String, u64)> {
+    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).unwrap_or_default();
+    let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
+    v["datasets"][dataset]["bookmarks"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(n, b)| (n.clone(), b["guid"].as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether `dataset` in an agent's simulated pools has a saved partial receive.
 pub fn partial_on_disk(agent: &Agent, dataset: &str) -> bool {
     std::fs::read(agent.state_dir.join("sim-pools.json"))

@@ -129,7 +129,11 @@ struct Setup {
 }
 
 async fn setup(tasks: &str) -> Setup {
-    let fleet = Fleet::start(POLICY, Some(tasks)).await;
+    setup_with(POLICY, tasks).await
+}
+
+async fn setup_with(policy: &str, tasks: &str) -> Setup {
+    let fleet = Fleet::start(policy, Some(tasks)).await;
     let pki = pki(fleet.path(), &["node-a1", "node-a2", "node-b1", "node-b2"]);
     let coordinator = fleet.coordinator("c1");
     coordinator.wait_ready().await;
@@ -655,4 +659,137 @@ async fn a_rate_change_reaches_the_running_job() {
     // At 1 MB/s the 24 MB stream would have taken 24 s.
     let took = job["finished_at_ms"].as_i64().unwrap() - job["started_at_ms"].as_i64().unwrap();
     assert!(took < 20_000, "took {took} ms: the new rate did not apply");
+}
+
+/// `tank/big` keeps only its three newest snapshots, taken every 2 s: the
+/// source prunes what a slow offsite stream is still carrying.
+const POLICY_CHURN: &str = r#"version: 1
+sites:
+  site-a: {}
+  site-b: {}
+nodes:
+  node-a1: { site: site-a, media: ssd }
+  node-b1: { site: site-b, media: ssd }
+classes:
+  churn:
+    tiers: { 2s: 3 }
+    rpo: 1h
+    rto: 1h
+    immutable_for: 0s
+datasets:
+  - match: "tank/big"
+    class: churn
+"#;
+
+/// The defect that blocked a pairing for good: source retention pruned a
+/// snapshot the target had already received from an `-I` stream, the
+/// coordinator died, the stream was cut, and every later plan read the
+/// target as diverged. Now the source bookmarks what it prunes, and the
+/// planner continues from the bookmark: no rollback, no new full.
+#[tokio::test]
+async fn a_stream_cut_while_the_source_prunes_continues_from_a_bookmark() {
+    let mut s = setup_with(POLICY_CHURN, TASKS_BIG).await;
+    let standby = s.fleet.coordinator("c2");
+    // 12 MB per snapshot at 4 MB/s: 3 s each, while one is taken every 2 s,
+    // so every incremental carries several snapshots.
+    let bytes = Some(12_000_000);
+    let mut a1 = s.agent("node-a1", bytes);
+    let b1 = s.agent("node-b1", bytes);
+    let copy = "backup/node-a1/tank/big";
+
+    // An -I stream of several snapshots, with at least one of them landed.
+    let before_cut = wait_for(
+        "an incremental of several snapshots under way",
+        Duration::from_secs(120),
+        || async {
+            let all = jobs(&s.coordinator).await;
+            let j = job_for(&all, "offsite", "node-a1")?;
+            let plan = history(j).last()?.clone();
+            let several = plan.contains("-I @") && j["size_hint"].as_u64()? > 30_000_000;
+            let one_in = j["bytes"].as_u64()? > 16_000_000;
+            (j["state"] == "running" && several && one_in).then(|| history(j).len())
+        },
+    )
+    .await;
+    // The coordinator and the source die together: no one adopts the stream.
+    s.coordinator.proc.kill();
+    a1.proc.kill();
+    // What landed from the cut stream: the snapshots after the held base.
+    let on_target = on_disk(&b1, copy).unwrap();
+    let base = on_target
+        .iter()
+        .rposition(|(_, _, holds)| holds.iter().any(|t| t == "zdr-repl-offsite"))
+        .expect("a held base on the target");
+    let received: Vec<(String, u64)> = on_target[base + 1..]
+        .iter()
+        .map(|(n, g, _)| (n.clone(), *g))
+        .collect();
+    assert!(
+        !received.is_empty(),
+        "the cut stream landed a snapshot first: {on_target:?}"
+    );
+    a1 = s.agent("node-a1", bytes);
+    standby.wait_ready().await;
+
+    // The source prunes a snapshot the target holds, keeping its bookmark.
+    let pruned = wait_for(
+        "the source to prune a snapshot the target received",
+        Duration::from_secs(60),
+        || async {
+            let src = on_disk(&a1, "tank/big")?;
+            let (name, guid) = received
+                .iter()
+                .find(|(n, _)| !src.iter().any(|(m, _, _)| m == n))?;
+            Some((name.clone(), *guid))
+        },
+    )
+    .await;
+
+    // The pairing goes on: a later attempt lands a newer snapshot.
+    let job = wait_for(
+        "a later attempt to land after the prune",
+        Duration::from_secs(120),
+        || async {
+            let all = jobs(&standby).await;
+            let j = job_for(&all, "offsite", "node-a1")?.clone();
+            let newer = on_disk(&b1, copy)?.last()?.0 > pruned.0;
+            (j["state"] == "done" && newer).then_some(j)
+        },
+    )
+    .await;
+    let after_cut = &history(&job)[before_cut..];
+    assert!(
+        !after_cut
+            .iter()
+            .any(|l| l.contains("diverged") || l.contains("with -F") || l.contains("full @")),
+        "no block, rollback or new full after the cut: {after_cut:#?}"
+    );
+    assert!(
+        after_cut.iter().any(|l| l.contains(" #")),
+        "an attempt was planned from a bookmark: {after_cut:#?}"
+    );
+    // The partial receive of a pruned snapshot was dropped at planning,
+    // not found out by a failing send.
+    assert!(
+        !after_cut.iter().any(|l| l.contains("does not exist")),
+        "{after_cut:#?}"
+    );
+    // The target kept what it had (nothing rolled back), and every snapshot
+    // it has matches the source's snapshot or bookmark of that name.
+    let dst = on_disk(&b1, copy).unwrap();
+    assert!(
+        dst.iter().any(|(n, g, _)| *n == pruned.0 && *g == pruned.1),
+        "{copy}@{} was rolled back: {dst:?}",
+        pruned.0
+    );
+    let src = on_disk(&a1, "tank/big").unwrap();
+    let marks = bookmarks_on_disk(&a1, "tank/big");
+    for (name, guid, _) in &dst {
+        let known = src.iter().any(|(n, g, _)| n == name && g == guid)
+            || marks.iter().any(|(n, g)| n == name && g == guid);
+        assert!(
+            known,
+            "{copy}@{name} ({guid}) is neither a source snapshot nor a bookmark"
+        );
+    }
 }

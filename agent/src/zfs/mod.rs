@@ -8,6 +8,7 @@ pub mod error;
 #[cfg(feature = "lzc")]
 pub mod lzc;
 mod names;
+pub mod resume_token;
 pub mod sim;
 mod stream;
 

@@ -22,6 +22,7 @@ use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 use super::names::{bookmark_name, check_tag, check_token, check_user_property, send_base_name};
+use super::resume_token::{self, ResumeToken, StreamFlags};
 use super::stream::{fill, flush_output, write_stream};
 use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
 
@@ -447,31 +448,42 @@ impl State {
     }
 }
 
+/// The OpenZFS-format token of a partial receive, so that whatever reads
+/// real tokens (the agent's offer to the coordinator) reads the model's too.
 fn token_of(record: &Record) -> String {
-    let json = serde_json::to_vec(record).expect("a record serializes");
-    let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
-    format!("1-{hex}")
+    resume_token::encode(&ResumeToken {
+        fromguid: record.fromguid,
+        // The model has no objects: one stream position serves as both.
+        object: 0,
+        offset: record.offset,
+        bytes: record.offset,
+        toguid: record.toguid,
+        toname: record.toname.clone(),
+        flags: StreamFlags {
+            raw: record.raw,
+            ..StreamFlags::default()
+        },
+    })
 }
 
+/// The record a resumed send continues; `creation` and `payload` are the
+/// source snapshot's, filled in by the send.
 fn record_of_token(token: &str) -> Result<Record, ZfsError> {
     check_token(token)?;
-    let bad = |reason: &str| ZfsError::Invalid {
+    let t = resume_token::decode(token).map_err(|e| ZfsError::Invalid {
         what: "resume token",
         value: token.chars().take(80).collect(),
-        reason: reason.into(),
-    };
-    let hex = token
-        .strip_prefix("1-")
-        .ok_or_else(|| bad("not a simulator token"))?;
-    if hex.len() % 2 != 0 {
-        return Err(bad("odd length"));
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad("not hex"))?;
-    serde_json::from_slice(&bytes).map_err(|e| bad(&e.to_string()))
+        reason: e.to_string(),
+    })?;
+    Ok(Record {
+        toname: t.toname,
+        toguid: t.toguid,
+        fromguid: t.fromguid,
+        creation: 0,
+        raw: t.flags.raw,
+        offset: t.offset,
+        payload: 0,
+    })
 }
 
 /// One header line; `Ok(None)` at a clean end of stream.
@@ -604,6 +616,7 @@ impl State {
                         });
                     }
                 }
+                r.creation = ds.snapshots[i].creation;
                 r.payload = match r.fromguid {
                     None => full_payload(ds, i),
                     Some(_) => ds.snapshots[i].used,
