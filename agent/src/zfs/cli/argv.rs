@@ -203,12 +203,9 @@ fn shell_quote(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::ds;
     use super::*;
     use crate::zfs::SendBase;
-
-    fn ds(s: &str) -> DatasetName {
-        DatasetName::parse(s).unwrap()
-    }
 
     #[test]
     fn builds_argv_with_names_as_single_elements() {

@@ -143,11 +143,8 @@ mod tests {
     use std::path::Path;
 
     use super::super::argv::{render_argv, strings};
+    use super::super::tests::ds;
     use super::*;
-
-    fn ds(s: &str) -> DatasetName {
-        DatasetName::parse(s).unwrap()
-    }
 
     #[test]
     fn classifies_receive_refusals() {

@@ -402,7 +402,7 @@ impl Backend for CliBackend {
 mod tests {
     use super::*;
 
-    fn ds(s: &str) -> DatasetName {
+    pub(super) fn ds(s: &str) -> DatasetName {
         DatasetName::parse(s).unwrap()
     }
 

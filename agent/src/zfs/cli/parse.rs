@@ -188,11 +188,8 @@ pub(super) fn parse_holds(snapshot: &str, out: &str) -> Result<Vec<String>, ZfsE
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::ds;
     use super::*;
-
-    fn ds(s: &str) -> DatasetName {
-        DatasetName::parse(s).unwrap()
-    }
 
     #[test]
     fn parses_pools() {

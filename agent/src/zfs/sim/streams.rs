@@ -367,11 +367,12 @@ fn full_payload(ds: &Dataset, i: usize) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use zdr_common::wire::SnapshotInfo;
+
     use super::super::tests::{ds, sim, snaps};
     use super::super::SimBackend;
     use super::*;
     use crate::zfs::{Backend, RecvSpec};
-    use zdr_common::wire::SnapshotInfo;
 
     #[test]
     fn streams_carry_guids_to_another_simulator() {
