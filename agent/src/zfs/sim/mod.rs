@@ -8,29 +8,33 @@
 //! resumable partial receives. With
 //! [`SimBackend::open`] the state lives in a JSON file rewritten atomically
 //! after every change, so a demo agent keeps its "pool" across restarts.
+//!
+//! The pool model is in `model`, the stream format (and what a send and a
+//! receive do to the model) in `streams`, the state file in `persist`.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
+mod model;
+mod persist;
+mod streams;
+
+use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use serde::{Deserialize, Serialize};
-use zdr_common::dataset::parse_snapshot_name;
 use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
-use super::names::{bookmark_name, check_tag, check_token, check_user_property, send_base_name};
-use super::resume_token::{self, ResumeToken, StreamFlags};
+use self::model::{parent, snapshot_missing, Bookmark, Pool, Snap, State, DATASET_BYTES};
+use self::persist::save;
+pub use self::persist::StateError;
+use self::streams::{read_header, token_of, CHECKPOINT_BYTES, STREAM_MAGIC};
+use super::names::{bookmark_name, check_tag, check_user_property};
 use super::stream::{fill, flush_output, write_stream};
-use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
+use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
 
 /// Unix seconds, UTC.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
-/// What an empty filesystem takes, roughly as on real ZFS.
-const DATASET_BYTES: u64 = 96 * 1024;
 const DEFAULT_SNAPSHOT_BYTES: u64 = 16 * 1024;
 
 pub struct SimBackend {
@@ -38,90 +42,6 @@ pub struct SimBackend {
     path: Option<PathBuf>,
     clock: Clock,
     snapshot_bytes: u64,
-}
-
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct State {
-    pools: BTreeMap<String, Pool>,
-    datasets: BTreeMap<DatasetName, Dataset>,
-    /// Every GUID ever handed out; rebuilt on load.
-    #[serde(skip)]
-    guids: HashSet<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Pool {
-    size: u64,
-    /// Last transaction group synced.
-    txg: u64,
-    /// Derived from the datasets; rebuilt on load.
-    #[serde(skip)]
-    allocated: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Dataset {
-    guid: u64,
-    own_bytes: u64,
-    /// Locally set user properties.
-    properties: BTreeMap<String, String>,
-    /// In createtxg order.
-    snapshots: Vec<Snap>,
-    bookmarks: BTreeMap<String, Bookmark>,
-    /// The txg of the last change to the live filesystem's data (a write or
-    /// a received snapshot); a receive refuses a target changed since its base.
-    #[serde(default)]
-    head_txg: u64,
-    /// The saved state of an interrupted `receive -s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    partial: Option<Partial>,
-}
-
-/// One snapshot in a simulated stream: a header line (`STREAM_MAGIC` and
-/// this as JSON), then `payload - offset` filler bytes standing for the data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Record {
-    /// The sent snapshot's full name on the source.
-    toname: String,
-    toguid: u64,
-    /// `None` for a full stream.
-    fromguid: Option<u64>,
-    creation: i64,
-    raw: bool,
-    /// Where in the payload this stream starts (a resumed stream).
-    offset: u64,
-    payload: u64,
-}
-
-const STREAM_MAGIC: &str = "zdr-sim-stream-v1 ";
-
-/// A receive saves its progress every this many bytes, as a txg would.
-const CHECKPOINT_BYTES: u64 = 4 << 20;
-
-/// An interrupted receive: the record and how far it got (`record.offset`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Partial {
-    record: Record,
-    /// The receive created the dataset; aborting it destroys the dataset.
-    new_dataset: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Snap {
-    name: String,
-    guid: u64,
-    createtxg: u64,
-    creation: i64,
-    used: u64,
-    holds: BTreeSet<String>,
-}
-
-/// A bookmark carries its source snapshot's identity.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Bookmark {
-    guid: u64,
-    createtxg: u64,
-    creation: i64,
 }
 
 impl Default for SimBackend {
@@ -144,16 +64,7 @@ impl SimBackend {
     /// Loads the state from `path` if it exists, and saves it there after every change.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, StateError> {
         let path = path.into();
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let mut state: State =
-                    serde_json::from_slice(&bytes).map_err(|e| sim_state(&path, e))?;
-                state.rebuild().map_err(|e| sim_state(&path, e))?;
-                state
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(sim_state(&path, e)),
-        };
+        let state = persist::load(&path)?;
         Ok(SimBackend {
             state: Mutex::new(state),
             path: Some(path),
@@ -282,512 +193,6 @@ impl SimBackend {
         }
         result
     }
-}
-
-/// The simulator's state file could not be read or written: the simulator's
-/// own failure, which reaches callers of [`Backend`] as [`ZfsError::Backend`].
-#[derive(Debug, thiserror::Error)]
-#[error("simulated pool state {path}: {reason}")]
-pub struct StateError {
-    pub path: String,
-    pub reason: String,
-}
-
-impl From<StateError> for ZfsError {
-    fn from(e: StateError) -> Self {
-        ZfsError::Backend {
-            backend: "sim",
-            source: Box::new(e),
-        }
-    }
-}
-
-fn sim_state(path: &Path, reason: impl ToString) -> StateError {
-    StateError {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Write to a temporary file and rename, so a crash leaves the old or the new state.
-fn save(path: &Path, state: &State) -> Result<(), StateError> {
-    let json = serde_json::to_vec_pretty(state).map_err(|e| sim_state(path, e))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| sim_state(path, e))
-}
-
-fn parent(name: &DatasetName) -> Option<DatasetName> {
-    let (p, _) = name.as_str().rsplit_once('/')?;
-    DatasetName::parse(p).ok()
-}
-
-fn snapshot_missing(dataset: &DatasetName, name: &str) -> ZfsError {
-    ZfsError::NotFound {
-        what: format!("snapshot {dataset}@{name}"),
-    }
-}
-
-impl State {
-    /// Recomputes the derived fields of a loaded state and checks that every
-    /// dataset has its pool and parent, which the rest of the code relies on.
-    fn rebuild(&mut self) -> Result<(), String> {
-        self.guids.clear();
-        for pool in self.pools.values_mut() {
-            pool.allocated = 0;
-        }
-        for (name, ds) in &self.datasets {
-            if let Some(p) = parent(name).filter(|p| !self.datasets.contains_key(p)) {
-                return Err(format!("dataset {name} has no parent {p}"));
-            }
-            let pool = self
-                .pools
-                .get_mut(name.pool())
-                .ok_or_else(|| format!("dataset {name} has no pool {}", name.pool()))?;
-            pool.allocated += ds.own_bytes + ds.snapshots.iter().map(|s| s.used).sum::<u64>();
-            self.guids.insert(ds.guid);
-            self.guids.extend(ds.snapshots.iter().map(|s| s.guid));
-            self.guids.extend(ds.bookmarks.values().map(|b| b.guid));
-        }
-        Ok(())
-    }
-
-    fn new_guid(&mut self) -> u64 {
-        loop {
-            // RandomState is seeded randomly per process and varies per call.
-            let mut h = RandomState::new().build_hasher();
-            h.write_usize(self.guids.len());
-            let guid = h.finish();
-            if guid != 0 && self.guids.insert(guid) {
-                return guid;
-            }
-        }
-    }
-
-    fn pool_mut(&mut self, pool: &str) -> Result<&mut Pool, ZfsError> {
-        self.pools.get_mut(pool).ok_or_else(|| ZfsError::NotFound {
-            what: format!("pool {pool}"),
-        })
-    }
-
-    fn next_txg(&mut self, pool: &str) -> u64 {
-        let pool = self
-            .pools
-            .get_mut(pool)
-            .expect("every dataset's pool exists");
-        pool.txg += 1;
-        pool.txg
-    }
-
-    fn reserve(&mut self, pool: &str, bytes: u64) -> Result<(), ZfsError> {
-        let p = self.pool_mut(pool)?;
-        if p.size.saturating_sub(p.allocated) < bytes {
-            return Err(ZfsError::NoSpace { pool: pool.into() });
-        }
-        p.allocated += bytes;
-        Ok(())
-    }
-
-    /// The caller has checked and reserved the space.
-    fn insert_dataset(&mut self, name: DatasetName) {
-        let guid = self.new_guid();
-        let txg = self.next_txg(name.pool());
-        self.datasets.insert(
-            name,
-            Dataset {
-                guid,
-                head_txg: txg,
-                own_bytes: DATASET_BYTES,
-                properties: BTreeMap::new(),
-                snapshots: Vec::new(),
-                bookmarks: BTreeMap::new(),
-                partial: None,
-            },
-        );
-    }
-
-    fn dataset(&self, name: &DatasetName) -> Result<&Dataset, ZfsError> {
-        self.datasets.get(name).ok_or_else(|| ZfsError::NotFound {
-            what: format!("dataset {name}"),
-        })
-    }
-
-    fn dataset_mut(&mut self, name: &DatasetName) -> Result<&mut Dataset, ZfsError> {
-        self.datasets
-            .get_mut(name)
-            .ok_or_else(|| ZfsError::NotFound {
-                what: format!("dataset {name}"),
-            })
-    }
-
-    fn snap_mut(&mut self, dataset: &DatasetName, name: &str) -> Result<&mut Snap, ZfsError> {
-        self.dataset_mut(dataset)?
-            .snapshots
-            .iter_mut()
-            .find(|s| s.name == name)
-            .ok_or_else(|| snapshot_missing(dataset, name))
-    }
-
-    /// The value set here or on the nearest ancestor, as ZFS inherits user properties.
-    fn property(&self, name: &DatasetName, key: &str) -> Option<String> {
-        let mut cur = Some(name.clone());
-        while let Some(n) = cur {
-            if let Some(v) = self.datasets.get(&n).and_then(|d| d.properties.get(key)) {
-                return Some(v.clone());
-            }
-            cur = parent(&n);
-        }
-        None
-    }
-}
-
-/// The OpenZFS-format token of a partial receive, so that whatever reads
-/// real tokens (the agent's offer to the coordinator) reads the model's too.
-fn token_of(record: &Record) -> String {
-    resume_token::encode(&ResumeToken {
-        fromguid: record.fromguid,
-        // The model has no objects: one stream position serves as both.
-        object: 0,
-        offset: record.offset,
-        bytes: record.offset,
-        toguid: record.toguid,
-        toname: record.toname.clone(),
-        flags: StreamFlags {
-            raw: record.raw,
-            ..StreamFlags::default()
-        },
-    })
-}
-
-/// The record a resumed send continues; `creation` and `payload` are the
-/// source snapshot's, filled in by the send.
-fn record_of_token(token: &str) -> Result<Record, ZfsError> {
-    check_token(token)?;
-    let t = resume_token::decode(token).map_err(|e| ZfsError::Invalid {
-        what: "resume token",
-        value: token.chars().take(80).collect(),
-        reason: e.to_string(),
-    })?;
-    Ok(Record {
-        toname: t.toname,
-        toguid: t.toguid,
-        fromguid: t.fromguid,
-        creation: 0,
-        raw: t.flags.raw,
-        offset: t.offset,
-        payload: 0,
-    })
-}
-
-/// One header line; `Ok(None)` at a clean end of stream.
-fn read_header(input: &mut dyn Read) -> Result<Option<Record>, String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        let (n, err) = fill(input, &mut byte);
-        if let Some(e) = err {
-            return Err(format!("failed to read from stream: {e}"));
-        }
-        if n == 0 {
-            return if line.is_empty() {
-                Ok(None)
-            } else {
-                Err("stream ended inside a record header".into())
-            };
-        }
-        if byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-        if line.len() > 64 << 10 {
-            return Err("invalid stream (record header too long)".into());
-        }
-    }
-    let json = line
-        .strip_prefix(STREAM_MAGIC.as_bytes())
-        .ok_or("invalid stream (bad magic number)")?;
-    serde_json::from_slice(json)
-        .map(Some)
-        .map_err(|e| format!("invalid stream header: {e}"))
-}
-
-impl State {
-    /// The records `spec` sends, checked against the source.
-    fn stream_records(&self, spec: &SendSpec) -> Result<Vec<Record>, ZfsError> {
-        match spec {
-            SendSpec::Full {
-                dataset,
-                snapshot,
-                raw,
-            } => {
-                let full = dataset.snapshot(snapshot)?;
-                let ds = self.dataset(dataset)?;
-                let i = ds
-                    .snapshots
-                    .iter()
-                    .position(|x| &x.name == snapshot)
-                    .ok_or_else(|| snapshot_missing(dataset, snapshot))?;
-                let x = &ds.snapshots[i];
-                Ok(vec![Record {
-                    toname: full,
-                    toguid: x.guid,
-                    fromguid: None,
-                    creation: x.creation,
-                    raw: *raw,
-                    offset: 0,
-                    payload: full_payload(ds, i),
-                }])
-            }
-            SendSpec::Incremental {
-                dataset,
-                from,
-                to,
-                intermediates,
-                raw,
-            } => {
-                let base = send_base_name(dataset, from, *intermediates)?;
-                dataset.snapshot(to)?;
-                let ds = self.dataset(dataset)?;
-                let to_snap = ds
-                    .snapshots
-                    .iter()
-                    .find(|x| &x.name == to)
-                    .ok_or_else(|| snapshot_missing(dataset, to))?;
-                let (guid, txg) = match from {
-                    SendBase::Snapshot(n) => ds
-                        .snapshots
-                        .iter()
-                        .find(|x| &x.name == n)
-                        .map(|x| (x.guid, x.createtxg)),
-                    SendBase::Bookmark(n) => ds.bookmarks.get(n).map(|b| (b.guid, b.createtxg)),
-                }
-                .ok_or_else(|| ZfsError::NotFound { what: base.clone() })?;
-                if txg >= to_snap.createtxg {
-                    return Err(ZfsError::Invalid {
-                        what: "incremental source",
-                        value: base,
-                        reason: format!("not earlier than {dataset}@{to}"),
-                    });
-                }
-                let sent = ds.snapshots.iter().filter(|x| {
-                    x.createtxg > txg
-                        && x.createtxg <= to_snap.createtxg
-                        && (*intermediates || x.guid == to_snap.guid)
-                });
-                let mut fromguid = guid;
-                Ok(sent
-                    .map(|x| {
-                        let r = Record {
-                            toname: format!("{dataset}@{}", x.name),
-                            toguid: x.guid,
-                            fromguid: Some(fromguid),
-                            creation: x.creation,
-                            raw: *raw,
-                            offset: 0,
-                            payload: x.used,
-                        };
-                        fromguid = x.guid;
-                        r
-                    })
-                    .collect())
-            }
-            SendSpec::Resume { token } => {
-                let mut r = record_of_token(token)?;
-                let (dataset, name) = parse_snapshot_name(&r.toname)?;
-                let ds = self.dataset(&dataset)?;
-                let i = ds
-                    .snapshots
-                    .iter()
-                    .position(|x| x.name == name && x.guid == r.toguid)
-                    .ok_or_else(|| snapshot_missing(&dataset, &name))?;
-                if let Some(g) = r.fromguid {
-                    let has = ds.snapshots.iter().any(|x| x.guid == g)
-                        || ds.bookmarks.values().any(|b| b.guid == g);
-                    if !has {
-                        return Err(ZfsError::NotFound {
-                            what: format!("incremental source of {} (guid {g})", r.toname),
-                        });
-                    }
-                }
-                r.creation = ds.snapshots[i].creation;
-                r.payload = match r.fromguid {
-                    None => full_payload(ds, i),
-                    Some(_) => ds.snapshots[i].used,
-                };
-                if r.offset > r.payload {
-                    return Err(ZfsError::Invalid {
-                        what: "resume token",
-                        value: token.chars().take(80).collect(),
-                        reason: "offset past the end of the stream".into(),
-                    });
-                }
-                Ok(vec![r])
-            }
-        }
-    }
-
-    /// Checks that `target` can take `r`: `Some(creates the dataset)`, or
-    /// `None` when the target already has the snapshot (zfs(8) then succeeds
-    /// without a change).
-    fn begin_record(
-        &mut self,
-        target: &DatasetName,
-        r: &Record,
-        force: bool,
-    ) -> Result<Option<bool>, ZfsError> {
-        let diverged = |detail: String| ZfsError::Diverged {
-            target: target.to_string(),
-            detail,
-        };
-        let (_, name) = parse_snapshot_name(&r.toname)?;
-        target.snapshot(&name)?;
-        if r.offset > 0 {
-            let p = self
-                .datasets
-                .get(target)
-                .and_then(|d| d.partial.as_ref())
-                .ok_or_else(|| diverged("no partially received state to resume".into()))?;
-            if p.record.toguid != r.toguid || p.record.offset != r.offset {
-                return Err(diverged(format!(
-                    "resume stream does not match the saved state (offset {} of guid {})",
-                    p.record.offset, p.record.toguid
-                )));
-            }
-            return Ok(Some(p.new_dataset));
-        }
-        if let Some(ds) = self.datasets.get(target) {
-            // zfs(8) refuses a full stream onto an existing dataset without
-            // -F first ("must specify -F"), before the kernel's EBUSY.
-            if ds.partial.is_some() && (force || r.fromguid.is_some()) {
-                return Err(ZfsError::Busy {
-                    what: format!("dataset {target}"),
-                    detail: "contains partially-complete state from \"zfs receive -s\"".into(),
-                });
-            }
-        }
-        match r.fromguid {
-            None => {
-                let Some(ds) = self.datasets.get(target) else {
-                    if !self.pools.contains_key(target.pool()) {
-                        return Err(ZfsError::NotFound {
-                            what: format!("pool {}", target.pool()),
-                        });
-                    }
-                    if let Some(p) = parent(target).filter(|p| !self.datasets.contains_key(p)) {
-                        return Err(ZfsError::NotFound {
-                            what: format!("parent dataset {p}"),
-                        });
-                    }
-                    return Ok(Some(true));
-                };
-                if !force {
-                    return Err(diverged(format!(
-                        "destination '{target}' exists; must specify -F to overwrite it"
-                    )));
-                }
-                if let Some(x) = ds.snapshots.first() {
-                    return Err(diverged(format!(
-                        "destination has snapshots (eg. {target}@{})",
-                        x.name
-                    )));
-                }
-                Ok(Some(false))
-            }
-            Some(g) => {
-                let ds = self.dataset(target)?;
-                if ds
-                    .snapshots
-                    .iter()
-                    .any(|x| x.guid == r.toguid && x.name == name)
-                {
-                    return Ok(None);
-                }
-                let Some(base) = ds.snapshots.iter().position(|x| x.guid == g) else {
-                    return Err(diverged(format!(
-                        "most recent snapshot of {target} does not match incremental source"
-                    )));
-                };
-                // With -F, ZFS destroys the snapshots after the base when
-                // the receive completes (end_record).
-                if !force && ds.head_txg > ds.snapshots[base].createtxg {
-                    return Err(diverged(format!(
-                        "destination {target} has been modified since most recent snapshot"
-                    )));
-                }
-                let kept = if force {
-                    &ds.snapshots[..=base]
-                } else {
-                    &ds.snapshots[..]
-                };
-                if kept.iter().any(|x| x.name == name) {
-                    return Err(diverged(format!(
-                        "destination snapshot {target}@{name} already exists"
-                    )));
-                }
-                Ok(Some(false))
-            }
-        }
-    }
-
-    /// Lands a record that `begin_record` accepted, whole (`partial` false)
-    /// or as the saved state of an interrupted receive.
-    fn end_record(
-        &mut self,
-        target: &DatasetName,
-        mut r: Record,
-        new_dataset: bool,
-        partial: bool,
-        force: bool,
-    ) -> Result<(), ZfsError> {
-        if !self.datasets.contains_key(target) {
-            self.reserve(target.pool(), DATASET_BYTES)?;
-            self.insert_dataset(target.clone());
-        }
-        if partial {
-            self.dataset_mut(target)?.partial = Some(Partial {
-                record: r,
-                new_dataset,
-            });
-            self.next_txg(target.pool());
-            return Ok(());
-        }
-        let (_, name) = parse_snapshot_name(&r.toname)?;
-        if let (true, Some(g)) = (force, r.fromguid) {
-            let ds = self.dataset_mut(target)?;
-            if let Some(i) = ds.snapshots.iter().position(|x| x.guid == g) {
-                let freed: u64 = ds.snapshots.drain(i + 1..).map(|x| x.used).sum();
-                self.pool_mut(target.pool())?.allocated -= freed;
-            }
-        }
-        self.reserve(target.pool(), r.payload)?;
-        let txg = self.next_txg(target.pool());
-        self.guids.insert(r.toguid);
-        r.offset = r.payload;
-        let ds = self.dataset_mut(target)?;
-        ds.partial = None;
-        ds.head_txg = txg;
-        ds.snapshots.push(Snap {
-            name,
-            guid: r.toguid,
-            createtxg: txg,
-            creation: r.creation,
-            used: r.payload,
-            holds: BTreeSet::new(),
-        });
-        Ok(())
-    }
-}
-
-/// What a full stream of the `i`th snapshot carries in the model.
-fn full_payload(ds: &Dataset, i: usize) -> u64 {
-    ds.own_bytes + ds.snapshots[..=i].iter().map(|x| x.used).sum::<u64>()
 }
 
 impl Backend for SimBackend {
@@ -1189,16 +594,16 @@ impl Backend for SimBackend {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, HashSet};
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
-
-    fn ds(s: &str) -> DatasetName {
+    pub(super) fn ds(s: &str) -> DatasetName {
         DatasetName::parse(s).unwrap()
     }
 
     /// A pool `tank` of 10 MiB with `tank/a`, `tank/a/child` and `tank/b`.
-    fn sim() -> SimBackend {
+    pub(super) fn sim() -> SimBackend {
         let sim = SimBackend::new();
         sim.add_pool("tank", 10 << 20).unwrap();
         for d in ["tank/a", "tank/a/child", "tank/b"] {
@@ -1207,7 +612,7 @@ mod tests {
         sim
     }
 
-    fn snaps(sim: &SimBackend, d: &str) -> Vec<SnapshotInfo> {
+    pub(super) fn snaps(sim: &SimBackend, d: &str) -> Vec<SnapshotInfo> {
         sim.list_snapshots(&ds(d)).unwrap()
     }
 
@@ -1492,134 +897,5 @@ mod tests {
             sim.set_property(&ds("tank/zz"), "zdr:class", "x"),
             Err(ZfsError::NotFound { .. })
         ));
-    }
-
-    #[test]
-    fn persists_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.json");
-        let sim = SimBackend::open(&path).unwrap();
-        sim.add_pool("tank", 1 << 20).unwrap();
-        sim.create_dataset(&ds("tank/my data")).unwrap();
-        sim.set_property(&ds("tank/my data"), "zdr:class", "gold")
-            .unwrap();
-        sim.snapshot(&[ds("tank/my data")], "s", false).unwrap();
-        sim.hold(&ds("tank/my data"), "s", "zdr").unwrap();
-        sim.bookmark(&ds("tank/my data"), "s", "b").unwrap();
-        let before = (
-            sim.pools().unwrap(),
-            sim.list_datasets("zdr:class").unwrap(),
-            snaps(&sim, "tank/my data"),
-        );
-        drop(sim);
-
-        let sim = SimBackend::open(&path).unwrap();
-        let after = (
-            sim.pools().unwrap(),
-            sim.list_datasets("zdr:class").unwrap(),
-            snaps(&sim, "tank/my data"),
-        );
-        assert_eq!(before, after);
-        assert!(matches!(
-            sim.bookmark(&ds("tank/my data"), "s", "b"),
-            Err(ZfsError::Exists { .. })
-        ));
-        sim.snapshot(&[ds("tank/my data")], "t", false).unwrap();
-        let s = snaps(&sim, "tank/my data");
-        assert!(s[1].createtxg > s[0].createtxg);
-        assert_ne!(s[1].guid, s[0].guid);
-        let files: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(files, ["pool.json"]);
-    }
-
-    #[test]
-    fn failed_save_leaves_the_state_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("gone").join("pool.json");
-        let sim = SimBackend::open(&path).unwrap();
-        assert!(matches!(
-            sim.add_pool("tank", 1 << 20),
-            Err(ZfsError::Backend { backend: "sim", source }) if source.is::<StateError>()
-        ));
-        assert!(sim.pools().unwrap().is_empty());
-    }
-
-    #[test]
-    fn streams_carry_guids_to_another_simulator() {
-        let src = sim();
-        let dir = tempfile::tempdir().unwrap();
-        let dst = SimBackend::open(dir.path().join("pool.json")).unwrap();
-        dst.add_pool("backup", 10 << 20).unwrap();
-        let a = ds("tank/a");
-        for n in ["s1", "s2", "s3"] {
-            src.write_data(&a, 1000).unwrap();
-            src.snapshot(std::slice::from_ref(&a), n, false).unwrap();
-        }
-        let target = ds("backup/a");
-        let mut stream = Vec::new();
-        let spec = SendSpec::Full {
-            dataset: a.clone(),
-            snapshot: "s1".into(),
-            raw: false,
-        };
-        let n = src.send(&spec, &mut stream).unwrap();
-        assert_eq!(Some(n), src.estimate(&spec).unwrap());
-        dst.receive(&target, &RecvSpec::default(), &mut &stream[..])
-            .unwrap();
-        let incr = SendSpec::Incremental {
-            dataset: a.clone(),
-            from: SendBase::Snapshot("s1".into()),
-            to: "s3".into(),
-            intermediates: true,
-            raw: false,
-        };
-        let mut stream = Vec::new();
-        src.send(&incr, &mut stream).unwrap();
-        // Cut inside the last snapshot's record: s2 lands, s3 is resumable.
-        let cut = stream.len() - 10;
-        assert!(matches!(
-            dst.receive(&target, &RecvSpec::default(), &mut &stream[..cut]),
-            Err(ZfsError::Incomplete { .. })
-        ));
-        assert_eq!(snaps(&dst, "backup/a").len(), 2);
-        drop(dst);
-        let dst = SimBackend::open(dir.path().join("pool.json")).unwrap();
-        let token = dst.resume_token(&target).unwrap().expect("token");
-        let mut rest = Vec::new();
-        src.send(&SendSpec::Resume { token }, &mut rest).unwrap();
-        dst.receive(&target, &RecvSpec::default(), &mut &rest[..])
-            .unwrap();
-        let key = |v: Vec<SnapshotInfo>| {
-            v.into_iter()
-                .map(|x| (x.name, x.guid, x.creation))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(key(snaps(&src, "tank/a")), key(snaps(&dst, "backup/a")));
-        assert_eq!(dst.resume_token(&target).unwrap(), None);
-    }
-
-    #[test]
-    fn corrupt_state_file_names_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("pool.json");
-        std::fs::write(&path, b"{\"pools\": [").unwrap();
-        match SimBackend::open(&path) {
-            Err(StateError { path: p, .. }) => assert_eq!(p, path.display().to_string()),
-            Ok(_) => panic!("corrupt state accepted"),
-        }
-        std::fs::write(&path, br#"{"pools": {}, "datasets": {"tank/a;b": {}}}"#).unwrap();
-        assert!(matches!(SimBackend::open(&path), Err(StateError { .. })));
-        let orphan = r#"{"pools": {}, "datasets": {"tank": {"guid": 1, "own_bytes": 0,
-            "properties": {}, "snapshots": [], "bookmarks": {}}}}"#;
-        std::fs::write(&path, orphan).unwrap();
-        match SimBackend::open(&path) {
-            Err(StateError { reason, .. }) => {
-                assert!(reason.contains("no pool tank"), "{reason}")
-            }
-            Ok(_) => panic!("orphan dataset accepted"),
-        }
     }
 }
