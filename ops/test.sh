@@ -13,6 +13,8 @@ step "format"
 cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+step "docs (broken intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step "unit and integration tests (real nats-server, real binaries, simulated ZFS)"
 cargo test --workspace
 

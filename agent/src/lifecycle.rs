@@ -316,7 +316,7 @@ impl Lifecycle {
             .is_none_or(|(info, _)| info.encrypted)
     }
 
-    /// Pool capacity, from `zpool list` at most [`POOL_STATS_MAX_AGE`] ago.
+    /// Pool capacity, from `zpool list` at most `POOL_STATS_MAX_AGE` ago.
     pub fn pools(&self) -> Result<Vec<PoolInfo>, ZfsError> {
         if let Some((at, pools)) = &*lock(&self.pool_stats) {
             if at.elapsed() < POOL_STATS_MAX_AGE {

@@ -289,7 +289,7 @@ impl JobRecord {
     }
 
     /// The tick's check: an active attempt with no word from either end for
-    /// [`STALL_MS`] has failed, and is cancelled on both agents.
+    /// `STALL_MS` has failed, and is cancelled on both agents.
     pub fn check_stall(&mut self, now_ms: i64) -> Vec<Effect> {
         if !self.active() || now_ms - self.updated_at_ms <= STALL_MS {
             return Vec::new();
