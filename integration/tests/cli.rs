@@ -150,7 +150,10 @@ async fn status_jobs_and_pairings_against_a_real_fleet() {
     let url = format!("http://127.0.0.1:{}", coord.http);
 
     let status = ok(&["--coordinator", &url, "status"]);
-    assert!(status.starts_with("coordinator: leader, epoch "), "{status}");
+    assert!(
+        status.starts_with("coordinator: leader, epoch "),
+        "{status}"
+    );
     assert!(status.contains("nodes: 2 of 2 online\n"), "{status}");
     let row = |node: &str, ds: &str| -> Vec<String> {
         status
@@ -165,7 +168,10 @@ async fn status_jobs_and_pairings_against_a_real_fleet() {
     assert_eq!(db[2], "fast", "{status}");
     assert!(db[3].starts_with("zdr_"), "{status}");
     assert_eq!(db.last().unwrap(), "ok", "{status}");
-    assert_eq!(row("node-a1", "tank/scratch").last().unwrap(), "unprotected");
+    assert_eq!(
+        row("node-a1", "tank/scratch").last().unwrap(),
+        "unprotected"
+    );
 
     let v: Value = serde_json::from_str(&ok(&["--coordinator", &url, "--json", "status"]))
         .expect("--json status is JSON");
