@@ -162,6 +162,10 @@ pub struct RestoreStatus {
     pub finished: Option<i64>,
     pub landed_guid: Option<u64>,
     pub error: Option<String>,
+    /// Beyond the contract: the copy is raw-encrypted. Without it, the
+    /// CLI asks the restore points.
+    #[serde(default)]
+    pub raw: Option<bool>,
 }
 
 /// `GET /api/v1/restores`.

@@ -170,14 +170,16 @@ pub fn decode<T: DeserializeOwned>(url: &str, body: &str) -> Result<T, ClientErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
 
     /// Serves one canned answer per connection; returns the base URL and
     /// the requests it received (head and body).
-    fn serve(answers: Vec<(u16, &'static str)>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    pub(crate) fn serve(
+        answers: Vec<(u16, String)>,
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", l.local_addr().unwrap());
         let h = std::thread::spawn(move || {
@@ -216,15 +218,20 @@ mod tests {
 
     #[test]
     fn answers_and_errors_from_a_real_socket() {
-        let (base, h) = serve(vec![
-            (200, r#"{"restores":[]}"#),
-            (409, r#"{"error":"node-a2:tank/r exists; pass --replace"}"#),
-            (
-                502,
-                "this coordinator is a standby; send commands to the leader\n",
-            ),
-            (202, r#"{"job":"r-1"}"#),
-        ]);
+        let (base, h) = serve(
+            vec![
+                (200, r#"{"restores":[]}"#),
+                (409, r#"{"error":"node-a2:tank/r exists; pass --replace"}"#),
+                (
+                    502,
+                    "this coordinator is a standby; send commands to the leader\n",
+                ),
+                (202, r#"{"job":"r-1"}"#),
+            ]
+            .into_iter()
+            .map(|(c, b)| (c, b.to_string()))
+            .collect(),
+        );
         let c = Client::new(&format!("{base}/")).unwrap();
         assert_eq!(c.get("/api/v1/restores").unwrap(), r#"{"restores":[]}"#);
 

@@ -139,7 +139,10 @@ fn restore(c: &Client, json: bool, a: &RestoreArgs) -> Result<(), CliError> {
     }
     render::verdict(&status).map_err(CliError::Restore)?;
     if !json {
-        let raw = match copy_is_raw(c, &a.source, &status.from) {
+        let raw = match status
+            .raw
+            .map_or_else(|| copy_is_raw(c, &a.source, &status.from), Ok)
+        {
             Ok(raw) => raw,
             Err(e) => {
                 eprintln!("zdr: cannot tell whether the copy is raw-encrypted: {e}");
@@ -228,6 +231,7 @@ fn bar_style() -> ProgressStyle {
 mod tests {
     use super::*;
     use crate::args::parse_location;
+    use crate::client::tests::serve;
 
     #[test]
     fn query_values_are_escaped() {
@@ -237,6 +241,112 @@ mod tests {
             "/api/v1/restore-points?node=node-a1&dataset=tank%2Fmy%20data"
         );
         assert_eq!(escape("a:b.c~_-"), "a%3Ab.c~_-");
+    }
+
+    fn status(state: &str, bytes: u64, landed: u64) -> String {
+        serde_json::json!({"job": "r 1", "state": state,
+            "from": {"node": "node-b1", "dataset": "backup/node-a1/tank/db"},
+            "to": {"node": "node-a1", "dataset": "tank/r"},
+            "snapshot": {"name": "s1", "guid": 42, "creation": 0},
+            "bytes": bytes, "estimated_bytes": 100, "started": 0, "finished": null,
+            "landed_guid": landed, "error": null})
+        .to_string()
+    }
+
+    const ACCEPTED: &str = r#"{"job":"r 1","from":{"node":"node-b1","dataset":"backup/node-a1/tank/db"},
+        "snapshot":{"name":"s1","guid":42,"creation":0},"to":{"node":"node-a1","dataset":"tank/r"}}"#;
+
+    fn restore_args(extra: &[&str]) -> RestoreArgs {
+        let mut argv = vec![
+            "zdr",
+            "restore",
+            "node-a1:tank/db",
+            "--to",
+            "node-a1:tank/r",
+        ];
+        argv.extend_from_slice(extra);
+        match <Cli as clap::Parser>::try_parse_from(argv).unwrap().cmd {
+            Cmd::Restore(a) => a,
+            other => panic!("not a restore: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn restore_posts_then_polls_until_done_and_checks_the_guid() {
+        let points = r#"{"node":"node-a1","dataset":"tank/db","copies":[{"copy":"replica",
+            "node":"node-b1","site":"s","media":"hdd","dataset":"backup/node-a1/tank/db",
+            "online":true,"raw":true,"snapshots":[]}]}"#;
+        let running =
+            status("running", 50, 0).replace(r#""landed_guid":0"#, r#""landed_guid":null"#);
+        let done = status("done", 100, 42);
+        let (base, h) = serve(vec![
+            (202, ACCEPTED.into()),
+            (200, running),
+            (200, done),
+            (200, points.into()),
+        ]);
+        let c = Client::new(&base).unwrap();
+        restore(&c, false, &restore_args(&["--snapshot", "s1"])).unwrap();
+        let seen = h.join().unwrap();
+        assert!(seen[0].starts_with("POST /api/v1/restores "), "{}", seen[0]);
+        let body: serde_json::Value =
+            serde_json::from_str(seen[0].split_once("\n\n").unwrap().1).unwrap();
+        assert_eq!(body["snapshot"], "s1");
+        assert_eq!(body["to"], "node-a1:tank/r");
+        assert!(
+            seen[1].starts_with("GET /api/v1/restores/r%201 "),
+            "{}",
+            seen[1]
+        );
+        assert!(
+            seen[2].starts_with("GET /api/v1/restores/r%201 "),
+            "{}",
+            seen[2]
+        );
+        assert!(
+            seen[3].starts_with("GET /api/v1/restore-points?node=node-a1&dataset=tank%2Fdb "),
+            "{}",
+            seen[3]
+        );
+    }
+
+    #[test]
+    fn a_failed_or_wrong_restore_is_an_error() {
+        let failed =
+            status("failed", 10, 0).replace(r#""error":null"#, r#""error":"node-b1 went offline""#);
+        let (base, h) = serve(vec![(202, ACCEPTED.into()), (200, failed)]);
+        let e = restore(&Client::new(&base).unwrap(), true, &restore_args(&[])).unwrap_err();
+        assert_eq!(e.to_string(), "restore r 1 failed: node-b1 went offline");
+        h.join().unwrap();
+
+        let (base, h) = serve(vec![(202, ACCEPTED.into()), (200, status("done", 100, 41))]);
+        let e = restore(&Client::new(&base).unwrap(), true, &restore_args(&[])).unwrap_err();
+        assert!(e.to_string().contains("landed GUID 41"), "{e}");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn no_wait_returns_after_the_post_and_api_errors_pass_through() {
+        let (base, h) = serve(vec![(202, ACCEPTED.into())]);
+        restore(
+            &Client::new(&base).unwrap(),
+            false,
+            &restore_args(&["--no-wait"]),
+        )
+        .unwrap();
+        assert_eq!(h.join().unwrap().len(), 1);
+
+        let (base, h) = serve(vec![(
+            409,
+            r#"{"error":"node-a1:tank/r exists; pass --replace"}"#.into(),
+        )]);
+        let e = restore(&Client::new(&base).unwrap(), false, &restore_args(&[])).unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("answered 409: node-a1:tank/r exists; pass --replace"),
+            "{e}"
+        );
+        h.join().unwrap();
     }
 
     #[test]
