@@ -1,0 +1,30 @@
+//! `zdr`, the operator CLI. It talks to the coordinator's HTTP API only:
+//! human output by default, the API's JSON with `--json`.
+
+mod api;
+mod args;
+mod client;
+mod commands;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The error alone, as a sentence: no backtrace, even with RUST_BACKTRACE
+/// set, as these are answers for operators, not bugs.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zdr: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = args::Cli::parse();
+    commands::run(&cli)?;
+    Ok(())
+}
