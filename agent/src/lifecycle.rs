@@ -227,6 +227,17 @@ impl Lifecycle {
         }
     }
 
+    /// Marks what a resumed stream reads as in flight: the snapshot its
+    /// token names and, for an incremental, the base with the token's GUID.
+    pub fn resume_in_flight(&self, ds: &DatasetName, to: &str, fromguid: Option<u64>) -> InFlight {
+        let from = fromguid.and_then(|g| {
+            let inv = lock(&self.inventory);
+            let snaps = inv.datasets.get(ds).map(|(_, s)| s.as_slice())?;
+            snaps.iter().find(|s| s.guid == g).map(|s| s.name.clone())
+        });
+        self.stream_in_flight(ds, from.as_deref(), to, false)
+    }
+
     fn in_flight_of(&self, ds: &DatasetName) -> HashSet<String> {
         lock(&self.in_flight)
             .keys()
@@ -966,5 +977,31 @@ mod tests {
         assert_eq!(marks(&a.bookmarks), ["zdr_2", "zdr_3"]);
         let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
         assert!(audit.contains("bookmarked (#same name) first"), "{audit}");
+    }
+
+    #[test]
+    fn a_resumed_stream_spares_its_snapshot_and_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let sim = SimBackend::new();
+        sim.add_pool("tank", 1 << 30).unwrap();
+        let ds = DatasetName::parse("tank/a").unwrap();
+        sim.create_dataset(&ds).unwrap();
+        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
+            sim.snapshot(std::slice::from_ref(&ds), name, false)
+                .unwrap();
+        }
+        let guid_of_2 = sim.list_snapshots(&ds).unwrap()[1].guid;
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
+        assert!(lc.install_policy(policy()));
+        let now = crate::clock::now();
+        lc.rescan(now).unwrap();
+        // A resume of zdr_2 -> zdr_3: the token names zdr_3 and zdr_2's GUID.
+        let stream = lc.resume_in_flight(&ds, "zdr_3", Some(guid_of_2));
+        let r = lc.prune_pass(now, "test");
+        assert_eq!(r.destroyed, Vec::<String>::new(), "{r:?}");
+        drop(stream);
+        let r = lc.prune_pass(now, "test");
+        assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"]);
     }
 }

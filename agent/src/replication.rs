@@ -501,8 +501,6 @@ impl Replication {
                 None,
             ),
         };
-        // A resumed stream's snapshots are not known here (its token is
-        // opaque): it relies on the hold of its `to` taken by the first attempt.
         let in_flight = match &cmd.stream {
             StreamSpec::Full { snapshot } => Some(
                 self.lifecycle
@@ -517,7 +515,12 @@ impl Replication {
                 self.lifecycle
                     .stream_in_flight(&dataset, Some(from), to, *intermediates),
             ),
-            StreamSpec::Resume { .. } => None,
+            // A token this build cannot read relies on the hold of its `to`
+            // taken by the first attempt.
+            StreamSpec::Resume { token } => resume_token::decode(token).ok().and_then(|t| {
+                let (_, to) = t.toname.split_once('@')?;
+                Some(self.lifecycle.resume_in_flight(&dataset, to, t.fromguid))
+            }),
         };
         let backend = self.lifecycle.backend.clone();
         let (ds, tag) = (dataset.clone(), cmd.hold_tag.clone());
