@@ -19,7 +19,7 @@ use zdr_common::wire::{
 
 use crate::clock::now;
 use crate::config::Config;
-use crate::lifecycle::{Lifecycle, Publication};
+use crate::lifecycle::{Lifecycle, PassReport, Publication};
 use crate::replication::Replication;
 use crate::state::{SignedPolicy, StateDir};
 
@@ -243,36 +243,9 @@ impl Agent {
                 lc.request_full_inventory();
                 summarize(Effects::default(), "hello and full inventory queued".into())
             }
-            Command::SnapshotNow {} => {
-                let r = lc.snapshot_pass(now(), true);
-                let line = counted("taken", &r.taken);
-                let effects = Effects {
-                    taken: r.taken,
-                    errors: r.errors,
-                    ..Effects::default()
-                };
-                summarize(effects, line)
-            }
-            Command::PruneNow {} => {
-                let r = lc.prune_pass(now(), &actor);
-                let line = counted("destroyed", &r.destroyed);
-                let effects = Effects {
-                    destroyed: r.destroyed,
-                    errors: r.errors,
-                    ..Effects::default()
-                };
-                summarize(effects, line)
-            }
-            Command::PruneReplica(cmd) => {
-                let r = lc.prune_replica(&cmd, now(), &actor);
-                let line = counted("destroyed", &r.destroyed);
-                let effects = Effects {
-                    destroyed: r.destroyed,
-                    errors: r.errors,
-                    ..Effects::default()
-                };
-                summarize(effects, line)
-            }
+            Command::SnapshotNow {} => pass_result(lc.snapshot_pass(now(), true)),
+            Command::PruneNow {} => pass_result(lc.prune_pass(now(), &actor)),
+            Command::PruneReplica(cmd) => pass_result(lc.prune_replica(&cmd, now(), &actor)),
             _ => unreachable!("replication commands returned above"),
         };
         match tokio::task::spawn_blocking(run).await {
@@ -336,6 +309,27 @@ impl Agent {
 }
 
 /// The reply's outcome and a line for people; the coordinator reads `effects`.
+/// A snapshot or prune pass's typed effects, and one line for people.
+fn pass_result(r: PassReport) -> (Outcome, String, Effects) {
+    let parts: Vec<String> = [("taken", &r.taken), ("destroyed", &r.destroyed)]
+        .into_iter()
+        .filter(|(_, items)| !items.is_empty())
+        .map(|(verb, items)| counted(verb, items))
+        .collect();
+    let line = if parts.is_empty() {
+        "nothing to take or destroy".to_string()
+    } else {
+        parts.join("; ")
+    };
+    let effects = Effects {
+        taken: r.taken,
+        destroyed: r.destroyed,
+        errors: r.errors,
+        ..Effects::default()
+    };
+    summarize(effects, line)
+}
+
 fn summarize(effects: Effects, line: String) -> (Outcome, String, Effects) {
     if effects.errors.is_empty() {
         (Outcome::Done, line, effects)
@@ -347,10 +341,7 @@ fn summarize(effects: Effects, line: String) -> (Outcome, String, Effects) {
 
 /// "3 destroyed: a@x, a@y, b@z"
 fn counted(verb: &str, items: &[String]) -> String {
-    match items {
-        [] => format!("0 {verb}"),
-        _ => format!("{} {verb}: {}", items.len(), items.join(", ")),
-    }
+    format!("{} {verb}: {}", items.len(), items.join(", "))
 }
 
 async fn publish<T: serde::Serialize>(
