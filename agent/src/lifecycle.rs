@@ -198,7 +198,8 @@ impl Lifecycle {
 
     /// Marks the snapshots a stream of `ds` reads as in flight, found in the
     /// inventory cache by [`retention::in_stream`]; pruning spares them until
-    /// the returned guard is dropped.
+    /// the returned guard is dropped. Blocks while a prune destroys a
+    /// snapshot: call it from a blocking thread.
     pub fn stream_in_flight(
         &self,
         ds: &DatasetName,
@@ -720,7 +721,21 @@ impl Lifecycle {
                     }
                 }
             }
-            match self.backend.destroy_snapshot(ds, snap) {
+            // Checked again, and held through the destroy: a stream that
+            // registered after the plan was made keeps its snapshot, and one
+            // registering now waits until this snapshot is gone.
+            let gate = lock(&self.in_flight);
+            if gate.contains_key(&(ds.clone(), snap.clone())) {
+                drop(gate);
+                let _ = self
+                    .audit
+                    .write(&record("skipped: a stream started reading it"));
+                info!(snapshot = %target, "not pruned: {}", KeepReason::InFlight);
+                continue;
+            }
+            let destroyed = self.backend.destroy_snapshot(ds, snap);
+            drop(gate);
+            match destroyed {
                 Ok(()) => {
                     let _ = self.audit.write(&record("done"));
                     info!(snapshot = %target, "pruned");
@@ -1003,5 +1018,38 @@ mod tests {
         drop(stream);
         let r = lc.prune_pass(now, "test");
         assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"]);
+    }
+
+    #[test]
+    fn a_stream_registered_during_a_prune_keeps_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let sim = SimBackend::new();
+        sim.add_pool("tank", 1 << 30).unwrap();
+        let ds = DatasetName::parse("tank/a").unwrap();
+        sim.create_dataset(&ds).unwrap();
+        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
+            sim.snapshot(std::slice::from_ref(&ds), name, false)
+                .unwrap();
+        }
+        // Every ZFS call takes 300 ms, so the stream below registers while
+        // the pass (planned with nothing in flight) destroys zdr_2.
+        let slow = crate::latency::Slow::new(Arc::new(sim), Duration::from_millis(300));
+        let lc = Arc::new(Lifecycle::new("n".into(), Arc::new(slow), audit));
+        assert!(lc.install_policy(policy()));
+        let now = crate::clock::now();
+        lc.rescan(now).unwrap();
+        let pass = {
+            let lc = lc.clone();
+            std::thread::spawn(move || lc.prune_pass(now, "test"))
+        };
+        // Past the plan and into zdr_2's bookmark and destroy.
+        std::thread::sleep(Duration::from_millis(450));
+        let stream = lc.stream_in_flight(&ds, None, "zdr_3", false);
+        let r = pass.join().unwrap();
+        assert_eq!(r.destroyed, ["tank/a@zdr_2"], "{r:?}");
+        let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(audit.contains("skipped: a stream started reading it"), "{audit}");
+        drop(stream);
     }
 }

@@ -501,36 +501,36 @@ impl Replication {
                 None,
             ),
         };
-        let in_flight = match &cmd.stream {
-            StreamSpec::Full { snapshot } => Some(
-                self.lifecycle
-                    .stream_in_flight(&dataset, None, snapshot, false),
-            ),
-            StreamSpec::Incremental {
-                from,
-                to,
-                intermediates,
-                ..
-            } => Some(
-                self.lifecycle
-                    .stream_in_flight(&dataset, Some(from), to, *intermediates),
-            ),
-            // A token this build cannot read relies on the hold of its `to`
-            // taken by the first attempt.
-            StreamSpec::Resume { token } => resume_token::decode(token).ok().and_then(|t| {
-                let (_, to) = t.toname.split_once('@')?;
-                Some(self.lifecycle.resume_in_flight(&dataset, to, t.fromguid))
-            }),
-        };
-        let backend = self.lifecycle.backend.clone();
-        let (ds, tag) = (dataset.clone(), cmd.hold_tag.clone());
-        // Held first, so pruning cannot take the snapshot while it is sent.
-        tokio::task::spawn_blocking(move || match &held {
-            Some(snap) => match backend.hold(&ds, snap, &tag) {
-                Ok(()) | Err(ZfsError::Exists { .. }) => Ok(()),
-                Err(e) => Err(e),
-            },
-            None => Ok(()),
+        let lifecycle = self.lifecycle.clone();
+        let (ds, tag, stream) = (dataset.clone(), cmd.hold_tag.clone(), cmd.stream.clone());
+        // Registered and held on a blocking thread: registering waits while a
+        // prune destroys a snapshot, and a hold is a ZFS call.
+        let in_flight = tokio::task::spawn_blocking(move || {
+            let in_flight = match &stream {
+                StreamSpec::Full { snapshot } => {
+                    Some(lifecycle.stream_in_flight(&ds, None, snapshot, false))
+                }
+                StreamSpec::Incremental {
+                    from,
+                    to,
+                    intermediates,
+                    ..
+                } => Some(lifecycle.stream_in_flight(&ds, Some(from), to, *intermediates)),
+                // A token this build cannot read relies on the hold of its
+                // `to` taken by the first attempt.
+                StreamSpec::Resume { token } => resume_token::decode(token).ok().and_then(|t| {
+                    let (_, to) = t.toname.split_once('@')?;
+                    Some(lifecycle.resume_in_flight(&ds, to, t.fromguid))
+                }),
+            };
+            // Held too, so pruning cannot take the snapshot while it is sent.
+            match &held {
+                Some(snap) => match lifecycle.backend.hold(&ds, snap, &tag) {
+                    Ok(()) | Err(ZfsError::Exists { .. }) => Ok(in_flight),
+                    Err(e) => Err(e),
+                },
+                None => Ok(in_flight),
+            }
         })
         .await
         .map_err(|e| format!("preparing the send panicked: {e}"))?
