@@ -1049,7 +1049,10 @@ mod tests {
         let r = pass.join().unwrap();
         assert_eq!(r.destroyed, ["tank/a@zdr_2"], "{r:?}");
         let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-        assert!(audit.contains("skipped: a stream started reading it"), "{audit}");
+        assert!(
+            audit.contains("skipped: a stream started reading it"),
+            "{audit}"
+        );
         drop(stream);
     }
 }

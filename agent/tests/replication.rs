@@ -445,8 +445,12 @@ async fn a_cancelled_stream_resumes_re_sending_less_than_5_percent() {
         .await
         .unwrap();
     let token = offer.resume_token.clone().expect("a saved partial receive");
-    // The simulator's tokens are its own format, which the decoder leaves undescribed.
-    assert_eq!((&offer.partial, &cut.partial), (&None, &None));
+    // The simulator writes OpenZFS-format tokens: the offer and the cut
+    // attempt's report say what the partial receive is of.
+    let partial = offer.partial.clone().expect("a described partial receive");
+    assert_eq!((partial.toguid, partial.fromguid), (s1.guid, None));
+    assert!(partial.bytes > 0 && partial.bytes < total, "{partial:?}");
+    assert_eq!(cut.partial, Some(partial));
     let send = send_job("second", &target, &offer, StreamSpec::Resume { token });
     source.repl.send(send).await.unwrap();
     let second = source.outcome("second").await;
