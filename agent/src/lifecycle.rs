@@ -957,8 +957,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn prune_spares_what_a_stream_in_flight_reads() {
+    /// `tank/a` with `zdr_1..zdr_4` in a simulated pool, and an audit log.
+    fn four_snapshots() -> (tempfile::TempDir, AuditLog, SimBackend, DatasetName) {
         let dir = tempfile::tempdir().unwrap();
         let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
         let sim = SimBackend::new();
@@ -969,6 +969,12 @@ mod tests {
             sim.snapshot(std::slice::from_ref(&ds), name, false)
                 .unwrap();
         }
+        (dir, audit, sim, ds)
+    }
+
+    #[test]
+    fn prune_spares_what_a_stream_in_flight_reads() {
+        let (dir, audit, sim, ds) = four_snapshots();
         let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
         assert!(lc.install_policy(policy()));
         let now = crate::clock::now();
@@ -996,16 +1002,7 @@ mod tests {
 
     #[test]
     fn a_resumed_stream_spares_its_snapshot_and_base() {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
-        let sim = SimBackend::new();
-        sim.add_pool("tank", 1 << 30).unwrap();
-        let ds = DatasetName::parse("tank/a").unwrap();
-        sim.create_dataset(&ds).unwrap();
-        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
-            sim.snapshot(std::slice::from_ref(&ds), name, false)
-                .unwrap();
-        }
+        let (_dir, audit, sim, ds) = four_snapshots();
         let guid_of_2 = sim.list_snapshots(&ds).unwrap()[1].guid;
         let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
         assert!(lc.install_policy(policy()));
@@ -1022,16 +1019,7 @@ mod tests {
 
     #[test]
     fn a_stream_registered_during_a_prune_keeps_its_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
-        let sim = SimBackend::new();
-        sim.add_pool("tank", 1 << 30).unwrap();
-        let ds = DatasetName::parse("tank/a").unwrap();
-        sim.create_dataset(&ds).unwrap();
-        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
-            sim.snapshot(std::slice::from_ref(&ds), name, false)
-                .unwrap();
-        }
+        let (dir, audit, sim, ds) = four_snapshots();
         // Every ZFS call takes 300 ms, so the stream below registers while
         // the pass (planned with nothing in flight) destroys zdr_2.
         let slow = crate::latency::Slow::new(Arc::new(sim), Duration::from_millis(300));
