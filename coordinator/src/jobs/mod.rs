@@ -27,7 +27,9 @@ mod schedule;
 
 use std::collections::BTreeMap;
 
-pub use record::{Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep};
+pub use record::{
+    describe, Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep,
+};
 pub use run::{adopt, list, on_update, restore, tick};
 
 /// How long the target waits for its sender.
