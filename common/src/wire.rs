@@ -195,6 +195,9 @@ pub enum Command {
     },
     /// Applies a replication task's retention to its copy on this node.
     PruneReplica(PruneReplica),
+    /// Releases `tag` from every snapshot of `dataset`: the holds of a
+    /// restore that ended.
+    DropHolds { dataset: String, tag: String },
 }
 
 /// Destroys the copy's snapshots that `tiers` no longer keep. Held snapshots

@@ -29,8 +29,9 @@ use std::collections::BTreeMap;
 
 pub use record::{
     describe, Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep,
+    RestoreInfo, RestoreSnapshot,
 };
-pub use run::{adopt, list, on_update, restore, tick};
+pub use run::{adopt, list, on_update, restore, submit, tick};
 
 /// How long the target waits for its sender.
 const ACCEPT_SECS: u64 = 60;
@@ -40,7 +41,12 @@ pub fn hold_tag(task: &str) -> String {
     format!("zdr-repl-{task}")
 }
 
-/// Jobs by pairing key.
+/// A restore's hold tag: its own, released when it ends.
+pub fn restore_tag(id: &str) -> String {
+    format!("zdr-restore-{id}")
+}
+
+/// Jobs by key: a pairing's, or a restore's.
 #[derive(Default)]
 pub struct Jobs {
     records: BTreeMap<String, JobRecord>,
@@ -66,6 +72,10 @@ impl Jobs {
 
     pub fn records(&self) -> impl Iterator<Item = &JobRecord> {
         self.records.values()
+    }
+
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = (&String, &mut JobRecord)> {
+        self.records.iter_mut()
     }
 
     pub fn records_mut(&mut self) -> impl Iterator<Item = &mut JobRecord> {
