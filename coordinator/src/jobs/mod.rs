@@ -31,7 +31,7 @@ pub use record::{
     describe, Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep,
     RestoreInfo, RestoreSnapshot,
 };
-pub use run::{adopt, list, on_update, restore, submit, tick};
+pub use run::{adopt, list, on_update, restore, save, tick};
 
 /// How long the target waits for its sender.
 const ACCEPT_SECS: u64 = 60;
@@ -44,6 +44,11 @@ pub fn hold_tag(task: &str) -> String {
 /// A restore's hold tag: its own, released when it ends.
 pub fn restore_tag(id: &str) -> String {
     format!("zdr-restore-{id}")
+}
+
+/// A restore record's key in KV `zdr_jobs`.
+pub fn restore_key(id: &str) -> String {
+    crate::bus::inventory_key("restore", id)
 }
 
 /// Jobs by key: a pairing's, or a restore's.

@@ -405,11 +405,9 @@ async fn drop_holds(state: &State, rec: &JobRecord, tag: &str) {
     }
 }
 
-/// Takes a planned restore: the tick starts it within a second.
-pub async fn submit(state: &State, rec: JobRecord) {
-    let key = bus::inventory_key("restore", &rec.id);
-    state.jobs().insert(key.clone(), rec.clone());
-    persist(state, &key, &rec).await;
+/// Writes a record made outside the tick (a restore request) to KV.
+pub async fn save(state: &State, key: &str, rec: &JobRecord) {
+    persist(state, key, rec).await;
 }
 
 /// Applies the task's retention (the source class's tiers when it has none)
