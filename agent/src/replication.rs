@@ -58,7 +58,8 @@ pub struct Replication {
     lifecycle: Arc<Lifecycle>,
     node: String,
     plane: Option<Plane>,
-    jobs: Mutex<HashMap<String, Running>>,
+    /// By id and role: a restore to the node of its copy runs both ends here.
+    jobs: Mutex<HashMap<(String, JobRole), Running>>,
     /// Set by [`Replication::stop`]: no new job starts.
     stopping: AtomicBool,
     updates: mpsc::UnboundedSender<JobUpdate>,
@@ -131,7 +132,7 @@ impl Replication {
         })
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, JobRole), Running>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -146,12 +147,12 @@ impl Replication {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(format!("job {id} refused: this agent is shutting down"));
         }
-        if jobs.contains_key(id) {
+        if jobs.contains_key(&(id.to_string(), role)) {
             return Err(format!("job {id} is already running on this node"));
         }
         let cancel = Arc::new(Notify::new());
         jobs.insert(
-            id.to_string(),
+            (id.to_string(), role),
             Running {
                 cancel: cancel.clone(),
                 rate,
@@ -177,7 +178,7 @@ impl Replication {
             resumable: false,
             partial: None,
         };
-        if let Some(running) = self.jobs().get_mut(job) {
+        if let Some(running) = self.jobs().get_mut(&(job.to_string(), role)) {
             running.last = Some(update.clone());
         }
         let _ = self.updates.send(update);
@@ -186,7 +187,9 @@ impl Replication {
     /// The latest report of a job that still runs here; `None` when it does not.
     pub fn status(&self, job: &str) -> Option<JobUpdate> {
         let jobs = self.jobs();
-        let running = jobs.get(job)?;
+        let running = [JobRole::Target, JobRole::Source]
+            .iter()
+            .find_map(|&role| jobs.get(&(job.to_string(), role)))?;
         Some(running.last.clone().unwrap_or_else(|| JobUpdate {
             node: self.node.clone(),
             job: job.to_string(),
@@ -254,7 +257,7 @@ impl Replication {
         tokio::spawn(async move {
             let id = cmd.job.clone();
             me.run_receive(cmd, dataset, pending, cancel, how).await;
-            me.jobs().remove(&id);
+            me.jobs().remove(&(id, JobRole::Target));
         });
         Ok(ReceiveOffer {
             addr: plane.advertise.to_string(),
@@ -549,7 +552,7 @@ impl Replication {
             let id = cmd.job.clone();
             me.run_send(cmd, spec, job, addr, opts, cancel).await;
             drop(in_flight);
-            me.jobs().remove(&id);
+            me.jobs().remove(&(id, JobRole::Source));
         });
         Ok(format!("sending {dataset} to {addr}"))
     }
@@ -648,7 +651,7 @@ impl Replication {
     pub fn set_rate(&self, job: &str, bytes_per_sec: Option<u64>) -> Result<String, Refused> {
         let jobs = self.jobs();
         let rate = jobs
-            .get(job)
+            .get(&(job.to_string(), JobRole::Source))
             .and_then(|r| r.rate.as_ref())
             .ok_or_else(|| format!("no send of job {job} is running on this node"))?;
         rate.set(bytes_per_sec.and_then(NonZeroU64::new));
@@ -660,11 +663,17 @@ impl Replication {
 
     pub fn cancel(&self, job: &str) -> Result<String, Refused> {
         let jobs = self.jobs();
-        let running = jobs
-            .get(job)
-            .ok_or_else(|| format!("job {job} is not running on this node"))?;
-        running.cancel.notify_one();
-        Ok(format!("job {job} cancelled"))
+        let mut found = false;
+        for role in [JobRole::Source, JobRole::Target] {
+            if let Some(running) = jobs.get(&(job.to_string(), role)) {
+                running.cancel.notify_one();
+                found = true;
+            }
+        }
+        match found {
+            true => Ok(format!("job {job} cancelled")),
+            false => Err(format!("job {job} is not running on this node")),
+        }
     }
 
     /// At shutdown: takes no new job, cancels the running ones (a target keeps
@@ -674,7 +683,9 @@ impl Replication {
         let running: Vec<String> = {
             let jobs = self.jobs();
             self.stopping.store(true, Ordering::SeqCst);
-            jobs.keys().cloned().collect()
+            let ids: std::collections::BTreeSet<String> =
+                jobs.keys().map(|(id, _)| id.clone()).collect();
+            ids.into_iter().collect()
         };
         for id in &running {
             let _ = self.cancel(id);
