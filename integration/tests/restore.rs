@@ -351,3 +351,84 @@ async fn restores_to_new_datasets_as_of_a_time_and_refuses_bad_input() {
     assert_eq!(s.restores().await, count, "no restore job was made");
     assert_eq!(datasets(&b1), b1_before, "nothing was written on node-b1");
 }
+
+#[tokio::test]
+async fn a_destroyed_dataset_comes_back_to_its_node_and_replication_goes_on_incrementally() {
+    let s = Setup::start().await;
+    let mut a1 = s.agent("node-a1", &["tank/db"]);
+    let a2 = s.agent("node-a2", &[]);
+    wait_for("the first snapshot", Duration::from_secs(30), || async {
+        on_disk(&a1, "tank/db")
+            .filter(|v| !v.is_empty())
+            .map(|_| ())
+    })
+    .await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        s.snapshot_now("node-a1").await;
+    }
+    replicated(&s, &a1, &a2, 3).await;
+    let replica = on_disk(&a2, REPLICA).unwrap();
+
+    // The dataset is lost: gone from node-a1's pool, which restarts without it.
+    a1.proc.kill();
+    let pools = a1.state_dir.join("sim-pools.json");
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&pools).unwrap()).unwrap();
+    v["datasets"].as_object_mut().unwrap().remove("tank/db");
+    std::fs::write(&pools, serde_json::to_vec(&v).unwrap()).unwrap();
+    let a1 = s.agent("node-a1", &[]);
+    wait_for(
+        "the loss seen by the coordinator",
+        Duration::from_secs(30),
+        || async {
+            let fleet = s.coordinator.fleet().await?;
+            let node = node_in(&fleet, "node-a1")?;
+            (node["online"] == true && snapshots_in(&fleet, "node-a1", "tank/db").is_none())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The replica is still a restore point, and comes back under the old name.
+    let (code, points) = s
+        .json("/api/v1/restore-points?node=node-a1&dataset=tank/db")
+        .await;
+    assert_eq!(code, 200, "{points}");
+    assert_eq!(points["copies"].as_array().unwrap().len(), 1, "{points}");
+    assert_eq!(points["copies"][0]["node"], "node-a2");
+    let (code, accepted) = s
+        .post_restore(serde_json::json!({"source": "node-a1:tank/db", "to": "node-a1:tank/db"}))
+        .await;
+    assert_eq!(code, 202, "{accepted}");
+    let status = s.restore_ended(accepted["job"].as_str().unwrap()).await;
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["landed_guid"], replica.last().unwrap().1);
+    let back: Vec<u64> = on_disk(&a1, "tank/db")
+        .unwrap()
+        .iter()
+        .map(|x| x.1)
+        .collect();
+    let copy: Vec<u64> = replica.iter().map(|x| x.1).collect();
+    assert_eq!(back, copy, "the copy's snapshots, GUID for GUID");
+
+    // A new snapshot reaches the replica as an incremental from the restored one.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.snapshot_now("node-a1").await;
+    replicated(&s, &a1, &a2, 4).await;
+    assert_faithful(&a1, &a2, "tank/db", REPLICA, "zdr-repl-local");
+    let all = jobs(&s.coordinator).await;
+    let local = job_for(&all, "local", "node-a1").expect("the local job");
+    let planned: Vec<String> = history(local)
+        .into_iter()
+        .filter(|l| l.contains(" planned "))
+        .collect();
+    let fulls = planned.iter().filter(|l| l.contains("full @")).count();
+    assert_eq!(
+        fulls, 1,
+        "only the first copy was a full stream: {planned:?}"
+    );
+    assert!(
+        planned.last().unwrap().contains("-I @") || planned.last().unwrap().contains("-i @"),
+        "{planned:?}"
+    );
+}

@@ -104,6 +104,11 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
             if never.parent_first(pairing) {
                 continue;
             }
+            // A restore is writing the source: a plan from its half-landed
+            // history would read the copy as diverged.
+            if busy.contains(&(pairing.source_node.clone(), pairing.dataset.clone())) {
+                continue;
+            }
             let key = key_of(pairing);
             let ends = Ends {
                 source_online: fleet.online(&pairing.source_node, t, offline),
