@@ -190,18 +190,16 @@ pub(crate) mod tests {
     }
 
     /// n1 (s1) holds tank/db with a class; n3 (s2, offline) and n2 (s1) hold replicas.
-    pub fn fleet() -> (
-        BTreeMap<String, NodeFacts>,
-        BTreeMap<String, BTreeMap<String, DatasetInventory>>,
-        Vec<CopyLink>,
-    ) {
+    pub type Inventory = BTreeMap<String, BTreeMap<String, DatasetInventory>>;
+
+    pub fn fleet() -> (BTreeMap<String, NodeFacts>, Inventory, Vec<CopyLink>) {
         let nodes = BTreeMap::from([
             ("n1".to_string(), facts("s1", true)),
             ("n2".to_string(), facts("s1", true)),
             ("n3".to_string(), facts("s2", false)),
         ]);
         let snaps = vec![snap("a", 1, 100), snap("b", 2, 200), snap("c", 3, 300)];
-        let mut inv: BTreeMap<String, BTreeMap<String, DatasetInventory>> = BTreeMap::new();
+        let mut inv = Inventory::new();
         let mut put = |n: &str, d: DatasetInventory| {
             inv.entry(n.into())
                 .or_default()
