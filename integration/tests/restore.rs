@@ -133,6 +133,20 @@ async fn replicated(s: &Setup, a1: &Agent, a2: &Agent, n: usize) {
     .await;
 }
 
+/// The startup snapshot of node-a1's tank/db, then two more a second apart
+/// (names are per second), all on the replica.
+async fn three_snapshots_replicated(s: &Setup, a1: &Agent, a2: &Agent) {
+    wait_for("the first snapshot", Duration::from_secs(30), || async {
+        on_disk(a1, "tank/db").filter(|v| !v.is_empty()).map(|_| ())
+    })
+    .await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        s.snapshot_now("node-a1").await;
+    }
+    replicated(s, a1, a2, 3).await;
+}
+
 /// The datasets in an agent's simulated pools, with their snapshot GUIDs.
 fn datasets(agent: &Agent) -> Vec<(String, Vec<u64>)> {
     let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).unwrap();
@@ -174,18 +188,7 @@ async fn restores_to_new_datasets_as_of_a_time_and_refuses_bad_input() {
     let a1 = s.agent("node-a1", &["tank/db", "tank/scratch"]);
     let mut a2 = s.agent("node-a2", &[]);
     let b1 = s.agent("node-b1", &[]);
-    // The startup snapshot, then two more, a second apart (names are per second).
-    wait_for("the first snapshot", Duration::from_secs(30), || async {
-        on_disk(&a1, "tank/db")
-            .filter(|v| !v.is_empty())
-            .map(|_| ())
-    })
-    .await;
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        s.snapshot_now("node-a1").await;
-    }
-    replicated(&s, &a1, &a2, 3).await;
+    three_snapshots_replicated(&s, &a1, &a2).await;
     let source = on_disk(&a1, "tank/db").unwrap();
 
     // Restore points: production first, then the replica, same GUIDs.
@@ -278,6 +281,39 @@ async fn restores_to_new_datasets_as_of_a_time_and_refuses_bad_input() {
         .map(|x| x.1)
         .collect();
     assert_eq!(pit, on_a1[..2].to_vec());
+    // Over the existing tank/pit, with replace: -F back to what it shares
+    // with the copy, audited on node-b1 before it ran.
+    // (planned from the coordinator's inventory, once it shows tank/pit)
+    wait_for(
+        "tank/pit in the inventory",
+        Duration::from_secs(30),
+        || async {
+            let fleet = s.coordinator.fleet().await?;
+            (snapshots_in(&fleet, "node-b1", "tank/pit")?.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let (code, accepted) = s
+        .post_restore(serde_json::json!({
+            "source": "node-a1:tank/db", "to": "node-b1:tank/pit", "replace": true
+        }))
+        .await;
+    assert_eq!(code, 202, "{accepted}");
+    let status = s.restore_ended(accepted["job"].as_str().unwrap()).await;
+    assert_eq!(status["state"], "done", "{status}");
+    let pit: Vec<u64> = on_disk(&b1, "tank/pit")
+        .unwrap()
+        .iter()
+        .map(|x| x.1)
+        .collect();
+    assert_eq!(pit, on_a1);
+    let forced: Vec<String> = b1
+        .audit()
+        .iter()
+        .filter(|r| r["action"] == "receive -F" && r["target"] == "tank/pit")
+        .map(|r| r["outcome"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(forced, ["intent", "done"], "audited before and after");
     // To node-a2 itself: its own replica is the closest copy.
     let (code, accepted) = s
         .post_restore(serde_json::json!({
@@ -357,17 +393,7 @@ async fn a_destroyed_dataset_comes_back_to_its_node_and_replication_goes_on_incr
     let s = Setup::start().await;
     let mut a1 = s.agent("node-a1", &["tank/db"]);
     let a2 = s.agent("node-a2", &[]);
-    wait_for("the first snapshot", Duration::from_secs(30), || async {
-        on_disk(&a1, "tank/db")
-            .filter(|v| !v.is_empty())
-            .map(|_| ())
-    })
-    .await;
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        s.snapshot_now("node-a1").await;
-    }
-    replicated(&s, &a1, &a2, 3).await;
+    three_snapshots_replicated(&s, &a1, &a2).await;
     let replica = on_disk(&a2, REPLICA).unwrap();
 
     // The dataset is lost: gone from node-a1's pool, which restarts without it.

@@ -368,46 +368,47 @@ async fn cancel(state: &State, nodes: &[String], attempt: &str) {
     }
 }
 
-/// The new common snapshot is held on both sides; older holds of the pairing go.
-async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
-    let tag = hold_tag(&rec.task);
+/// Sends `cmd(dataset)` to both ends of a job; logs what each said.
+async fn on_both_ends(
+    state: &State,
+    rec: &JobRecord,
+    what: &str,
+    cmd: impl Fn(&String) -> Command,
+) {
     for (node, dataset) in [
         (&rec.source_node, &rec.dataset),
         (&rec.target_node, &rec.target_dataset),
     ] {
-        let cmd = Command::ReleaseHolds {
-            dataset: dataset.clone(),
-            tag: tag.clone(),
-            keep: keep.to_string(),
-        };
-        match state.send_command(node, &cmd).await {
+        match state.send_command(node, &cmd(dataset)).await {
             Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
-            Ok(r) => {
-                warn!(node, %dataset, message = %r.message, "moving the replication hold failed")
-            }
-            Err(e) => warn!(node, %dataset, error = %e, "moving the replication hold failed"),
+            Ok(r) => warn!(node, %dataset, message = %r.message, "{what} failed"),
+            Err(e) => warn!(node, %dataset, error = %e, "{what} failed"),
         }
     }
 }
 
+/// The new common snapshot is held on both sides; older holds of the pairing go.
+async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
+    let tag = hold_tag(&rec.task);
+    on_both_ends(state, rec, "moving the replication hold", |dataset| {
+        Command::ReleaseHolds {
+            dataset: dataset.clone(),
+            tag: tag.clone(),
+            keep: keep.to_string(),
+        }
+    })
+    .await;
+}
+
 /// Releases an ended restore's hold `tag` on the copy and the destination.
 async fn drop_holds(state: &State, rec: &JobRecord, tag: &str) {
-    for (node, dataset) in [
-        (&rec.source_node, &rec.dataset),
-        (&rec.target_node, &rec.target_dataset),
-    ] {
-        let cmd = Command::DropHolds {
+    on_both_ends(state, rec, "releasing the restore hold", |dataset| {
+        Command::DropHolds {
             dataset: dataset.clone(),
             tag: tag.to_string(),
-        };
-        match state.send_command(node, &cmd).await {
-            Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
-            Ok(r) => {
-                warn!(node, %dataset, message = %r.message, "releasing the restore hold failed")
-            }
-            Err(e) => warn!(node, %dataset, error = %e, "releasing the restore hold failed"),
         }
-    }
+    })
+    .await;
 }
 
 /// Writes a record made outside the tick (a restore request) to KV.

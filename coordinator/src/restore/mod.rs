@@ -32,6 +32,8 @@ pub struct Accepted {
     pub to: At,
     /// The copy is raw-encrypted: load its key on the destination after.
     pub raw: bool,
+    /// How to load that key; `None` when the copy is not encrypted.
+    pub load_key: Option<String>,
 }
 
 /// A restore as `GET /api/v1/restores` shows it.
@@ -53,7 +55,18 @@ pub struct Status {
     pub landed_guid: Option<u64>,
     pub error: Option<String>,
     pub raw: bool,
+    pub load_key: Option<String>,
     pub history: Vec<String>,
+}
+
+/// What to do after a raw-encrypted copy landed: it arrives without its key.
+pub fn load_key(raw: bool, node: &str, dataset: &str) -> Option<String> {
+    raw.then(|| {
+        format!(
+            "the copy is raw-encrypted and landed without its key: on {node}, run \
+             `zfs load-key {dataset}` with the source dataset's key, then `zfs mount {dataset}`"
+        )
+    })
 }
 
 /// The status of a restore record; `None` for other kinds.
@@ -90,6 +103,7 @@ pub fn status(rec: &JobRecord) -> Option<Status> {
         landed_guid: info.landed_guid,
         error: rec.error.clone(),
         raw: info.raw,
+        load_key: load_key(info.raw, &rec.target_node, &rec.target_dataset),
         history: rec.history.clone(),
     })
 }
@@ -270,6 +284,7 @@ pub async fn submit(state: &State, req: Request) -> Result<Accepted, RestoreErro
             .as_ref()
             .map(|i| i.snapshot.clone())
             .expect("set above"),
+        load_key: load_key(plan.raw, &req.to_node, &req.to_dataset),
         to: At {
             node: req.to_node,
             dataset: req.to_dataset,
@@ -283,4 +298,16 @@ pub async fn submit(state: &State, req: Request) -> Result<Accepted, RestoreErro
 /// Every restore, newest first.
 pub fn list(state: &State) -> Vec<Status> {
     jobs::list(state).iter().filter_map(status).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_raw_copy_says_how_to_load_its_key() {
+        assert_eq!(load_key(false, "n2", "tank/x"), None);
+        let hint = load_key(true, "n2", "tank/x").unwrap();
+        assert!(hint.contains("on n2, run `zfs load-key tank/x`"), "{hint}");
+    }
 }
