@@ -43,7 +43,7 @@ pub fn hold_tag(task: &str) -> String {
 
 /// A restore's hold tag: its own, released when it ends.
 pub fn restore_tag(id: &str) -> String {
-    format!("zdr-restore-{id}")
+    format!("{}{id}", zdr_common::wire::RESTORE_HOLD_PREFIX)
 }
 
 /// A restore record's key in KV `zdr_jobs`.
