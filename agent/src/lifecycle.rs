@@ -993,16 +993,16 @@ mod tests {
         sim.create_dataset(&ds).unwrap();
         sim.snapshot(std::slice::from_ref(&ds), "zdr_1", false)
             .unwrap();
-        sim.hold(&ds, "zdr_1", "zdr-restore-c1-1-1").unwrap();
+        sim.hold(&ds, "zdr_1", "zdr-restore-into-c1-1-1").unwrap();
         let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
         assert!(lc.install_policy(policy()));
         let now = crate::clock::now();
         lc.rescan(now).unwrap();
         assert!(lc.snapshot_pass(now, true).taken.is_empty());
-        // Another hold (a replication base) does not stop it.
-        lc.backend.hold(&ds, "zdr_1", "zdr-repl-t").unwrap();
+        // Another hold (a restore reading it as its copy) does not stop it.
+        lc.backend.hold(&ds, "zdr_1", "zdr-restore-from-c1-1-1").unwrap();
         lc.backend
-            .release(&ds, "zdr_1", "zdr-restore-c1-1-1")
+            .release(&ds, "zdr_1", "zdr-restore-into-c1-1-1")
             .unwrap();
         lc.rescan(now).unwrap();
         assert_eq!(lc.snapshot_pass(now, true).taken.len(), 1);

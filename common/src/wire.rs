@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, Tiers};
 
-/// Hold tags of restores start with this. A restore holds what it landed
-/// until it ends, and the agent takes no snapshot of a dataset whose newest
-/// snapshot carries such a hold: one between its streams breaks the next.
-pub const RESTORE_HOLD_PREFIX: &str = "zdr-restore-";
+/// A restore holds what it landed under a tag starting with this until it
+/// ends, and the agent takes no snapshot of a dataset whose newest snapshot
+/// carries such a hold: one between its streams breaks the next.
+pub const RESTORE_HOLD_PREFIX: &str = "zdr-restore-into-";
 
 /// Inventory chunks stay well under NATS' default 1 MiB max_payload.
 pub const INVENTORY_CHUNK_BYTES: usize = 256 * 1024;

@@ -41,9 +41,14 @@ pub fn hold_tag(task: &str) -> String {
     format!("zdr-repl-{task}")
 }
 
-/// A restore's hold tag: its own, released when it ends.
-pub fn restore_tag(id: &str) -> String {
-    format!("{}{id}", zdr_common::wire::RESTORE_HOLD_PREFIX)
+/// A restore's hold tags, its own on each end, released when it ends.
+pub fn restore_tag(end: zdr_common::wire::JobRole, id: &str) -> String {
+    match end {
+        zdr_common::wire::JobRole::Source => format!("zdr-restore-from-{id}"),
+        zdr_common::wire::JobRole::Target => {
+            format!("{}{id}", zdr_common::wire::RESTORE_HOLD_PREFIX)
+        }
+    }
 }
 
 /// A restore record's key in KV `zdr_jobs`.

@@ -170,9 +170,8 @@ pub enum Effect {
     /// Move the pairing's holds to `keep` on both sides, then apply the
     /// task's retention to the copy; no new job starts until that is done.
     MoveHolds { keep: String },
-    /// Release `tag` from every snapshot of the job's source and target
-    /// datasets: an ended restore's holds.
-    DropHolds { tag: String },
+    /// Release an ended restore's holds on its copy and its destination.
+    DropHolds,
 }
 
 /// How a new leader treats an attempt its predecessor left running, from
@@ -647,7 +646,7 @@ impl JobRecord {
     /// A restore's part of the tick: its first attempt, a retry after its
     /// backoff, or, once it ended, the release of its holds. Restores are
     /// started by the tick only, so a request never starts one twice.
-    pub fn restore_tick(&mut self, tag: String, now_ms: i64) -> Vec<Effect> {
+    pub fn restore_tick(&mut self, now_ms: i64) -> Vec<Effect> {
         if self.restore.is_none() {
             return Vec::new();
         }
@@ -669,7 +668,7 @@ impl JobRecord {
         match &mut self.restore {
             Some(info) if ended && !info.holds_released => {
                 info.holds_released = true;
-                vec![self.persist(now_ms), Effect::DropHolds { tag }]
+                vec![self.persist(now_ms), Effect::DropHolds]
             }
             _ => Vec::new(),
         }
@@ -1121,11 +1120,8 @@ mod tests {
     #[test]
     fn a_restore_starts_once_from_the_tick_and_is_done_only_on_the_chosen_guid() {
         let mut r = restore_record();
-        assert_eq!(r.restore_tick("t".into(), 10), vec![Effect::Start]);
-        assert!(
-            r.restore_tick("t".into(), 20).is_empty(),
-            "never started twice"
-        );
+        assert_eq!(r.restore_tick(10), vec![Effect::Start]);
+        assert!(r.restore_tick(20).is_empty(), "never started twice");
         r.begin_attempt(30);
         assert_eq!(
             r.apply(&landed(&r, "s1", 1), 40),
@@ -1140,21 +1136,15 @@ mod tests {
         assert_eq!((info.landed_guid, info.landed_bytes), (Some(2), 2000));
         assert!(r.moving_holds_to.is_none());
         // Then its holds go, once.
-        assert_eq!(
-            r.restore_tick("t".into(), 70),
-            vec![Effect::Persist, Effect::DropHolds { tag: "t".into() }]
-        );
-        assert!(r.restore_tick("t".into(), 80).is_empty());
+        assert_eq!(r.restore_tick(70), vec![Effect::Persist, Effect::DropHolds]);
+        assert!(r.restore_tick(80).is_empty());
     }
 
     #[test]
     fn a_restore_landing_another_guid_fails_and_gives_up_after_its_attempts() {
         let mut r = restore_record();
         for n in 1..=RESTORE_ATTEMPTS {
-            assert_eq!(
-                r.restore_tick("t".into(), 1_000_000 * n as i64),
-                vec![Effect::Start]
-            );
+            assert_eq!(r.restore_tick(1_000_000 * n as i64), vec![Effect::Start]);
             assert_eq!(r.attempt, n);
             r.begin_attempt(1_000_000 * n as i64);
             r.apply(&landed(&r, "s1", 77), 1_000_000 * n as i64 + 1);
@@ -1172,15 +1162,15 @@ mod tests {
             .unwrap()
             .contains("failed after 3 attempts"));
         assert_eq!(
-            r.restore_tick("t".into(), i64::MAX / 2),
-            vec![Effect::Persist, Effect::DropHolds { tag: "t".into() }]
+            r.restore_tick(i64::MAX / 2),
+            vec![Effect::Persist, Effect::DropHolds]
         );
     }
 
     #[test]
     fn a_replication_ignores_the_restore_tick() {
         let mut r = running(1);
-        assert!(r.restore_tick("t".into(), STALL_MS * 10).is_empty());
+        assert!(r.restore_tick(STALL_MS * 10).is_empty());
         assert_eq!(r.state, JobState::Planned);
     }
 }

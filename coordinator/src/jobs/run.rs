@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
+    Command, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
 };
 
 use super::record::{describe, Effect, JobKind, JobRecord};
@@ -57,9 +57,9 @@ async fn carry_out(
                     }
                 });
             }
-            Effect::DropHolds { tag } => {
+            Effect::DropHolds => {
                 let rec = rec.clone();
-                tasks.spawn(async move { drop_holds(&st, &rec, &tag).await });
+                tasks.spawn(async move { drop_holds(&st, &rec).await });
             }
         }
     }
@@ -90,7 +90,7 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
             }
         }
         for (key, rec) in jobs.entries_mut() {
-            let fx = rec.restore_tick(restore_tag(&rec.id), now_ms);
+            let fx = rec.restore_tick(now_ms);
             if !fx.is_empty() {
                 work.push((key.clone(), rec.clone(), fx));
             }
@@ -236,9 +236,14 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         (rec.clone(), attempt, step)
     };
     let token = token();
-    let tag = match rec.kind {
-        JobKind::Replication => hold_tag(&rec.task),
-        JobKind::Restore => restore_tag(&rec.id),
+    // A restore holds the copy and what landed under different tags: only
+    // the latter stops the destination's snapshots (`RESTORE_HOLD_PREFIX`).
+    let (send_tag, tag) = match rec.kind {
+        JobKind::Replication => (hold_tag(&rec.task), hold_tag(&rec.task)),
+        JobKind::Restore => (
+            restore_tag(JobRole::Source, &rec.id),
+            restore_tag(JobRole::Target, &rec.id),
+        ),
     };
     let receive = ReceiveJob {
         job: attempt.clone(),
@@ -313,7 +318,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         raw,
         compress,
         bytes_per_sec: rate,
-        hold_tag: tag,
+        hold_tag: send_tag,
     };
     let why = match state
         .send_command(&rec.source_node, &Command::Send(send))
@@ -368,18 +373,18 @@ async fn cancel(state: &State, nodes: &[String], attempt: &str) {
     }
 }
 
-/// Sends `cmd(dataset)` to both ends of a job; logs what each said.
+/// Sends `cmd(end, dataset)` to both ends of a job; logs what each said.
 async fn on_both_ends(
     state: &State,
     rec: &JobRecord,
     what: &str,
-    cmd: impl Fn(&String) -> Command,
+    cmd: impl Fn(JobRole, &String) -> Command,
 ) {
-    for (node, dataset) in [
-        (&rec.source_node, &rec.dataset),
-        (&rec.target_node, &rec.target_dataset),
+    for (end, node, dataset) in [
+        (JobRole::Source, &rec.source_node, &rec.dataset),
+        (JobRole::Target, &rec.target_node, &rec.target_dataset),
     ] {
-        match state.send_command(node, &cmd(dataset)).await {
+        match state.send_command(node, &cmd(end, dataset)).await {
             Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
             Ok(r) => warn!(node, %dataset, message = %r.message, "{what} failed"),
             Err(e) => warn!(node, %dataset, error = %e, "{what} failed"),
@@ -390,7 +395,7 @@ async fn on_both_ends(
 /// The new common snapshot is held on both sides; older holds of the pairing go.
 async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
     let tag = hold_tag(&rec.task);
-    on_both_ends(state, rec, "moving the replication hold", |dataset| {
+    on_both_ends(state, rec, "moving the replication hold", |_, dataset| {
         Command::ReleaseHolds {
             dataset: dataset.clone(),
             tag: tag.clone(),
@@ -400,12 +405,12 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
     .await;
 }
 
-/// Releases an ended restore's hold `tag` on the copy and the destination.
-async fn drop_holds(state: &State, rec: &JobRecord, tag: &str) {
-    on_both_ends(state, rec, "releasing the restore hold", |dataset| {
+/// Releases an ended restore's holds on the copy and the destination.
+async fn drop_holds(state: &State, rec: &JobRecord) {
+    on_both_ends(state, rec, "releasing the restore hold", |end, dataset| {
         Command::DropHolds {
             dataset: dataset.clone(),
-            tag: tag.to_string(),
+            tag: restore_tag(end, &rec.id),
         }
     })
     .await;
