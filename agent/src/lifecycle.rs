@@ -1000,7 +1000,9 @@ mod tests {
         lc.rescan(now).unwrap();
         assert!(lc.snapshot_pass(now, true).taken.is_empty());
         // Another hold (a restore reading it as its copy) does not stop it.
-        lc.backend.hold(&ds, "zdr_1", "zdr-restore-from-c1-1-1").unwrap();
+        lc.backend
+            .hold(&ds, "zdr_1", "zdr-restore-from-c1-1-1")
+            .unwrap();
         lc.backend
             .release(&ds, "zdr_1", "zdr-restore-into-c1-1-1")
             .unwrap();

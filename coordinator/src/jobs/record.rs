@@ -690,7 +690,9 @@ impl JobRecord {
     /// under way is returned for adoption and gets a full stall period for it.
     pub fn loaded_by_new_leader(&mut self, now_ms: i64) -> Option<String> {
         self.moving_holds_to = None;
-        if !self.active() {
+        // A restore not started yet is the tick's to start, not to adopt.
+        let unstarted = self.restore.is_some() && self.next_attempt_at_ms.is_some();
+        if !self.active() || unstarted {
             return None;
         }
         self.updated_at_ms = now_ms;
@@ -1165,6 +1167,15 @@ mod tests {
             r.restore_tick(i64::MAX / 2),
             vec![Effect::Persist, Effect::DropHolds]
         );
+    }
+
+    #[test]
+    fn a_new_leader_starts_an_unstarted_restore_and_adopts_a_running_one() {
+        let mut r = restore_record();
+        assert_eq!(r.loaded_by_new_leader(5), None);
+        assert_eq!(r.restore_tick(6), vec![Effect::Start]);
+        let id = r.begin_attempt(7);
+        assert_eq!(r.loaded_by_new_leader(8), Some(id));
     }
 
     #[test]
