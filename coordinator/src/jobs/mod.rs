@@ -1,7 +1,10 @@
-//! The job engine. Every job — today replication; restore, drill, upload and
-//! verify to come — is a record in KV `zdr_jobs` (one per pairing, so a
-//! restarted or standby coordinator sees every job's state and history),
-//! driven through the same transitions, schedule, retries and rates.
+//! The job engine. Every job — today replication and restore; drill, upload
+//! and verify to come — is a record in KV `zdr_jobs` (one per pairing, one
+//! per restore, so a restarted or standby coordinator sees every job's state
+//! and history), driven through the same transitions, retries and rates.
+//! A restore (`crate::restore` plans it) is started by the tick, runs its
+//! steps like a replication, is done only when the target lists the chosen
+//! GUID, and then releases its holds.
 //!
 //! The split follows zrepl's: planning decides, a driver carries it out.
 //! - `record`: the record and its transitions, pure (`apply(update, now)`
