@@ -227,7 +227,7 @@ fn fresh_steps(snaps: &[PointSnapshot], c: usize) -> Vec<PlannedStep> {
             expect: sref(&snaps[c]),
             force: false,
             discards: vec![],
-            base: None,
+            base: Some(sref(&snaps[0])),
         });
     }
     steps
@@ -444,6 +444,7 @@ mod tests {
                 guid: 3
             }
         );
+        assert_eq!(got.steps[1].base.as_ref().map(|b| b.guid), Some(1));
         // Destination n2: its own replica is closer than production.
         let got = run(&req("n2"), &p, &facts("s1", true)).unwrap();
         assert_eq!(
