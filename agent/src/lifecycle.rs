@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use zdr_common::policy::{Class, Tiers};
 use zdr_common::wire::{
     BookmarkInfo, DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica,
-    SnapshotInfo,
+    SnapshotInfo, RESTORE_HOLD_PREFIX,
 };
 use zdr_common::DatasetName;
 
@@ -415,6 +415,19 @@ impl Lifecycle {
             .collect()
     }
 
+    /// Whether a restore is landing into `ds`: its newest snapshot carries a
+    /// restore's hold until the restore ends (see [`RESTORE_HOLD_PREFIX`]).
+    fn restoring(&self, ds: &DatasetName, snaps: &[SnapshotInfo]) -> bool {
+        let Some(newest) = snaps.iter().max_by_key(|s| s.createtxg) else {
+            return false;
+        };
+        newest.userrefs > 0
+            && self
+                .backend
+                .holds(ds, &newest.name)
+                .is_ok_and(|tags| tags.iter().any(|t| t.starts_with(RESTORE_HOLD_PREFIX)))
+    }
+
     /// Takes the snapshots that are due (all protected datasets with `force`).
     pub fn snapshot_pass(&self, now: i64, force: bool) -> PassReport {
         let mut report = PassReport::default();
@@ -425,6 +438,7 @@ impl Lifecycle {
         let due: Vec<DatasetName> = self
             .protected(&policy)
             .into_iter()
+            .filter(|(info, _, _, snaps)| !self.restoring(&info.name, snaps))
             .filter(|(_, _, class, snaps)| {
                 let smallest = class
                     .tiers
@@ -777,6 +791,7 @@ impl Lifecycle {
                     .map(|(n, _)| n),
                 snapshots: snaps.clone(),
                 bookmarks: inv.bookmarks.get(&info.name).cloned().unwrap_or_default(),
+                encrypted: info.encrypted,
             })
             .collect()
     }
@@ -1042,5 +1057,32 @@ mod tests {
             "{audit}"
         );
         drop(stream);
+    }
+
+    #[test]
+    fn no_snapshot_is_taken_of_a_dataset_a_restore_lands_into() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let sim = SimBackend::new();
+        sim.add_pool("tank", 1 << 30).unwrap();
+        let ds = DatasetName::parse("tank/a").unwrap();
+        sim.create_dataset(&ds).unwrap();
+        sim.snapshot(std::slice::from_ref(&ds), "zdr_1", false)
+            .unwrap();
+        sim.hold(&ds, "zdr_1", "zdr-restore-into-c1-1-1").unwrap();
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
+        assert!(lc.install_policy(policy()));
+        let now = crate::clock::now();
+        lc.rescan(now).unwrap();
+        assert!(lc.snapshot_pass(now, true).taken.is_empty());
+        // Another hold (a restore reading it as its copy) does not stop it.
+        lc.backend
+            .hold(&ds, "zdr_1", "zdr-restore-from-c1-1-1")
+            .unwrap();
+        lc.backend
+            .release(&ds, "zdr_1", "zdr-restore-into-c1-1-1")
+            .unwrap();
+        lc.rescan(now).unwrap();
+        assert_eq!(lc.snapshot_pass(now, true).taken.len(), 1);
     }
 }

@@ -57,7 +57,8 @@ pub struct Replication {
     lifecycle: Arc<Lifecycle>,
     node: String,
     plane: Option<Plane>,
-    jobs: Mutex<HashMap<String, Running>>,
+    /// By id and role: a restore to the node of its copy runs both ends here.
+    jobs: Mutex<HashMap<(String, JobRole), Running>>,
     /// Set by [`Replication::stop`]: no new job starts.
     stopping: AtomicBool,
     updates: mpsc::UnboundedSender<JobUpdate>,
@@ -130,7 +131,7 @@ impl Replication {
         })
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, JobRole), Running>> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -145,12 +146,12 @@ impl Replication {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(format!("job {id} refused: this agent is shutting down"));
         }
-        if jobs.contains_key(id) {
+        if jobs.contains_key(&(id.to_string(), role)) {
             return Err(format!("job {id} is already running on this node"));
         }
         let cancel = Arc::new(Notify::new());
         jobs.insert(
-            id.to_string(),
+            (id.to_string(), role),
             Running {
                 cancel: cancel.clone(),
                 rate,
@@ -176,7 +177,7 @@ impl Replication {
             resumable: false,
             partial: None,
         };
-        if let Some(running) = self.jobs().get_mut(job) {
+        if let Some(running) = self.jobs().get_mut(&(job.to_string(), role)) {
             running.last = Some(update.clone());
         }
         let _ = self.updates.send(update);
@@ -185,7 +186,9 @@ impl Replication {
     /// The latest report of a job that still runs here; `None` when it does not.
     pub fn status(&self, job: &str) -> Option<JobUpdate> {
         let jobs = self.jobs();
-        let running = jobs.get(job)?;
+        let running = [JobRole::Target, JobRole::Source]
+            .iter()
+            .find_map(|&role| jobs.get(&(job.to_string(), role)))?;
         Some(running.last.clone().unwrap_or_else(|| JobUpdate {
             node: self.node.clone(),
             job: job.to_string(),
@@ -253,7 +256,7 @@ impl Replication {
         tokio::spawn(async move {
             let id = cmd.job.clone();
             me.run_receive(cmd, dataset, pending, cancel, how).await;
-            me.jobs().remove(&id);
+            me.jobs().remove(&(id, JobRole::Target));
         });
         Ok(ReceiveOffer {
             addr: plane.advertise.to_string(),
@@ -551,7 +554,7 @@ impl Replication {
             let id = cmd.job.clone();
             me.run_send(cmd, spec, job, addr, opts, cancel).await;
             drop(in_flight);
-            me.jobs().remove(&id);
+            me.jobs().remove(&(id, JobRole::Source));
         });
         Ok(format!("sending {dataset} to {addr}"))
     }
@@ -650,7 +653,7 @@ impl Replication {
     pub fn set_rate(&self, job: &str, bytes_per_sec: Option<u64>) -> Result<String, Refused> {
         let jobs = self.jobs();
         let rate = jobs
-            .get(job)
+            .get(&(job.to_string(), JobRole::Source))
             .and_then(|r| r.rate.as_ref())
             .ok_or_else(|| format!("no send of job {job} is running on this node"))?;
         rate.set(bytes_per_sec.and_then(NonZeroU64::new));
@@ -662,11 +665,17 @@ impl Replication {
 
     pub fn cancel(&self, job: &str) -> Result<String, Refused> {
         let jobs = self.jobs();
-        let running = jobs
-            .get(job)
-            .ok_or_else(|| format!("job {job} is not running on this node"))?;
-        running.cancel.notify_one();
-        Ok(format!("job {job} cancelled"))
+        let mut found = false;
+        for role in [JobRole::Source, JobRole::Target] {
+            if let Some(running) = jobs.get(&(job.to_string(), role)) {
+                running.cancel.notify_one();
+                found = true;
+            }
+        }
+        match found {
+            true => Ok(format!("job {job} cancelled")),
+            false => Err(format!("job {job} is not running on this node")),
+        }
     }
 
     /// At shutdown: takes no new job, cancels the running ones (a target keeps
@@ -676,7 +685,9 @@ impl Replication {
         let running: Vec<String> = {
             let jobs = self.jobs();
             self.stopping.store(true, Ordering::SeqCst);
-            jobs.keys().cloned().collect()
+            let ids: std::collections::BTreeSet<String> =
+                jobs.keys().map(|(id, _)| id.clone()).collect();
+            ids.into_iter().collect()
         };
         for id in &running {
             let _ = self.cancel(id);
@@ -701,19 +712,48 @@ impl Replication {
         tag: &str,
         keep: &str,
     ) -> Result<String, Refused> {
+        let released = self.release_tag(dataset, tag, Some(keep)).await?;
+        Ok(if released.is_empty() {
+            format!("{dataset}@{keep} holds the base; nothing else to release")
+        } else {
+            format!(
+                "{dataset}@{keep} holds the base; released {}",
+                released.join(", ")
+            )
+        })
+    }
+
+    /// Releases `tag` from every snapshot of `dataset` (a restore ended).
+    pub async fn drop_holds(&self, dataset: &str, tag: &str) -> Result<String, Refused> {
+        let released = self.release_tag(dataset, tag, None).await?;
+        Ok(match released.is_empty() {
+            true => format!("no snapshot of {dataset} had the hold {tag}"),
+            false => format!("released {tag} from {}", released.join(", ")),
+        })
+    }
+
+    /// Releases `tag` from every snapshot of `dataset` but `keep`, which is
+    /// held first; returns the snapshots released.
+    async fn release_tag(
+        &self,
+        dataset: &str,
+        tag: &str,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>, Refused> {
         let ds = DatasetName::parse(dataset).map_err(|e| format!("dataset: {e}"))?;
         let backend = self.lifecycle.backend.clone();
-        let (tag, kept) = (tag.to_string(), keep.to_string());
-        let released = tokio::task::spawn_blocking(move || {
-            let keep = kept;
+        let (tag, kept) = (tag.to_string(), keep.map(str::to_string));
+        tokio::task::spawn_blocking(move || {
             // The new base is held before any older one is let go.
-            match backend.hold(&ds, &keep, &tag) {
-                Ok(()) | Err(ZfsError::Exists { .. }) => {}
-                Err(e) => return Err(e),
+            if let Some(keep) = &kept {
+                match backend.hold(&ds, keep, &tag) {
+                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
             let mut released = Vec::new();
             for s in backend.list_snapshots(&ds)? {
-                if s.name == keep || s.userrefs == 0 {
+                if Some(&s.name) == kept.as_ref() || s.userrefs == 0 {
                     continue;
                 }
                 if backend.holds(&ds, &s.name)?.contains(&tag) {
@@ -725,15 +765,7 @@ impl Replication {
         })
         .await
         .map_err(|e| format!("releasing holds panicked: {e}"))?
-        .map_err(|e| format!("{dataset}: {e}"))?;
-        Ok(if released.is_empty() {
-            format!("{dataset}@{keep} holds the base; nothing else to release")
-        } else {
-            format!(
-                "{dataset}@{keep} holds the base; released {}",
-                released.join(", ")
-            )
-        })
+        .map_err(|e| format!("{dataset}: {e}"))
     }
 
     /// `zfs receive -A` on `dataset` if it has a saved partial receive,

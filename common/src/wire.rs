@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, Tiers};
 
+/// A restore holds what it landed under a tag starting with this until it
+/// ends, and the agent takes no snapshot of a dataset whose newest snapshot
+/// carries such a hold: one between its streams breaks the next.
+pub const RESTORE_HOLD_PREFIX: &str = "zdr-restore-into-";
+
 /// Inventory chunks stay well under NATS' default 1 MiB max_payload.
 pub const INVENTORY_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -97,6 +102,9 @@ pub struct DatasetInventory {
     /// base (matched by GUID) to continue from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bookmarks: Vec<BookmarkInfo>,
+    /// ZFS native encryption: a copy of it arrives raw and needs its key loaded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// One chunk of a full inventory. A full inventory is complete when chunks
@@ -192,6 +200,9 @@ pub enum Command {
     },
     /// Applies a replication task's retention to its copy on this node.
     PruneReplica(PruneReplica),
+    /// Releases `tag` from every snapshot of `dataset`: the holds of a
+    /// restore that ended.
+    DropHolds { dataset: String, tag: String },
 }
 
 /// Destroys the copy's snapshots that `tiers` no longer keep. Held snapshots
@@ -351,7 +362,7 @@ pub struct JobUpdate {
     pub partial: Option<PartialReceive>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobRole {
     Source,
@@ -570,6 +581,7 @@ mod tests {
             used: 0,
             available: 0,
             class: None,
+            encrypted: false,
             snapshots: (0..n)
                 .map(|i| SnapshotInfo {
                     name: format!("zdr_{i:08}"),

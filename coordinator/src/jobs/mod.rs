@@ -1,7 +1,10 @@
-//! The job engine. Every job — today replication; restore, drill, upload and
-//! verify to come — is a record in KV `zdr_jobs` (one per pairing, so a
-//! restarted or standby coordinator sees every job's state and history),
-//! driven through the same transitions, schedule, retries and rates.
+//! The job engine. Every job — today replication and restore; drill, upload
+//! and verify to come — is a record in KV `zdr_jobs` (one per pairing, one
+//! per restore, so a restarted or standby coordinator sees every job's state
+//! and history), driven through the same transitions, retries and rates.
+//! A restore (`crate::restore` plans it) is started by the tick, runs its
+//! steps like a replication, is done only when the target lists the chosen
+//! GUID, and then releases its holds.
 //!
 //! The split follows zrepl's: planning decides, a driver carries it out.
 //! - `record`: the record and its transitions, pure (`apply(update, now)`
@@ -27,8 +30,11 @@ mod schedule;
 
 use std::collections::BTreeMap;
 
-pub use record::{Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep};
-pub use run::{adopt, list, on_update, restore, tick};
+pub use record::{
+    describe, Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep,
+    RestoreInfo, RestoreSnapshot,
+};
+pub use run::{adopt, list, on_update, restore, save, tick};
 
 /// How long the target waits for its sender.
 const ACCEPT_SECS: u64 = 60;
@@ -38,7 +44,22 @@ pub fn hold_tag(task: &str) -> String {
     format!("zdr-repl-{task}")
 }
 
-/// Jobs by pairing key.
+/// A restore's hold tags, its own on each end, released when it ends.
+pub fn restore_tag(end: zdr_common::wire::JobRole, id: &str) -> String {
+    match end {
+        zdr_common::wire::JobRole::Source => format!("zdr-restore-from-{id}"),
+        zdr_common::wire::JobRole::Target => {
+            format!("{}{id}", zdr_common::wire::RESTORE_HOLD_PREFIX)
+        }
+    }
+}
+
+/// A restore record's key in KV `zdr_jobs`.
+pub fn restore_key(id: &str) -> String {
+    crate::bus::inventory_key("restore", id)
+}
+
+/// Jobs by key: a pairing's, or a restore's.
 #[derive(Default)]
 pub struct Jobs {
     records: BTreeMap<String, JobRecord>,
@@ -64,6 +85,10 @@ impl Jobs {
 
     pub fn records(&self) -> impl Iterator<Item = &JobRecord> {
         self.records.values()
+    }
+
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = (&String, &mut JobRecord)> {
+        self.records.iter_mut()
     }
 
     pub fn records_mut(&mut self) -> impl Iterator<Item = &mut JobRecord> {

@@ -10,12 +10,12 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
+    Command, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
 };
 
 use super::record::{describe, Effect, JobKind, JobRecord};
 use super::schedule::{self, Decision, Ends, NeverCopied};
-use super::{hold_tag, rates, ACCEPT_SECS};
+use super::{hold_tag, rates, restore_tag, ACCEPT_SECS};
 use crate::bus;
 use crate::state::{now_ms, State};
 
@@ -57,6 +57,10 @@ async fn carry_out(
                     }
                 });
             }
+            Effect::DropHolds => {
+                let rec = rec.clone();
+                tasks.spawn(async move { drop_holds(&st, &rec).await });
+            }
         }
     }
 }
@@ -85,6 +89,12 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
                 }
             }
         }
+        for (key, rec) in jobs.entries_mut() {
+            let fx = rec.restore_tick(now_ms);
+            if !fx.is_empty() {
+                work.push((key.clone(), rec.clone(), fx));
+            }
+        }
         let never = NeverCopied::new(&pairings.pairings, |q| jobs.get(&key_of(q)));
         let mut busy = schedule::busy_targets(jobs.records());
         for pairing in &pairings.pairings {
@@ -92,6 +102,11 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
                 continue;
             };
             if never.parent_first(pairing) {
+                continue;
+            }
+            // A restore is writing the source: a plan from its half-landed
+            // history would read the copy as diverged.
+            if busy.contains(&(pairing.source_node.clone(), pairing.dataset.clone())) {
                 continue;
             }
             let key = key_of(pairing);
@@ -221,7 +236,15 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         (rec.clone(), attempt, step)
     };
     let token = token();
-    let tag = hold_tag(&rec.task);
+    // A restore holds the copy and what landed under different tags: only
+    // the latter stops the destination's snapshots (`RESTORE_HOLD_PREFIX`).
+    let (send_tag, tag) = match rec.kind {
+        JobKind::Replication => (hold_tag(&rec.task), hold_tag(&rec.task)),
+        JobKind::Restore => (
+            restore_tag(JobRole::Source, &rec.id),
+            restore_tag(JobRole::Target, &rec.id),
+        ),
+    };
     let receive = ReceiveJob {
         job: attempt.clone(),
         token: token.clone(),
@@ -235,12 +258,16 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         hold_tag: tag.clone(),
         accept_secs: ACCEPT_SECS,
     };
-    let (raw, compress) = state
-        .policy()
-        .as_ref()
-        .and_then(|p| p.tasks.iter().find(|t| t.name == rec.task))
-        .map(|t| (t.raw, t.compress == zdr_schemas::tasks::Compress::Zstd))
-        .unwrap_or((true, false));
+    // A restore sends the copy as it is stored: raw-encrypted stays raw.
+    let (raw, compress) = match rec.kind {
+        JobKind::Restore => (true, false),
+        JobKind::Replication => state
+            .policy()
+            .as_ref()
+            .and_then(|p| p.tasks.iter().find(|t| t.name == rec.task))
+            .map(|t| (t.raw, t.compress == zdr_schemas::tasks::Compress::Zstd))
+            .unwrap_or((true, false)),
+    };
     let offer = match state
         .send_command(&rec.target_node, &Command::Receive(receive))
         .await
@@ -291,7 +318,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         raw,
         compress,
         bytes_per_sec: rate,
-        hold_tag: tag,
+        hold_tag: send_tag,
     };
     let why = match state
         .send_command(&rec.source_node, &Command::Send(send))
@@ -346,26 +373,52 @@ async fn cancel(state: &State, nodes: &[String], attempt: &str) {
     }
 }
 
+/// Sends `cmd(end, dataset)` to both ends of a job; logs what each said.
+async fn on_both_ends(
+    state: &State,
+    rec: &JobRecord,
+    what: &str,
+    cmd: impl Fn(JobRole, &String) -> Command,
+) {
+    for (end, node, dataset) in [
+        (JobRole::Source, &rec.source_node, &rec.dataset),
+        (JobRole::Target, &rec.target_node, &rec.target_dataset),
+    ] {
+        match state.send_command(node, &cmd(end, dataset)).await {
+            Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
+            Ok(r) => warn!(node, %dataset, message = %r.message, "{what} failed"),
+            Err(e) => warn!(node, %dataset, error = %e, "{what} failed"),
+        }
+    }
+}
+
 /// The new common snapshot is held on both sides; older holds of the pairing go.
 async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
     let tag = hold_tag(&rec.task);
-    for (node, dataset) in [
-        (&rec.source_node, &rec.dataset),
-        (&rec.target_node, &rec.target_dataset),
-    ] {
-        let cmd = Command::ReleaseHolds {
+    on_both_ends(state, rec, "moving the replication hold", |_, dataset| {
+        Command::ReleaseHolds {
             dataset: dataset.clone(),
             tag: tag.clone(),
             keep: keep.to_string(),
-        };
-        match state.send_command(node, &cmd).await {
-            Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
-            Ok(r) => {
-                warn!(node, %dataset, message = %r.message, "moving the replication hold failed")
-            }
-            Err(e) => warn!(node, %dataset, error = %e, "moving the replication hold failed"),
         }
-    }
+    })
+    .await;
+}
+
+/// Releases an ended restore's holds on the copy and the destination.
+async fn drop_holds(state: &State, rec: &JobRecord) {
+    on_both_ends(state, rec, "releasing the restore hold", |end, dataset| {
+        Command::DropHolds {
+            dataset: dataset.clone(),
+            tag: restore_tag(end, &rec.id),
+        }
+    })
+    .await;
+}
+
+/// Writes a record made outside the tick (a restore request) to KV.
+pub async fn save(state: &State, key: &str, rec: &JobRecord) {
+    persist(state, key, rec).await;
 }
 
 /// Applies the task's retention (the source class's tiers when it has none)
