@@ -751,6 +751,7 @@ impl Lifecycle {
                     .map(|(n, _)| n),
                 snapshots: snaps.clone(),
                 bookmarks: inv.bookmarks.get(&info.name).cloned().unwrap_or_default(),
+                encrypted: info.encrypted,
             })
             .collect()
     }

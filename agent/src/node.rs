@@ -234,6 +234,9 @@ impl Agent {
             Command::ReleaseHolds { dataset, tag, keep } => {
                 return done(repl.release_holds(&dataset, &tag, &keep).await)
             }
+            Command::DropHolds { dataset, tag } => {
+                return done(repl.drop_holds(&dataset, &tag).await)
+            }
             other => other,
         };
         let lc = self.lifecycle.clone();

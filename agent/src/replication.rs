@@ -699,19 +699,48 @@ impl Replication {
         tag: &str,
         keep: &str,
     ) -> Result<String, Refused> {
+        let released = self.release_tag(dataset, tag, Some(keep)).await?;
+        Ok(if released.is_empty() {
+            format!("{dataset}@{keep} holds the base; nothing else to release")
+        } else {
+            format!(
+                "{dataset}@{keep} holds the base; released {}",
+                released.join(", ")
+            )
+        })
+    }
+
+    /// Releases `tag` from every snapshot of `dataset` (a restore ended).
+    pub async fn drop_holds(&self, dataset: &str, tag: &str) -> Result<String, Refused> {
+        let released = self.release_tag(dataset, tag, None).await?;
+        Ok(match released.is_empty() {
+            true => format!("no snapshot of {dataset} had the hold {tag}"),
+            false => format!("released {tag} from {}", released.join(", ")),
+        })
+    }
+
+    /// Releases `tag` from every snapshot of `dataset` but `keep`, which is
+    /// held first; returns the snapshots released.
+    async fn release_tag(
+        &self,
+        dataset: &str,
+        tag: &str,
+        keep: Option<&str>,
+    ) -> Result<Vec<String>, Refused> {
         let ds = DatasetName::parse(dataset).map_err(|e| format!("dataset: {e}"))?;
         let backend = self.lifecycle.backend.clone();
-        let (tag, kept) = (tag.to_string(), keep.to_string());
-        let released = tokio::task::spawn_blocking(move || {
-            let keep = kept;
+        let (tag, kept) = (tag.to_string(), keep.map(str::to_string));
+        tokio::task::spawn_blocking(move || {
             // The new base is held before any older one is let go.
-            match backend.hold(&ds, &keep, &tag) {
-                Ok(()) | Err(ZfsError::Exists { .. }) => {}
-                Err(e) => return Err(e),
+            if let Some(keep) = &kept {
+                match backend.hold(&ds, keep, &tag) {
+                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                    Err(e) => return Err(e),
+                }
             }
             let mut released = Vec::new();
             for s in backend.list_snapshots(&ds)? {
-                if s.name == keep || s.userrefs == 0 {
+                if Some(&s.name) == kept.as_ref() || s.userrefs == 0 {
                     continue;
                 }
                 if backend.holds(&ds, &s.name)?.contains(&tag) {
@@ -723,15 +752,7 @@ impl Replication {
         })
         .await
         .map_err(|e| format!("releasing holds panicked: {e}"))?
-        .map_err(|e| format!("{dataset}: {e}"))?;
-        Ok(if released.is_empty() {
-            format!("{dataset}@{keep} holds the base; nothing else to release")
-        } else {
-            format!(
-                "{dataset}@{keep} holds the base; released {}",
-                released.join(", ")
-            )
-        })
+        .map_err(|e| format!("{dataset}: {e}"))
     }
 
     /// `zfs receive -A` on `dataset` if it has a saved partial receive,

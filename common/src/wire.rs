@@ -97,6 +97,9 @@ pub struct DatasetInventory {
     /// base (matched by GUID) to continue from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bookmarks: Vec<BookmarkInfo>,
+    /// ZFS native encryption: a copy of it arrives raw and needs its key loaded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// One chunk of a full inventory. A full inventory is complete when chunks
@@ -192,6 +195,9 @@ pub enum Command {
     },
     /// Applies a replication task's retention to its copy on this node.
     PruneReplica(PruneReplica),
+    /// Releases `tag` from every snapshot of `dataset`: the holds of a
+    /// restore that ended.
+    DropHolds { dataset: String, tag: String },
 }
 
 /// Destroys the copy's snapshots that `tiers` no longer keep. Held snapshots
@@ -570,6 +576,7 @@ mod tests {
             used: 0,
             available: 0,
             class: None,
+            encrypted: false,
             snapshots: (0..n)
                 .map(|i| SnapshotInfo {
                     name: format!("zdr_{i:08}"),

@@ -286,6 +286,7 @@ mod tests {
             class: None,
             snapshots: snaps,
             bookmarks: vec![],
+            encrypted: false,
         }
     }
 

@@ -7,18 +7,23 @@
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
+//! - `GET /api/v1/restore-points?node=N&dataset=D`, `POST /api/v1/restores`,
+//!   `GET /api/v1/restores[/{job}]`: restores (contract: `/work/briefs/restore-api.md`).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State as AxState};
+use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use zdr_common::wire::{Command, PoolInfo};
 
 use crate::fleet::{dataset_status, DatasetStatus};
+use crate::restore::plan::{parse_at, parse_node_dataset, PlanError, Request};
+use crate::restore::points::PointsError;
+use crate::restore::RestoreError;
 use crate::state::{now, CommandError, State};
 
 /// Serves until `shutdown` is cancelled (requests under way finish).
@@ -35,6 +40,9 @@ pub async fn serve(
         .route("/api/v1/pairings", get(pairings))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/nodes/{node}/commands", post(command))
+        .route("/api/v1/restore-points", get(restore_points))
+        .route("/api/v1/restores", get(restores).post(restore))
+        .route("/api/v1/restores/{job}", get(restore_status))
         .with_state(state);
     let stop = async move { shutdown.cancelled().await };
     if let Err(e) = axum::serve(listener, app)
@@ -192,4 +200,144 @@ fn command_error(e: CommandError) -> Response {
         CommandError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (code, format!("{e}\n")).into_response()
+}
+
+/// `{"error": ...}` with its status code.
+fn api_error(code: StatusCode, message: String) -> Response {
+    (code, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn restore_error(e: RestoreError) -> Response {
+    let code = match &e {
+        RestoreError::Points(
+            PointsError::UnknownNode { .. } | PointsError::NotProtected { .. },
+        ) => StatusCode::NOT_FOUND,
+        RestoreError::Plan(p) => match p {
+            PlanError::UnknownNode { .. } => StatusCode::NOT_FOUND,
+            PlanError::DestinationExists { .. } | PlanError::ReplaceNeedsBase { .. } => {
+                StatusCode::CONFLICT
+            }
+            PlanError::CopyOffline { .. }
+            | PlanError::NoCopyOnline { .. }
+            | PlanError::DestinationOffline { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            PlanError::BadInput { .. }
+            | PlanError::AtAndSnapshot
+            | PlanError::TooEarly { .. }
+            | PlanError::NoSuchSnapshot { .. }
+            | PlanError::NoSnapshots { .. }
+            | PlanError::NotACopy { .. }
+            | PlanError::DestinationIsCopy { .. } => StatusCode::BAD_REQUEST,
+        },
+        RestoreError::Busy { .. } => StatusCode::CONFLICT,
+    };
+    api_error(code, e.to_string())
+}
+
+/// A standby knows no fleet: it says so rather than answer from nothing.
+fn standby(st: &State) -> Option<Response> {
+    (!st.is_leader()).then(|| {
+        api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this coordinator is a standby; ask the leader (GET /readyz says which one leads)"
+                .into(),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct PointsQuery {
+    node: Option<String>,
+    dataset: Option<String>,
+}
+
+async fn restore_points(
+    AxState(st): AxState<Arc<State>>,
+    Query(q): Query<PointsQuery>,
+) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    let (Some(node), Some(dataset)) = (q.node, q.dataset) else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "node and dataset are required, e.g. /api/v1/restore-points?node=n1&dataset=tank/db"
+                .into(),
+        );
+    };
+    match crate::restore::restore_points(&st, &node, &dataset) {
+        Ok(points) => Json(points).into_response(),
+        Err(e) => restore_error(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    source: String,
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    snapshot: Option<String>,
+    #[serde(default)]
+    from: Option<String>,
+    to: String,
+    #[serde(default)]
+    replace: bool,
+}
+
+fn request(body: &[u8]) -> Result<Request, PlanError> {
+    let b: RestoreBody = serde_json::from_slice(body).map_err(|e| PlanError::BadInput {
+        input: "body",
+        value: String::from_utf8_lossy(body).chars().take(200).collect(),
+        why: format!(
+            "{e}; send {{\"source\":\"n1:tank/db\",\"to\":\"n2:tank/db-restored\"}} \
+             with optional at, snapshot, from and replace"
+        ),
+    })?;
+    let (node, dataset) = parse_node_dataset("source", &b.source)?;
+    let (to_node, to_dataset) = parse_node_dataset("to", &b.to)?;
+    Ok(Request {
+        node,
+        dataset: dataset.to_string(),
+        at: b.at.as_deref().map(parse_at).transpose()?,
+        snapshot: b.snapshot,
+        from: b.from,
+        to_node,
+        to_dataset: to_dataset.to_string(),
+        replace: b.replace,
+    })
+}
+
+async fn restore(AxState(st): AxState<Arc<State>>, body: axum::body::Bytes) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    let req = match request(&body) {
+        Ok(r) => r,
+        Err(e) => return restore_error(e.into()),
+    };
+    match crate::restore::submit(&st, req).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(e) => restore_error(e),
+    }
+}
+
+async fn restores(AxState(st): AxState<Arc<State>>) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    Json(serde_json::json!({ "restores": crate::restore::list(&st) })).into_response()
+}
+
+async fn restore_status(AxState(st): AxState<Arc<State>>, Path(job): Path<String>) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    match crate::restore::list(&st).into_iter().find(|s| s.job == job) {
+        Some(s) => Json(s).into_response(),
+        None => api_error(
+            StatusCode::NOT_FOUND,
+            format!("restore job {job:?} is not known; GET /api/v1/restores lists them"),
+        ),
+    }
 }

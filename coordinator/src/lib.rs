@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod lease;
 pub mod pairing;
 pub mod policy;
+pub mod restore;
 pub mod service;
 pub mod state;
 pub mod transfer_plan;

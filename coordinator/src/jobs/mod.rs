@@ -27,8 +27,11 @@ mod schedule;
 
 use std::collections::BTreeMap;
 
-pub use record::{Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep};
-pub use run::{adopt, list, on_update, restore, tick};
+pub use record::{
+    describe, Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep,
+    RestoreInfo, RestoreSnapshot,
+};
+pub use run::{adopt, list, on_update, restore, save, tick};
 
 /// How long the target waits for its sender.
 const ACCEPT_SECS: u64 = 60;
@@ -38,7 +41,17 @@ pub fn hold_tag(task: &str) -> String {
     format!("zdr-repl-{task}")
 }
 
-/// Jobs by pairing key.
+/// A restore's hold tag: its own, released when it ends.
+pub fn restore_tag(id: &str) -> String {
+    format!("zdr-restore-{id}")
+}
+
+/// A restore record's key in KV `zdr_jobs`.
+pub fn restore_key(id: &str) -> String {
+    crate::bus::inventory_key("restore", id)
+}
+
+/// Jobs by key: a pairing's, or a restore's.
 #[derive(Default)]
 pub struct Jobs {
     records: BTreeMap<String, JobRecord>,
@@ -64,6 +77,10 @@ impl Jobs {
 
     pub fn records(&self) -> impl Iterator<Item = &JobRecord> {
         self.records.values()
+    }
+
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = (&String, &mut JobRecord)> {
+        self.records.iter_mut()
     }
 
     pub fn records_mut(&mut self) -> impl Iterator<Item = &mut JobRecord> {

@@ -27,6 +27,9 @@ const HISTORY: usize = 30;
 pub const LANDED_WAIT_MS: i64 = 60_000;
 /// Progress is written to KV at most this often.
 const PERSIST_PROGRESS_MS: i64 = 5_000;
+/// Attempts of a restore step before the restore fails for good: unlike a
+/// replication, nothing plans it again later.
+pub const RESTORE_ATTEMPTS: u32 = 3;
 
 /// What a job does. Every kind runs on the same record, schedule, retries
 /// and persistence; a kind brings its planner and how an attempt starts.
@@ -36,6 +39,37 @@ pub enum JobKind {
     /// Keep a copy of a source dataset on a target node current.
     #[default]
     Replication,
+    /// Copy a snapshot of a protected dataset from one of its copies to a
+    /// dataset named by an operator, once.
+    Restore,
+}
+
+/// The snapshot a restore brings back, as chosen from the copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSnapshot {
+    pub name: String,
+    pub guid: u64,
+    /// Unix seconds.
+    pub creation: i64,
+}
+
+/// What a restore record holds beyond the shared fields (whose source is
+/// the copy restored from, whose target is the destination).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreInfo {
+    /// The protected dataset, as the request named it.
+    pub node: String,
+    pub dataset: String,
+    pub snapshot: RestoreSnapshot,
+    /// The copy is raw-encrypted: the restored dataset needs its key loaded.
+    pub raw: bool,
+    pub replace: bool,
+    /// Stream bytes of the steps that landed.
+    pub landed_bytes: u64,
+    /// The GUID the target listed for the chosen snapshot after the last step.
+    pub landed_guid: Option<u64>,
+    /// The restore's holds were released after it ended (done or failed).
+    pub holds_released: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +151,8 @@ pub struct JobRecord {
     #[serde(default)]
     pub failed_attempt: Option<FailedAttempt>,
     pub history: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreInfo>,
     /// When this record was last written to KV (not itself persisted).
     #[serde(skip)]
     pub persisted_at_ms: i64,
@@ -134,6 +170,9 @@ pub enum Effect {
     /// Move the pairing's holds to `keep` on both sides, then apply the
     /// task's retention to the copy; no new job starts until that is done.
     MoveHolds { keep: String },
+    /// Release `tag` from every snapshot of the job's source and target
+    /// datasets: an ended restore's holds.
+    DropHolds { tag: String },
 }
 
 /// How a new leader treats an attempt its predecessor left running, from
@@ -228,6 +267,7 @@ impl JobRecord {
             moving_holds_to: None,
             failed_attempt: None,
             history: Vec::new(),
+            restore: None,
             persisted_at_ms: 0,
         }
     }
@@ -276,8 +316,19 @@ impl JobRecord {
         self.state = JobState::Failed;
         self.error = Some(why.clone());
         self.discard_partial = discard_partial;
-        self.next_attempt_at_ms = Some(now_ms + wait);
         self.updated_at_ms = now_ms;
+        if self.kind == JobKind::Restore && self.attempt >= RESTORE_ATTEMPTS {
+            self.next_attempt_at_ms = None;
+            self.log(
+                format!(
+                    "attempt {} failed: {why}; the restore failed after {} attempts",
+                    self.attempt, self.attempt
+                ),
+                now_ms,
+            );
+            return;
+        }
+        self.next_attempt_at_ms = Some(now_ms + wait);
         self.log(
             format!(
                 "attempt {} failed: {why}; retrying in {} s",
@@ -483,6 +534,9 @@ impl JobRecord {
             Some(l) if l.guid == step.expect.guid => {
                 self.step += 1;
                 self.resumed = false;
+                if let Some(info) = &mut self.restore {
+                    info.landed_bytes += self.bytes;
+                }
                 if self.step < self.steps.len() {
                     self.state = JobState::Planned;
                     self.attempt = 1;
@@ -493,6 +547,25 @@ impl JobRecord {
                 self.finished_at_ms = Some(now_ms);
                 self.last_success_ms = Some(now_ms);
                 self.eta_secs = Some(0);
+                if let Some(info) = &mut self.restore {
+                    // Done only now: the target listed the chosen snapshot
+                    // with the copy's GUID.
+                    info.landed_guid = Some(l.guid);
+                    self.log(
+                        format!(
+                            "done: {}@{} has GUID {}, the GUID of {}:{}@{}; restored in {:.1} s",
+                            self.target_dataset,
+                            step.expect.name,
+                            l.guid,
+                            self.source_node,
+                            self.dataset,
+                            step.expect.name,
+                            (now_ms - self.started_at_ms) as f64 / 1000.0
+                        ),
+                        now_ms,
+                    );
+                    return vec![self.persist(now_ms)];
+                }
                 self.log(
                     format!(
                         "done: {}@{} (GUID {}) is on {} in {:.1} s",
@@ -511,6 +584,14 @@ impl JobRecord {
                         keep: step.expect.name,
                     },
                 ]
+            }
+            Some(l) if self.kind == JobKind::Restore => {
+                let why = format!(
+                    "the target landed @{} (GUID {}), not @{} (GUID {})",
+                    l.name, l.guid, step.expect.name, step.expect.guid
+                );
+                self.fail_attempt(why, true, now_ms);
+                vec![self.persist(now_ms)]
             }
             Some(l) => {
                 // A resume finished an earlier stream: plan again from what is there now.
@@ -561,6 +642,37 @@ impl JobRecord {
             });
         }
         vec![self.persist(now_ms)]
+    }
+
+    /// A restore's part of the tick: its first attempt, a retry after its
+    /// backoff, or, once it ended, the release of its holds. Restores are
+    /// started by the tick only, so a request never starts one twice.
+    pub fn restore_tick(&mut self, tag: String, now_ms: i64) -> Vec<Effect> {
+        if self.restore.is_none() {
+            return Vec::new();
+        }
+        let waiting = matches!(self.state, JobState::Planned | JobState::Failed);
+        if waiting && self.next_attempt_at_ms.is_some_and(|at| now_ms >= at) {
+            self.next_attempt_at_ms = None;
+            if self.state == JobState::Failed {
+                self.attempt += 1;
+            }
+            self.state = JobState::Planned;
+            self.updated_at_ms = now_ms;
+            return vec![Effect::Start];
+        }
+        let fx = self.check_stall(now_ms);
+        if !fx.is_empty() {
+            return fx;
+        }
+        let ended = !self.active() && self.next_attempt_at_ms.is_none();
+        match &mut self.restore {
+            Some(info) if ended && !info.holds_released => {
+                info.holds_released = true;
+                vec![self.persist(now_ms), Effect::DropHolds { tag }]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// The holds moved and the copy was pruned: the pairing may plan again.
@@ -975,5 +1087,100 @@ mod tests {
             .unwrap()
             .contains("blocked: target diverged"));
         assert!(b.history.len() > prev.history.len());
+    }
+
+    /// A restore of two steps, not started yet (as the API makes it).
+    fn restore_record() -> JobRecord {
+        let mut r = JobRecord::new(
+            JobKind::Restore,
+            &pairing(),
+            "c",
+            9,
+            vec![step("s1", 1), step("s2", 2)],
+            0,
+        )
+        .continue_from(None, 0);
+        r.next_attempt_at_ms = Some(0);
+        r.restore = Some(RestoreInfo {
+            node: "a".into(),
+            dataset: "tank/d".into(),
+            snapshot: RestoreSnapshot {
+                name: "s2".into(),
+                guid: 2,
+                creation: 2,
+            },
+            raw: false,
+            replace: false,
+            landed_bytes: 0,
+            landed_guid: None,
+            holds_released: false,
+        });
+        r
+    }
+
+    #[test]
+    fn a_restore_starts_once_from_the_tick_and_is_done_only_on_the_chosen_guid() {
+        let mut r = restore_record();
+        assert_eq!(r.restore_tick("t".into(), 10), vec![Effect::Start]);
+        assert!(
+            r.restore_tick("t".into(), 20).is_empty(),
+            "never started twice"
+        );
+        r.begin_attempt(30);
+        assert_eq!(
+            r.apply(&landed(&r, "s1", 1), 40),
+            vec![Effect::Persist, Effect::Start]
+        );
+        assert_eq!(r.restore.as_ref().unwrap().landed_bytes, 1000);
+        r.begin_attempt(50);
+        // The last step lands: done, no replication hold move, GUID kept.
+        assert_eq!(r.apply(&landed(&r, "s2", 2), 60), vec![Effect::Persist]);
+        assert_eq!(r.state, JobState::Done);
+        let info = r.restore.as_ref().unwrap();
+        assert_eq!((info.landed_guid, info.landed_bytes), (Some(2), 2000));
+        assert!(r.moving_holds_to.is_none());
+        // Then its holds go, once.
+        assert_eq!(
+            r.restore_tick("t".into(), 70),
+            vec![Effect::Persist, Effect::DropHolds { tag: "t".into() }]
+        );
+        assert!(r.restore_tick("t".into(), 80).is_empty());
+    }
+
+    #[test]
+    fn a_restore_landing_another_guid_fails_and_gives_up_after_its_attempts() {
+        let mut r = restore_record();
+        for n in 1..=RESTORE_ATTEMPTS {
+            assert_eq!(
+                r.restore_tick("t".into(), 1_000_000 * n as i64),
+                vec![Effect::Start]
+            );
+            assert_eq!(r.attempt, n);
+            r.begin_attempt(1_000_000 * n as i64);
+            r.apply(&landed(&r, "s1", 77), 1_000_000 * n as i64 + 1);
+            assert_eq!(r.state, JobState::Failed);
+            assert!(r.restore.as_ref().unwrap().landed_guid.is_none());
+        }
+        assert_eq!(
+            r.next_attempt_at_ms, None,
+            "no retry after the last attempt"
+        );
+        assert!(r.error.as_deref().unwrap().contains("GUID 77"));
+        assert!(r
+            .history
+            .last()
+            .unwrap()
+            .contains("failed after 3 attempts"));
+        assert_eq!(
+            r.restore_tick("t".into(), i64::MAX / 2),
+            vec![Effect::Persist, Effect::DropHolds { tag: "t".into() }]
+        );
+    }
+
+    #[test]
+    fn a_replication_ignores_the_restore_tick() {
+        let mut r = running(1);
+        assert!(r.restore_tick("t".into(), STALL_MS * 10).is_empty());
+        assert_eq!(r.state, JobState::Planned);
     }
 }

@@ -15,7 +15,7 @@ use zdr_common::wire::{
 
 use super::record::{describe, Effect, JobKind, JobRecord};
 use super::schedule::{self, Decision, Ends, NeverCopied};
-use super::{hold_tag, rates, ACCEPT_SECS};
+use super::{hold_tag, rates, restore_tag, ACCEPT_SECS};
 use crate::bus;
 use crate::state::{now_ms, State};
 
@@ -57,6 +57,10 @@ async fn carry_out(
                     }
                 });
             }
+            Effect::DropHolds { tag } => {
+                let rec = rec.clone();
+                tasks.spawn(async move { drop_holds(&st, &rec, &tag).await });
+            }
         }
     }
 }
@@ -83,6 +87,12 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
                 if !fx.is_empty() {
                     work.push((key, rec.clone(), fx));
                 }
+            }
+        }
+        for (key, rec) in jobs.entries_mut() {
+            let fx = rec.restore_tick(restore_tag(&rec.id), now_ms);
+            if !fx.is_empty() {
+                work.push((key.clone(), rec.clone(), fx));
             }
         }
         let never = NeverCopied::new(&pairings.pairings, |q| jobs.get(&key_of(q)));
@@ -221,7 +231,10 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         (rec.clone(), attempt, step)
     };
     let token = token();
-    let tag = hold_tag(&rec.task);
+    let tag = match rec.kind {
+        JobKind::Replication => hold_tag(&rec.task),
+        JobKind::Restore => restore_tag(&rec.id),
+    };
     let receive = ReceiveJob {
         job: attempt.clone(),
         token: token.clone(),
@@ -235,12 +248,16 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         hold_tag: tag.clone(),
         accept_secs: ACCEPT_SECS,
     };
-    let (raw, compress) = state
-        .policy()
-        .as_ref()
-        .and_then(|p| p.tasks.iter().find(|t| t.name == rec.task))
-        .map(|t| (t.raw, t.compress == zdr_schemas::tasks::Compress::Zstd))
-        .unwrap_or((true, false));
+    // A restore sends the copy as it is stored: raw-encrypted stays raw.
+    let (raw, compress) = match rec.kind {
+        JobKind::Restore => (true, false),
+        JobKind::Replication => state
+            .policy()
+            .as_ref()
+            .and_then(|p| p.tasks.iter().find(|t| t.name == rec.task))
+            .map(|t| (t.raw, t.compress == zdr_schemas::tasks::Compress::Zstd))
+            .unwrap_or((true, false)),
+    };
     let offer = match state
         .send_command(&rec.target_node, &Command::Receive(receive))
         .await
@@ -366,6 +383,31 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
             Err(e) => warn!(node, %dataset, error = %e, "moving the replication hold failed"),
         }
     }
+}
+
+/// Releases an ended restore's hold `tag` on the copy and the destination.
+async fn drop_holds(state: &State, rec: &JobRecord, tag: &str) {
+    for (node, dataset) in [
+        (&rec.source_node, &rec.dataset),
+        (&rec.target_node, &rec.target_dataset),
+    ] {
+        let cmd = Command::DropHolds {
+            dataset: dataset.clone(),
+            tag: tag.to_string(),
+        };
+        match state.send_command(node, &cmd).await {
+            Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
+            Ok(r) => {
+                warn!(node, %dataset, message = %r.message, "releasing the restore hold failed")
+            }
+            Err(e) => warn!(node, %dataset, error = %e, "releasing the restore hold failed"),
+        }
+    }
+}
+
+/// Writes a record made outside the tick (a restore request) to KV.
+pub async fn save(state: &State, key: &str, rec: &JobRecord) {
+    persist(state, key, rec).await;
 }
 
 /// Applies the task's retention (the source class's tiers when it has none)

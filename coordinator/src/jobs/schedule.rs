@@ -292,6 +292,7 @@ mod tests {
             class: None,
             snapshots: snaps,
             bookmarks: vec![],
+            encrypted: false,
         }
     }
 

@@ -1,0 +1,286 @@
+//! Restore: the copies of a protected dataset and their snapshots
+//! (`points`), the choice of copy, snapshot and steps (`plan`), both pure,
+//! and the thin shell the HTTP API calls. The restore runs as a job of kind
+//! `Restore` on the shared engine (`crate::jobs`).
+
+pub mod plan;
+pub mod points;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::jobs::{self, JobKind, JobRecord, JobState, RestoreInfo, RestoreSnapshot};
+use crate::pairing::Pairing;
+use crate::state::{now, now_ms, State};
+use plan::{Destination, PlanError, Request};
+use points::{CopyLink, NodeFacts, PointsError, RestorePoints};
+
+/// `node` and `dataset`, as the API shows a copy or a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct At {
+    pub node: String,
+    pub dataset: String,
+}
+
+/// The answer to `POST /api/v1/restores`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub job: String,
+    pub from: At,
+    pub snapshot: RestoreSnapshot,
+    pub to: At,
+    /// The copy is raw-encrypted: load its key on the destination after.
+    pub raw: bool,
+}
+
+/// A restore as `GET /api/v1/restores` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub job: String,
+    /// `planned`, `running` (also while a failed attempt waits for its
+    /// retry), `done` (the chosen GUID landed) or `failed` (for good).
+    pub state: &'static str,
+    /// The protected dataset restored.
+    pub source: At,
+    pub from: At,
+    pub to: At,
+    pub snapshot: RestoreSnapshot,
+    pub bytes: u64,
+    pub estimated_bytes: Option<u64>,
+    pub started: i64,
+    pub finished: Option<i64>,
+    pub landed_guid: Option<u64>,
+    pub error: Option<String>,
+    pub raw: bool,
+    pub history: Vec<String>,
+}
+
+/// The status of a restore record; `None` for other kinds.
+pub fn status(rec: &JobRecord) -> Option<Status> {
+    let info = rec.restore.as_ref()?;
+    let state = match rec.state {
+        JobState::Planned => "planned",
+        JobState::Running => "running",
+        JobState::Done => "done",
+        JobState::Failed if rec.next_attempt_at_ms.is_some() => "running",
+        JobState::Failed | JobState::Blocked => "failed",
+    };
+    let done = rec.state == JobState::Done;
+    Some(Status {
+        job: rec.id.clone(),
+        state,
+        source: At {
+            node: info.node.clone(),
+            dataset: info.dataset.clone(),
+        },
+        from: At {
+            node: rec.source_node.clone(),
+            dataset: rec.dataset.clone(),
+        },
+        to: At {
+            node: rec.target_node.clone(),
+            dataset: rec.target_dataset.clone(),
+        },
+        snapshot: info.snapshot.clone(),
+        bytes: info.landed_bytes + if done { 0 } else { rec.bytes },
+        estimated_bytes: rec.size_hint,
+        started: rec.started_at_ms / 1000,
+        finished: rec.finished_at_ms.map(|t| t / 1000),
+        landed_guid: info.landed_guid,
+        error: rec.error.clone(),
+        raw: info.raw,
+        history: rec.history.clone(),
+    })
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Points(#[from] PointsError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(
+        "to {node}:{dataset}: job {job} is writing to it now; wait for it to end \
+         (GET /api/v1/jobs), or restore to another name"
+    )]
+    Busy {
+        node: String,
+        dataset: String,
+        job: String,
+    },
+}
+
+/// The nodes as points see them, now.
+fn node_facts(state: &State) -> BTreeMap<String, NodeFacts> {
+    let fleet = state.fleet();
+    let (t, offline) = (now(), state.config().offline_after.as_secs() as i64);
+    fleet
+        .nodes
+        .iter()
+        .map(|(name, rec)| {
+            let facts = NodeFacts {
+                site: rec.hello.site.clone(),
+                media: rec.hello.media.clone(),
+                online: fleet.online(name, t, offline),
+            };
+            (name.clone(), facts)
+        })
+        .collect()
+}
+
+/// Where copies are: the pairings, and the replication records, which
+/// remember a copy after its source dataset (and so its pairing) is gone.
+fn links(state: &State) -> Vec<CopyLink> {
+    let link =
+        |source_node: &str, dataset: &str, target_node: &str, target_dataset: &str| CopyLink {
+            source_node: source_node.into(),
+            dataset: dataset.into(),
+            target_node: target_node.into(),
+            target_dataset: target_dataset.into(),
+        };
+    let mut out: Vec<CopyLink> = state
+        .pairings()
+        .pairings
+        .iter()
+        .map(|p| {
+            link(
+                &p.source_node,
+                &p.dataset,
+                &p.target_node,
+                &p.target_dataset,
+            )
+        })
+        .collect();
+    out.extend(
+        state
+            .jobs()
+            .records()
+            .filter(|r| r.kind == JobKind::Replication)
+            .map(|r| {
+                link(
+                    &r.source_node,
+                    &r.dataset,
+                    &r.target_node,
+                    &r.target_dataset,
+                )
+            }),
+    );
+    out
+}
+
+/// `GET /api/v1/restore-points`.
+pub fn restore_points(
+    state: &State,
+    node: &str,
+    dataset: &str,
+) -> Result<RestorePoints, PointsError> {
+    let links = links(state);
+    let nodes = node_facts(state);
+    let fleet = state.fleet();
+    points::restore_points(node, dataset, &nodes, &fleet.inventory, &links)
+}
+
+/// Plans a restore and hands it to the job engine; nothing is sent before
+/// every check passed.
+pub async fn submit(state: &State, req: Request) -> Result<Accepted, RestoreError> {
+    let points = restore_points(state, &req.node, &req.dataset)?;
+    let nodes = node_facts(state);
+    let known: Vec<String> = nodes.keys().cloned().collect();
+    let (plan, rec) = {
+        let fleet = state.fleet();
+        let dest = Destination {
+            facts: nodes.get(&req.to_node),
+            existing: fleet.dataset(&req.to_node, &req.to_dataset),
+        };
+        let plan = plan::plan(&req, &points, dest, &known, now())?;
+        let mut jobs = state.jobs();
+        if let Some(busy) = jobs.records().find(|r| {
+            r.active() && r.target_node == req.to_node && r.target_dataset == req.to_dataset
+        }) {
+            return Err(RestoreError::Busy {
+                node: req.to_node.clone(),
+                dataset: req.to_dataset.clone(),
+                job: busy.id.clone(),
+            });
+        }
+        let t = now_ms();
+        let link = Pairing {
+            task: "restore".into(),
+            source_node: plan.from_node.clone(),
+            dataset: plan.from_dataset.clone(),
+            target_node: req.to_node.clone(),
+            target_dataset: req.to_dataset.clone(),
+            reason: String::new(),
+        };
+        let seq = jobs.next_seq();
+        let mut rec = JobRecord::new(
+            JobKind::Restore,
+            &link,
+            &state.config().instance,
+            seq,
+            plan.steps.clone(),
+            t,
+        )
+        .continue_from(None, t);
+        rec.next_attempt_at_ms = Some(t);
+        rec.restore = Some(RestoreInfo {
+            node: req.node.clone(),
+            dataset: req.dataset.clone(),
+            snapshot: RestoreSnapshot {
+                name: plan.snapshot.name.clone(),
+                guid: plan.snapshot.guid,
+                creation: plan.snapshot.creation,
+            },
+            raw: plan.raw,
+            replace: req.replace,
+            landed_bytes: 0,
+            landed_guid: None,
+            holds_released: false,
+        });
+        rec.log(
+            format!(
+                "restore of {}:{}@{} (GUID {}) from the copy {}:{} to {}:{}{}",
+                req.node,
+                req.dataset,
+                plan.snapshot.name,
+                plan.snapshot.guid,
+                plan.from_node,
+                plan.from_dataset,
+                req.to_node,
+                req.to_dataset,
+                if req.replace { ", replacing it" } else { "" }
+            ),
+            t,
+        );
+        // Inserted under the same lock as the busy check: two requests
+        // for one destination cannot both pass it.
+        jobs.insert(jobs::restore_key(&rec.id), rec.clone());
+        (plan, rec)
+    };
+    let accepted = Accepted {
+        job: rec.id.clone(),
+        from: At {
+            node: plan.from_node,
+            dataset: plan.from_dataset,
+        },
+        snapshot: rec
+            .restore
+            .as_ref()
+            .map(|i| i.snapshot.clone())
+            .expect("set above"),
+        to: At {
+            node: req.to_node,
+            dataset: req.to_dataset,
+        },
+        raw: plan.raw,
+    };
+    jobs::save(state, &jobs::restore_key(&rec.id), &rec).await;
+    Ok(accepted)
+}
+
+/// Every restore, newest first.
+pub fn list(state: &State) -> Vec<Status> {
+    jobs::list(state).iter().filter_map(status).collect()
+}
