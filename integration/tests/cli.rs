@@ -48,14 +48,17 @@ const B1: AgentSpec = AgentSpec {
     datasets: &["tank/other"],
 };
 
-/// Runs the built `zdr` with `args`, never with the caller's ZDR_COORDINATOR.
+/// Runs the built `zdr` with `args`, never with the caller's ZDR_COORDINATOR,
+/// and with RUST_BACKTRACE=1, which must not turn errors into backtraces.
 fn zdr(args: &[&str]) -> Output {
     zdr_env(args, None)
 }
 
 fn zdr_env(args: &[&str], coordinator_env: Option<&str>) -> Output {
     let mut cmd = Command::new(bin_dir().join("zdr"));
-    cmd.args(args).env_remove("ZDR_COORDINATOR");
+    cmd.args(args)
+        .env_remove("ZDR_COORDINATOR")
+        .env("RUST_BACKTRACE", "1");
     if let Some(url) = coordinator_env {
         cmd.env("ZDR_COORDINATOR", url);
     }
@@ -86,9 +89,14 @@ fn an_unreachable_coordinator_says_what_to_check_and_fails() {
         zdr(&["--coordinator", &url, "status"]),
         zdr_env(&["jobs"], Some(&url)),
     ] {
-        assert!(!out.status.success(), "exit {}", out.status);
+        assert_eq!(out.status.code(), Some(1), "exit {}", out.status);
         assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
         let err = text(&out.stderr);
+        assert!(
+            err.starts_with("zdr: cannot reach the coordinator at "),
+            "{err}"
+        );
+        assert!(!err.contains("backtrace"), "{err}");
         for want in [
             url.as_str(),
             "cannot reach the coordinator",

@@ -44,7 +44,10 @@ pub enum Cmd {
         #[arg(value_parser = parse_location)]
         source: Location,
     },
-    /// Restore a dataset from one of its copies into a new dataset.
+    /// Restore a dataset from one of its copies, and watch it to the end.
+    ///
+    /// Lands in a new dataset unless --replace is given. Ctrl-C stops
+    /// watching; the restore goes on (`zdr restores` follows it).
     Restore(RestoreArgs),
     /// Restore jobs, newest first.
     Restores,

@@ -7,9 +7,23 @@ mod client;
 mod commands;
 mod render;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+/// The error alone, as a sentence: no backtrace, even with RUST_BACKTRACE
+/// set, as these are answers for operators, not bugs.
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zdr: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = args::Cli::parse();
     commands::run(&cli)?;
     Ok(())
