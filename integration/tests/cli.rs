@@ -27,12 +27,14 @@ datasets:
     class: fast
 "#;
 
+/// One copy, made at once and then left alone for an hour, so that the
+/// job's state stays `done` while the test reads it.
 const TASKS: &str = r#"version: 1
 tasks:
   - name: offsite
     source: { match: "tank/db", nodes: [node-a1] }
     target: { site: other, root: "backup/{node}" }
-    schedule: { every: 2s }
+    schedule: { every: 1h }
 "#;
 
 const A1: AgentSpec = AgentSpec {

@@ -34,7 +34,7 @@ pub struct Cli {
 pub enum Cmd {
     /// The fleet: nodes online, datasets against their class's RPO, lag.
     Status,
-    /// Replication jobs: state, progress, rate, errors.
+    /// Jobs (replication, restore): state, progress, rate, errors.
     Jobs,
     /// Replication pairings, and the datasets that cannot be paired.
     Pairings,

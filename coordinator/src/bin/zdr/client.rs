@@ -129,7 +129,14 @@ pub fn outcome(
     if (200..300).contains(&status) {
         return Ok(body);
     }
-    let message = error_message(&body);
+    // Every endpoint's own 404 says what is unknown; an empty one is the
+    // router's: the coordinator has no such endpoint.
+    let message = if status == 404 && body.trim().is_empty() {
+        "no such endpoint; is the coordinator older than this zdr? (`zdr-coordinator --version`)"
+            .to_string()
+    } else {
+        error_message(&body)
+    };
     let url = url.to_string();
     Err(if status == 502 || status == 503 {
         ClientError::Unavailable {
@@ -308,9 +315,16 @@ pub(crate) mod tests {
             outcome("GET", "u", 503, r#"{"error":"x"}"#.into()),
             Err(ClientError::Unavailable { status: 503, .. })
         ));
-        assert!(matches!(
-            outcome("GET", "u", 404, String::new()),
-            Err(ClientError::Api { status: 404, .. })
-        ));
+        let e = outcome("GET", "u", 404, String::new()).unwrap_err();
+        assert!(e.to_string().contains("no such endpoint"), "{e}");
+        let e = outcome(
+            "GET",
+            "u",
+            404,
+            r#"{"error":"restore job \"x\" is not known"}"#.into(),
+        );
+        assert!(
+            matches!(e, Err(ClientError::Api { status: 404, message, .. }) if message == "restore job \"x\" is not known")
+        );
     }
 }

@@ -177,7 +177,7 @@ fn job_state(s: JobState) -> &'static str {
 /// `zdr jobs`; `now_ms` for the time to the next retry.
 pub fn render_jobs(jobs: &[JobRecord], now_ms: i64) -> String {
     if jobs.is_empty() {
-        return "no replication jobs (`zdr pairings` shows what is paired)\n".into();
+        return "no jobs (`zdr pairings` shows what is paired for replication)\n".into();
     }
     let rows: Vec<Vec<String>> = jobs
         .iter()
@@ -535,7 +535,7 @@ mod tests {
             lines[3],
             "offsite node-a1:tank/db: target node-b1: pool full (attempt 2; next in 30s)"
         );
-        assert!(render_jobs(&[], 0).starts_with("no replication jobs"));
+        assert!(render_jobs(&[], 0).starts_with("no jobs"));
     }
 
     #[test]
