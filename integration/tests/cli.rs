@@ -290,7 +290,6 @@ async fn restore_points_restore_and_restores_against_a_real_fleet() {
         "--to",
         "node-a1:tank/restored",
     ]);
-    println!("{out}");
     assert!(out.starts_with("restore "), "{out}");
     assert!(
         out.contains(&format!(
@@ -311,11 +310,9 @@ async fn restore_points_restore_and_restores_against_a_real_fleet() {
     ]);
     assert!(!again.status.success());
     let err = text(&again.stderr);
-    println!("{err}");
     assert!(err.contains("answered 409"), "{err}");
 
     let list = ok(&["--coordinator", &url, "restores"]);
-    println!("{list}");
     assert!(
         list.lines().nth(1).is_some_and(|l| l.contains(" done ")),
         "{list}"
