@@ -233,3 +233,88 @@ async fn status_jobs_and_pairings_against_a_real_fleet() {
     .await;
     assert!(out.starts_with("coordinator: STANDBY"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_points_restore_and_restores_against_a_real_fleet() {
+    let f = Fleet::start(POLICY, Some(TASKS)).await;
+    let pki = pki(f.path(), &["node-a1", "node-b1"]);
+    let coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let extra = || AgentExtra {
+        pools: vec![("backup".into(), 10_000_000_000)],
+        pki: Some(pki.clone()),
+        ..AgentExtra::default()
+    };
+    let a1 = f.agent_with(&A1, &extra());
+    let _b1 = f.agent_with(&B1, &extra());
+    let url = format!("http://127.0.0.1:{}", coord.http);
+    // The replica has snapshots once the offsite copy landed.
+    let points = wait_for("a replica with snapshots", Duration::from_secs(120), || {
+        let url = url.clone();
+        async move {
+            let out = zdr(&[
+                "--coordinator",
+                &url,
+                "--json",
+                "restore-points",
+                "node-a1:tank/db",
+            ]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let replica = v["copies"]
+                .as_array()?
+                .iter()
+                .find(|c| c["copy"] == "replica")?
+                .clone();
+            (!replica["snapshots"].as_array()?.is_empty()).then_some(replica)
+        }
+    })
+    .await;
+    assert_eq!(points["node"], "node-b1");
+    let human = ok(&["--coordinator", &url, "restore-points", "node-a1:tank/db"]);
+    assert!(human.starts_with("node-a1:tank/db: 2 copies\n"), "{human}");
+    assert!(
+        human.contains("replica node-b1:backup/node-a1/tank/db (site site-b, hdd), online"),
+        "{human}"
+    );
+
+    let snap = points["snapshots"][0]["name"].as_str().unwrap().to_string();
+    let out = ok(&[
+        "--coordinator",
+        &url,
+        "restore",
+        "node-a1:tank/db",
+        "--snapshot",
+        &snap,
+        "--from",
+        "node-b1",
+        "--to",
+        "node-a1:tank/restored",
+    ]);
+    assert!(out.starts_with("restore "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "restored node-a1:tank/restored from node-b1:backup/node-a1/tank/db@{snap}: "
+        )),
+        "{out}"
+    );
+    assert!(on_disk(&a1, "tank/restored").is_some_and(|s| s.iter().any(|(n, _, _)| *n == snap)));
+
+    // An existing destination without --replace: the API's 409, non-zero exit.
+    let again = zdr(&[
+        "--coordinator",
+        &url,
+        "restore",
+        "node-a1:tank/db",
+        "--to",
+        "node-a1:tank/restored",
+    ]);
+    assert!(!again.status.success());
+    let err = text(&again.stderr);
+    assert!(err.contains("answered 409"), "{err}");
+
+    let list = ok(&["--coordinator", &url, "restores"]);
+    assert!(
+        list.lines().nth(1).is_some_and(|l| l.contains(" done ")),
+        "{list}"
+    );
+}
