@@ -14,4 +14,6 @@ pub mod policy;
 pub mod restore;
 pub mod service;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod transfer_plan;

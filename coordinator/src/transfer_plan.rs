@@ -196,16 +196,7 @@ fn from_bookmark(
 mod tests {
     use super::*;
 
-    fn s(name: &str, guid: u64, txg: u64) -> SnapshotInfo {
-        SnapshotInfo {
-            name: name.into(),
-            guid,
-            createtxg: txg,
-            creation: txg as i64,
-            used: 0,
-            userrefs: 0,
-        }
-    }
+    use crate::testing::snap_at as s;
 
     fn src() -> Vec<SnapshotInfo> {
         (1..=200)

@@ -28,7 +28,7 @@ mod record;
 mod run;
 mod schedule;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub use record::{
     describe, Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep,
@@ -64,6 +64,9 @@ pub fn restore_key(id: &str) -> String {
 pub struct Jobs {
     records: BTreeMap<String, JobRecord>,
     seq: u64,
+    /// Attempt id to record key, filled by lookups: a job update finds its
+    /// record without a scan of every record (1,000 nodes send many).
+    attempts: HashMap<String, String>,
 }
 
 impl Jobs {
@@ -102,10 +105,25 @@ impl Jobs {
     }
 
     /// The key of the record that knows `attempt` (current or last failed).
-    pub fn key_of_attempt(&self, attempt: &str) -> Option<String> {
-        self.records
+    pub fn key_of_attempt(&mut self, attempt: &str) -> Option<String> {
+        let known = |jobs: &Jobs, key: &String| {
+            jobs.records
+                .get(key)
+                .is_some_and(|r| r.knows_attempt(attempt))
+        };
+        if let Some(key) = self.attempts.get(attempt).filter(|k| known(self, k)) {
+            return Some(key.clone());
+        }
+        let key = self
+            .records
             .iter()
             .find(|(_, r)| r.knows_attempt(attempt))
-            .map(|(k, _)| k.clone())
+            .map(|(k, _)| k.clone())?;
+        // Ids of finished attempts are never asked for again: dropped wholesale.
+        if self.attempts.len() > 4 * self.records.len() + 64 {
+            self.attempts.clear();
+        }
+        self.attempts.insert(attempt.to_string(), key.clone());
+        Some(key)
     }
 }

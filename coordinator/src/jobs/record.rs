@@ -182,7 +182,7 @@ pub enum Adoption {
     Adopt,
     /// One end or both are gone: cancel what is left and retry (the target's
     /// partial receive makes the retry resume, not start over).
-    Retry { cancel: Vec<String> },
+    Retry { cancel: Vec<JobRole> },
 }
 
 pub fn backoff_ms(attempt: u32) -> i64 {
@@ -709,7 +709,7 @@ impl JobRecord {
                 cancel: [(s, JobRole::Source), (t, JobRole::Target)]
                     .into_iter()
                     .filter(|(r, _)| *r)
-                    .map(|(_, role)| side(role).to_string())
+                    .map(|(_, role)| role)
                     .collect(),
             },
         }
@@ -736,9 +736,9 @@ impl JobRecord {
             Adoption::Retry { cancel } => {
                 let nodes = cancel
                     .iter()
-                    .map(|side| match side.as_str() {
-                        "source" => self.source_node.clone(),
-                        _ => self.target_node.clone(),
+                    .map(|role| match role {
+                        JobRole::Source => self.source_node.clone(),
+                        JobRole::Target => self.target_node.clone(),
                     })
                     .collect();
                 let effect = Effect::Cancel {
@@ -763,16 +763,7 @@ impl JobRecord {
 mod tests {
     use super::*;
 
-    fn s(name: &str, guid: u64) -> SnapshotInfo {
-        SnapshotInfo {
-            name: name.into(),
-            guid,
-            createtxg: guid,
-            creation: guid as i64,
-            used: 0,
-            userrefs: 0,
-        }
-    }
+    use crate::testing::snap as s;
 
     fn pairing() -> Pairing {
         Pairing {
@@ -1055,7 +1046,7 @@ mod tests {
         assert_eq!(
             decision,
             Adoption::Retry {
-                cancel: vec!["target".into()]
+                cancel: vec![JobRole::Target]
             }
         );
         let fx = r.adopt(&id, &decision, 60_000);
@@ -1071,6 +1062,28 @@ mod tests {
             JobRecord::adoption(None, None),
             Adoption::Retry { cancel: vec![] }
         );
+    }
+
+    #[test]
+    fn jobs_find_an_attempts_record_and_forget_attempts_that_moved_on() {
+        let mut jobs = crate::jobs::Jobs::default();
+        let a = running(1);
+        let first = a.attempt_id.clone();
+        jobs.insert("k1".into(), a);
+        let mut b = JobRecord::new(JobKind::Replication, &pairing(), "c", 2, vec![], 0)
+            .continue_from(None, 0);
+        b.begin_attempt(0);
+        let other = b.attempt_id.clone();
+        jobs.insert("k2".into(), b);
+        assert_eq!(jobs.key_of_attempt(&other).as_deref(), Some("k2"));
+        assert_eq!(jobs.key_of_attempt(&first).as_deref(), Some("k1"));
+        assert_eq!(jobs.key_of_attempt("c-9-s0-a1"), None);
+        // The next attempt replaces the remembered one.
+        let r = jobs.get_mut("k1").unwrap();
+        r.attempt += 1;
+        let next = r.begin_attempt(1_000);
+        assert_eq!(jobs.key_of_attempt(&first), None);
+        assert_eq!(jobs.key_of_attempt(&next).as_deref(), Some("k1"));
     }
 
     #[test]

@@ -249,16 +249,7 @@ mod tests {
     use super::*;
     use zdr_common::wire::PartialReceive;
 
-    fn s(name: &str, guid: u64) -> SnapshotInfo {
-        SnapshotInfo {
-            name: name.into(),
-            guid,
-            createtxg: guid,
-            creation: guid as i64,
-            used: 0,
-            userrefs: 0,
-        }
-    }
+    use crate::testing::snap as s;
 
     fn pairing(dataset: &str) -> Pairing {
         Pairing {
