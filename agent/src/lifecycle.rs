@@ -58,6 +58,14 @@ pub enum Publication {
 }
 
 impl Inventory {
+    /// The cached snapshots of `ds`; none for a dataset not listed.
+    fn snapshots_of(&self, ds: &DatasetName) -> &[SnapshotInfo] {
+        self.datasets
+            .get(ds)
+            .map(|(_, s)| s.as_slice())
+            .unwrap_or(&[])
+    }
+
     /// Decides the next publication and moves the counters on; `fresh_generation`
     /// is used when a full inventory is due.
     fn next_publication(&mut self, fresh_generation: u64) -> Publication {
@@ -209,12 +217,7 @@ impl Lifecycle {
     ) -> InFlight {
         let names = {
             let inv = lock(&self.inventory);
-            let snaps = inv
-                .datasets
-                .get(ds)
-                .map(|(_, s)| s.as_slice())
-                .unwrap_or(&[]);
-            retention::in_stream(snaps, from, to, intermediates)
+            retention::in_stream(inv.snapshots_of(ds), from, to, intermediates)
         };
         let entries: Vec<(DatasetName, String)> =
             names.into_iter().map(|n| (ds.clone(), n)).collect();
@@ -233,7 +236,7 @@ impl Lifecycle {
     pub fn resume_in_flight(&self, ds: &DatasetName, to: &str, fromguid: Option<u64>) -> InFlight {
         let from = fromguid.and_then(|g| {
             let inv = lock(&self.inventory);
-            let snaps = inv.datasets.get(ds).map(|(_, s)| s.as_slice())?;
+            let snaps = inv.snapshots_of(ds);
             snaps.iter().find(|s| s.guid == g).map(|s| s.name.clone())
         });
         self.stream_in_flight(ds, from.as_deref(), to, false)
@@ -585,11 +588,7 @@ impl Lifecycle {
     ) -> bool {
         let stale = {
             let inv = lock(&self.inventory);
-            let snaps = inv
-                .datasets
-                .get(ds)
-                .map(|(_, s)| s.as_slice())
-                .unwrap_or(&[]);
+            let snaps = inv.snapshots_of(ds);
             let marks = inv.bookmarks.get(ds).map(Vec::as_slice).unwrap_or(&[]);
             retention::stale_bookmarks(marks, snaps, tiers, prefix)
         };
