@@ -464,6 +464,7 @@ fn behind(c: &CopyReport, offsite: bool, rpo_secs: u64) -> String {
             short(lag),
             short(rpo_secs as i64)
         ),
+        None if c.role == Role::Production => format!("{} has no snapshot", name(c, offsite)),
         None => format!(
             "{} holds no snapshot the source knows by GUID",
             name(c, offsite)

@@ -34,30 +34,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A duration in its two largest units: `3d4h`, `15m20s`, `9s`.
-pub fn short(secs: i64) -> String {
-    let full = zdr_common::Duration::from_secs(secs.max(0) as u64).to_string();
-    let mut units = 0;
-    let mut out = String::new();
-    for c in full.chars() {
-        out.push(c);
-        if c.is_ascii_alphabetic() {
-            units += 1;
-            if units == 2 {
-                break;
-            }
-        }
-    }
-    out
-}
+pub use zdr_coordinator::compliance::short;
 
-fn when(unix: i64) -> String {
+pub fn when(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|| unix.to_string())
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
+pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
@@ -164,7 +149,7 @@ fn progress(done: u64, total: Option<u64>) -> String {
     }
 }
 
-fn job_state(s: JobState) -> &'static str {
+pub fn job_state(s: JobState) -> &'static str {
     match s {
         JobState::Planned => "planned",
         JobState::Running => "running",
