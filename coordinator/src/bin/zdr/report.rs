@@ -194,6 +194,15 @@ mod tests {
         }
     }
 
+    /// The fixture is exactly what the coordinator serializes: no field
+    /// missing, renamed or left over, so `--format json` has this shape.
+    #[test]
+    fn the_json_fixture_is_the_api_shape() {
+        let r: Report = decode("u", REPORT).unwrap();
+        let fixture: serde_json::Value = serde_json::from_str(REPORT).unwrap();
+        assert_eq!(serde_json::to_value(&r).unwrap(), fixture);
+    }
+
     #[test]
     fn pipes_in_cells_are_escaped() {
         let t = table(&["A"], &[vec!["x | y\nz".into()]]);
