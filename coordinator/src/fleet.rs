@@ -10,6 +10,8 @@ use zdr_common::wire::{
 };
 use zdr_common::DatasetName;
 
+use crate::pairing::Pairing;
+
 /// What is persisted per node in the `zdr_fleet` bucket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -218,14 +220,42 @@ pub struct DatasetStatus {
     /// lag is not counted yet.
     pub rpo_met: Option<bool>,
     pub used: u64,
+    /// Set on a replica: the pairing it belongs to (replicas have no class
+    /// of their own).
+    pub replica_of: Option<ReplicaOf>,
 }
 
-pub fn dataset_status(policy: Option<&Policy>, inv: &DatasetInventory, now: i64) -> DatasetStatus {
-    let class = inv.class.clone().or_else(|| {
+/// Which source dataset and task a replica dataset belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaOf {
+    pub task: String,
+    pub source_node: String,
+    pub dataset: String,
+}
+
+/// The pairing whose target is `dataset` on `node`, if any.
+pub fn replica_of(pairings: &[Pairing], node: &str, dataset: &str) -> Option<ReplicaOf> {
+    pairings
+        .iter()
+        .find(|p| p.target_node == node && p.target_dataset == dataset)
+        .map(|p| ReplicaOf {
+            task: p.task.clone(),
+            source_node: p.source_node.clone(),
+            dataset: p.dataset.clone(),
+        })
+}
+
+/// The class the agent resolved, else the policy's name rules.
+pub fn resolved_class(policy: Option<&Policy>, inv: &DatasetInventory) -> Option<String> {
+    inv.class.clone().or_else(|| {
         let p = policy?;
         let name = DatasetName::parse(&inv.dataset).ok()?;
         p.class_for(&name, None).map(|(n, _)| n.to_string())
-    });
+    })
+}
+
+pub fn dataset_status(policy: Option<&Policy>, inv: &DatasetInventory, now: i64) -> DatasetStatus {
+    let class = resolved_class(policy, inv);
     let rpo = class
         .as_deref()
         .and_then(|c| policy?.classes.get(c))
@@ -245,6 +275,7 @@ pub fn dataset_status(policy: Option<&Policy>, inv: &DatasetInventory, now: i64)
             _ => None,
         },
         used: inv.used,
+        replica_of: None,
     }
 }
 

@@ -6,9 +6,10 @@
 //! - `GET /api/v1/fleet`: nodes, their datasets, snapshots and RPO status.
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
+//! - `GET /api/v1/report`: RPO per copy and 3-2-1 compliance of every protected dataset.
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 //! - `GET /api/v1/restore-points?node=N&dataset=D`, `POST /api/v1/restores`,
-//!   `GET /api/v1/restores[/{job}]`: restores (contract: `/work/briefs/restore-api.md`).
+//!   `GET /api/v1/restores[/{job}]`: restores (planned by `crate::restore`).
 
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use zdr_common::wire::{Command, PoolInfo};
 
-use crate::fleet::{dataset_status, DatasetStatus};
+use crate::fleet::{dataset_status, replica_of, DatasetStatus};
 use crate::restore::plan::{parse_at, parse_node_dataset, PlanError, Request};
 use crate::restore::points::PointsError;
 use crate::restore::RestoreError;
@@ -39,6 +40,7 @@ pub async fn serve(
         .route("/api/v1/fleet", get(fleet))
         .route("/api/v1/pairings", get(pairings))
         .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/report", get(report))
         .route("/api/v1/nodes/{node}/commands", post(command))
         .route("/api/v1/restore-points", get(restore_points))
         .route("/api/v1/restores", get(restores).post(restore))
@@ -114,6 +116,7 @@ struct NodeView {
 async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
     let fleet = st.fleet();
     let policy = st.policy();
+    let plan = st.pairings();
     let t = now();
     let timeout = st.config().offline_after.as_secs() as i64;
     let nodes = fleet
@@ -134,7 +137,10 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
                 .get(name)
                 .map(|m| {
                     m.values()
-                        .map(|inv| dataset_status(policy.as_ref().map(|p| &p.policy), inv, t))
+                        .map(|inv| DatasetStatus {
+                            replica_of: replica_of(&plan.pairings, name, &inv.dataset),
+                            ..dataset_status(policy.as_ref().map(|p| &p.policy), inv, t)
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
@@ -156,6 +162,31 @@ async fn pairings(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
 
 async fn jobs(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "jobs": crate::jobs::list(&st) }))
+}
+
+async fn report(AxState(st): AxState<Arc<State>>) -> Response {
+    // The jobs first: their lock is not held with the others.
+    let jobs = crate::jobs::list(&st);
+    let policy = st.policy();
+    let Some(policy) = policy.as_ref() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no policy loaded yet, so no dataset has a class to report on; see GET /readyz\n",
+        )
+            .into_response();
+    };
+    let fleet = st.fleet();
+    let plan = st.pairings();
+    Json(crate::compliance::report(&crate::compliance::Input {
+        fleet: &fleet,
+        policy: &policy.policy,
+        pairings: &plan.pairings,
+        unpaired: &plan.unpaired,
+        jobs: &jobs,
+        now: now(),
+        offline_after_secs: st.config().offline_after.as_secs() as i64,
+    }))
+    .into_response()
 }
 
 async fn command(

@@ -4,6 +4,7 @@
 
 pub mod bandwidth;
 pub mod bus;
+pub mod compliance;
 pub mod config;
 pub mod fleet;
 pub mod http;

@@ -2,6 +2,7 @@
 //! Unknown fields are ignored, so a newer coordinator still renders.
 
 use serde::{Deserialize, Serialize};
+use zdr_coordinator::fleet::ReplicaOf;
 use zdr_coordinator::jobs::JobRecord;
 use zdr_coordinator::pairing::Pairing;
 
@@ -35,6 +36,9 @@ pub struct DatasetView {
     pub rpo_secs: Option<u64>,
     pub rpo_met: Option<bool>,
     pub used: u64,
+    /// Set on a replica (a coordinator older than the field sends none).
+    #[serde(default)]
+    pub replica_of: Option<ReplicaOf>,
 }
 
 /// `GET /api/v1/jobs`.

@@ -51,6 +51,19 @@ pub enum Cmd {
     Restore(RestoreArgs),
     /// Restore jobs, newest first.
     Restores,
+    /// RPO per copy and 3-2-1 compliance of every protected dataset, from
+    /// live state: Markdown, or the API's JSON.
+    Report {
+        #[arg(long, value_enum, default_value_t = Format::Md)]
+        format: Format,
+    },
+}
+
+/// `zdr report`'s output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Md,
+    Json,
 }
 
 #[derive(Args, Debug)]
@@ -284,6 +297,21 @@ mod tests {
         assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
         let e = parse(&["restore", "n1:tank/db", "--to", "tank/r"]).unwrap_err();
         assert!(e.to_string().contains("NODE:DATASET"), "{e}");
+    }
+
+    #[test]
+    fn report_is_markdown_unless_json_is_asked() {
+        let cli = parse(&["report"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Report { format: Format::Md }));
+        let cli = parse(&["report", "--format", "json"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Report {
+                format: Format::Json
+            }
+        ));
+        let e = parse(&["report", "--format", "html"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);
     }
 
     #[test]

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
+use zdr_coordinator::compliance::Report;
 
 use crate::api::{
     FleetView, JobsView, PairingsView, Place, RestoreAccepted, RestorePoints, RestoreStatus,
     RestoresView,
 };
-use crate::args::{Cli, Cmd, Location, RestoreArgs};
+use crate::args::{Cli, Cmd, Format, Location, RestoreArgs};
 use crate::client::{decode, Client, ClientError};
 use crate::render;
 
@@ -58,6 +59,12 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             render::render_restores(&v.restores, now())
         }),
         Cmd::Restore(a) => restore(&c, json, a),
+        Cmd::Report { format } => show(
+            &c,
+            json || *format == Format::Json,
+            "/api/v1/report",
+            |r: Report| crate::report::render_report(&r),
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ mod args;
 mod client;
 mod commands;
 mod render;
+mod report;
 
 use std::process::ExitCode;
 

@@ -34,30 +34,15 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// A duration in its two largest units: `3d4h`, `15m20s`, `9s`.
-pub fn short(secs: i64) -> String {
-    let full = zdr_common::Duration::from_secs(secs.max(0) as u64).to_string();
-    let mut units = 0;
-    let mut out = String::new();
-    for c in full.chars() {
-        out.push(c);
-        if c.is_ascii_alphabetic() {
-            units += 1;
-            if units == 2 {
-                break;
-            }
-        }
-    }
-    out
-}
+pub use zdr_coordinator::compliance::short;
 
-fn when(unix: i64) -> String {
+pub fn when(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|| unix.to_string())
 }
 
-fn opt<T: ToString>(v: Option<T>) -> String {
+pub fn opt<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
 
@@ -106,20 +91,23 @@ pub fn render_status(f: &FleetView) -> String {
     let (mut met, mut missed, mut unprotected) = (0, 0, 0);
     for n in &f.nodes {
         for d in &n.datasets {
-            let state = match (d.rpo_met, &d.class) {
-                (Some(true), _) => {
+            let state = match (d.rpo_met, &d.class, &d.replica_of) {
+                (Some(true), _, _) => {
                     met += 1;
-                    "ok"
+                    "ok".to_string()
                 }
-                (Some(false), _) => {
+                (Some(false), _, _) => {
                     missed += 1;
-                    "RPO MISSED"
+                    "RPO MISSED".to_string()
                 }
-                (None, None) => {
+                (None, None, Some(r)) => {
+                    format!("replica of {}:{} ({})", r.source_node, r.dataset, r.task)
+                }
+                (None, None, None) => {
                     unprotected += 1;
-                    "unprotected"
+                    "unprotected".to_string()
                 }
-                (None, Some(_)) => "no RPO",
+                (None, Some(_), _) => "no RPO".to_string(),
             };
             rows.push(vec![
                 n.node.clone(),
@@ -129,7 +117,7 @@ pub fn render_status(f: &FleetView) -> String {
                 opt(d.newest_age_secs.map(short)),
                 opt(d.rpo_secs.map(|r| short(r as i64))),
                 HumanBytes(d.used).to_string(),
-                state.into(),
+                state,
             ]);
         }
     }
@@ -164,7 +152,7 @@ fn progress(done: u64, total: Option<u64>) -> String {
     }
 }
 
-fn job_state(s: JobState) -> &'static str {
+pub fn job_state(s: JobState) -> &'static str {
     match s {
         JobState::Planned => "planned",
         JobState::Running => "running",
@@ -437,7 +425,10 @@ mod tests {
         "online":false,"last_seen":700,"policy_revision":2,"pools":[],
         "datasets":[
           {"dataset":"tank/db","class":"fast","snapshots":["zdr_b"],"newest":"zdr_b",
-           "newest_age_secs":300,"rpo_secs":10,"rpo_met":false,"used":0}]}]}"#;
+           "newest_age_secs":300,"rpo_secs":10,"rpo_met":false,"used":0},
+          {"dataset":"backup/node-a1/tank/db","class":null,"snapshots":["zdr_a"],"newest":"zdr_a",
+           "newest_age_secs":5,"rpo_secs":null,"rpo_met":null,"used":0,
+           "replica_of":{"task":"offsite","source_node":"node-a1","dataset":"tank/db"}}]}]}"#;
 
     #[test]
     fn status_counts_nodes_and_rpo_and_shows_lag() {
@@ -472,6 +463,12 @@ mod tests {
             ["node-b1", "site-b", "hdd", "sim", "OFFLINE", "5m", "ago"]
         );
         assert!(line("node-a1", "tank/scratch").ends_with(&["unprotected"]));
+        assert!(line("node-b1", "backup/node-a1/tank/db").ends_with(&[
+            "replica",
+            "of",
+            "node-a1:tank/db",
+            "(offsite)"
+        ]));
     }
 
     #[test]

@@ -1,0 +1,1012 @@
+//! RPO per copy and 3-2-1 compliance, per protected dataset. Pure: the fleet
+//! model, the policy, the pairings and the job records come in, with `now`;
+//! the report comes out. The HTTP API serves it and `zdr report` renders it.
+//!
+//! The rules:
+//! - A protected dataset is one with a class, on a node, that is not itself
+//!   the target of a pairing. Its copies are production and one replica per
+//!   pairing of it.
+//! - A copy's lag is `now` minus the creation of the newest snapshot on it
+//!   that the source knows by GUID (a snapshot or a bookmark of the
+//!   production dataset); a snapshot of the same name with another GUID does
+//!   not count. Production's lag is that of its own newest snapshot.
+//! - Against the class's RPO a copy is ok below 75 % of it
+//!   ([`WARN_PERCENT`]), warning from there up to the RPO, breach beyond it
+//!   or when no snapshot on it is confirmed.
+//! - Per pairing, what is still to send: the source's snapshots newer than
+//!   the newest common one (all of them when none is common); the bytes are
+//!   an estimate: the sum of those snapshots' `used`, or the dataset's
+//!   `used` when a full send is due.
+//! - A copy counts toward 3-2-1 while it is within its RPO (ok or warning):
+//!   a copy days behind protects days-old data only. The checks, each
+//!   against the class's `copies` (3, 2, 1 by default): copies (production
+//!   counts), distinct media, copies at a site other than production's, and
+//!   one immutable copy: a counted replica of a class with `immutable_for`
+//!   above zero (its agent refuses to destroy younger snapshots).
+//! - No copy is verified by a restore drill yet: drills do not exist, and
+//!   the report says so rather than count a copy as verified.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use zdr_common::policy::{Class, Policy};
+use zdr_common::wire::DatasetInventory;
+
+use crate::fleet::{resolved_class, Fleet};
+use crate::jobs::{JobRecord, JobState};
+use crate::pairing::{Pairing, Unpaired};
+
+/// A copy is in warning from this share of its RPO on.
+pub const WARN_PERCENT: u64 = 75;
+
+/// What the report says of verification until restore drills exist.
+pub const NOT_VERIFIED: &str = "not verified by a drill (restore drills do not exist yet)";
+
+/// Everything the report is computed from.
+pub struct Input<'a> {
+    pub fleet: &'a Fleet,
+    pub policy: &'a Policy,
+    pub pairings: &'a [Pairing],
+    pub unpaired: &'a [Unpaired],
+    pub jobs: &'a [JobRecord],
+    /// Unix seconds.
+    pub now: i64,
+    /// A node is offline after this long without a heartbeat.
+    pub offline_after_secs: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub generated_at: i64,
+    pub warn_percent: u64,
+    pub summary: Summary,
+    pub datasets: Vec<DatasetReport>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub datasets: usize,
+    pub compliant: usize,
+    pub copies_ok: usize,
+    pub copies_warning: usize,
+    pub copies_breach: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetReport {
+    pub node: String,
+    pub dataset: String,
+    pub class: String,
+    pub rpo_secs: u64,
+    /// The class's objective; no estimate is measured yet.
+    pub rto_secs: u64,
+    pub immutable_for_secs: u64,
+    /// The worst state among the copies.
+    pub rpo: RpoState,
+    /// Every 3-2-1 check passes.
+    pub compliant: bool,
+    /// Production first, then the replicas by task.
+    pub copies: Vec<CopyReport>,
+    pub checks: Vec<Check>,
+    /// Tasks that select this dataset but found it no target, and why.
+    pub unpaired: Vec<UnpairedTask>,
+    pub verification: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpoState {
+    Ok,
+    Warning,
+    Breach,
+}
+
+impl RpoState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RpoState::Ok => "ok",
+            RpoState::Warning => "warning",
+            RpoState::Breach => "breach",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Production,
+    Replica,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyReport {
+    pub role: Role,
+    pub node: String,
+    pub site: String,
+    pub media: String,
+    pub dataset: String,
+    pub online: bool,
+    /// The newest snapshot on the copy that the source knows by GUID.
+    pub newest: Option<SnapshotPoint>,
+    pub lag_secs: Option<i64>,
+    pub rpo: RpoState,
+    /// Replicas only: their pairing's backlog and last job.
+    pub replication: Option<Replication>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPoint {
+    pub name: String,
+    pub guid: u64,
+    pub creation: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Replication {
+    pub task: String,
+    pub pending_snapshots: usize,
+    /// An estimate (see the module doc).
+    pub pending_bytes: u64,
+    pub last_job: Option<LastJob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastJob {
+    pub id: String,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub last_success_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Copies,
+    Media,
+    Offsite,
+    Immutable,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Copies => "copies",
+            CheckKind::Media => "media",
+            CheckKind::Offsite => "offsite",
+            CheckKind::Immutable => "immutable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub check: CheckKind,
+    pub pass: bool,
+    pub have: usize,
+    pub want: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnpairedTask {
+    pub task: String,
+    pub why: String,
+}
+
+/// A duration in its two largest units: `3d4h`, `15m20s`, `9s`.
+pub fn short(secs: i64) -> String {
+    let full = zdr_common::Duration::from_secs(secs.max(0) as u64).to_string();
+    let mut units = 0;
+    let mut out = String::new();
+    for c in full.chars() {
+        out.push(c);
+        if c.is_ascii_alphabetic() {
+            units += 1;
+            if units == 2 {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Ok below [`WARN_PERCENT`] of the RPO, warning up to it, breach beyond
+/// it or without a confirmed snapshot.
+pub fn rpo_state(lag_secs: Option<i64>, rpo_secs: u64) -> RpoState {
+    let Some(lag) = lag_secs else {
+        return RpoState::Breach;
+    };
+    let lag = lag.max(0) as u64;
+    if lag * 100 < rpo_secs * WARN_PERCENT {
+        RpoState::Ok
+    } else if lag <= rpo_secs {
+        RpoState::Warning
+    } else {
+        RpoState::Breach
+    }
+}
+
+pub fn report(input: &Input) -> Report {
+    let mut datasets = Vec::new();
+    for (node, invs) in &input.fleet.inventory {
+        for inv in invs.values() {
+            let is_replica = input
+                .pairings
+                .iter()
+                .any(|p| p.target_node == *node && p.target_dataset == inv.dataset);
+            if is_replica {
+                continue;
+            }
+            let Some(class_name) = resolved_class(Some(input.policy), inv) else {
+                continue;
+            };
+            // A class the policy does not define is one of the policy's
+            // problems, reported there.
+            let Some(class) = input.policy.classes.get(&class_name) else {
+                continue;
+            };
+            datasets.push(dataset_report(input, node, inv, &class_name, class));
+        }
+    }
+    let mut summary = Summary {
+        datasets: datasets.len(),
+        compliant: datasets.iter().filter(|d| d.compliant).count(),
+        ..Summary::default()
+    };
+    for c in datasets.iter().flat_map(|d| &d.copies) {
+        match c.rpo {
+            RpoState::Ok => summary.copies_ok += 1,
+            RpoState::Warning => summary.copies_warning += 1,
+            RpoState::Breach => summary.copies_breach += 1,
+        }
+    }
+    Report {
+        generated_at: input.now,
+        warn_percent: WARN_PERCENT,
+        summary,
+        datasets,
+    }
+}
+
+/// Where a GUID sits in the source's history.
+#[derive(Clone, Copy)]
+struct SourcePoint {
+    createtxg: u64,
+    creation: i64,
+}
+
+fn dataset_report(
+    input: &Input,
+    node: &str,
+    inv: &DatasetInventory,
+    class_name: &str,
+    class: &Class,
+) -> DatasetReport {
+    let rpo_secs = class.rpo.secs();
+    let (site, media) = labels(input, node);
+    let production_site = site.clone();
+    let newest = inv.snapshots.iter().max_by_key(|s| s.createtxg);
+    let lag = newest.map(|s| input.now - s.creation);
+    let mut copies = vec![CopyReport {
+        role: Role::Production,
+        node: node.to_string(),
+        site,
+        media,
+        dataset: inv.dataset.clone(),
+        online: input
+            .fleet
+            .online(node, input.now, input.offline_after_secs),
+        newest: newest.map(|s| SnapshotPoint {
+            name: s.name.clone(),
+            guid: s.guid,
+            creation: s.creation,
+        }),
+        lag_secs: lag,
+        rpo: rpo_state(lag, rpo_secs),
+        replication: None,
+    }];
+    let snapshots = inv
+        .snapshots
+        .iter()
+        .map(|s| (s.guid, s.createtxg, s.creation));
+    let bookmarks = inv
+        .bookmarks
+        .iter()
+        .map(|b| (b.guid, b.createtxg, b.creation));
+    let known: HashMap<u64, SourcePoint> = snapshots
+        .chain(bookmarks)
+        .map(|(guid, createtxg, creation)| {
+            let at = SourcePoint {
+                createtxg,
+                creation,
+            };
+            (guid, at)
+        })
+        .collect();
+    let mut mine: Vec<&Pairing> = input
+        .pairings
+        .iter()
+        .filter(|p| p.source_node == node && p.dataset == inv.dataset)
+        .collect();
+    mine.sort_by(|a, b| (&a.task, &a.target_node).cmp(&(&b.task, &b.target_node)));
+    for p in mine {
+        copies.push(replica(input, inv, &known, p, rpo_secs));
+    }
+    let checks = checks(class_name, class, &production_site, &copies);
+    DatasetReport {
+        node: node.to_string(),
+        dataset: inv.dataset.clone(),
+        class: class_name.to_string(),
+        rpo_secs,
+        rto_secs: class.rto.secs(),
+        immutable_for_secs: class.immutable_for.secs(),
+        rpo: copies
+            .iter()
+            .map(|c| c.rpo)
+            .max()
+            .unwrap_or(RpoState::Breach),
+        compliant: checks.iter().all(|c| c.pass),
+        copies,
+        checks,
+        unpaired: input
+            .unpaired
+            .iter()
+            .filter(|u| u.source_node == node && u.dataset == inv.dataset)
+            .map(|u| UnpairedTask {
+                task: u.task.clone(),
+                why: u.why.clone(),
+            })
+            .collect(),
+        verification: NOT_VERIFIED.to_string(),
+    }
+}
+
+/// A node's site and media as it said hello, else as the policy lists it.
+fn labels(input: &Input, node: &str) -> (String, String) {
+    match input.fleet.nodes.get(node) {
+        Some(rec) => (rec.hello.site.clone(), rec.hello.media.clone()),
+        None => input
+            .policy
+            .nodes
+            .get(node)
+            .map(|l| (l.site.clone(), l.media.clone()))
+            .unwrap_or_default(),
+    }
+}
+
+fn replica(
+    input: &Input,
+    source: &DatasetInventory,
+    known: &HashMap<u64, SourcePoint>,
+    p: &Pairing,
+    rpo_secs: u64,
+) -> CopyReport {
+    let target = input.fleet.dataset(&p.target_node, &p.target_dataset);
+    // The newest snapshot on the copy whose GUID the source knows, with
+    // the source's place and time for it.
+    let confirmed = target.and_then(|t| {
+        t.snapshots
+            .iter()
+            .filter_map(|s| known.get(&s.guid).map(|at| (s, *at)))
+            .max_by_key(|(_, at)| at.createtxg)
+    });
+    let pending: Vec<_> = source
+        .snapshots
+        .iter()
+        .filter(|s| confirmed.is_none_or(|(_, at)| s.createtxg > at.createtxg))
+        .collect();
+    let pending_bytes = match confirmed {
+        None if !pending.is_empty() => source.used,
+        _ => pending.iter().map(|s| s.used).sum(),
+    };
+    let last_job = input
+        .jobs
+        .iter()
+        .filter(|j| j.task == p.task && j.source_node == p.source_node && j.dataset == p.dataset)
+        .max_by_key(|j| j.started_at_ms)
+        .map(|j| LastJob {
+            id: j.id.clone(),
+            state: j.state,
+            error: j.error.clone(),
+            last_success_ms: j.last_success_ms,
+            finished_at_ms: j.finished_at_ms,
+        });
+    let lag = confirmed.map(|(_, at)| input.now - at.creation);
+    let (site, media) = labels(input, &p.target_node);
+    CopyReport {
+        role: Role::Replica,
+        node: p.target_node.clone(),
+        site,
+        media,
+        dataset: p.target_dataset.clone(),
+        online: input
+            .fleet
+            .online(&p.target_node, input.now, input.offline_after_secs),
+        newest: confirmed.map(|(s, at)| SnapshotPoint {
+            name: s.name.clone(),
+            guid: s.guid,
+            creation: at.creation,
+        }),
+        lag_secs: lag,
+        rpo: rpo_state(lag, rpo_secs),
+        replication: Some(Replication {
+            task: p.task.clone(),
+            pending_snapshots: pending.len(),
+            pending_bytes,
+            last_job,
+        }),
+    }
+}
+
+fn role(c: &CopyReport) -> &'static str {
+    match c.role {
+        Role::Production => "production",
+        Role::Replica => "replica",
+    }
+}
+
+/// "replica on node-b1", and "offsite copy on node-b1" when `offsite`.
+fn name(c: &CopyReport, offsite: bool) -> String {
+    if offsite {
+        format!("offsite copy on {}", c.node)
+    } else {
+        format!("{} on {}", role(c), c.node)
+    }
+}
+
+/// Why a copy in breach does not count.
+fn behind(c: &CopyReport, offsite: bool, rpo_secs: u64) -> String {
+    match c.lag_secs {
+        Some(lag) => format!(
+            "{} is {} behind its {} RPO",
+            name(c, offsite),
+            short(lag),
+            short(rpo_secs as i64)
+        ),
+        None if c.role == Role::Production => format!("{} has no snapshot", name(c, offsite)),
+        None => format!(
+            "{} holds no snapshot the source knows by GUID",
+            name(c, offsite)
+        ),
+    }
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn checks(
+    class_name: &str,
+    class: &Class,
+    production_site: &str,
+    copies: &[CopyReport],
+) -> Vec<Check> {
+    let rpo = class.rpo.secs();
+    let want = class.copies;
+    let counted: Vec<&CopyReport> = copies
+        .iter()
+        .filter(|c| c.rpo != RpoState::Breach)
+        .collect();
+    let lagging: Vec<&CopyReport> = copies
+        .iter()
+        .filter(|c| c.rpo == RpoState::Breach)
+        .collect();
+    let offsite = |c: &CopyReport| c.site != production_site;
+    let with_lagging =
+        |mut reason: String, which: &dyn Fn(&CopyReport) -> bool, as_offsite: bool| {
+            for c in lagging.iter().filter(|c| which(c)) {
+                reason.push_str(&format!("; {}", behind(c, as_offsite, rpo)));
+            }
+            reason
+        };
+
+    let have = counted.len();
+    let copies_check = Check {
+        check: CheckKind::Copies,
+        pass: have >= want.total as usize,
+        have,
+        want: want.total as usize,
+        reason: with_lagging(
+            format!(
+                "{have} cop{} within RPO ({}); the class asks for {}",
+                if have == 1 { "y" } else { "ies" },
+                list(&counted.iter().map(|c| name(c, false)).collect::<Vec<_>>()),
+                want.total
+            ),
+            &|_| true,
+            false,
+        ),
+    };
+
+    let media: BTreeSet<&str> = counted.iter().map(|c| c.media.as_str()).collect();
+    let media_check = Check {
+        check: CheckKind::Media,
+        pass: media.len() >= want.media as usize,
+        have: media.len(),
+        want: want.media as usize,
+        reason: with_lagging(
+            format!(
+                "{} distinct media among the copies within RPO ({}); the class asks for {}",
+                media.len(),
+                list(&media.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
+                want.media
+            ),
+            &|c| !media.contains(c.media.as_str()),
+            false,
+        ),
+    };
+
+    let away: Vec<&&CopyReport> = counted.iter().filter(|c| offsite(c)).collect();
+    let offsite_reason = if away.is_empty() {
+        format!("no copy within RPO at a site other than {production_site} (production's)")
+    } else {
+        format!(
+            "{} within RPO at another site ({})",
+            away.len(),
+            list(
+                &away
+                    .iter()
+                    .map(|c| format!("{} at {}", c.node, c.site))
+                    .collect::<Vec<_>>()
+            )
+        )
+    };
+    let offsite_check = Check {
+        check: CheckKind::Offsite,
+        pass: away.len() >= want.offsite as usize,
+        have: away.len(),
+        want: want.offsite as usize,
+        reason: with_lagging(
+            format!("{offsite_reason}; the class asks for {}", want.offsite),
+            &|c| offsite(c),
+            true,
+        ),
+    };
+
+    let immutable_for = class.immutable_for.secs();
+    let replicas: Vec<&&CopyReport> = counted.iter().filter(|c| c.role == Role::Replica).collect();
+    let immutable_check = if immutable_for == 0 {
+        Check {
+            check: CheckKind::Immutable,
+            pass: false,
+            have: 0,
+            want: 1,
+            reason: format!(
+                "class {class_name} has immutable_for 0s, so every copy's snapshots may be \
+                 destroyed at any time; set immutable_for in the policy"
+            ),
+        }
+    } else if replicas.is_empty() {
+        Check {
+            check: CheckKind::Immutable,
+            pass: false,
+            have: 0,
+            want: 1,
+            reason: with_lagging(
+                format!(
+                    "no replica within RPO to keep snapshots younger than {} (class {class_name})",
+                    short(immutable_for as i64)
+                ),
+                &|c| c.role == Role::Replica,
+                false,
+            ),
+        }
+    } else {
+        Check {
+            check: CheckKind::Immutable,
+            pass: true,
+            have: replicas.len(),
+            want: 1,
+            reason: format!(
+                "{}: snapshots younger than {} are never destroyed (class {class_name})",
+                list(&replicas.iter().map(|c| name(c, false)).collect::<Vec<_>>()),
+                short(immutable_for as i64)
+            ),
+        }
+    };
+    vec![copies_check, media_check, offsite_check, immutable_check]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::NodeRecord;
+    use crate::jobs::JobKind;
+    use zdr_common::wire::{BookmarkInfo, Hello, SnapshotInfo};
+
+    const NOW: i64 = 1_000_000;
+
+    const POLICY: &str = r#"version: 1
+sites: { a: {}, b: {} }
+nodes:
+  a1: { site: a, media: ssd }
+  a2: { site: a, media: hdd }
+  b1: { site: b, media: hdd }
+classes:
+  gold: { rpo: 1h, rto: 2h, immutable_for: 3d }
+  bronze: { rpo: 1h, rto: 2h }
+datasets:
+  - { match: "tank/db", class: gold }
+  - { match: "tank/logs", class: bronze }
+"#;
+
+    fn policy() -> Policy {
+        zdr_schemas::parse_policy("p.yaml", POLICY).unwrap()
+    }
+
+    /// Snapshot `i`: GUID 1000+i, created `age` seconds before NOW.
+    fn snap(i: u64, age: i64) -> SnapshotInfo {
+        SnapshotInfo {
+            name: format!("zdr_{i}"),
+            guid: 1000 + i,
+            createtxg: i,
+            creation: NOW - age,
+            used: 10 * i,
+            userrefs: 0,
+        }
+    }
+
+    fn inv(name: &str, snaps: Vec<SnapshotInfo>) -> DatasetInventory {
+        DatasetInventory {
+            dataset: name.into(),
+            guid: 1,
+            used: 5000,
+            available: 0,
+            class: None,
+            encrypted: false,
+            snapshots: snaps,
+            bookmarks: vec![],
+        }
+    }
+
+    fn node(fleet: &mut Fleet, name: &str, site: &str, media: &str, seen: i64) {
+        let hello = Hello {
+            node: name.into(),
+            site: site.into(),
+            media: media.into(),
+            version: "0".into(),
+            backend: "sim".into(),
+            pools: vec![],
+            started_at: 0,
+            policy_revision: None,
+        };
+        fleet.nodes.insert(
+            name.into(),
+            NodeRecord {
+                hello,
+                last_seen: seen,
+                policy_revision: None,
+                pools: vec![],
+                inventory_generation: 0,
+                delta_seq: 0,
+            },
+        );
+    }
+
+    fn put(fleet: &mut Fleet, node: &str, d: DatasetInventory) {
+        fleet
+            .inventory
+            .entry(node.into())
+            .or_default()
+            .insert(d.dataset.clone(), d);
+    }
+
+    fn pairing(task: &str, target: &str) -> Pairing {
+        Pairing {
+            task: task.into(),
+            source_node: "a1".into(),
+            dataset: "tank/db".into(),
+            target_node: target.into(),
+            target_dataset: "backup/a1/tank/db".into(),
+            reason: String::new(),
+        }
+    }
+
+    /// a1 (site a, ssd) holds tank/db with snapshots 1..=4, the newest 10 min old.
+    fn fleet() -> Fleet {
+        let mut f = Fleet::default();
+        node(&mut f, "a1", "a", "ssd", NOW);
+        node(&mut f, "a2", "a", "hdd", NOW);
+        node(&mut f, "b1", "b", "hdd", NOW);
+        put(
+            &mut f,
+            "a1",
+            inv(
+                "tank/db",
+                vec![snap(1, 4000), snap(2, 3000), snap(3, 1200), snap(4, 600)],
+            ),
+        );
+        f
+    }
+
+    fn run(fleet: &Fleet, pairings: &[Pairing], jobs: &[JobRecord]) -> Report {
+        let p = policy();
+        report(&Input {
+            fleet,
+            policy: &p,
+            pairings,
+            unpaired: &[],
+            jobs,
+            now: NOW,
+            offline_after_secs: 30,
+        })
+    }
+
+    fn check(d: &DatasetReport, k: CheckKind) -> &Check {
+        d.checks.iter().find(|c| c.check == k).unwrap()
+    }
+
+    #[test]
+    fn rpo_states_split_at_75_percent_and_at_the_rpo() {
+        assert_eq!(rpo_state(Some(0), 3600), RpoState::Ok);
+        assert_eq!(rpo_state(Some(2699), 3600), RpoState::Ok);
+        assert_eq!(rpo_state(Some(2700), 3600), RpoState::Warning);
+        assert_eq!(rpo_state(Some(3600), 3600), RpoState::Warning);
+        assert_eq!(rpo_state(Some(3601), 3600), RpoState::Breach);
+        assert_eq!(rpo_state(None, 3600), RpoState::Breach);
+        // A snapshot from a clock slightly ahead is not negative lag.
+        assert_eq!(rpo_state(Some(-5), 3600), RpoState::Ok);
+    }
+
+    #[test]
+    fn replica_lag_counts_only_snapshots_matched_by_guid() {
+        let mut f = fleet();
+        // The copy has zdr_1 and zdr_2 by GUID, and a zdr_4 of its own (another GUID).
+        let mut fake = snap(4, 0);
+        fake.guid = 99;
+        put(
+            &mut f,
+            "b1",
+            inv(
+                "backup/a1/tank/db",
+                vec![snap(1, 4000), snap(2, 3000), fake],
+            ),
+        );
+        let r = run(&f, &[pairing("offsite", "b1")], &[]);
+        let d = &r.datasets[0];
+        let copy = &d.copies[1];
+        assert_eq!(copy.role, Role::Replica);
+        assert_eq!(copy.newest.as_ref().unwrap().guid, 1002);
+        assert_eq!(copy.lag_secs, Some(3000));
+        assert_eq!(copy.rpo, RpoState::Warning);
+        let rep = copy.replication.as_ref().unwrap();
+        // zdr_3 and zdr_4 remain: 30 + 40 bytes of `used`.
+        assert_eq!((rep.pending_snapshots, rep.pending_bytes), (2, 70));
+        // Production: the newest, 10 min old.
+        assert_eq!(d.copies[0].lag_secs, Some(600));
+        assert_eq!(d.copies[0].rpo, RpoState::Ok);
+        assert_eq!(d.rpo, RpoState::Warning);
+    }
+
+    #[test]
+    fn a_bookmark_on_the_source_confirms_a_pruned_snapshot() {
+        let mut f = fleet();
+        let src = f
+            .inventory
+            .get_mut("a1")
+            .unwrap()
+            .get_mut("tank/db")
+            .unwrap();
+        src.snapshots.remove(0);
+        src.bookmarks.push(BookmarkInfo {
+            name: "zdr_1".into(),
+            guid: 1001,
+            createtxg: 1,
+            creation: NOW - 4000,
+        });
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(1, 4000)]));
+        let r = run(&f, &[pairing("offsite", "b1")], &[]);
+        let copy = &r.datasets[0].copies[1];
+        assert_eq!(copy.lag_secs, Some(4000));
+        assert_eq!(copy.rpo, RpoState::Breach);
+        assert_eq!(copy.replication.as_ref().unwrap().pending_snapshots, 3);
+    }
+
+    #[test]
+    fn a_copy_not_yet_received_is_in_breach_and_owes_a_full_send() {
+        let f = fleet();
+        let r = run(&f, &[pairing("offsite", "b1")], &[]);
+        let copy = &r.datasets[0].copies[1];
+        assert_eq!((copy.newest.as_ref(), copy.lag_secs), (None, None));
+        assert_eq!(copy.rpo, RpoState::Breach);
+        let rep = copy.replication.as_ref().unwrap();
+        assert_eq!((rep.pending_snapshots, rep.pending_bytes), (4, 5000));
+        let c = check(&r.datasets[0], CheckKind::Offsite);
+        assert!(!c.pass);
+        assert!(
+            c.reason
+                .ends_with("; offsite copy on b1 holds no snapshot the source knows by GUID"),
+            "{}",
+            c.reason
+        );
+    }
+
+    #[test]
+    fn three_copies_on_two_media_with_one_offsite_and_immutable_comply() {
+        let mut f = fleet();
+        put(
+            &mut f,
+            "a2",
+            inv("backup/a1/tank/db", vec![snap(3, 1200), snap(4, 600)]),
+        );
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(3, 1200)]));
+        let r = run(&f, &[pairing("local", "a2"), pairing("offsite", "b1")], &[]);
+        assert_eq!(r.summary.datasets, 1);
+        assert_eq!(r.summary.compliant, 1);
+        assert_eq!(r.summary.copies_ok, 3);
+        let d = &r.datasets[0];
+        assert!(d.compliant, "{:#?}", d.checks);
+        assert_eq!(
+            check(d, CheckKind::Copies).reason,
+            "3 copies within RPO (production on a1, replica on a2, replica on b1); the class asks for 3"
+        );
+        assert_eq!(
+            check(d, CheckKind::Media).reason,
+            "2 distinct media among the copies within RPO (hdd, ssd); the class asks for 2"
+        );
+        assert_eq!(
+            check(d, CheckKind::Offsite).reason,
+            "1 within RPO at another site (b1 at b); the class asks for 1"
+        );
+        assert_eq!(
+            check(d, CheckKind::Immutable).reason,
+            "replica on a2, replica on b1: snapshots younger than 3d are never destroyed (class gold)"
+        );
+        assert_eq!(d.verification, NOT_VERIFIED);
+        // The replica itself is not a protected dataset of its own.
+        assert_eq!(d.copies.len(), 3);
+    }
+
+    #[test]
+    fn two_copies_fail_the_copies_check_and_say_why() {
+        let mut f = fleet();
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(4, 600)]));
+        let r = run(&f, &[pairing("offsite", "b1")], &[]);
+        let d = &r.datasets[0];
+        let c = check(d, CheckKind::Copies);
+        assert_eq!((c.pass, c.have, c.want), (false, 2, 3));
+        assert_eq!(
+            c.reason,
+            "2 copies within RPO (production on a1, replica on b1); the class asks for 3"
+        );
+        assert!(check(d, CheckKind::Media).pass);
+        assert!(check(d, CheckKind::Offsite).pass);
+        assert!(!d.compliant);
+    }
+
+    #[test]
+    fn an_offsite_copy_in_breach_does_not_count_and_says_how_far_behind() {
+        let mut f = fleet();
+        let old = 3 * 86_400;
+        let src = f
+            .inventory
+            .get_mut("a1")
+            .unwrap()
+            .get_mut("tank/db")
+            .unwrap();
+        src.snapshots.insert(0, snap(0, old));
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(0, old)]));
+        let r = run(&f, &[pairing("offsite", "b1")], &[]);
+        let d = &r.datasets[0];
+        let c = check(d, CheckKind::Offsite);
+        assert_eq!((c.pass, c.have), (false, 0));
+        assert_eq!(
+            c.reason,
+            "no copy within RPO at a site other than a (production's); the class asks for 1; \
+             offsite copy on b1 is 3d behind its 1h RPO"
+        );
+        let m = check(d, CheckKind::Media);
+        assert_eq!((m.pass, m.have), (false, 1));
+        assert!(
+            m.reason
+                .ends_with("; replica on b1 is 3d behind its 1h RPO"),
+            "{}",
+            m.reason
+        );
+        assert_eq!(d.rpo, RpoState::Breach);
+        assert_eq!(r.summary.copies_breach, 1);
+    }
+
+    #[test]
+    fn immutability_needs_the_class_and_a_replica() {
+        let mut f = fleet();
+        put(&mut f, "a1", inv("tank/logs", vec![snap(1, 60)]));
+        let r = run(&f, &[], &[]);
+        let logs = r
+            .datasets
+            .iter()
+            .find(|d| d.dataset == "tank/logs")
+            .unwrap();
+        let c = check(logs, CheckKind::Immutable);
+        assert!(!c.pass);
+        assert!(
+            c.reason.starts_with("class bronze has immutable_for 0s"),
+            "{}",
+            c.reason
+        );
+        let db = r.datasets.iter().find(|d| d.dataset == "tank/db").unwrap();
+        let c = check(db, CheckKind::Immutable);
+        assert!(!c.pass);
+        assert_eq!(
+            c.reason,
+            "no replica within RPO to keep snapshots younger than 3d (class gold)"
+        );
+        // Production alone: one copy.
+        assert_eq!(check(db, CheckKind::Copies).have, 1);
+    }
+
+    #[test]
+    fn the_last_job_of_the_pairing_is_shown_with_its_error() {
+        let mut f = fleet();
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(4, 600)]));
+        let p = pairing("offsite", "b1");
+        let mut old = JobRecord::new(JobKind::Replication, &p, "c1", 1, vec![], 1_000);
+        old.state = JobState::Done;
+        let mut new = JobRecord::new(JobKind::Replication, &p, "c1", 2, vec![], 2_000);
+        new.state = JobState::Failed;
+        new.error = Some("target went away".into());
+        let other = JobRecord::new(
+            JobKind::Replication,
+            &pairing("local", "a2"),
+            "c1",
+            3,
+            vec![],
+            3_000,
+        );
+        let r = run(&f, &[p], &[old, new.clone(), other]);
+        let job = r.datasets[0].copies[1]
+            .replication
+            .as_ref()
+            .unwrap()
+            .last_job
+            .clone()
+            .unwrap();
+        assert_eq!(job.id, new.id);
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error.as_deref(), Some("target went away"));
+    }
+
+    #[test]
+    fn offline_copies_are_marked_and_unclassed_datasets_left_out() {
+        let mut f = fleet();
+        node(&mut f, "b1", "b", "hdd", NOW - 60);
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(4, 600)]));
+        put(&mut f, "a1", inv("tank/scratch", vec![]));
+        let r = run(&f, &[pairing("offsite", "b1")], &[]);
+        assert_eq!(r.datasets.len(), 1);
+        assert!(r.datasets[0].copies[0].online);
+        assert!(!r.datasets[0].copies[1].online);
+        assert_eq!(r.datasets[0].copies[1].site, "b");
+    }
+
+    #[test]
+    fn replica_datasets_name_their_pairing() {
+        let p = [pairing("offsite", "b1")];
+        let of = crate::fleet::replica_of(&p, "b1", "backup/a1/tank/db").unwrap();
+        assert_eq!(
+            (
+                of.task.as_str(),
+                of.source_node.as_str(),
+                of.dataset.as_str()
+            ),
+            ("offsite", "a1", "tank/db")
+        );
+        assert_eq!(
+            crate::fleet::replica_of(&p, "a1", "backup/a1/tank/db"),
+            None
+        );
+        assert_eq!(crate::fleet::replica_of(&p, "b1", "tank/db"), None);
+    }
+
+    #[test]
+    fn durations_keep_two_units() {
+        assert_eq!(short(3 * 86_400 + 4 * 3600 + 5), "3d4h");
+        assert_eq!(short(920), "15m20s");
+        assert_eq!(short(-3), "0s");
+    }
+}

@@ -1,0 +1,257 @@
+//! The compliance report end to end: a real nats-server, coordinator and two
+//! agents (simulated ZFS) at two sites replicating; `GET /api/v1/report` and
+//! `zdr report` checked field by field, then the copy's agent is stopped and
+//! the copy must fall into breach.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use zdr_integration::*;
+
+/// A 20 s RPO, so that a stopped copy is in breach within the test.
+const POLICY: &str = r#"version: 1
+sites:
+  site-a: {}
+  site-b: {}
+nodes:
+  node-a1: { site: site-a, media: ssd }
+  node-b1: { site: site-b, media: hdd }
+classes:
+  fast:
+    tiers: { 2s: 10 }
+    rpo: 20s
+    rto: 1h
+    immutable_for: 1m
+datasets:
+  - match: "tank/db"
+    class: fast
+"#;
+
+const TASKS: &str = r#"version: 1
+tasks:
+  - name: offsite
+    source: { match: "tank/db", nodes: [node-a1] }
+    target: { site: other, root: "backup/{node}" }
+    schedule: { every: 2s }
+"#;
+
+const A1: AgentSpec = AgentSpec {
+    node: "node-a1",
+    site: "site-a",
+    media: "ssd",
+    datasets: &["tank/db"],
+};
+const B1: AgentSpec = AgentSpec {
+    node: "node-b1",
+    site: "site-b",
+    media: "hdd",
+    datasets: &[],
+};
+
+const COPY: &str = "backup/node-a1/tank/db";
+
+async fn report(c: &Coordinator) -> Option<Value> {
+    let (code, body) = c.get("/api/v1/report").await?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+fn dataset<'a>(r: &'a Value, node: &str, ds: &str) -> Option<&'a Value> {
+    r["datasets"]
+        .as_array()?
+        .iter()
+        .find(|d| d["node"] == node && d["dataset"] == ds)
+}
+
+fn check<'a>(d: &'a Value, kind: &str) -> &'a Value {
+    d["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["check"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} check in {d:#}"))
+}
+
+#[tokio::test]
+async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
+    let fleet = Fleet::start(POLICY, Some(TASKS)).await;
+    let pki = pki(fleet.path(), &["node-a1", "node-b1"]);
+    let coordinator = fleet.coordinator("c1");
+    coordinator.wait_ready().await;
+    let extra = |pools: Vec<(String, u64)>| AgentExtra {
+        pools,
+        pki: Some(pki.clone()),
+        ..AgentExtra::default()
+    };
+    let a1 = fleet.agent_with(&A1, &extra(vec![]));
+    let mut b1 = fleet.agent_with(&B1, &extra(vec![("backup".into(), 10_000_000_000)]));
+
+    // The copy landed, a job finished, and the copy is within RPO.
+    let d = wait_for(
+        "the offsite copy within RPO in the report",
+        Duration::from_secs(90),
+        || async {
+            let r = report(&coordinator).await?;
+            let d = dataset(&r, "node-a1", "tank/db")?.clone();
+            let replica = &d["copies"][1];
+            (replica["rpo"] == "ok" && replica["replication"]["last_job"]["state"] == "done")
+                .then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(d["class"], "fast");
+    assert_eq!(d["rpo_secs"], 20);
+    assert_eq!(d["rto_secs"], 3600);
+    assert_eq!(d["immutable_for_secs"], 60);
+    let copies = d["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "production and one replica: {d:#}");
+    let (prod, replica) = (&copies[0], &copies[1]);
+    assert_eq!(prod["role"], "production");
+    assert_eq!(
+        (
+            &prod["node"],
+            &prod["site"],
+            &prod["media"],
+            &prod["dataset"]
+        ),
+        (
+            &Value::from("node-a1"),
+            &Value::from("site-a"),
+            &Value::from("ssd"),
+            &Value::from("tank/db")
+        )
+    );
+    assert_eq!(prod["online"], true);
+    assert!(prod["lag_secs"].as_i64().unwrap() < 15, "{prod:#}");
+    assert_eq!(replica["role"], "replica");
+    assert_eq!(
+        (
+            &replica["node"],
+            &replica["site"],
+            &replica["media"],
+            &replica["dataset"]
+        ),
+        (
+            &Value::from("node-b1"),
+            &Value::from("site-b"),
+            &Value::from("hdd"),
+            &Value::from(COPY)
+        )
+    );
+    assert_eq!(replica["online"], true);
+    let lag = replica["lag_secs"].as_i64().unwrap();
+    assert!((0..15).contains(&lag), "ok means under 75 % of 20 s: {lag}");
+    // The newest confirmed snapshot is on both disks with the same GUID.
+    let newest = &replica["newest"];
+    let guid = newest["guid"].as_u64().unwrap();
+    let name = newest["name"].as_str().unwrap();
+    for (agent, ds) in [(&a1, "tank/db"), (&b1, COPY)] {
+        let snaps = on_disk(agent, ds).unwrap_or_default();
+        assert!(
+            snaps.iter().any(|(n, g, _)| n == name && *g == guid),
+            "{name} with GUID {guid} not on {ds}: {snaps:?}"
+        );
+    }
+    let rep = &replica["replication"];
+    assert_eq!(rep["task"], "offsite");
+    assert!(rep["pending_snapshots"].as_u64().unwrap() <= 5, "{rep:#}");
+    assert!(rep["last_job"]["error"].is_null(), "{rep:#}");
+    assert!(rep["last_job"]["last_success_ms"].as_i64().unwrap() > 0);
+
+    // 3-2-1: two copies within RPO, on two media, one offsite, immutable.
+    assert_eq!(d["compliant"], false);
+    let copies = check(&d, "copies");
+    assert_eq!(
+        (&copies["pass"], &copies["have"], &copies["want"]),
+        (&Value::from(false), &Value::from(2), &Value::from(3))
+    );
+    assert_eq!(
+        copies["reason"],
+        "2 copies within RPO (production on node-a1, replica on node-b1); the class asks for 3"
+    );
+    assert_eq!(check(&d, "media")["pass"], true);
+    assert_eq!(check(&d, "offsite")["pass"], true);
+    assert_eq!(
+        check(&d, "offsite")["reason"],
+        "1 within RPO at another site (node-b1 at site-b); the class asks for 1"
+    );
+    assert_eq!(check(&d, "immutable")["pass"], true);
+    assert!(d["verification"]
+        .as_str()
+        .unwrap()
+        .starts_with("not verified by a drill"));
+
+    // The replica in /api/v1/fleet names its pairing.
+    let f = coordinator.fleet().await.unwrap();
+    let copy = node_in(&f, "node-b1").unwrap()["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["dataset"] == COPY)
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        copy["replica_of"],
+        serde_json::json!({"task": "offsite", "source_node": "node-a1", "dataset": "tank/db"})
+    );
+
+    // The CLI renders the same report; --format json is the API's JSON.
+    let url = format!("http://127.0.0.1:{}", coordinator.http);
+    let zdr = |args: &[&str]| {
+        let out = Command::new(bin_dir().join("zdr"))
+            .args(["--coordinator", &url])
+            .args(args)
+            .env_remove("ZDR_COORDINATOR")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "zdr {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let md = zdr(&["report"]);
+    assert!(md.starts_with("# zdr report\n"), "{md}");
+    assert!(
+        md.contains("\n## node-a1:tank/db: NOT 3-2-1 compliant, RPO "),
+        "{md}"
+    );
+    assert!(
+        md.contains("| copies | **FAIL** | 2 / 3 | 2 copies within RPO (production on node-a1, replica on node-b1); the class asks for 3"),
+        "{md}"
+    );
+    let json: Value = serde_json::from_str(&zdr(&["report", "--format", "json"])).unwrap();
+    assert_eq!(
+        dataset(&json, "node-a1", "tank/db").unwrap()["copies"][1]["node"],
+        "node-b1"
+    );
+
+    // The copy's agent stops: its lag grows past the RPO.
+    b1.proc.kill();
+    let d = wait_for(
+        "the stopped copy to be in breach",
+        Duration::from_secs(60),
+        || async {
+            let r = report(&coordinator).await?;
+            let d = dataset(&r, "node-a1", "tank/db")?.clone();
+            (d["copies"][1]["rpo"] == "breach").then_some(d)
+        },
+    )
+    .await;
+    let replica = &d["copies"][1];
+    assert_eq!(replica["online"], false);
+    assert!(replica["lag_secs"].as_i64().unwrap() > 20, "{replica:#}");
+    assert_eq!(d["rpo"], "breach");
+    assert_eq!(d["copies"][0]["rpo"], "ok", "production keeps snapshotting");
+    let offsite = check(&d, "offsite");
+    assert_eq!(offsite["pass"], false);
+    let reason = offsite["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "no copy within RPO at a site other than site-a (production's); the class asks for 1; \
+             offsite copy on node-b1 is "
+        ) && reason.ends_with(" behind its 20s RPO"),
+        "{reason}"
+    );
+    assert_eq!(check(&d, "copies")["have"], 1);
+    assert_eq!(
+        report(&coordinator).await.unwrap()["summary"]["copies_breach"],
+        1
+    );
+    drop(a1);
+}
