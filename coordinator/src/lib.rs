@@ -4,6 +4,7 @@
 
 pub mod bandwidth;
 pub mod bus;
+pub mod bus_auth;
 pub mod config;
 pub mod fleet;
 pub mod http;

@@ -55,8 +55,15 @@ pub async fn run(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("zdr-coordinator {}", config.instance))
+        // The bus lets the coordinator's user read its own replies only.
+        .custom_inbox_prefix(zdr_common::bus_auth::COORDINATOR_INBOX);
+    if let Some(seed) = &config.nats_seed {
+        info!(user = seed.public_key(), "connecting to NATS with an nkey");
+        options = options.nkey(seed.secret().to_string());
+    }
+    let client = options
         .retry_on_initial_connect()
         // Else async-nats' own 10 s default cuts every command short.
         .request_timeout(Some(config.command_timeout))
