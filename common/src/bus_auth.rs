@@ -91,8 +91,8 @@ mod tests {
     #[test]
     fn a_private_seed_file_is_accepted() {
         let s = seed();
-        let got = seed_from_file(Path::new("/etc/zdr/nats.nk"), 0o100600, &format!("{s}\n"))
-            .unwrap();
+        let got =
+            seed_from_file(Path::new("/etc/zdr/nats.nk"), 0o100600, &format!("{s}\n")).unwrap();
         assert_eq!(got.secret(), s);
         assert!(got.public_key().starts_with('U'));
         assert!(!format!("{got:?}").contains(&s), "Debug shows the seed");
@@ -111,7 +111,10 @@ mod tests {
                 }
             );
             let text = e.to_string();
-            assert!(text.contains("/etc/zdr/nats.nk") && text.contains("chmod 600"), "{text}");
+            assert!(
+                text.contains("/etc/zdr/nats.nk") && text.contains("chmod 600"),
+                "{text}"
+            );
         }
     }
 

@@ -59,10 +59,7 @@ pub fn coordinator_permissions() -> Permissions {
             "$JS.ACK.>".into(),
             "$JS.FC.>".into(),
         ],
-        subscribe: vec![
-            subject::ALL_AGENTS.into(),
-            format!("{COORDINATOR_INBOX}.>"),
-        ],
+        subscribe: vec![subject::ALL_AGENTS.into(), format!("{COORDINATOR_INBOX}.>")],
         allow_responses: false,
     }
 }
@@ -83,9 +80,17 @@ pub fn authorization_block(users: &BusUsers) -> String {
         "# Written by `zdr-coordinator bus-auth`; regenerate it after the policy's node list changes.\n\
          authorization {\n  users = [\n",
     );
-    out.push_str(&user("coordinator", &users.coordinator, Some(&coordinator_permissions())));
+    out.push_str(&user(
+        "coordinator",
+        &users.coordinator,
+        Some(&coordinator_permissions()),
+    ));
     for (node, key) in &users.agents {
-        out.push_str(&user(&format!("agent {node}"), key, Some(&agent_permissions(node))));
+        out.push_str(&user(
+            &format!("agent {node}"),
+            key,
+            Some(&agent_permissions(node)),
+        ));
     }
     if let Some(key) = &users.admin {
         out.push_str(&user("operator: every right", key, None));
@@ -241,11 +246,26 @@ mod tests {
     fn an_agent_publishes_only_as_itself() {
         let p = agent_permissions("node-a");
         let own = AgentSubjects::for_node("node-a");
-        for s in [&own.hello, &own.heartbeat, &own.inventory, &own.delta, &own.event, &own.job] {
+        for s in [
+            &own.hello,
+            &own.heartbeat,
+            &own.inventory,
+            &own.delta,
+            &own.event,
+            &own.job,
+        ] {
             assert!(allowed(&p.publish, s), "{s}");
         }
         let other = AgentSubjects::for_node("node-b");
-        for s in [&other.hello, &other.heartbeat, &other.inventory, &other.delta, &other.event, &other.job, &other.cmd] {
+        for s in [
+            &other.hello,
+            &other.heartbeat,
+            &other.inventory,
+            &other.delta,
+            &other.event,
+            &other.job,
+            &other.cmd,
+        ] {
             assert!(!allowed(&p.publish, s), "{s}");
         }
         // Not even a command to itself.
@@ -318,16 +338,25 @@ mod tests {
     fn the_block_names_every_user_with_its_rights() {
         let users = BusUsers {
             coordinator: "UCOORD".into(),
-            agents: vec![("node-a".into(), "UAAA".into()), ("node-b".into(), "UBBB".into())],
+            agents: vec![
+                ("node-a".into(), "UAAA".into()),
+                ("node-b".into(), "UBBB".into()),
+            ],
             admin: None,
         };
         let text = authorization_block(&users);
         assert_eq!(text.matches("nkey: ").count(), 3, "{text}");
         let a = text.lines().position(|l| l.contains("\"UAAA\"")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[a + 1].contains("\"zdr.v1.agent.node-a.heartbeat\""), "{text}");
+        assert!(
+            lines[a + 1].contains("\"zdr.v1.agent.node-a.heartbeat\""),
+            "{text}"
+        );
         assert!(!lines[a + 1].contains("node-b"), "{text}");
-        assert!(lines[a + 2].contains("\"zdr.v1.agent.node-a.cmd\""), "{text}");
+        assert!(
+            lines[a + 2].contains("\"zdr.v1.agent.node-a.cmd\""),
+            "{text}"
+        );
         assert!(lines[a + 3].contains("allow_responses: true"), "{text}");
         assert!(!text.contains("UADMIN"));
         let with_admin = authorization_block(&BusUsers {
@@ -361,7 +390,12 @@ mod tests {
 
         let f = agent_seed_file(dir.path(), "node-a");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = write_credentials(dir.path(), &nodes, false).unwrap_err().to_string();
-        assert!(e.contains(&f.display().to_string()) && e.contains("0644"), "{e}");
+        let e = write_credentials(dir.path(), &nodes, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&f.display().to_string()) && e.contains("0644"),
+            "{e}"
+        );
     }
 }
