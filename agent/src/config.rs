@@ -288,6 +288,36 @@ public_key = "{KEY}"
     }
 
     #[test]
+    fn a_nats_credential_others_can_read_is_refused_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("nats.nk");
+        std::fs::write(&seed, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+        let config = dir.path().join("agent.toml");
+        let text = format!("nats_nkey = {:?}\n{}", seed.display().to_string(), good());
+        std::fs::write(&config, text).unwrap();
+
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::load(&config).unwrap();
+        assert!(c.nats_seed().unwrap().is_some());
+
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::load(&config).unwrap_err().to_string();
+        let shown = seed.display().to_string();
+        assert!(
+            e.contains("nats_nkey")
+                && e.contains(&shown)
+                && e.contains("0644")
+                && e.contains("chmod 600"),
+            "{e}"
+        );
+
+        std::fs::remove_file(&seed).unwrap();
+        let e = Config::load(&config).unwrap_err().to_string();
+        assert!(e.contains("cannot read") && e.contains(&shown), "{e}");
+    }
+
+    #[test]
     fn parses_a_good_file() {
         let c = Config::parse("agent.toml", &good()).unwrap();
         assert_eq!(c.node, "n1");
