@@ -117,13 +117,27 @@ async fn command(coord: &Coordinator, node: &str) -> (u16, String) {
         .expect("the coordinator answers")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn anonymous_is_refused_and_the_authorized_fleet_works_without_violations() {
+/// An authorized fleet with a ready coordinator and these agents online.
+async fn fleet_of(specs: &[&AgentSpec<'_>]) -> (Fleet, Coordinator, Vec<Agent>) {
     let f = Fleet::start(POLICY, None).await;
     let coord = f.coordinator("c1");
     coord.wait_ready().await;
-    let _a1 = f.agent(&A1);
-    let _b1 = f.agent(&B1);
+    let agents: Vec<Agent> = specs.iter().map(|s| f.agent(s)).collect();
+    for s in specs {
+        online(&coord, s.node).await;
+    }
+    (f, coord, agents)
+}
+
+/// Node B online; node A's credentials are the attacker's.
+async fn with_node_b() -> (Fleet, Coordinator, Agent) {
+    let (f, coord, mut agents) = fleet_of(&[&B1]).await;
+    (f, coord, agents.remove(0))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_is_refused_and_the_authorized_fleet_works_without_violations() {
+    let (f, coord, _agents) = fleet_of(&[&A1, &B1]).await;
 
     assert!(
         f.nats.connect_as(BusUser::Anonymous).await.is_err(),
@@ -136,7 +150,6 @@ async fn anonymous_is_refused_and_the_authorized_fleet_works_without_violations(
     })
     .await;
     for name in ["node-a1", "node-b1"] {
-        online(&coord, name).await;
         wait_for(&format!("{name} on the policy"), WAIT, || async {
             (node(&coord, name).await?["policy_revision"].as_u64() == Some(revision)).then_some(())
         })
@@ -164,12 +177,7 @@ async fn anonymous_is_refused_and_the_authorized_fleet_works_without_violations(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_a_cannot_speak_as_node_b_nor_keep_it_alive() {
-    let f = Fleet::start(POLICY, None).await;
-    let coord = f.coordinator("c1");
-    coord.wait_ready().await;
-    let mut b1 = f.agent(&B1);
-    online(&coord, "node-b1").await;
-
+    let (f, coord, mut b1) = with_node_b().await;
     let (a, mut errors) = f.nats.connect_as(BusUser::Agent("node-a1")).await.unwrap();
     // Its own subjects are its to use.
     a.publish(
@@ -234,12 +242,7 @@ async fn node_a_cannot_speak_as_node_b_nor_keep_it_alive() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_a_cannot_hear_or_answer_node_b_commands_nor_write_the_policy() {
-    let f = Fleet::start(POLICY, None).await;
-    let coord = f.coordinator("c1");
-    coord.wait_ready().await;
-    let mut b1 = f.agent(&B1);
-    online(&coord, "node-b1").await;
-
+    let (f, coord, mut b1) = with_node_b().await;
     let (a, mut errors) = f.nats.connect_as(BusUser::Agent("node-a1")).await.unwrap();
     // Listen where B's commands, or the coordinator's replies, could be
     // read, and answer anything heard with a forged success.
@@ -303,14 +306,17 @@ async fn node_a_cannot_hear_or_answer_node_b_commands_nor_write_the_policy() {
         .await
         .expect("A may open the bucket");
     let admin = async_nats::jetstream::new(f.nats.client().await);
-    let before = admin
-        .get_key_value("zdr_policy")
-        .await
-        .unwrap()
-        .entry("current")
-        .await
-        .unwrap()
-        .expect("a signed policy");
+    let policy_entry = || async {
+        admin
+            .get_key_value("zdr_policy")
+            .await
+            .unwrap()
+            .entry("current")
+            .await
+            .unwrap()
+            .expect("a signed policy")
+    };
+    let before = policy_entry().await;
     assert!(
         kv.put("current", "{}".into()).await.is_err(),
         "A wrote the policy"
@@ -322,14 +328,7 @@ async fn node_a_cannot_hear_or_answer_node_b_commands_nor_write_the_policy() {
         js.delete_stream("KV_zdr_policy").await.is_err(),
         "A deleted the policy bucket"
     );
-    let after = admin
-        .get_key_value("zdr_policy")
-        .await
-        .unwrap()
-        .entry("current")
-        .await
-        .unwrap()
-        .expect("the signed policy is still there");
+    let after = policy_entry().await;
     assert_eq!(
         (after.revision, &after.value),
         (before.revision, &before.value)
@@ -338,11 +337,7 @@ async fn node_a_cannot_hear_or_answer_node_b_commands_nor_write_the_policy() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_coordinator_refuses_unnamed_nodes_and_inventories_from_the_future() {
-    let f = Fleet::start(POLICY, None).await;
-    let coord = f.coordinator("c1");
-    coord.wait_ready().await;
-    let _a1 = f.agent(&A1);
-    online(&coord, "node-a1").await;
+    let (f, coord, _agents) = fleet_of(&[&A1]).await;
 
     // The operator's rights let this test reach the coordinator with a
     // node the policy does not name.
