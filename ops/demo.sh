@@ -3,7 +3,8 @@
 # agents in two sites (node-a1 ssd and node-a2 hdd in site-a, node-b1 hdd in
 # site-b) under specs/demo/policies.yaml, replicating under specs/demo/tasks.yml
 # over mutual TLS (a demo fleet CA is made with ops/pki.sh). Everything listens
-# on 127.0.0.1.
+# on 127.0.0.1. The bus has authorization on: each agent and the coordinator
+# connect with their own nkey (`zdr-coordinator bus-auth`).
 #
 #   ops/demo.sh              run until Ctrl-C
 #   ops/demo.sh --for 60     run 60 seconds, print the fleet, stop
@@ -38,7 +39,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-nats-server -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/jetstream" >"$dir/nats-server.log" 2>&1 &
+"$bin/zdr-coordinator" check "$policy" --tasks "$tasks"
+# The bus's authorization: one nkey per node of the policy, one for the
+# coordinator, and an operator's for the nats CLI; made once, then kept.
+"$bin/zdr-coordinator" bus-auth --policy "$policy" --dir "$dir/bus" --admin
+nats-server -c "$dir/bus/auth.conf" -a 127.0.0.1 -p "$nats_port" -js -sd "$dir/jetstream" \
+  >"$dir/nats-server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do
   (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
@@ -49,8 +55,8 @@ bash "$root/ops/pki.sh" "$dir/pki" node-a1 node-a2 node-b1
 [ -f "$dir/coordinator.key" ] || "$bin/zdr-coordinator" keygen "$dir/coordinator.key" >/dev/null
 pub=$("$bin/zdr-coordinator" pubkey "$dir/coordinator.key")
 
-"$bin/zdr-coordinator" check "$policy" --tasks "$tasks"
-"$bin/zdr-coordinator" run --nats-url "nats://127.0.0.1:$nats_port" --policy "$policy" --tasks "$tasks" \
+"$bin/zdr-coordinator" run --nats-url "nats://127.0.0.1:$nats_port" --nats-nkey "$dir/bus/coordinator.nk" \
+  --policy "$policy" --tasks "$tasks" \
   --http "127.0.0.1:$http_port" --key-file "$dir/coordinator.key" --instance demo \
   >"$dir/coordinator.log" 2>&1 &
 pids+=($!)
@@ -60,7 +66,8 @@ agent() { # node site media
   if [ "$backend" = cli ] && [ "$node" = node-a1 ]; then kind=cli; fi
   {
     printf 'node = "%s"\nsite = "%s"\nmedia = "%s"\n' "$node" "$site" "$media"
-    printf 'nats_url = "nats://127.0.0.1:%s"\nstate_dir = "%s/%s"\n' "$nats_port" "$dir" "$node"
+    printf 'nats_url = "nats://127.0.0.1:%s"\nnats_nkey = "%s/bus/agent-%s.nk"\n' "$nats_port" "$dir" "$node"
+    printf 'state_dir = "%s/%s"\n' "$dir" "$node"
     printf 'heartbeat_secs = 2\ntick_secs = 1\n\n[backend]\n'
     if [ "$kind" = cli ]; then
       printf 'kind = "cli"\n'
@@ -93,7 +100,8 @@ zdr demo fleet is running (backend: $backend$([ "$backend" = sim ] && echo ' - S
   pairing:  curl -s http://127.0.0.1:$http_port/api/v1/pairings | python3 -m json.tool
   jobs:     curl -s http://127.0.0.1:$http_port/api/v1/jobs | python3 -m json.tool
   command:  curl -s -XPOST -d '{"snapshot_now":{}}' http://127.0.0.1:$http_port/api/v1/nodes/node-a1/commands
-  NATS:     nats --server nats://127.0.0.1:$nats_port sub 'zdr.v1.>'   |   nats kv ls zdr_policy
+  NATS:     nats --server nats://127.0.0.1:$nats_port --nkey $dir/bus/admin.nk sub 'zdr.v1.>'
+            (authorization is on: each agent's nkey speaks only as its node; see $dir/bus/auth.conf)
   logs:     $dir/*.log      audit: $dir/<node>/audit.jsonl
 MSG
 

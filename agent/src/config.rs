@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use zdr_common::bus_auth::{seed_from_file, NkeySeed};
 use zdr_common::envelope::{verifying_key_from_b64, Verifier};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -16,6 +17,10 @@ pub struct Config {
     pub media: String,
     #[serde(default = "default_nats")]
     pub nats_url: String,
+    /// This node's NATS nkey seed (mode 0600), as `zdr-coordinator bus-auth`
+    /// makes it; without it the agent connects anonymously.
+    #[serde(default)]
+    pub nats_nkey: Option<PathBuf>,
     /// Where the agent keeps its last signed policy, replay memory and audit log.
     pub state_dir: PathBuf,
     #[serde(default = "default_heartbeat")]
@@ -149,7 +154,27 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&path.display().to_string(), &text)
+        let config = Self::parse(&path.display().to_string(), &text)?;
+        // A credential that will not do is a config error, found at start.
+        config.nats_seed().map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and checks `nats_nkey`.
+    pub fn nats_seed(&self) -> Result<Option<NkeySeed>, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(path) = &self.nats_nkey else {
+            return Ok(None);
+        };
+        let read = |e: std::io::Error| format!("nats_nkey: cannot read {}: {e}", path.display());
+        let meta = std::fs::metadata(path).map_err(read)?;
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        seed_from_file(path, meta.permissions().mode(), &text)
+            .map(Some)
+            .map_err(|e| format!("nats_nkey: {e}"))
     }
 
     pub fn parse(label: &str, text: &str) -> Result<Config, ConfigError> {
@@ -260,6 +285,36 @@ public_key = "{KEY}"
             e.starts_with("agent.toml:18:10: invalid socket address"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_nats_credential_others_can_read_is_refused_at_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("nats.nk");
+        std::fs::write(&seed, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+        let config = dir.path().join("agent.toml");
+        let text = format!("nats_nkey = {:?}\n{}", seed.display().to_string(), good());
+        std::fs::write(&config, text).unwrap();
+
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::load(&config).unwrap();
+        assert!(c.nats_seed().unwrap().is_some());
+
+        std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::load(&config).unwrap_err().to_string();
+        let shown = seed.display().to_string();
+        assert!(
+            e.contains("nats_nkey")
+                && e.contains(&shown)
+                && e.contains("0644")
+                && e.contains("chmod 600"),
+            "{e}"
+        );
+
+        std::fs::remove_file(&seed).unwrap();
+        let e = Config::load(&config).unwrap_err().to_string();
+        assert!(e.contains("cannot read") && e.contains(&shown), "{e}");
     }
 
     #[test]

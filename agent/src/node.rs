@@ -10,6 +10,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use zdr_common::bus_auth;
 use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
 use zdr_common::wire::{
@@ -383,8 +384,22 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (conn_tx, mut conn_rx) = watch::channel(false);
-    let connect = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("zdr-agent {}", agent.config.node))
+        // The bus lets this node's user read replies on its own inbox only.
+        .custom_inbox_prefix(bus_auth::agent_inbox(&agent.config.node));
+    match agent.config.nats_seed() {
+        Ok(Some(seed)) => {
+            info!(user = seed.public_key(), "connecting to NATS with an nkey");
+            options = options.nkey(seed.secret().to_string());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            warn!(error = %e, "NATS credential unusable; running on the cached policy alone");
+            return;
+        }
+    }
+    let connect = options
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(move |ev| {

@@ -2,6 +2,7 @@
 //! wire messages, the signed command envelope, and the policy model that the
 //! coordinator distributes. No I/O lives here.
 
+pub mod bus_auth;
 pub mod dataset;
 pub mod duration;
 pub mod envelope;

@@ -7,6 +7,8 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub nats_url: String,
+    /// The coordinator's own NATS identity; `None` connects anonymously.
+    pub nats_seed: Option<zdr_common::bus_auth::NkeySeed>,
     pub policy_path: PathBuf,
     /// Replication tasks; without it no replication is planned.
     pub tasks_path: Option<PathBuf>,

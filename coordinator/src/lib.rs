@@ -2,8 +2,10 @@
 //! what agents publish, keeps its durable state in JetStream KV, and serves the
 //! HTTP health and status API. It never touches ZFS.
 
+pub mod admit;
 pub mod bandwidth;
 pub mod bus;
+pub mod bus_auth;
 pub mod compliance;
 pub mod config;
 pub mod fleet;

@@ -22,6 +22,17 @@ enum Cmd {
     Keygen { key_file: PathBuf },
     /// Print the public half of a signing key, for the agents' `trusted_keys`.
     Pubkey { key_file: PathBuf },
+    /// Make (once) an nkey seed for the coordinator and each node of the policy
+    /// in DIR, and write DIR/auth.conf, the nats-server authorization.
+    BusAuth {
+        #[arg(long, env = "ZDR_POLICY", default_value = "specs/backup/policies.yaml")]
+        policy: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Also an operator user with every right, for the `nats` CLI.
+        #[arg(long)]
+        admin: bool,
+    },
     /// Check a policy file (and a tasks file) and print what is wrong, with file, line and column.
     Check {
         policy: PathBuf,
@@ -34,6 +45,10 @@ enum Cmd {
 struct RunArgs {
     #[arg(long, env = "ZDR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// This coordinator's nkey seed (mode 0600), as `bus-auth` writes it;
+    /// without it the coordinator connects anonymously.
+    #[arg(long, env = "ZDR_NATS_NKEY")]
+    nats_nkey: Option<PathBuf>,
     #[arg(long, env = "ZDR_POLICY", default_value = "specs/backup/policies.yaml")]
     policy: PathBuf,
     /// Replication tasks (optional).
@@ -93,6 +108,19 @@ async fn stop_on_signal(token: tokio_util::sync::CancellationToken) {
     token.cancel();
 }
 
+fn read_seed(path: &std::path::Path) -> anyhow::Result<zdr_common::bus_auth::NkeySeed> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the NATS credential {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the NATS credential {}", path.display()))?;
+    Ok(zdr_common::bus_auth::seed_from_file(
+        path,
+        meta.permissions().mode(),
+        &text,
+    )?)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
@@ -122,6 +150,18 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", envelope::key_to_b64(key.verifying_key().as_bytes()));
             Ok(())
         }
+        Cmd::BusAuth { policy, dir, admin } => {
+            let p = zdr_schemas::load_policy(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let nodes: Vec<String> = p.nodes.keys().cloned().collect();
+            let users = zdr_coordinator::bus_auth::write_credentials(&dir, &nodes, admin)?;
+            println!(
+                "{}: {} agents, the coordinator{}",
+                zdr_coordinator::bus_auth::authorization_file(&dir).display(),
+                users.agents.len(),
+                if admin { " and an operator" } else { "" }
+            );
+            Ok(())
+        }
         Cmd::Check { policy, tasks } => {
             let p = zdr_schemas::load_policy(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
@@ -147,11 +187,13 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("reading signing key {}", a.key_file.display()))?;
             let signing_key = envelope::signing_key_from_b64(&key_text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", a.key_file.display()))?;
+            let nats_seed = a.nats_nkey.as_deref().map(read_seed).transpose()?;
             let instance = a
                 .instance
                 .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
             let config = Config {
                 nats_url: a.nats_url,
+                nats_seed,
                 policy_path: a.policy,
                 tasks_path: a.tasks,
                 http_addr: a.http,

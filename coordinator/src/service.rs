@@ -19,6 +19,7 @@ use zdr_common::wire::{
     Command, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk, InventoryDelta, JobUpdate,
 };
 
+use crate::admit;
 use crate::bus;
 pub use crate::config::Config;
 use crate::fleet::{Changed, NodeRecord};
@@ -55,8 +56,15 @@ pub async fn run(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(format!("zdr-coordinator {}", config.instance))
+        // The bus lets the coordinator's user read its own replies only.
+        .custom_inbox_prefix(zdr_common::bus_auth::COORDINATOR_INBOX);
+    if let Some(seed) = &config.nats_seed {
+        info!(user = seed.public_key(), "connecting to NATS with an nkey");
+        options = options.nkey(seed.secret().to_string());
+    }
+    let client = options
         .retry_on_initial_connect()
         // Else async-nats' own 10 s default cuts every command short.
         .request_timeout(Some(config.command_timeout))
@@ -446,6 +454,21 @@ async fn handle_message(
         return None; // commands and replies share the prefix
     };
     let t = now();
+    let named = admit::named_node(state.policy().as_ref().map(|p| &p.policy), node);
+    if let Err(why) = named {
+        // A stray agent heartbeats every few seconds: warn at its hello only.
+        if topic == AgentTopic::Hello {
+            warn!(node, %why, "hello refused");
+        } else {
+            debug!(node, %why, "message from a node the policy does not name dropped");
+        }
+        metrics::counter!("zdr_bad_messages_total", "reason" => why.reason()).increment(1);
+        return None;
+    }
+    let refuse = |what: &str, why: admit::Refusal| {
+        metrics::counter!("zdr_bad_messages_total", "reason" => why.reason()).increment(1);
+        warn!(node, %why, "{what} refused");
+    };
     let check = |claimed: &str| {
         if claimed != node {
             bad_message(subject, "node_mismatch", format!("body says {claimed:?}"));
@@ -482,11 +505,19 @@ async fn handle_message(
             if !check(&m.node) {
                 return None;
             }
+            if let Err(why) = admit::inventory_times(&m.datasets, t) {
+                refuse("inventory", why);
+                return None;
+            }
             state.fleet_mut().inventory_chunk(m)
         }
         AgentTopic::Delta => {
             let m: InventoryDelta = decode(subject, payload)?;
             if !check(&m.node) {
+                return None;
+            }
+            if let Err(why) = admit::delta_times(&m.changes, t) {
+                refuse("inventory delta", why);
                 return None;
             }
             state.fleet_mut().delta(m)

@@ -157,18 +157,90 @@ pub fn nats_server_bin() -> PathBuf {
 pub struct Nats {
     pub port: u16,
     pub dir: PathBuf,
+    /// With authorization: the directory `zdr-coordinator bus-auth` wrote
+    /// (`auth.conf` and one nkey seed per identity).
+    pub auth: Option<PathBuf>,
     proc: Option<Proc>,
 }
 
+/// Who a test connects to the bus as.
+#[derive(Debug, Clone, Copy)]
+pub enum BusUser<'a> {
+    Agent(&'a str),
+    Coordinator,
+    /// The operator, with every right.
+    Admin,
+    Anonymous,
+}
+
 impl Nats {
+    /// Open to anyone on loopback.
     pub async fn start(dir: &Path) -> Nats {
+        Self::start_with(dir, None).await
+    }
+
+    /// With the authorization in `auth` (see [`Nats::auth`]), or open.
+    pub async fn start_with(dir: &Path, auth: Option<PathBuf>) -> Nats {
         let mut n = Nats {
             port: free_port(),
             dir: dir.to_path_buf(),
+            auth,
             proc: None,
         };
         n.restart().await;
         n
+    }
+
+    /// The seed file of `who`, when the server has authorization.
+    pub fn seed_file(&self, who: BusUser) -> Option<PathBuf> {
+        let dir = self.auth.as_ref()?;
+        match who {
+            BusUser::Agent(node) => Some(dir.join(format!("agent-{node}.nk"))),
+            BusUser::Coordinator => Some(dir.join("coordinator.nk")),
+            BusUser::Admin => Some(dir.join("admin.nk")),
+            BusUser::Anonymous => None,
+        }
+    }
+
+    /// Connects as `who`, with that identity's inbox prefix; the receiver
+    /// gets the errors the server sends, such as permission violations.
+    pub async fn connect_as(
+        &self,
+        who: BusUser<'_>,
+    ) -> Result<
+        (
+            async_nats::Client,
+            tokio::sync::mpsc::UnboundedReceiver<String>,
+        ),
+        async_nats::ConnectError,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut options = async_nats::ConnectOptions::new()
+            .max_reconnects(Some(1))
+            .event_callback(move |ev| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = ev {
+                        let _ = tx.send(e.to_string());
+                    }
+                }
+            });
+        options = match who {
+            BusUser::Agent(node) => {
+                options.custom_inbox_prefix(zdr_common::bus_auth::agent_inbox(node))
+            }
+            BusUser::Coordinator => {
+                options.custom_inbox_prefix(zdr_common::bus_auth::COORDINATOR_INBOX)
+            }
+            BusUser::Admin | BusUser::Anonymous => options,
+        };
+        if let Some(file) = self.seed_file(who) {
+            let seed = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            options = options.nkey(seed.trim().to_string());
+        }
+        let client = options.connect(self.url()).await?;
+        Ok((client, rx))
     }
 
     pub fn url(&self) -> String {
@@ -185,6 +257,9 @@ impl Nats {
     pub async fn restart(&mut self) {
         self.stop();
         let mut cmd = Command::new(nats_server_bin());
+        if let Some(dir) = &self.auth {
+            cmd.arg("-c").arg(dir.join("auth.conf"));
+        }
         cmd.args([
             "-a",
             "127.0.0.1",
@@ -195,22 +270,20 @@ impl Nats {
         ])
         .arg(self.dir.join("jetstream"));
         self.proc = Some(Proc::spawn(cmd, self.dir.join("nats-server.log")));
-        let url = self.url();
         wait_for(
             "nats-server to accept connections",
             Duration::from_secs(20),
-            || {
-                let url = url.clone();
-                async move { async_nats::connect(url).await.ok() }
-            },
+            || async { self.connect_as(BusUser::Admin).await.ok() },
         )
         .await;
     }
 
+    /// A client with every right: the operator's when the server has authorization.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        self.connect_as(BusUser::Admin)
             .await
             .expect("connect to test nats-server")
+            .0
     }
 }
 
@@ -280,6 +353,9 @@ impl Coordinator {
         if let Some(t) = tasks {
             cmd.arg("--tasks").arg(t);
         }
+        if let Some(seed) = nats.seed_file(BusUser::Coordinator) {
+            cmd.arg("--nats-nkey").arg(seed);
+        }
         let proc = Proc::spawn(cmd, dir.join(format!("{instance}.log")));
         Coordinator { proc, http }
     }
@@ -320,12 +396,20 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// With the bus's authorization on: each node of `policy` and the
+    /// coordinator connect with their own nkeys, as in production.
     pub async fn start(policy: &str, tasks: Option<&str>) -> Fleet {
+        Self::start_with(policy, tasks, true).await
+    }
+
+    /// On an open bus (`authorized` false), as the demo ran before.
+    pub async fn start_with(policy: &str, tasks: Option<&str>, authorized: bool) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
-        let nats = Nats::start(dir.path()).await;
-        let keys = Keys::create(dir.path());
         let policy_file = dir.path().join("policies.yaml");
         std::fs::write(&policy_file, policy).unwrap();
+        let auth = authorized.then(|| bus_auth(dir.path(), &policy_file));
+        let nats = Nats::start_with(dir.path(), auth).await;
+        let keys = Keys::create(dir.path());
         let tasks = tasks.map(|t| {
             let file = dir.path().join("tasks.yml");
             std::fs::write(&file, t).unwrap();
@@ -363,6 +447,25 @@ impl Fleet {
     pub fn agent_with(&self, spec: &AgentSpec, extra: &AgentExtra) -> Agent {
         Agent::start(self.path(), &self.nats, &self.keys, spec, extra)
     }
+}
+
+/// The bus's nkeys and authorization for the nodes of `policy`, made by
+/// `zdr-coordinator bus-auth` as an admin would (with an operator user,
+/// which the tests use to act on the bus freely).
+pub fn bus_auth(dir: &Path, policy: &Path) -> PathBuf {
+    let out = dir.join("bus");
+    let status = Command::new(bin_dir().join("zdr-coordinator"))
+        .arg("bus-auth")
+        .arg("--policy")
+        .arg(policy)
+        .arg("--dir")
+        .arg(&out)
+        .arg("--admin")
+        .stdout(Stdio::null())
+        .status()
+        .expect("running zdr-coordinator bus-auth");
+    assert!(status.success(), "zdr-coordinator bus-auth failed");
+    out
 }
 
 impl Drop for Fleet {
@@ -506,7 +609,7 @@ impl Agent {
 site = "{site}"
 media = "{media}"
 nats_url = "{url}"
-state_dir = "{state}"
+{nkey}state_dir = "{state}"
 heartbeat_secs = 1
 tick_secs = 1
 
@@ -522,6 +625,11 @@ public_key = "{key}"
             site = spec.site,
             media = spec.media,
             url = nats.url(),
+            nkey = nats
+                .seed_file(BusUser::Agent(spec.node))
+                .filter(|f| f.exists())
+                .map(|f| format!("nats_nkey = {:?}\n", f.display().to_string()))
+                .unwrap_or_default(),
             state = state_dir.display(),
             datasets = datasets.join(", "),
             key = keys.public_b64,
