@@ -142,6 +142,7 @@ mod tests {
             used: 0,
             available: 0,
             class: None,
+            encrypted: false,
             snapshots,
             bookmarks,
         }
