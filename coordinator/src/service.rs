@@ -107,9 +107,18 @@ pub async fn run(
     };
     info!("shutting down");
     let _ = http.await;
-    let _ = state.client().flush().await;
+    if tokio::time::timeout(BUS_GRACE, state.client().flush())
+        .await
+        .is_err()
+    {
+        warn!("the last publications did not reach NATS in time");
+    }
     result
 }
+
+/// How long the way out waits on the bus (flush, unsubscribe, lease
+/// release): with nats-server gone, those would wait for ever.
+const BUS_GRACE: Duration = Duration::from_secs(2);
 
 enum Led {
     Shutdown,
@@ -263,10 +272,15 @@ async fn lead(
     // Commands half sent are dropped; the agents' transfers go on and the
     // next leader adopts them.
     tasks.shutdown().await;
-    let _ = sub.unsubscribe().await;
+    let _ = tokio::time::timeout(BUS_GRACE, sub.unsubscribe()).await;
     if matches!(led, Led::Shutdown) {
         info!("releasing the lease");
-        lease.release().await;
+        if tokio::time::timeout(BUS_GRACE, lease.release())
+            .await
+            .is_err()
+        {
+            warn!("the lease could not be released (NATS unreachable); a standby takes over when it expires");
+        }
     }
     Ok(led)
 }

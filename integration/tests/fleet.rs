@@ -570,6 +570,31 @@ async fn sigterm_hands_the_lease_to_the_standby_at_once() {
     ping_through(&c2, "node-a1").await;
 }
 
+/// systemd stops the coordinator whether or not the bus is up: with
+/// nats-server gone, SIGTERM still ends it at once, exit code 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_coordinator_while_nats_is_down() {
+    let mut f = Fleet::start(POLICY, None).await;
+    let mut c1 = f.coordinator("c1");
+    c1.wait_ready().await;
+    f.nats.stop();
+    wait_for(
+        "the coordinator to see the bus gone",
+        Duration::from_secs(30),
+        || async { matches!(c1.get("/readyz").await, Some((503, _))).then_some(()) },
+    )
+    .await;
+    let (status, exited) = c1.proc.terminate(Duration::from_secs(15));
+    eprintln!("SIGTERM to exit with the bus down: {exited:?}");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the coordinator exits 0 on SIGTERM with the bus down (after {exited:?}):\n{}",
+        c1.proc.output()
+    );
+    assert!(exited < Duration::from_secs(5), "took {exited:?}");
+}
+
 /// A standby whose policy file is broken when it wins the lease stays up,
 /// leads on the last good signed policy, and says why in /readyz.
 #[tokio::test(flavor = "multi_thread")]
