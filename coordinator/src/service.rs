@@ -107,13 +107,18 @@ pub async fn run(
     };
     info!("shutting down");
     let _ = http.await;
-    if tokio::time::timeout(BUS_GRACE, state.client().flush())
-        .await
-        .is_err()
+    if bus_connected(&state)
+        && tokio::time::timeout(BUS_GRACE, state.client().flush())
+            .await
+            .is_err()
     {
         warn!("the last publications did not reach NATS in time");
     }
     result
+}
+
+fn bus_connected(state: &State) -> bool {
+    state.client().connection_state() == async_nats::connection::State::Connected
 }
 
 /// How long the way out waits on the bus (flush, unsubscribe, lease
@@ -272,13 +277,17 @@ async fn lead(
     // Commands half sent are dropped; the agents' transfers go on and the
     // next leader adopts them.
     tasks.shutdown().await;
-    let _ = tokio::time::timeout(BUS_GRACE, sub.unsubscribe()).await;
+    let connected = bus_connected(state);
+    if connected {
+        let _ = tokio::time::timeout(BUS_GRACE, sub.unsubscribe()).await;
+    }
     if matches!(led, Led::Shutdown) {
         info!("releasing the lease");
-        if tokio::time::timeout(BUS_GRACE, lease.release())
-            .await
-            .is_err()
-        {
+        let released = connected
+            && tokio::time::timeout(BUS_GRACE, lease.release())
+                .await
+                .is_ok();
+        if !released {
             warn!("the lease could not be released (NATS unreachable); a standby takes over when it expires");
         }
     }
