@@ -118,6 +118,15 @@ pub enum Role {
     Replica,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Production => "production",
+            Role::Replica => "replica",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CopyReport {
     pub role: Role,

@@ -165,28 +165,14 @@ async fn jobs(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
 }
 
 async fn report(AxState(st): AxState<Arc<State>>) -> Response {
-    // The jobs first: their lock is not held with the others.
-    let jobs = crate::jobs::list(&st);
-    let policy = st.policy();
-    let Some(policy) = policy.as_ref() else {
-        return (
+    match st.compliance_report() {
+        Some(r) => Json(r).into_response(),
+        None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no policy loaded yet, so no dataset has a class to report on; see GET /readyz\n",
         )
-            .into_response();
-    };
-    let fleet = st.fleet();
-    let plan = st.pairings();
-    Json(crate::compliance::report(&crate::compliance::Input {
-        fleet: &fleet,
-        policy: &policy.policy,
-        pairings: &plan.pairings,
-        unpaired: &plan.unpaired,
-        jobs: &jobs,
-        now: now(),
-        offline_after_secs: st.config().offline_after.as_secs() as i64,
-    }))
-    .into_response()
+            .into_response(),
+    }
 }
 
 async fn command(

@@ -638,4 +638,45 @@ fn update_gauges(state: &State) {
     }
     metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
     metrics::gauge!("zdr_coordinator_leader").set(if state.is_leader() { 1.0 } else { 0.0 });
+    drop((fleet, policy));
+    if let Some(report) = state.compliance_report() {
+        copy_gauges(&report);
+    }
+}
+
+/// Per copy of each protected dataset: labels name the dataset and the copy's
+/// node, never a snapshot, so there are as many series as copies.
+fn copy_gauges(report: &crate::compliance::Report) {
+    use crate::compliance::RpoState;
+    for d in &report.datasets {
+        for c in &d.copies {
+            let labels = [
+                ("node", d.node.clone()),
+                ("dataset", d.dataset.clone()),
+                ("copy_node", c.node.clone()),
+                ("role", c.role.as_str().to_string()),
+            ];
+            if let Some(lag) = c.lag_secs {
+                metrics::gauge!("zdr_copy_lag_seconds", &labels).set(lag as f64);
+            }
+            let breach = matches!(c.rpo, RpoState::Breach);
+            metrics::gauge!("zdr_copy_rpo_breach", &labels).set(f64::from(u8::from(breach)));
+            if let Some(r) = &c.replication {
+                metrics::gauge!("zdr_copy_pending_snapshots", &labels)
+                    .set(r.pending_snapshots as f64);
+                metrics::gauge!("zdr_copy_pending_bytes", &labels).set(r.pending_bytes as f64);
+            }
+        }
+        let labels = [("node", d.node.clone()), ("dataset", d.dataset.clone())];
+        metrics::gauge!("zdr_dataset_3_2_1_compliant", &labels)
+            .set(f64::from(u8::from(d.compliant)));
+    }
+    let s = &report.summary;
+    for (state, n) in [
+        ("ok", s.copies_ok),
+        ("warning", s.copies_warning),
+        ("breach", s.copies_breach),
+    ] {
+        metrics::gauge!("zdr_copies", "rpo" => state).set(n as f64);
+    }
 }

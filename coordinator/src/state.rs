@@ -167,6 +167,26 @@ impl State {
         *write(&self.pairings) = plan;
     }
 
+    /// The live compliance report (RPO per copy, 3-2-1); `None` until a
+    /// policy is loaded.
+    pub fn compliance_report(&self) -> Option<crate::compliance::Report> {
+        // The jobs first: their lock is not held with the others.
+        let jobs = crate::jobs::list(self);
+        let policy = self.policy();
+        let policy = policy.as_ref()?;
+        let fleet = self.fleet();
+        let plan = self.pairings();
+        Some(crate::compliance::report(&crate::compliance::Input {
+            fleet: &fleet,
+            policy: &policy.policy,
+            pairings: &plan.pairings,
+            unpaired: &plan.unpaired,
+            jobs: &jobs,
+            now: now(),
+            offline_after_secs: self.config().offline_after.as_secs() as i64,
+        }))
+    }
+
     pub fn jobs(&self) -> MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }

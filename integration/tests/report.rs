@@ -253,5 +253,31 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
         report(&coordinator).await.unwrap()["summary"]["copies_breach"],
         1
     );
+    // The same, as metrics: one series per copy, no snapshot in a label.
+    let replica_breach = r#"zdr_copy_rpo_breach{node="node-a1",dataset="tank/db",copy_node="node-b1",role="replica"} 1"#;
+    let metrics = wait_for(
+        "the copy's breach in /metrics",
+        Duration::from_secs(20),
+        || async {
+            let (_, m) = coordinator.get("/metrics").await?;
+            m.contains(replica_breach).then_some(m)
+        },
+    )
+    .await;
+    assert!(
+        metrics.contains(
+            r#"zdr_copy_rpo_breach{node="node-a1",dataset="tank/db",copy_node="node-a1",role="production"} 0"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"zdr_copy_lag_seconds{node="node-a1",dataset="tank/db",copy_node="node-b1",role="replica"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"zdr_copies{rpo="breach"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("zdr_20"), "a snapshot name in a label");
     drop(a1);
 }
