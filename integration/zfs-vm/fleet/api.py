@@ -29,9 +29,14 @@ import urllib.error
 import urllib.request
 
 
-def get(port, path):
+def get(port, path, body=None):
+    """GET PATH, or POST the JSON `body` to it: (status, body text)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if body is not None:
+        req.data = body.encode()
+        req.add_header("content-type", "application/json")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
@@ -44,19 +49,6 @@ def get_json(port, path):
     if code != 200:
         sys.exit(1)
     return json.loads(body)
-
-
-def post(port, path, body):
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", data=body.encode(), method="POST",
-        headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError):
-        return None, ""
 
 
 def pick(v, keys):
@@ -108,7 +100,7 @@ def main():
         print(body)
         sys.exit(0 if code == 200 else 1)
     if cmd == "post":
-        code, body = post(port, args[0], args[1])
+        code, body = get(port, args[0], args[1])
         if code is None:
             sys.exit(1)
         print(code)
