@@ -3,7 +3,7 @@
 # replication.sh (read that one first). Real OpenZFS, a real nats-server, the
 # real zdr-coordinator and two real zdr-agents (backend "cli"): n1 owns pool
 # src, n2 receives into pool dst under dst/n1/ (task root "dst/{node}"), over
-# the agents' mutual-TLS data plane. Four checks, in order:
+# the agents' mutual-TLS data plane. Five checks, in order:
 #   1. full, then incremental replication; the target's GUIDs equal the source's
 #      and the pairing's hold sits on the newest common snapshot on both sides;
 #   2. a transfer throttled low, the target agent killed -9 mid-stream: the
@@ -13,18 +13,25 @@
 #      encrypted, its key unavailable on the target;
 #   4. one byte flipped in transit by a TCP proxy in front of n2 (its
 #      `advertise` address): the first attempt fails, the retry completes with
-#      equal GUIDs.
+#      equal GUIDs;
+#   5. restore from a replica: src/prod (four snapshots, each changing the
+#      files) replicated to n2 (full + -I), then POST /api/v1/restores brings
+#      @p3 back from n2's copy to the new dataset src/restored on n1: the
+#      landed GUID is the source's, the snapshots are exactly @p1..@p3 (GUIDs
+#      equal), the files of @p3 (mounted read-only) hash as production's
+#      .zfs/snapshot/p3 does, and no zdr-restore- hold is left; the same
+#      request again gets 409 (the destination exists) and writes nothing.
 # Every check prints PASS or FAIL with its evidence; the exit code is the
 # number of failed checks (capped at 100), 0 when all passed.
 #
 # Environment (set by replication.sh): ZDR_BIN, ZDR_ROOT, ZDR_REPL_LOGS,
-# NATS_SERVER, and ZDR_REPL_ONLY (a subset of "1 2 3 4").
+# NATS_SERVER, and ZDR_REPL_ONLY (a subset of "1 2 3 4 5").
 set -euo pipefail
 
 HERE=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")
 W=$(mktemp -d)
 LOGS=${ZDR_REPL_LOGS:-$W/logs}
-ONLY=${ZDR_REPL_ONLY:-1 2 3 4}
+ONLY=${ZDR_REPL_ONLY:-1 2 3 4 5}
 T0=$EPOCHREALTIME
 # The scripts make snapshots behind the agents' backs, which the agents see at
 # their next rescan; rescanning much more often slows everything down here.
@@ -236,6 +243,109 @@ tasks: []"
     target_word=$(echo "$H" | grep -m1 -o "target n2: TLS: [^;]*altered in transit") ||
         { fail "4: the history has no word from the target on the altered stream"; return 1; }
     pass "4: the proxy flipped one byte in transit; attempt 1 failed ($why; $target_word); attempt $attempt completed; GUIDs equal: $(guids "$tgt")"
+}
+
+# ------------------------------------------------------------------------ 5
+# snap_hashes DS@SNAP: "sha256  ./path" of every file of the snapshot, in
+# path order, read through a private read-only mount of it
+snap_hashes() {
+    local m
+    m=$(mktemp -d "$W/ro.XXXXXX")
+    mount -t zfs -o ro "$1" "$m" || { rmdir "$m"; return 1; }
+    (cd "$m" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum) || { umount "$m"; return 1; }
+    umount "$m" && rmdir "$m"
+}
+
+# restore_holds DS...: the zdr-restore- holds on the datasets' snapshots
+restore_holds() { local d; for d in "$@"; do holds_of "$d"; done | grep ' zdr-restore-'; }
+no_restore_holds() { ! restore_holds "$@"; }
+
+# restore_state JOB: state of restore JOB
+restore_state() { $API "$HTTP_PORT" value "/api/v1/restores/$1" state 2>/dev/null; }
+restore_ended() { case $(restore_state "$1") in done | failed) return 0 ;; *) return 1 ;; esac; }
+restores_count() { $API "$HTTP_PORT" value /api/v1/restores restores | wc -l; }
+
+test5() {
+    local ds=src/prod tgt rs=src/restored pick=p3 points
+    local body reply code accepted job st landed want rhash phash newest
+    tgt=$(target_of $ds)
+    points="/api/v1/restore-points?node=n1&dataset=$ds"
+    log "--- 5. restore from a replica"
+    # Every snapshot changes the files, so a restore of the wrong one shows.
+    zfs create $ds
+    fill $ds 4 a; zfs snapshot $ds@p1
+    fill $ds 2 b; zfs snapshot $ds@p2
+    fill $ds 1 a; mkdir -p "$W/mnt/prod/sub"; fill $ds 1 sub/c; zfs snapshot $ds@p3
+    rm -f "$W/mnt/prod/b"; fill $ds 1 d; zfs snapshot $ds@p4
+    wait_until 120 "n1's inventory to list $ds@p4" $API "$HTTP_PORT" has-snap n1 $ds p4 || {
+        fail "5: the coordinator never saw $ds@p4"; return 1; }
+    task t5 $ds
+    await_job 5 $ds "@p1..@p4" 300 || return 1
+    echo "$H" | grep -q "planned 2 step(s): full @p1, -I @p1 @p4" || {
+        fail "5: the replication was not planned as 'full @p1, -I @p1 @p4'"; return 1; }
+    # The coordinator plans from its inventory: wait until it lists the copy.
+    local src_guids
+    src_guids=$(snaps $ds | cut -f2 | tr '\n' ' ')
+    # shellcheck disable=SC2329  # called through wait_until
+    copies_listed() {
+        [ "$($API "$HTTP_PORT" value "$points" 'copies.*.node' | tr '\n' ' ')" = "n1 n2 " ] &&
+            [ "$($API "$HTTP_PORT" value "$points" 'copies.1.snapshots.*.guid' | tr '\n' ' ')" = "$src_guids" ]
+    }
+    wait_until 120 "the restore points to list n2's copy with @p1..@p4" copies_listed || {
+        fail "5: the restore points never listed n2's copy with the source's GUIDs: $($API "$HTTP_PORT" get "$points" | cut -c1-400)"
+        return 1; }
+    log "restore points: $($API "$HTTP_PORT" value "$points" 'copies.*.dataset' | tr '\n' ' ')"
+
+    body="{\"source\":\"n1:$ds\",\"snapshot\":\"$pick\",\"from\":\"n2\",\"to\":\"n1:$rs\"}"
+    reply=$($API "$HTTP_PORT" post /api/v1/restores "$body") || { fail "5: POST /api/v1/restores got no answer"; return 1; }
+    code=$(head -n 1 <<< "$reply"); accepted=$(tail -n 1 <<< "$reply")
+    [ "$code" = 202 ] || { fail "5: POST $body -> $code $accepted"; return 1; }
+    job=$($API "$HTTP_PORT" value - job <<< "$accepted")
+    log "POST $body -> 202 $accepted"
+    wait_until 300 "restore $job to end" restore_ended "$job"
+    st=$(restore_state "$job")
+    $API "$HTTP_PORT" value "/api/v1/restores/$job" history | sed 's/^/    history: /'
+    [ "$st" = "done" ] || {
+        fail "5: restore $job ended $st: $($API "$HTTP_PORT" value "/api/v1/restores/$job" error)"; return 1; }
+
+    want=$(zfs get -H -p -o value guid "$ds@$pick")
+    landed=$($API "$HTTP_PORT" value "/api/v1/restores/$job" landed_guid)
+    [ "$landed" = "$want" ] || { fail "5: landed GUID $landed, not $ds@$pick's $want"; return 1; }
+    [ "$(zfs get -H -p -o value guid "$rs@$pick")" = "$want" ] || {
+        fail "5: $rs@$pick has GUID $(zfs get -H -p -o value guid "$rs@$pick" 2>&1), not $want"; return 1; }
+    cmp -s <(snaps $ds | sed "/^$pick\t/q") <(snaps $rs) || {
+        fail "5: $rs has [$(guids $rs)], not the chain up to @$pick of $ds [$(guids $ds)]"; return 1; }
+
+    # The content: each snapshot mounted read-only at a private mountpoint.
+    rhash=$(snap_hashes "$rs@$pick") || { fail "5: could not read $rs@$pick through a read-only mount"; return 1; }
+    phash=$(snap_hashes "$ds@$pick") || { fail "5: could not read $ds@$pick through a read-only mount"; return 1; }
+    newest=$(snap_hashes "$ds@p4") || { fail "5: could not read $ds@p4 through a read-only mount"; return 1; }
+    echo "$rhash" | sed "s/^/    restored @$pick: /"
+    # (so that a restore of the wrong snapshot cannot pass)
+    [ "$(wc -l <<< "$phash")" = 3 ] && [ "$phash" != "$newest" ] || {
+        fail "5: production's @$pick is not what the script wrote: $(wc -l <<< "$phash") files, @p4 $([ "$phash" = "$newest" ] && echo same || echo different)"
+        return 1; }
+    [ "$rhash" = "$phash" ] || {
+        fail "5: the restored @$pick differs from production's: $(diff <(echo "$phash") <(echo "$rhash") | tr '\n' ' ')"; return 1; }
+
+    wait_until 60 "the zdr-restore- holds to go from $rs and $tgt" no_restore_holds $rs "$tgt" || {
+        fail "5: restore holds left: $(restore_holds $rs "$tgt" | tr '\n' ' ')"; return 1; }
+
+    # Bad input: the same request, now that the destination exists.
+    wait_until 120 "n1's inventory to list $rs@$pick" $API "$HTTP_PORT" has-snap n1 $rs $pick || {
+        fail "5: the coordinator never saw $rs@$pick"; return 1; }
+    local before_snaps before_count
+    before_snaps=$(snaps $rs); before_count=$(restores_count)
+    reply=$($API "$HTTP_PORT" post /api/v1/restores "$body") || { fail "5: the second POST got no answer"; return 1; }
+    code=$(head -n 1 <<< "$reply")
+    local why
+    why=$($API "$HTTP_PORT" value - error <<< "$(tail -n 1 <<< "$reply")" || true)
+    [ "$code" = 409 ] || { fail "5: POST again to the existing $rs -> $code $(tail -n 1 <<< "$reply"), not 409"; return 1; }
+    case $why in *"the dataset exists"*) ;; *) fail "5: the 409 does not say the dataset exists: $why"; return 1 ;; esac
+    sleep 5
+    [ "$(restores_count)" = "$before_count" ] && [ "$(snaps $rs)" = "$before_snaps" ] || {
+        fail "5: the refused request wrote something: restores $before_count -> $(restores_count), $rs [$(guids $rs)]"; return 1; }
+    pass "5: restored $ds@$pick from n2's copy ($tgt) to $rs (job $job): landed GUID $landed = source's; snapshots $(guids $rs); $(wc -l <<< "$rhash") files hash as production's @$pick; no restore hold left; again without replace -> 409 ($why), nothing written"
 }
 
 for t in $ONLY; do

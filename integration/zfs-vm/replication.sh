@@ -7,9 +7,12 @@
 #      target's receive_resume_token;
 #   3. a raw send of an encrypted dataset arrives encrypted, key unavailable;
 #   4. a byte flipped in transit (a TCP proxy in front of the target's
-#      advertise address) fails the first attempt; the retry completes.
+#      advertise address) fails the first attempt; the retry completes;
+#   5. a restore (POST /api/v1/restores) of a middle snapshot from the replica
+#      to a new dataset: GUIDs, snapshot chain and file hashes equal
+#      production's; the same request again gets 409 and writes nothing.
 #
-#   integration/zfs-vm/replication.sh            # all four
+#   integration/zfs-vm/replication.sh            # all five
 #   ZDR_REPL_ONLY="1 3" integration/zfs-vm/replication.sh
 #
 # Builds zdr-agent and zdr-coordinator (debug; ZDR_REPL_PROFILE=release for a
@@ -51,7 +54,7 @@ fi
 
 echo "host: $(nproc) cores, loadavg $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC'); zdr binaries: $BIN ($PROFILE); nats-server: $NATS"
 export ZDR_BIN=$BIN ZDR_ROOT=$ROOT ZDR_REPL_LOGS=$LOGS NATS_SERVER=$NATS
-export ZDR_REPL_ONLY=${ZDR_REPL_ONLY:-1 2 3 4}
+export ZDR_REPL_ONLY=${ZDR_REPL_ONLY:-1 2 3 4 5}
 export ZDR_VM_TIMEOUT=${ZDR_VM_TIMEOUT:-2400}
 export ZDR_VM_ENV="NATS_SERVER ${ZDR_VM_ENV:-}"
 t0=$EPOCHREALTIME

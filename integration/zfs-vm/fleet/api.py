@@ -13,6 +13,12 @@
                                          job of a source dataset), pretty-printed
     api.py PORT field DATASET NAME       one field of the newest job of DATASET
                                          (lists one item a line; exit 1 if no job)
+    api.py PORT post PATH JSON           POST JSON: prints the status code, then the body
+                                         on one line (exit 1 if no answer)
+    api.py PORT value PATH|- KEY         the value at KEY (dotted; `*` maps over a list,
+                                         e.g. copies.1.snapshots.*.guid) of GET PATH's
+                                         body, or of the JSON on stdin with `-`; lists
+                                         one item a line (exit 1 if not 200 or no KEY)
 
 Only the standard library; every request times out after 10 s. Field names
 follow coordinator/src/jobs.rs; missing fields print as "-".
@@ -23,9 +29,14 @@ import urllib.error
 import urllib.request
 
 
-def get(port, path):
+def get(port, path, body=None):
+    """GET PATH, or POST the JSON `body` to it: (status, body text)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if body is not None:
+        req.data = body.encode()
+        req.add_header("content-type", "application/json")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
@@ -38,6 +49,30 @@ def get_json(port, path):
     if code != 200:
         sys.exit(1)
     return json.loads(body)
+
+
+def pick(v, keys):
+    """The values at the dotted path `keys` (a list); `*` maps over a list."""
+    if not keys:
+        return [v]
+    k, rest = keys[0], keys[1:]
+    if k == "*" and isinstance(v, list):
+        return [x for item in v for x in pick(item, rest)]
+    if isinstance(v, list) and k.isdigit() and int(k) < len(v):
+        return pick(v[int(k)], rest)
+    if isinstance(v, dict) and k in v:
+        return pick(v[k], rest)
+    raise KeyError(k)
+
+
+def show(x):
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if x is None:
+        return "-"
+    if isinstance(x, (dict, list)):
+        return json.dumps(x, sort_keys=True)
+    return str(x)
 
 
 def field(job, *names):
@@ -64,6 +99,24 @@ def main():
         code, body = get(port, args[0])
         print(body)
         sys.exit(0 if code == 200 else 1)
+    if cmd == "post":
+        code, body = get(port, args[0], args[1])
+        if code is None:
+            sys.exit(1)
+        print(code)
+        print(body.replace("\n", " "))
+        sys.exit(0)
+    if cmd == "value":
+        v = json.load(sys.stdin) if args[0] == "-" else get_json(port, args[0])
+        try:
+            found = pick(v, args[1].split("."))
+        except KeyError:
+            sys.exit(1)
+        if len(found) == 1 and isinstance(found[0], list):
+            found = found[0]
+        for x in found:
+            print(show(x))
+        sys.exit(0)
     if cmd == "ready":
         code, _ = get(port, "/readyz")
         if code != 200:
