@@ -135,6 +135,9 @@ pub struct CopyReport {
     pub media: String,
     pub dataset: String,
     pub online: bool,
+    /// Raw-encrypted (production: encrypted): a restore arrives raw and
+    /// needs its key loaded.
+    pub encrypted: bool,
     /// The newest snapshot on the copy that the source knows by GUID.
     pub newest: Option<SnapshotPoint>,
     pub lag_secs: Option<i64>,
@@ -306,6 +309,7 @@ fn dataset_report(
         online: input
             .fleet
             .online(node, input.now, input.offline_after_secs),
+        encrypted: inv.encrypted,
         newest: newest.map(|s| SnapshotPoint {
             name: s.name.clone(),
             guid: s.guid,
@@ -432,6 +436,7 @@ fn replica(
         online: input
             .fleet
             .online(&p.target_node, input.now, input.offline_after_secs),
+        encrypted: target.is_some_and(|t| t.encrypted),
         newest: confirmed.map(|(s, at)| SnapshotPoint {
             name: s.name.clone(),
             guid: s.guid,

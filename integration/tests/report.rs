@@ -221,6 +221,32 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
         "node-b1"
     );
 
+    // The runbook names the copy, and its first command is one that works:
+    // run as written, it restores beside production.
+    let md = zdr(&["runbook", "node-a1:tank/db"]);
+    assert!(md.starts_with("# Runbook: node-a1:tank/db\n"), "{md}");
+    assert!(
+        md.contains(&format!("ssh node-b1 \"zfs send '{COPY}@zdr_")),
+        "{md}"
+    );
+    let book: Value =
+        serde_json::from_str(&zdr(&["runbook", "node-a1:tank/db", "--format", "json"])).unwrap();
+    let first = book["procedures"][0]["steps"][0]["command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        first.starts_with("zdr restore node-a1:tank/db --snapshot zdr_")
+            && first.ends_with(" --from node-b1 --to node-a1:tank/db-restore"),
+        "{first}"
+    );
+    let args: Vec<&str> = first.split(' ').skip(1).collect();
+    let out = zdr(&args);
+    assert!(
+        out.contains("\nrestored node-a1:tank/db-restore from node-b1:"),
+        "{out}"
+    );
+
     // The copy's agent stops: its lag grows past the RPO.
     b1.proc.kill();
     let d = wait_for(

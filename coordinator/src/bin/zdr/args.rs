@@ -57,6 +57,20 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Md)]
         format: Format,
     },
+    /// A runbook per protected dataset from live state: its targets, where
+    /// each copy is and how far behind, and the exact restore commands,
+    /// with `zdr` and with plain `zfs send | zfs receive` for when the
+    /// coordinator is gone. Keep a printed copy.
+    Runbook {
+        /// The protected dataset, as NODE:DATASET.
+        #[arg(value_parser = parse_location, required_unless_present = "all", conflicts_with = "all")]
+        source: Option<Location>,
+        /// One runbook for every protected dataset.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = Format::Md)]
+        format: Format,
+    },
 }
 
 /// `zdr report`'s output.

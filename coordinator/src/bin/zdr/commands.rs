@@ -15,6 +15,7 @@ use crate::api::{
 use crate::args::{Cli, Cmd, Format, Location, RestoreArgs};
 use crate::client::{decode, Client, ClientError};
 use crate::render;
+use crate::runbook;
 
 /// How often a running restore is asked for its progress.
 const POLL: Duration = Duration::from_secs(1);
@@ -32,6 +33,8 @@ pub enum CliError {
         "lost track of restore {job}; it goes on without this command, follow it with `zdr restores`: {source}"
     )]
     Watch { job: String, source: ClientError },
+    #[error(transparent)]
+    Runbook(#[from] runbook::RunbookError),
     #[error("writing the output: {0}")]
     Output(std::io::Error),
 }
@@ -65,7 +68,44 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             "/api/v1/report",
             |r: Report| crate::report::render_report(&r),
         ),
+        Cmd::Runbook {
+            source,
+            all,
+            format,
+        } => runbook(&c, json || *format == Format::Json, source.as_ref(), *all),
     }
+}
+
+/// `zdr runbook`: built here from the report, so `--json` prints the
+/// runbooks, not the report.
+fn runbook(c: &Client, json: bool, source: Option<&Location>, all: bool) -> Result<(), CliError> {
+    let body = c.get("/api/v1/report")?;
+    let r: Report = decode(&c.url("/api/v1/report"), &body)?;
+    let books = match source {
+        Some(l) if !all => vec![runbook::runbook_of(
+            &r.datasets,
+            &l.node,
+            l.dataset.as_str(),
+            r.generated_at,
+        )?],
+        _ => r
+            .datasets
+            .iter()
+            .map(|d| runbook::runbook(d, r.generated_at))
+            .collect::<Result<_, _>>()?,
+    };
+    if json {
+        let v = match (all, books.as_slice()) {
+            (false, [one]) => serde_json::to_string_pretty(one),
+            _ => serde_json::to_string_pretty(&books),
+        };
+        return print_json(&v.expect("runbooks serialize"));
+    }
+    print(&if all {
+        runbook::markdown_all(&books)
+    } else {
+        books.iter().map(runbook::markdown).collect()
+    })
 }
 
 fn now() -> i64 {

@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod render;
 mod report;
+mod runbook;
 
 use std::process::ExitCode;
 

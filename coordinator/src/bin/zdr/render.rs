@@ -373,7 +373,9 @@ pub fn verdict(s: &RestoreStatus) -> Result<(), String> {
     }
 }
 
-fn shell_quote(s: &str) -> String {
+/// ZFS names hold no quote, `$` or backslash (see `zdr_common::dataset`);
+/// a space is the one character a shell would split on.
+pub fn shell_quote(s: &str) -> String {
     if s.contains(' ') {
         format!("'{s}'")
     } else {

@@ -17,7 +17,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
@@ -44,6 +44,24 @@ fn copy_row(c: &CopyReport) -> Vec<String> {
             format!("**{}**", c.rpo.as_str())
         },
     ]
+}
+
+/// One row per copy: where it is, its newest confirmed snapshot, its lag.
+pub fn copies_table(copies: &[CopyReport]) -> String {
+    let rows: Vec<Vec<String>> = copies.iter().map(copy_row).collect();
+    table(
+        &[
+            "Copy",
+            "Node",
+            "Site",
+            "Media",
+            "Dataset",
+            "Newest confirmed snapshot",
+            "Lag",
+            "RPO",
+        ],
+        &rows,
+    )
 }
 
 fn replication_rows(d: &DatasetReport) -> Vec<Vec<String>> {
@@ -90,20 +108,7 @@ fn dataset(d: &DatasetReport) -> String {
         short(d.rto_secs as i64),
         short(d.immutable_for_secs as i64)
     ));
-    let rows: Vec<Vec<String>> = d.copies.iter().map(copy_row).collect();
-    out.push_str(&table(
-        &[
-            "Copy",
-            "Node",
-            "Site",
-            "Media",
-            "Dataset",
-            "Newest confirmed snapshot",
-            "Lag",
-            "RPO",
-        ],
-        &rows,
-    ));
+    out.push_str(&copies_table(&d.copies));
     let rows = replication_rows(d);
     if !rows.is_empty() {
         out.push_str("\nReplication:\n\n");
