@@ -59,7 +59,10 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
         }
         #[cfg(feature = "lzc")]
         BackendConfig::Lzc { zfs, zpool } => Ok(Arc::new(
-            zdr_agent::zfs::lzc::LzcBackend::open(zfs.clone(), zpool.clone())?,
+            zdr_agent::zfs::lzc::LzcBackend::open(Box::new(CliBackend::new(
+                zfs.clone(),
+                zpool.clone(),
+            )))?,
         )),
         #[cfg(not(feature = "lzc"))]
         BackendConfig::Lzc { .. } => Err(anyhow!(

@@ -238,8 +238,10 @@ fn backend(lzc: bool, zfs: PathBuf, zpool: PathBuf, open: bool) -> Box<dyn Backe
     use zdr_agent::zfs::lzc::LzcBackend;
     match (lzc, open) {
         (false, _) => Box::new(CliBackend::new(zfs, zpool)),
-        (true, true) => Box::new(LzcBackend::open(zfs, zpool).expect("libzfs_core init")),
-        (true, false) => Box::new(LzcBackend::new(zfs, zpool)),
+        (true, true) => Box::new(
+            LzcBackend::open(Box::new(CliBackend::new(zfs, zpool))).expect("libzfs_core init"),
+        ),
+        (true, false) => Box::new(LzcBackend::new(Box::new(CliBackend::new(zfs, zpool)))),
     }
 }
 

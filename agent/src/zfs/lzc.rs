@@ -4,7 +4,9 @@
 //! sends (`lzc_send`, through a pipe), their estimates (`lzc_send_space`) and
 //! plain resumable receives (`lzc_receive_resumable`). libzfs itself is not
 //! used: its ABI changes between releases. So what only libzfs knows goes
-//! through zfs(8), via an inner [`CliBackend`]: listing (libzfs_core has no
+//! through zfs(8), via a backend over it given at construction (the CLI
+//! backend; the agent's `main` wires them, so no backend imports another):
+//! listing (libzfs_core has no
 //! list call; this also finds the children of a recursive snapshot), `-I`
 //! package streams (sent and received), resume tokens (decoding one, reading
 //! it, `receive -A`), and `receive -F` (libzfs destroys the snapshots after
@@ -19,13 +21,11 @@ mod ffi;
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::path::PathBuf;
 
 use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 use self::ffi::{NvList, Outcome, Pair};
-use super::cli::CliBackend;
 use super::names::{bookmark_name, check_tag, send_base_name};
 use super::stream::{copy_stream, fill, flush_output, plausible_estimate, pump};
 use super::{in_createtxg_order, Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
@@ -37,27 +37,23 @@ const LIST_PROPERTY: &str = "zdr:class";
 /// How many object names a failed call's description shows.
 const SHOWN_NAMES: usize = 4;
 
-/// libzfs_core for changes, zfs(8) and zpool(8) for listing.
-#[derive(Debug, Clone, Default)]
+/// libzfs_core for changes; `cli`, a backend over zfs(8) and zpool(8), for
+/// listing and what only libzfs knows.
 pub struct LzcBackend {
-    cli: CliBackend,
+    cli: Box<dyn Backend>,
 }
 
 impl LzcBackend {
     /// Opens /dev/zfs lazily, on the first call that needs it.
-    pub fn new(zfs: PathBuf, zpool: PathBuf) -> Self {
-        Self::with_cli(CliBackend::new(zfs, zpool))
-    }
-
-    pub fn with_cli(cli: CliBackend) -> Self {
+    pub fn new(cli: Box<dyn Backend>) -> Self {
         LzcBackend { cli }
     }
 
     /// Opens /dev/zfs now, so that a node without a usable ZFS fails at
     /// startup instead of at its first snapshot.
-    pub fn open(zfs: PathBuf, zpool: PathBuf) -> Result<Self, ZfsError> {
+    pub fn open(cli: Box<dyn Backend>) -> Result<Self, ZfsError> {
         init()?;
-        Ok(Self::new(zfs, zpool))
+        Ok(Self::new(cli))
     }
 
     /// The snapshot names a (possibly recursive) snapshot of `datasets`
@@ -794,8 +790,15 @@ fn strerror(errno: i32) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
+    use crate::zfs::cli::CliBackend;
     use crate::zfs::SendBase;
+
+    fn over_cli(zfs: PathBuf, zpool: PathBuf) -> Box<dyn Backend> {
+        Box::new(CliBackend::new(zfs, zpool))
+    }
 
     fn outcome(rc: i32, errlist: &[(&str, i32)]) -> Outcome {
         Outcome {
@@ -931,7 +934,7 @@ mod tests {
     /// answer other than Name/Invalid means the call got past the checks.
     fn blind() -> LzcBackend {
         let missing = PathBuf::from("/nonexistent/zdr-lzc-test/zfs");
-        LzcBackend::new(missing.clone(), missing)
+        LzcBackend::new(over_cli(missing.clone(), missing))
     }
 
     #[test]
@@ -1059,7 +1062,7 @@ mod tests {
     #[ignore = "needs /dev/zfs: run inside integration/zfs-vm"]
     fn real_zfs_clones_and_errlists() {
         let pool = Pool::new();
-        let b = LzcBackend::open(sbin("zfs"), sbin("zpool")).unwrap();
+        let b = LzcBackend::open(over_cli(sbin("zfs"), sbin("zpool"))).unwrap();
         let a = ds(&format!("{}/a", pool.name));
         let c = format!("{}/clone", pool.name);
         run("zfs", &["create", a.as_str()]);
@@ -1206,7 +1209,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(LzcBackend::open("zfs".into(), "zpool".into()).is_err());
+        assert!(LzcBackend::open(over_cli("zfs".into(), "zpool".into())).is_err());
         let spec = SendSpec::Full {
             dataset: ds("tank/a"),
             snapshot: "s".into(),
