@@ -181,6 +181,10 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Run(a) => {
             init_logs(a.json_logs);
             let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .idle_timeout(
+                    metrics_util::MetricKindMask::GAUGE,
+                    Some(zdr_coordinator::service::GAUGE_IDLE),
+                )
                 .install_recorder()
                 .context("installing the metrics recorder")?;
             let key_text = std::fs::read_to_string(&a.key_file)

@@ -121,6 +121,14 @@ fn bus_connected(state: &State) -> bool {
     state.client().connection_state() == async_nats::connection::State::Connected
 }
 
+/// The leader sets the fleet's gauges this often.
+const GAUGE_PERIOD: Duration = Duration::from_secs(5);
+
+/// A gauge not set for this long leaves `/metrics`: the series of a copy,
+/// dataset or node that is gone stops there instead of repeating its last
+/// value for ever, and so do a standby's (it does not follow the fleet).
+pub const GAUGE_IDLE: Duration = Duration::from_secs(60);
+
 /// How long the way out waits on the bus (flush, unsubscribe, lease
 /// release): with nats-server gone, those would wait for ever.
 const BUS_GRACE: Duration = Duration::from_secs(2);
@@ -220,7 +228,7 @@ async fn lead(
         }
     };
     let mut renew = tokio::time::interval(config.lease_ttl / 3);
-    let mut gauges = tokio::time::interval(Duration::from_secs(5));
+    let mut gauges = tokio::time::interval(GAUGE_PERIOD);
     let mut job_tick = tokio::time::interval(Duration::from_secs(1));
     let mut specs_seen = spec_stamps(config);
     let mut resync_asked: std::collections::HashMap<String, i64> = Default::default();
@@ -637,7 +645,6 @@ fn update_gauges(state: &State) {
         }
     }
     metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
-    metrics::gauge!("zdr_coordinator_leader").set(if state.is_leader() { 1.0 } else { 0.0 });
     drop((fleet, policy));
     if let Some(report) = state.compliance_report() {
         copy_gauges(&report);

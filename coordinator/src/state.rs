@@ -126,6 +126,8 @@ impl State {
     }
 
     pub fn render_metrics(&self) -> String {
+        // Set at every scrape, so a standby says 0 (its fleet gauges age out).
+        metrics::gauge!("zdr_coordinator_leader").set(if self.is_leader() { 1.0 } else { 0.0 });
         self.metrics.render()
     }
 

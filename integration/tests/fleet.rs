@@ -472,11 +472,22 @@ async fn a_standby_coordinator_takes_over_with_a_higher_epoch() {
         .await
         .unwrap();
     assert_eq!(code, 502);
+    let leader_gauge = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("zdr_coordinator_leader "))
+            .map(str::to_string)
+    };
+    let (_, m) = c2.get("/metrics").await.unwrap();
+    assert_eq!(leader_gauge(&m).as_deref(), Some("0"), "{m}");
+    let (_, m) = c1.get("/metrics").await.unwrap();
+    assert_eq!(leader_gauge(&m).as_deref(), Some("1"), "{m}");
 
     c1.proc.kill();
     c2.wait_ready().await;
     let v = c2.fleet().await.unwrap();
     assert!(v["epoch"].as_u64().unwrap() > first_epoch, "{v}");
+    let (_, m) = c2.get("/metrics").await.unwrap();
+    assert_eq!(leader_gauge(&m).as_deref(), Some("1"), "{m}");
     // The agent accepts the new leader's commands (its epoch is higher).
     ping_through(&c2, "node-a1").await;
 }
