@@ -31,7 +31,7 @@ set -euo pipefail
 HERE=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")
 W=$(mktemp -d)
 LOGS=${ZDR_REPL_LOGS:-$W/logs}
-ONLY=${ZDR_REPL_ONLY:-1 2 3 4 5}
+ONLY=${ZDR_REPL_ONLY:-1 2 3 4}
 T0=$EPOCHREALTIME
 # The scripts make snapshots behind the agents' backs, which the agents see at
 # their next rescan; rescanning much more often slows everything down here.
