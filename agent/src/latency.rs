@@ -132,6 +132,20 @@ impl Backend for Slow {
         self.wait();
         self.inner.abort_receive(dataset)
     }
+
+    fn content_hash(
+        &self,
+        dataset: &DatasetName,
+        snapshot: &str,
+    ) -> Result<zdr_common::wire::ContentHash, ZfsError> {
+        self.wait();
+        self.inner.content_hash(dataset, snapshot)
+    }
+
+    fn destroy_dataset(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        self.wait();
+        self.inner.destroy_dataset(dataset)
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod clock;
 pub mod config;
+pub mod drill;
 pub mod latency;
 pub mod lifecycle;
 pub mod node;

@@ -238,6 +238,30 @@ impl Agent {
             Command::DropHolds { dataset, tag } => {
                 return done(repl.drop_holds(&dataset, &tag).await)
             }
+            Command::HashSnapshot { dataset, snapshot } => {
+                let lc = self.lifecycle.clone();
+                let hashed = tokio::task::spawn_blocking(move || {
+                    crate::drill::hash_snapshot(&lc, &dataset, &snapshot)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("hashing panicked: {e}")));
+                return match hashed {
+                    Ok(hash) => CommandResult {
+                        hash: Some(hash),
+                        ..result(Outcome::Done, "hashed".into())
+                    },
+                    Err(m) => result(Outcome::Failed, m),
+                };
+            }
+            Command::DestroyScratch { dataset } => {
+                let lc = self.lifecycle.clone();
+                let destroyed = tokio::task::spawn_blocking(move || {
+                    crate::drill::destroy_scratch(&lc, &dataset, &actor, "the drill ended")
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("destroying panicked: {e}")));
+                return done(destroyed);
+            }
             other => other,
         };
         let lc = self.lifecycle.clone();

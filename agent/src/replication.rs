@@ -329,7 +329,10 @@ impl Replication {
         };
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
-        let spec = RecvSpec { force: cmd.force };
+        let spec = RecvSpec {
+            force: cmd.force,
+            noauto: zdr_common::wire::is_drill_scratch(ds.as_str()),
+        };
         let zfs = tokio::task::spawn_blocking(move || {
             let mut input = input;
             backend.receive(&ds, &spec, &mut input)

@@ -420,8 +420,14 @@ fn transfer(
     force: bool,
 ) -> Result<(), ZfsError> {
     let buf = send_all(f, spec);
-    f.backend()
-        .receive(target, &RecvSpec { force }, &mut &buf[..])
+    f.backend().receive(
+        target,
+        &RecvSpec {
+            force,
+            ..RecvSpec::default()
+        },
+        &mut &buf[..],
+    )
 }
 
 /// (name, guid) of each snapshot, in order.
@@ -1440,4 +1446,62 @@ fn raw_send_keeps_the_target_encrypted_without_its_key() {
     eprintln!("raw copy: encryption={enc} keystatus={status}");
     assert_ne!(enc, "off");
     assert_eq!(status, "unavailable");
+}
+
+#[test]
+fn a_received_scratch_hashes_like_its_source_and_is_destroyed_whole() {
+    let f = fixture("drill");
+    let b = f.backend();
+    let src = f.make("src");
+    f.write_data(&src, 256 * 1024);
+    snap(&*f, &[&src], "s1", false);
+    f.write_data(&src, 64 * 1024);
+    snap(&*f, &[&src], "s2", false);
+    f.make("zdr-drill");
+    let scratch = f.ds("zdr-drill/d1");
+    let buf = send_all(&*f, &full(&src, "s1"));
+    let noauto = RecvSpec {
+        noauto: true,
+        ..RecvSpec::default()
+    };
+    b.receive(&scratch, &noauto, &mut &buf[..]).unwrap();
+    if let Some(v) = f.native_property(&scratch, "canmount") {
+        assert_eq!(v, "noauto");
+    }
+    let h = |d: &DatasetName, s: &str| {
+        b.content_hash(d, s)
+            .unwrap_or_else(|e| panic!("content hash of {d}@{s}: {e}"))
+    };
+    let (source, copy) = (h(&src, "s1"), h(&scratch, "s1"));
+    assert_eq!(source.level, zdr_common::wire::CheckLevel::FilesHashed);
+    assert!(source.digest.is_some());
+    assert_eq!(
+        (copy.level, &copy.digest, copy.files, copy.bytes),
+        (source.level, &source.digest, source.files, source.bytes)
+    );
+    assert_ne!(h(&src, "s2").digest, source.digest, "s2 holds more data");
+    assert!(matches!(
+        b.content_hash(&src, "nope"),
+        Err(ZfsError::NotFound { .. } | ZfsError::Command { .. })
+    ));
+    b.hold(&scratch, "s1", "zdr-test").unwrap();
+    assert!(
+        b.destroy_dataset(&scratch).is_err(),
+        "a held snapshot stops the destroy"
+    );
+    b.release(&scratch, "s1", "zdr-test").unwrap();
+    b.destroy_dataset(&scratch).unwrap();
+    assert!(matches!(
+        b.list_snapshots(&scratch),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert!(matches!(
+        b.destroy_dataset(&scratch),
+        Err(ZfsError::NotFound { .. })
+    ));
+    assert_eq!(
+        names(&snaps(&*f, &src)),
+        ["s1", "s2"],
+        "the source is untouched"
+    );
 }

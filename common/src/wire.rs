@@ -12,6 +12,17 @@ use crate::policy::{Policy, Tiers};
 /// carries such a hold: one between its streams breaks the next.
 pub const RESTORE_HOLD_PREFIX: &str = "zdr-restore-into-";
 
+/// Drills restore into `<pool>/zdr-drill/<job>` on the drill node; an agent
+/// destroys scratch datasets only below this, and what it finds there at
+/// start is a drill's leftover.
+pub const DRILL_ROOT: &str = "zdr-drill";
+
+/// Whether `dataset` is a drill scratch: `<pool>/zdr-drill/<name>`, no deeper.
+pub fn is_drill_scratch(dataset: &str) -> bool {
+    let parts: Vec<&str> = dataset.split('/').collect();
+    matches!(parts.as_slice(), [pool, root, name] if !pool.is_empty() && *root == DRILL_ROOT && !name.is_empty())
+}
+
 /// Inventory chunks stay well under NATS' default 1 MiB max_payload.
 pub const INVENTORY_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -203,6 +214,41 @@ pub enum Command {
     /// Releases `tag` from every snapshot of `dataset`: the holds of a
     /// restore that ended.
     DropHolds { dataset: String, tag: String },
+    /// Hashes the content of `dataset@snapshot` (the reply's `hash`).
+    HashSnapshot { dataset: String, snapshot: String },
+    /// Destroys a drill's scratch dataset (`<pool>/zdr-drill/<name>`) and
+    /// everything in it; refused for any other dataset. A scratch that is
+    /// gone already is done.
+    DestroyScratch { dataset: String },
+}
+
+/// How deep a content check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckLevel {
+    /// Every file of the snapshot read and hashed (path, mode, size, bytes,
+    /// symlink targets, in path order): two copies compare by `digest`.
+    FilesHashed,
+    /// The content could not be read (a zvol, or no key loaded): every
+    /// block was read back, so ZFS checked its checksums; no digest to compare.
+    BlocksRead,
+}
+
+/// The content of one snapshot, as an agent read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContentHash {
+    pub level: CheckLevel,
+    /// BLAKE3, hex; `None` at [`CheckLevel::BlocksRead`].
+    pub digest: Option<String>,
+    /// Entries hashed (files, directories, links); 0 when blocks were read.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Milliseconds spent mounting (and unmounting) the snapshot.
+    pub mount_ms: u64,
+    /// Milliseconds spent reading.
+    pub read_ms: u64,
 }
 
 /// Destroys the copy's snapshots that `tiers` no longer keep. Held snapshots
@@ -396,6 +442,9 @@ pub struct CommandResult {
     /// Set by [`Command::JobStatus`]: the agent's latest report of that job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobUpdate>,
+    /// Set by [`Command::HashSnapshot`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<ContentHash>,
 }
 
 impl CommandResult {
@@ -409,6 +458,7 @@ impl CommandResult {
             offer: None,
             effects: Effects::default(),
             job: None,
+            hash: None,
         }
     }
 }
@@ -600,6 +650,22 @@ mod tests {
                     creation: i as i64,
                 })
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_direct_child_of_a_pools_drill_root_is_scratch() {
+        assert!(is_drill_scratch("tank/zdr-drill/d1"));
+        assert!(is_drill_scratch("backup/zdr-drill/n1-17-3"));
+        for not in [
+            "tank/zdr-drill",
+            "tank/zdr-drill/d1/child",
+            "tank/data/zdr-drill/d1",
+            "tank/zdr-drills/d1",
+            "zdr-drill/d1",
+            "tank/zdr-drill/",
+        ] {
+            assert!(!is_drill_scratch(not), "{not}");
         }
     }
 

@@ -344,7 +344,8 @@ impl Backend for LzcBackend {
         Ok(plausible_estimate(space, from_bookmark))
     }
 
-    /// One plain stream through `lzc_receive_resumable`. `-F` goes through
+    /// One plain stream through `lzc_receive_resumable`. `-F` and the
+    /// scratch's `-o canmount=noauto` go through
     /// zfs(8): libzfs destroys the target's snapshots after the base first,
     /// which lzc_receive's `force` does not. So do package streams (`-I`),
     /// clone streams and streams of the other byte order, which libzfs
@@ -355,7 +356,7 @@ impl Backend for LzcBackend {
         spec: &RecvSpec,
         input: &mut dyn std::io::Read,
     ) -> Result<(), ZfsError> {
-        if spec.force {
+        if spec.force || spec.noauto {
             return self.cli.receive(target, spec, input);
         }
         let mut header = [0u8; BEGIN_RECORD];
@@ -457,6 +458,20 @@ impl Backend for LzcBackend {
 
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
         self.cli.abort_receive(dataset)
+    }
+
+    /// libzfs_core reads no files: the same walk as zfs(8)'s backend.
+    fn content_hash(
+        &self,
+        dataset: &DatasetName,
+        snapshot: &str,
+    ) -> Result<zdr_common::wire::ContentHash, ZfsError> {
+        self.cli.content_hash(dataset, snapshot)
+    }
+
+    /// libzfs_core has no recursive dataset destroy.
+    fn destroy_dataset(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        self.cli.destroy_dataset(dataset)
     }
 }
 

@@ -4,6 +4,7 @@
 //! OpenZFS by the conformance suite).
 
 pub mod cli;
+pub mod content;
 pub mod error;
 #[cfg(feature = "lzc")]
 pub mod lzc;
@@ -13,7 +14,7 @@ pub mod sim;
 mod stream;
 
 pub use error::ZfsError;
-use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, ContentHash, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 /// A filesystem or volume as listed by the backend.
@@ -66,6 +67,8 @@ pub struct RecvSpec {
     /// `-F`: roll the target back to the stream's base first, destroying
     /// the target's later snapshots.
     pub force: bool,
+    /// `-o canmount=noauto`: a drill's scratch is never mounted by itself.
+    pub noauto: bool,
 }
 
 /// Synchronous by design: zfs(8) and libzfs_core calls block, so callers run
@@ -143,6 +146,15 @@ pub trait Backend: Send + Sync {
     /// `zfs receive -A`: drops the partial state of an interrupted receive
     /// (a partially received new filesystem goes with it).
     fn abort_receive(&self, dataset: &DatasetName) -> Result<(), ZfsError>;
+
+    /// Hashes what `dataset@snapshot` holds: its files when they can be
+    /// read, else every block read back ([`ContentHash::level`] says which).
+    fn content_hash(&self, dataset: &DatasetName, snapshot: &str) -> Result<ContentHash, ZfsError>;
+
+    /// `zfs destroy -r dataset`: the dataset, its snapshots and children.
+    /// [`ZfsError::NotFound`] when it does not exist; held snapshots make it
+    /// fail (release them first).
+    fn destroy_dataset(&self, dataset: &DatasetName) -> Result<(), ZfsError>;
 }
 
 /// The order of [`Backend::list_bookmarks`], the same for every backend.

@@ -55,8 +55,31 @@ pub(super) fn receive_args(target: &DatasetName, spec: &RecvSpec) -> Vec<String>
     if spec.force {
         args.push("-F".into());
     }
+    if spec.noauto {
+        args.extend(strings(&["-o", "canmount=noauto"]));
+    }
     args.push(target.to_string());
     args
+}
+
+/// What decides how a snapshot's content can be read.
+pub(super) fn content_props_args(dataset: &DatasetName) -> Vec<String> {
+    let mut args = strings(&["get", "-Hp", "-o", "value", "type,keystatus"]);
+    args.push(dataset.to_string());
+    args
+}
+
+/// `mount -t zfs -o ro dataset@snap dir`: a snapshot mounted read-only at
+/// a private place, whatever the dataset's own mountpoint and canmount.
+pub(super) fn mount_snapshot_args(full: &str, dir: &Path) -> Vec<String> {
+    let mut args = strings(&["-t", "zfs", "-o", "ro"]);
+    args.push(full.to_string());
+    args.push(dir.display().to_string());
+    args
+}
+
+pub(super) fn destroy_dataset_args(dataset: &DatasetName) -> Vec<String> {
+    vec!["destroy".into(), "-r".into(), dataset.to_string()]
 }
 
 pub(super) fn resume_token_args(dataset: &DatasetName) -> Vec<String> {
@@ -372,7 +395,13 @@ mod tests {
             ["receive", "-s", "-u", "tank/my data"]
         );
         assert_eq!(
-            receive_args(&d, &RecvSpec { force: true }),
+            receive_args(
+                &d,
+                &RecvSpec {
+                    force: true,
+                    ..RecvSpec::default()
+                }
+            ),
             ["receive", "-s", "-u", "-F", "tank/my data"]
         );
         assert_eq!(
@@ -387,5 +416,44 @@ mod tests {
             ]
         );
         assert_eq!(abort_receive_args(&d), ["receive", "-A", "tank/my data"]);
+    }
+
+    #[test]
+    fn builds_the_drill_argv() {
+        let d = ds("tank/zdr-drill/my d");
+        let scratch = RecvSpec {
+            noauto: true,
+            ..RecvSpec::default()
+        };
+        assert_eq!(
+            receive_args(&d, &scratch),
+            [
+                "receive",
+                "-s",
+                "-u",
+                "-o",
+                "canmount=noauto",
+                "tank/zdr-drill/my d"
+            ]
+        );
+        assert_eq!(
+            content_props_args(&d),
+            [
+                "get",
+                "-Hp",
+                "-o",
+                "value",
+                "type,keystatus",
+                "tank/zdr-drill/my d"
+            ]
+        );
+        assert_eq!(
+            mount_snapshot_args("tank/a b@s", Path::new("/run/x y")),
+            ["-t", "zfs", "-o", "ro", "tank/a b@s", "/run/x y"]
+        );
+        assert_eq!(
+            destroy_dataset_args(&d),
+            ["destroy", "-r", "tank/zdr-drill/my d"]
+        );
     }
 }

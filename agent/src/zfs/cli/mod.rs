@@ -13,13 +13,14 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, ContentHash, PoolInfo, SnapshotInfo};
 use zdr_common::{DatasetName, NameError};
 
 use self::argv::{
-    abort_receive_args, bookmark_args, destroy_args, hold_args, holds_args, list_bookmarks_args,
-    list_datasets_args, list_snapshots_args, pools_args, receive_args, render_argv,
-    resume_token_args, send_args, snapshot_args,
+    abort_receive_args, bookmark_args, content_props_args, destroy_args, destroy_dataset_args,
+    hold_args, holds_args, list_bookmarks_args, list_datasets_args, list_snapshots_args,
+    mount_snapshot_args, pools_args, receive_args, render_argv, resume_token_args, send_args,
+    snapshot_args,
 };
 use self::errors::{classify, quoted, receive_error, send_error, Failure, Kind};
 use self::parse::{
@@ -27,6 +28,7 @@ use self::parse::{
     parse_snapshots,
 };
 use self::priority::lowest_priority;
+use super::content::{blocks_read, files_hashed, hash_tree};
 use super::names::bookmark_name;
 use super::stream::{copy_stream, flush_output, pump};
 use super::{Backend, DatasetInfo, RecvSpec, SendBase, SendSpec, ZfsError};
@@ -135,6 +137,71 @@ impl CliBackend {
     ) -> Result<String, ZfsError> {
         self.run(&self.zfs, args)?
             .map_err(|f| f.into_error(pool, what))
+    }
+
+    /// `mount` or `umount`; any failure is the command's.
+    fn run_mount(&self, program: &str, args: &[String]) -> Result<(), ZfsError> {
+        self.run(Path::new(program), args)?
+            .map(drop)
+            .map_err(|f| ZfsError::Command {
+                argv: f.argv,
+                status: f.status,
+                stderr: f.stderr,
+            })
+    }
+
+    /// Mounts `full` read-only at a fresh private directory, hashes its
+    /// files, unmounts. A private mount rather than `.zfs/snapshot`: it
+    /// works whether or not the dataset itself is mounted (a drill's scratch
+    /// never is) and leaves nothing behind on the dataset.
+    fn hash_mounted(&self, full: &str) -> Result<ContentHash, ZfsError> {
+        let stream = |what: &str, source| ZfsError::Stream {
+            what: what.to_string(),
+            source,
+        };
+        let dir = private_dir().map_err(|e| stream("creating a private mountpoint", e))?;
+        let t = std::time::Instant::now();
+        let mounted = self.run_mount("mount", &mount_snapshot_args(full, &dir));
+        let mount_ms = t.elapsed().as_millis() as u64;
+        if let Err(e) = mounted {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        let t = std::time::Instant::now();
+        let tree = hash_tree(&dir);
+        let read_ms = t.elapsed().as_millis() as u64;
+        let t = std::time::Instant::now();
+        let unmounted = self.run_mount("umount", &[dir.display().to_string()]);
+        let mount_ms = mount_ms + t.elapsed().as_millis() as u64;
+        let tree = tree.map_err(|e| stream(&format!("reading {full}"), e))?;
+        unmounted?;
+        let _ = std::fs::remove_dir(&dir);
+        Ok(files_hashed(tree, mount_ms, read_ms))
+    }
+}
+
+/// A new directory only root can enter, for one mount.
+fn private_dir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("zdr-hash-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+/// Counts what it is given and keeps none of it.
+struct Discard(u64);
+
+impl Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -395,6 +462,38 @@ impl Backend for CliBackend {
             });
         }
         Err(failure.into_error(dataset.pool(), |_, _| format!("dataset {dataset}")))
+    }
+
+    fn content_hash(&self, dataset: &DatasetName, snapshot: &str) -> Result<ContentHash, ZfsError> {
+        let full = dataset.snapshot(snapshot)?;
+        let out = self.zfs(&content_props_args(dataset), dataset.pool(), |_, _| {
+            format!("dataset {dataset}")
+        })?;
+        let props: Vec<&str> = out.lines().collect();
+        let [kind, keystatus] = props.as_slice() else {
+            return Err(parse_error(&out, "expected type and keystatus"));
+        };
+        if *kind == "filesystem" && *keystatus != "unavailable" {
+            return self.hash_mounted(&full);
+        }
+        // A zvol, or no key: a raw send reads every block, so ZFS checks
+        // each one's checksum; the stream itself is not comparable.
+        let spec = SendSpec::Full {
+            dataset: dataset.clone(),
+            snapshot: snapshot.to_string(),
+            raw: *keystatus != "-",
+        };
+        let t = std::time::Instant::now();
+        let mut sink = Discard(0);
+        self.send(&spec, &mut sink)?;
+        Ok(blocks_read(sink.0, t.elapsed().as_millis() as u64))
+    }
+
+    fn destroy_dataset(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        self.zfs(&destroy_dataset_args(dataset), dataset.pool(), |_, _| {
+            format!("dataset {dataset}")
+        })
+        .map(drop)
     }
 }
 

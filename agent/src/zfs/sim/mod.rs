@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use zdr_common::wire::{BookmarkInfo, PoolInfo, SnapshotInfo};
+use zdr_common::wire::{BookmarkInfo, CheckLevel, ContentHash, PoolInfo, SnapshotInfo};
 use zdr_common::DatasetName;
 
 use self::model::{parent, snapshot_missing, Bookmark, Pool, Snap, State, DATASET_BYTES};
@@ -156,6 +156,23 @@ impl SimBackend {
                 .properties
                 .insert(key.into(), value.into());
             s.next_txg(dataset.pool());
+            Ok(())
+        })
+    }
+
+    /// Corrupts `block` of `dataset@snapshot` behind ZFS's back: its
+    /// checksums stay valid, sends carry the damage on, and only
+    /// [`Backend::content_hash`] tells. The hook drill tests use; an
+    /// integration test reaches it through the state file of a stopped
+    /// agent (the snapshot's `damaged` list).
+    pub fn damage_block(
+        &self,
+        dataset: &DatasetName,
+        snapshot: &str,
+        block: u64,
+    ) -> Result<(), ZfsError> {
+        self.mutate(|s| {
+            s.snap_mut(dataset, snapshot)?.damaged.insert(block);
             Ok(())
         })
     }
@@ -321,6 +338,7 @@ impl Backend for SimBackend {
                         creation,
                         used: self.snapshot_bytes,
                         holds: BTreeSet::new(),
+                        damaged: BTreeSet::new(),
                     });
             }
             Ok(())
@@ -585,6 +603,61 @@ impl Backend for SimBackend {
                 let own = ds.own_bytes;
                 s.datasets.remove(dataset);
                 s.pool_mut(dataset.pool())?.allocated -= own;
+            }
+            s.next_txg(dataset.pool());
+            Ok(())
+        })
+    }
+
+    /// The modelled content of a snapshot is its identity and its damage:
+    /// every copy of it hashes the same until a block of one is damaged.
+    fn content_hash(&self, dataset: &DatasetName, snapshot: &str) -> Result<ContentHash, ZfsError> {
+        dataset.snapshot(snapshot)?;
+        let s = self.lock();
+        let snap = s
+            .dataset(dataset)?
+            .snapshots
+            .iter()
+            .find(|x| x.name == snapshot)
+            .ok_or_else(|| snapshot_missing(dataset, snapshot))?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"zdr-sim-content-v1\0");
+        h.update(&snap.guid.to_le_bytes());
+        for block in &snap.damaged {
+            h.update(&block.to_le_bytes());
+        }
+        Ok(ContentHash {
+            level: CheckLevel::FilesHashed,
+            digest: Some(h.finalize().to_hex().to_string()),
+            files: 1,
+            // Nothing is read: the model has no data, only its identity.
+            bytes: 0,
+            mount_ms: 0,
+            read_ms: 0,
+        })
+    }
+
+    fn destroy_dataset(&self, dataset: &DatasetName) -> Result<(), ZfsError> {
+        self.mutate(|s| {
+            s.dataset(dataset)?;
+            let doomed: Vec<DatasetName> = s
+                .datasets
+                .keys()
+                .filter(|d| dataset.contains(d))
+                .cloned()
+                .collect();
+            for d in &doomed {
+                if let Some(x) = s.datasets[d].snapshots.iter().find(|x| !x.holds.is_empty()) {
+                    return Err(ZfsError::Held {
+                        what: format!("{d}@{}", x.name),
+                        tags: x.holds.iter().cloned().collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+            for d in &doomed {
+                let ds = s.datasets.remove(d).expect("listed above");
+                let freed = ds.own_bytes + ds.snapshots.iter().map(|x| x.used).sum::<u64>();
+                s.pool_mut(dataset.pool())?.allocated -= freed;
             }
             s.next_txg(dataset.pool());
             Ok(())
@@ -897,5 +970,31 @@ mod tests {
             sim.set_property(&ds("tank/zz"), "zdr:class", "x"),
             Err(ZfsError::NotFound { .. })
         ));
+    }
+
+    #[test]
+    fn a_damaged_block_travels_with_the_stream_and_only_the_hash_tells() {
+        let (src, dst) = (sim(), sim());
+        src.snapshot(&[ds("tank/a")], "s1", false).unwrap();
+        let clean = src.content_hash(&ds("tank/a"), "s1").unwrap();
+        src.damage_block(&ds("tank/a"), "s1", 7).unwrap();
+        let damaged = src.content_hash(&ds("tank/a"), "s1").unwrap();
+        assert_ne!(damaged.digest, clean.digest);
+        let spec = SendSpec::Full {
+            dataset: ds("tank/a"),
+            snapshot: "s1".into(),
+            raw: false,
+        };
+        let mut stream = Vec::new();
+        src.send(&spec, &mut stream).unwrap();
+        dst.receive(&ds("tank/c"), &RecvSpec::default(), &mut &stream[..])
+            .unwrap();
+        let copy = dst.content_hash(&ds("tank/c"), "s1").unwrap();
+        assert_eq!(copy.digest, damaged.digest, "the damage was copied");
+        assert_eq!(
+            dst.list_snapshots(&ds("tank/c")).unwrap()[0].guid,
+            src.list_snapshots(&ds("tank/a")).unwrap()[0].guid,
+            "ZFS sees the same snapshot"
+        );
     }
 }

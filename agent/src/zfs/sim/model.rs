@@ -67,6 +67,11 @@ pub(super) struct Snap {
     pub(super) creation: i64,
     pub(super) used: u64,
     pub(super) holds: BTreeSet<String>,
+    /// Blocks whose bytes differ from what was written, ZFS checksums
+    /// intact (the send/receive bugs of OpenZFS #12762, #6224): a send
+    /// carries them on, only a content hash finds them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub(super) damaged: BTreeSet<u64>,
 }
 
 /// A bookmark carries its source snapshot's identity.

@@ -29,6 +29,9 @@ pub(super) struct Record {
     /// Where in the payload this stream starts (a resumed stream).
     pub(super) offset: u64,
     pub(super) payload: u64,
+    /// The snapshot's damaged blocks, which the stream carries as they are.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    damaged: BTreeSet<u64>,
 }
 
 pub(super) const STREAM_MAGIC: &str = "zdr-sim-stream-v1 ";
@@ -71,6 +74,7 @@ fn record_of_token(token: &str) -> Result<Record, ZfsError> {
         raw: t.flags.raw,
         offset: t.offset,
         payload: 0,
+        damaged: BTreeSet::new(),
     })
 }
 
@@ -131,6 +135,7 @@ impl State {
                     raw: *raw,
                     offset: 0,
                     payload: full_payload(ds, i),
+                    damaged: x.damaged.clone(),
                 }])
             }
             SendSpec::Incremental {
@@ -180,6 +185,7 @@ impl State {
                             raw: *raw,
                             offset: 0,
                             payload: x.used,
+                            damaged: x.damaged.clone(),
                         };
                         fromguid = x.guid;
                         r
@@ -205,6 +211,7 @@ impl State {
                     }
                 }
                 r.creation = ds.snapshots[i].creation;
+                r.damaged = ds.snapshots[i].damaged.clone();
                 r.payload = match r.fromguid {
                     None => full_payload(ds, i),
                     Some(_) => ds.snapshots[i].used,
@@ -368,6 +375,7 @@ impl State {
             creation: r.creation,
             used: r.payload,
             holds: BTreeSet::new(),
+            damaged: r.damaged,
         });
         Ok(())
     }
