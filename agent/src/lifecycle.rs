@@ -3,18 +3,20 @@
 //! not NATS is up; it never touches the network.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use zdr_common::policy::{Class, Tiers};
 use zdr_common::wire::{
-    BookmarkInfo, DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica,
-    SnapshotInfo, RESTORE_HOLD_PREFIX,
+    BookmarkInfo, DatasetInventory, Event, EventKind, FloorRefusal, InventoryChange, PoolInfo,
+    PruneReplica, SnapshotInfo, RESTORE_HOLD_PREFIX,
 };
 use zdr_common::DatasetName;
 
 use crate::audit::{AuditLog, Record};
+use crate::floor::{self, Book, BookError, Operation};
 use crate::retention::{self, KeepReason, Rules};
 use crate::state::SignedPolicy;
 use crate::zfs::{Backend, DatasetInfo, ZfsError};
@@ -123,6 +125,16 @@ pub struct Lifecycle {
     events: Mutex<VecDeque<Event>>,
     in_flight: InFlightSet,
     pool_stats: Mutex<Option<(Instant, Vec<PoolInfo>)>>,
+    floor: Mutex<Floor>,
+}
+
+/// The retention floor's book, where it is kept, and the refusals already
+/// audited (a pass that plans the same destroy again is refused quietly).
+#[derive(Default)]
+struct Floor {
+    book: Book,
+    path: Option<PathBuf>,
+    reported: HashSet<(String, String)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +147,8 @@ pub struct PassReport {
     pub taken: Vec<String>,
     pub destroyed: Vec<String>,
     pub errors: Vec<String>,
+    /// Destroys the retention floor refused.
+    pub refused: Vec<FloorRefusal>,
 }
 
 impl Lifecycle {
@@ -151,7 +165,117 @@ impl Lifecycle {
             events: Mutex::new(VecDeque::new()),
             in_flight: Arc::default(),
             pool_stats: Mutex::new(None),
+            floor: Mutex::default(),
         }
+    }
+
+    /// Loads the retention floor's book from `path` and keeps it there.
+    pub fn keep_floor_at(&self, path: &Path) -> Result<(), BookError> {
+        let book = Book::load(path)?;
+        {
+            let mut f = lock(&self.floor);
+            f.book = book;
+            f.path = Some(path.to_path_buf());
+        }
+        self.note_floor(crate::clock::now());
+        Ok(())
+    }
+
+    /// Notes the policy's windows and every listed dataset's class in the
+    /// floor's book, and saves it when that changed it.
+    fn note_floor(&self, now: i64) {
+        let Some(policy) = self.policy() else { return };
+        let classes: Vec<(DatasetName, Option<String>)> = lock(&self.inventory)
+            .datasets
+            .values()
+            .map(|(info, _)| {
+                let class = self.class_of(&policy, info).map(|(n, _)| n);
+                (info.name.clone(), class)
+            })
+            .collect();
+        let mut f = lock(&self.floor);
+        let windows = policy
+            .bundle
+            .policy
+            .classes
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.immutable_for.secs()));
+        let mut changed = f.book.note_windows(windows, now);
+        for (ds, class) in classes {
+            let class = class.or_else(|| f.book.replica_class(ds.as_str()).map(str::to_string));
+            changed |= f.book.note_class(ds.as_str(), class.as_deref(), now);
+        }
+        if let (true, Some(path)) = (changed, &f.path) {
+            let saved = serde_json::to_vec(&f.book)
+                .map_err(std::io::Error::other)
+                .and_then(|raw| crate::state::write_atomic(path, &raw));
+            if let Err(e) = saved {
+                warn!(error = %e, path = %path.display(), "saving the retention floor's book failed");
+            }
+        }
+    }
+
+    /// The retention floor's word on a destructive operation on `ds`, whose
+    /// snapshots are `snaps`: every destroy, rollback and release of the
+    /// floor's hold asks here first, whoever signed it. A refusal is logged,
+    /// audited and raised as an event (once per snapshot and operation).
+    pub fn floor_vet(
+        &self,
+        ds: &DatasetName,
+        snaps: &[SnapshotInfo],
+        op: Operation<'_>,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), FloorRefusal> {
+        let refusal = {
+            let f = lock(&self.floor);
+            match floor::decide(&f.book, ds.as_str(), snaps, op, now) {
+                Ok(()) => return Ok(()),
+                Err(r) => r,
+            }
+        };
+        let fresh = {
+            let mut f = lock(&self.floor);
+            let key = |h: &zdr_common::wire::FloorHit| {
+                (
+                    format!("{ds}@{}", h.name),
+                    format!("{:?}", refusal.operation),
+                )
+            };
+            let fresh = refusal
+                .snapshots
+                .iter()
+                .any(|h| !f.reported.contains(&key(h)));
+            f.reported.extend(refusal.snapshots.iter().map(key));
+            fresh
+        };
+        let why = floor::describe(&refusal);
+        if fresh {
+            warn!(dataset = %ds, actor, "{why}");
+            let targets: Vec<String> = refusal
+                .snapshots
+                .iter()
+                .map(|h| format!("{ds}@{}", h.name))
+                .collect();
+            let record = Record {
+                at: now,
+                actor,
+                action: match op {
+                    Operation::ReceiveForce(_) => "receive -F",
+                    Operation::ReleaseHold(_) => "release",
+                    _ => "destroy",
+                },
+                target: &targets.join(" "),
+                why: &why,
+                outcome: "refused",
+                policy_revision: self.policy().map(|p| p.bundle.revision),
+            };
+            if let Err(e) = self.audit.write(&record) {
+                warn!(error = %e, "audit log write failed for a refusal; refused all the same");
+            }
+            self.event(EventKind::FloorRefused(refusal.clone()), now);
+        }
+        Err(refusal)
     }
 
     /// Installs a verified policy. True when its revision differs from the
@@ -167,6 +291,7 @@ impl Lifecycle {
         let changed = before != Some(revision);
         if changed {
             self.request_full_inventory();
+            self.note_floor(crate::clock::now());
         }
         changed
     }
@@ -319,6 +444,8 @@ impl Lifecycle {
         inv.datasets = fresh;
         inv.bookmarks = marks;
         inv.last_rescan = now;
+        drop(inv);
+        self.note_floor(now);
         Ok(())
     }
 
@@ -707,7 +834,16 @@ impl Lifecycle {
         if plan.destroy.is_empty() {
             return true;
         }
-        for snap in &plan.destroy {
+        let kept: HashSet<String> =
+            match self.floor_vet(ds, snaps, Operation::Destroy(&plan.destroy), actor, now) {
+                Ok(()) => HashSet::new(),
+                Err(r) => {
+                    let names = r.snapshots.iter().map(|h| h.name.clone()).collect();
+                    report.refused.push(r);
+                    names
+                }
+            };
+        for snap in plan.destroy.iter().filter(|s| !kept.contains(*s)) {
             let target = format!("{ds}@{snap}");
             let record = |outcome| Record {
                 at: now,
