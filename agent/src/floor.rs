@@ -159,11 +159,12 @@ fn push<T: PartialEq>(line: &mut Vec<Since<T>>, value: T, now: i64) -> bool {
 
 /// The entries of `line` in force at some time in `[from, to)`, each with
 /// the span it was in force; the first one's span starts at the beginning.
+/// One that ended in the very second `from` counts: clocks tick in seconds.
 fn in_force<T>(line: &[Since<T>], from: i64, to: i64) -> impl Iterator<Item = (&T, i64, i64)> {
     line.iter().enumerate().filter_map(move |(i, e)| {
         let start = if i == 0 { i64::MIN } else { e.since };
         let end = line.get(i + 1).map_or(i64::MAX, |n| n.since);
-        (end > from && start < to).then_some((&e.value, start, end))
+        (end >= from && start < to).then_some((&e.value, start, end))
     })
 }
 
@@ -490,7 +491,7 @@ mod tests {
         fn the_floor_is_exactly_the_longest_window_since_creation(h in history(), created in 0i64..200) {
             let created = created * DAY;
             let (b, dated) = apply(&h);
-            let first_after = dated.iter().position(|(t, _)| *t > created).unwrap_or(dated.len());
+            let first_after = dated.iter().position(|(t, _)| *t >= created).unwrap_or(dated.len());
             let from = first_after.saturating_sub(1);
             let longest = dated[from..].iter().map(|(_, s)| *s).max().unwrap_or(0);
             let expect = (longest > 0).then_some(created + longest as i64);

@@ -1084,19 +1084,24 @@ mod tests {
     }
 
     fn policy() -> SignedPolicy {
+        windowed(1, "0s")
+    }
+
+    /// The test policy at `revision`, with class `fast`'s window `immutable_for`.
+    fn windowed(revision: u64, immutable_for: &str) -> SignedPolicy {
         let policy = serde_json::from_value(serde_json::json!({
             "version": 1,
             "sites": { "site-a": {} },
             "nodes": { "n": { "site": "site-a", "media": "ssd" } },
             "classes": {
-                "fast": { "tiers": { "1h": 1 }, "rpo": "2h", "rto": "1h", "immutable_for": "0s" }
+                "fast": { "tiers": { "1h": 1 }, "rpo": "2h", "rto": "1h", "immutable_for": immutable_for }
             },
             "datasets": [{ "match": "tank/a", "class": "fast" }]
         }))
         .unwrap();
         SignedPolicy {
             bundle: zdr_common::wire::PolicyBundle {
-                revision: 1,
+                revision,
                 issued_at: 0,
                 source_digest: String::new(),
                 policy,
@@ -1219,5 +1224,46 @@ mod tests {
             .unwrap();
         lc.rescan(now).unwrap();
         assert_eq!(lc.snapshot_pass(now, true).taken.len(), 1);
+    }
+
+    #[test]
+    fn a_policy_that_shortens_the_window_cannot_prune_what_it_protected() {
+        let (dir, audit, sim, ds) = four_snapshots();
+        let book = dir.path().join("floor.json");
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
+        lc.keep_floor_at(&book).unwrap();
+        assert!(lc.install_policy(windowed(1, "7d")));
+        let now = crate::clock::now();
+        lc.rescan(now).unwrap();
+        // A validly signed policy drops the window; a prune follows.
+        assert!(lc.install_policy(windowed(2, "0s")));
+        let r = lc.prune_pass(now, "coordinator:stolen/1");
+        assert!(r.destroyed.is_empty(), "{r:?}");
+        assert_eq!(r.refused.len(), 1, "{r:?}");
+        let hit: Vec<&str> = r.refused[0].snapshots.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(hit, ["zdr_2", "zdr_3"]);
+        assert_eq!(lc.backend.list_snapshots(&ds).unwrap().len(), 4);
+        let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(log.contains("\"outcome\":\"refused\""), "{log}");
+        assert!(!log.contains("\"outcome\":\"intent\""), "{log}");
+        let mut refused_events = 0;
+        while let Some(e) = lc.pop_event() {
+            refused_events += usize::from(matches!(e.kind, EventKind::FloorRefused(_)));
+        }
+        assert_eq!(refused_events, 1);
+
+        // After a restart, under the short window alone, the book still says no.
+        let audit = AuditLog::open(&dir.path().join("audit2.jsonl")).unwrap();
+        let again = Lifecycle::new("n".into(), lc.backend.clone(), audit);
+        again.keep_floor_at(&book).unwrap();
+        assert!(again.install_policy(windowed(2, "0s")));
+        again.rescan(now).unwrap();
+        let r = again.prune_pass(now, "coordinator:stolen/2");
+        assert!(r.destroyed.is_empty(), "{r:?}");
+        assert_eq!(r.refused.len(), 1, "{r:?}");
+        // Past the window, retention goes ahead.
+        let r = again.prune_pass(now + 8 * 86_400, "agent:n/retention");
+        assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"], "{r:?}");
+        assert!(r.refused.is_empty());
     }
 }
