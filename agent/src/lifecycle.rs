@@ -135,6 +135,8 @@ struct Floor {
     book: Book,
     path: Option<PathBuf>,
     reported: HashSet<(String, String)>,
+    /// Snapshots (`dataset@name`) known to carry [`floor::FLOOR_HOLD`].
+    held: HashSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -609,8 +611,13 @@ impl Lifecycle {
                 Err(e) => self.backend_error(&mut report, "snapshot", &group[0], &e, now),
             }
         }
+        if !taken.is_empty() {
+            for (ds, _) in &taken {
+                self.refresh(ds);
+            }
+            self.floor_holds_pass(now);
+        }
         for (ds, name) in taken {
-            self.refresh(&ds);
             info!(dataset = %ds, snapshot = %name, "snapshot taken");
             self.event(
                 EventKind::SnapshotTaken {
@@ -658,12 +665,98 @@ impl Lifecycle {
         );
     }
 
+    /// Puts the floor's hold on our snapshots inside their window and takes
+    /// it off those past it, so that retention can then destroy them.
+    pub fn floor_holds_pass(&self, now: i64) {
+        let Some(policy) = self.policy() else { return };
+        let prefix = &policy.bundle.policy.snapshot_prefix;
+        let datasets: Vec<(DatasetName, Vec<SnapshotInfo>)> = lock(&self.inventory)
+            .datasets
+            .iter()
+            .map(|(n, (_, s))| (n.clone(), s.clone()))
+            .collect();
+        for (ds, snaps) in datasets {
+            let (hold, release) = {
+                let f = lock(&self.floor);
+                let held = |s: &SnapshotInfo| {
+                    f.held.contains(&format!("{ds}@{}", s.name))
+                        || (s.userrefs > 0
+                            && !f.book.inside(ds.as_str(), s.creation, now)
+                            && self
+                                .backend
+                                .holds(&ds, &s.name)
+                                .is_ok_and(|t| t.iter().any(|t| t == floor::FLOOR_HOLD)))
+                };
+                floor::hold_changes(
+                    &f.book,
+                    ds.as_str(),
+                    &snaps,
+                    |n| retention::is_ours(n, prefix),
+                    held,
+                    now,
+                )
+            };
+            for name in hold {
+                let done = match self.backend.hold(&ds, &name, floor::FLOOR_HOLD) {
+                    Ok(()) => Some(1),
+                    Err(ZfsError::Exists { .. }) => Some(0),
+                    Err(e) => {
+                        warn!(snapshot = %format!("{ds}@{name}"), error = %e, "taking the floor's hold failed");
+                        None
+                    }
+                };
+                if let Some(added) = done {
+                    self.floor_held(&ds, &name, true, added);
+                }
+            }
+            for name in release {
+                let done = match self.backend.release(&ds, &name, floor::FLOOR_HOLD) {
+                    Ok(()) => Some(1),
+                    Err(ZfsError::NotFound { .. }) => Some(0),
+                    Err(e) => {
+                        warn!(snapshot = %format!("{ds}@{name}"), error = %e, "releasing the floor's hold failed");
+                        None
+                    }
+                };
+                if let Some(removed) = done {
+                    info!(snapshot = %format!("{ds}@{name}"), "out of the immutability window; the floor's hold is released");
+                    self.floor_held(&ds, &name, false, removed);
+                }
+            }
+        }
+    }
+
+    /// Records whether a snapshot carries the floor's hold, and moves its
+    /// cached hold count by `changed`.
+    fn floor_held(&self, ds: &DatasetName, name: &str, held: bool, changed: u32) {
+        let key = format!("{ds}@{name}");
+        let mut f = lock(&self.floor);
+        if held {
+            f.held.insert(key);
+        } else {
+            f.held.remove(&key);
+        }
+        drop(f);
+        let mut inv = lock(&self.inventory);
+        let snap = inv
+            .datasets
+            .get_mut(ds)
+            .and_then(|(_, s)| s.iter_mut().find(|s| s.name == name));
+        if let Some(s) = snap {
+            s.userrefs = match held {
+                true => s.userrefs + changed,
+                false => s.userrefs.saturating_sub(changed),
+            };
+        }
+    }
+
     /// Destroys what the tiers no longer keep. Each destroy is audited first.
     pub fn prune_pass(&self, now: i64, actor: &str) -> PassReport {
         let mut report = PassReport::default();
         let Some(policy) = self.policy() else {
             return report;
         };
+        self.floor_holds_pass(now);
         for (info, class_name, class, snaps) in self.protected(&policy) {
             let rules = Rules {
                 prefix: policy.bundle.policy.snapshot_prefix.clone(),
@@ -1239,8 +1332,30 @@ mod tests {
         assert!(lc.install_policy(windowed(2, "0s")));
         let r = lc.prune_pass(now, "coordinator:stolen/1");
         assert!(r.destroyed.is_empty(), "{r:?}");
+        // The pass put the floor's hold on them first, so retention kept them.
+        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
+            let tags = lc.backend.holds(&ds, name).unwrap();
+            assert_eq!(tags, [floor::FLOOR_HOLD], "{name}");
+        }
+        // Without the holds (a root user released them), the floor refuses.
+        for name in ["zdr_2", "zdr_3"] {
+            lc.backend.release(&ds, name, floor::FLOOR_HOLD).unwrap();
+            lock(&lc.floor).held.remove(&format!("{ds}@{name}"));
+        }
+        let cmd = PruneReplica {
+            dataset: "tank/a".into(),
+            task: "t".into(),
+            tiers: zdr_common::policy::default_tiers(),
+            immutable_for_secs: 0,
+        };
+        let r = lc.prune_replica(&cmd, now, "coordinator:stolen/1");
+        assert!(r.destroyed.is_empty(), "{r:?}");
         assert_eq!(r.refused.len(), 1, "{r:?}");
-        let hit: Vec<&str> = r.refused[0].snapshots.iter().map(|h| h.name.as_str()).collect();
+        let hit: Vec<&str> = r.refused[0]
+            .snapshots
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
         assert_eq!(hit, ["zdr_2", "zdr_3"]);
         assert_eq!(lc.backend.list_snapshots(&ds).unwrap().len(), 4);
         let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
@@ -1260,7 +1375,7 @@ mod tests {
         again.rescan(now).unwrap();
         let r = again.prune_pass(now, "coordinator:stolen/2");
         assert!(r.destroyed.is_empty(), "{r:?}");
-        assert_eq!(r.refused.len(), 1, "{r:?}");
+        assert_eq!(lc.backend.holds(&ds, "zdr_2").unwrap(), [floor::FLOOR_HOLD]);
         // Past the window, retention goes ahead.
         let r = again.prune_pass(now + 8 * 86_400, "agent:n/retention");
         assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"], "{r:?}");
