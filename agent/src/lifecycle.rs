@@ -696,32 +696,26 @@ impl Lifecycle {
                     now,
                 )
             };
-            for name in hold {
-                let done = match self.backend.hold(&ds, &name, floor::FLOOR_HOLD) {
-                    Ok(()) => Some(1),
-                    Err(ZfsError::Exists { .. }) => Some(0),
+            let changes = hold.into_iter().map(|n| (n, true));
+            for (name, held) in changes.chain(release.into_iter().map(|n| (n, false))) {
+                let done = match held {
+                    true => self.backend.hold(&ds, &name, floor::FLOOR_HOLD),
+                    false => self.backend.release(&ds, &name, floor::FLOOR_HOLD),
+                };
+                let changed = match done {
+                    Ok(()) => 1,
+                    // Already so: held before, or released by someone else.
+                    Err(ZfsError::Exists { .. }) if held => 0,
+                    Err(ZfsError::NotFound { .. }) if !held => 0,
                     Err(e) => {
-                        warn!(snapshot = %format!("{ds}@{name}"), error = %e, "taking the floor's hold failed");
-                        None
+                        warn!(snapshot = %format!("{ds}@{name}"), error = %e, held, "changing the floor's hold failed");
+                        continue;
                     }
                 };
-                if let Some(added) = done {
-                    self.floor_held(&ds, &name, true, added);
-                }
-            }
-            for name in release {
-                let done = match self.backend.release(&ds, &name, floor::FLOOR_HOLD) {
-                    Ok(()) => Some(1),
-                    Err(ZfsError::NotFound { .. }) => Some(0),
-                    Err(e) => {
-                        warn!(snapshot = %format!("{ds}@{name}"), error = %e, "releasing the floor's hold failed");
-                        None
-                    }
-                };
-                if let Some(removed) = done {
+                if !held {
                     info!(snapshot = %format!("{ds}@{name}"), "out of the immutability window; the floor's hold is released");
-                    self.floor_held(&ds, &name, false, removed);
                 }
+                self.floor_held(&ds, &name, held, changed);
             }
         }
     }
