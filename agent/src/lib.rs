@@ -2,6 +2,7 @@
 //!
 //! - [`zfs`]: the backend trait and its backends; [`latency`] slows one down;
 //! - [`retention`]: which snapshots the tiers keep (pure);
+//! - [`floor`]: what no command may remove, the immutability windows (pure);
 //! - [`lifecycle`]: the inventory cache, scheduled snapshots and pruning;
 //! - [`scheduler`]: runs the lifecycle's passes until shutdown;
 //! - [`node`]: the NATS side (hello, heartbeats, inventory, commands, policy);
@@ -13,6 +14,7 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod drill;
+pub mod floor;
 pub mod latency;
 pub mod lifecycle;
 pub mod node;

@@ -3,18 +3,20 @@
 //! not NATS is up; it never touches the network.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use zdr_common::policy::{Class, Tiers};
 use zdr_common::wire::{
-    BookmarkInfo, DatasetInventory, Event, EventKind, InventoryChange, PoolInfo, PruneReplica,
-    SnapshotInfo, RESTORE_HOLD_PREFIX,
+    BookmarkInfo, DatasetInventory, Event, EventKind, FloorRefusal, InventoryChange, PoolInfo,
+    PruneReplica, SnapshotInfo, RESTORE_HOLD_PREFIX,
 };
 use zdr_common::DatasetName;
 
 use crate::audit::{AuditLog, Record};
+use crate::floor::{self, Book, BookError, Operation};
 use crate::retention::{self, KeepReason, Rules};
 use crate::state::SignedPolicy;
 use crate::zfs::{Backend, DatasetInfo, ZfsError};
@@ -123,6 +125,18 @@ pub struct Lifecycle {
     events: Mutex<VecDeque<Event>>,
     in_flight: InFlightSet,
     pool_stats: Mutex<Option<(Instant, Vec<PoolInfo>)>>,
+    floor: Mutex<Floor>,
+}
+
+/// The retention floor's book, where it is kept, and the refusals already
+/// audited (a pass that plans the same destroy again is refused quietly).
+#[derive(Default)]
+struct Floor {
+    book: Book,
+    path: Option<PathBuf>,
+    reported: HashSet<(String, String)>,
+    /// Snapshots (`dataset@name`) known to carry [`floor::FLOOR_HOLD`].
+    held: HashSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +149,8 @@ pub struct PassReport {
     pub taken: Vec<String>,
     pub destroyed: Vec<String>,
     pub errors: Vec<String>,
+    /// Destroys the retention floor refused.
+    pub refused: Vec<FloorRefusal>,
 }
 
 impl Lifecycle {
@@ -151,7 +167,117 @@ impl Lifecycle {
             events: Mutex::new(VecDeque::new()),
             in_flight: Arc::default(),
             pool_stats: Mutex::new(None),
+            floor: Mutex::default(),
         }
+    }
+
+    /// Loads the retention floor's book from `path` and keeps it there.
+    pub fn keep_floor_at(&self, path: &Path) -> Result<(), BookError> {
+        let book = Book::load(path)?;
+        {
+            let mut f = lock(&self.floor);
+            f.book = book;
+            f.path = Some(path.to_path_buf());
+        }
+        self.note_floor(crate::clock::now());
+        Ok(())
+    }
+
+    /// Notes the policy's windows and every listed dataset's class in the
+    /// floor's book, and saves it when that changed it.
+    fn note_floor(&self, now: i64) {
+        let Some(policy) = self.policy() else { return };
+        let classes: Vec<(DatasetName, Option<String>)> = lock(&self.inventory)
+            .datasets
+            .values()
+            .map(|(info, _)| {
+                let class = self.class_of(&policy, info).map(|(n, _)| n);
+                (info.name.clone(), class)
+            })
+            .collect();
+        let mut f = lock(&self.floor);
+        let windows = policy
+            .bundle
+            .policy
+            .classes
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.immutable_for.secs()));
+        let mut changed = f.book.note_windows(windows, now);
+        for (ds, class) in classes {
+            let class = class.or_else(|| f.book.replica_class(ds.as_str()).map(str::to_string));
+            changed |= f.book.note_class(ds.as_str(), class.as_deref(), now);
+        }
+        if let (true, Some(path)) = (changed, &f.path) {
+            let saved = serde_json::to_vec(&f.book)
+                .map_err(std::io::Error::other)
+                .and_then(|raw| crate::state::write_atomic(path, &raw));
+            if let Err(e) = saved {
+                warn!(error = %e, path = %path.display(), "saving the retention floor's book failed");
+            }
+        }
+    }
+
+    /// The retention floor's word on a destructive operation on `ds`, whose
+    /// snapshots are `snaps`: every destroy, rollback and release of the
+    /// floor's hold asks here first, whoever signed it. A refusal is logged,
+    /// audited and raised as an event (once per snapshot and operation).
+    pub fn floor_vet(
+        &self,
+        ds: &DatasetName,
+        snaps: &[SnapshotInfo],
+        op: Operation<'_>,
+        actor: &str,
+        now: i64,
+    ) -> Result<(), FloorRefusal> {
+        let refusal = {
+            let f = lock(&self.floor);
+            match floor::decide(&f.book, ds.as_str(), snaps, op, now) {
+                Ok(()) => return Ok(()),
+                Err(r) => r,
+            }
+        };
+        let fresh = {
+            let mut f = lock(&self.floor);
+            let key = |h: &zdr_common::wire::FloorHit| {
+                (
+                    format!("{ds}@{}", h.name),
+                    format!("{:?}", refusal.operation),
+                )
+            };
+            let fresh = refusal
+                .snapshots
+                .iter()
+                .any(|h| !f.reported.contains(&key(h)));
+            f.reported.extend(refusal.snapshots.iter().map(key));
+            fresh
+        };
+        let why = floor::describe(&refusal);
+        if fresh {
+            warn!(dataset = %ds, actor, "{why}");
+            let targets: Vec<String> = refusal
+                .snapshots
+                .iter()
+                .map(|h| format!("{ds}@{}", h.name))
+                .collect();
+            let record = Record {
+                at: now,
+                actor,
+                action: match op {
+                    Operation::ReceiveForce(_) => "receive -F",
+                    Operation::ReleaseHold(_) => "release",
+                    _ => "destroy",
+                },
+                target: &targets.join(" "),
+                why: &why,
+                outcome: "refused",
+                policy_revision: self.policy().map(|p| p.bundle.revision),
+            };
+            if let Err(e) = self.audit.write(&record) {
+                warn!(error = %e, "audit log write failed for a refusal; refused all the same");
+            }
+            self.event(EventKind::FloorRefused(refusal.clone()), now);
+        }
+        Err(refusal)
     }
 
     /// Installs a verified policy. True when its revision differs from the
@@ -167,6 +293,7 @@ impl Lifecycle {
         let changed = before != Some(revision);
         if changed {
             self.request_full_inventory();
+            self.note_floor(crate::clock::now());
         }
         changed
     }
@@ -319,6 +446,8 @@ impl Lifecycle {
         inv.datasets = fresh;
         inv.bookmarks = marks;
         inv.last_rescan = now;
+        drop(inv);
+        self.note_floor(now);
         Ok(())
     }
 
@@ -482,8 +611,13 @@ impl Lifecycle {
                 Err(e) => self.backend_error(&mut report, "snapshot", &group[0], &e, now),
             }
         }
+        if !taken.is_empty() {
+            for (ds, _) in &taken {
+                self.refresh(ds);
+            }
+            self.floor_holds_pass(now);
+        }
         for (ds, name) in taken {
-            self.refresh(&ds);
             info!(dataset = %ds, snapshot = %name, "snapshot taken");
             self.event(
                 EventKind::SnapshotTaken {
@@ -531,12 +665,92 @@ impl Lifecycle {
         );
     }
 
+    /// Puts the floor's hold on our snapshots inside their window and takes
+    /// it off those past it, so that retention can then destroy them.
+    pub fn floor_holds_pass(&self, now: i64) {
+        let Some(policy) = self.policy() else { return };
+        let prefix = &policy.bundle.policy.snapshot_prefix;
+        let datasets: Vec<(DatasetName, Vec<SnapshotInfo>)> = lock(&self.inventory)
+            .datasets
+            .iter()
+            .map(|(n, (_, s))| (n.clone(), s.clone()))
+            .collect();
+        for (ds, snaps) in datasets {
+            let (hold, release) = {
+                let f = lock(&self.floor);
+                let held = |s: &SnapshotInfo| {
+                    f.held.contains(&format!("{ds}@{}", s.name))
+                        || (s.userrefs > 0
+                            && !f.book.inside(ds.as_str(), s.creation, now)
+                            && self
+                                .backend
+                                .holds(&ds, &s.name)
+                                .is_ok_and(|t| t.iter().any(|t| t == floor::FLOOR_HOLD)))
+                };
+                floor::hold_changes(
+                    &f.book,
+                    ds.as_str(),
+                    &snaps,
+                    |n| retention::is_ours(n, prefix),
+                    held,
+                    now,
+                )
+            };
+            let changes = hold.into_iter().map(|n| (n, true));
+            for (name, held) in changes.chain(release.into_iter().map(|n| (n, false))) {
+                let done = match held {
+                    true => self.backend.hold(&ds, &name, floor::FLOOR_HOLD),
+                    false => self.backend.release(&ds, &name, floor::FLOOR_HOLD),
+                };
+                let changed = match done {
+                    Ok(()) => 1,
+                    // Already so: held before, or released by someone else.
+                    Err(ZfsError::Exists { .. }) if held => 0,
+                    Err(ZfsError::NotFound { .. }) if !held => 0,
+                    Err(e) => {
+                        warn!(snapshot = %format!("{ds}@{name}"), error = %e, held, "changing the floor's hold failed");
+                        continue;
+                    }
+                };
+                if !held {
+                    info!(snapshot = %format!("{ds}@{name}"), "out of the immutability window; the floor's hold is released");
+                }
+                self.floor_held(&ds, &name, held, changed);
+            }
+        }
+    }
+
+    /// Records whether a snapshot carries the floor's hold, and moves its
+    /// cached hold count by `changed`.
+    fn floor_held(&self, ds: &DatasetName, name: &str, held: bool, changed: u32) {
+        let key = format!("{ds}@{name}");
+        let mut f = lock(&self.floor);
+        if held {
+            f.held.insert(key);
+        } else {
+            f.held.remove(&key);
+        }
+        drop(f);
+        let mut inv = lock(&self.inventory);
+        let snap = inv
+            .datasets
+            .get_mut(ds)
+            .and_then(|(_, s)| s.iter_mut().find(|s| s.name == name));
+        if let Some(s) = snap {
+            s.userrefs = match held {
+                true => s.userrefs + changed,
+                false => s.userrefs.saturating_sub(changed),
+            };
+        }
+    }
+
     /// Destroys what the tiers no longer keep. Each destroy is audited first.
     pub fn prune_pass(&self, now: i64, actor: &str) -> PassReport {
         let mut report = PassReport::default();
         let Some(policy) = self.policy() else {
             return report;
         };
+        self.floor_holds_pass(now);
         for (info, class_name, class, snaps) in self.protected(&policy) {
             let rules = Rules {
                 prefix: policy.bundle.policy.snapshot_prefix.clone(),
@@ -707,7 +921,16 @@ impl Lifecycle {
         if plan.destroy.is_empty() {
             return true;
         }
-        for snap in &plan.destroy {
+        let kept: HashSet<String> =
+            match self.floor_vet(ds, snaps, Operation::Destroy(&plan.destroy), actor, now) {
+                Ok(()) => HashSet::new(),
+                Err(r) => {
+                    let names = r.snapshots.iter().map(|h| h.name.clone()).collect();
+                    report.refused.push(r);
+                    names
+                }
+            };
+        for snap in plan.destroy.iter().filter(|s| !kept.contains(*s)) {
             let target = format!("{ds}@{snap}");
             let record = |outcome| Record {
                 at: now,
@@ -948,19 +1171,24 @@ mod tests {
     }
 
     fn policy() -> SignedPolicy {
+        windowed(1, "0s")
+    }
+
+    /// The test policy at `revision`, with class `fast`'s window `immutable_for`.
+    fn windowed(revision: u64, immutable_for: &str) -> SignedPolicy {
         let policy = serde_json::from_value(serde_json::json!({
             "version": 1,
             "sites": { "site-a": {} },
             "nodes": { "n": { "site": "site-a", "media": "ssd" } },
             "classes": {
-                "fast": { "tiers": { "1h": 1 }, "rpo": "2h", "rto": "1h", "immutable_for": "0s" }
+                "fast": { "tiers": { "1h": 1 }, "rpo": "2h", "rto": "1h", "immutable_for": immutable_for }
             },
             "datasets": [{ "match": "tank/a", "class": "fast" }]
         }))
         .unwrap();
         SignedPolicy {
             bundle: zdr_common::wire::PolicyBundle {
-                revision: 1,
+                revision,
                 issued_at: 0,
                 source_digest: String::new(),
                 policy,
@@ -1083,5 +1311,68 @@ mod tests {
             .unwrap();
         lc.rescan(now).unwrap();
         assert_eq!(lc.snapshot_pass(now, true).taken.len(), 1);
+    }
+
+    #[test]
+    fn a_policy_that_shortens_the_window_cannot_prune_what_it_protected() {
+        let (dir, audit, sim, ds) = four_snapshots();
+        let book = dir.path().join("floor.json");
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
+        lc.keep_floor_at(&book).unwrap();
+        assert!(lc.install_policy(windowed(1, "7d")));
+        let now = crate::clock::now();
+        lc.rescan(now).unwrap();
+        // A validly signed policy drops the window; a prune follows.
+        assert!(lc.install_policy(windowed(2, "0s")));
+        let r = lc.prune_pass(now, "coordinator:stolen/1");
+        assert!(r.destroyed.is_empty(), "{r:?}");
+        // The pass put the floor's hold on them first, so retention kept them.
+        for name in ["zdr_1", "zdr_2", "zdr_3", "zdr_4"] {
+            let tags = lc.backend.holds(&ds, name).unwrap();
+            assert_eq!(tags, [floor::FLOOR_HOLD], "{name}");
+        }
+        // Without the holds (a root user released them), the floor refuses.
+        for name in ["zdr_2", "zdr_3"] {
+            lc.backend.release(&ds, name, floor::FLOOR_HOLD).unwrap();
+            lock(&lc.floor).held.remove(&format!("{ds}@{name}"));
+        }
+        let cmd = PruneReplica {
+            dataset: "tank/a".into(),
+            task: "t".into(),
+            tiers: zdr_common::policy::default_tiers(),
+            immutable_for_secs: 0,
+        };
+        let r = lc.prune_replica(&cmd, now, "coordinator:stolen/1");
+        assert!(r.destroyed.is_empty(), "{r:?}");
+        assert_eq!(r.refused.len(), 1, "{r:?}");
+        let hit: Vec<&str> = r.refused[0]
+            .snapshots
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        assert_eq!(hit, ["zdr_2", "zdr_3"]);
+        assert_eq!(lc.backend.list_snapshots(&ds).unwrap().len(), 4);
+        let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+        assert!(log.contains("\"outcome\":\"refused\""), "{log}");
+        assert!(!log.contains("\"outcome\":\"intent\""), "{log}");
+        let mut refused_events = 0;
+        while let Some(e) = lc.pop_event() {
+            refused_events += usize::from(matches!(e.kind, EventKind::FloorRefused(_)));
+        }
+        assert_eq!(refused_events, 1);
+
+        // After a restart, under the short window alone, the book still says no.
+        let audit = AuditLog::open(&dir.path().join("audit2.jsonl")).unwrap();
+        let again = Lifecycle::new("n".into(), lc.backend.clone(), audit);
+        again.keep_floor_at(&book).unwrap();
+        assert!(again.install_policy(windowed(2, "0s")));
+        again.rescan(now).unwrap();
+        let r = again.prune_pass(now, "coordinator:stolen/2");
+        assert!(r.destroyed.is_empty(), "{r:?}");
+        assert_eq!(lc.backend.holds(&ds, "zdr_2").unwrap(), [floor::FLOOR_HOLD]);
+        // Past the window, retention goes ahead.
+        let r = again.prune_pass(now + 8 * 86_400, "agent:n/retention");
+        assert_eq!(r.destroyed, ["tank/a@zdr_2", "tank/a@zdr_3"], "{r:?}");
+        assert!(r.refused.is_empty());
     }
 }

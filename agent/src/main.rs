@@ -150,6 +150,9 @@ async fn run() -> anyhow::Result<()> {
     let backend = backend(&config, &state)?;
     let audit = AuditLog::open(&state.path("audit.jsonl")).context("opening the audit log")?;
     let lifecycle = Arc::new(Lifecycle::new(config.node.clone(), backend, audit));
+    lifecycle
+        .keep_floor_at(&state.path("floor.json"))
+        .context("loading the retention floor")?;
     match state.load_policy(&verifier) {
         Ok(Some(p)) => {
             info!(revision = p.bundle.revision, "cached signed policy loaded");

@@ -20,6 +20,7 @@ use zdr_common::wire::{
 
 use crate::clock::now;
 use crate::config::Config;
+use crate::floor;
 use crate::lifecycle::{Lifecycle, PassReport, Publication};
 use crate::replication::Replication;
 use crate::state::{SignedPolicy, StateDir};
@@ -353,16 +354,19 @@ fn pass_result(r: PassReport) -> (Outcome, String, Effects) {
         taken: r.taken,
         destroyed: r.destroyed,
         errors: r.errors,
+        floor_refused: r.refused,
         ..Effects::default()
     };
     summarize(effects, line)
 }
 
 fn summarize(effects: Effects, line: String) -> (Outcome, String, Effects) {
-    if effects.errors.is_empty() {
+    let mut problems = effects.errors.clone();
+    problems.extend(effects.floor_refused.iter().map(floor::describe));
+    if problems.is_empty() {
         (Outcome::Done, line, effects)
     } else {
-        let line = format!("{line}; errors: {}", effects.errors.join("; "));
+        let line = format!("{line}; errors: {}", problems.join("; "));
         (Outcome::Failed, line, effects)
     }
 }

@@ -25,6 +25,7 @@ use zdr_common::DatasetName;
 use crate::audit::Record;
 use crate::clock::now;
 use crate::config::TransferConfig;
+use crate::floor::{self, Operation, FLOOR_HOLD};
 use crate::lifecycle::Lifecycle;
 use crate::transfer::{
     Compression, FleetTls, Job, JobToken, Listener, Progress, RateHandle, SendOptions, Sender,
@@ -220,7 +221,7 @@ impl Replication {
         let job = job(&cmd.job, &cmd.token.0)?;
         // Checked before anything is written: a refused -F changes nothing.
         let why_force = match cmd.force {
-            true => Some(self.rollback_audit(&cmd, &dataset).await?),
+            true => Some(self.rollback_audit(&cmd, &dataset, &actor).await?),
             false => None,
         };
         let backend = self.lifecycle.backend.clone();
@@ -272,6 +273,7 @@ impl Replication {
         &self,
         cmd: &ReceiveJob,
         dataset: &DatasetName,
+        actor: &str,
     ) -> Result<String, Refused> {
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
@@ -289,6 +291,10 @@ impl Replication {
                     e.to_string()
                 },
             )?;
+        let destroys = Operation::ReceiveForce(&rollback.destroys);
+        self.lifecycle
+            .floor_vet(dataset, &listing, destroys, actor, now())
+            .map_err(|r| floor::describe(&r))?;
         Ok(format!("job {}: roll {dataset} back {rollback}", cmd.job))
     }
 
@@ -744,6 +750,12 @@ impl Replication {
         keep: Option<&str>,
     ) -> Result<Vec<String>, Refused> {
         let ds = DatasetName::parse(dataset).map_err(|e| format!("dataset: {e}"))?;
+        if tag == FLOOR_HOLD {
+            return Err(format!(
+                "tag {FLOOR_HOLD} refused: the retention floor releases its own hold once a \
+                 snapshot's window has passed; no command releases it"
+            ));
+        }
         let backend = self.lifecycle.backend.clone();
         let (tag, kept) = (tag.to_string(), keep.map(str::to_string));
         tokio::task::spawn_blocking(move || {

@@ -23,6 +23,10 @@ pub fn is_drill_scratch(dataset: &str) -> bool {
     matches!(parts.as_slice(), [pool, root, name] if !pool.is_empty() && *root == DRILL_ROOT && !name.is_empty())
 }
 
+/// The hold an agent keeps on its snapshots while they are inside their
+/// class's immutability window (the retention floor); no command releases it.
+pub const FLOOR_HOLD: &str = "zdr-floor";
+
 /// Inventory chunks stay well under NATS' default 1 MiB max_payload.
 pub const INVENTORY_CHUNK_BYTES: usize = 256 * 1024;
 
@@ -480,6 +484,9 @@ pub struct Effects {
     /// One line per item that failed; the outcome is then `failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// What the node's retention floor refused; the outcome is then `failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floor_refused: Vec<FloorRefusal>,
 }
 
 impl Effects {
@@ -488,7 +495,42 @@ impl Effects {
             && self.destroyed.is_empty()
             && self.released.is_empty()
             && self.errors.is_empty()
+            && self.floor_refused.is_empty()
     }
+}
+
+/// A destructive operation that an agent's retention floor refused, whoever
+/// signed it: it would have removed snapshots inside their immutability window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FloorRefusal {
+    pub dataset: String,
+    pub operation: FloorOperation,
+    /// The snapshots inside their window that it would have removed.
+    pub snapshots: Vec<FloorHit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FloorOperation {
+    /// `zfs destroy` of snapshots (pruning, local or of a copy).
+    Destroy,
+    /// `zfs receive -F`: the rollback destroys the snapshots after its base.
+    ReceiveForce,
+    /// Releasing the floor's own hold ([`FLOOR_HOLD`]).
+    ReleaseHold,
+}
+
+/// One snapshot the floor keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FloorHit {
+    /// The part after `@`.
+    pub name: String,
+    /// Unix seconds.
+    pub creation: i64,
+    /// Unix seconds, on the agent's clock: when it leaves its window.
+    pub until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -536,6 +578,8 @@ pub enum EventKind {
         operation: String,
         message: String,
     },
+    /// The retention floor refused a destructive operation.
+    FloorRefused(FloorRefusal),
 }
 
 /// Splits datasets into chunks whose JSON stays under `limit` bytes. A single

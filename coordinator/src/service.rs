@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zdr_common::subject::{self, AgentTopic};
 use zdr_common::wire::{
-    Command, DatasetInventory, Event, Heartbeat, Hello, InventoryChunk, InventoryDelta, JobUpdate,
+    Command, DatasetInventory, Event, EventKind, Heartbeat, Hello, InventoryChunk, InventoryDelta,
+    JobUpdate,
 };
 
 use crate::admit;
@@ -560,6 +561,13 @@ async fn handle_message(
             }
             info!(node, event = ?m.kind, "agent event");
             metrics::counter!("zdr_agent_events_total").increment(1);
+            if let EventKind::FloorRefused(r) = &m.kind {
+                let snapshots: Vec<&str> = r.snapshots.iter().map(|h| h.name.as_str()).collect();
+                warn!(node, dataset = %r.dataset, operation = ?r.operation, ?snapshots,
+                    "the node's retention floor refused a destructive operation inside the immutability window");
+                metrics::counter!("zdr_floor_refusals_total", "node" => node.to_string())
+                    .increment(1);
+            }
             Changed::default()
         }
         AgentTopic::Job => {
