@@ -10,8 +10,6 @@ pub const MIN_PART: u64 = 5 << 20;
 pub const MAX_PART: u64 = 5 << 30;
 /// S3's most parts in one multipart upload.
 pub const MAX_PARTS: u64 = 10_000;
-/// S3's largest object.
-pub const MAX_OBJECT: u64 = 5 << 40;
 
 /// The smallest stored segment: fewer, larger objects cost fewer requests.
 pub const MIN_SEGMENT: u64 = 8 << 20;
@@ -183,7 +181,8 @@ mod tests {
 
     fn assert_within_limits(s: &Sizing, estimate: u64) {
         let stored = s.segment + SEAL_OVERHEAD;
-        assert!(stored <= MAX_PART && stored <= MAX_OBJECT, "{s:?}");
+        assert!(stored <= MAX_PART, "{s:?}");
+        assert!(s.segments_for(estimate) * stored >= estimate);
         assert!(s.parts_per_segment() <= MAX_PARTS, "{s:?}");
         if s.parts_per_segment() > 1 {
             assert!((MIN_PART..=MAX_PART).contains(&s.part), "{s:?}");
@@ -203,8 +202,6 @@ mod tests {
         assert_eq!(s.segments_for(6 * TB), 22_352);
         assert_eq!(s.part, PART);
         assert_eq!(s.parts_per_segment(), 4);
-        // The single-object design of z3 #29 would have needed 6 TB in one object.
-        assert!(6 * TB > MAX_OBJECT);
     }
 
     #[test]

@@ -164,7 +164,7 @@ pub enum StoreError {
     Chain {
         bucket: String,
         #[source]
-        source: ChainError,
+        source: Box<ChainError>,
     },
     #[error(
         "stream {stream}: restored {got} bytes, the manifest says {want}; the restore is incomplete"
@@ -398,7 +398,7 @@ impl Store {
     ) -> Result<Uploaded, StoreError> {
         check_parent(&req).map_err(|source| StoreError::Chain {
             bucket: self.bucket.clone(),
-            source,
+            source: Box::new(source),
         })?;
         if req.recipients.is_empty() {
             return Err(StoreError::NoRecipients);
@@ -734,7 +734,7 @@ impl Store {
         )
         .map_err(|source| StoreError::Chain {
             bucket: self.bucket.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(chain.into_iter().cloned().collect())
     }
