@@ -336,6 +336,37 @@ pub fn chain<'a>(
     }))
 }
 
+/// Checks that `parent` lands the snapshot a stream of `dataset` starts
+/// from, with the same send flags.
+pub fn check_link(
+    dataset: &str,
+    stream: &str,
+    from_guid: u64,
+    flags: SendFlags,
+    parent: &Manifest,
+) -> Result<(), ChainError> {
+    if parent.dataset != dataset || parent.to_guid != from_guid {
+        return Err(ChainError::BrokenLink {
+            dataset: dataset.to_string(),
+            stream: stream.to_string(),
+            from_guid,
+            parent_stream: parent.stream.clone(),
+            parent_dataset: parent.dataset.clone(),
+            parent_guid: parent.to_guid,
+        });
+    }
+    if parent.flags != flags {
+        return Err(ChainError::FlagsChanged {
+            dataset: dataset.to_string(),
+            stream: stream.to_string(),
+            flags,
+            parent_stream: parent.stream.clone(),
+            parent_flags: parent.flags,
+        });
+    }
+    Ok(())
+}
+
 fn walk<'a>(
     manifests: &'a [VerifiedManifest],
     tip: &'a VerifiedManifest,
@@ -353,26 +384,7 @@ fn walk<'a>(
                 stream: m.stream.clone(),
                 parent: parent.clone(),
             })?;
-        let p = &up.manifest;
-        if p.dataset != m.dataset || p.to_guid != from_guid {
-            return Err(ChainError::BrokenLink {
-                dataset: m.dataset.clone(),
-                stream: m.stream.clone(),
-                from_guid,
-                parent_stream: p.stream.clone(),
-                parent_dataset: p.dataset.clone(),
-                parent_guid: p.to_guid,
-            });
-        }
-        if p.flags != m.flags {
-            return Err(ChainError::FlagsChanged {
-                dataset: m.dataset.clone(),
-                stream: m.stream.clone(),
-                flags: m.flags,
-                parent_stream: p.stream.clone(),
-                parent_flags: p.flags,
-            });
-        }
+        check_link(&m.dataset, &m.stream, from_guid, m.flags, &up.manifest)?;
         if chain.len() > manifests.len() {
             return Err(ChainError::Loop {
                 dataset: m.dataset.clone(),

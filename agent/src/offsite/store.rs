@@ -235,27 +235,13 @@ pub fn check_parent(req: &UploadRequest<'_>) -> Result<(), ChainError> {
             incomplete: Vec::new(),
         });
     };
-    let p = &parent.manifest;
-    if p.dataset != req.dataset || p.to_guid != from_guid {
-        return Err(ChainError::BrokenLink {
-            dataset: req.dataset.clone(),
-            stream: "(new upload)".into(),
-            from_guid,
-            parent_stream: p.stream.clone(),
-            parent_dataset: p.dataset.clone(),
-            parent_guid: p.to_guid,
-        });
-    }
-    if p.flags != req.flags {
-        return Err(ChainError::FlagsChanged {
-            dataset: req.dataset.clone(),
-            stream: "(new upload)".into(),
-            flags: req.flags,
-            parent_stream: p.stream.clone(),
-            parent_flags: p.flags,
-        });
-    }
-    Ok(())
+    manifest::check_link(
+        &req.dataset,
+        "(new upload)",
+        from_guid,
+        req.flags,
+        &parent.manifest,
+    )
 }
 
 fn content_md5(bytes: &[u8]) -> String {
