@@ -261,15 +261,7 @@ async fn locked_objects_refuse_deletion_and_overwrites_never_reach_a_restore() {
     );
 
     // An overwrite only adds a version; a delete only adds a delete marker.
-    client
-        .put_object()
-        .bucket("offsite-worm")
-        .key(&object)
-        .content_md5(base64_md5(b"garbage"))
-        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"garbage"))
-        .send()
-        .await
-        .unwrap();
+    put(&store, &object, b"garbage".to_vec()).await;
     let first = segment_key("zdr/", "tank/vm/disk0", &up.manifest.stream, 0);
     client
         .delete_object()
@@ -298,10 +290,33 @@ async fn locked_objects_refuse_deletion_and_overwrites_never_reach_a_restore() {
     );
 }
 
-fn base64_md5(bytes: &[u8]) -> String {
+async fn get(store: &Store, object: &str) -> Vec<u8> {
+    let out = store
+        .client()
+        .get_object()
+        .bucket(store.bucket())
+        .key(object)
+        .send()
+        .await
+        .unwrap();
+    out.body.collect().await.unwrap().to_vec()
+}
+
+/// A PUT as a user with write access would do it, over whatever is there.
+async fn put(store: &Store, object: &str, body: Vec<u8>) {
     use base64::Engine;
     use md5::Digest;
-    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+    store
+        .client()
+        .put_object()
+        .bucket(store.bucket())
+        .key(object)
+        .content_md5(md5)
+        .body(aws_sdk_s3::primitives::ByteStream::from(body))
+        .send()
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,30 +348,10 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
         .segments
         .iter()
         .all(|s| s.version_id.is_none()));
-    let client = store.client();
     let object = segment_key("zdr/", "tank/vm/disk0", &up.manifest.stream, 1);
-    let mut stored = client
-        .get_object()
-        .bucket("offsite-plain")
-        .key(&object)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .to_vec();
+    let mut stored = get(&store, &object).await;
     stored[1000] ^= 0x40;
-    client
-        .put_object()
-        .bucket("offsite-plain")
-        .key(&object)
-        .content_md5(base64_md5(&stored))
-        .body(aws_sdk_s3::primitives::ByteStream::from(stored))
-        .send()
-        .await
-        .unwrap();
+    put(&store, &object, stored).await;
 
     let chain = store
         .plan_restore("tank/vm/disk0", 9, &k.trusted)
@@ -382,34 +377,10 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
 
     // A manifest altered in place fails its signature.
     let key = &up.manifest_key;
-    let text = String::from_utf8(
-        client
-            .get_object()
-            .bucket("offsite-plain")
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .body
-            .collect()
-            .await
-            .unwrap()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = String::from_utf8(get(&store, key).await).unwrap();
     let forged = text.replace("\"to_guid\":9", "\"to_guid\":8");
     assert_ne!(forged, text);
-    client
-        .put_object()
-        .bucket("offsite-plain")
-        .key(key)
-        .content_md5(base64_md5(forged.as_bytes()))
-        .body(aws_sdk_s3::primitives::ByteStream::from(
-            forged.into_bytes(),
-        ))
-        .send()
-        .await
-        .unwrap();
+    put(&store, key, forged.into_bytes()).await;
     let err = store
         .plan_restore("tank/vm/disk0", 9, &k.trusted)
         .await
