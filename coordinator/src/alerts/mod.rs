@@ -60,3 +60,39 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// How often a firing alert is sent again.
+pub const REPEAT_SECS: i64 = 4 * 3600;
+/// How long a cleared condition stays active before it resolves.
+pub const KEEP_FIRING_SECS: i64 = 120;
+
+/// One evaluation on the leader: the rules over the live state, then the
+/// state machine. Returns the notifications due.
+pub fn evaluate(state: &crate::state::State, now: i64) -> Vec<state::Notification> {
+    let Some(report) = state.compliance_report() else {
+        return Vec::new();
+    };
+    let firing = {
+        let policy = state.policy();
+        let Some(policy) = policy.as_ref() else {
+            return Vec::new();
+        };
+        let fleet = state.fleet();
+        rules::evaluate(&rules::Input {
+            report: &report,
+            fleet: &fleet,
+            policy: &policy.policy,
+            now,
+            offline_after_secs: state.config().offline_after.as_secs() as i64,
+            leading_since: state.leading_since(),
+        })
+    };
+    let settings = state::Settings {
+        repeat_secs: REPEAT_SECS,
+        keep_firing_secs: KEEP_FIRING_SECS,
+    };
+    let mut book = state.alerts();
+    let (next, notes) = state::step(&book, &firing, now, &settings);
+    *book = next;
+    notes
+}
