@@ -7,6 +7,7 @@
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
 //! - `GET /api/v1/report`: RPO per copy and 3-2-1 compliance of every protected dataset.
+//! - `GET /api/v1/alerts`: the alerts active now (`crate::alerts`), with when each began.
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 //! - `GET /api/v1/restore-points?node=N&dataset=D`, `POST /api/v1/restores`,
 //!   `GET /api/v1/restores[/{job}]`: restores (planned by `crate::restore`).
@@ -41,6 +42,7 @@ pub async fn serve(
         .route("/api/v1/pairings", get(pairings))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/report", get(report))
+        .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/nodes/{node}/commands", post(command))
         .route("/api/v1/restore-points", get(restore_points))
         .route("/api/v1/restores", get(restores).post(restore))
@@ -53,6 +55,21 @@ pub async fn serve(
     {
         tracing::error!(error = %e, "HTTP server stopped");
     }
+}
+
+#[derive(Serialize)]
+struct AlertsView {
+    leader: bool,
+    alerts: Vec<crate::alerts::state::Tracked>,
+}
+
+/// Only the leader evaluates: a standby's list is empty and says so.
+async fn alerts(AxState(st): AxState<Arc<State>>) -> Json<AlertsView> {
+    let alerts = st.alerts().active.values().cloned().collect();
+    Json(AlertsView {
+        leader: st.is_leader(),
+        alerts,
+    })
 }
 
 #[derive(Serialize)]

@@ -3,6 +3,7 @@
 //! HTTP health and status API. It never touches ZFS.
 
 pub mod admit;
+pub mod alerts;
 pub mod bandwidth;
 pub mod bus;
 pub mod bus_auth;

@@ -260,6 +260,10 @@ async fn lead(
             }
             _ = gauges.tick() => {
                 update_gauges(state);
+                for n in crate::alerts::evaluate(state, now()) {
+                    let a = &n.alert;
+                    warn!(status = n.status.as_str(), alertname = a.name(), fingerprint = %a.fingerprint, labels = ?a.labels, "alert: {}", a.annotations["summary"]);
+                }
                 update_pairings(state).await;
             }
             _ = job_tick.tick() => {

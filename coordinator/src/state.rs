@@ -3,7 +3,7 @@
 //! across an `.await` in a spawned task (the future would not be `Send`), so
 //! "no lock held across an await" is checked by the compiler.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use zdr_common::envelope::Sealer;
@@ -77,7 +77,10 @@ pub struct State {
     pairings: RwLock<pairing::Plan>,
     jobs: Mutex<Jobs>,
     leader: AtomicBool,
+    /// Unix seconds: when this instance last took the lead.
+    leading_since: AtomicI64,
     epoch: AtomicU64,
+    alerts: Mutex<crate::alerts::state::Book>,
     command_seq: AtomicU64,
 }
 
@@ -108,6 +111,8 @@ impl State {
             pairings: RwLock::new(pairing::Plan::default()),
             jobs: Mutex::new(Jobs::default()),
             leader: AtomicBool::new(false),
+            leading_since: AtomicI64::new(0),
+            alerts: Mutex::new(Default::default()),
             epoch: AtomicU64::new(0),
             command_seq: AtomicU64::new(0),
         }
@@ -193,6 +198,15 @@ impl State {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub fn leading_since(&self) -> i64 {
+        self.leading_since.load(Ordering::SeqCst)
+    }
+
+    /// The alerts active now (see `crate::alerts::state`).
+    pub fn alerts(&self) -> MutexGuard<'_, crate::alerts::state::Book> {
+        self.alerts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::SeqCst)
     }
@@ -205,6 +219,10 @@ impl State {
     pub fn set_leader(&self, epoch: Option<u64>) {
         if let Some(e) = epoch {
             self.epoch.store(e, Ordering::SeqCst);
+            self.leading_since.store(now(), Ordering::SeqCst);
+        } else {
+            // A standby evaluates nothing; the next leader starts afresh.
+            *self.alerts() = Default::default();
         }
         self.leader.store(epoch.is_some(), Ordering::SeqCst);
     }

@@ -1,0 +1,98 @@
+//! Alerts: the coordinator evaluates its own rules over the live state and
+//! notifies webhook receivers.
+//!
+//! - `rules` (pure): compliance report, fleet and policy in, the firing
+//!   alerts out, each with stable labels and a fingerprint.
+//! - `state` (pure): the previous state, the firing set and `now` in, the
+//!   notifications to send out: fire once, repeat, resolve, hold through flaps.
+//! - `config`: the receivers file (`--alerts`).
+//! - `deliver`: the shell. Notifications go to the JetStream stream
+//!   `ZDR_ALERTS`, one subject per receiver; a task per receiver posts them
+//!   with timeouts, retry and backoff, so no receiver can block the loops.
+
+pub mod rules;
+pub mod state;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One firing alert as the rules make it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable: what the alert is about, never a figure or a snapshot name.
+    pub labels: BTreeMap<String, String>,
+    /// The figures: `summary` names the dataset, the copy and the number.
+    pub annotations: BTreeMap<String, String>,
+    /// 16 hex digits from the labels: the same condition, the same print.
+    pub fingerprint: String,
+}
+
+impl Alert {
+    pub fn new(labels: BTreeMap<String, String>, summary: String) -> Alert {
+        let fingerprint = fingerprint(&labels);
+        Alert {
+            labels,
+            annotations: BTreeMap::from([("summary".to_string(), summary)]),
+            fingerprint,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.labels.get("alertname").map_or("", String::as_str)
+    }
+}
+
+/// A hash of the sorted labels (`name=value` lines); a value cannot hold a
+/// line break that would let two label sets collide, as every value is
+/// escaped first.
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in labels {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.escape_default().to_string().as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// How often a firing alert is sent again.
+pub const REPEAT_SECS: i64 = 4 * 3600;
+/// How long a cleared condition stays active before it resolves.
+pub const KEEP_FIRING_SECS: i64 = 120;
+
+/// One evaluation on the leader: the rules over the live state, then the
+/// state machine. Returns the notifications due.
+pub fn evaluate(state: &crate::state::State, now: i64) -> Vec<state::Notification> {
+    let Some(report) = state.compliance_report() else {
+        return Vec::new();
+    };
+    let firing = {
+        let policy = state.policy();
+        let Some(policy) = policy.as_ref() else {
+            return Vec::new();
+        };
+        let fleet = state.fleet();
+        rules::evaluate(&rules::Input {
+            report: &report,
+            fleet: &fleet,
+            policy: &policy.policy,
+            now,
+            offline_after_secs: state.config().offline_after.as_secs() as i64,
+            leading_since: state.leading_since(),
+        })
+    };
+    let settings = state::Settings {
+        repeat_secs: REPEAT_SECS,
+        keep_firing_secs: KEEP_FIRING_SECS,
+    };
+    let mut book = state.alerts();
+    let (next, notes) = state::step(&book, &firing, now, &settings);
+    *book = next;
+    notes
+}
