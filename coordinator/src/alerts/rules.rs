@@ -355,6 +355,7 @@ datasets:
             media: "ssd".into(),
             dataset: "tank/db".into(),
             online: true,
+            encrypted: false,
             newest: lag.map(|l| SnapshotPoint {
                 name: "zdr_1".into(),
                 guid: 1,
