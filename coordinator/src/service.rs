@@ -259,8 +259,10 @@ async fn lead(
                 resign_policy(state, lease.epoch).await;
             }
             _ = gauges.tick() => {
-                update_gauges(state);
-                for n in crate::alerts::evaluate(state, now()) {
+                // One report per tick, for the gauges and the alerts.
+                let report = state.compliance_report();
+                update_gauges(state, report.as_ref());
+                for n in report.map(|r| crate::alerts::evaluate(state, &r, now())).unwrap_or_default() {
                     let a = &n.alert;
                     warn!(status = n.status.as_str(), alertname = a.name(), fingerprint = %a.fingerprint, labels = ?a.labels, "alert: {}", a.annotations["summary"]);
                 }
@@ -631,7 +633,7 @@ async fn persist(state: &State, node: &str, changed: &Changed) {
     }
 }
 
-fn update_gauges(state: &State) {
+fn update_gauges(state: &State, report: Option<&crate::compliance::Report>) {
     let fleet = state.fleet();
     let policy = state.policy();
     let t = now();
@@ -658,8 +660,8 @@ fn update_gauges(state: &State) {
     }
     metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
     drop((fleet, policy));
-    if let Some(report) = state.compliance_report() {
-        copy_gauges(&report);
+    if let Some(report) = report {
+        copy_gauges(report);
     }
 }
 

@@ -68,10 +68,12 @@ pub const KEEP_FIRING_SECS: i64 = 120;
 
 /// One evaluation on the leader: the rules over the live state, then the
 /// state machine. Returns the notifications due.
-pub fn evaluate(state: &crate::state::State, now: i64) -> Vec<state::Notification> {
-    let Some(report) = state.compliance_report() else {
-        return Vec::new();
-    };
+/// `report` is the compliance report of this tick.
+pub fn evaluate(
+    state: &crate::state::State,
+    report: &crate::compliance::Report,
+    now: i64,
+) -> Vec<state::Notification> {
     let firing = {
         let policy = state.policy();
         let Some(policy) = policy.as_ref() else {
@@ -79,7 +81,7 @@ pub fn evaluate(state: &crate::state::State, now: i64) -> Vec<state::Notificatio
         };
         let fleet = state.fleet();
         rules::evaluate(&rules::Input {
-            report: &report,
+            report,
             fleet: &fleet,
             policy: &policy.policy,
             now,

@@ -87,10 +87,18 @@ pub enum RunbookError {
 /// The replica to restore from: online first, then the smallest lag (a copy
 /// with no confirmed snapshot last), then by node for a stable choice.
 pub fn best_replica(d: &DatasetReport) -> Option<&CopyReport> {
-    d.copies
+    replicas(d).into_iter().next()
+}
+
+/// The replicas, the one to restore from first (see [`best_replica`]).
+fn replicas(d: &DatasetReport) -> Vec<&CopyReport> {
+    let mut r: Vec<&CopyReport> = d
+        .copies
         .iter()
         .filter(|c| c.role == Role::Replica)
-        .min_by_key(|c| (!c.online, c.lag_secs.is_none(), c.lag_secs, c.node.clone()))
+        .collect();
+    r.sort_by_key(|c| (!c.online, c.lag_secs.is_none(), c.lag_secs, c.node.clone()));
+    r
 }
 
 /// The dataset name a restore beside production lands in.
@@ -142,14 +150,7 @@ pub fn runbook(d: &DatasetReport, generated_at: i64) -> Result<Runbook, RunbookE
     if let Some(best) = best_replica(d) {
         procedures.extend(with_zdr(d, best, encrypted));
     }
-    let mut replicas: Vec<&CopyReport> = d
-        .copies
-        .iter()
-        .filter(|c| c.role == Role::Replica)
-        .collect();
-    // The best one first, as above.
-    replicas.sort_by_key(|c| (!c.online, c.lag_secs.is_none(), c.lag_secs, c.node.clone()));
-    procedures.extend(replicas.into_iter().map(|c| by_hand(d, c, encrypted)));
+    procedures.extend(replicas(d).into_iter().map(|c| by_hand(d, c, encrypted)));
     Ok(Runbook {
         node: d.node.clone(),
         dataset: d.dataset.clone(),
