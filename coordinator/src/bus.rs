@@ -25,6 +25,7 @@ pub const INVENTORY_BUCKET: &str = "zdr_inventory";
 pub const LEASE_BUCKET: &str = "zdr_lease";
 pub const PAIRINGS_BUCKET: &str = "zdr_pairings";
 pub const JOBS_BUCKET: &str = "zdr_jobs";
+pub const ALERTS_BUCKET: &str = "zdr_alerts";
 pub const EVENTS_STREAM: &str = "ZDR_EVENTS";
 
 /// Handles on every bucket, created on first start.
@@ -36,6 +37,7 @@ pub struct Stores {
     pub lease: kv::Store,
     pub pairings: kv::Store,
     pub jobs: kv::Store,
+    pub alerts: kv::Store,
 }
 
 async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
@@ -109,6 +111,16 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         },
     )
     .await?;
+    let alerts = bucket(
+        js,
+        kv::Config {
+            bucket: ALERTS_BUCKET.into(),
+            description: "zdr alerts active now, so that a new leader neither fires them again nor forgets to resolve them".into(),
+            history: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
     js.get_or_create_stream(stream::Config {
         name: EVENTS_STREAM.into(),
         subjects: vec!["zdr.v1.agent.*.event".into()],
@@ -124,6 +136,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         lease,
         pairings,
         jobs,
+        alerts,
     })
 }
 

@@ -54,6 +54,7 @@ pub fn coordinator_permissions() -> Permissions {
     Permissions {
         publish: vec![
             format!("{}.agent.*.cmd", subject::PREFIX),
+            format!("{}.>", subject::ALERTS_PREFIX),
             "$JS.API.>".into(),
             "$KV.>".into(),
             "$JS.ACK.>".into(),
@@ -324,6 +325,7 @@ mod tests {
         let p = coordinator_permissions();
         let a = AgentSubjects::for_node("node-a");
         assert!(allowed(&p.publish, &a.cmd));
+        assert!(allowed(&p.publish, "zdr.v1.alerts.ops"));
         assert!(allowed(&p.publish, "$KV.zdr_policy.current"));
         assert!(allowed(&p.publish, "$JS.API.STREAM.CREATE.KV_zdr_jobs"));
         for s in [&a.hello, &a.heartbeat, &a.inventory, &a.job] {

@@ -21,4 +21,8 @@ pub struct Config {
     /// A node is offline after this long without a heartbeat.
     pub offline_after: Duration,
     pub command_timeout: Duration,
+    /// Where alerts are sent (`--alerts`); none: alerts are only logged and listed.
+    pub receivers: Vec<zdr_schemas::receivers::Receiver>,
+    /// A cleared alert resolves after this long without firing again.
+    pub alert_hold: Duration,
 }

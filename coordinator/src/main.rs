@@ -33,11 +33,13 @@ enum Cmd {
         #[arg(long)]
         admin: bool,
     },
-    /// Check a policy file (and a tasks file) and print what is wrong, with file, line and column.
+    /// Check a policy file (and a tasks file, an alert receivers file) and print what is wrong, with file, line and column.
     Check {
         policy: PathBuf,
         #[arg(long)]
         tasks: Option<PathBuf>,
+        #[arg(long)]
+        alerts: Option<PathBuf>,
     },
 }
 
@@ -54,6 +56,9 @@ struct RunArgs {
     /// Replication tasks (optional).
     #[arg(long, env = "ZDR_TASKS")]
     tasks: Option<PathBuf>,
+    /// Alert receivers (optional; `specs/alerts/receivers.yaml` shows the format).
+    #[arg(long, env = "ZDR_ALERTS")]
+    alerts: Option<PathBuf>,
     #[arg(long, env = "ZDR_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
     /// Base64 ed25519 signing key, as `keygen` writes it.
@@ -70,6 +75,10 @@ struct RunArgs {
     offline_after_secs: u64,
     #[arg(long, default_value_t = 10)]
     command_timeout_secs: u64,
+    /// A cleared alert resolves only after this long without firing again,
+    /// so that a flapping condition is one alert.
+    #[arg(long, default_value_t = zdr_coordinator::alerts::KEEP_FIRING_SECS as u64)]
+    alert_hold_secs: u64,
     /// Log as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -162,7 +171,11 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Check { policy, tasks } => {
+        Cmd::Check {
+            policy,
+            tasks,
+            alerts,
+        } => {
             let p = zdr_schemas::load_policy(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!(
                 "{}: ok ({} sites, {} nodes, {} classes, {} dataset rules)",
@@ -175,6 +188,10 @@ async fn main() -> anyhow::Result<()> {
             if let Some(tasks) = tasks {
                 let t = zdr_schemas::load_tasks(&tasks, &p).map_err(|e| anyhow::anyhow!("{e}"))?;
                 println!("{}: ok ({} tasks)", tasks.display(), t.tasks.len());
+            }
+            if let Some(alerts) = alerts {
+                let r = zdr_schemas::load_receivers(&alerts).map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("{}: ok ({} receivers)", alerts.display(), r.receivers.len());
             }
             Ok(())
         }
@@ -192,6 +209,14 @@ async fn main() -> anyhow::Result<()> {
             let signing_key = envelope::signing_key_from_b64(&key_text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", a.key_file.display()))?;
             let nats_seed = a.nats_nkey.as_deref().map(read_seed).transpose()?;
+            let receivers = match &a.alerts {
+                Some(path) => {
+                    zdr_schemas::load_receivers(path)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .receivers
+                }
+                None => Vec::new(),
+            };
             let instance = a
                 .instance
                 .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
@@ -207,6 +232,8 @@ async fn main() -> anyhow::Result<()> {
                 lease_ttl: Duration::from_secs(a.lease_ttl_secs.max(3)),
                 offline_after: Duration::from_secs(a.offline_after_secs),
                 command_timeout: Duration::from_secs(a.command_timeout_secs),
+                receivers,
+                alert_hold: Duration::from_secs(a.alert_hold_secs),
             };
             let shutdown = tokio_util::sync::CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));

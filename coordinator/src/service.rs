@@ -91,6 +91,12 @@ pub async fn run(
         state.clone(),
         shutdown.clone(),
     ));
+    let alert_senders = tokio::spawn(crate::alerts::deliver::run(
+        js.clone(),
+        config.receivers.clone(),
+        format!("http://{}", config.http_addr),
+        shutdown.clone(),
+    ));
 
     // Losing the lease (or NATS) sends this instance back to standby; it
     // competes again and, if it wins, leads under a new, higher epoch.
@@ -108,6 +114,7 @@ pub async fn run(
     };
     info!("shutting down");
     let _ = http.await;
+    let _ = alert_senders.await;
     if bus_connected(&state)
         && tokio::time::timeout(BUS_GRACE, state.client().flush())
             .await
@@ -213,6 +220,7 @@ async fn lead(
     let config = state.config();
     info!(epoch = lease.epoch, "became leader");
     restore(state).await;
+    crate::alerts::restore_book(state).await;
     load_policy(state, lease.epoch).await;
     restore_pairings(state).await;
     let running = jobs::restore(state).await;
@@ -262,9 +270,20 @@ async fn lead(
                 // One report per tick, for the gauges and the alerts.
                 let report = state.compliance_report();
                 update_gauges(state, report.as_ref());
-                for n in report.map(|r| crate::alerts::evaluate(state, &r, now())).unwrap_or_default() {
+                let notes = report.map(|r| crate::alerts::evaluate(state, &r, now())).unwrap_or_default();
+                for n in &notes {
                     let a = &n.alert;
                     warn!(status = n.status.as_str(), alertname = a.name(), fingerprint = %a.fingerprint, labels = ?a.labels, "alert: {}", a.annotations["summary"]);
+                }
+                if !notes.is_empty() {
+                    crate::alerts::save_book(state).await;
+                }
+                if !notes.is_empty() && !config.receivers.is_empty() {
+                    let js = jetstream::new(state.client().clone());
+                    let receivers = config.receivers.clone();
+                    tasks.spawn(async move {
+                        crate::alerts::deliver::enqueue(&js, &receivers, &notes, now()).await;
+                    });
                 }
                 update_pairings(state).await;
             }
@@ -638,11 +657,14 @@ fn update_gauges(state: &State, report: Option<&crate::compliance::Report>) {
     let policy = state.policy();
     let t = now();
     let timeout = state.config().offline_after.as_secs() as i64;
-    let online = fleet
-        .nodes
-        .keys()
-        .filter(|n| fleet.online(n, t, timeout))
-        .count();
+    let mut online = 0;
+    for n in fleet.nodes.keys() {
+        let up = fleet.online(n, t, timeout);
+        online += usize::from(up);
+        metrics::gauge!("zdr_node_online", "node" => n.clone()).set(f64::from(u8::from(up)));
+        // A counter shows from the start, so `increase()` sees its first step.
+        metrics::counter!("zdr_floor_refusals_total", "node" => n.clone()).increment(0);
+    }
     metrics::gauge!("zdr_nodes_total").set(fleet.nodes.len() as f64);
     metrics::gauge!("zdr_nodes_online").set(online as f64);
     let mut missed = 0;

@@ -37,7 +37,8 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn workspace_root() -> PathBuf {
+/// The repository's root (shipped files such as `ops/` are read from there).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace")
@@ -329,6 +330,19 @@ impl Coordinator {
         keys: &Keys,
         instance: &str,
     ) -> Coordinator {
+        Self::start_with(dir, nats, policy, tasks, keys, instance, &[])
+    }
+
+    /// As [`Coordinator::start`], with `extra` flags after the usual ones.
+    pub fn start_with(
+        dir: &Path,
+        nats: &Nats,
+        policy: &Path,
+        tasks: Option<&Path>,
+        keys: &Keys,
+        instance: &str,
+        extra: &[std::ffi::OsString],
+    ) -> Coordinator {
         let http = free_port();
         let mut cmd = Command::new(bin_dir().join("zdr-coordinator"));
         cmd.args([
@@ -356,6 +370,7 @@ impl Coordinator {
         if let Some(seed) = nats.seed_file(BusUser::Coordinator) {
             cmd.arg("--nats-nkey").arg(seed);
         }
+        cmd.args(extra);
         let proc = Proc::spawn(cmd, dir.join(format!("{instance}.log")));
         Coordinator { proc, http }
     }
@@ -437,6 +452,19 @@ impl Fleet {
             self.tasks.as_deref(),
             &self.keys,
             instance,
+        )
+    }
+
+    /// A coordinator with `extra` flags.
+    pub fn coordinator_with(&self, instance: &str, extra: &[std::ffi::OsString]) -> Coordinator {
+        Coordinator::start_with(
+            self.path(),
+            &self.nats,
+            &self.policy,
+            self.tasks.as_deref(),
+            &self.keys,
+            instance,
+            extra,
         )
     }
 
@@ -549,7 +577,7 @@ pub struct AgentSpec<'a> {
 }
 
 /// Beyond [`AgentSpec`]: more pools, sim settings and the data plane.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct AgentExtra {
     /// Pools beside `tank`, each empty: name and size in bytes.
     pub pools: Vec<(String, u64)>,
@@ -903,4 +931,85 @@ async fn relay(
     }
     let _ = sw.shutdown().await;
     let _ = back.await;
+}
+
+/// A webhook receiver on loopback: it answers every POST with 200 and keeps
+/// the JSON bodies, in order. Dropping it closes the port.
+pub struct WebhookSink {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookSink {
+    pub async fn start(port: u16) -> WebhookSink {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+        let keep = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let keep = keep.clone();
+                tokio::spawn(async move {
+                    if let Some(body) = read_request_body(&mut s).await {
+                        if let Ok(v) = serde_json::from_slice(&body) {
+                            keep.lock().unwrap().push(v);
+                        }
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                    }
+                });
+            }
+        });
+        WebhookSink {
+            port,
+            received,
+            task,
+        }
+    }
+
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WebhookSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The body of one HTTP/1.1 request with a Content-Length, bounded in size and time.
+async fn read_request_body(s: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return Some(buf[end + 4..end + 4 + len].to_vec());
+                }
+            }
+            if buf.len() > 1 << 20 {
+                return None;
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()
+        .flatten()
 }

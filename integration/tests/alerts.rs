@@ -1,7 +1,8 @@
 //! Alerts end to end: a real nats-server, coordinator and two agents
 //! (simulated ZFS) replicating across two sites. When the copy's agent
 //! stops, the leader's rules fire an agent-offline alert and an RPO breach
-//! of the copy, listed by `GET /api/v1/alerts` with stable labels.
+//! of the copy, listed by `GET /api/v1/alerts` with stable labels and
+//! delivered to webhook receivers on loopback.
 
 use std::time::Duration;
 
@@ -147,4 +148,182 @@ async fn a_stopped_copy_fires_agent_offline_and_rpo_breach() {
         "no alert log line"
     );
     drop(a1);
+}
+
+/// Alerts reach webhook receivers through the durable queue: a breach of the
+/// copy's RPO fires at both receivers, each in its own format; the one that
+/// was down when it fired gets it once it comes up; both get the resolve
+/// once the copy has caught up.
+#[tokio::test]
+async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves() {
+    let fleet = Fleet::start(POLICY, Some(TASKS)).await;
+    let pki = pki(fleet.path(), &["node-a1", "node-b1"]);
+    let hook = WebhookSink::start(free_port()).await;
+    let down_port = free_port();
+    let receivers = fleet.path().join("receivers.yaml");
+    std::fs::write(
+        &receivers,
+        format!(
+            "version: 1\nreceivers:\n  - name: am\n    url: http://127.0.0.1:{down_port}/hook\n    timeout: 2s\n  - name: hook\n    url: http://127.0.0.1:{}/zdr\n    format: json\n    timeout: 2s\n",
+            hook.port
+        ),
+    )
+    .unwrap();
+    let flags: [std::ffi::OsString; 4] = [
+        "--alerts".into(),
+        receivers.into_os_string(),
+        "--alert-hold-secs".into(),
+        "3".into(),
+    ];
+    let mut coordinator = fleet.coordinator_with("c1", &flags);
+    coordinator.wait_ready().await;
+    let extra = AgentExtra {
+        pki: Some(pki.clone()),
+        ..AgentExtra::default()
+    };
+    let a1 = fleet.agent_with(&A1, &extra);
+    let b1_extra = AgentExtra {
+        pools: vec![("backup".into(), 10_000_000_000)],
+        ..extra.clone()
+    };
+    let mut b1 = fleet.agent_with(&B1, &b1_extra);
+    wait_for("the copy within RPO", Duration::from_secs(90), || {
+        copy_ok(&coordinator)
+    })
+    .await;
+
+    b1.proc.kill();
+    let is_breach =
+        |v: &Value| v["alertname"] == "ZdrCopyRpoBreach" && v["labels"]["copy"] == "node-b1";
+    let fired = wait_for(
+        "the RPO breach at the json receiver",
+        Duration::from_secs(90),
+        || async {
+            hook.received()
+                .into_iter()
+                .find(|v| is_breach(v) && v["status"] == "firing")
+        },
+    )
+    .await;
+    assert_eq!(fired["receiver"], "hook");
+    assert_eq!(fired["labels"]["dataset"], "tank/db");
+    assert!(fired["ends_at"].is_null(), "{fired}");
+    let fingerprint = fired["fingerprint"].as_str().unwrap().to_string();
+
+    // The Alertmanager receiver was down all along; it gets the alert once up.
+    let am = WebhookSink::start(down_port).await;
+    let am_fired = wait_for(
+        "the RPO breach at the receiver that was down",
+        Duration::from_secs(60),
+        || async {
+            am.received().into_iter().find(|v| {
+                v["alerts"][0]["fingerprint"] == fingerprint.as_str() && v["status"] == "firing"
+            })
+        },
+    )
+    .await;
+    assert_eq!(am_fired["version"], "4");
+    assert_eq!(am_fired["receiver"], "am");
+    assert_eq!(am_fired["truncatedAlerts"], 0);
+    assert_eq!(am_fired["commonLabels"]["alertname"], "ZdrCopyRpoBreach");
+    assert_eq!(am_fired["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    let metrics = coordinator.get("/metrics").await.unwrap().1;
+    // Every metric the shipped dashboard and Prometheus rules query is served.
+    for file in [
+        "ops/grafana/zdr-dashboard.json",
+        "ops/prometheus/zdr-rules.yml",
+    ] {
+        let text = std::fs::read_to_string(workspace_root().join(file)).unwrap();
+        let names = metric_names(&text);
+        assert!(names.len() >= 5, "{file}: {names:?}");
+        for name in names {
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name}{{"))
+                        || l.starts_with(&format!("{name} "))),
+                "{file} queries {name}, which the coordinator does not serve:\n{metrics}"
+            );
+        }
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("zdr_alerts_failed_tries_total{receiver=\"am\"}")),
+        "no failed tries counted for the receiver that was down:\n{metrics}"
+    );
+
+    // The leader is killed while the alert is active: its successor takes
+    // the alert over (no second firing), and resolves it.
+    coordinator.proc.kill();
+    coordinator = fleet.coordinator_with("c2", &flags);
+    coordinator.wait_ready().await;
+
+    // The copy comes back and catches up: both receivers get the resolve.
+    b1 = fleet.agent_with(&B1, &b1_extra);
+    wait_for("the copy back within RPO", Duration::from_secs(90), || {
+        copy_ok(&coordinator)
+    })
+    .await;
+    let resolved = |sink: &WebhookSink| {
+        sink.received().into_iter().any(|v| {
+            v["status"] == "resolved"
+                && (v["fingerprint"] == fingerprint.as_str()
+                    || v["alerts"][0]["fingerprint"] == fingerprint.as_str())
+        })
+    };
+    wait_for(
+        "the resolve at both receivers",
+        Duration::from_secs(60),
+        || async { (resolved(&hook) && resolved(&am)).then_some(()) },
+    )
+    .await;
+    // Each notification arrived once and in order: firing and resolved
+    // alternate (a breach while the copy first synced may come before).
+    for sink in [&hook, &am] {
+        let statuses: Vec<String> = sink
+            .received()
+            .into_iter()
+            .filter(|v| {
+                v["fingerprint"] == fingerprint.as_str()
+                    || v["alerts"][0]["fingerprint"] == fingerprint.as_str()
+            })
+            .map(|v| v["status"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let alternating = statuses
+            .iter()
+            .enumerate()
+            .all(|(i, s)| s == if i % 2 == 0 { "firing" } else { "resolved" });
+        assert!(
+            alternating && statuses.len().is_multiple_of(2),
+            "port {}: {statuses:?}",
+            sink.port
+        );
+    }
+    drop((a1, b1));
+}
+
+/// Every `zdr_...` metric name in a dashboard or rules file.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("zdr_") {
+        let boundary = i == 0 || !rest.as_bytes()[i - 1].is_ascii_alphanumeric();
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if boundary {
+            out.insert(name.clone());
+        }
+        rest = &rest[i + name.len().max(1)..];
+    }
+    out
+}
+
+/// Some(()) once the report shows the replica copy within its RPO.
+async fn copy_ok(c: &Coordinator) -> Option<()> {
+    let (_, r) = c.get("/api/v1/report").await?;
+    let r: Value = serde_json::from_str(&r).ok()?;
+    (r["datasets"][0]["copies"][1]["rpo"] == "ok").then_some(())
 }

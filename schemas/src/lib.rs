@@ -1,5 +1,6 @@
-//! zdr's spec files: the backup policy (`specs/backup/policies.yaml`) and the
-//! replication tasks (`specs/replication/tasks.yml`). Loading reports every
+//! zdr's spec files: the backup policy (`specs/backup/policies.yaml`), the
+//! replication tasks (`specs/replication/tasks.yml`) and the coordinator's
+//! alert receivers (`specs/alerts/receivers.yaml`). Loading reports every
 //! problem as `file:line:column: path: message`, and [`jsonschema`] writes the
 //! JSON Schemas of both files and of every wire message.
 //!
@@ -12,6 +13,7 @@ mod de;
 mod error;
 pub mod jsonschema;
 mod rate;
+pub mod receivers;
 pub mod tasks;
 mod tree;
 
@@ -23,12 +25,14 @@ use zdr_common::policy::{Policy, Problem};
 pub use clock::{TimeOfDay, Window};
 pub use error::{Diagnostic, SpecError};
 pub use rate::Rate;
+pub use receivers::Receivers;
 pub use tasks::Tasks;
 
 use tree::{Pos, Seg, Value};
 
 const POLICY_SHAPE: &str =
     "a mapping with the keys `version`, `sites`, `nodes`, `classes` and `datasets`";
+const RECEIVERS_SHAPE: &str = "a mapping with the keys `version` and `receivers`";
 const TASKS_SHAPE: &str =
     "a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links`";
 
@@ -52,6 +56,16 @@ pub fn parse_tasks(file_label: &str, text: &str, policy: &Policy) -> Result<Task
     parse_spec(file_label, text, TASKS_SHAPE, |t: &Tasks| {
         t.problems(policy)
     })
+}
+
+pub fn load_receivers(path: &Path) -> Result<Receivers, SpecError> {
+    let (label, text) = read(path)?;
+    parse_receivers(&label, &text)
+}
+
+/// Parses and checks an alert receivers file.
+pub fn parse_receivers(file_label: &str, text: &str) -> Result<Receivers, SpecError> {
+    parse_spec(file_label, text, RECEIVERS_SHAPE, Receivers::problems)
 }
 
 fn read(path: &Path) -> Result<(String, String), SpecError> {

@@ -5,13 +5,17 @@
 //!   alerts out, each with stable labels and a fingerprint.
 //! - `state` (pure): the previous state, the firing set and `now` in, the
 //!   notifications to send out: fire once, repeat, resolve, hold through flaps.
-//! - `config`: the receivers file (`--alerts`).
+//! - `webhook` (pure): a notification as a receiver's body (Alertmanager
+//!   payload version 4, or zdr's JSON), the backoff and the expiry.
 //! - `deliver`: the shell. Notifications go to the JetStream stream
 //!   `ZDR_ALERTS`, one subject per receiver; a task per receiver posts them
 //!   with timeouts, retry and backoff, so no receiver can block the loops.
+//!   The receivers come from `--alerts` (`zdr_schemas::receivers`).
 
+pub mod deliver;
 pub mod rules;
 pub mod state;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 
@@ -63,8 +67,43 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
 
 /// How often a firing alert is sent again.
 pub const REPEAT_SECS: i64 = 4 * 3600;
-/// How long a cleared condition stays active before it resolves.
+/// How long a cleared condition stays active before it resolves, unless
+/// `--alert-hold-secs` says otherwise.
 pub const KEEP_FIRING_SECS: i64 = 120;
+
+/// The KV key (bucket `zdr_alerts`) of the active alerts.
+const BOOK_KEY: &str = "book";
+
+/// A new leader takes over the alerts its predecessor had fired, so that it
+/// neither fires them again nor leaves them unresolved at the receivers.
+pub async fn restore_book(state: &crate::state::State) {
+    match state.stores.alerts.get(BOOK_KEY).await {
+        Ok(Some(raw)) => match serde_json::from_slice::<state::Book>(&raw) {
+            Ok(book) => {
+                tracing::info!(active = book.active.len(), "took over the active alerts");
+                *state.alerts() = book;
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable alert book in KV; starting afresh"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the alert book; starting afresh"),
+    }
+}
+
+/// Stores the active alerts; called when a notification went out, which is
+/// whenever the set changed.
+pub async fn save_book(state: &crate::state::State) {
+    let raw = match serde_json::to_vec(&*state.alerts()) {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode the alert book");
+            return;
+        }
+    };
+    if let Err(e) = state.stores.alerts.put(BOOK_KEY, raw.into()).await {
+        tracing::warn!(error = %e, "cannot store the alert book; a new leader would fire these alerts again");
+    }
+}
 
 /// One evaluation on the leader: the rules over the live state, then the
 /// state machine. Returns the notifications due.
@@ -91,7 +130,7 @@ pub fn evaluate(
     };
     let settings = state::Settings {
         repeat_secs: REPEAT_SECS,
-        keep_firing_secs: KEEP_FIRING_SECS,
+        keep_firing_secs: state.config().alert_hold.as_secs() as i64,
     };
     let mut book = state.alerts();
     let (next, notes) = state::step(&book, &firing, now, &settings);
