@@ -37,6 +37,10 @@ pub struct Config {
     /// The replication data plane; without it the agent neither sends nor receives.
     #[serde(default)]
     pub transfer: Option<TransferConfig>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
+    /// `"127.0.0.1:9464"`; not served when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Mutual TLS between agents, with certificates from the fleet CA (`ops/pki.sh`).

@@ -24,5 +24,6 @@ pub mod replication;
 pub mod retention;
 pub mod scheduler;
 pub mod state;
+pub mod telemetry;
 pub mod transfer;
 pub mod zfs;

@@ -996,6 +996,26 @@ impl Lifecycle {
         true
     }
 
+    /// Per dataset: name, class, snapshot count and newest creation, read
+    /// from the cache without copying a snapshot list (for the metrics).
+    pub fn dataset_summaries(&self) -> Vec<crate::telemetry::DatasetSummary> {
+        let policy = self.policy();
+        let inv = lock(&self.inventory);
+        inv.datasets
+            .values()
+            .map(|(info, snaps)| crate::telemetry::DatasetSummary {
+                dataset: info.name.to_string(),
+                class: policy
+                    .as_ref()
+                    .and_then(|p| self.class_of(p, info))
+                    .map(|(n, _)| n),
+                snapshots: snaps.len(),
+                newest_creation: snaps.iter().map(|s| s.creation).max(),
+                used: info.used,
+            })
+            .collect()
+    }
+
     /// The cache as wire inventory.
     pub fn snapshot_inventory(&self) -> Vec<DatasetInventory> {
         let policy = self.policy();

@@ -174,6 +174,27 @@ async fn run() -> anyhow::Result<()> {
         rescan_secs: config.rescan_secs as i64,
         actor: format!("agent:{}/retention", config.node),
     };
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => {
+            let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .idle_timeout(
+                    metrics_util::MetricKindMask::GAUGE,
+                    Some(zdr_agent::telemetry::gauge_idle(settings.tick)),
+                )
+                .install_recorder()
+                .context("installing the metrics recorder")?;
+            let listener = zdr_agent::telemetry::bind(addr)
+                .await
+                .map_err(|e| anyhow!("{}: {e}", cli.config.display()))?;
+            info!(%addr, "metrics at /metrics");
+            Some(tokio::spawn(zdr_agent::telemetry::serve(
+                listener,
+                handle,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let scheduler = tokio::spawn(scheduler::run(
         lifecycle.clone(),
         settings,
@@ -200,6 +221,9 @@ async fn run() -> anyhow::Result<()> {
     shutdown.cancelled().await;
     if let Err(e) = scheduler.await {
         warn!(error = %e, "the scheduler panicked");
+    }
+    if let Some(m) = metrics_server {
+        let _ = m.await;
     }
     info!("stopped");
     Ok(())

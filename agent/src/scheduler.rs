@@ -55,8 +55,9 @@ pub async fn run(lifecycle: Arc<Lifecycle>, settings: Settings, shutdown: Cancel
                     warn!(error = %e, "inventory scan failed");
                 }
             }
-            lc.snapshot_pass(t, false);
-            lc.prune_pass(t, &actor);
+            let taken = lc.snapshot_pass(t, false);
+            let pruned = lc.prune_pass(t, &actor);
+            crate::telemetry::record_pass(&lc, &taken, &pruned, t);
         });
         // Not raced against `shutdown`: the pass finishes first.
         if let Err(e) = pass.await {

@@ -591,6 +591,8 @@ pub struct AgentExtra {
     pub pki: Option<PathBuf>,
     /// The sim backend's modelled latency per ZFS operation, in milliseconds.
     pub op_latency_ms: Option<u64>,
+    /// Serve the agent's metrics on this loopback port.
+    pub metrics_port: Option<u16>,
 }
 
 /// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
@@ -637,7 +639,7 @@ impl Agent {
 site = "{site}"
 media = "{media}"
 nats_url = "{url}"
-{nkey}state_dir = "{state}"
+{nkey}{metrics}state_dir = "{state}"
 heartbeat_secs = 1
 tick_secs = 1
 
@@ -657,6 +659,10 @@ public_key = "{key}"
                 .seed_file(BusUser::Agent(spec.node))
                 .filter(|f| f.exists())
                 .map(|f| format!("nats_nkey = {:?}\n", f.display().to_string()))
+                .unwrap_or_default(),
+            metrics = extra
+                .metrics_port
+                .map(|p| format!("metrics_listen = \"127.0.0.1:{p}\"\n"))
                 .unwrap_or_default(),
             state = state_dir.display(),
             datasets = datasets.join(", "),

@@ -181,7 +181,14 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
         pki: Some(pki.clone()),
         ..AgentExtra::default()
     };
-    let a1 = fleet.agent_with(&A1, &extra);
+    let a1_metrics = free_port();
+    let a1 = fleet.agent_with(
+        &A1,
+        &AgentExtra {
+            metrics_port: Some(a1_metrics),
+            ..extra.clone()
+        },
+    );
     let b1_extra = AgentExtra {
         pools: vec![("backup".into(), 10_000_000_000)],
         ..extra.clone()
@@ -191,6 +198,30 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
         copy_ok(&coordinator)
     })
     .await;
+
+    // The source agent's own metrics, from its cache: its snapshots by
+    // dataset and class, its pools.
+    let (code, agent_metrics) = http_request(a1_metrics, "GET", "/metrics", "")
+        .await
+        .expect("the agent's /metrics");
+    assert_eq!(code, 200);
+    let count = agent_metrics
+        .lines()
+        .find(|l| l.starts_with("zdr_agent_snapshots{") && l.contains("dataset=\"tank/db\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no snapshot count for tank/db:\n{agent_metrics}"));
+    assert!((1.0..=20.0).contains(&count), "{count}");
+    for name in [
+        "zdr_agent_newest_snapshot_age_seconds{",
+        "zdr_agent_pool_size_bytes{pool=\"tank\"}",
+        "zdr_agent_policy_revision ",
+        "zdr_agent_snapshots_taken_total ",
+    ] {
+        assert!(
+            agent_metrics.lines().any(|l| l.starts_with(name)),
+            "no {name} in\n{agent_metrics}"
+        );
+    }
 
     b1.proc.kill();
     let is_breach =
