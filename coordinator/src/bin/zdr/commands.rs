@@ -35,6 +35,8 @@ pub enum CliError {
     Watch { job: String, source: ClientError },
     #[error(transparent)]
     Runbook(#[from] runbook::RunbookError),
+    #[error("{0}")]
+    Drill(String),
     #[error("writing the output: {0}")]
     Output(std::io::Error),
 }
@@ -73,6 +75,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             all,
             format,
         } => runbook(&c, json || *format == Format::Json, source.as_ref(), *all),
+        Cmd::Drill { cmd } => crate::drill::run(&c, json, cmd),
     }
 }
 
@@ -113,7 +116,7 @@ fn now() -> i64 {
 }
 
 /// Writes to stdout; a closed pipe (`zdr jobs | head`) is not an error.
-fn print(text: &str) -> Result<(), CliError> {
+pub(crate) fn print(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(e)),
@@ -121,7 +124,7 @@ fn print(text: &str) -> Result<(), CliError> {
     }
 }
 
-fn print_json(body: &str) -> Result<(), CliError> {
+pub(crate) fn print_json(body: &str) -> Result<(), CliError> {
     if body.ends_with('\n') {
         print(body)
     } else {
@@ -129,7 +132,7 @@ fn print_json(body: &str) -> Result<(), CliError> {
     }
 }
 
-fn show<T: DeserializeOwned>(
+pub(crate) fn show<T: DeserializeOwned>(
     c: &Client,
     json: bool,
     path: &str,
