@@ -142,7 +142,10 @@ fn drill_block_defaults_and_bad_values() {
     let p = parse_policy("specs/p.yaml", BASE).unwrap();
     let d = p.classes["gold"].drill;
     assert_eq!((d.every.secs(), d.sample), (90 * 86_400, 1), "the defaults");
-    let text = edit("    rto: 1h\n", "    rto: 1h\n    drill: { every: 30d, sample: 4 }\n");
+    let text = edit(
+        "    rto: 1h\n",
+        "    rto: 1h\n    drill: { every: 30d, sample: 4 }\n",
+    );
     let d = parse_policy("specs/p.yaml", &text).unwrap().classes["gold"].drill;
     assert_eq!((d.every.secs(), d.sample), (30 * 86_400, 4));
     assert_eq!(
