@@ -408,12 +408,14 @@ async fn drill(AxState(st): AxState<Arc<State>>, body: axum::body::Bytes) -> Res
     }
     let b: DrillBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => return api_error(
-            StatusCode::BAD_REQUEST,
-            format!(
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!(
                 "body: {e}; send {{\"source\":\"n1:tank/db\"}} with an optional \"copy\":\"n2\""
             ),
-        ),
+            )
+        }
     };
     let (node, dataset) = match parse_node_dataset("source", &b.source) {
         Ok(x) => x,

@@ -509,6 +509,7 @@ pub async fn verify(state: &Arc<State>, key: &str) {
         }
         cur.clone()
     };
+    set_gauges(std::iter::once(&rec));
     jobs::save(state, key, &rec).await;
 }
 

@@ -409,8 +409,27 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
     .await;
 }
 
-/// Releases an ended restore's holds on the copy and the destination.
+/// Releases an ended restore's holds on the copy and the destination (a
+/// drill's scratch goes with its holds: only the copy's are released).
 async fn drop_holds(state: &State, rec: &JobRecord) {
+    if rec.kind == JobKind::Drill {
+        let cmd = Command::DropHolds {
+            dataset: rec.dataset.clone(),
+            tag: restore_tag(JobRole::Source, &rec.id),
+        };
+        match state.send_command(&rec.source_node, &cmd).await {
+            Ok(r) if r.outcome == Outcome::Done => {
+                info!(node = %rec.source_node, dataset = %rec.dataset, "{}", r.message)
+            }
+            Ok(r) => {
+                warn!(node = %rec.source_node, dataset = %rec.dataset, message = %r.message, "releasing the drill hold failed")
+            }
+            Err(e) => {
+                warn!(node = %rec.source_node, dataset = %rec.dataset, error = %e, "releasing the drill hold failed")
+            }
+        }
+        return;
+    }
     on_both_ends(state, rec, "releasing the restore hold", |end, dataset| {
         Command::DropHolds {
             dataset: dataset.clone(),
