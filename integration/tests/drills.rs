@@ -134,10 +134,22 @@ impl Setup {
     }
 
     fn agent(&self, node: &'static str, datasets: &'static [&'static str]) -> Agent {
+        self.agent_sized(node, datasets, 10_000_000_000, None)
+    }
+
+    /// With a `backup` pool of `backup_bytes`, and snapshots of that many bytes.
+    fn agent_sized(
+        &self,
+        node: &'static str,
+        datasets: &'static [&'static str],
+        backup_bytes: u64,
+        snapshot_bytes: Option<u64>,
+    ) -> Agent {
         let media = if node == "node-a1" { "ssd" } else { "hdd" };
         let extra = AgentExtra {
-            pools: vec![("backup".into(), 10_000_000_000)],
+            pools: vec![("backup".into(), backup_bytes)],
             pki: Some(self.pki.clone()),
+            snapshot_bytes,
             ..AgentExtra::default()
         };
         let spec = AgentSpec {
@@ -407,4 +419,42 @@ async fn the_scheduler_runs_a_due_drill_by_policy() {
     let n = numbers.len();
     numbers.dedup();
     assert_eq!(numbers.len(), n, "{numbers:?}");
+}
+
+/// A drill node whose pool cannot hold another copy of the replica is
+/// refused before anything is sent: no scratch, no drill, nothing audited.
+#[tokio::test]
+async fn a_drill_node_without_room_is_refused_before_any_transfer() {
+    let s = Setup::start("").await;
+    let a1 = s.agent_sized("node-a1", &["tank/db"], 10_000_000_000, Some(40_000_000));
+    let a2 = s.agent_sized("node-a2", &[], 60_000_000, Some(40_000_000));
+    s.replicated(&a1, &a2).await;
+    // The free space the check reads is the one node-a2's heartbeats report.
+    wait_for(
+        "node-a2's pool with the replica in it",
+        Duration::from_secs(30),
+        || async {
+            let fleet = s.coordinator.fleet().await?;
+            let pools = node_in(&fleet, "node-a2")?["pools"].as_array()?.clone();
+            let backup = pools.iter().find(|p| p["name"] == "backup")?;
+            (backup["free"].as_u64()? < 40_000_000).then_some(())
+        },
+    )
+    .await;
+    let (code, e) = s
+        .post_drill(serde_json::json!({"source": "node-a1:tank/db"}))
+        .await;
+    assert_eq!(code, 507, "{e}");
+    let msg = e["error"].as_str().unwrap();
+    assert!(
+        msg.starts_with("drill node node-a2: pool backup has ") && msg.contains("free space there"),
+        "{msg}"
+    );
+    assert!(s.drills().await.is_empty(), "no drill recorded");
+    assert!(a2.audit().is_empty(), "nothing destroyed: {:?}", a2.audit());
+    let (_, points) = s.json("/api/v1/fleet").await;
+    assert!(
+        !points.to_string().contains("zdr-drill"),
+        "no scratch: {points}"
+    );
 }
