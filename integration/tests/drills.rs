@@ -384,6 +384,33 @@ async fn a_drill_of_a_corrupted_copy_fails_and_says_why() {
     assert_eq!(r["cleaned"], true);
     assert!(scratch_destroyed(&a2, &scratch));
     assert!(on_disk(&a2, &scratch).is_none());
+
+    // Loudly: a critical alert names the dataset and the copy.
+    let alert = wait_for("the drill alert", Duration::from_secs(30), || async {
+        let (_, v) = s.json("/api/v1/alerts").await;
+        v["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["alert"]["labels"]["alertname"] == "ZdrDrillFailed")
+            .cloned()
+    })
+    .await;
+    let labels = &alert["alert"]["labels"];
+    assert_eq!(
+        (
+            &labels["node"],
+            &labels["dataset"],
+            &labels["copy"],
+            &labels["severity"]
+        ),
+        (
+            &"node-a1".into(),
+            &"tank/db".into(),
+            &"node-a2".into(),
+            &"critical".into()
+        ),
+        "{alert}"
+    );
 }
 
 /// With `drill: { every: 10s }`, the leader starts the class's drills by

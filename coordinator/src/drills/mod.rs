@@ -25,6 +25,7 @@ use serde::Serialize;
 use tracing::{error, warn};
 use zdr_common::wire::{Command, ContentHash, Outcome, DRILL_ROOT};
 
+use crate::alerts::rules::DrillOutcome;
 use crate::jobs::{
     self, DrillInfo, DrillResult, JobKind, JobRecord, JobState, RestoreInfo, RestoreSnapshot,
 };
@@ -635,6 +636,34 @@ pub async fn tick(state: &Arc<State>, now_ms: i64) {
             }
         }
     }
+}
+
+/// The newest ended drill of each copy of each dataset, for the alerts.
+pub fn outcomes<'a>(records: impl Iterator<Item = &'a JobRecord>) -> Vec<DrillOutcome> {
+    let mut newest: BTreeMap<(String, String, String), DrillOutcome> = BTreeMap::new();
+    for rec in records {
+        let Some(r) = rec.drill.as_ref().and_then(|d| d.result.as_ref()) else {
+            continue;
+        };
+        // A drill that never started names production as its source.
+        let (node, dataset, copy) = match rec.restore.as_ref() {
+            Some(i) => (&i.node, &i.dataset, &rec.source_node),
+            None => (&rec.source_node, &rec.dataset, &rec.target_node),
+        };
+        let o = DrillOutcome {
+            node: node.clone(),
+            dataset: dataset.clone(),
+            copy: copy.clone(),
+            passed: r.passed,
+            why: r.why.clone(),
+            ended_at: r.ended_at,
+        };
+        let key = (o.node.clone(), o.dataset.clone(), o.copy.clone());
+        if newest.get(&key).is_none_or(|x| x.ended_at <= o.ended_at) {
+            newest.insert(key, o);
+        }
+    }
+    newest.into_values().collect()
 }
 
 /// The newest passed drill's end and measured RTO per dataset and copy.
