@@ -14,6 +14,7 @@ use crate::api::{
 };
 use crate::args::{Cli, Cmd, Format, Location, RestoreArgs};
 use crate::client::{decode, Client, ClientError};
+use crate::drill::{DrillStatus, DrillsView};
 use crate::render;
 use crate::runbook;
 
@@ -84,6 +85,13 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
 fn runbook(c: &Client, json: bool, source: Option<&Location>, all: bool) -> Result<(), CliError> {
     let body = c.get("/api/v1/report")?;
     let r: Report = decode(&c.url("/api/v1/report"), &body)?;
+    // A coordinator without drills (older, or none run) leaves the line out.
+    let drills: Vec<DrillStatus> = c
+        .get("/api/v1/drills")
+        .ok()
+        .and_then(|b| decode::<DrillsView>(&c.url("/api/v1/drills"), &b).ok())
+        .map(|v| v.drills)
+        .unwrap_or_default();
     let books = match source {
         Some(l) if !all => vec![runbook::runbook_of(
             &r.datasets,
@@ -97,6 +105,10 @@ fn runbook(c: &Client, json: bool, source: Option<&Location>, all: bool) -> Resu
             .map(|d| runbook::runbook(d, r.generated_at))
             .collect::<Result<_, _>>()?,
     };
+    let books: Vec<runbook::Runbook> = books
+        .into_iter()
+        .map(|b| runbook::with_last_drill(b, &drills))
+        .collect();
     if json {
         let v = match (all, books.as_slice()) {
             (false, [one]) => serde_json::to_string_pretty(one),
