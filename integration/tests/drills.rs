@@ -206,6 +206,15 @@ impl Setup {
     }
 }
 
+/// Runs the built `zdr`, never with the caller's ZDR_COORDINATOR.
+fn zdr(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin_dir().join("zdr"))
+        .args(args)
+        .env_remove("ZDR_COORDINATOR")
+        .output()
+        .expect("running zdr")
+}
+
 fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -305,6 +314,29 @@ async fn a_drill_passes_is_timed_cleaned_up_and_listed() {
     let jobs: Vec<Value> = s.drills().await.iter().map(|d| d["job"].clone()).collect();
     assert_eq!(jobs, [Value::from(job2), Value::from(job)]);
 
+    // The CLI: run (waits for the verdict), list, plan.
+    let url = format!("http://127.0.0.1:{}", s.coordinator.http);
+    let out = zdr(&["--coordinator", &url, "drill", "run", "node-a1:tank/db"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        run.contains("PASSED") && run.contains("gold by hand"),
+        "{run}"
+    );
+    let out = zdr(&["--coordinator", &url, "drill", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(list.matches("PASSED").count(), 3, "{list}");
+    let out = zdr(&["--coordinator", &url, "drill", "plan"]);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && plan.contains("gold #1") && plan.contains("node-a2"),
+        "{plan}"
+    );
+
     // Bad input: refused, nothing started.
     let (code, e) = s
         .post_drill(serde_json::json!({"source": "node-a1:tank/other"}))
@@ -327,7 +359,7 @@ async fn a_drill_passes_is_timed_cleaned_up_and_listed() {
     );
     let (code, e) = s.post_drill(serde_json::json!({"source": "tank/db"})).await;
     assert_eq!(code, 400, "{e}");
-    assert_eq!(s.drills().await.len(), 2, "nothing started");
+    assert_eq!(s.drills().await.len(), 3, "nothing started");
 }
 
 /// A block of the replica went bad with its ZFS checksums intact (what

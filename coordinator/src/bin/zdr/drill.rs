@@ -233,18 +233,22 @@ pub fn run(c: &Client, json: bool, cmd: &DrillCmd) -> Result<(), CliError> {
             if *no_wait {
                 return if json { print_json(&answer) } else { Ok(()) };
             }
-            let done = loop {
-                let list: DrillsView = decode(&c.url("/api/v1/drills"), &c.get("/api/v1/drills")?)?;
-                if let Some(d) = list
-                    .drills
-                    .into_iter()
-                    .find(|d| d.job == a.job && d.state != "running")
-                {
-                    break d;
+            let url = c.url("/api/v1/drills");
+            let (done, raw) = loop {
+                let list: serde_json::Value = decode(&url, &c.get("/api/v1/drills")?)?;
+                let found = list["drills"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|d| d["job"] == a.job.as_str()))
+                    .filter(|d| d["state"] != "running");
+                if let Some(raw) = found {
+                    let d: DrillStatus = decode(&url, &raw.to_string())?;
+                    break (d, raw.to_string());
                 }
                 std::thread::sleep(POLL);
             };
-            if !json {
+            if json {
+                print_json(&raw)?;
+            } else {
                 print(&render_drills(std::slice::from_ref(&done)))?;
             }
             verdict(&done).map_err(CliError::Drill)
