@@ -76,6 +76,41 @@ pub struct Class {
     /// 3-2-1 requirement.
     #[serde(default)]
     pub copies: Copies,
+    /// Restore drills: how often, how many datasets each time.
+    #[serde(default)]
+    pub drill: Drill,
+}
+
+/// A class's restore drills. Each drill restores a sample of the class's
+/// datasets from one of their copies into scratch and compares content with
+/// production; the sample rotates, so any `ceil(n / sample)` drills in a
+/// row cover all `n` datasets, and each dataset's copies take turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    /// Time between two drills of the class. Defaults to 90 days.
+    #[serde(default = "default_drill_every")]
+    pub every: Duration,
+    /// Datasets restored per drill. Defaults to 1.
+    #[serde(default = "default_drill_sample")]
+    pub sample: u32,
+}
+
+fn default_drill_every() -> Duration {
+    Duration::from_secs(90 * 86_400)
+}
+
+fn default_drill_sample() -> u32 {
+    1
+}
+
+impl Default for Drill {
+    fn default() -> Self {
+        Drill {
+            every: default_drill_every(),
+            sample: default_drill_sample(),
+        }
+    }
 }
 
 fn zero() -> Duration {
@@ -316,6 +351,18 @@ impl Policy {
             out.push(problem(
                 &["classes", name, "rto"],
                 "RTO must be more than 0".into(),
+            ));
+        }
+        if class.drill.every.secs() == 0 {
+            out.push(problem(
+                &["classes", name, "drill", "every"],
+                "a drill every 0s cannot be scheduled; give a duration such as 90d".into(),
+            ));
+        }
+        if class.drill.sample == 0 {
+            out.push(problem(
+                &["classes", name, "drill", "sample"],
+                "a sample of 0 drills nothing; restore at least 1 dataset per drill".into(),
             ));
         }
         let c = class.copies;

@@ -11,6 +11,8 @@
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 //! - `GET /api/v1/restore-points?node=N&dataset=D`, `POST /api/v1/restores`,
 //!   `GET /api/v1/restores[/{job}]`: restores (planned by `crate::restore`).
+//! - `POST /api/v1/drills`, `GET /api/v1/drills`, `GET /api/v1/drills/plan`:
+//!   restore drills run now, their history, the next year's (`crate::drills`).
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use zdr_common::wire::{Command, PoolInfo};
 
+use crate::drills::DrillError;
 use crate::fleet::{dataset_status, replica_of, DatasetStatus};
 use crate::restore::plan::{parse_at, parse_node_dataset, PlanError, Request};
 use crate::restore::points::PointsError;
@@ -47,6 +50,8 @@ pub async fn serve(
         .route("/api/v1/restore-points", get(restore_points))
         .route("/api/v1/restores", get(restores).post(restore))
         .route("/api/v1/restores/{job}", get(restore_status))
+        .route("/api/v1/drills", get(drills).post(drill))
+        .route("/api/v1/drills/plan", get(drill_plan))
         .with_state(state);
     let stop = async move { shutdown.cancelled().await };
     if let Err(e) = axum::serve(listener, app)
@@ -374,4 +379,71 @@ async fn restore_status(AxState(st): AxState<Arc<State>>, Path(job): Path<String
             format!("restore job {job:?} is not known; GET /api/v1/restores lists them"),
         ),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillBody {
+    source: String,
+    #[serde(default)]
+    copy: Option<String>,
+}
+
+fn drill_error(e: DrillError) -> Response {
+    let code = match e {
+        DrillError::Points(p) => return restore_error(p.into()),
+        DrillError::Plan(p) => return restore_error(p.into()),
+        DrillError::NoPolicy | DrillError::PoolUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        DrillError::NoReplica { .. }
+        | DrillError::NotACopy { .. }
+        | DrillError::NoCommonSnapshot { .. } => StatusCode::BAD_REQUEST,
+        DrillError::NoSpace { .. } => StatusCode::INSUFFICIENT_STORAGE,
+    };
+    api_error(code, e.to_string())
+}
+
+async fn drill(AxState(st): AxState<Arc<State>>, body: axum::body::Bytes) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    let b: DrillBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return api_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                "body: {e}; send {{\"source\":\"n1:tank/db\"}} with an optional \"copy\":\"n2\""
+            ),
+            )
+        }
+    };
+    let (node, dataset) = match parse_node_dataset("source", &b.source) {
+        Ok(x) => x,
+        Err(e) => return restore_error(e.into()),
+    };
+    let req = crate::drills::Request {
+        node,
+        dataset: dataset.to_string(),
+        copy: b.copy,
+    };
+    match crate::drills::submit(&st, &req, None).await {
+        Ok(accepted) => (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+        Err(e) => drill_error(e),
+    }
+}
+
+async fn drills(AxState(st): AxState<Arc<State>>) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    Json(serde_json::json!({ "drills": crate::drills::list(&st) })).into_response()
+}
+
+async fn drill_plan(AxState(st): AxState<Arc<State>>) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    let now = crate::state::now();
+    Json(serde_json::json!({ "from": now, "drills": crate::drills::plan_view(&st, now) }))
+        .into_response()
 }

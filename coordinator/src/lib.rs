@@ -9,6 +9,7 @@ pub mod bus;
 pub mod bus_auth;
 pub mod compliance;
 pub mod config;
+pub mod drills;
 pub mod fleet;
 pub mod http;
 pub mod jobs;

@@ -77,7 +77,7 @@ fn unknown_key_suggests_the_nearest_or_lists_all() {
     );
     assert_eq!(
         error(&edit("    rto: 1h\n", "    rto: 1h\n    colour: red\n")),
-        "specs/p.yaml:14:5: classes.gold: unknown key `colour`; valid keys here: `tiers`, `rpo`, `rto`, `immutable_for`, `copies`"
+        "specs/p.yaml:14:5: classes.gold: unknown key `colour`; valid keys here: `tiers`, `rpo`, `rto`, `immutable_for`, `copies`, `drill`"
     );
     assert_eq!(
         error(&edit("version: 1\n", "version: 1\nsnapshot_prefx: x\n")),
@@ -134,6 +134,31 @@ fn rpo_shorter_than_the_interval() {
     assert_eq!(
         error(&edit("rpo: 1h", "rpo: 30m")),
         "specs/p.yaml:12:10: classes.gold.rpo: RPO 30m is shorter than the snapshot interval 1h; no schedule can meet it (add a tier of 30m or less)"
+    );
+}
+
+#[test]
+fn drill_block_defaults_and_bad_values() {
+    let p = parse_policy("specs/p.yaml", BASE).unwrap();
+    let d = p.classes["gold"].drill;
+    assert_eq!((d.every.secs(), d.sample), (90 * 86_400, 1), "the defaults");
+    let text = edit(
+        "    rto: 1h\n",
+        "    rto: 1h\n    drill: { every: 30d, sample: 4 }\n",
+    );
+    let d = parse_policy("specs/p.yaml", &text).unwrap().classes["gold"].drill;
+    assert_eq!((d.every.secs(), d.sample), (30 * 86_400, 4));
+    assert_eq!(
+        error(&edit(
+            "    rto: 1h\n",
+            "    rto: 1h\n    drill:\n      every: 0s\n      sample: 0\n"
+        )),
+        "specs/p.yaml:15:14: classes.gold.drill.every: a drill every 0s cannot be scheduled; give a duration such as 90d\n\
+         specs/p.yaml:16:15: classes.gold.drill.sample: a sample of 0 drills nothing; restore at least 1 dataset per drill"
+    );
+    assert_eq!(
+        error(&edit("    rto: 1h\n", "    rto: 1h\n    drill: { every: soon }\n")),
+        "specs/p.yaml:14:21: classes.gold.drill.every: \"soon\" is not a duration; write a number and a unit (s, m, h, d, w), such as 30s, 15m, 1h, 1d or 1h30m"
     );
 }
 

@@ -113,6 +113,7 @@ pub fn evaluate(
     report: &crate::compliance::Report,
     now: i64,
 ) -> Vec<state::Notification> {
+    let drills = crate::drills::outcomes(state.jobs().records());
     let firing = {
         let policy = state.policy();
         let Some(policy) = policy.as_ref() else {
@@ -126,6 +127,7 @@ pub fn evaluate(
             now,
             offline_after_secs: state.config().offline_after.as_secs() as i64,
             leading_since: state.leading_since(),
+            drills: &drills,
         })
     };
     let settings = state::Settings {

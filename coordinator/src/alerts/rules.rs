@@ -15,6 +15,7 @@
 //! | `ZdrSnapshotScheduleMissed` | node, dataset | warning | production's newest snapshot is older than 1.5 × the class's smallest tier period (sanoid's hourly warning: 90 min), or there is none |
 //! | `ZdrNot321Compliant` | node, dataset, check | warning | a 3-2-1 check fails (copies, media, offsite, immutable) |
 //! | `ZdrPoolCapacity` | node, pool, severity | warning from 80 %, critical from 90 % | a pool's allocated share of its size |
+//! | `ZdrDrillFailed` | node, dataset, copy | critical | the newest ended restore drill of that copy failed (a later pass resolves it) |
 //!
 //! `node` and `dataset` name the protected dataset on production; `copy`
 //! names the node that holds the copy (production's own node for the
@@ -45,6 +46,21 @@ pub struct Input<'a> {
     /// When this coordinator began to lead: a policy node that never said
     /// hello is offline only once it had the timeout to do so.
     pub leading_since: i64,
+    /// The newest ended drill of each copy (`crate::drills::outcomes`).
+    pub drills: &'a [DrillOutcome],
+}
+
+/// How the newest ended restore drill of one copy of a protected dataset went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrillOutcome {
+    pub node: String,
+    pub dataset: String,
+    /// The copy's node; empty when the drill found no copy to restore from.
+    pub copy: String,
+    pub passed: bool,
+    pub why: Option<String>,
+    /// Unix seconds.
+    pub ended_at: i64,
 }
 
 /// Every alert firing now, sorted by fingerprint.
@@ -60,6 +76,7 @@ pub fn evaluate(input: &Input) -> Vec<Alert> {
     }
     out.extend(agents(input));
     out.extend(pools(input.fleet));
+    out.extend(input.drills.iter().filter_map(|d| drill(input.now, d)));
     out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
     out.dedup_by(|a, b| a.fingerprint == b.fingerprint);
     out
@@ -263,6 +280,35 @@ fn agents(input: &Input) -> Vec<Alert> {
     out
 }
 
+fn drill(now: i64, d: &DrillOutcome) -> Option<Alert> {
+    if d.passed {
+        return None;
+    }
+    let l = labels(&[
+        ("alertname", "ZdrDrillFailed"),
+        ("severity", "critical"),
+        ("node", &d.node),
+        ("dataset", &d.dataset),
+        ("copy", &d.copy),
+    ]);
+    let from = if d.copy.is_empty() {
+        String::new()
+    } else {
+        format!(" from the copy on {}", d.copy)
+    };
+    let summary = format!(
+        "the restore drill of {}:{}{from} failed {} ago: {}; `zdr drill list` has the details, \
+         `zdr drill run {}:{}` drills it again",
+        d.node,
+        d.dataset,
+        short(now - d.ended_at),
+        d.why.as_deref().unwrap_or("no reason given"),
+        d.node,
+        d.dataset
+    );
+    Some(Alert::new(l, summary))
+}
+
 fn pools(fleet: &Fleet) -> Vec<Alert> {
     let mut out = Vec::new();
     for (node, rec) in &fleet.nodes {
@@ -426,7 +472,50 @@ datasets:
             now: NOW,
             offline_after_secs: 30,
             leading_since: NOW - 3600,
+            drills: &[],
         })
+    }
+
+    #[test]
+    fn a_failed_drill_fires_until_that_copy_passes_one() {
+        let p = policy();
+        let f = fleet();
+        let report = Report {
+            generated_at: NOW,
+            warn_percent: 75,
+            summary: Default::default(),
+            datasets: vec![],
+        };
+        let outcome = |passed| DrillOutcome {
+            node: "a1".into(),
+            dataset: "tank/db".into(),
+            copy: "b1".into(),
+            passed,
+            why: (!passed).then(|| "content differs".into()),
+            ended_at: NOW - 60,
+        };
+        let at = |drills: &[DrillOutcome]| {
+            evaluate(&Input {
+                report: &report,
+                fleet: &f,
+                policy: &p,
+                now: NOW,
+                offline_after_secs: 30,
+                leading_since: NOW,
+                drills,
+            })
+        };
+        let fired = at(&[outcome(false)]);
+        let a = named(&fired, "ZdrDrillFailed");
+        assert_eq!(a.len(), 1, "{fired:?}");
+        assert_eq!(a[0].labels["copy"], "b1");
+        assert_eq!(a[0].labels["severity"], "critical");
+        assert!(
+            summary(a[0]).contains("from the copy on b1 failed 1m ago: content differs"),
+            "{}",
+            summary(a[0])
+        );
+        assert!(named(&at(&[outcome(true)]), "ZdrDrillFailed").is_empty());
     }
 
     fn named<'a>(alerts: &'a [Alert], name: &str) -> Vec<&'a Alert> {
@@ -578,6 +667,7 @@ datasets:
                 now: NOW,
                 offline_after_secs: 30,
                 leading_since,
+                drills: &[],
             })
         };
         assert_eq!(at(NOW - 10), vec![]);

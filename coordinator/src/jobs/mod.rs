@@ -1,10 +1,11 @@
-//! The job engine. Every job — today replication and restore; drill, upload
+//! The job engine. Every job — today replication, restore and drill; upload
 //! and verify to come — is a record in KV `zdr_jobs` (one per pairing, one
 //! per restore, so a restarted or standby coordinator sees every job's state
 //! and history), driven through the same transitions, retries and rates.
 //! A restore (`crate::restore` plans it) is started by the tick, runs its
 //! steps like a replication, is done only when the target lists the chosen
-//! GUID, and then releases its holds.
+//! GUID, and then releases its holds. A drill (`crate::drills`) is a
+//! restore into scratch whose end starts the content check (`Verify`).
 //!
 //! The split follows zrepl's: planning decides, a driver carries it out.
 //! - `record`: the record and its transitions, pure (`apply(update, now)`
@@ -31,8 +32,8 @@ mod schedule;
 use std::collections::{BTreeMap, HashMap};
 
 pub use record::{
-    describe, Adoption, Effect, FailedAttempt, JobKind, JobRecord, JobState, PlannedStep,
-    RestoreInfo, RestoreSnapshot,
+    describe, Adoption, DrillInfo, DrillResult, Effect, FailedAttempt, JobKind, JobRecord,
+    JobState, PlannedStep, RestoreInfo, RestoreSnapshot,
 };
 pub use run::{adopt, list, on_update, restore, save, tick};
 
@@ -67,6 +68,9 @@ pub struct Jobs {
     /// Attempt id to record key, filled by lookups: a job update finds its
     /// record without a scan of every record (1,000 nodes send many).
     attempts: HashMap<String, String>,
+    /// When the leader first saw each class: its drills count from there
+    /// (`crate::drills::plan`), persisted under `drills::ANCHORS_KEY`.
+    pub drill_anchors: BTreeMap<String, i64>,
 }
 
 impl Jobs {

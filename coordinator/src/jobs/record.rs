@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use zdr_common::wire::{
-    JobPhase, JobRole, JobUpdate, PartialReceive, SnapshotInfo, SnapshotRef, StreamSpec,
+    CheckLevel, JobPhase, JobRole, JobUpdate, PartialReceive, SnapshotInfo, SnapshotRef, StreamSpec,
 };
 
 use crate::pairing::Pairing;
@@ -42,6 +42,54 @@ pub enum JobKind {
     /// Copy a snapshot of a protected dataset from one of its copies to a
     /// dataset named by an operator, once.
     Restore,
+    /// A restore into drill scratch (`<pool>/zdr-drill/<job>`), then its
+    /// content compared with production's same snapshot, then the scratch
+    /// destroyed (`crate::drills`).
+    Drill,
+}
+
+/// What a drill record holds beyond its restore part (whose target is the
+/// scratch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillInfo {
+    pub class: String,
+    /// The class's scheduled drill this is part of; `None` when run by hand.
+    pub number: Option<u64>,
+    /// The class's RTO when the drill started.
+    pub rto_secs: u64,
+    /// Milliseconds spent planning.
+    pub plan_ms: u64,
+    /// The check after the restore is under way (not persisted: a new
+    /// leader checks again).
+    #[serde(skip)]
+    pub verifying: bool,
+    /// Set once the drill ended, passed or not.
+    pub result: Option<DrillResult>,
+}
+
+/// How a drill ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillResult {
+    pub passed: bool,
+    /// How deep the content check went; `None` when it never ran.
+    pub level: Option<CheckLevel>,
+    /// Why it failed.
+    pub why: Option<String>,
+    pub production_digest: Option<String>,
+    pub restored_digest: Option<String>,
+    /// Phase times, milliseconds.
+    pub transfer_ms: u64,
+    pub mount_ms: u64,
+    pub hash_ms: u64,
+    pub cleanup_ms: u64,
+    /// Start to verified data, milliseconds; `None` unless verified.
+    pub rto_ms: Option<u64>,
+    /// The measured RTO is within the class's RTO.
+    pub within_rto: bool,
+    /// The scratch was destroyed.
+    pub cleaned: bool,
+    /// Unix seconds.
+    pub ended_at: i64,
 }
 
 /// The snapshot a restore brings back, as chosen from the copy.
@@ -153,6 +201,8 @@ pub struct JobRecord {
     pub history: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillInfo>,
     /// When this record was last written to KV (not itself persisted).
     #[serde(skip)]
     pub persisted_at_ms: i64,
@@ -172,6 +222,9 @@ pub enum Effect {
     MoveHolds { keep: String },
     /// Release an ended restore's holds on its copy and its destination.
     DropHolds,
+    /// A drill's restore ended: check the content, destroy the scratch,
+    /// record the result.
+    Verify,
 }
 
 /// How a new leader treats an attempt its predecessor left running, from
@@ -194,6 +247,14 @@ fn side(role: JobRole) -> &'static str {
     match role {
         JobRole::Source => "source",
         JobRole::Target => "target",
+    }
+}
+
+fn level_name(level: Option<CheckLevel>) -> &'static str {
+    match level {
+        Some(CheckLevel::FilesHashed) => "files hashed",
+        Some(CheckLevel::BlocksRead) => "blocks read back",
+        None => "not checked",
     }
 }
 
@@ -267,6 +328,7 @@ impl JobRecord {
             failed_attempt: None,
             history: Vec::new(),
             restore: None,
+            drill: None,
             persisted_at_ms: 0,
         }
     }
@@ -316,7 +378,7 @@ impl JobRecord {
         self.error = Some(why.clone());
         self.discard_partial = discard_partial;
         self.updated_at_ms = now_ms;
-        if self.kind == JobKind::Restore && self.attempt >= RESTORE_ATTEMPTS {
+        if self.restore.is_some() && self.attempt >= RESTORE_ATTEMPTS {
             self.next_attempt_at_ms = None;
             self.log(
                 format!(
@@ -584,7 +646,7 @@ impl JobRecord {
                     },
                 ]
             }
-            Some(l) if self.kind == JobKind::Restore => {
+            Some(l) if self.restore.is_some() => {
                 let why = format!(
                     "the target landed @{} (GUID {}), not @{} (GUID {})",
                     l.name, l.guid, step.expect.name, step.expect.guid
@@ -665,13 +727,61 @@ impl JobRecord {
             return fx;
         }
         let ended = !self.active() && self.next_attempt_at_ms.is_none();
-        match &mut self.restore {
-            Some(info) if ended && !info.holds_released => {
-                info.holds_released = true;
-                vec![self.persist(now_ms), Effect::DropHolds]
-            }
-            _ => Vec::new(),
+        let mut fx = Vec::new();
+        if let Some(info) = self.restore.as_mut().filter(|i| ended && !i.holds_released) {
+            info.holds_released = true;
+            fx.push(Effect::DropHolds);
         }
+        if let Some(d) = self
+            .drill
+            .as_mut()
+            .filter(|d| ended && d.result.is_none() && !d.verifying)
+        {
+            d.verifying = true;
+            fx.push(Effect::Verify);
+        }
+        if !fx.is_empty() {
+            fx.insert(0, self.persist(now_ms));
+        }
+        fx
+    }
+
+    /// A drill's check ended: the result goes into the record.
+    pub fn drill_ended(&mut self, result: DrillResult, now_ms: i64) -> Vec<Effect> {
+        let Some(d) = self.drill.as_mut() else {
+            return Vec::new();
+        };
+        d.verifying = false;
+        let line = match (&result.why, result.rto_ms) {
+            (None, Some(rto)) => format!(
+                "drill passed ({}): measured RTO {:.1} s against the class's {} s{}; scratch {}",
+                level_name(result.level),
+                rto as f64 / 1000.0,
+                d.rto_secs,
+                if result.within_rto {
+                    ""
+                } else {
+                    ", OVER the RTO"
+                },
+                if result.cleaned {
+                    "destroyed"
+                } else {
+                    "NOT destroyed (the agent destroys it at its next start)"
+                }
+            ),
+            (why, _) => format!(
+                "DRILL FAILED: {}; scratch {}",
+                why.as_deref().unwrap_or("no reason given"),
+                if result.cleaned {
+                    "destroyed"
+                } else {
+                    "NOT destroyed (the agent destroys it at its next start)"
+                }
+            ),
+        };
+        d.result = Some(result);
+        self.log(line, now_ms);
+        vec![self.persist(now_ms)]
     }
 
     /// The holds moved and the copy was pruned: the pairing may plan again.
@@ -692,6 +802,10 @@ impl JobRecord {
         self.moving_holds_to = None;
         // A restore not started yet is the tick's to start, not to adopt.
         let unstarted = self.restore.is_some() && self.next_attempt_at_ms.is_some();
+        // A drill whose check was under way is checked again by the tick.
+        if let Some(d) = self.drill.as_mut() {
+            d.verifying = false;
+        }
         if !self.active() || unstarted {
             return None;
         }
@@ -1130,6 +1244,89 @@ mod tests {
             holds_released: false,
         });
         r
+    }
+
+    fn drill_record() -> JobRecord {
+        let mut r = restore_record();
+        r.kind = JobKind::Drill;
+        r.drill = Some(DrillInfo {
+            class: "gold".into(),
+            number: Some(3),
+            rto_secs: 60,
+            plan_ms: 1,
+            verifying: false,
+            result: None,
+        });
+        r
+    }
+
+    fn drill_result(passed: bool) -> DrillResult {
+        DrillResult {
+            passed,
+            level: Some(CheckLevel::FilesHashed),
+            why: (!passed).then(|| "content differs".into()),
+            production_digest: None,
+            restored_digest: None,
+            transfer_ms: 10,
+            mount_ms: 0,
+            hash_ms: 5,
+            cleanup_ms: 1,
+            rto_ms: passed.then_some(20),
+            within_rto: passed,
+            cleaned: true,
+            ended_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_drill_checks_once_after_its_restore_and_again_under_a_new_leader() {
+        let mut r = drill_record();
+        assert_eq!(r.restore_tick(10), vec![Effect::Start]);
+        r.begin_attempt(30);
+        r.apply(&landed(&r, "s1", 1), 40);
+        r.begin_attempt(50);
+        r.apply(&landed(&r, "s2", 2), 60);
+        assert_eq!(
+            r.restore_tick(70),
+            vec![Effect::Persist, Effect::DropHolds, Effect::Verify]
+        );
+        assert!(r.restore_tick(80).is_empty(), "checked once");
+        // A new leader: the check under way is not persisted, so it runs again.
+        let mut loaded: JobRecord =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(loaded.loaded_by_new_leader(90), None);
+        assert_eq!(
+            loaded.restore_tick(100),
+            vec![Effect::Persist, Effect::Verify]
+        );
+        assert_eq!(
+            r.drill_ended(drill_result(false), 110),
+            vec![Effect::Persist]
+        );
+        assert!(r
+            .history
+            .last()
+            .unwrap()
+            .contains("DRILL FAILED: content differs"));
+        assert!(r.restore_tick(120).is_empty(), "ended for good");
+    }
+
+    #[test]
+    fn a_drill_whose_restore_failed_for_good_is_checked_too() {
+        let mut r = drill_record();
+        for n in 1..=RESTORE_ATTEMPTS {
+            assert_eq!(r.restore_tick(1_000_000 * n as i64), vec![Effect::Start]);
+            let a = r.begin_attempt(1_000_000 * n as i64);
+            r.attempt_failed(&a, "boom".into(), false, 1_000_000 * n as i64 + 1);
+        }
+        let fx = r.restore_tick(i64::MAX / 2);
+        assert!(fx.contains(&Effect::Verify), "{fx:?}");
+        r.drill_ended(drill_result(true), 1);
+        assert!(r
+            .history
+            .last()
+            .unwrap()
+            .contains("drill passed (files hashed)"));
     }
 
     #[test]

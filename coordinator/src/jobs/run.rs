@@ -61,6 +61,9 @@ async fn carry_out(
                 let rec = rec.clone();
                 tasks.spawn(async move { drop_holds(&st, &rec).await });
             }
+            Effect::Verify => {
+                tasks.spawn(async move { crate::drills::verify(&st, &key).await });
+            }
         }
     }
 }
@@ -168,6 +171,7 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
     for (key, rec, effects) in work {
         carry_out(state, tasks, &key, rec, effects).await;
     }
+    crate::drills::tick(state, now_ms).await;
     for change in pushes {
         let st = state.clone();
         tasks.spawn(async move {
@@ -240,7 +244,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     // the latter stops the destination's snapshots (`RESTORE_HOLD_PREFIX`).
     let (send_tag, tag) = match rec.kind {
         JobKind::Replication => (hold_tag(&rec.task), hold_tag(&rec.task)),
-        JobKind::Restore => (
+        JobKind::Restore | JobKind::Drill => (
             restore_tag(JobRole::Source, &rec.id),
             restore_tag(JobRole::Target, &rec.id),
         ),
@@ -260,7 +264,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     };
     // A restore sends the copy as it is stored: raw-encrypted stays raw.
     let (raw, compress) = match rec.kind {
-        JobKind::Restore => (true, false),
+        JobKind::Restore | JobKind::Drill => (true, false),
         JobKind::Replication => state
             .policy()
             .as_ref()
@@ -405,8 +409,27 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
     .await;
 }
 
-/// Releases an ended restore's holds on the copy and the destination.
+/// Releases an ended restore's holds on the copy and the destination (a
+/// drill's scratch goes with its holds: only the copy's are released).
 async fn drop_holds(state: &State, rec: &JobRecord) {
+    if rec.kind == JobKind::Drill {
+        let cmd = Command::DropHolds {
+            dataset: rec.dataset.clone(),
+            tag: restore_tag(JobRole::Source, &rec.id),
+        };
+        match state.send_command(&rec.source_node, &cmd).await {
+            Ok(r) if r.outcome == Outcome::Done => {
+                info!(node = %rec.source_node, dataset = %rec.dataset, "{}", r.message)
+            }
+            Ok(r) => {
+                warn!(node = %rec.source_node, dataset = %rec.dataset, message = %r.message, "releasing the drill hold failed")
+            }
+            Err(e) => {
+                warn!(node = %rec.source_node, dataset = %rec.dataset, error = %e, "releasing the drill hold failed")
+            }
+        }
+        return;
+    }
     on_both_ends(state, rec, "releasing the restore hold", |end, dataset| {
         Command::DropHolds {
             dataset: dataset.clone(),
@@ -470,11 +493,21 @@ async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
 /// for [`adopt`] once this coordinator leads.
 pub async fn restore(state: &State) -> Vec<(String, String)> {
     let mut loaded = Vec::new();
+    let mut anchors = std::collections::BTreeMap::new();
     if let Ok(mut keys) = state.stores.jobs.keys().await {
         while let Some(Ok(key)) = keys.next().await {
             let Ok(Some(raw)) = state.stores.jobs.get(&key).await else {
                 continue;
             };
+            if key == crate::drills::ANCHORS_KEY {
+                match serde_json::from_slice(&raw) {
+                    Ok(a) => anchors = a,
+                    Err(e) => {
+                        warn!(key, error = %e, "unreadable drill anchors in KV; drills count from now")
+                    }
+                }
+                continue;
+            }
             match serde_json::from_slice::<JobRecord>(&raw) {
                 Ok(r) => loaded.push((key, r)),
                 Err(e) => warn!(key, error = %e, "unreadable job record in KV; skipped"),
@@ -483,6 +516,7 @@ pub async fn restore(state: &State) -> Vec<(String, String)> {
     }
     let mut jobs = state.jobs();
     jobs.clear();
+    jobs.drill_anchors = anchors;
     let t = now_ms();
     let mut running = Vec::new();
     for (key, mut rec) in loaded {

@@ -71,7 +71,11 @@ pub fn load_key(raw: bool, node: &str, dataset: &str) -> Option<String> {
 
 /// The status of a restore record; `None` for other kinds.
 pub fn status(rec: &JobRecord) -> Option<Status> {
-    let info = rec.restore.as_ref()?;
+    // A drill's restore part is the drill's to show.
+    let info = rec
+        .restore
+        .as_ref()
+        .filter(|_| rec.kind == JobKind::Restore)?;
     let state = match rec.state {
         JobState::Planned => "planned",
         JobState::Running => "running",
@@ -127,7 +131,7 @@ pub enum RestoreError {
 }
 
 /// The nodes as points see them, now.
-fn node_facts(state: &State) -> BTreeMap<String, NodeFacts> {
+pub(crate) fn node_facts(state: &State) -> BTreeMap<String, NodeFacts> {
     let fleet = state.fleet();
     let (t, offline) = (now(), state.config().offline_after.as_secs() as i64);
     fleet
@@ -146,7 +150,7 @@ fn node_facts(state: &State) -> BTreeMap<String, NodeFacts> {
 
 /// Where copies are: the pairings, and the replication records, which
 /// remember a copy after its source dataset (and so its pairing) is gone.
-fn links(state: &State) -> Vec<CopyLink> {
+pub(crate) fn links(state: &State) -> Vec<CopyLink> {
     let link =
         |source_node: &str, dataset: &str, target_node: &str, target_dataset: &str| CopyLink {
             source_node: source_node.into(),

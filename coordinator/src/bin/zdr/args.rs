@@ -71,6 +71,12 @@ pub enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Md)]
         format: Format,
     },
+    /// Restore drills: run one now, list them with their results, or show
+    /// the next year's drills by the policy.
+    Drill {
+        #[command(subcommand)]
+        cmd: crate::drill::DrillCmd,
+    },
 }
 
 /// `zdr report`'s output.

@@ -14,6 +14,7 @@ use crate::api::{
 };
 use crate::args::{Cli, Cmd, Format, Location, RestoreArgs};
 use crate::client::{decode, Client, ClientError};
+use crate::drill::{DrillStatus, DrillsView};
 use crate::render;
 use crate::runbook;
 
@@ -35,6 +36,8 @@ pub enum CliError {
     Watch { job: String, source: ClientError },
     #[error(transparent)]
     Runbook(#[from] runbook::RunbookError),
+    #[error("{0}")]
+    Drill(String),
     #[error("writing the output: {0}")]
     Output(std::io::Error),
 }
@@ -73,6 +76,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             all,
             format,
         } => runbook(&c, json || *format == Format::Json, source.as_ref(), *all),
+        Cmd::Drill { cmd } => crate::drill::run(&c, json, cmd),
     }
 }
 
@@ -81,6 +85,13 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
 fn runbook(c: &Client, json: bool, source: Option<&Location>, all: bool) -> Result<(), CliError> {
     let body = c.get("/api/v1/report")?;
     let r: Report = decode(&c.url("/api/v1/report"), &body)?;
+    // A coordinator without drills (older, or none run) leaves the line out.
+    let drills: Vec<DrillStatus> = c
+        .get("/api/v1/drills")
+        .ok()
+        .and_then(|b| decode::<DrillsView>(&c.url("/api/v1/drills"), &b).ok())
+        .map(|v| v.drills)
+        .unwrap_or_default();
     let books = match source {
         Some(l) if !all => vec![runbook::runbook_of(
             &r.datasets,
@@ -94,6 +105,10 @@ fn runbook(c: &Client, json: bool, source: Option<&Location>, all: bool) -> Resu
             .map(|d| runbook::runbook(d, r.generated_at))
             .collect::<Result<_, _>>()?,
     };
+    let books: Vec<runbook::Runbook> = books
+        .into_iter()
+        .map(|b| runbook::with_last_drill(b, &drills))
+        .collect();
     if json {
         let v = match (all, books.as_slice()) {
             (false, [one]) => serde_json::to_string_pretty(one),
@@ -113,7 +128,7 @@ fn now() -> i64 {
 }
 
 /// Writes to stdout; a closed pipe (`zdr jobs | head`) is not an error.
-fn print(text: &str) -> Result<(), CliError> {
+pub(crate) fn print(text: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(e)),
@@ -121,7 +136,7 @@ fn print(text: &str) -> Result<(), CliError> {
     }
 }
 
-fn print_json(body: &str) -> Result<(), CliError> {
+pub(crate) fn print_json(body: &str) -> Result<(), CliError> {
     if body.ends_with('\n') {
         print(body)
     } else {
@@ -129,7 +144,7 @@ fn print_json(body: &str) -> Result<(), CliError> {
     }
 }
 
-fn show<T: DeserializeOwned>(
+pub(crate) fn show<T: DeserializeOwned>(
     c: &Client,
     json: bool,
     path: &str,

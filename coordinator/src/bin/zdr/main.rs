@@ -5,6 +5,7 @@ mod api;
 mod args;
 mod client;
 mod commands;
+mod drill;
 mod render;
 mod report;
 mod runbook;

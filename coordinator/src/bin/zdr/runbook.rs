@@ -25,6 +25,9 @@ use zdr_common::dataset::{parse_snapshot_name, DatasetName};
 use zdr_common::subject::valid_node_id;
 use zdr_coordinator::compliance::{CopyReport, DatasetReport, Role};
 
+use zdr_common::wire::CheckLevel;
+
+use crate::drill::DrillStatus;
 use crate::render::{shell_quote, short, when};
 use crate::report::{copies_table, plural};
 
@@ -42,7 +45,80 @@ pub struct Runbook {
     /// Production first, as the report lists them.
     pub copies: Vec<CopyReport>,
     pub verification: String,
+    /// The newest ended restore drill of the dataset, when the coordinator
+    /// listed its drills.
+    pub last_drill: Option<LastDrill>,
     pub procedures: Vec<Procedure>,
+}
+
+/// How the dataset's newest restore drill went.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastDrill {
+    pub job: String,
+    /// Unix seconds.
+    pub ended_at: i64,
+    pub passed: bool,
+    /// The copy's node.
+    pub copy: Option<String>,
+    pub level: Option<CheckLevel>,
+    pub rto_ms: Option<u64>,
+    pub within_rto: bool,
+    pub why: Option<String>,
+}
+
+/// Adds the newest ended drill of the runbook's dataset among `drills`.
+pub fn with_last_drill(mut book: Runbook, drills: &[DrillStatus]) -> Runbook {
+    book.last_drill = drills
+        .iter()
+        .filter(|d| d.source.node == book.node && d.source.dataset == book.dataset)
+        .filter_map(|d| d.result.as_ref().map(|r| (d, r)))
+        .max_by_key(|(_, r)| r.ended_at)
+        .map(|(d, r)| LastDrill {
+            job: d.job.clone(),
+            ended_at: r.ended_at,
+            passed: r.passed,
+            copy: d.copy.as_ref().map(|c| c.node.clone()),
+            level: r.level,
+            rto_ms: r.rto_ms,
+            within_rto: r.within_rto,
+            why: r.why.clone(),
+        });
+    book
+}
+
+fn drill_line(r: &Runbook) -> String {
+    let Some(d) = &r.last_drill else {
+        return format!(
+            "Last drill: none listed; `zdr drill run {}:{}` runs one.",
+            r.node,
+            shell_quote(&r.dataset)
+        );
+    };
+    let from = d
+        .copy
+        .as_ref()
+        .map(|c| format!(" from the copy on {c}"))
+        .unwrap_or_default();
+    if !d.passed {
+        return format!(
+            "Last drill: {}{from} FAILED: {} (job {}).",
+            when(d.ended_at),
+            d.why.as_deref().unwrap_or("no reason given"),
+            d.job
+        );
+    }
+    let level = match d.level {
+        Some(CheckLevel::BlocksRead) => "every block read back",
+        _ => "content hashes equal",
+    };
+    format!(
+        "Last drill: {}{from} passed ({level}); measured RTO {:.1} s, {} the class's {} (job {}).",
+        when(d.ended_at),
+        d.rto_ms.unwrap_or(0) as f64 / 1000.0,
+        if d.within_rto { "within" } else { "OVER" },
+        short(r.rto_secs as i64),
+        d.job
+    )
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +238,7 @@ pub fn runbook(d: &DatasetReport, generated_at: i64) -> Result<Runbook, RunbookE
         encrypted,
         copies: d.copies.clone(),
         verification: d.verification.clone(),
+        last_drill: None,
         procedures,
     })
 }
@@ -384,6 +461,7 @@ pub fn markdown(r: &Runbook) -> String {
     out.push_str("## Copies\n\n");
     out.push_str(&copies_table(&r.copies));
     out.push_str(&format!("\nVerification: {}.\n\n", r.verification));
+    out.push_str(&format!("{}\n\n", drill_line(r)));
     if r.procedures.is_empty() {
         out.push_str(
             "No replica holds a copy of this dataset: nothing to restore from but \
@@ -456,6 +534,46 @@ mod tests {
             std::fs::write(path, &out).unwrap();
             panic!("the Markdown differs from testdata/runbook.md; see {path}:\n{out}");
         }
+    }
+
+    #[test]
+    fn the_last_drill_of_the_dataset_is_shown_with_its_rto() {
+        let r = report();
+        let d = &r.datasets[0];
+        let drill = |job: &str, ended_at: i64, passed: bool, node: &str| {
+            serde_json::from_value::<DrillStatus>(serde_json::json!({
+                "job": job, "state": if passed { "passed" } else { "failed" },
+                "class": d.class, "number": null,
+                "source": { "node": node, "dataset": d.dataset },
+                "copy": { "node": "nb", "dataset": "backup/x" },
+                "snapshot": null, "started": 0, "rto_secs": d.rto_secs,
+                "result": {
+                    "passed": passed, "level": "files-hashed",
+                    "why": if passed { None } else { Some("content differs") },
+                    "production_digest": null, "restored_digest": null,
+                    "transfer_ms": 1, "mount_ms": 0, "hash_ms": 1, "cleanup_ms": 1,
+                    "rto_ms": if passed { Some(2500) } else { None },
+                    "within_rto": passed, "cleaned": true, "ended_at": ended_at
+                }
+            }))
+            .unwrap()
+        };
+        let drills = [
+            drill("old", 10, false, &d.node),
+            drill("new", 20, true, &d.node),
+            drill("other", 30, false, "elsewhere"),
+        ];
+        let book = with_last_drill(runbook(d, r.generated_at).unwrap(), &drills);
+        let md = markdown(&book);
+        let line = md.lines().find(|l| l.starts_with("Last drill:")).unwrap();
+        assert!(
+            line.contains(
+                "from the copy on nb passed (content hashes equal); measured RTO 2.5 s, within"
+            ) && line.contains("(job new)"),
+            "{line}"
+        );
+        let book = with_last_drill(runbook(d, r.generated_at).unwrap(), &drills[..1]);
+        assert!(markdown(&book).contains("FAILED: content differs (job old)"));
     }
 
     #[test]

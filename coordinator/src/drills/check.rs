@@ -1,0 +1,184 @@
+//! A drill's decisions, pure: the snapshot it restores, whether the drill
+//! node has room, and the verdict from the two content hashes.
+//!
+//! Rules:
+//! - The drill restores the copy's newest snapshot that production still
+//!   holds (by GUID): the content is compared with that same snapshot.
+//! - The scratch needs the copy's `used` bytes free in the pool it lands in;
+//!   short of that the drill is refused before anything is sent.
+//! - It passes only when both sides were read: equal digests when both
+//!   hashed files, or both read back every block (ZFS checked checksums;
+//!   no digest to compare, and the result says so).
+
+use zdr_common::wire::{CheckLevel, ContentHash, SnapshotInfo};
+
+use super::super::restore::points::PointSnapshot;
+
+/// The newest snapshot of the copy that production still holds, by GUID.
+pub fn common_snapshot<'a>(
+    copy: &'a [PointSnapshot],
+    production: &[SnapshotInfo],
+) -> Option<&'a PointSnapshot> {
+    copy.iter()
+        .rev()
+        .find(|s| production.iter().any(|p| p.guid == s.guid))
+}
+
+/// Whether `free` bytes hold a restore of `need` bytes.
+pub fn fits(need: u64, free: u64) -> bool {
+    need <= free
+}
+
+/// The content check's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub passed: bool,
+    pub level: Option<CheckLevel>,
+    pub why: Option<String>,
+    pub production_digest: Option<String>,
+    pub restored_digest: Option<String>,
+    /// Mounting and reading on the slower side, milliseconds.
+    pub mount_ms: u64,
+    pub read_ms: u64,
+}
+
+/// Compares the hash of production's snapshot with the restored one's.
+pub fn verdict(
+    production: Result<ContentHash, String>,
+    restored: Result<ContentHash, String>,
+) -> Verdict {
+    let times = |h: &Result<ContentHash, String>| {
+        h.as_ref()
+            .map(|h| (h.mount_ms, h.read_ms))
+            .unwrap_or((0, 0))
+    };
+    let ((pm, pr), (rm, rr)) = (times(&production), times(&restored));
+    let mut v = Verdict {
+        passed: false,
+        level: None,
+        why: None,
+        production_digest: None,
+        restored_digest: None,
+        mount_ms: pm.max(rm),
+        read_ms: pr.max(rr),
+    };
+    let (p, r) = match (production, restored) {
+        (Err(e), _) => {
+            v.why = Some(format!("production could not be hashed: {e}"));
+            return v;
+        }
+        (_, Err(e)) => {
+            v.why = Some(format!("the restored copy could not be read: {e}"));
+            return v;
+        }
+        (Ok(p), Ok(r)) => (p, r),
+    };
+    v.production_digest = p.digest.clone();
+    v.restored_digest = r.digest.clone();
+    match (p.level, r.level, &p.digest, &r.digest) {
+        (CheckLevel::FilesHashed, CheckLevel::FilesHashed, Some(a), Some(b)) => {
+            v.level = Some(CheckLevel::FilesHashed);
+            if a == b {
+                v.passed = true;
+            } else {
+                v.why = Some(format!(
+                    "content differs: production hashes to {a}, the restored copy to {b}; \
+                     the copy is corrupt or diverged (check `zpool status` on its node)"
+                ));
+            }
+        }
+        _ => {
+            // One side could only read its blocks: both reads succeeded,
+            // so ZFS found every checksum good, but nothing compares content.
+            v.level = Some(CheckLevel::BlocksRead);
+            v.passed = true;
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hash(level: CheckLevel, digest: Option<&str>) -> Result<ContentHash, String> {
+        Ok(ContentHash {
+            level,
+            digest: digest.map(String::from),
+            files: 3,
+            bytes: 10,
+            mount_ms: 5,
+            read_ms: 7,
+        })
+    }
+
+    #[test]
+    fn equal_digests_pass_at_the_files_level() {
+        let v = verdict(
+            hash(CheckLevel::FilesHashed, Some("ab")),
+            hash(CheckLevel::FilesHashed, Some("ab")),
+        );
+        assert!(v.passed);
+        assert_eq!(v.level, Some(CheckLevel::FilesHashed));
+        assert_eq!((v.mount_ms, v.read_ms), (5, 7));
+    }
+
+    #[test]
+    fn different_digests_fail_and_name_both() {
+        let v = verdict(
+            hash(CheckLevel::FilesHashed, Some("ab")),
+            hash(CheckLevel::FilesHashed, Some("cd")),
+        );
+        assert!(!v.passed);
+        let why = v.why.unwrap();
+        assert!(why.contains("ab") && why.contains("cd"), "{why}");
+    }
+
+    #[test]
+    fn an_unreadable_side_fails_and_a_block_read_passes_at_its_level() {
+        let v = verdict(
+            hash(CheckLevel::FilesHashed, Some("ab")),
+            Err("checksum error".into()),
+        );
+        assert!(!v.passed);
+        assert!(v.why.unwrap().contains("checksum error"));
+        let v = verdict(Err("gone".into()), hash(CheckLevel::BlocksRead, None));
+        assert!(v.why.unwrap().starts_with("production"));
+        let v = verdict(
+            hash(CheckLevel::FilesHashed, Some("ab")),
+            hash(CheckLevel::BlocksRead, None),
+        );
+        assert!(v.passed);
+        assert_eq!(v.level, Some(CheckLevel::BlocksRead));
+    }
+
+    #[test]
+    fn the_snapshot_is_the_newest_production_still_has() {
+        let p = |name: &str, guid| PointSnapshot {
+            name: name.into(),
+            guid,
+            creation: 0,
+            createtxg: guid,
+        };
+        let info = |guid| SnapshotInfo {
+            name: format!("s{guid}"),
+            guid,
+            createtxg: guid,
+            creation: 0,
+            used: 0,
+            userrefs: 0,
+        };
+        let copy = [p("a", 1), p("b", 2), p("c", 3)];
+        assert_eq!(
+            common_snapshot(&copy, &[info(1), info(2)]).unwrap().name,
+            "b"
+        );
+        assert!(common_snapshot(&copy, &[info(9)]).is_none());
+    }
+
+    #[test]
+    fn space_is_checked_against_free() {
+        assert!(fits(10, 10));
+        assert!(!fits(11, 10));
+    }
+}
