@@ -267,7 +267,7 @@ fn restore_error(e: RestoreError) -> Response {
             | PlanError::NotACopy { .. }
             | PlanError::DestinationIsCopy { .. } => StatusCode::BAD_REQUEST,
         },
-        RestoreError::Busy { .. } => StatusCode::CONFLICT,
+        RestoreError::Busy { .. } | RestoreError::JustRestored { .. } => StatusCode::CONFLICT,
     };
     api_error(code, e.to_string())
 }

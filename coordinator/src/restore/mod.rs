@@ -128,7 +128,23 @@ pub enum RestoreError {
         dataset: String,
         job: String,
     },
+    #[error(
+        "to {node}:{dataset}: job {job} restored it {secs_ago}s ago, and the node's \
+         inventory does not show it yet; it exists: add --replace to overwrite it, \
+         or restore to another name"
+    )]
+    JustRestored {
+        node: String,
+        dataset: String,
+        job: String,
+        secs_ago: i64,
+    },
 }
+
+/// A restore that ended this recently still counts as its destination
+/// existing while the node's inventory has not shown it yet (the agent's
+/// delta can arrive after the job's end).
+const JUST_RESTORED_MS: i64 = 60_000;
 
 /// The nodes as points see them, now.
 pub(crate) fn node_facts(state: &State) -> BTreeMap<String, NodeFacts> {
@@ -224,6 +240,24 @@ pub async fn submit(state: &State, req: Request) -> Result<Accepted, RestoreErro
             });
         }
         let t = now_ms();
+        if dest.existing.is_none() {
+            if let Some((r, at)) = jobs.records().find_map(|r| {
+                let at = r.finished_at_ms?;
+                (r.kind == JobKind::Restore
+                    && r.state == JobState::Done
+                    && r.target_node == req.to_node
+                    && r.target_dataset == req.to_dataset
+                    && t - at < JUST_RESTORED_MS)
+                    .then_some((r, at))
+            }) {
+                return Err(RestoreError::JustRestored {
+                    node: req.to_node.clone(),
+                    dataset: req.to_dataset.clone(),
+                    job: r.id.clone(),
+                    secs_ago: (t - at) / 1000,
+                });
+            }
+        }
         let link = Pairing {
             task: "restore".into(),
             source_node: plan.from_node.clone(),
