@@ -11,6 +11,9 @@
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 //! - `GET /api/v1/restore-points?node=N&dataset=D`, `POST /api/v1/restores`,
 //!   `GET /api/v1/restores[/{job}]`: restores (planned by `crate::restore`).
+//!
+//! Reads are open; every other method needs the API's bearer token
+//! (`crate::api_auth`).
 
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use zdr_common::wire::{Command, PoolInfo};
+use zdr_common::wire::{Command, PolicyRefused, PoolInfo};
 
 use crate::fleet::{dataset_status, replica_of, DatasetStatus};
 use crate::restore::plan::{parse_at, parse_node_dataset, PlanError, Request};
@@ -47,6 +50,11 @@ pub async fn serve(
         .route("/api/v1/restore-points", get(restore_points))
         .route("/api/v1/restores", get(restores).post(restore))
         .route("/api/v1/restores/{job}", get(restore_status))
+        // Every route, so a new endpoint is guarded too (`crate::api_auth`).
+        .layer(axum::middleware::from_fn_with_state(
+            state.config().api_token.clone(),
+            crate::api_auth::guard,
+        ))
         .with_state(state);
     let stop = async move { shutdown.cancelled().await };
     if let Err(e) = axum::serve(listener, app)
@@ -113,6 +121,8 @@ struct FleetView {
     leader: bool,
     epoch: u64,
     policy_revision: Option<u64>,
+    /// The key id this coordinator signs with.
+    policy_key: String,
     nodes: Vec<NodeView>,
 }
 
@@ -126,6 +136,8 @@ struct NodeView {
     online: bool,
     last_seen: i64,
     policy_revision: Option<u64>,
+    /// The node refuses the published policy (and applies its own), and why.
+    policy_refused: Option<PolicyRefused>,
     pools: Vec<PoolInfo>,
     datasets: Vec<DatasetStatus>,
 }
@@ -148,6 +160,7 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
             online: fleet.online(name, t, timeout),
             last_seen: rec.last_seen,
             policy_revision: rec.policy_revision,
+            policy_refused: rec.policy_refused.clone(),
             pools: rec.pools.clone(),
             datasets: fleet
                 .inventory
@@ -168,6 +181,7 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
         leader: st.is_leader(),
         epoch: st.epoch(),
         policy_revision: policy.as_ref().map(|p| p.revision),
+        policy_key: st.config().key_id.clone(),
         nodes,
     })
 }
