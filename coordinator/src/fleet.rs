@@ -147,6 +147,7 @@ impl Fleet {
             datasets: changed,
             removed_datasets: removed,
             resync: false,
+            policy_refused: None,
         }
     }
 
