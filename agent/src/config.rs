@@ -329,9 +329,15 @@ public_key = "{KEY}"
     #[test]
     fn several_keys_are_trusted_each_under_its_own_id() {
         const NEW: &str = "HmIndHengloFoFoDAehM2uTPq2l/YQ2/BHEQNfm8l1o=";
-        let two = format!("{}\n[[trusted_keys]]\nkid = \"coordinator-2\"\npublic_key = \"{NEW}\"\n", good());
+        let two = format!(
+            "{}\n[[trusted_keys]]\nkid = \"coordinator-2\"\npublic_key = \"{NEW}\"\n",
+            good()
+        );
         let c = Config::parse("agent.toml", &two).unwrap();
-        assert_eq!(c.verifier().unwrap().kids(), ["coordinator", "coordinator-2"]);
+        assert_eq!(
+            c.verifier().unwrap().kids(),
+            ["coordinator", "coordinator-2"]
+        );
         let e = Config::parse("agent.toml", &two.replace("coordinator-2", "coordinator"))
             .unwrap_err()
             .to_string();

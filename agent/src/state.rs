@@ -250,13 +250,22 @@ mod tests {
         assert_eq!((ok.bundle.revision, ok.kid.as_str()), (3, "key-a"));
 
         let e = SignedPolicy::open(&v, &seal(&b, 4, NOW, 1), Some(NOW)).unwrap_err();
-        assert_eq!((e.reason, e.revision), (PolicyRefusalReason::UntrustedKey, None));
+        assert_eq!(
+            (e.reason, e.revision),
+            (PolicyRefusalReason::UntrustedKey, None)
+        );
         assert!(e.message.contains("[\"key-a\"]"), "{e}");
 
         let old = seal(&a, 5, NOW - 7200, 1);
         let e = SignedPolicy::open(&v, &old, Some(NOW)).unwrap_err();
-        assert_eq!((e.reason, e.revision), (PolicyRefusalReason::Expired, Some(5)));
-        assert!(SignedPolicy::open(&v, &old, None).is_ok(), "the cached copy skips the clock");
+        assert_eq!(
+            (e.reason, e.revision),
+            (PolicyRefusalReason::Expired, Some(5))
+        );
+        assert!(
+            SignedPolicy::open(&v, &old, None).is_ok(),
+            "the cached copy skips the clock"
+        );
 
         let e = SignedPolicy::open(&v, b"junk", Some(NOW)).unwrap_err();
         assert_eq!(e.reason, PolicyRefusalReason::Malformed);
@@ -272,17 +281,36 @@ mod tests {
     fn revisions_and_epochs_never_go_back() {
         let a = Sealer::new("key-a", generate_key());
         let v = trusting(&a);
-        let open = |rev, iat, epoch| SignedPolicy::open(&v, &seal(&a, rev, iat, epoch), None).unwrap();
+        let open =
+            |rev, iat, epoch| SignedPolicy::open(&v, &seal(&a, rev, iat, epoch), None).unwrap();
         let cur = open(3, NOW, 2);
-        assert!(matches!(judge(open(4, NOW, 2), Some(&cur), 2), Ok(Verdict::Apply(_))));
-        assert!(matches!(judge(open(1, NOW, 2), None, 2), Ok(Verdict::Apply(_))));
+        assert!(matches!(
+            judge(open(4, NOW, 2), Some(&cur), 2),
+            Ok(Verdict::Apply(_))
+        ));
+        assert!(matches!(
+            judge(open(1, NOW, 2), None, 2),
+            Ok(Verdict::Apply(_))
+        ));
         let e = judge(open(1, NOW + 60, 3), Some(&cur), 2).unwrap_err();
-        assert_eq!((e.reason, e.revision), (PolicyRefusalReason::OlderRevision, Some(1)));
+        assert_eq!(
+            (e.reason, e.revision),
+            (PolicyRefusalReason::OlderRevision, Some(1))
+        );
         assert!(e.message.contains("revision 3 in force"), "{e}");
         let e = judge(open(9, NOW, 1), Some(&cur), 2).unwrap_err();
-        assert_eq!((e.reason, e.revision), (PolicyRefusalReason::StaleEpoch, Some(9)));
+        assert_eq!(
+            (e.reason, e.revision),
+            (PolicyRefusalReason::StaleEpoch, Some(9))
+        );
         // The same revision again: nothing to do; re-signed later: applied.
-        assert!(matches!(judge(open(3, NOW, 2), Some(&cur), 2), Ok(Verdict::Same)));
-        assert!(matches!(judge(open(3, NOW + 60, 2), Some(&cur), 2), Ok(Verdict::Apply(_))));
+        assert!(matches!(
+            judge(open(3, NOW, 2), Some(&cur), 2),
+            Ok(Verdict::Same)
+        ));
+        assert!(matches!(
+            judge(open(3, NOW + 60, 2), Some(&cur), 2),
+            Ok(Verdict::Apply(_))
+        ));
     }
 }

@@ -181,11 +181,7 @@ pub fn check(
 }
 
 /// The axum middleware: [`check`] on every request.
-pub async fn guard(
-    State(token): State<Option<ApiToken>>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn guard(State(token): State<Option<ApiToken>>, req: Request, next: Next) -> Response {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -218,7 +214,12 @@ mod tests {
     const TOKEN: &str = "0123456789abcdef0123";
 
     fn token() -> ApiToken {
-        token_from_file(Path::new("/etc/zdr/api.token"), 0o100600, &format!("{TOKEN}\n")).unwrap()
+        token_from_file(
+            Path::new("/etc/zdr/api.token"),
+            0o100600,
+            &format!("{TOKEN}\n"),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -273,7 +274,10 @@ mod tests {
                     mode: mode & 0o7777
                 }
             );
-            assert!(e.to_string().contains("chmod 600 /etc/zdr/api.token"), "{e}");
+            assert!(
+                e.to_string().contains("chmod 600 /etc/zdr/api.token"),
+                "{e}"
+            );
         }
         assert!(matches!(
             token_from_file(p, 0o600, " \n"),

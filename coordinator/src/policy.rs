@@ -80,7 +80,9 @@ pub enum Stored {
     },
     /// Not verifiable with our key (signed with a key we no longer hold, or
     /// damaged). Only its revision counts, as a floor to exceed.
-    Foreign { floor: u64 },
+    Foreign {
+        floor: u64,
+    },
 }
 
 /// Whether to publish, and under which revision.

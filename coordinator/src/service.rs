@@ -156,8 +156,7 @@ async fn load_policy(state: &State, epoch: u64) {
             if state.policy().is_some() {
                 return;
             }
-            let Some(bundle) =
-                policy::last_signed(&state.stores.policy, state.sealer()).await
+            let Some(bundle) = policy::last_signed(&state.stores.policy, state.sealer()).await
             else {
                 warn!("no signed policy in KV either: no snapshots are scheduled and no jobs run until the files are fixed");
                 return;

@@ -337,7 +337,8 @@ pub fn api_token_file(dir: &Path) -> (PathBuf, String) {
     use std::os::unix::fs::PermissionsExt;
     let file = dir.join("api.token");
     if !file.exists() {
-        let token = zdr_common::envelope::key_to_b64(&zdr_common::envelope::generate_key().to_bytes());
+        let token =
+            zdr_common::envelope::key_to_b64(&zdr_common::envelope::generate_key().to_bytes());
         std::fs::write(&file, format!("{token}\n")).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }

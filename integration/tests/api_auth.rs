@@ -42,7 +42,13 @@ fn snapshots(a: &Agent) -> usize {
     on_disk(a, "tank/db").map(|s| s.len()).unwrap_or(0)
 }
 
-async fn request(c: &Coordinator, method: &str, path: &str, body: &str, auth: Option<&str>) -> (u16, String) {
+async fn request(
+    c: &Coordinator,
+    method: &str,
+    path: &str,
+    body: &str,
+    auth: Option<&str>,
+) -> (u16, String) {
     http_request_as(c.http, method, path, body, auth)
         .await
         .expect("the coordinator answers")
@@ -71,7 +77,10 @@ async fn mutations_need_the_token_and_reads_stay_open() {
 
     for (auth, why) in [
         (None, "needs `Authorization: Bearer <token>`"),
-        (Some("Bearer not-the-token-0123456789"), "not this coordinator's API token"),
+        (
+            Some("Bearer not-the-token-0123456789"),
+            "not this coordinator's API token",
+        ),
         (Some("Basic bm9kZTpwYXNz"), "is not `Bearer <token>`"),
     ] {
         let (code, body) = request(&coord, "POST", COMMAND, SNAPSHOT, auth).await;
@@ -90,10 +99,19 @@ async fn mutations_need_the_token_and_reads_stay_open() {
     assert!(!a1.proc.output().contains("command accepted"));
     let (code, body) = request(&coord, "GET", "/api/v1/restores", "", None).await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["restores"], serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["restores"],
+        serde_json::json!([])
+    );
 
     // Reads stay open.
-    for path in ["/healthz", "/readyz", "/metrics", "/api/v1/fleet", "/api/v1/jobs"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/fleet",
+        "/api/v1/jobs",
+    ] {
         let (code, body) = request(&coord, "GET", path, "", None).await;
         assert_eq!(code, 200, "GET {path}: {body}");
     }
@@ -109,9 +127,16 @@ async fn mutations_need_the_token_and_reads_stay_open() {
     let url = format!("http://127.0.0.1:{}", coord.http);
     let zdr = |token: Option<&std::path::Path>| {
         let mut cmd = Command::new(bin_dir().join("zdr"));
-        cmd.args(["--coordinator", &url, "restore", "node-a1:tank/nope", "--to", "node-a1:tank/r"])
-            .env_remove("ZDR_COORDINATOR")
-            .env_remove("ZDR_TOKEN_FILE");
+        cmd.args([
+            "--coordinator",
+            &url,
+            "restore",
+            "node-a1:tank/nope",
+            "--to",
+            "node-a1:tank/r",
+        ])
+        .env_remove("ZDR_COORDINATOR")
+        .env_remove("ZDR_TOKEN_FILE");
         if let Some(t) = token {
             cmd.arg("--token-file").arg(t);
         }
@@ -120,7 +145,10 @@ async fn mutations_need_the_token_and_reads_stay_open() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = zdr(None);
-    assert!(err.contains("answered 401") && err.contains("--token-file"), "{err}");
+    assert!(
+        err.contains("answered 401") && err.contains("--token-file"),
+        "{err}"
+    );
     let err = zdr(Some(&coord.token_file));
     assert!(err.contains("answered 4") && !err.contains("401"), "{err}");
 }
@@ -134,7 +162,10 @@ async fn without_a_token_file_every_mutation_is_refused_and_says_how_to_configur
     let (code, body) = coord.post(COMMAND, SNAPSHOT).await.unwrap();
     assert_eq!(code, 403, "{body}");
     let e = error_of(&body);
-    assert!(e.contains("--api-token-file") && e.contains("ZDR_TOKEN_FILE"), "{e}");
+    assert!(
+        e.contains("--api-token-file") && e.contains("ZDR_TOKEN_FILE"),
+        "{e}"
+    );
     let (code, _) = request(&coord, "GET", "/api/v1/fleet", "", None).await;
     assert_eq!(code, 200);
     assert!(coord.proc.output().contains("no --api-token-file"));
@@ -168,5 +199,9 @@ async fn a_token_file_others_can_read_stops_the_coordinator_at_start() {
         async move { (!running).then_some(()) }
     })
     .await;
-    assert!(coord.proc.output().contains("is empty"), "{}", coord.proc.output());
+    assert!(
+        coord.proc.output().contains("is empty"),
+        "{}",
+        coord.proc.output()
+    );
 }

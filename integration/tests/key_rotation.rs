@@ -60,16 +60,22 @@ fn trusting(keys: &[&Keys]) -> AgentExtra {
 
 /// Every node online, applying `revision` and refusing nothing.
 async fn all_on(c: &Coordinator, revision: u64) -> Value {
-    wait_for(&format!("every node on revision {revision}"), WAIT, || async {
-        let fleet = c.fleet().await?;
-        let nodes = fleet["nodes"].as_array()?;
-        let done = fleet["policy_revision"] == revision
-            && nodes.len() == 2
-            && nodes.iter().all(|n| {
-                n["online"] == true && n["policy_revision"] == revision && n["policy_refused"].is_null()
-            });
-        done.then_some(fleet)
-    })
+    wait_for(
+        &format!("every node on revision {revision}"),
+        WAIT,
+        || async {
+            let fleet = c.fleet().await?;
+            let nodes = fleet["nodes"].as_array()?;
+            let done = fleet["policy_revision"] == revision
+                && nodes.len() == 2
+                && nodes.iter().all(|n| {
+                    n["online"] == true
+                        && n["policy_revision"] == revision
+                        && n["policy_refused"].is_null()
+                });
+            done.then_some(fleet)
+        },
+    )
     .await
 }
 
@@ -95,7 +101,10 @@ async fn a_key_rotation_moves_every_agent_to_the_new_key_and_never_back() {
     let new = Keys::create_named(f.path(), "coordinator-2027");
     restart(&f, &mut a1, &A1, &trusting(&[old, &new]));
     wait_for("node-a1 back on its cached policy", WAIT, || async {
-        a1.proc.output().contains("cached signed policy loaded").then_some(())
+        a1.proc
+            .output()
+            .contains("cached signed policy loaded")
+            .then_some(())
     })
     .await;
     all_on(&c1, 2).await;
@@ -105,15 +114,19 @@ async fn a_key_rotation_moves_every_agent_to_the_new_key_and_never_back() {
     c1.proc.terminate(Duration::from_secs(10));
     let c2 = f.coordinator_signing_with("c2", &new);
     c2.wait_ready().await;
-    let fleet = wait_for("node-a1 on revision 3, node-b1 refusing it", WAIT, || async {
-        let fleet = c2.fleet().await?;
-        let a = node_in(&fleet, "node-a1")?;
-        let b = node_in(&fleet, "node-b1")?;
-        let done = a["policy_revision"] == 3
-            && a["policy_refused"].is_null()
-            && b["policy_refused"]["reason"] == "untrusted_key";
-        done.then_some(fleet)
-    })
+    let fleet = wait_for(
+        "node-a1 on revision 3, node-b1 refusing it",
+        WAIT,
+        || async {
+            let fleet = c2.fleet().await?;
+            let a = node_in(&fleet, "node-a1")?;
+            let b = node_in(&fleet, "node-b1")?;
+            let done = a["policy_revision"] == 3
+                && a["policy_refused"].is_null()
+                && b["policy_refused"]["reason"] == "untrusted_key";
+            done.then_some(fleet)
+        },
+    )
     .await;
     assert_eq!(fleet["policy_revision"], 3);
     assert_eq!(fleet["policy_key"], "coordinator-2027");
@@ -122,11 +135,15 @@ async fn a_key_rotation_moves_every_agent_to_the_new_key_and_never_back() {
     assert!(b["policy_refused"]["revision"].is_null(), "{b}");
     let log = b1.proc.output();
     assert!(
-        log.lines()
-            .any(|l| l.contains("WARN") && l.contains("policy refused") && l.contains("UntrustedKey")),
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("policy refused")
+            && l.contains("UntrustedKey")),
         "{log}"
     );
-    assert!(c2.proc.output().contains("the node refuses the published policy"));
+    assert!(c2
+        .proc
+        .output()
+        .contains("the node refuses the published policy"));
 
     restart(&f, &mut b1, &B1, &trusting(&[old, &new]));
     all_on(&c2, 3).await;
@@ -141,7 +158,11 @@ async fn a_key_rotation_moves_every_agent_to_the_new_key_and_never_back() {
     restart(&f, &mut b1, &B1, &trusting(&[&new]));
     for a in [&a1, &b1] {
         wait_for("an agent back on its cached policy", WAIT, || async {
-            let loads = a.proc.output().matches("cached signed policy loaded").count();
+            let loads = a
+                .proc
+                .output()
+                .matches("cached signed policy loaded")
+                .count();
             (loads >= 2).then_some(())
         })
         .await;
@@ -181,7 +202,14 @@ fn resealed(sealer: &Sealer, bundle: &Value, revision: u64, iat: i64) -> Vec<u8>
     b["revision"] = revision.into();
     b["source_digest"] = "an older file".into();
     let payload = serde_json::to_vec(&b).unwrap();
-    sealer.seal(subject::POLICY, &format!("test-{revision}"), iat, 7 * 86_400, 1, &payload)
+    sealer.seal(
+        subject::POLICY,
+        &format!("test-{revision}"),
+        iat,
+        7 * 86_400,
+        1,
+        &payload,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -338,7 +338,11 @@ pub(crate) mod tests {
         c.get("/api/v1/fleet").unwrap();
         c.post("/api/v1/restores", "{}").unwrap();
         let seen = h.join().unwrap();
-        assert!(!seen[0].to_ascii_lowercase().contains("authorization"), "{}", seen[0]);
+        assert!(
+            !seen[0].to_ascii_lowercase().contains("authorization"),
+            "{}",
+            seen[0]
+        );
         assert!(
             seen[1]
                 .to_ascii_lowercase()
