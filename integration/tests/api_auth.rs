@@ -13,6 +13,7 @@ use zdr_integration::*;
 const POLICY: &str = r#"version: 1
 sites:
   site-a: {}
+  site-b: {}
 nodes:
   node-a1: { site: site-a, media: ssd }
 classes:

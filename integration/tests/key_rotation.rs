@@ -88,7 +88,7 @@ fn restart(f: &Fleet, agent: &mut Agent, spec: &AgentSpec, extra: &AgentExtra) {
 async fn a_key_rotation_moves_every_agent_to_the_new_key_and_never_back() {
     let f = Fleet::start(POLICY, None).await;
     let old = &f.keys;
-    let c1 = f.coordinator("c1");
+    let mut c1 = f.coordinator("c1");
     c1.wait_ready().await;
     let mut a1 = f.agent(&A1);
     let mut b1 = f.agent(&B1);
