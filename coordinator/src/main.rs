@@ -14,6 +14,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of the `run` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the coordinator.
