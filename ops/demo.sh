@@ -54,10 +54,15 @@ done
 bash "$root/ops/pki.sh" "$dir/pki" node-a1 node-a2 node-b1
 [ -f "$dir/coordinator.key" ] || "$bin/zdr-coordinator" keygen "$dir/coordinator.key" >/dev/null
 pub=$("$bin/zdr-coordinator" pubkey "$dir/coordinator.key")
+# The HTTP API's token: commands and restores need it (reads stay open).
+if [ ! -s "$dir/api.token" ]; then
+  (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/api.token")
+fi
 
 "$bin/zdr-coordinator" run --nats-url "nats://127.0.0.1:$nats_port" --nats-nkey "$dir/bus/coordinator.nk" \
   --policy "$policy" --tasks "$tasks" \
-  --http "127.0.0.1:$http_port" --key-file "$dir/coordinator.key" --instance demo \
+  --http "127.0.0.1:$http_port" --key-file "$dir/coordinator.key" --api-token-file "$dir/api.token" \
+  --instance demo \
   >"$dir/coordinator.log" 2>&1 &
 pids+=($!)
 
@@ -99,7 +104,9 @@ zdr demo fleet is running (backend: $backend$([ "$backend" = sim ] && echo ' - S
   status:   curl -s http://127.0.0.1:$http_port/api/v1/fleet | python3 -m json.tool
   pairing:  curl -s http://127.0.0.1:$http_port/api/v1/pairings | python3 -m json.tool
   jobs:     curl -s http://127.0.0.1:$http_port/api/v1/jobs | python3 -m json.tool
-  command:  curl -s -XPOST -d '{"snapshot_now":{}}' http://127.0.0.1:$http_port/api/v1/nodes/node-a1/commands
+  command:  curl -s -XPOST -H "Authorization: Bearer \$(cat $dir/api.token)" -d '{"snapshot_now":{}}' \
+              http://127.0.0.1:$http_port/api/v1/nodes/node-a1/commands
+  CLI:      ZDR_COORDINATOR=http://127.0.0.1:$http_port ZDR_TOKEN_FILE=$dir/api.token zdr status
   NATS:     nats --server nats://127.0.0.1:$nats_port --nkey $dir/bus/admin.nk sub 'zdr.v1.>'
             (authorization is on: each agent's nkey speaks only as its node; see $dir/bus/auth.conf)
   logs:     $dir/*.log      audit: $dir/<node>/audit.jsonl

@@ -32,7 +32,8 @@ pub struct Config {
     #[serde(default = "default_rescan")]
     pub rescan_secs: u64,
     pub backend: BackendConfig,
-    /// Coordinator keys whose signatures this agent accepts.
+    /// Coordinator keys whose signatures this agent accepts, each under its
+    /// own id: two while a key is rotated (ops/runbooks/key-rotation.md).
     pub trusted_keys: Vec<TrustedKey>,
     /// The replication data plane; without it the agent neither sends nor receives.
     #[serde(default)]
@@ -202,6 +203,14 @@ impl Config {
                 "trusted_keys is empty: the agent could accept no policy or command; add the coordinator's public key".into(),
             ));
         }
+        let mut kids = std::collections::BTreeSet::new();
+        if let Some(k) = config.trusted_keys.iter().find(|k| !kids.insert(&k.kid)) {
+            return Err(invalid(format!(
+                "trusted_keys names the key id {:?} twice; give each coordinator key its own id \
+                 (during a rotation both keys are listed, each under its id)",
+                k.kid
+            )));
+        }
         config.verifier().map_err(invalid)?;
         if config.heartbeat_secs == 0 || config.tick_secs == 0 || config.rescan_secs == 0 {
             return Err(invalid(
@@ -319,6 +328,27 @@ public_key = "{KEY}"
         std::fs::remove_file(&seed).unwrap();
         let e = Config::load(&config).unwrap_err().to_string();
         assert!(e.contains("cannot read") && e.contains(&shown), "{e}");
+    }
+
+    #[test]
+    fn several_keys_are_trusted_each_under_its_own_id() {
+        const NEW: &str = "HmIndHengloFoFoDAehM2uTPq2l/YQ2/BHEQNfm8l1o=";
+        let two = format!(
+            "{}\n[[trusted_keys]]\nkid = \"coordinator-2\"\npublic_key = \"{NEW}\"\n",
+            good()
+        );
+        let c = Config::parse("agent.toml", &two).unwrap();
+        assert_eq!(
+            c.verifier().unwrap().kids(),
+            ["coordinator", "coordinator-2"]
+        );
+        let e = Config::parse("agent.toml", &two.replace("coordinator-2", "coordinator"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("agent.toml: trusted_keys names the key id \"coordinator\" twice"),
+            "{e}"
+        );
     }
 
     #[test]

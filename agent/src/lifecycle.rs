@@ -1213,6 +1213,7 @@ mod tests {
                 source_digest: String::new(),
                 policy,
             },
+            kid: "coordinator".into(),
             epoch: 1,
             exp: i64::MAX,
             raw: Vec::new(),

@@ -15,7 +15,7 @@ use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
 use zdr_common::wire::{
     chunk_inventory, Command, CommandResult, Effects, EventKind, Heartbeat, Hello, InventoryDelta,
-    JobUpdate, Outcome, INVENTORY_CHUNK_BYTES,
+    JobUpdate, Outcome, PolicyRefused, INVENTORY_CHUNK_BYTES,
 };
 
 use crate::clock::now;
@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::floor;
 use crate::lifecycle::{Lifecycle, PassReport, Publication};
 use crate::replication::Replication;
-use crate::state::{SignedPolicy, StateDir};
+use crate::state::{judge, SignedPolicy, StateDir, Verdict};
 
 pub struct Agent {
     pub config: Config,
@@ -36,6 +36,8 @@ pub struct Agent {
     heartbeat_seq: AtomicU64,
     /// A coordinator that lost track of this node asked for everything again.
     hello_due: AtomicBool,
+    /// Why the policy the bucket offers was refused, for the heartbeats.
+    policy_refused: Mutex<Option<PolicyRefused>>,
 }
 
 impl Agent {
@@ -57,6 +59,7 @@ impl Agent {
             started_at: now(),
             heartbeat_seq: AtomicU64::new(0),
             hello_due: AtomicBool::new(false),
+            policy_refused: Mutex::new(None),
         }
     }
 
@@ -104,6 +107,7 @@ impl Agent {
             inventory_generation: generation,
             delta_seq,
             pools: self.pools().await,
+            policy_refused: self.policy_refused(),
         };
         publish(client, self.subjects().heartbeat, &hb).await;
     }
@@ -286,54 +290,70 @@ impl Agent {
         }
     }
 
-    /// Applies a policy envelope from the KV bucket.
+    /// Applies a policy envelope from the KV bucket, or says at warn level,
+    /// in an event and in the heartbeats why not.
     pub fn apply_policy(&self, raw: &[u8]) {
         let t = now();
-        let refuse = |reason: String| {
-            warn!(%reason, "policy refused");
-            self.lifecycle.event(EventKind::PolicyRefused { reason }, t);
-        };
-        let new = match SignedPolicy::open(&self.verifier, raw, Some(t)) {
-            Ok(p) => p,
-            Err(e) => return refuse(e),
-        };
-        {
+        let current = self.lifecycle.policy();
+        let verdict = SignedPolicy::open(&self.verifier, raw, Some(t)).and_then(|new| {
             let mut f = self.freshness.lock().unwrap_or_else(|e| e.into_inner());
-            if new.epoch < f.highest_epoch {
-                return refuse(format!(
-                    "stale epoch {}; the highest epoch seen is {}",
-                    new.epoch, f.highest_epoch
-                ));
-            }
-            if new.epoch > f.highest_epoch {
-                f.highest_epoch = new.epoch;
+            let (epoch, highest) = (new.epoch, f.highest_epoch);
+            let verdict = judge(new, current.as_ref(), highest);
+            // An authentic envelope raises the epoch even when its revision is refused.
+            if epoch > highest {
+                f.highest_epoch = epoch;
                 let _ = self.state.save_freshness(&f);
             }
-        }
-        let current = self.lifecycle.policy();
-        if let Some(cur) = &current {
-            if new.bundle.revision < cur.bundle.revision {
-                // The watch replays history; an older revision is never applied.
-                debug!(
-                    revision = new.bundle.revision,
-                    current = cur.bundle.revision,
-                    "older policy ignored"
+            verdict
+        });
+        let new = match verdict {
+            Ok(Verdict::Apply(new)) => *new,
+            Ok(Verdict::Same) => return self.set_policy_refused(None),
+            Err(refused) => {
+                warn!(
+                    reason = ?refused.reason,
+                    revision = refused.revision,
+                    current = current.as_ref().map(|c| c.bundle.revision),
+                    "policy refused: {refused}"
                 );
-                return;
+                self.lifecycle.event(
+                    EventKind::PolicyRefused {
+                        reason: refused.message.clone(),
+                    },
+                    t,
+                );
+                return self.set_policy_refused(Some(PolicyRefused {
+                    reason: refused.reason,
+                    revision: refused.revision,
+                    at: t,
+                }));
             }
-            if new.bundle.revision == cur.bundle.revision && new.exp <= cur.exp {
-                return;
-            }
-        }
+        };
         if let Err(e) = self.state.save_policy(&new) {
             warn!(error = %e, "could not cache the policy; applying it anyway");
         }
-        let revision = new.bundle.revision;
+        let (revision, kid) = (new.bundle.revision, new.kid.clone());
         if self.lifecycle.install_policy(new) {
-            info!(revision, "policy applied");
+            info!(revision, key = %kid, "policy applied");
             self.lifecycle
                 .event(EventKind::PolicyApplied { revision }, t);
         }
+        self.set_policy_refused(None);
+    }
+
+    fn set_policy_refused(&self, refused: Option<PolicyRefused>) {
+        *self
+            .policy_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = refused;
+    }
+
+    /// The last refusal, while the bucket still offers what was refused.
+    pub fn policy_refused(&self) -> Option<PolicyRefused> {
+        self.policy_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -158,6 +158,13 @@ impl Verifier {
         self.keys.insert(kid.into(), key);
     }
 
+    /// The trusted key ids, sorted.
+    pub fn kids(&self) -> Vec<&str> {
+        let mut kids: Vec<&str> = self.keys.keys().map(String::as_str).collect();
+        kids.sort_unstable();
+        kids
+    }
+
     /// Checks size, framing and signature, then expiry. Replay and epoch are
     /// checked by [`Freshness`], which holds the receiver's memory.
     pub fn open<'a>(
@@ -167,13 +174,7 @@ impl Verifier {
         now: i64,
     ) -> Result<Opened<'a>, Refusal> {
         let opened = self.open_cached(subject, bytes)?;
-        let exp = opened.header.exp;
-        if exp <= now {
-            return Err(Refusal::Expired { exp, now });
-        }
-        if exp > now + MAX_TTL_SECS {
-            return Err(Refusal::ExpiryTooFar { exp, now });
-        }
+        check_expiry(&opened.header, now)?;
         Ok(opened)
     }
 
@@ -228,6 +229,32 @@ impl Verifier {
         }
         Ok(Opened { header, payload })
     }
+}
+
+/// The time checks [`Verifier::open`] makes, for a receiver that opened an
+/// envelope with [`Verifier::open_cached`] first (to say which revision it
+/// refuses, say).
+pub fn check_expiry(header: &Header, now: i64) -> Result<(), Refusal> {
+    let exp = header.exp;
+    if exp <= now {
+        return Err(Refusal::Expired { exp, now });
+    }
+    if exp > now + MAX_TTL_SECS {
+        return Err(Refusal::ExpiryTooFar { exp, now });
+    }
+    Ok(())
+}
+
+/// The payload of an envelope, NOT verified: only for a number the reader
+/// must exceed (the coordinator's policy revision floor, when the stored
+/// policy was signed with a key it no longer holds), never for anything it
+/// would act on or trust.
+pub fn unverified_payload(bytes: &[u8]) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(MAGIC)?;
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    let rest = &rest[nl + 1..];
+    let nl = rest.iter().take(MAX_HEADER + 1).position(|b| *b == b'\n')?;
+    Some(&rest[nl + 1..])
 }
 
 /// A receiver's memory of epochs and command ids, persisted by the agent so that
@@ -372,6 +399,18 @@ mod tests {
             v.open_cached(SUBJ, &bad).unwrap_err(),
             Refusal::BadSignature
         );
+    }
+
+    #[test]
+    fn the_unverified_payload_is_found_whoever_signed() {
+        let (s, _) = setup();
+        let env = s.seal(SUBJ, "c1", NOW, 60, 7, br#"{"revision":3}"#);
+        assert_eq!(unverified_payload(&env), Some(&br#"{"revision":3}"#[..]));
+        let other = Sealer::new("other", generate_key());
+        let env = other.seal(SUBJ, "c1", NOW - 999, 60, 7, b"x");
+        assert_eq!(unverified_payload(&env), Some(&b"x"[..]));
+        assert_eq!(unverified_payload(b"{\"revision\":9}"), None);
+        assert_eq!(unverified_payload(b"ZDR1 sig-without-header"), None);
     }
 
     #[test]

@@ -72,6 +72,41 @@ pub struct Heartbeat {
     /// Last delta sequence number published in that generation.
     pub delta_seq: u64,
     pub pools: Vec<PoolInfo>,
+    /// The last policy the bus offered, when this agent refused it; cleared
+    /// once it accepts one again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_refused: Option<PolicyRefused>,
+}
+
+/// Why an agent refused the policy in the bucket: it goes on under the one
+/// it has, so the fleet status must show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyRefusalReason {
+    /// Signed by no key in the agent's `trusted_keys`: a coordinator key not
+    /// yet added to the agent (see ops/runbooks/key-rotation.md), or a forgery.
+    UntrustedKey,
+    /// Not a policy envelope, or its signed payload does not parse.
+    Malformed,
+    Expired,
+    /// Its expiry lies further ahead than any coordinator signs (a clock far off).
+    ExpiryTooFar,
+    /// Signed under an older leadership epoch than the agent has seen.
+    StaleEpoch,
+    /// A lower revision than the one the agent applies.
+    OlderRevision,
+    /// Signed, but fails the policy's own checks.
+    Unsound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRefused {
+    pub reason: PolicyRefusalReason,
+    /// The refused policy's revision, when its signature verified.
+    pub revision: Option<u64>,
+    /// Unix seconds.
+    pub at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -695,6 +695,7 @@ datasets:
                 hello,
                 last_seen: seen,
                 policy_revision: None,
+                policy_refused: None,
                 pools: vec![],
                 inventory_generation: 0,
                 delta_seq: 0,

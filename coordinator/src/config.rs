@@ -13,6 +13,9 @@ pub struct Config {
     /// Replication tasks; without it no replication is planned.
     pub tasks_path: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    /// Mutating HTTP requests need this bearer token; without one they are
+    /// all refused (`crate::api_auth`).
+    pub api_token: Option<crate::api_auth::ApiToken>,
     pub key_id: String,
     pub signing_key: ed25519_dalek::SigningKey,
     /// This instance's name in the lease.

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use zdr_common::policy::Policy;
 use zdr_common::wire::{
-    DatasetInventory, Heartbeat, Hello, InventoryChange, InventoryChunk, InventoryDelta, PoolInfo,
+    DatasetInventory, Heartbeat, Hello, InventoryChange, InventoryChunk, InventoryDelta,
+    PolicyRefused, PoolInfo,
 };
 use zdr_common::DatasetName;
 
@@ -18,6 +19,9 @@ pub struct NodeRecord {
     pub hello: Hello,
     pub last_seen: i64,
     pub policy_revision: Option<u64>,
+    /// The node refused the policy the bucket offers (its heartbeat says why).
+    #[serde(default)]
+    pub policy_refused: Option<PolicyRefused>,
     pub pools: Vec<PoolInfo>,
     /// Generation of the full inventory the coordinator holds for this node.
     pub inventory_generation: u64,
@@ -40,6 +44,8 @@ pub struct Changed {
     pub removed_datasets: Vec<String>,
     /// The coordinator's copy has a gap: ask the agent for a full inventory.
     pub resync: bool,
+    /// A refusal the node reports for the first time.
+    pub policy_refused: Option<PolicyRefused>,
 }
 
 impl Fleet {
@@ -54,6 +60,8 @@ impl Fleet {
         let record = NodeRecord {
             last_seen: now,
             policy_revision: hello.policy_revision,
+            // Until its first heartbeat says otherwise.
+            policy_refused: prev.as_ref().and_then(|p| p.policy_refused.clone()),
             pools: hello.pools.clone(),
             inventory_generation: prev.as_ref().map(|p| p.inventory_generation).unwrap_or(0),
             delta_seq: prev.as_ref().map(|p| p.delta_seq).unwrap_or(0),
@@ -76,13 +84,16 @@ impl Fleet {
         };
         rec.last_seen = now;
         rec.pools = hb.pools;
-        let policy_changed = rec.policy_revision != hb.policy_revision;
+        let refusal_changed = rec.policy_refused != hb.policy_refused;
+        let policy_changed = rec.policy_revision != hb.policy_revision || refusal_changed;
         rec.policy_revision = hb.policy_revision;
+        rec.policy_refused = hb.policy_refused;
         let gap =
             hb.inventory_generation != rec.inventory_generation || hb.delta_seq != rec.delta_seq;
         Changed {
             node_record: policy_changed,
             resync: gap && !self.pending.contains_key(&hb.node),
+            policy_refused: rec.policy_refused.clone().filter(|_| refusal_changed),
             ..Default::default()
         }
     }
@@ -136,6 +147,7 @@ impl Fleet {
             datasets: changed,
             removed_datasets: removed,
             resync: false,
+            policy_refused: None,
         }
     }
 
@@ -356,6 +368,41 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_refusal_is_kept_until_the_node_clears_it_and_reported_once() {
+        use zdr_common::wire::{PolicyRefusalReason, PolicyRefused};
+        let mut f = Fleet::default();
+        f.hello(hello("n1"), 0);
+        let refused = PolicyRefused {
+            reason: PolicyRefusalReason::UntrustedKey,
+            revision: None,
+            at: 5,
+        };
+        let hb = |refusal: Option<PolicyRefused>| Heartbeat {
+            node: "n1".into(),
+            seq: 1,
+            at: 1,
+            policy_revision: Some(3),
+            inventory_generation: 0,
+            delta_seq: 0,
+            pools: vec![],
+            policy_refused: refusal,
+        };
+        let c = f.heartbeat(hb(Some(refused.clone())), 6);
+        assert!(c.node_record);
+        assert_eq!(c.policy_refused, Some(refused.clone()));
+        let c = f.heartbeat(hb(Some(refused.clone())), 7);
+        assert_eq!(c.policy_refused, None, "reported once");
+        assert!(!c.node_record);
+        assert_eq!(f.nodes["n1"].policy_refused, Some(refused));
+        // A hello keeps it: the next heartbeat is the node's word on it.
+        f.hello(hello("n1"), 8);
+        assert!(f.nodes["n1"].policy_refused.is_some());
+        let c = f.heartbeat(hb(None), 9);
+        assert!(c.node_record);
+        assert_eq!(f.nodes["n1"].policy_refused, None);
+    }
+
+    #[test]
     fn heartbeat_gap_asks_for_resync() {
         let mut f = Fleet::default();
         f.hello(hello("n1"), 0);
@@ -367,6 +414,7 @@ mod tests {
             inventory_generation: 3,
             delta_seq: 0,
             pools: vec![],
+            policy_refused: None,
         };
         assert!(f.heartbeat(hb, 1).resync);
         assert!(f.online("n1", 10, 30));

@@ -13,6 +13,9 @@
 //!   `GET /api/v1/restores[/{job}]`: restores (planned by `crate::restore`).
 //! - `POST /api/v1/drills`, `GET /api/v1/drills`, `GET /api/v1/drills/plan`:
 //!   restore drills run now, their history, the next year's (`crate::drills`).
+//!
+//! Reads are open; every other method needs the API's bearer token
+//! (`crate::api_auth`).
 
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use zdr_common::wire::{Command, PoolInfo};
+use zdr_common::wire::{Command, PolicyRefused, PoolInfo};
 
 use crate::drills::DrillError;
 use crate::fleet::{dataset_status, replica_of, DatasetStatus};
@@ -52,6 +55,11 @@ pub async fn serve(
         .route("/api/v1/restores/{job}", get(restore_status))
         .route("/api/v1/drills", get(drills).post(drill))
         .route("/api/v1/drills/plan", get(drill_plan))
+        // Every route, so a new endpoint is guarded too (`crate::api_auth`).
+        .layer(axum::middleware::from_fn_with_state(
+            state.config().api_token.clone(),
+            crate::api_auth::guard,
+        ))
         .with_state(state);
     let stop = async move { shutdown.cancelled().await };
     if let Err(e) = axum::serve(listener, app)
@@ -118,6 +126,8 @@ struct FleetView {
     leader: bool,
     epoch: u64,
     policy_revision: Option<u64>,
+    /// The key id this coordinator signs with.
+    policy_key: String,
     nodes: Vec<NodeView>,
 }
 
@@ -131,6 +141,8 @@ struct NodeView {
     online: bool,
     last_seen: i64,
     policy_revision: Option<u64>,
+    /// The node refuses the published policy (and applies its own), and why.
+    policy_refused: Option<PolicyRefused>,
     pools: Vec<PoolInfo>,
     datasets: Vec<DatasetStatus>,
 }
@@ -153,6 +165,7 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
             online: fleet.online(name, t, timeout),
             last_seen: rec.last_seen,
             policy_revision: rec.policy_revision,
+            policy_refused: rec.policy_refused.clone(),
             pools: rec.pools.clone(),
             datasets: fleet
                 .inventory
@@ -173,6 +186,7 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
         leader: st.is_leader(),
         epoch: st.epoch(),
         policy_revision: policy.as_ref().map(|p| p.revision),
+        policy_key: st.config().key_id.clone(),
         nodes,
     })
 }

@@ -4,6 +4,7 @@
 
 pub mod admit;
 pub mod alerts;
+pub mod api_auth;
 pub mod bandwidth;
 pub mod bus;
 pub mod bus_auth;

@@ -14,6 +14,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size of the `run` arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the coordinator.
@@ -61,6 +63,11 @@ struct RunArgs {
     alerts: Option<PathBuf>,
     #[arg(long, env = "ZDR_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// The HTTP API's bearer token (mode 0600, one random word, e.g.
+    /// `openssl rand -hex 32`). POST and every other mutation need it;
+    /// without it they are all refused. Reads stay open.
+    #[arg(long, env = "ZDR_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
     /// Base64 ed25519 signing key, as `keygen` writes it.
     #[arg(long, env = "ZDR_KEY_FILE")]
     key_file: PathBuf,
@@ -217,6 +224,17 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => Vec::new(),
             };
+            let api_token = a
+                .api_token_file
+                .as_deref()
+                .map(zdr_coordinator::api_auth::read_token)
+                .transpose()?;
+            if api_token.is_none() {
+                tracing::warn!(
+                    "no --api-token-file: the HTTP API refuses every command, restore and other \
+                     mutation (reads stay open)"
+                );
+            }
             let instance = a
                 .instance
                 .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
@@ -226,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
                 policy_path: a.policy,
                 tasks_path: a.tasks,
                 http_addr: a.http,
+                api_token,
                 key_id: a.key_id,
                 signing_key,
                 instance,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use async_nats::jetstream::kv;
 use sha2::{Digest, Sha256};
-use zdr_common::envelope::{Sealer, Verifier};
+use zdr_common::envelope::{self, Sealer, Verifier};
 use zdr_common::policy::Policy;
 use zdr_common::subject;
 use zdr_common::wire::PolicyBundle;
@@ -67,27 +67,112 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What is in the bucket now, verified with our own key: the bundle, its
-/// expiry and the epoch it was signed under.
-async fn current(
-    store: &kv::Store,
-    verifier: &Verifier,
-    now: i64,
-) -> Option<(PolicyBundle, i64, u64)> {
-    let raw = store.get(subject::POLICY_KEY).await.ok()??;
-    let opened = verifier.open(subject::POLICY, &raw, now).ok()?;
-    let bundle: PolicyBundle = serde_json::from_slice(opened.payload).ok()?;
-    Some((bundle, opened.header.exp, opened.header.epoch))
+/// What the bucket holds, as far as this coordinator can tell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored {
+    Empty,
+    /// Signed with our own key, expired or not: our own bucket, our own
+    /// signature, so its age does not make it a stranger.
+    Ours {
+        bundle: PolicyBundle,
+        exp: i64,
+        epoch: u64,
+    },
+    /// Not verifiable with our key (signed with a key we no longer hold, or
+    /// damaged). Only its revision counts, as a floor to exceed.
+    Foreign {
+        floor: u64,
+    },
 }
 
-/// The policy in the bucket, verified with our own key: what a new leader
-/// keeps when its own policy file has errors.
-pub async fn last_signed(store: &kv::Store, sealer: &Sealer, now: i64) -> Option<PolicyBundle> {
-    let mut verifier = Verifier::new();
-    verifier.trust(sealer.kid(), sealer.verifying_key());
-    current(store, &verifier, now)
+/// Whether to publish, and under which revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// The bucket holds this policy, fresh enough and signed under this epoch.
+    Keep(u64),
+    Sign(u64),
+}
+
+/// The revision to publish `digest` under. Revisions never go backwards:
+/// agents refuse a lower one, so a coordinator that cannot verify the
+/// stored policy (a new key) still counts up from its revision.
+pub fn next_revision(stored: &Stored, digest: &str, epoch: u64, now: i64) -> Next {
+    match stored {
+        Stored::Empty => Next::Sign(1),
+        Stored::Ours {
+            bundle,
+            exp,
+            epoch: signed_epoch,
+        } if bundle.source_digest == digest => {
+            // A new leader signs again: agents that saw its epoch on a
+            // command refuse anything signed under an older one.
+            if exp - now > RESIGN_BEFORE_SECS && *signed_epoch >= epoch {
+                Next::Keep(bundle.revision)
+            } else {
+                Next::Sign(bundle.revision)
+            }
+        }
+        Stored::Ours { bundle, .. } => Next::Sign(bundle.revision.saturating_add(1)),
+        Stored::Foreign { floor } => Next::Sign(floor.saturating_add(1)),
+    }
+}
+
+/// Reads an entry that our key does not verify: the revision its payload
+/// claims, else the entry's KV revision (never below the number of puts,
+/// each of which raised the policy revision by one at most).
+fn foreign_floor(value: &[u8], kv_revision: u64) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Claimed {
+        revision: u64,
+    }
+    envelope::unverified_payload(value)
+        .and_then(|p| serde_json::from_slice::<Claimed>(p).ok())
+        .map(|c| c.revision)
+        .unwrap_or(kv_revision)
+}
+
+/// Classifies a raw bucket entry (pure, for tests).
+pub fn classify(verifier: &Verifier, value: &[u8], kv_revision: u64) -> Stored {
+    let ours = verifier
+        .open_cached(subject::POLICY, value)
+        .ok()
+        .and_then(|o| {
+            let bundle: PolicyBundle = serde_json::from_slice(o.payload).ok()?;
+            Some(Stored::Ours {
+                bundle,
+                exp: o.header.exp,
+                epoch: o.header.epoch,
+            })
+        });
+    ours.unwrap_or_else(|| Stored::Foreign {
+        floor: foreign_floor(value, kv_revision),
+    })
+}
+
+async fn stored(store: &kv::Store, sealer: &Sealer) -> Result<Stored, PolicyError> {
+    let entry = store
+        .entry(subject::POLICY_KEY)
         .await
-        .map(|(bundle, _, _)| bundle)
+        .map_err(|e| PolicyError::Bus(e.into()))?;
+    Ok(match entry {
+        Some(e) if e.operation == kv::Operation::Put => {
+            let mut verifier = Verifier::new();
+            verifier.trust(sealer.kid(), sealer.verifying_key());
+            classify(&verifier, &e.value, e.revision)
+        }
+        // A deleted or purged key still leaves its KV revision as a floor.
+        Some(e) => Stored::Foreign { floor: e.revision },
+        None => Stored::Empty,
+    })
+}
+
+/// The policy in the bucket, signed with our own key: what a new leader
+/// keeps when its own policy file has errors.
+pub async fn last_signed(store: &kv::Store, sealer: &Sealer) -> Option<PolicyBundle> {
+    match stored(store, sealer).await {
+        Ok(Stored::Ours { bundle, .. }) => Some(bundle),
+        _ => None,
+    }
 }
 
 /// Publishes `loaded` unless the bucket already holds the same policy with
@@ -99,21 +184,20 @@ pub async fn publish(
     loaded: &Loaded,
     now: i64,
 ) -> Result<u64, PolicyError> {
-    let mut verifier = Verifier::new();
-    verifier.trust(sealer.kid(), sealer.verifying_key());
-    let existing = current(store, &verifier, now).await;
-    let revision = match &existing {
-        Some((b, exp, signed_epoch)) if b.source_digest == loaded.digest => {
-            // A new leader signs again: agents that saw its epoch on a
-            // command refuse anything signed under an older one.
-            if exp - now > RESIGN_BEFORE_SECS && *signed_epoch >= epoch {
-                return Ok(b.revision);
-            }
-            b.revision
-        }
-        Some((b, _, _)) => b.revision + 1,
-        None => 1,
+    let existing = stored(store, sealer).await?;
+    let revision = match next_revision(&existing, &loaded.digest, epoch, now) {
+        Next::Keep(r) => return Ok(r),
+        Next::Sign(r) => r,
     };
+    if let Stored::Foreign { floor } = existing {
+        tracing::warn!(
+            floor,
+            revision,
+            key = sealer.kid(),
+            "the stored policy is not signed with this coordinator's key (a new key?); \
+             publishing above its revision"
+        );
+    }
     let bundle = PolicyBundle {
         revision,
         issued_at: now,
@@ -128,4 +212,78 @@ pub async fn publish(
         .await
         .map_err(|e| PolicyError::Bus(e.into()))?;
     Ok(revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn bundle(revision: u64, digest: &str) -> PolicyBundle {
+        PolicyBundle {
+            revision,
+            issued_at: NOW,
+            source_digest: digest.into(),
+            policy: serde_json::from_value(serde_json::json!({
+                "version": 1, "sites": {}, "nodes": {}, "classes": {}, "datasets": []
+            }))
+            .unwrap(),
+        }
+    }
+
+    fn sealed(sealer: &Sealer, b: &PolicyBundle, iat: i64) -> Vec<u8> {
+        let payload = serde_json::to_vec(b).unwrap();
+        sealer.seal(subject::POLICY, "p", iat, POLICY_TTL_SECS, 1, &payload)
+    }
+
+    fn ours(sealer: &Sealer) -> Verifier {
+        let mut v = Verifier::new();
+        v.trust(sealer.kid(), sealer.verifying_key());
+        v
+    }
+
+    #[test]
+    fn the_same_policy_is_kept_until_it_needs_signing_again() {
+        let stored = Stored::Ours {
+            bundle: bundle(4, "d"),
+            exp: NOW + POLICY_TTL_SECS,
+            epoch: 2,
+        };
+        assert_eq!(next_revision(&stored, "d", 2, NOW), Next::Keep(4));
+        // A new leader, or little validity left: signed again, same revision.
+        assert_eq!(next_revision(&stored, "d", 3, NOW), Next::Sign(4));
+        let late = NOW + POLICY_TTL_SECS - RESIGN_BEFORE_SECS;
+        assert_eq!(next_revision(&stored, "d", 2, late), Next::Sign(4));
+        assert_eq!(next_revision(&stored, "edited", 2, NOW), Next::Sign(5));
+        assert_eq!(next_revision(&Stored::Empty, "d", 1, NOW), Next::Sign(1));
+    }
+
+    #[test]
+    fn an_expired_policy_of_ours_keeps_its_revision() {
+        // The coordinator was down for more than the policy's lifetime.
+        let sealer = Sealer::new("k1", zdr_common::envelope::generate_key());
+        let raw = sealed(&sealer, &bundle(7, "d"), NOW - POLICY_TTL_SECS - 86_400);
+        let stored = classify(&ours(&sealer), &raw, 40);
+        assert!(matches!(&stored, Stored::Ours { bundle, .. } if bundle.revision == 7));
+        assert_eq!(next_revision(&stored, "d", 1, NOW), Next::Sign(7));
+        assert_eq!(next_revision(&stored, "edited", 1, NOW), Next::Sign(8));
+    }
+
+    #[test]
+    fn a_policy_signed_with_another_key_is_a_floor_to_exceed() {
+        let old = Sealer::new("k1", zdr_common::envelope::generate_key());
+        let new = Sealer::new("k2", zdr_common::envelope::generate_key());
+        let raw = sealed(&old, &bundle(3, "d"), NOW);
+        let stored = classify(&ours(&new), &raw, 40);
+        assert_eq!(stored, Stored::Foreign { floor: 3 });
+        // Even for the same file: the content cannot be vouched for.
+        assert_eq!(next_revision(&stored, "d", 1, NOW), Next::Sign(4));
+        // Unreadable: the KV revision, which no policy revision exceeds.
+        let stored = classify(&ours(&new), b"not an envelope", 40);
+        assert_eq!(stored, Stored::Foreign { floor: 40 });
+        assert_eq!(next_revision(&stored, "d", 1, NOW), Next::Sign(41));
+        let max = Stored::Foreign { floor: u64::MAX };
+        assert_eq!(next_revision(&max, "d", 1, NOW), Next::Sign(u64::MAX));
+    }
 }

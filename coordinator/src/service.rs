@@ -163,8 +163,7 @@ async fn load_policy(state: &State, epoch: u64) {
             if state.policy().is_some() {
                 return;
             }
-            let Some(bundle) =
-                policy::last_signed(&state.stores.policy, state.sealer(), now()).await
+            let Some(bundle) = policy::last_signed(&state.stores.policy, state.sealer()).await
             else {
                 warn!("no signed policy in KV either: no snapshots are scheduled and no jobs run until the files are fixed");
                 return;
@@ -555,7 +554,12 @@ async fn handle_message(
             if !check(&m.node) {
                 return None;
             }
-            state.fleet_mut().heartbeat(m, t)
+            let changed = state.fleet_mut().heartbeat(m, t);
+            if let Some(r) = &changed.policy_refused {
+                warn!(node, reason = ?r.reason, revision = r.revision,
+                    "the node refuses the published policy and stays on its own; see /api/v1/fleet");
+            }
+            changed
         }
         AgentTopic::Inventory => {
             let m: InventoryChunk = decode(subject, payload)?;

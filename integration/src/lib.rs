@@ -300,18 +300,27 @@ pub struct Keys {
     pub key: ed25519_dalek::SigningKey,
     pub file: PathBuf,
     pub public_b64: String,
+    /// The key id (`--key-id`, and the agents' `trusted_keys` entry).
+    pub kid: String,
 }
 
 impl Keys {
+    /// The fleet's key, id `coordinator`, in `coordinator.key`.
     pub fn create(dir: &Path) -> Keys {
+        Self::create_named(dir, "coordinator")
+    }
+
+    /// Another key, in `<kid>.key` (a key rotation's new key).
+    pub fn create_named(dir: &Path, kid: &str) -> Keys {
         let key = zdr_common::envelope::generate_key();
-        let file = dir.join("coordinator.key");
+        let file = dir.join(format!("{kid}.key"));
         std::fs::write(&file, zdr_common::envelope::key_to_b64(&key.to_bytes())).unwrap();
         let public_b64 = zdr_common::envelope::key_to_b64(key.verifying_key().as_bytes());
         Keys {
             key,
             file,
             public_b64,
+            kid: kid.to_string(),
         }
     }
 }
@@ -319,6 +328,23 @@ impl Keys {
 pub struct Coordinator {
     pub proc: Proc,
     pub http: u16,
+    /// The API token file (`--api-token-file`), one per fleet directory.
+    pub token_file: PathBuf,
+    token: String,
+}
+
+/// The fleet's API token, written (mode 0600) on first use.
+pub fn api_token_file(dir: &Path) -> (PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let file = dir.join("api.token");
+    if !file.exists() {
+        let token =
+            zdr_common::envelope::key_to_b64(&zdr_common::envelope::generate_key().to_bytes());
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    (file, token)
 }
 
 impl Coordinator {
@@ -330,10 +356,21 @@ impl Coordinator {
         keys: &Keys,
         instance: &str,
     ) -> Coordinator {
-        Self::start_with(dir, nats, policy, tasks, keys, instance, &[])
+        let (token_file, _) = api_token_file(dir);
+        Self::start_with(
+            dir,
+            nats,
+            policy,
+            tasks,
+            keys,
+            instance,
+            Some(&token_file),
+            &[],
+        )
     }
 
-    /// As [`Coordinator::start`], with `extra` flags after the usual ones.
+    /// With this `--api-token-file`, or none, and `extra` flags after the usual ones.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_with(
         dir: &Path,
         nats: &Nats,
@@ -341,9 +378,11 @@ impl Coordinator {
         tasks: Option<&Path>,
         keys: &Keys,
         instance: &str,
+        token_file: Option<&Path>,
         extra: &[std::ffi::OsString],
     ) -> Coordinator {
         let http = free_port();
+        let (fleet_token_file, token) = api_token_file(dir);
         let mut cmd = Command::new(bin_dir().join("zdr-coordinator"));
         cmd.args([
             "run",
@@ -356,6 +395,8 @@ impl Coordinator {
         .arg(policy)
         .arg("--key-file")
         .arg(&keys.file)
+        .arg("--key-id")
+        .arg(&keys.kid)
         .args([
             "--instance",
             instance,
@@ -367,20 +408,30 @@ impl Coordinator {
         if let Some(t) = tasks {
             cmd.arg("--tasks").arg(t);
         }
+        if let Some(t) = token_file {
+            cmd.arg("--api-token-file").arg(t);
+        }
         if let Some(seed) = nats.seed_file(BusUser::Coordinator) {
             cmd.arg("--nats-nkey").arg(seed);
         }
         cmd.args(extra);
         let proc = Proc::spawn(cmd, dir.join(format!("{instance}.log")));
-        Coordinator { proc, http }
+        Coordinator {
+            proc,
+            http,
+            token_file: fleet_token_file,
+            token,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
         http_request(self.http, "GET", path, "").await
     }
 
+    /// With the API token, as an operator would.
     pub async fn post(&self, path: &str, body: &str) -> Option<(u16, String)> {
-        http_request(self.http, "POST", path, body).await
+        let auth = format!("Bearer {}", self.token);
+        http_request_as(self.http, "POST", path, body, Some(&auth)).await
     }
 
     pub async fn fleet(&self) -> Option<serde_json::Value> {
@@ -445,18 +496,11 @@ impl Fleet {
 
     /// A coordinator on the fleet's policy and tasks files.
     pub fn coordinator(&self, instance: &str) -> Coordinator {
-        Coordinator::start(
-            self.path(),
-            &self.nats,
-            &self.policy,
-            self.tasks.as_deref(),
-            &self.keys,
-            instance,
-        )
+        self.coordinator_signing_with(instance, &self.keys)
     }
 
-    /// A coordinator with `extra` flags.
-    pub fn coordinator_with(&self, instance: &str, extra: &[std::ffi::OsString]) -> Coordinator {
+    /// The same with this `--api-token-file`, or none.
+    pub fn coordinator_with_token_file(&self, instance: &str, file: Option<&Path>) -> Coordinator {
         Coordinator::start_with(
             self.path(),
             &self.nats,
@@ -464,6 +508,34 @@ impl Fleet {
             self.tasks.as_deref(),
             &self.keys,
             instance,
+            file,
+            &[],
+        )
+    }
+
+    /// The same, signing with `keys` rather than the fleet's key.
+    pub fn coordinator_signing_with(&self, instance: &str, keys: &Keys) -> Coordinator {
+        Coordinator::start(
+            self.path(),
+            &self.nats,
+            &self.policy,
+            self.tasks.as_deref(),
+            keys,
+            instance,
+        )
+    }
+
+    /// A coordinator with the fleet's API token and `extra` flags.
+    pub fn coordinator_with(&self, instance: &str, extra: &[std::ffi::OsString]) -> Coordinator {
+        let (token_file, _) = api_token_file(self.path());
+        Coordinator::start_with(
+            self.path(),
+            &self.nats,
+            &self.policy,
+            self.tasks.as_deref(),
+            &self.keys,
+            instance,
+            Some(&token_file),
             extra,
         )
     }
@@ -529,11 +601,25 @@ pub async fn http_request(
     path: &str,
     body: &str,
 ) -> Option<(u16, String)> {
+    http_request_as(port, method, path, body, None).await
+}
+
+/// The same with an `Authorization` header.
+pub async fn http_request_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    authorization: Option<&str>,
+) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.ok()?;
@@ -593,6 +679,9 @@ pub struct AgentExtra {
     pub op_latency_ms: Option<u64>,
     /// Serve the agent's metrics on this loopback port.
     pub metrics_port: Option<u16>,
+    /// `trusted_keys` (key id, public key) instead of the fleet's one key,
+    /// as during a key rotation.
+    pub trusted: Vec<(String, String)>,
 }
 
 /// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
@@ -646,11 +735,7 @@ tick_secs = 1
 [backend]
 kind = "sim"
 pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{more_pools}]
-{snapshot_bytes}{op_latency_ms}
-[[trusted_keys]]
-kid = "coordinator"
-public_key = "{key}"
-{transfer}"#,
+{snapshot_bytes}{op_latency_ms}{trusted}{transfer}"#,
             node = spec.node,
             site = spec.site,
             media = spec.media,
@@ -666,7 +751,14 @@ public_key = "{key}"
                 .unwrap_or_default(),
             state = state_dir.display(),
             datasets = datasets.join(", "),
-            key = keys.public_b64,
+            trusted = if extra.trusted.is_empty() {
+                vec![(keys.kid.clone(), keys.public_b64.clone())]
+            } else {
+                extra.trusted.clone()
+            }
+            .iter()
+            .map(|(kid, key)| format!("\n[[trusted_keys]]\nkid = {kid:?}\npublic_key = {key:?}\n"))
+            .collect::<String>(),
             more_pools = extra
                 .pools
                 .iter()

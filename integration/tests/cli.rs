@@ -278,9 +278,12 @@ async fn restore_points_restore_and_restores_against_a_real_fleet() {
     );
 
     let snap = points["snapshots"][0]["name"].as_str().unwrap().to_string();
+    let token = coord.token_file.display().to_string();
     let out = ok(&[
         "--coordinator",
         &url,
+        "--token-file",
+        &token,
         "restore",
         "node-a1:tank/db",
         "--snapshot",
@@ -303,6 +306,8 @@ async fn restore_points_restore_and_restores_against_a_real_fleet() {
     let again = zdr(&[
         "--coordinator",
         &url,
+        "--token-file",
+        &token,
         "restore",
         "node-a1:tank/db",
         "--to",

@@ -316,7 +316,16 @@ async fn a_drill_passes_is_timed_cleaned_up_and_listed() {
 
     // The CLI: run (waits for the verdict), list, plan.
     let url = format!("http://127.0.0.1:{}", s.coordinator.http);
-    let out = zdr(&["--coordinator", &url, "drill", "run", "node-a1:tank/db"]);
+    let token = s.coordinator.token_file.display().to_string();
+    let out = zdr(&[
+        "--coordinator",
+        &url,
+        "--token-file",
+        &token,
+        "drill",
+        "run",
+        "node-a1:tank/db",
+    ]);
     assert!(
         out.status.success(),
         "{}",

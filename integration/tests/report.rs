@@ -200,6 +200,8 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
             .args(["--coordinator", &url])
             .args(args)
             .env_remove("ZDR_COORDINATOR")
+            // The runbook's restore commands change something: the API token.
+            .env("ZDR_TOKEN_FILE", &coordinator.token_file)
             .output()
             .unwrap();
         assert!(out.status.success(), "zdr {args:?}: {out:?}");

@@ -379,6 +379,7 @@ datasets:
             hello,
             last_seen: seen,
             policy_revision: None,
+            policy_refused: None,
             pools,
             inventory_generation: 0,
             delta_seq: 0,

@@ -13,8 +13,9 @@
                                          job of a source dataset), pretty-printed
     api.py PORT field DATASET NAME       one field of the newest job of DATASET
                                          (lists one item a line; exit 1 if no job)
-    api.py PORT post PATH JSON           POST JSON: prints the status code, then the body
-                                         on one line (exit 1 if no answer)
+    api.py PORT post PATH JSON           POST JSON with the token in $ZDR_TOKEN_FILE: prints
+                                         the status code, then the body on one line
+                                         (exit 1 if no answer)
     api.py PORT value PATH|- KEY         the value at KEY (dotted; `*` maps over a list,
                                          e.g. copies.1.snapshots.*.guid) of GET PATH's
                                          body, or of the JSON on stdin with `-`; lists
@@ -24,6 +25,7 @@ Only the standard library; every request times out after 10 s. Field names
 follow coordinator/src/jobs.rs; missing fields print as "-".
 """
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -35,6 +37,11 @@ def get(port, path, body=None):
     if body is not None:
         req.data = body.encode()
         req.add_header("content-type", "application/json")
+        # A POST needs the API token (the coordinator's --api-token-file).
+        token_file = os.environ.get("ZDR_TOKEN_FILE")
+        if token_file:
+            with open(token_file) as f:
+                req.add_header("authorization", "Bearer " + f.read().strip())
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()

@@ -111,6 +111,9 @@ fleet_setup() {
     mkdir -p "$W/fleet" "$LOGS"
     bash "$ZDR_ROOT/ops/pki.sh" "$W/fleet/pki" n1 n2
     FLEET_PUB=$("$ZDR_BIN/zdr-coordinator" keygen "$W/fleet/coordinator.key")
+    # The HTTP API's token: api.py sends it with every POST.
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$W/fleet/api.token")
+    export ZDR_TOKEN_FILE="$W/fleet/api.token"
     cat > "$W/fleet/policy.yaml" <<'EOF'
 # No class: the agents neither snapshot nor prune; the scripts make the snapshots.
 version: 1
@@ -220,6 +223,7 @@ fleet_start_coordinator() {
         "$ZDR_BIN/zdr-coordinator" run --nats-url "nats://127.0.0.1:$NATS_PORT" \
         --policy "$W/fleet/policy.yaml" --tasks "$W/fleet/tasks.yml" \
         --http "127.0.0.1:$HTTP_PORT" --key-file "$W/fleet/coordinator.key" \
+        --api-token-file "$W/fleet/api.token" \
         --instance c1 --offline-after-secs 30 --command-timeout-secs "$COMMAND_TIMEOUT"
     # (A 3 s lease was lost under emulation: a renewal came too late and the
     # coordinator fell back to standby mid-job. The default 15 s holds.)

@@ -24,6 +24,12 @@ pub struct NodeView {
     pub backend: String,
     pub online: bool,
     pub last_seen: i64,
+    #[serde(default)]
+    pub policy_revision: Option<u64>,
+    /// The node refuses the published policy (a coordinator older than the
+    /// field sends none).
+    #[serde(default)]
+    pub policy_refused: Option<zdr_common::wire::PolicyRefused>,
     pub datasets: Vec<DatasetView>,
 }
 

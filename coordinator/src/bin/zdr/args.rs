@@ -26,6 +26,10 @@ pub struct Cli {
     /// Print the API's JSON as it comes, for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The coordinator's API token (its --api-token-file), sent as a bearer
+    /// token with every request that changes something (restore).
+    #[arg(long, global = true, env = "ZDR_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

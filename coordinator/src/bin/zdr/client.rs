@@ -45,11 +45,18 @@ pub enum ClientError {
         "{url}: the answer is not what this zdr expects ({reason}); is {url} a zdr coordinator of the same version?"
     )]
     BadBody { url: String, reason: String },
+    #[error(
+        "--token-file {path}: {reason}; it holds the coordinator's API token (the file its \
+         --api-token-file names), one word"
+    )]
+    TokenFile { path: String, reason: String },
 }
 
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    /// Sent as a bearer token with every POST.
+    token: Option<String>,
 }
 
 impl Client {
@@ -70,6 +77,27 @@ impl Client {
         Ok(Client {
             base: base.to_string(),
             agent,
+            token: None,
+        })
+    }
+
+    /// Sends the token in `path` with every mutating request.
+    pub fn with_token_file(self, path: Option<&std::path::Path>) -> Result<Client, ClientError> {
+        let Some(path) = path else {
+            return Ok(self);
+        };
+        let bad = |reason: String| ClientError::TokenFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let token = text.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad("it is empty or not one word".into()));
+        }
+        Ok(Client {
+            token: Some(token.to_string()),
+            ..self
         })
     }
 
@@ -87,11 +115,14 @@ impl Client {
     /// The body of a 2xx answer to `POST path` with a JSON body.
     pub fn post(&self, path: &str, json: &str) -> Result<String, ClientError> {
         let url = self.url(path);
-        let resp = self
+        let mut req = self
             .agent
             .post(&url)
-            .header("content-type", "application/json")
-            .send(json);
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.send(json);
         self.answer("POST", &url, resp)
     }
 
@@ -292,6 +323,42 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from: {text}");
         }
+    }
+
+    #[test]
+    fn the_token_goes_with_posts_only() {
+        let (base, h) = serve(vec![(200, "{}".into()), (202, "{}".into())]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api.token");
+        std::fs::write(&file, "s3cret-token-0123456789\n").unwrap();
+        let c = Client::new(&base)
+            .unwrap()
+            .with_token_file(Some(&file))
+            .unwrap();
+        c.get("/api/v1/fleet").unwrap();
+        c.post("/api/v1/restores", "{}").unwrap();
+        let seen = h.join().unwrap();
+        assert!(
+            !seen[0].to_ascii_lowercase().contains("authorization"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[1]
+                .to_ascii_lowercase()
+                .contains("authorization: bearer s3cret-token-0123456789\r\n"),
+            "{}",
+            seen[1]
+        );
+
+        std::fs::write(&file, "\n").unwrap();
+        let e = Client::new(&base)
+            .unwrap()
+            .with_token_file(Some(&file))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--token-file") && e.contains("api.token"), "{e}");
     }
 
     #[test]

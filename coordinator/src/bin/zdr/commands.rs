@@ -43,7 +43,7 @@ pub enum CliError {
 }
 
 pub fn run(cli: &Cli) -> Result<(), CliError> {
-    let c = Client::new(&cli.coordinator)?;
+    let c = Client::new(&cli.coordinator)?.with_token_file(cli.token_file.as_deref())?;
     let json = cli.json;
     match &cli.cmd {
         Cmd::Status => show(&c, json, "/api/v1/fleet", |f: FleetView| {

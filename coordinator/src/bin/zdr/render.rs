@@ -86,6 +86,21 @@ pub fn render_status(f: &FleetView) -> String {
         &["NODE", "SITE", "MEDIA", "BACKEND", "STATE", "LAST SEEN"],
         &rows,
     ));
+    for n in &f.nodes {
+        if let Some(r) = &n.policy_refused {
+            out.push_str(&format!(
+                "{} REFUSES policy revision {} ({}), stays on revision {}; see \
+                 ops/runbooks/key-rotation.md\n",
+                n.node,
+                opt(r.revision),
+                serde_json::to_value(r.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                opt(n.policy_revision),
+            ));
+        }
+    }
 
     let mut rows = Vec::new();
     let (mut met, mut missed, mut unprotected) = (0, 0, 0);
@@ -424,7 +439,8 @@ mod tests {
           {"dataset":"tank/scratch","class":null,"snapshots":[],"newest":null,
            "newest_age_secs":null,"rpo_secs":null,"rpo_met":null,"used":0}]},
        {"node":"node-b1","site":"site-b","media":"hdd","backend":"sim","version":"0.1.0",
-        "online":false,"last_seen":700,"policy_revision":2,"pools":[],
+        "online":false,"last_seen":700,"policy_revision":1,"pools":[],
+        "policy_refused":{"reason":"untrusted_key","revision":null,"at":900},
         "datasets":[
           {"dataset":"tank/db","class":"fast","snapshots":["zdr_b"],"newest":"zdr_b",
            "newest_age_secs":300,"rpo_secs":10,"rpo_met":false,"used":0},
@@ -441,6 +457,12 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("nodes: 1 of 2 online\n"), "{out}");
+        assert!(
+            out.contains(
+                "\nnode-b1 REFUSES policy revision - (untrusted_key), stays on revision 1; see"
+            ),
+            "{out}"
+        );
         assert!(
             out.contains("datasets: 1 within RPO, 1 missed, 1 unprotected\n"),
             "{out}"
