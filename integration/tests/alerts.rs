@@ -207,7 +207,7 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
     assert_eq!(code, 200);
     let count = agent_metrics
         .lines()
-        .find(|l| l.starts_with("zdr_agent_snapshots{") && l.contains("dataset=\"tank/db\""))
+        .find(|l| l.starts_with(r#"zdr_agent_snapshots{dataset="tank/db",class="fast"}"#))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no snapshot count for tank/db:\n{agent_metrics}"));
     assert!((1.0..=20.0).contains(&count), "{count}");
