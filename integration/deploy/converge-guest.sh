@@ -20,13 +20,15 @@ zfs create tank/db
 # Controller and host are this VM. The binaries the zdr_fleet role runs on
 # the controller are the packaged ones, from the release build.
 mkdir -p "$work/inventory/group_vars"
+# The real nats-server binary (not a pyenv shim) is what the nats role installs.
+nats_bin=$(readlink -f "$(pyenv which nats-server 2>/dev/null || command -v nats-server)")
 cat > "$work/inventory/hosts.yml" <<INV
 all:
   vars:
     ansible_connection: local
     ansible_python_interpreter: /usr/bin/python3
   children:
-    nats: { hosts: { zdr-vm: { nats_address: zdr-vm } } }
+    nats: { hosts: { zdr-vm: { nats_address: zdr-vm, nats_binary_src: $nats_bin } } }
     zdr_coordinators: { hosts: { zdr-vm: } }
     zdr_agents:
       hosts: { zdr-vm: }
@@ -42,7 +44,7 @@ zdr_fleet_classes:
     rpo: 30s
     rto: 10m
     immutable_for: 0s
-    copies: { total: 1 }
+    copies: { total: 1, media: 1, offsite: 0 }
 zdr_fleet_datasets:
   - { match: "tank/**", class: fast }
 zdr_agent_online_timeout_secs: 240
