@@ -8,6 +8,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 work=/var/tmp/zdr-converge
 mkdir -p "$work"
 fail() { echo "converge FAILED: $*" >&2; exit 1; }
+trap 'echo "converge FAILED: converge-guest.sh line $LINENO exited $?" >&2' ERR
 now() { echo "$EPOCHREALTIME"; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 
@@ -20,15 +21,13 @@ zfs create tank/db
 # Controller and host are this VM. The binaries the zdr_fleet role runs on
 # the controller are the packaged ones, from the release build.
 mkdir -p "$work/inventory/group_vars"
-# The real nats-server binary (not a pyenv shim) is what the nats role installs.
-nats_bin=$(readlink -f "$(pyenv which nats-server 2>/dev/null || command -v nats-server)")
 cat > "$work/inventory/hosts.yml" <<INV
 all:
   vars:
     ansible_connection: local
     ansible_python_interpreter: /usr/bin/python3
   children:
-    nats: { hosts: { zdr-vm: { nats_address: zdr-vm, nats_binary_src: $nats_bin } } }
+    nats: { hosts: { zdr-vm: { nats_address: zdr-vm, nats_binary_src: $ZDR_CONVERGE_NATS_BIN } } }
     zdr_coordinators: { hosts: { zdr-vm: } }
     zdr_agents:
       hosts: { zdr-vm: }

@@ -41,8 +41,12 @@ cp "$root/integration/deploy/stage2-systemd" "$run/initrd/stage2"
 chmod 755 "$run/initrd/stage2"
 (cd "$run/initrd" && find . | cpio -o -H newc --quiet) > "$run/initrd.cpio"
 
+# The nats role installs the real nats-server binary, not a pyenv shim.
+nats_bin=$(readlink -f "$(pyenv which nats-server 2>/dev/null || command -v nats-server)")
+file -L "$nats_bin" | grep -q ELF || { say "no nats-server binary found (ops/install-deps.sh installs one)"; exit 1; }
 {
     printf 'export PATH=%q\n' "$PATH:/root/.local/bin:/usr/local/bin:/usr/sbin:/sbin"
+    printf 'export ZDR_CONVERGE_NATS_BIN=%q\n' "$nats_bin"
     printf 'export HOME=/root LANG=C.UTF-8 ZDR_IN_ZFS_VM=1\n'
     printf 'cd %q\n' "$root"
     printf 'exec bash integration/deploy/converge-guest.sh\n'
