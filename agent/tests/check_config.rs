@@ -37,7 +37,10 @@ fn a_good_config_passes_and_starts_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out, err) = check(dir.path(), &config(dir.path(), ""));
     assert!(ok, "{err}");
-    assert!(out.contains("agent.toml: ok (node n1, site a, backend cli)"), "{out}");
+    assert!(
+        out.contains("agent.toml: ok (node n1, site a, backend cli)"),
+        "{out}"
+    );
     // No state dir made, no audit log opened: a check only reads.
     assert!(!dir.path().join("state").exists());
 }
@@ -48,7 +51,10 @@ fn a_typo_is_refused_with_file_line_and_column() {
     let text = config(dir.path(), "").replace("media = \"ssd\"", "media = \"ssd\"\nmedai = 1");
     let (ok, _, err) = check(dir.path(), &text);
     assert!(!ok);
-    assert!(err.contains("agent.toml:4:1: unknown field `medai`"), "{err}");
+    assert!(
+        err.contains("agent.toml:4:1: unknown field `medai`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -57,7 +63,10 @@ fn a_credential_others_can_read_and_a_missing_certificate_are_refused() {
     let seed = dir.path().join("agent.nk");
     std::fs::write(&seed, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
     std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let text = config(dir.path(), &format!("nats_nkey = {:?}\n", seed.display().to_string()));
+    let text = config(
+        dir.path(),
+        &format!("nats_nkey = {:?}\n", seed.display().to_string()),
+    );
     let (ok, _, err) = check(dir.path(), &text);
     assert!(!ok);
     assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");

@@ -38,7 +38,10 @@ fn a_good_setup_passes_without_connecting() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out, err) = check(dir.path(), POLICY);
     assert!(ok, "{err}");
-    assert!(out.starts_with("ok: signing key") && out.contains("(1 nodes)"), "{out}");
+    assert!(
+        out.starts_with("ok: signing key") && out.contains("(1 nodes)"),
+        "{out}"
+    );
 }
 
 #[test]
