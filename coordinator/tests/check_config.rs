@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const POLICY: &str = "version: 1\nsites:\n  a: {}\nnodes:\n  n1: { site: a, media: ssd }\nclasses:\n  std:\n    rpo: 2h\n    rto: 8h\ndatasets:\n  - match: tank/**\n    class: std\n";
+const POLICY: &str = "version: 1\nsites:\n  a: {}\n  b: {}\nnodes:\n  n1: { site: a, media: ssd }\nclasses:\n  std:\n    rpo: 2h\n    rto: 8h\ndatasets:\n  - match: tank/**\n    class: std\n";
 
 fn check(dir: &Path, policy: &str) -> (bool, String, String) {
     let key = dir.join("signing.key");
@@ -49,5 +49,5 @@ fn a_broken_policy_is_refused_with_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, _, err) = check(dir.path(), &POLICY.replace("rpo: 2h", "rpo: soon"));
     assert!(!ok);
-    assert!(err.contains("policies.yaml:8:"), "{err}");
+    assert!(err.contains("policies.yaml:9:10: classes.std.rpo"), "{err}");
 }
