@@ -6,7 +6,10 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=/var/tmp/zdr-converge
-mkdir -p "$work"
+# The playbook logs go to the shared work tree, so the host can follow them.
+logs=$root/target/converge
+mkdir -p "$work" "$logs"
+rm -f "$logs"/*.log
 fail() { echo "converge FAILED: $*" >&2; exit 1; }
 trap 'echo "converge FAILED: converge-guest.sh line $LINENO exited $?" >&2' ERR
 now() { echo "$EPOCHREALTIME"; }
@@ -53,18 +56,19 @@ export ANSIBLE_CONFIG=$root/ops/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_FO
 play() { # label args...: runs site.yml, prints its recap line and time
     local label=$1 t0 rc=0; shift
     t0=$(now)
-    ansible-playbook -i "$work/inventory" "$root/ops/ansible/site.yml" "$@" > "$work/$label.log" 2>&1 || rc=$?
-    recap=$(grep -E '^zdr-vm +:' "$work/$label.log" | tail -n 1)
+    ansible-playbook -i "$work/inventory" "$root/ops/ansible/site.yml" "$@" > "$logs/$label.log" 2>&1 || rc=$?
+    recap=$(grep -E '^zdr-vm +:' "$logs/$label.log" | tail -n 1)
     echo "$label: $(secs "$t0" "$(now)") s, rc $rc, $recap"
-    if [ "$rc" != 0 ]; then tail -n 60 "$work/$label.log" >&2; fail "$label"; fi
+    if [ "$rc" != 0 ]; then tail -n 60 "$logs/$label.log" >&2; fail "$label"; fi
 }
-changed() { grep -E '^zdr-vm +:' "$work/$1.log" | tail -n 1 | sed -n 's/.*changed=\([0-9]*\).*/\1/p'; }
+changed() { grep -E '^zdr-vm +:' "$logs/$1.log" | tail -n 1 | sed -n 's/.*changed=\([0-9]*\).*/\1/p'; }
 
+echo "pool tank ready; ansible-playbook logs: $logs/*.log"
 play converge-1
 play converge-2
-[ "$(changed converge-2)" = 0 ] || { grep -B2 -E '^changed:' "$work/converge-2.log" >&2; fail "second converge changed something"; }
+[ "$(changed converge-2)" = 0 ] || { grep -B2 -E '^changed:' "$logs/converge-2.log" >&2; fail "second converge changed something"; }
 play check --check --diff
-[ "$(changed check)" = 0 ] || { grep -B2 -E '^changed:' "$work/check.log" >&2; fail "--check reports changes"; }
+[ "$(changed check)" = 0 ] || { grep -B2 -E '^changed:' "$logs/check.log" >&2; fail "--check reports changes"; }
 
 echo "units:"
 for u in nats-server zdr-coordinator zdr-agent; do
