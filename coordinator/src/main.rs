@@ -89,6 +89,11 @@ struct RunArgs {
     /// Log as JSON lines.
     #[arg(long)]
     json_logs: bool,
+    /// Check the signing key, the NATS credential, the policy and the tasks
+    /// file, print what is wrong (with file, line and column), and exit:
+    /// non-zero when something is wrong. Connects to nothing.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn init_logs(json: bool) {
@@ -200,6 +205,28 @@ async fn main() -> anyhow::Result<()> {
                 let r = zdr_schemas::load_receivers(&alerts).map_err(|e| anyhow::anyhow!("{e}"))?;
                 println!("{}: ok ({} receivers)", alerts.display(), r.receivers.len());
             }
+            Ok(())
+        }
+        Cmd::Run(a) if a.check_config => {
+            let key_text = std::fs::read_to_string(&a.key_file)
+                .with_context(|| format!("reading signing key {}", a.key_file.display()))?;
+            envelope::signing_key_from_b64(&key_text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", a.key_file.display()))?;
+            a.nats_nkey.as_deref().map(read_seed).transpose()?;
+            let p = zdr_schemas::load_policy(&a.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(tasks) = &a.tasks {
+                zdr_schemas::load_tasks(tasks, &p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            println!(
+                "ok: signing key {}, policy {} ({} nodes){}",
+                a.key_file.display(),
+                a.policy.display(),
+                p.nodes.len(),
+                a.tasks
+                    .as_ref()
+                    .map(|t| format!(", tasks {}", t.display()))
+                    .unwrap_or_default()
+            );
             Ok(())
         }
         Cmd::Run(a) => {
