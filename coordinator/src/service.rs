@@ -30,6 +30,9 @@ use crate::pairing;
 use crate::policy;
 use crate::state::{now, now_ms, PolicyState, State};
 
+/// A heartbeat handled this long after the agent sent it counts as late.
+const LATE_HEARTBEAT_SECS: i64 = 2;
+
 /// Agent messages larger than this are dropped unread.
 const MAX_MESSAGE: usize = 1 << 20;
 
@@ -259,6 +262,7 @@ async fn lead(
                 resign_policy(state, lease.epoch).await;
             }
             _ = gauges.tick() => {
+                let started = std::time::Instant::now();
                 // One report per tick, for the gauges and the alerts.
                 let report = state.compliance_report();
                 update_gauges(state, report.as_ref());
@@ -266,6 +270,7 @@ async fn lead(
                     let a = &n.alert;
                     warn!(status = n.status.as_str(), alertname = a.name(), fingerprint = %a.fingerprint, labels = ?a.labels, "alert: {}", a.annotations["summary"]);
                 }
+                metrics::gauge!("zdr_evaluation_seconds").set(started.elapsed().as_secs_f64());
                 update_pairings(state).await;
             }
             _ = job_tick.tick() => {
@@ -276,7 +281,9 @@ async fn lead(
                     resign_policy(state, lease.epoch).await;
                     update_pairings(state).await;
                 }
-                jobs::tick(state, &mut tasks, now_ms()).await
+                let started = std::time::Instant::now();
+                jobs::tick(state, &mut tasks, now_ms()).await;
+                metrics::gauge!("zdr_job_tick_seconds").set(started.elapsed().as_secs_f64());
             }
             Some(done) = tasks.join_next() => {
                 if let Err(e) = done {
@@ -535,6 +542,10 @@ async fn handle_message(
             let m: Heartbeat = decode(subject, payload)?;
             if !check(&m.node) {
                 return None;
+            }
+            // Stamped by the agent's clock: a backlog here, or clock skew.
+            if t - m.at >= LATE_HEARTBEAT_SECS {
+                metrics::counter!("zdr_heartbeats_late_total").increment(1);
             }
             state.fleet_mut().heartbeat(m, t)
         }
