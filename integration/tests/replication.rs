@@ -540,14 +540,15 @@ async fn a_new_leader_adopts_the_attempt_still_streaming() {
     assert_faithful(&a1, &b1, "tank/big", copy, "zdr-repl-offsite");
 }
 
-/// Bad input ends in a clear error in the job's state, is retried, and
-/// touches nothing else.
+/// A target too small is never chosen; an unreachable one ends in a clear
+/// error in the job's state, is retried, and touches nothing else.
 #[tokio::test]
 async fn bad_targets_fail_the_job_with_a_clear_error() {
     let s = setup(TASKS_BIG).await;
     let a1 = s.agent("node-a1", Some(24_000_000));
 
-    // A target pool far too small for the stream.
+    // A target pool far too small for the dataset: pairing does not choose
+    // it (it reserves the bytes in the target pool) and says why.
     let small = s.agent_with(
         "node-b1",
         AgentExtra {
@@ -555,30 +556,33 @@ async fn bad_targets_fail_the_job_with_a_clear_error() {
             ..AgentExtra::default()
         },
     );
-    let job = wait_for(
-        "the job to fail for lack of space, twice",
+    let why = wait_for(
+        "the dataset to be left unpaired for lack of room",
         Duration::from_secs(90),
         || async {
-            let all = jobs(&s.coordinator).await;
-            let j = job_for(&all, "offsite", "node-a1")?;
-            (j["state"] == "failed" && j["attempt"].as_u64()? >= 2).then(|| j.clone())
+            let (_, body) = s.coordinator.get("/api/v1/pairings").await?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            let u = v["unpaired"]
+                .as_array()?
+                .iter()
+                .find(|u| u["task"] == "offsite" && u["dataset"] == "tank/big")?;
+            Some(u["why"].as_str()?.to_string())
         },
     )
     .await;
-    let error = job["error"].as_str().unwrap();
-    assert!(
-        error.contains("space") && error.contains("backup"),
-        "{job:#}"
-    );
+    assert!(why.contains("pool backup"), "{why}");
+    assert!(job_for(&jobs(&s.coordinator).await, "offsite", "node-a1").is_none());
     let before = on_disk(&a1, "tank/big").unwrap();
+    // The simulated pools persist in the state dir: start over with room.
+    let pools = small.state_dir.join("sim-pools.json");
     drop(small);
+    std::fs::remove_file(pools).unwrap();
 
     // A target whose advertised address nobody listens on.
     let closed = free_port();
     let _b1 = s.agent_with(
         "node-b1",
         AgentExtra {
-            pools: vec![("backup2".into(), 10_000_000_000)],
             advertise: Some(format!("127.0.0.1:{closed}")),
             ..AgentExtra::default()
         },
