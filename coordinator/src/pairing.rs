@@ -215,7 +215,7 @@ pub fn plan(
             }
         };
         let pool = pool_of(&target_dataset);
-        let mut candidates: Vec<(&NodeFacts, u64)> = nodes
+        let mut candidates: Vec<(&NodeFacts, Option<u64>)> = nodes
             .iter()
             .filter(|n| n.name != src.name)
             .filter(|n| task.target.site.accepts(&src.site, &n.site))

@@ -73,7 +73,7 @@ struct Args {
     #[arg(long, default_value_t = 600)]
     ingest_timeout_secs: u64,
     /// How long to watch the fleet after ingest (pings, heartbeats, evaluation).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(10..))]
     settle_secs: u64,
     /// Ping commands sent (sequentially, to nodes in turn) during the settle window.
     #[arg(long, default_value_t = 2000)]
@@ -610,7 +610,8 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     let mut next_sample = Instant::now();
     let mut pings = 0usize;
     while settle.elapsed() < Duration::from_secs(a.settle_secs) {
-        if Instant::now() >= next_sample {
+        // The gauges are set every 5 s: samples start once they have seen the whole fleet.
+        if settle.elapsed() >= Duration::from_secs(6) && Instant::now() >= next_sample {
             next_sample = Instant::now() + Duration::from_secs(2);
             if let Ok((_, body, _)) = http(http_port, "GET", "/metrics", "", Duration::from_secs(30)).await {
                 if let Some(v) = metric(&String::from_utf8_lossy(&body), "zdr_nodes_online") {
@@ -661,9 +662,12 @@ async fn run(a: &Args) -> anyhow::Result<()> {
         "/metrics",
         format!("{:.1} ms, {} bytes, {} series (HTTP {code})", took.as_secs_f64() * 1000.0, body.len(), series(&text)),
     );
+    // A counter shows once it has counted; a coordinator that times its
+    // evaluation counts late heartbeats too.
+    let counts = metric(&text, "zdr_evaluation_seconds").is_some();
     let late = match (late0, metric(&text, "zdr_heartbeats_late_total")) {
-        (Some(a0), Some(a1)) => format!("{} while settled (total {a1})", a1 - a0),
-        (None, Some(a1)) => format!("total {a1}"),
+        (a0, Some(a1)) => format!("{} while settled (total {a1})", a1 - a0.unwrap_or(0.0)),
+        (_, None) if counts => "0".into(),
         _ => "n/a (this coordinator does not count them)".into(),
     };
     report.add("heartbeats processed late (>=2 s)", late);
