@@ -492,8 +492,10 @@ pub async fn run(
     // reconnects) together does not send in one burst.
     let period = Duration::from_secs(agent.config.heartbeat_secs);
     let node = agent.config.node.clone();
-    let mut heartbeat =
-        tokio::time::interval_at(tokio::time::Instant::now() + jitter(&node, 0, period), period);
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + jitter(&node, 0, period),
+        period,
+    );
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut publish_tick = tokio::time::interval(Duration::from_millis(500));
     let mut connects = 0;

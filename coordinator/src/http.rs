@@ -147,10 +147,7 @@ struct FleetQuery {
 }
 
 /// Each answer holds the fleet's read lock only for the nodes of its page.
-async fn fleet(
-    AxState(st): AxState<Arc<State>>,
-    Query(q): Query<FleetQuery>,
-) -> Json<FleetView> {
+async fn fleet(AxState(st): AxState<Arc<State>>, Query(q): Query<FleetQuery>) -> Json<FleetView> {
     let fleet = st.fleet();
     let policy = st.policy();
     let plan = st.pairings();

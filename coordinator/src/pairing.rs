@@ -437,7 +437,11 @@ tasks:
         let on = |n: &str| p.pairings.iter().filter(|x| x.target_node == n).count();
         assert_eq!((on("a2"), on("a3")), (2, 1), "{p:?}");
         assert_eq!(p.unpaired.len(), 1, "{p:?}");
-        assert!(p.unpaired[0].why.contains("pool backup"), "{}", p.unpaired[0].why);
+        assert!(
+            p.unpaired[0].why.contains("pool backup"),
+            "{}",
+            p.unpaired[0].why
+        );
 
         // Free space is never summed across pools: a target whose room is
         // split over two pools, neither big enough, is not chosen.

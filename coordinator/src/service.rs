@@ -710,7 +710,11 @@ async fn persist_batch(state: &State) {
     for slice in nodes.chunks(PERSIST_SLICE) {
         let fleet = state.fleet();
         for node in slice {
-            if let Some(raw) = fleet.nodes.get(node).and_then(|r| serde_json::to_vec(r).ok()) {
+            if let Some(raw) = fleet
+                .nodes
+                .get(node)
+                .and_then(|r| serde_json::to_vec(r).ok())
+            {
                 writes.push(Write::Node(node.clone(), raw));
             }
         }
@@ -736,9 +740,23 @@ async fn persist_batch(state: &State) {
         .for_each_concurrent(PERSIST_CONCURRENCY, |w| async move {
             let stores = &state.stores;
             let result = match &w {
-                Write::Node(node, raw) => stores.fleet.put(node, raw.clone().into()).await.map(drop).map_err(|e| e.to_string()),
-                Write::Inventory(key, raw) => stores.inventory.put(key, raw.clone().into()).await.map(drop).map_err(|e| e.to_string()),
-                Write::Delete(key) => stores.inventory.delete(key).await.map_err(|e| e.to_string()),
+                Write::Node(node, raw) => stores
+                    .fleet
+                    .put(node, raw.clone().into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Write::Inventory(key, raw) => stores
+                    .inventory
+                    .put(key, raw.clone().into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Write::Delete(key) => stores
+                    .inventory
+                    .delete(key)
+                    .await
+                    .map_err(|e| e.to_string()),
             };
             if let Err(e) = result {
                 let key = match &w {

@@ -103,7 +103,7 @@ fn node_name(i: usize) -> String {
 }
 
 fn site_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "site-a"
     } else {
         "site-b"
@@ -111,7 +111,7 @@ fn site_of(i: usize) -> &'static str {
 }
 
 fn media_of(i: usize) -> &'static str {
-    if (i / 2) % 2 == 0 {
+    if (i / 2).is_multiple_of(2) {
         "ssd"
     } else {
         "hdd"
@@ -315,13 +315,11 @@ async fn http(
 
 /// The value of an unlabelled metric (the first series of that name).
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            let k = k.split('{').next()?;
-            (k == name).then(|| v.parse().ok()).flatten()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        let k = k.split('{').next()?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
 }
 
 fn series(text: &str) -> usize {
@@ -359,7 +357,13 @@ struct SimNode {
 
 /// A node's pools and its starting snapshots, dated at `interval` steps
 /// back from `start`.
-fn make_node(a: &Args, i: usize, public_key: &str, nats_url: &str, start: i64) -> anyhow::Result<SimNode> {
+fn make_node(
+    a: &Args,
+    i: usize,
+    public_key: &str,
+    nats_url: &str,
+    start: i64,
+) -> anyhow::Result<SimNode> {
     let node = node_name(i);
     let backend = SimBackend::new()
         .with_clock(Arc::new(sim_clock))
@@ -432,8 +436,13 @@ async fn start_agent(
         settings,
         shutdown.clone(),
     ));
-    let (replication, job_updates) =
-        Replication::start(lifecycle.clone(), config.node.clone(), None, shutdown.clone()).await?;
+    let (replication, job_updates) = Replication::start(
+        lifecycle.clone(),
+        config.node.clone(),
+        None,
+        shutdown.clone(),
+    )
+    .await?;
     let agent = Arc::new(Agent::new(
         config,
         lifecycle,
@@ -504,14 +513,29 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     let (port, mon) = (free_port()?, free_port()?);
     let js_dir = a.work.join("jetstream");
     let mut cmd = Command::new(&a.nats_server);
-    cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &mon.to_string(), "-js", "-sd"])
-        .arg(&js_dir);
+    cmd.args([
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-m",
+        &mon.to_string(),
+        "-js",
+        "-sd",
+    ])
+    .arg(&js_dir);
     let mut nats = Proc::spawn(cmd, &a.work.join("nats-server.log"))?;
     let nats_url = format!("nats://127.0.0.1:{port}");
     let up = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         if up.elapsed() > Duration::from_secs(20) {
-            bail!("nats-server did not accept connections within 20 s (log: {}/nats-server.log)", a.work.display());
+            bail!(
+                "nats-server did not accept connections within 20 s (log: {}/nats-server.log)",
+                a.work.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -525,11 +549,19 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     std::fs::write(&policy, policy_yaml(a))?;
     let http_port = free_port()?;
     let mut cmd = Command::new(&a.coordinator);
-    cmd.args(["run", "--nats-url", &nats_url, "--http", &format!("127.0.0.1:{http_port}"), "--instance", "sim"])
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--key-file")
-        .arg(&key_file);
+    cmd.args([
+        "run",
+        "--nats-url",
+        &nats_url,
+        "--http",
+        &format!("127.0.0.1:{http_port}"),
+        "--instance",
+        "sim",
+    ])
+    .arg("--policy")
+    .arg(&policy)
+    .arg("--key-file")
+    .arg(&key_file);
     if a.tasks {
         let tasks = a.work.join("tasks.yml");
         std::fs::write(&tasks, tasks_yaml())?;
@@ -539,11 +571,15 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     let cpid = coordinator.pid();
     let ready = Instant::now();
     loop {
-        if let Ok((200, _, _)) = http(http_port, "GET", "/readyz", "", Duration::from_secs(2)).await {
+        if let Ok((200, _, _)) = http(http_port, "GET", "/readyz", "", Duration::from_secs(2)).await
+        {
             break;
         }
         if ready.elapsed() > Duration::from_secs(60) {
-            bail!("the coordinator was not ready within 60 s (log: {}/coordinator.log)", a.work.display());
+            bail!(
+                "the coordinator was not ready within 60 s (log: {}/coordinator.log)",
+                a.work.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -554,7 +590,10 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     let nodes: Vec<SimNode> = (0..a.nodes)
         .map(|i| make_node(a, i, &public, &nats_url, start))
         .collect::<anyhow::Result<_>>()?;
-    report.add("starting state built in", format!("{:.1} s", made.elapsed().as_secs_f64()));
+    report.add(
+        "starting state built in",
+        format!("{:.1} s", made.elapsed().as_secs_f64()),
+    );
     let shutdown = CancellationToken::new();
     let mut agents = tokio::task::JoinSet::new();
     let cpu0 = proc_stat(cpid).cpu_secs;
@@ -571,12 +610,23 @@ async fn run(a: &Args) -> anyhow::Result<()> {
         if t0.elapsed() > deadline {
             break None;
         }
-        if let Ok((200, body, _)) = http(http_port, "GET", "/api/v1/fleet?limit=0", "", Duration::from_secs(60)).await {
+        if let Ok((200, body, _)) = http(
+            http_port,
+            "GET",
+            "/api/v1/fleet?limit=0",
+            "",
+            Duration::from_secs(60),
+        )
+        .await
+        {
             if let Some(c) = fleet_counts(&body) {
                 last = c;
                 // Every dataset (each arrives with its snapshot list); pruning
                 // and new snapshots move the count by one here and there.
-                if c.0 == a.nodes as u64 && c.1 >= (a.nodes * a.datasets) as u64 && c.2 >= want * 99 / 100 {
+                if c.0 == a.nodes as u64
+                    && c.1 >= (a.nodes * a.datasets) as u64
+                    && c.2 >= want * 99 / 100
+                {
                     break Some(t0.elapsed());
                 }
             }
@@ -594,12 +644,17 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             ),
         ),
     }
-    report.add("coordinator CPU during ingest", format!("{cpu_ingest:.1} s"));
+    report.add(
+        "coordinator CPU during ingest",
+        format!("{cpu_ingest:.1} s"),
+    );
 
     // Settle: pings, heartbeats and evaluation while the fleet runs.
     let metrics_at = |text: &str, name: &str| metric(text, name);
     let late0 = match http(http_port, "GET", "/metrics", "", Duration::from_secs(30)).await {
-        Ok((_, body, _)) => metrics_at(&String::from_utf8_lossy(&body), "zdr_heartbeats_late_total"),
+        Ok((_, body, _)) => {
+            metrics_at(&String::from_utf8_lossy(&body), "zdr_heartbeats_late_total")
+        }
         Err(_) => None,
     };
     let cpu1 = proc_stat(cpid).cpu_secs;
@@ -613,7 +668,9 @@ async fn run(a: &Args) -> anyhow::Result<()> {
         // The gauges are set every 5 s: samples start once they have seen the whole fleet.
         if settle.elapsed() >= Duration::from_secs(6) && Instant::now() >= next_sample {
             next_sample = Instant::now() + Duration::from_secs(2);
-            if let Ok((_, body, _)) = http(http_port, "GET", "/metrics", "", Duration::from_secs(30)).await {
+            if let Ok((_, body, _)) =
+                http(http_port, "GET", "/metrics", "", Duration::from_secs(30)).await
+            {
                 if let Some(v) = metric(&String::from_utf8_lossy(&body), "zdr_nodes_online") {
                     min_online = min_online.min(v);
                 }
@@ -623,7 +680,15 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             let node = node_name(pings % a.nodes);
             pings += 1;
             let path = format!("/api/v1/nodes/{node}/commands");
-            match http(http_port, "POST", &path, r#"{"ping":{}}"#, Duration::from_secs(15)).await {
+            match http(
+                http_port,
+                "POST",
+                &path,
+                r#"{"ping":{}}"#,
+                Duration::from_secs(15),
+            )
+            .await
+            {
                 Ok((200, _, took)) => hist.record(took.as_micros().max(1) as u64)?,
                 _ => ping_errors += 1,
             }
@@ -648,19 +713,32 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     );
     report.add(
         "coordinator CPU while settled",
-        format!("{:.0} % of one core over {settle_secs:.0} s", 100.0 * cpu_settle / settle_secs),
+        format!(
+            "{:.0} % of one core over {settle_secs:.0} s",
+            100.0 * cpu_settle / settle_secs
+        ),
     );
     report.add(
         "nodes online, lowest after ingest",
-        if min_online.is_finite() { format!("{min_online} of {}", a.nodes) } else { "n/a".into() },
+        if min_online.is_finite() {
+            format!("{min_online} of {}", a.nodes)
+        } else {
+            "n/a".into()
+        },
     );
 
     // The read side and the coordinator's own timings.
-    let (code, body, took) = http(http_port, "GET", "/metrics", "", Duration::from_secs(120)).await?;
+    let (code, body, took) =
+        http(http_port, "GET", "/metrics", "", Duration::from_secs(120)).await?;
     let text = String::from_utf8_lossy(&body).to_string();
     report.add(
         "/metrics",
-        format!("{:.1} ms, {} bytes, {} series (HTTP {code})", took.as_secs_f64() * 1000.0, body.len(), series(&text)),
+        format!(
+            "{:.1} ms, {} bytes, {} series (HTTP {code})",
+            took.as_secs_f64() * 1000.0,
+            body.len(),
+            series(&text)
+        ),
     );
     // A counter shows once it has counted; a coordinator that times its
     // evaluation counts late heartbeats too.
@@ -672,37 +750,75 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     };
     report.add("heartbeats processed late (>=2 s)", late);
     for (name, label) in [
-        ("zdr_evaluation_seconds", "one evaluation (report, gauges, alerts)"),
+        (
+            "zdr_evaluation_seconds",
+            "one evaluation (report, gauges, alerts)",
+        ),
         ("zdr_job_tick_seconds", "one job tick (schedule)"),
         ("zdr_persist_backlog", "datasets waiting to be persisted"),
     ] {
         match metric(&text, name) {
-            Some(v) if name.ends_with("seconds") => report.add(label, format!("{:.1} ms (last)", v * 1000.0)),
+            Some(v) if name.ends_with("seconds") => {
+                report.add(label, format!("{:.1} ms (last)", v * 1000.0))
+            }
             Some(v) => report.add(label, v),
             None => report.add(label, "n/a"),
         }
     }
-    match http(http_port, "GET", "/api/v1/fleet", "", Duration::from_secs(120)).await {
+    match http(
+        http_port,
+        "GET",
+        "/api/v1/fleet",
+        "",
+        Duration::from_secs(120),
+    )
+    .await
+    {
         Ok((code, body, took)) => report.add(
             "/api/v1/fleet (whole)",
-            format!("{:.1} ms, {} (HTTP {code})", took.as_secs_f64() * 1000.0, mib(body.len() as u64)),
+            format!(
+                "{:.1} ms, {} (HTTP {code})",
+                took.as_secs_f64() * 1000.0,
+                mib(body.len() as u64)
+            ),
         ),
         Err(e) => report.add("/api/v1/fleet (whole)", format!("failed: {e}")),
     }
-    match http(http_port, "GET", "/api/v1/fleet?limit=10", "", Duration::from_secs(120)).await {
+    match http(
+        http_port,
+        "GET",
+        "/api/v1/fleet?limit=10",
+        "",
+        Duration::from_secs(120),
+    )
+    .await
+    {
         Ok((code, body, took)) => report.add(
             "/api/v1/fleet?limit=10",
-            format!("{:.1} ms, {} (HTTP {code})", took.as_secs_f64() * 1000.0, mib(body.len() as u64)),
+            format!(
+                "{:.1} ms, {} (HTTP {code})",
+                took.as_secs_f64() * 1000.0,
+                mib(body.len() as u64)
+            ),
         ),
         Err(e) => report.add("/api/v1/fleet?limit=10", format!("failed: {e}")),
     }
     let c = proc_stat(cpid);
-    report.add("coordinator RSS / peak", format!("{} / {}", mib(c.rss), mib(c.peak_rss)));
+    report.add(
+        "coordinator RSS / peak",
+        format!("{} / {}", mib(c.rss), mib(c.peak_rss)),
+    );
     let n = proc_stat(nats.pid());
-    report.add("nats-server RSS / peak", format!("{} / {}", mib(n.rss), mib(n.peak_rss)));
+    report.add(
+        "nats-server RSS / peak",
+        format!("{} / {}", mib(n.rss), mib(n.peak_rss)),
+    );
     report.add("JetStream store", mib(dir_size(&js_dir)));
     let me = proc_stat(std::process::id());
-    report.add("simulator (agents) RSS / peak", format!("{} / {}", mib(me.rss), mib(me.peak_rss)));
+    report.add(
+        "simulator (agents) RSS / peak",
+        format!("{} / {}", mib(me.rss), mib(me.peak_rss)),
+    );
 
     // Stop: agents first (bounded), then the coordinator and the server.
     shutdown.cancel();
@@ -722,7 +838,10 @@ async fn run(a: &Args) -> anyhow::Result<()> {
         .collect();
     std::fs::write(a.work.join("report.txt"), summary.join("\n") + "\n")?;
     if ingest.is_none() {
-        bail!("{size}: the fleet was not ingested within {} s", a.ingest_timeout_secs);
+        bail!(
+            "{size}: the fleet was not ingested within {} s",
+            a.ingest_timeout_secs
+        );
     }
     Ok(())
 }
