@@ -508,8 +508,19 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(agent.config.heartbeat_secs));
+    // Jittered within one heartbeat period, so a fleet that starts (or
+    // reconnects) together does not send in one burst.
+    let period = Duration::from_secs(agent.config.heartbeat_secs);
+    let node = agent.config.node.clone();
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + jitter(&node, 0, period),
+        period,
+    );
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut publish_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut connects = 0;
+    // When to say hello and publish the full inventory after a (re)connect.
+    let mut announce: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             biased;
@@ -518,15 +529,21 @@ pub async fn run(
                 if changed.is_err() { return; }
                 if *conn_rx.borrow_and_update() {
                     info!(url = %agent.config.nats_url, "connected to NATS");
-                    agent.lifecycle.request_full_inventory();
-                    agent.hello(&client).await;
-                    agent.publish_inventory(&client).await;
+                    connects += 1;
+                    announce = Some(tokio::time::Instant::now() + jitter(&node, connects, period));
                 } else {
                     warn!("NATS connection lost; snapshots and pruning go on under the cached policy");
                 }
             }
-            _ = heartbeat.tick() => agent.heartbeat(&client).await,
-            _ = publish_tick.tick() => {
+            _ = tokio::time::sleep_until(announce.unwrap_or_else(tokio::time::Instant::now)), if announce.is_some() => {
+                announce = None;
+                agent.lifecycle.request_full_inventory();
+                agent.hello(&client).await;
+                agent.publish_inventory(&client).await;
+            }
+            // Nothing is published before the hello.
+            _ = heartbeat.tick(), if announce.is_none() => agent.heartbeat(&client).await,
+            _ = publish_tick.tick(), if announce.is_none() => {
                 if agent.hello_due.swap(false, Ordering::SeqCst) {
                     agent.hello(&client).await;
                 }
@@ -549,6 +566,25 @@ pub async fn run(
     if tokio::time::timeout(FLUSH_GRACE, last).await.is_err() {
         debug!("the last publications did not go out in time");
     }
+}
+
+/// A delay in `[0, max)` for this node's `n`-th use: spread over the fleet
+/// (it hashes the node id), and the same for a node every run, so tests
+/// can rely on it.
+pub fn jitter(node: &str, n: u64, max: Duration) -> Duration {
+    let max_ms = max.as_millis() as u64;
+    if max_ms == 0 {
+        return Duration::ZERO;
+    }
+    // FNV-1a of the node id, mixed with `n` by splitmix64.
+    let h = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut z = h ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    Duration::from_millis(z % max_ms)
 }
 
 async fn commands(agent: Arc<Agent>, client: async_nats::Client, shutdown: CancellationToken) {
@@ -623,5 +659,30 @@ async fn watch_policy(agent: Arc<Agent>, client: async_nats::Client) {
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod jitter_tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_bounded_seeded_and_spread() {
+        let max = Duration::from_secs(5);
+        let all: Vec<Duration> = (0..1000)
+            .map(|i| jitter(&format!("n{i:04}"), 1, max))
+            .collect();
+        assert!(all.iter().all(|d| *d < max));
+        // The same node and use: the same delay; another use: another delay.
+        assert_eq!(jitter("n0001", 1, max), all[1]);
+        assert_ne!(jitter("n0001", 2, max), all[1]);
+        // 1,000 nodes fill each fifth of the window with 200 ± 60.
+        for k in 0..5u64 {
+            let lo = Duration::from_millis(k * 1000);
+            let hi = Duration::from_millis((k + 1) * 1000);
+            let n = all.iter().filter(|d| **d >= lo && **d < hi).count();
+            assert!((140..=260).contains(&n), "fifth {k}: {n}");
+        }
+        assert_eq!(jitter("n0001", 1, Duration::ZERO), Duration::ZERO);
     }
 }

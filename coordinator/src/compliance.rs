@@ -26,7 +26,7 @@
 //! - No copy is verified by a restore drill yet: drills do not exist, and
 //!   the report says so rather than count a copy as verified.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use zdr_common::policy::{Class, Policy};
@@ -239,15 +239,66 @@ pub fn rpo_state(lag_secs: Option<i64>, rpo_secs: u64) -> RpoState {
     }
 }
 
+/// The pairings, unpaired datasets and jobs by the dataset they concern,
+/// built once per report: a fleet of 10,000 pairings is not scanned once
+/// per dataset.
+struct Index<'a> {
+    targets: HashSet<(&'a str, &'a str)>,
+    by_source: HashMap<(&'a str, &'a str), Vec<&'a Pairing>>,
+    unpaired: HashMap<(&'a str, &'a str), Vec<&'a Unpaired>>,
+    /// (task, source node, dataset) to the latest job.
+    last_job: HashMap<(&'a str, &'a str, &'a str), &'a JobRecord>,
+}
+
+impl<'a> Index<'a> {
+    fn new(input: &Input<'a>) -> Self {
+        let mut by_source: HashMap<_, Vec<_>> = HashMap::new();
+        for p in input.pairings {
+            by_source
+                .entry((p.source_node.as_str(), p.dataset.as_str()))
+                .or_default()
+                .push(p);
+        }
+        let mut unpaired: HashMap<_, Vec<_>> = HashMap::new();
+        for u in input.unpaired {
+            unpaired
+                .entry((u.source_node.as_str(), u.dataset.as_str()))
+                .or_default()
+                .push(u);
+        }
+        let mut last_job: HashMap<_, &JobRecord> = HashMap::new();
+        for j in input.jobs {
+            let key = (j.task.as_str(), j.source_node.as_str(), j.dataset.as_str());
+            match last_job.get(&key) {
+                // Ties go to the later record, as `max_by_key` would.
+                Some(prev) if prev.started_at_ms > j.started_at_ms => {}
+                _ => {
+                    last_job.insert(key, j);
+                }
+            }
+        }
+        Index {
+            targets: input
+                .pairings
+                .iter()
+                .map(|p| (p.target_node.as_str(), p.target_dataset.as_str()))
+                .collect(),
+            by_source,
+            unpaired,
+            last_job,
+        }
+    }
+}
+
 pub fn report(input: &Input) -> Report {
+    let index = Index::new(input);
     let mut datasets = Vec::new();
     for (node, invs) in &input.fleet.inventory {
         for inv in invs.values() {
-            let is_replica = input
-                .pairings
-                .iter()
-                .any(|p| p.target_node == *node && p.target_dataset == inv.dataset);
-            if is_replica {
+            if index
+                .targets
+                .contains(&(node.as_str(), inv.dataset.as_str()))
+            {
                 continue;
             }
             let Some(class_name) = resolved_class(Some(input.policy), inv) else {
@@ -258,7 +309,7 @@ pub fn report(input: &Input) -> Report {
             let Some(class) = input.policy.classes.get(&class_name) else {
                 continue;
             };
-            datasets.push(dataset_report(input, node, inv, &class_name, class));
+            datasets.push(dataset_report(input, &index, node, inv, &class_name, class));
         }
     }
     let mut summary = Summary {
@@ -290,6 +341,7 @@ struct SourcePoint {
 
 fn dataset_report(
     input: &Input,
+    index: &Index,
     node: &str,
     inv: &DatasetInventory,
     class_name: &str,
@@ -300,6 +352,8 @@ fn dataset_report(
     let production_site = site.clone();
     let newest = inv.snapshots.iter().max_by_key(|s| s.createtxg);
     let lag = newest.map(|s| input.now - s.creation);
+    let key = (node, inv.dataset.as_str());
+    let mut mine: Vec<&Pairing> = index.by_source.get(&key).cloned().unwrap_or_default();
     let mut copies = vec![CopyReport {
         role: Role::Production,
         node: node.to_string(),
@@ -327,8 +381,11 @@ fn dataset_report(
         .bookmarks
         .iter()
         .map(|b| (b.guid, b.createtxg, b.creation));
+    // Only a dataset with copies needs its history by GUID.
+    let wanted = if mine.is_empty() { 0 } else { usize::MAX };
     let known: HashMap<u64, SourcePoint> = snapshots
         .chain(bookmarks)
+        .take(wanted)
         .map(|(guid, createtxg, creation)| {
             let at = SourcePoint {
                 createtxg,
@@ -337,14 +394,9 @@ fn dataset_report(
             (guid, at)
         })
         .collect();
-    let mut mine: Vec<&Pairing> = input
-        .pairings
-        .iter()
-        .filter(|p| p.source_node == node && p.dataset == inv.dataset)
-        .collect();
     mine.sort_by(|a, b| (&a.task, &a.target_node).cmp(&(&b.task, &b.target_node)));
     for p in mine {
-        copies.push(replica(input, inv, &known, p, rpo_secs));
+        copies.push(replica(input, index, inv, &known, p, rpo_secs));
     }
     let checks = checks(class_name, class, &production_site, &copies);
     DatasetReport {
@@ -362,10 +414,11 @@ fn dataset_report(
         compliant: checks.iter().all(|c| c.pass),
         copies,
         checks,
-        unpaired: input
+        unpaired: index
             .unpaired
-            .iter()
-            .filter(|u| u.source_node == node && u.dataset == inv.dataset)
+            .get(&key)
+            .into_iter()
+            .flatten()
             .map(|u| UnpairedTask {
                 task: u.task.clone(),
                 why: u.why.clone(),
@@ -390,6 +443,7 @@ fn labels(input: &Input, node: &str) -> (String, String) {
 
 fn replica(
     input: &Input,
+    index: &Index,
     source: &DatasetInventory,
     known: &HashMap<u64, SourcePoint>,
     p: &Pairing,
@@ -413,11 +467,9 @@ fn replica(
         None if !pending.is_empty() => source.used,
         _ => pending.iter().map(|s| s.used).sum(),
     };
-    let last_job = input
-        .jobs
-        .iter()
-        .filter(|j| j.task == p.task && j.source_node == p.source_node && j.dataset == p.dataset)
-        .max_by_key(|j| j.started_at_ms)
+    let last_job = index
+        .last_job
+        .get(&(p.task.as_str(), p.source_node.as_str(), p.dataset.as_str()))
         .map(|j| LastJob {
             id: j.id.clone(),
             state: j.state,

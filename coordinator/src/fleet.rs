@@ -1,5 +1,10 @@
 //! The coordinator's view of the fleet, rebuilt from JetStream KV at start and
 //! kept current from what agents publish.
+//!
+//! Invariant: each dataset's snapshots are kept in `createtxg` order (a full
+//! inventory is sorted once when it lands, a delta inserts in place), so a
+//! dataset's summary (newest snapshot, count) is read in O(1): an evaluation
+//! scans no snapshot list and clones nothing ([`summary`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -120,7 +125,12 @@ impl Fleet {
         let datasets = zdr_common::wire::join_inventory(chunks);
         let new: BTreeMap<String, DatasetInventory> = datasets
             .into_iter()
-            .map(|d| (d.dataset.clone(), d))
+            .map(|mut d| {
+                if !d.snapshots.is_sorted_by_key(|s| s.createtxg) {
+                    d.snapshots.sort_by_key(|s| s.createtxg);
+                }
+                (d.dataset.clone(), d)
+            })
             .collect();
         let old = self.inventory.remove(&node).unwrap_or_default();
         let removed = old
@@ -173,8 +183,11 @@ impl Fleet {
                 InventoryChange::SnapshotCreated { dataset, snapshot } => {
                     if let Some(ds) = inv.get_mut(&dataset) {
                         if !ds.snapshots.iter().any(|s| s.guid == snapshot.guid) {
-                            ds.snapshots.push(snapshot);
-                            ds.snapshots.sort_by_key(|s| s.createtxg);
+                            // Usually the newest: found at the end.
+                            let at = ds
+                                .snapshots
+                                .partition_point(|s| s.createtxg <= snapshot.createtxg);
+                            ds.snapshots.insert(at, snapshot);
                         }
                         touched.push(dataset);
                     }
@@ -211,11 +224,66 @@ impl Fleet {
         }
     }
 
+    /// Datasets and snapshots in all: O(datasets).
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals {
+            nodes: self.nodes.len(),
+            ..Default::default()
+        };
+        for datasets in self.inventory.values() {
+            t.datasets += datasets.len();
+            t.snapshots += datasets.values().map(|d| d.snapshots.len()).sum::<usize>();
+        }
+        t
+    }
+
     pub fn online(&self, node: &str, now: i64, timeout_secs: i64) -> bool {
         self.nodes
             .get(node)
             .map(|r| now - r.last_seen <= timeout_secs)
             .unwrap_or(false)
+    }
+}
+
+/// How big the fleet is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub nodes: usize,
+    pub datasets: usize,
+    pub snapshots: usize,
+}
+
+/// One dataset against its class, without its snapshot list: O(1) and
+/// allocation-free but for the class name (see the module's invariant).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary<'a> {
+    pub class: Option<String>,
+    pub newest: Option<&'a zdr_common::wire::SnapshotInfo>,
+    pub newest_age_secs: Option<i64>,
+    pub count: usize,
+    pub rpo_secs: Option<u64>,
+    pub rpo_met: Option<bool>,
+}
+
+pub fn summary<'a>(policy: Option<&Policy>, inv: &'a DatasetInventory, now: i64) -> Summary<'a> {
+    let class = resolved_class(policy, inv);
+    let rpo = class
+        .as_deref()
+        .and_then(|c| policy?.classes.get(c))
+        .map(|c| c.rpo.secs());
+    let newest = inv.snapshots.last();
+    let age = newest.map(|s| now - s.creation);
+    Summary {
+        class,
+        newest,
+        newest_age_secs: age,
+        count: inv.snapshots.len(),
+        rpo_secs: rpo,
+        rpo_met: match (rpo, age) {
+            (Some(r), Some(a)) => Some(a <= r as i64),
+            (Some(_), None) => Some(false),
+            _ => None,
+        },
     }
 }
 
@@ -250,11 +318,26 @@ pub fn replica_of(pairings: &[Pairing], node: &str, dataset: &str) -> Option<Rep
     pairings
         .iter()
         .find(|p| p.target_node == node && p.target_dataset == dataset)
-        .map(|p| ReplicaOf {
+        .map(ReplicaOf::from)
+}
+
+impl From<&Pairing> for ReplicaOf {
+    fn from(p: &Pairing) -> Self {
+        ReplicaOf {
             task: p.task.clone(),
             source_node: p.source_node.clone(),
             dataset: p.dataset.clone(),
-        })
+        }
+    }
+}
+
+/// Pairings by their target (node, dataset): one lookup per replica instead
+/// of a scan of every pairing.
+pub fn by_target(pairings: &[Pairing]) -> HashMap<(&str, &str), &Pairing> {
+    pairings
+        .iter()
+        .map(|p| ((p.target_node.as_str(), p.target_dataset.as_str()), p))
+        .collect()
 }
 
 /// The class the agent resolved, else the policy's name rules.
@@ -266,26 +349,26 @@ pub fn resolved_class(policy: Option<&Policy>, inv: &DatasetInventory) -> Option
     })
 }
 
-pub fn dataset_status(policy: Option<&Policy>, inv: &DatasetInventory, now: i64) -> DatasetStatus {
-    let class = resolved_class(policy, inv);
-    let rpo = class
-        .as_deref()
-        .and_then(|c| policy?.classes.get(c))
-        .map(|c| c.rpo.secs());
-    let newest = inv.snapshots.iter().max_by_key(|s| s.createtxg);
-    let age = newest.map(|s| now - s.creation);
+/// The API's view of one dataset; `with_snapshots` lists every snapshot name.
+pub fn dataset_status(
+    policy: Option<&Policy>,
+    inv: &DatasetInventory,
+    now: i64,
+    with_snapshots: bool,
+) -> DatasetStatus {
+    let s = summary(policy, inv, now);
     DatasetStatus {
         dataset: inv.dataset.clone(),
-        class,
-        snapshots: inv.snapshots.iter().map(|s| s.name.clone()).collect(),
-        newest: newest.map(|s| s.name.clone()),
-        newest_age_secs: age,
-        rpo_secs: rpo,
-        rpo_met: match (rpo, age) {
-            (Some(r), Some(a)) => Some(a <= r as i64),
-            (Some(_), None) => Some(false),
-            _ => None,
+        snapshots: if with_snapshots {
+            inv.snapshots.iter().map(|s| s.name.clone()).collect()
+        } else {
+            Vec::new()
         },
+        newest: s.newest.map(|n| n.name.clone()),
+        newest_age_secs: s.newest_age_secs,
+        rpo_secs: s.rpo_secs,
+        rpo_met: s.rpo_met,
+        class: s.class,
         used: inv.used,
         replica_of: None,
     }
@@ -420,5 +503,51 @@ mod tests {
         assert!(f.online("n1", 10, 30));
         assert!(!f.online("n1", 100, 30));
         assert!(!f.online("nope", 0, 30));
+    }
+
+    #[test]
+    fn snapshots_stay_in_createtxg_order_so_the_summary_reads_the_last() {
+        let mut f = Fleet::default();
+        f.hello(hello("n1"), 0);
+        // A full inventory out of order is sorted once when it lands.
+        let chunks = zdr_common::wire::chunk_inventory(
+            "n1",
+            1,
+            vec![inv("tank/a", vec![snap(3), snap(1), snap(2)])],
+            1 << 20,
+        );
+        for c in chunks {
+            f.inventory_chunk(c);
+        }
+        let created = |seq, s| InventoryDelta {
+            node: "n1".into(),
+            generation: 1,
+            seq,
+            changes: vec![InventoryChange::SnapshotCreated {
+                dataset: "tank/a".into(),
+                snapshot: s,
+            }],
+        };
+        f.delta(created(1, snap(5)));
+        // A late one lands in its place, not at the end.
+        f.delta(created(2, snap(4)));
+        let d = f.dataset("n1", "tank/a").unwrap();
+        let txgs: Vec<u64> = d.snapshots.iter().map(|s| s.createtxg).collect();
+        assert_eq!(txgs, [1, 2, 3, 4, 5]);
+        let s = summary(None, d, 105);
+        assert_eq!(s.newest.map(|n| n.name.as_str()), Some("zdr_5"));
+        assert_eq!((s.count, s.newest_age_secs), (5, Some(100)));
+        assert_eq!(
+            f.totals(),
+            Totals {
+                nodes: 1,
+                datasets: 1,
+                snapshots: 5
+            }
+        );
+        let without = dataset_status(None, d, 105, false);
+        assert!(without.snapshots.is_empty());
+        assert_eq!(without.newest.as_deref(), Some("zdr_5"));
+        assert_eq!(dataset_status(None, d, 105, true).snapshots.len(), 5);
     }
 }

@@ -3,7 +3,10 @@
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: NATS connected, policy loaded and this instance leads (503 otherwise).
 //! - `GET /metrics`: Prometheus text.
-//! - `GET /api/v1/fleet`: nodes, their datasets, snapshots and RPO status.
+//! - `GET /api/v1/fleet`: nodes, their datasets, snapshots and RPO status, and
+//!   the fleet's totals; paged by node with `?limit=N&after=NODE` (the answer's
+//!   `next` is the `after` of the next page), one node with `?node=NODE`,
+//!   without snapshot names with `?snapshots=false`.
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
 //! - `GET /api/v1/report`: RPO per copy and 3-2-1 compliance of every protected dataset.
@@ -28,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use zdr_common::wire::{Command, PolicyRefused, PoolInfo};
 
 use crate::drills::DrillError;
-use crate::fleet::{dataset_status, replica_of, DatasetStatus};
+use crate::fleet::{dataset_status, DatasetStatus};
 use crate::restore::plan::{parse_at, parse_node_dataset, PlanError, Request};
 use crate::restore::points::PointsError;
 use crate::restore::RestoreError;
@@ -128,7 +131,11 @@ struct FleetView {
     policy_revision: Option<u64>,
     /// The key id this coordinator signs with.
     policy_key: String,
+    totals: crate::fleet::Totals,
     nodes: Vec<NodeView>,
+    /// More nodes follow: ask again with `after` set to this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -147,15 +154,40 @@ struct NodeView {
     datasets: Vec<DatasetStatus>,
 }
 
-async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
+/// Which part of the fleet to answer with; by default all of it.
+#[derive(Debug, Deserialize)]
+struct FleetQuery {
+    node: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+    snapshots: Option<bool>,
+}
+
+/// Each answer holds the fleet's read lock only for the nodes of its page.
+async fn fleet(AxState(st): AxState<Arc<State>>, Query(q): Query<FleetQuery>) -> Json<FleetView> {
     let fleet = st.fleet();
     let policy = st.policy();
     let plan = st.pairings();
+    let replicas = crate::fleet::by_target(&plan.pairings);
     let t = now();
     let timeout = st.config().offline_after.as_secs() as i64;
-    let nodes = fleet
-        .nodes
-        .iter()
+    let with_snapshots = q.snapshots.unwrap_or(true);
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let range = match (&q.node, &q.after) {
+        (Some(n), _) => (
+            std::ops::Bound::Included(n.clone()),
+            std::ops::Bound::Included(n.clone()),
+        ),
+        (None, Some(a)) => (
+            std::ops::Bound::Excluded(a.clone()),
+            std::ops::Bound::Unbounded,
+        ),
+        (None, None) => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+    };
+    let mut page = fleet.nodes.range::<String, _>(range);
+    let nodes: Vec<NodeView> = page
+        .by_ref()
+        .take(limit)
         .map(|(name, rec)| NodeView {
             node: name.clone(),
             site: rec.hello.site.clone(),
@@ -173,21 +205,33 @@ async fn fleet(AxState(st): AxState<Arc<State>>) -> Json<FleetView> {
                 .map(|m| {
                     m.values()
                         .map(|inv| DatasetStatus {
-                            replica_of: replica_of(&plan.pairings, name, &inv.dataset),
-                            ..dataset_status(policy.as_ref().map(|p| &p.policy), inv, t)
+                            replica_of: replicas
+                                .get(&(name.as_str(), inv.dataset.as_str()))
+                                .map(|p| crate::fleet::ReplicaOf::from(*p)),
+                            ..dataset_status(
+                                policy.as_ref().map(|p| &p.policy),
+                                inv,
+                                t,
+                                with_snapshots,
+                            )
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
         })
         .collect();
+    let next = page
+        .next()
+        .and_then(|_| nodes.last().map(|n| n.node.clone()));
     Json(FleetView {
         generated_at: t,
         leader: st.is_leader(),
         epoch: st.epoch(),
         policy_revision: policy.as_ref().map(|p| p.revision),
         policy_key: st.config().key_id.clone(),
+        totals: fleet.totals(),
         nodes,
+        next,
     })
 }
 

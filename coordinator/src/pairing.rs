@@ -2,6 +2,16 @@
 //! target node by site and media labels, free capacity and current load. A
 //! pairing is stable once made; it moves only when its target is gone from the
 //! fleet or full, and the reason is recorded.
+//!
+//! Capacity is per target pool (the first component of the target dataset),
+//! never summed across a node's pools. Within one plan every pairing reserves
+//! its bytes (with `HEADROOM`) in its target pool, kept pairings first, so
+//! many datasets that each fit cannot together over-commit one pool. This
+//! counts a replica that has already landed twice (it is in the pool's used
+//! space and reserved again): pairing errs towards refusing a target. A node
+//! that reports no pool of that name cannot be judged on room: it stays a
+//! candidate, ranked after those with room, and a receive there fails with an
+//! error naming the pool.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,7 +29,8 @@ pub struct NodeFacts {
     pub name: String,
     pub site: String,
     pub media: String,
-    pub free_bytes: u64,
+    /// Free bytes of each pool, by pool name.
+    pub pools: BTreeMap<String, u64>,
 }
 
 /// A dataset a node holds, with the class the agent resolved.
@@ -67,7 +78,8 @@ pub struct Plan {
     pub unpaired: Vec<Unpaired>,
 }
 
-fn selects(task: &Task, ds: &SourceDataset) -> bool {
+/// `patterns`: the task's source patterns, parsed once per plan.
+fn selects(task: &Task, patterns: &[Pattern], ds: &SourceDataset) -> bool {
     if let Some(nodes) = &task.source.nodes {
         if !nodes.contains(&ds.node) {
             return false;
@@ -78,13 +90,54 @@ fn selects(task: &Task, ds: &SourceDataset) -> bool {
             return false;
         }
     }
-    task.source.patterns.is_empty()
-        || task
-            .source
-            .patterns
-            .iter()
-            .filter_map(|p| Pattern::parse(p).ok())
-            .any(|p| p.matches(&ds.dataset))
+    task.source.patterns.is_empty() || patterns.iter().any(|p| p.matches(&ds.dataset))
+}
+
+/// Where a pairing's copy lands: its pool and dataset name, from the task's
+/// root (or the source's own name without one).
+fn target_of(task: &Task, src: &NodeFacts, ds: &DatasetName) -> Result<String, String> {
+    let root = task
+        .target
+        .root_template()
+        .map(|t| expand_root(&t, &src.name, &src.site))
+        .transpose()?;
+    Ok(match root {
+        Some(root) => format!("{root}/{ds}"),
+        None => ds.to_string(),
+    })
+}
+
+fn pool_of(dataset: &str) -> &str {
+    dataset.split('/').next().unwrap_or(dataset)
+}
+
+/// Bytes reserved so far in this plan, by node and pool.
+#[derive(Default)]
+struct Reserved<'a>(HashMap<&'a str, HashMap<String, u64>>);
+
+impl<'a> Reserved<'a> {
+    /// Free bytes left in `node`'s `pool` after what this plan reserved
+    /// there; `None` when the node reports no such pool.
+    fn room(&self, node: &'a NodeFacts, pool: &str) -> Option<u64> {
+        let free = *node.pools.get(pool)?;
+        let taken = self
+            .0
+            .get(node.name.as_str())
+            .and_then(|pools| pools.get(pool))
+            .copied()
+            .unwrap_or(0);
+        Some(free.saturating_sub(taken))
+    }
+
+    fn reserve(&mut self, node: &'a str, pool: &str, bytes: u64) {
+        let pools = self.0.entry(node).or_default();
+        match pools.get_mut(pool) {
+            Some(b) => *b += bytes,
+            None => {
+                pools.insert(pool.to_string(), bytes);
+            }
+        }
+    }
 }
 
 /// Pairs every dataset each task selects. `existing` holds the pairings made
@@ -100,11 +153,18 @@ pub fn plan(
         existing.iter().map(|p| (p.key(), p)).collect();
     // Load counts what each target already receives, so new pairings spread out.
     let mut load: HashMap<&str, usize> = HashMap::new();
+    let mut reserved = Reserved::default();
     let mut out = Plan::default();
-    // Kept pairings first, so the load that new ones see is accurate.
+    // Kept pairings first, so the load and reservations new ones see are accurate.
     let mut todo = Vec::new();
     for task in tasks {
-        for ds in sources.iter().filter(|d| selects(task, d)) {
+        let patterns: Vec<Pattern> = task
+            .source
+            .patterns
+            .iter()
+            .filter_map(|p| Pattern::parse(p).ok())
+            .collect();
+        for ds in sources.iter().filter(|d| selects(task, &patterns, d)) {
             let Some(src) = by_name.get(ds.node.as_str()) else {
                 continue;
             };
@@ -114,8 +174,13 @@ pub fn plan(
                 .get(&key)
                 .map(|p| (p, by_name.get(p.target_node.as_str())))
             {
-                Some((p, Some(t))) if t.free_bytes >= need => {
+                Some((p, Some(t)))
+                    if t.pools
+                        .get(pool_of(&p.target_dataset))
+                        .is_none_or(|free| *free >= need) =>
+                {
                     *load.entry(t.name.as_str()).or_default() += 1;
+                    reserved.reserve(&t.name, pool_of(&p.target_dataset), need);
                     out.pairings.push((*p).clone());
                 }
                 Some((p, Some(_))) => todo.push((
@@ -136,52 +201,49 @@ pub fn plan(
     }
     for (task, ds, src, moved) in todo {
         let need = (ds.used as f64 * HEADROOM) as u64;
-        let mut candidates: Vec<&NodeFacts> = nodes
-            .iter()
-            .filter(|n| n.name != src.name)
-            .filter(|n| task.target.site.accepts(&src.site, &n.site))
-            .filter(|n| task.target.media.accepts(&src.media, &n.media))
-            .collect();
         let unpaired = |why: String| Unpaired {
             task: task.name.clone(),
             source_node: ds.node.clone(),
             dataset: ds.dataset.to_string(),
             why,
         };
+        let target_dataset = match target_of(task, src, &ds.dataset) {
+            Ok(t) => t,
+            Err(e) => {
+                out.unpaired.push(unpaired(e));
+                continue;
+            }
+        };
+        let pool = pool_of(&target_dataset);
+        let mut candidates: Vec<(&NodeFacts, Option<u64>)> = nodes
+            .iter()
+            .filter(|n| n.name != src.name)
+            .filter(|n| task.target.site.accepts(&src.site, &n.site))
+            .filter(|n| task.target.media.accepts(&src.media, &n.media))
+            .map(|n| (n, reserved.room(n, pool)))
+            .collect();
         if candidates.is_empty() {
             out.unpaired.push(unpaired(
                 "no node matches the task's target site and media".into(),
             ));
             continue;
         }
-        candidates.retain(|n| n.free_bytes >= need);
-        candidates.sort_by(|a, b| {
+        candidates.retain(|(_, room)| room.is_none_or(|r| r >= need));
+        // Least loaded, then most room (an unknown pool last), then by name.
+        let Some(&(target, _)) = candidates.iter().min_by(|(a, ra), (b, rb)| {
             let la = load.get(a.name.as_str()).copied().unwrap_or(0);
             let lb = load.get(b.name.as_str()).copied().unwrap_or(0);
             la.cmp(&lb)
-                .then(b.free_bytes.cmp(&a.free_bytes))
+                .then(rb.unwrap_or(0).cmp(&ra.unwrap_or(0)))
                 .then(a.name.cmp(&b.name))
-        });
-        let Some(target) = candidates.first() else {
+        }) else {
             out.unpaired.push(unpaired(format!(
-                "every matching node has less than {need} bytes free"
+                "every matching node has less than {need} bytes free in pool {pool}, after what this plan reserved there"
             )));
             continue;
         };
-        let root = task
-            .target
-            .root_template()
-            .map(|t| expand_root(&t, &src.name, &src.site))
-            .transpose();
-        let target_dataset = match root {
-            Ok(Some(root)) => format!("{root}/{}", ds.dataset),
-            Ok(None) => ds.dataset.to_string(),
-            Err(e) => {
-                out.unpaired.push(unpaired(e));
-                continue;
-            }
-        };
         *load.entry(target.name.as_str()).or_default() += 1;
+        reserved.reserve(&target.name, pool, need);
         out.pairings.push(Pairing {
             task: task.name.clone(),
             source_node: ds.node.clone(),
@@ -237,12 +299,19 @@ tasks:
         t.tasks
     }
 
+    /// A node whose pools `backup` and `dr` (the tasks' roots) each have `free` bytes.
     fn node(name: &str, site: &str, media: &str, free: u64) -> NodeFacts {
         NodeFacts {
             name: name.into(),
             site: site.into(),
             media: media.into(),
-            free_bytes: free,
+            pools: [("backup".into(), free), ("dr".into(), free)].into(),
+        }
+    }
+
+    fn set_free(n: &mut NodeFacts, free: u64) {
+        for f in n.pools.values_mut() {
+            *f = free;
         }
     }
 
@@ -297,14 +366,14 @@ tasks:
         assert_eq!(find(&first, "local", "a1", "tank/db").target_node, "a3");
         // a2 now has more room, but the pairing stays.
         let mut nodes = fleet();
-        nodes[1].free_bytes = 10_000;
+        set_free(&mut nodes[1], 10_000);
         let again = plan(&tasks(), &nodes, &sources, &first.pairings);
         assert_eq!(
             find(&again, "local", "a1", "tank/db"),
             find(&first, "local", "a1", "tank/db")
         );
         // a3 full: moved, with the reason.
-        nodes[2].free_bytes = 10;
+        set_free(&mut nodes[2], 10);
         let moved = plan(&tasks(), &nodes, &sources, &first.pairings);
         let m = find(&moved, "local", "a1", "tank/db");
         assert_eq!(m.target_node, "a2");
@@ -341,5 +410,46 @@ tasks:
         assert!(p.pairings.iter().all(|x| x.dataset == "tank/db"));
         // The offsite task is limited to node a1.
         assert!(p.pairings.iter().all(|x| x.task == "local"));
+    }
+
+    #[test]
+    fn reserves_per_target_pool_so_a_full_target_is_not_chosen() {
+        // Site a's hdd nodes: a3 has room for one 100-byte dataset (120 with
+        // headroom) in pool backup, not two; a2 has room for two.
+        let mut nodes = fleet();
+        set_free(&mut nodes[1], 300);
+        set_free(&mut nodes[2], 200);
+        let sources = vec![src("a1", "tank/db", 100), src("a1", "tank/home", 100)];
+        let local: Vec<Task> = tasks().into_iter().filter(|t| t.name == "local").collect();
+        let p = plan(&local, &nodes, &sources, &[]);
+        let targets: Vec<&str> = p.pairings.iter().map(|x| x.target_node.as_str()).collect();
+        assert_eq!(targets, ["a2", "a3"], "{p:?}");
+        // Four: a2, a3, a2 again (a3 has 80 left), and the fourth fits
+        // nowhere. Checked one at a time against free space, a3 would take
+        // the fourth (it has the lower load) and be over-committed.
+        let more = vec![
+            src("a1", "tank/db", 100),
+            src("a1", "tank/home", 100),
+            src("a1", "tank/logs", 100),
+            src("a1", "tank/mail", 100),
+        ];
+        let p = plan(&local, &nodes, &more, &[]);
+        let on = |n: &str| p.pairings.iter().filter(|x| x.target_node == n).count();
+        assert_eq!((on("a2"), on("a3")), (2, 1), "{p:?}");
+        assert_eq!(p.unpaired.len(), 1, "{p:?}");
+        assert!(
+            p.unpaired[0].why.contains("pool backup"),
+            "{}",
+            p.unpaired[0].why
+        );
+
+        // Free space is never summed across pools: a target whose room is
+        // split over two pools, neither big enough, is not chosen.
+        let mut split = fleet();
+        split[1].pools = [("backup".into(), 100), ("other".into(), 100)].into();
+        split[2].pools = [("backup".into(), 50), ("other".into(), 10_000)].into();
+        let p = plan(&local, &split, &[src("a1", "tank/db", 100)], &[]);
+        assert!(p.pairings.is_empty(), "{p:?}");
+        assert_eq!(p.unpaired.len(), 1);
     }
 }

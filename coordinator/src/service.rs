@@ -1,8 +1,12 @@
 //! The coordinator's main loop: lease, policy, agent messages, persistence.
 //!
 //! `run(config, metrics, shutdown)` serves HTTP and competes for the lease;
-//! while it leads, one loop takes agent messages, renews the lease, ticks
-//! the job engine and refreshes pairings and gauges. Everything stops on the
+//! while it leads, four tasks run side by side so none can starve another:
+//! the lease renewal (`keep_lease`), the message loop (agent messages, the
+//! job engine's tick, policy re-signing), persistence (`persist_loop`: what
+//! messages changed is marked dirty and written to KV in batches, each
+//! dataset once per batch) and evaluation (`evaluate_loop`: compliance
+//! report, gauges, alerts, pairings). Everything stops on the
 //! `shutdown` token: the lease is released on the way out, so a standby
 //! takes over at once, and the transfers in flight go on, to be adopted.
 
@@ -29,6 +33,9 @@ use crate::lease::Lease;
 use crate::pairing;
 use crate::policy;
 use crate::state::{now, now_ms, PolicyState, State};
+
+/// A heartbeat handled this long after the agent sent it counts as late.
+const LATE_HEARTBEAT_SECS: i64 = 2;
 
 /// Agent messages larger than this are dropped unread.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -213,17 +220,18 @@ async fn publish_policy(
 
 async fn lead(
     state: &Arc<State>,
-    mut lease: Lease,
+    lease: Lease,
     shutdown: &CancellationToken,
 ) -> Result<Led, ServiceError> {
     let config = state.config();
-    info!(epoch = lease.epoch, "became leader");
+    let epoch = lease.epoch;
+    info!(epoch, "became leader");
     restore(state).await;
     crate::alerts::restore_book(state).await;
-    load_policy(state, lease.epoch).await;
+    load_policy(state, epoch).await;
     restore_pairings(state).await;
     let running = jobs::restore(state).await;
-    state.set_leader(Some(lease.epoch));
+    state.set_leader(Some(epoch));
     let mut tasks = JoinSet::new();
     jobs::adopt(state, &mut tasks, running);
 
@@ -235,8 +243,19 @@ async fn lead(
             return Err(ServiceError::Subscribe(e));
         }
     };
-    let mut renew = tokio::time::interval(config.lease_ttl / 3);
-    let mut gauges = tokio::time::interval(GAUGE_PERIOD);
+    // Each in its own task, so a long message backlog or evaluation can
+    // starve neither the lease nor persistence.
+    let stop = CancellationToken::new();
+    let lost = CancellationToken::new();
+    let renewal = tokio::spawn(keep_lease(
+        lease,
+        config.lease_ttl / 3,
+        stop.clone(),
+        lost.clone(),
+    ));
+    let persistence = tokio::spawn(persist_loop(state.clone(), stop.clone()));
+    let evaluation = tokio::spawn(evaluate_loop(state.clone(), stop.clone()));
+    let mut resign = tokio::time::interval(config.lease_ttl / 3);
     let mut job_tick = tokio::time::interval(Duration::from_secs(1));
     let mut specs_seen = spec_stamps(config);
     let mut resync_asked: std::collections::HashMap<String, i64> = Default::default();
@@ -258,43 +277,19 @@ async fn lead(
                     }
                 }
             }
-            _ = renew.tick() => {
-                if let Err(e) = lease.renew().await {
-                    warn!(error = %e, "lost the coordinator lease; back to standby");
-                    break Led::LostLease;
-                }
-                resign_policy(state, lease.epoch).await;
-            }
-            _ = gauges.tick() => {
-                // One report per tick, for the gauges and the alerts.
-                let report = state.compliance_report();
-                update_gauges(state, report.as_ref());
-                let notes = report.map(|r| crate::alerts::evaluate(state, &r, now())).unwrap_or_default();
-                for n in &notes {
-                    let a = &n.alert;
-                    warn!(status = n.status.as_str(), alertname = a.name(), fingerprint = %a.fingerprint, labels = ?a.labels, "alert: {}", a.annotations["summary"]);
-                }
-                if !notes.is_empty() {
-                    crate::alerts::save_book(state).await;
-                }
-                if !notes.is_empty() && !config.receivers.is_empty() {
-                    let js = jetstream::new(state.client().clone());
-                    let receivers = config.receivers.clone();
-                    tasks.spawn(async move {
-                        crate::alerts::deliver::enqueue(&js, &receivers, &notes, now()).await;
-                    });
-                }
-                update_pairings(state).await;
-            }
+            _ = lost.cancelled() => break Led::LostLease,
+            _ = resign.tick() => resign_policy(state, epoch).await,
             _ = job_tick.tick() => {
                 // An edit of a spec file takes effect within a second, not at the next renewal.
                 let stamps = spec_stamps(config);
                 if stamps != specs_seen {
                     specs_seen = stamps;
-                    resign_policy(state, lease.epoch).await;
+                    resign_policy(state, epoch).await;
                     update_pairings(state).await;
                 }
-                jobs::tick(state, &mut tasks, now_ms()).await
+                let started = std::time::Instant::now();
+                jobs::tick(state, &mut tasks, now_ms()).await;
+                metrics::gauge!("zdr_job_tick_seconds").set(started.elapsed().as_secs_f64());
             }
             Some(done) = tasks.join_next() => {
                 if let Err(e) = done {
@@ -307,6 +302,8 @@ async fn lead(
         }
     };
     state.set_leader(None);
+    stop.cancel();
+    let _ = evaluation.await;
     // Commands half sent are dropped; the agents' transfers go on and the
     // next leader adopts them.
     tasks.shutdown().await;
@@ -314,17 +311,82 @@ async fn lead(
     if connected {
         let _ = tokio::time::timeout(BUS_GRACE, sub.unsubscribe()).await;
     }
+    // The last batch is written (bounded: NATS may be gone).
+    let _ = persistence.await;
+    let lease = tokio::time::timeout(BUS_GRACE, renewal)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     if matches!(led, Led::Shutdown) {
         info!("releasing the lease");
-        let released = connected
-            && tokio::time::timeout(BUS_GRACE, lease.release())
+        let released = match lease {
+            Some(lease) if connected => tokio::time::timeout(BUS_GRACE, lease.release())
                 .await
-                .is_ok();
+                .is_ok(),
+            _ => false,
+        };
         if !released {
             warn!("the lease could not be released (NATS unreachable); a standby takes over when it expires");
         }
     }
     Ok(led)
+}
+
+/// Renews the lease every `every` until `stop` (then hands it back for
+/// release), or cancels `lost` at the first failed renewal.
+async fn keep_lease(
+    mut lease: Lease,
+    every: Duration,
+    stop: CancellationToken,
+    lost: CancellationToken,
+) -> Option<Lease> {
+    let mut renew = tokio::time::interval(every);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Some(lease),
+            _ = renew.tick() => {
+                if let Err(e) = lease.renew().await {
+                    warn!(error = %e, "lost the coordinator lease; back to standby");
+                    lost.cancel();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The gauges, alerts and pairings, every `GAUGE_PERIOD`, until `stop`.
+async fn evaluate_loop(state: Arc<State>, stop: CancellationToken) {
+    let mut gauges = tokio::time::interval(GAUGE_PERIOD);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = gauges.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        // One report per tick, for the gauges and the alerts.
+        let report = state.compliance_report();
+        update_gauges(&state, report.as_ref());
+        let notes = report
+            .map(|r| crate::alerts::evaluate(&state, &r, now()))
+            .unwrap_or_default();
+        for n in &notes {
+            let a = &n.alert;
+            warn!(status = n.status.as_str(), alertname = a.name(), fingerprint = %a.fingerprint, labels = ?a.labels, "alert: {}", a.annotations["summary"]);
+        }
+        if !notes.is_empty() {
+            crate::alerts::save_book(&state).await;
+            let receivers = &state.config().receivers;
+            if !receivers.is_empty() {
+                let js = jetstream::new(state.client().clone());
+                crate::alerts::deliver::enqueue(&js, receivers, &notes, now()).await;
+            }
+        }
+        metrics::gauge!("zdr_evaluation_seconds").set(started.elapsed().as_secs_f64());
+        update_pairings(&state).await;
+    }
 }
 
 /// The modification time and size of the policy and tasks files: cheap to
@@ -394,7 +456,7 @@ async fn update_pairings(state: &State) {
                     name: name.clone(),
                     site: labels.site.clone(),
                     media: labels.media.clone(),
-                    free_bytes: rec.pools.iter().map(|p| p.free).sum(),
+                    pools: rec.pools.iter().map(|p| (p.name.clone(), p.free)).collect(),
                 })
             })
             .collect();
@@ -459,7 +521,11 @@ async fn restore(state: &State) {
                     continue;
                 };
                 match serde_json::from_slice::<DatasetInventory>(&raw) {
-                    Ok(inv) => inventories.push((node.to_string(), inv)),
+                    Ok(mut inv) => {
+                        // The fleet keeps snapshots in createtxg order.
+                        inv.snapshots.sort_by_key(|s| s.createtxg);
+                        inventories.push((node.to_string(), inv))
+                    }
                     Err(e) => warn!(key, error = %e, "unreadable inventory in KV; skipped"),
                 }
             }
@@ -554,6 +620,10 @@ async fn handle_message(
             if !check(&m.node) {
                 return None;
             }
+            // Stamped by the agent's clock: a backlog here, or clock skew.
+            if t - m.at >= LATE_HEARTBEAT_SECS {
+                metrics::counter!("zdr_heartbeats_late_total").increment(1);
+            }
             let changed = state.fleet_mut().heartbeat(m, t);
             if let Some(r) = &changed.policy_refused {
                 warn!(node, reason = ?r.reason, revision = r.revision,
@@ -608,54 +678,121 @@ async fn handle_message(
             Changed::default()
         }
     };
-    persist(state, node, &changed).await;
+    state.mark_dirty(node, &changed);
     changed.resync.then(|| node.to_string())
 }
 
-/// Writes what a message changed to KV: serialized under the fleet lock,
-/// written after it is dropped.
-async fn persist(state: &State, node: &str, changed: &Changed) {
-    let (record, datasets) = {
-        let fleet = state.fleet();
-        let record = changed
-            .node_record
-            .then(|| {
-                fleet
-                    .nodes
-                    .get(node)
-                    .and_then(|r| serde_json::to_vec(r).ok())
-            })
-            .flatten();
-        let inv = fleet.inventory.get(node);
-        let datasets: Vec<(String, Vec<u8>)> = changed
-            .datasets
-            .iter()
-            .filter_map(|ds| {
-                let d = inv.and_then(|i| i.get(ds))?;
-                Some((bus::inventory_key(node, ds), serde_json::to_vec(d).ok()?))
-            })
-            .collect();
-        (record, datasets)
-    };
-    if let Some(raw) = record {
-        if let Err(e) = state.stores.fleet.put(node, raw.into()).await {
-            warn!(node, error = %e, "could not persist node record");
+/// Persistence runs this often: what changed since is written in one batch,
+/// each dataset once however many deltas it had.
+const PERSIST_PERIOD: Duration = Duration::from_secs(2);
+
+/// KV writes in flight at once within a batch.
+const PERSIST_CONCURRENCY: usize = 64;
+
+/// Records serialized per hold of the fleet lock, so a large batch does not
+/// keep the message loop from the fleet.
+const PERSIST_SLICE: usize = 256;
+
+/// Writes the dirty node records and inventories every `PERSIST_PERIOD`,
+/// off the message path, until `stop`; then one last batch, bounded.
+async fn persist_loop(state: Arc<State>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PERSIST_PERIOD);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => persist_batch(&state).await,
         }
     }
-    for (key, raw) in datasets {
-        if let Err(e) = state.stores.inventory.put(&key, raw.into()).await {
-            warn!(key, error = %e, "could not persist inventory");
-        }
-    }
-    for ds in &changed.removed_datasets {
-        let _ = state
-            .stores
-            .inventory
-            .delete(bus::inventory_key(node, ds))
-            .await;
+    if tokio::time::timeout(BUS_GRACE, persist_batch(&state))
+        .await
+        .is_err()
+    {
+        warn!("the last persistence batch did not finish; the next leader asks the agents for what is missing");
     }
 }
 
+/// One batch: serialized in slices under the fleet lock, written after it
+/// is dropped, several at once.
+async fn persist_batch(state: &State) {
+    let dirty = state.take_dirty();
+    metrics::gauge!("zdr_persist_backlog").set(dirty.len() as f64);
+    if dirty.is_empty() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    enum Write {
+        Node(String, Vec<u8>),
+        Inventory(String, Vec<u8>),
+        Delete(String),
+    }
+    let mut writes = Vec::with_capacity(dirty.len());
+    let nodes: Vec<String> = dirty.nodes.into_iter().collect();
+    for slice in nodes.chunks(PERSIST_SLICE) {
+        let fleet = state.fleet();
+        for node in slice {
+            if let Some(raw) = fleet
+                .nodes
+                .get(node)
+                .and_then(|r| serde_json::to_vec(r).ok())
+            {
+                writes.push(Write::Node(node.clone(), raw));
+            }
+        }
+    }
+    let datasets: Vec<(String, String)> = dirty.datasets.into_iter().collect();
+    for slice in datasets.chunks(PERSIST_SLICE) {
+        let fleet = state.fleet();
+        for (node, ds) in slice {
+            let key = bus::inventory_key(node, ds);
+            match fleet.dataset(node, ds) {
+                Some(d) => {
+                    if let Ok(raw) = serde_json::to_vec(d) {
+                        writes.push(Write::Inventory(key, raw));
+                    }
+                }
+                // Gone since it was marked: what is gone is deleted.
+                None => writes.push(Write::Delete(key)),
+            }
+        }
+    }
+    let written = writes.len();
+    futures::stream::iter(writes)
+        .for_each_concurrent(PERSIST_CONCURRENCY, |w| async move {
+            let stores = &state.stores;
+            let result = match &w {
+                Write::Node(node, raw) => stores
+                    .fleet
+                    .put(node, raw.clone().into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Write::Inventory(key, raw) => stores
+                    .inventory
+                    .put(key, raw.clone().into())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Write::Delete(key) => stores
+                    .inventory
+                    .delete(key)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = result {
+                let key = match &w {
+                    Write::Node(k, _) | Write::Inventory(k, _) | Write::Delete(k) => k,
+                };
+                warn!(key, error = %e, "could not persist");
+            }
+        })
+        .await;
+    metrics::gauge!("zdr_persist_batch_seconds").set(started.elapsed().as_secs_f64());
+    debug!(written, "persisted a batch");
+}
+
+/// Fleet gauges, per node and class (never one series per dataset: a
+/// fleet of 100,000 datasets would scrape as 100,000 series). Reads each
+/// dataset's summary only: no snapshot list is scanned or cloned.
 fn update_gauges(state: &State, report: Option<&crate::compliance::Report>) {
     let fleet = state.fleet();
     let policy = state.policy();
@@ -672,18 +809,29 @@ fn update_gauges(state: &State, report: Option<&crate::compliance::Report>) {
     metrics::gauge!("zdr_nodes_total").set(fleet.nodes.len() as f64);
     metrics::gauge!("zdr_nodes_online").set(online as f64);
     let mut missed = 0;
-    for (node, datasets) in &fleet.inventory {
-        for inv in datasets.values() {
-            let st = crate::fleet::dataset_status(policy.as_ref().map(|p| &p.policy), inv, t);
-            if let Some(age) = st.newest_age_secs {
-                metrics::gauge!("zdr_dataset_newest_snapshot_age_seconds", "node" => node.clone(), "dataset" => inv.dataset.clone())
-                    .set(age as f64);
+    let (mut datasets, mut snapshots) = (0usize, 0usize);
+    // (node, class) -> the oldest "newest snapshot" among its datasets.
+    let mut worst: std::collections::BTreeMap<(&str, String), i64> = Default::default();
+    for (node, inventory) in &fleet.inventory {
+        for inv in inventory.values() {
+            let s = crate::fleet::summary(policy.as_ref().map(|p| &p.policy), inv, t);
+            datasets += 1;
+            snapshots += s.count;
+            if let (Some(age), Some(class)) = (s.newest_age_secs, s.class) {
+                let w = worst.entry((node.as_str(), class)).or_insert(age);
+                *w = (*w).max(age);
             }
-            if st.rpo_met == Some(false) {
+            if s.rpo_met == Some(false) {
                 missed += 1;
             }
         }
     }
+    for ((node, class), age) in worst {
+        metrics::gauge!("zdr_newest_snapshot_age_seconds", "node" => node.to_string(), "class" => class)
+            .set(age as f64);
+    }
+    metrics::gauge!("zdr_datasets_total").set(datasets as f64);
+    metrics::gauge!("zdr_snapshots_total").set(snapshots as f64);
     metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
     drop((fleet, policy));
     if let Some(report) = report {

@@ -3,6 +3,7 @@
 //! across an `.await` in a spawned task (the future would not be `Send`), so
 //! "no lock held across an await" is checked by the compiler.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -13,7 +14,7 @@ use zdr_common::wire::{Command, CommandResult};
 
 use crate::bus::Stores;
 use crate::config::Config;
-use crate::fleet::Fleet;
+use crate::fleet::{Changed, Fleet};
 use crate::jobs::Jobs;
 use crate::pairing;
 
@@ -64,6 +65,36 @@ pub enum CommandError {
     Encode(serde_json::Error),
 }
 
+/// What changed in the fleet and is not written to KV yet. A dataset is
+/// written as it is at flush time (so several deltas make one write), or
+/// deleted if it is gone by then.
+#[derive(Debug, Default, PartialEq)]
+pub struct Dirty {
+    pub nodes: BTreeSet<String>,
+    /// (node, dataset).
+    pub datasets: BTreeSet<(String, String)>,
+}
+
+impl Dirty {
+    pub fn len(&self) -> usize {
+        self.nodes.len() + self.datasets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds what one message changed.
+    pub fn mark(&mut self, node: &str, changed: &Changed) {
+        if changed.node_record {
+            self.nodes.insert(node.to_string());
+        }
+        for ds in changed.datasets.iter().chain(&changed.removed_datasets) {
+            self.datasets.insert((node.to_string(), ds.clone()));
+        }
+    }
+}
+
 pub struct State {
     client: async_nats::Client,
     config: Config,
@@ -75,6 +106,7 @@ pub struct State {
     /// Why the policy or tasks file was not applied; `None` when it was.
     policy_problem: Mutex<Option<String>>,
     pairings: RwLock<pairing::Plan>,
+    dirty: Mutex<Dirty>,
     jobs: Mutex<Jobs>,
     leader: AtomicBool,
     /// Unix seconds: when this instance last took the lead.
@@ -109,6 +141,7 @@ impl State {
             policy: RwLock::new(None),
             policy_problem: Mutex::new(None),
             pairings: RwLock::new(pairing::Plan::default()),
+            dirty: Mutex::new(Dirty::default()),
             jobs: Mutex::new(Jobs::default()),
             leader: AtomicBool::new(false),
             leading_since: AtomicI64::new(0),
@@ -164,6 +197,19 @@ impl State {
             .policy_problem
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+
+    /// Notes what a message changed, for the next persistence batch.
+    pub fn mark_dirty(&self, node: &str, changed: &Changed) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mark(node, changed);
+    }
+
+    /// What changed since the last call.
+    pub fn take_dirty(&self) -> Dirty {
+        std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn pairings(&self) -> RwLockReadGuard<'_, pairing::Plan> {
@@ -280,5 +326,30 @@ impl State {
             node: node.to_string(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_coalesces_deltas_and_removals() {
+        let mut d = Dirty::default();
+        let touched = |ds: &[&str], removed: &[&str], node_record| Changed {
+            node_record,
+            datasets: ds.iter().map(|s| s.to_string()).collect(),
+            removed_datasets: removed.iter().map(|s| s.to_string()).collect(),
+            resync: false,
+            policy_refused: None,
+        };
+        d.mark("n1", &touched(&["tank/a"], &[], true));
+        d.mark("n1", &touched(&["tank/a", "tank/b"], &[], true));
+        d.mark("n1", &touched(&[], &["tank/b"], false));
+        d.mark("n2", &touched(&["tank/a"], &[], false));
+        // Three deltas to n1's datasets make two writes; n2's record is untouched.
+        assert_eq!(d.nodes, BTreeSet::from(["n1".to_string()]));
+        assert_eq!(d.datasets.len(), 3);
+        assert_eq!(d.len(), 4);
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use zdr_common::envelope::Sealer;
 use zdr_common::wire::{CommandResult, Outcome};
 use zdr_integration::*;
@@ -202,6 +204,27 @@ async fn a_restarted_coordinator_still_knows_the_fleet() {
             && snapshots_in(&v, "node-b1", "tank/db").is_some())
         .then_some(())
     })
+    .await;
+    // Persistence is batched (every 2 s): wait until both inventories are in KV.
+    let js = async_nats::jetstream::new(f.nats.client().await);
+    wait_for(
+        "both inventories in KV",
+        Duration::from_secs(30),
+        || async {
+            let kv = js.get_key_value("zdr_inventory").await.ok()?;
+            let keys: Vec<String> = kv
+                .keys()
+                .await
+                .ok()?
+                .filter_map(|k| async { k.ok() })
+                .collect()
+                .await;
+            ["node-a1.", "node-b1."]
+                .iter()
+                .all(|n| keys.iter().any(|k| k.starts_with(n)))
+                .then_some(())
+        },
+    )
     .await;
     // With the agents gone too, all a new coordinator knows comes from JetStream.
     a1.proc.kill();
