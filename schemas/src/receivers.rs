@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use zdr_common::duration::Duration;
 use zdr_common::policy::Problem;
 
+use crate::tasks::problem;
+
 /// The whole receivers file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -63,13 +65,6 @@ fn default_retry_for() -> Duration {
 
 /// The alert queue keeps nothing longer than this, so no retry outlives it.
 pub const MAX_RETRY_FOR_SECS: u64 = 7 * 86_400;
-
-fn problem(path: &[&str], message: String) -> Problem {
-    Problem {
-        path: path.iter().map(|s| s.to_string()).collect(),
-        message,
-    }
-}
 
 fn name_problem(name: &str) -> Option<String> {
     if name.is_empty() || name.len() > 64 {

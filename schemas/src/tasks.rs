@@ -414,7 +414,7 @@ pub struct Retention {
     pub tiers: Tiers,
 }
 
-fn problem(path: &[&str], message: String) -> Problem {
+pub(crate) fn problem(path: &[&str], message: String) -> Problem {
     Problem {
         path: path.iter().map(|s| s.to_string()).collect(),
         message,
