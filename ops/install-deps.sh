@@ -87,6 +87,15 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 say "promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}') at $(command -v promtool)"
 
+# Chromium (Debian's package) renders the status page headless in integration/tests/status_page.rs.
+if ! command -v chromium >/dev/null 2>&1; then
+  say "apt-get install chromium (headless, for the status page test)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+fi
+say "$(chromium --version 2>/dev/null | head -1) at $(command -v chromium)"
+
 if $package; then
   if ! cargo deb --version 2>/dev/null | grep -q "^${CARGO_DEB_VERSION}\b\|v${CARGO_DEB_VERSION}\b\| ${CARGO_DEB_VERSION}\b"; then
     say "cargo install cargo-deb ${CARGO_DEB_VERSION}"

@@ -398,6 +398,42 @@ impl Policy {
         }
     }
 
+    /// Rules that can never apply, as warnings (the policy still works):
+    /// a rule whose every dataset an earlier rule matches first. A rule
+    /// with a bad pattern is a problem instead and is skipped here.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let parsed: Vec<Option<Pattern>> = self
+            .datasets
+            .iter()
+            .map(|r| Pattern::parse(&r.pattern).ok())
+            .collect();
+        let mut out = Vec::new();
+        for (i, p) in parsed.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let earlier = parsed[..i]
+                .iter()
+                .position(|q| q.as_ref().is_some_and(|q| q.covers(p)));
+            if let Some(j) = earlier {
+                let by = &self.datasets[j];
+                let what = match (&by.class, by.exclude) {
+                    (_, true) => "excludes them".to_string(),
+                    (Some(c), false) => format!("gives them class {c:?}"),
+                    (None, false) => "takes them".to_string(),
+                };
+                out.push(problem(
+                    &["datasets", &i.to_string(), "match"],
+                    format!(
+                        "this rule never applies: rule {j} (match {:?}) matches every dataset \
+                         {:?} matches and {what} first (the first matching rule wins); \
+                         move this rule above it or remove it",
+                        by.pattern, self.datasets[i].pattern
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// The class of a dataset: the class property wins, then the first matching
     /// rule. `None` means unprotected.
     pub fn class_for(
@@ -469,6 +505,70 @@ impl Pattern {
         let names: Vec<&str> = dataset.as_str().split('/').collect();
         match_parts(&self.parts, &names)
     }
+
+    /// Every dataset `other` matches, `self` matches too.
+    ///
+    /// Decided on the patterns themselves: each `**` of `other` stands for
+    /// 0 to `self`'s length + 1 components that no literal of `self` can
+    /// match (a longer run meets a `**` of `self`, which takes any number,
+    /// so testing longer runs adds nothing), and a glob of `self` covers a
+    /// glob of `other` when it matches it with `other`'s `*` read as a
+    /// character only a `*` can take. Past [`COVER_LIMIT`] combinations the
+    /// answer is `false`: a missed warning, never a false one.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        let run = self.parts.len() + 1;
+        let stars = other.parts.iter().filter(|p| *p == "**").count();
+        let combinations = (run + 1).checked_pow(stars as u32);
+        if combinations.is_none_or(|c| c > COVER_LIMIT) {
+            return false;
+        }
+        let mut lens = vec![0usize; stars];
+        loop {
+            let mut expanded = Vec::new();
+            let mut k = 0;
+            for p in &other.parts {
+                if p == "**" {
+                    expanded.extend(std::iter::repeat_n(Part::Opaque, lens[k]));
+                    k += 1;
+                } else {
+                    expanded.push(Part::Glob(p));
+                }
+            }
+            if !cover_parts(&self.parts, &expanded) {
+                return false;
+            }
+            // The next combination of run lengths, as an odometer.
+            let Some(i) = lens.iter().position(|l| *l < run) else {
+                return true;
+            };
+            lens[..i].iter_mut().for_each(|l| *l = 0);
+            lens[i] += 1;
+        }
+    }
+}
+
+/// [`Pattern::covers`] tries at most this many expansions of `**`.
+pub const COVER_LIMIT: usize = 10_000;
+
+/// A component of a pattern being covered: its glob, or a component no
+/// literal matches (what a `**` stands for).
+enum Part<'a> {
+    Glob(&'a str),
+    Opaque,
+}
+
+fn cover_parts(pat: &[String], other: &[Part]) -> bool {
+    match pat.split_first() {
+        None => other.is_empty(),
+        Some((p, rest)) if p == "**" => (0..=other.len()).any(|i| cover_parts(rest, &other[i..])),
+        Some((p, rest)) => match other.split_first() {
+            // `glob` reads `o`'s `*` as a plain character, which only a
+            // `*` of `p` can take: exactly the cover of one component.
+            Some((Part::Glob(o), orest)) => glob(p, o) && cover_parts(rest, orest),
+            Some((Part::Opaque, orest)) => p.bytes().all(|b| b == b'*') && cover_parts(rest, orest),
+            None => false,
+        },
+    }
 }
 
 fn match_parts(pat: &[String], name: &[&str]) -> bool {
@@ -516,6 +616,113 @@ mod tests {
         assert!(Pattern::parse("tank/a**").is_err());
         assert!(Pattern::parse("tank//a").is_err());
         assert!(Pattern::parse("tank/$x").is_err());
+    }
+
+    fn covers(a: &str, b: &str) -> bool {
+        Pattern::parse(a).unwrap().covers(&Pattern::parse(b).unwrap())
+    }
+
+    #[test]
+    fn pattern_cover() {
+        assert!(covers("tank/**", "tank/db"));
+        assert!(covers("tank/**", "tank/db/**"));
+        assert!(covers("tank/**", "tank/*/x"));
+        assert!(covers("**", "anything/**/x"));
+        assert!(covers("tank/db*", "tank/db-*"));
+        assert!(covers("*/vm-*", "ssd/vm-1*"));
+        assert!(covers("tank/db", "tank/db"));
+        // `**` may be empty: `*/**` is one or more components, as `**/a` is.
+        assert!(covers("*/**", "**/a"));
+        assert!(covers("**/*", "a/**"));
+        assert!(!covers("tank/*", "tank/**"));
+        assert!(!covers("tank/db/**", "tank/**"));
+        assert!(!covers("tank/db-*", "tank/db*"));
+        assert!(!covers("tank/*/x", "tank/**/x"));
+        assert!(!covers("*/vm-*", "*/**"));
+        assert!(!covers("a/**/b", "a/**"));
+    }
+
+    #[test]
+    fn a_rule_behind_a_broader_one_is_warned_about() {
+        let sel = |m: &str, class: Option<&str>| Selector {
+            pattern: m.into(),
+            class: class.map(str::to_string),
+            exclude: class.is_none(),
+        };
+        let policy = Policy {
+            version: 1,
+            snapshot_prefix: default_prefix(),
+            class_property: default_class_property(),
+            sites: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            classes: BTreeMap::new(),
+            datasets: vec![
+                sel("tank/scratch/**", None),
+                sel("tank/**", Some("bulk")),
+                sel("tank/db", Some("critical")),
+                sel("tank/scratch/tmp", Some("bulk")),
+                sel("ssd/*", Some("critical")),
+                sel("bad//pattern", Some("x")),
+            ],
+        };
+        let w = policy.warnings();
+        let paths: Vec<&Vec<String>> = w.iter().map(|p| &p.path).collect();
+        assert_eq!(paths, [&vec!["datasets".to_string(), "2".into(), "match".into()], &vec!["datasets".to_string(), "3".into(), "match".into()]]);
+        assert!(w[0].message.contains("rule 1 (match \"tank/**\")"), "{}", w[0].message);
+        assert!(w[0].message.contains("gives them class \"bulk\""), "{}", w[0].message);
+        assert!(w[1].message.contains("rule 0 (match \"tank/scratch/**\")"), "{}", w[1].message);
+        assert!(w[1].message.contains("excludes them"), "{}", w[1].message);
+    }
+
+    fn pattern_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let comp = prop_oneof!["\\*\\*", "[ab*]{1,3}"];
+        proptest::collection::vec(comp, 1..4).prop_map(|c| c.join("/"))
+    }
+
+    /// A dataset name `b` matches, each `*` and `**` filled from `picks`.
+    fn instance(b: &str, picks: &[u8]) -> Option<String> {
+        const FILL: [&str; 6] = ["", "a", "b", "c", "ab", "cb"];
+        let mut picks = picks.iter().cycle();
+        let mut next = || usize::from(*picks.next().unwrap());
+        let mut comps = Vec::new();
+        for part in b.split('/') {
+            if part == "**" {
+                for _ in 0..next() % 3 {
+                    comps.push(FILL[1 + next() % 5].to_string());
+                }
+            } else {
+                let c: String = part
+                    .chars()
+                    .map(|ch| if ch == '*' { FILL[next() % 6].to_string() } else { ch.to_string() })
+                    .collect();
+                comps.push(c);
+            }
+        }
+        (!comps.is_empty() && comps.iter().all(|c| !c.is_empty())).then(|| comps.join("/"))
+    }
+
+    proptest::proptest! {
+        /// Never a false warning: every name `b` matches, `a` said to
+        /// cover it matches too.
+        #[test]
+        fn cover_is_sound(
+            a in pattern_text(),
+            b in pattern_text(),
+            picks in proptest::collection::vec(proptest::num::u8::ANY, 1..64),
+        ) {
+            let (Ok(pa), Ok(pb)) = (Pattern::parse(&a), Pattern::parse(&b)) else {
+                return Ok(());
+            };
+            if pa.covers(&pb) {
+                for shift in 0..picks.len() {
+                    let Some(n) = instance(&b, &picks[shift..]) else { continue };
+                    let Ok(n) = DatasetName::parse(&n) else { continue };
+                    proptest::prop_assert!(pb.matches(&n), "{b} should match {n}");
+                    proptest::prop_assert!(pa.matches(&n), "{a} covers {b} but not {n}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP health and status API.
 //!
+//! - `GET /` and `GET /status`: the status page (`crate::status_page`).
 //! - `GET /healthz`: the process is alive.
 //! - `GET /readyz`: NATS connected, policy loaded and this instance leads (503 otherwise).
 //! - `GET /metrics`: Prometheus text.
@@ -44,6 +45,8 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let app = Router::new()
+        .route("/", get(status_page))
+        .route("/status", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -71,6 +74,68 @@ pub async fn serve(
     {
         tracing::error!(error = %e, "HTTP server stopped");
     }
+}
+
+/// Each piece of state is read under its own lock, one after the other.
+async fn status_page(AxState(st): AxState<Arc<State>>) -> Response {
+    use axum::http::header;
+    let report = st.compliance_report();
+    let jobs = crate::jobs::list(&st);
+    let drills = crate::drills::outcomes(jobs.iter());
+    let alerts: Vec<_> = st.alerts().active.values().cloned().collect();
+    let (revision, drill_every): (Option<u64>, std::collections::BTreeMap<String, u64>) =
+        match st.policy().as_ref() {
+        Some(p) => (
+            Some(p.revision),
+            p.policy
+                .classes
+                .iter()
+                .map(|(name, c)| (name.clone(), c.drill.every.secs()))
+                .collect(),
+        ),
+        None => (None, Default::default()),
+    };
+    let t = now();
+    let timeout = st.config().offline_after.as_secs() as i64;
+    let nodes: Vec<crate::status_page::NodeLine> = {
+        let fleet = st.fleet();
+        fleet
+            .nodes
+            .iter()
+            .map(|(name, rec)| crate::status_page::NodeLine {
+                node: name.clone(),
+                site: rec.hello.site.clone(),
+                media: rec.hello.media.clone(),
+                online: fleet.online(name, t, timeout),
+                last_seen: rec.last_seen,
+                pools: rec.pools.clone(),
+            })
+            .collect()
+    };
+    let problem = st.policy_problem();
+    let html = crate::status_page::render(&crate::status_page::Input {
+        now: t,
+        leader: st.is_leader(),
+        policy_revision: revision,
+        policy_problem: problem.as_deref(),
+        report: report.as_ref(),
+        nodes: &nodes,
+        jobs: &jobs,
+        alerts: &alerts,
+        drills: &drills,
+        drill_every: &drill_every,
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, crate::status_page::CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]

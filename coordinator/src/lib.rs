@@ -18,8 +18,10 @@ pub mod lease;
 pub mod pairing;
 pub mod policy;
 pub mod restore;
+pub mod rtt;
 pub mod service;
 pub mod state;
+pub mod status_page;
 #[cfg(test)]
 mod testing;
 pub mod transfer_plan;

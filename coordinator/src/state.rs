@@ -114,6 +114,8 @@ pub struct State {
     epoch: AtomicU64,
     alerts: Mutex<crate::alerts::state::Book>,
     command_seq: AtomicU64,
+    /// Command round trips (`crate::rtt`).
+    rtt: Mutex<crate::rtt::Rtt>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -148,6 +150,7 @@ impl State {
             alerts: Mutex::new(Default::default()),
             epoch: AtomicU64::new(0),
             command_seq: AtomicU64::new(0),
+            rtt: Mutex::new(crate::rtt::Rtt::new(now())),
         }
     }
 
@@ -166,6 +169,26 @@ impl State {
     pub fn render_metrics(&self) -> String {
         // Set at every scrape, so a standby says 0 (its fleet gauges age out).
         metrics::gauge!("zdr_coordinator_leader").set(if self.is_leader() { 1.0 } else { 0.0 });
+        let figures = self
+            .rtt
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .figures(now());
+        match figures {
+            Some(f) => {
+                for (q, secs) in f.quantiles {
+                    metrics::gauge!("zdr_command_round_trip_seconds", "quantile" => q).set(secs);
+                }
+                metrics::gauge!("zdr_command_round_trips").set(f.count as f64);
+            }
+            None => {
+                for (_, q) in crate::rtt::QUANTILES {
+                    metrics::gauge!("zdr_command_round_trip_seconds", "quantile" => q)
+                        .set(f64::NAN);
+                }
+                metrics::gauge!("zdr_command_round_trips").set(0.0);
+            }
+        }
         self.metrics.render()
     }
 
@@ -312,8 +335,17 @@ impl State {
         let env = self.sealer.seal(&subj, &id, t, ttl, self.epoch(), &payload);
         metrics::counter!("zdr_commands_sent_total").increment(1);
         let after = self.config.command_timeout;
-        let reply = tokio::time::timeout(after, self.client.request(subj, env.into()))
-            .await
+        let sent = std::time::Instant::now();
+        let answer = tokio::time::timeout(after, self.client.request(subj, env.into())).await;
+        // A timeout counts with its timeout; a request refused at once is no round trip.
+        if !matches!(answer, Ok(Err(_))) {
+            let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.rtt
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(micros, now());
+        }
+        let reply = answer
             .map_err(|_| CommandError::Timeout {
                 node: node.to_string(),
                 after,

@@ -46,6 +46,30 @@ pub fn parse_policy(file_label: &str, text: &str) -> Result<Policy, SpecError> {
     parse_spec(file_label, text, POLICY_SHAPE, Policy::problems)
 }
 
+/// What is sound but likely a mistake in a policy that parsed
+/// (`Policy::warnings`: rules that never apply), located in its text.
+pub fn policy_warnings(file_label: &str, text: &str, policy: &Policy) -> Vec<Diagnostic> {
+    let Ok(Some(root)) = tree::parse(text) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Diagnostic> = policy
+        .warnings()
+        .into_iter()
+        .map(|p| {
+            let (pos, path) = tree::locate(&root, &p.path);
+            Diagnostic {
+                file: file_label.to_string(),
+                line: pos.line,
+                column: pos.column,
+                path: tree::render(&path),
+                message: p.message,
+            }
+        })
+        .collect();
+    found.sort_by_key(|d| (d.line, d.column));
+    found
+}
+
 pub fn load_tasks(path: &Path, policy: &Policy) -> Result<Tasks, SpecError> {
     let (label, text) = read(path)?;
     parse_tasks(&label, &text, policy)

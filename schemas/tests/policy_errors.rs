@@ -270,3 +270,20 @@ fn load_uses_the_path_as_the_label() {
         "{err}"
     );
 }
+
+#[test]
+fn a_shadowed_rule_is_a_located_warning_not_an_error() {
+    let text = format!("{BASE}  - match: tank/db\n    class: gold\n");
+    let p = parse_policy("specs/p.yaml", &text).unwrap();
+    let w: Vec<String> = zdr_schemas::policy_warnings("specs/p.yaml", &text, &p)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        w,
+        ["specs/p.yaml:17:12: datasets[1].match: this rule never applies: rule 0 \
+          (match \"tank/**\") matches every dataset \"tank/db\" matches and gives them class \
+          \"gold\" first (the first matching rule wins); move this rule above it or remove it"]
+    );
+    assert!(zdr_schemas::policy_warnings("specs/p.yaml", BASE, &parse_policy("specs/p.yaml", BASE).unwrap()).is_empty());
+}

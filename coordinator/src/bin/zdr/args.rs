@@ -81,6 +81,31 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: crate::drill::DrillCmd,
     },
+    /// The spec files, checked offline (no coordinator is asked).
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Check policies.yaml, tasks.yml and receivers.yaml files: every error
+    /// as FILE:LINE:COLUMN, and a warning for a dataset rule that never
+    /// applies because an earlier rule matches all its datasets.
+    ///
+    /// A file's kind comes from its top-level keys, or KIND=FILE (policy=,
+    /// tasks=, receivers=). A tasks file is checked against the policy
+    /// given with it. Exit status: 0 no errors (warnings are printed),
+    /// 1 errors, or warnings with --strict; 2 bad arguments.
+    Check {
+        /// The files, each as FILE or KIND=FILE.
+        #[arg(required = true)]
+        files: Vec<String>,
+        /// Warnings fail the check too (exit 1).
+        #[arg(long)]
+        strict: bool,
+    },
 }
 
 /// `zdr report`'s output.

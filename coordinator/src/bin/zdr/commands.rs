@@ -12,9 +12,10 @@ use crate::api::{
     FleetView, JobsView, PairingsView, Place, RestoreAccepted, RestorePoints, RestoreStatus,
     RestoresView,
 };
-use crate::args::{Cli, Cmd, Format, Location, RestoreArgs};
+use crate::args::{Cli, Cmd, Format, Location, PolicyCmd, RestoreArgs};
 use crate::client::{decode, Client, ClientError};
 use crate::drill::{DrillStatus, DrillsView};
+use crate::policy_check;
 use crate::render;
 use crate::runbook;
 
@@ -40,11 +41,20 @@ pub enum CliError {
     Drill(String),
     #[error("writing the output: {0}")]
     Output(std::io::Error),
+    #[error("{0}")]
+    PolicyCheck(String),
 }
 
 pub fn run(cli: &Cli) -> Result<(), CliError> {
-    let c = Client::new(&cli.coordinator)?.with_token_file(cli.token_file.as_deref())?;
     let json = cli.json;
+    // Offline: no coordinator, no token.
+    if let Cmd::Policy {
+        cmd: PolicyCmd::Check { files, strict },
+    } = &cli.cmd
+    {
+        return policy_check(files, *strict, json);
+    }
+    let c = Client::new(&cli.coordinator)?.with_token_file(cli.token_file.as_deref())?;
     match &cli.cmd {
         Cmd::Status => show(&c, json, "/api/v1/fleet", |f: FleetView| {
             render::render_status(&f)
@@ -77,6 +87,7 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             format,
         } => runbook(&c, json || *format == Format::Json, source.as_ref(), *all),
         Cmd::Drill { cmd } => crate::drill::run(&c, json, cmd),
+        Cmd::Policy { .. } => unreachable!("answered above, offline"),
     }
 }
 
@@ -121,6 +132,39 @@ fn runbook(c: &Client, json: bool, source: Option<&Location>, all: bool) -> Resu
     } else {
         books.iter().map(runbook::markdown).collect()
     })
+}
+
+/// `zdr policy check`: the report on stdout; failing, the count as the error.
+fn policy_check(files: &[String], strict: bool, json: bool) -> Result<(), CliError> {
+    let inputs: Vec<policy_check::Input> = files
+        .iter()
+        .map(|f| {
+            let arg = policy_check::parse_arg(f);
+            let text = policy_check::read_bounded(std::path::Path::new(&arg.path));
+            policy_check::Input { arg, text }
+        })
+        .collect();
+    let o = policy_check::check(&inputs);
+    if json {
+        print_json(&serde_json::to_string_pretty(&o).expect("the outcome serializes"))?;
+    } else {
+        print(&policy_check::render(&o))?;
+    }
+    if o.failed(strict) {
+        return Err(CliError::PolicyCheck(format!(
+            "{} error{} and {} warning{}{}",
+            o.errors,
+            if o.errors == 1 { "" } else { "s" },
+            o.warnings,
+            if o.warnings == 1 { "" } else { "s" },
+            if strict && o.errors == 0 {
+                " (--strict: warnings fail)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(())
 }
 
 fn now() -> i64 {
