@@ -552,6 +552,7 @@ pub const COVER_LIMIT: usize = 10_000;
 
 /// A component of a pattern being covered: its glob, or a component no
 /// literal matches (what a `**` stands for).
+#[derive(Clone, Copy)]
 enum Part<'a> {
     Glob(&'a str),
     Opaque,

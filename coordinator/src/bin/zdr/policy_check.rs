@@ -421,7 +421,7 @@ tasks:
         ]);
         let expected = "\
 specs/tasks.yml (tasks): 1 error
-  error: specs/tasks.yml:4:39: tasks[0].source.nodes[0]: node \"n9\" is not under `nodes` in the policy (known: n1, n2)
+  error: specs/tasks.yml:4:41: tasks[0].source.nodes[0]: \"n9\" is not a node in the policy; did you mean `n1`?
 specs/policies.yaml (policy): ok, 1 warning
   warning: specs/policies.yaml:15:12: datasets[1].match: this rule never applies: rule 0 (match \"tank/**\") matches every dataset \"tank/db\" matches and gives them class \"gold\" first (the first matching rule wins); move this rule above it or remove it
 /dev/zero (unknown): 1 error
