@@ -620,7 +620,9 @@ mod tests {
     }
 
     fn covers(a: &str, b: &str) -> bool {
-        Pattern::parse(a).unwrap().covers(&Pattern::parse(b).unwrap())
+        Pattern::parse(a)
+            .unwrap()
+            .covers(&Pattern::parse(b).unwrap())
     }
 
     #[test]
@@ -668,10 +670,28 @@ mod tests {
         };
         let w = policy.warnings();
         let paths: Vec<&Vec<String>> = w.iter().map(|p| &p.path).collect();
-        assert_eq!(paths, [&vec!["datasets".to_string(), "2".into(), "match".into()], &vec!["datasets".to_string(), "3".into(), "match".into()]]);
-        assert!(w[0].message.contains("rule 1 (match \"tank/**\")"), "{}", w[0].message);
-        assert!(w[0].message.contains("gives them class \"bulk\""), "{}", w[0].message);
-        assert!(w[1].message.contains("rule 0 (match \"tank/scratch/**\")"), "{}", w[1].message);
+        assert_eq!(
+            paths,
+            [
+                &vec!["datasets".to_string(), "2".into(), "match".into()],
+                &vec!["datasets".to_string(), "3".into(), "match".into()]
+            ]
+        );
+        assert!(
+            w[0].message.contains("rule 1 (match \"tank/**\")"),
+            "{}",
+            w[0].message
+        );
+        assert!(
+            w[0].message.contains("gives them class \"bulk\""),
+            "{}",
+            w[0].message
+        );
+        assert!(
+            w[1].message.contains("rule 0 (match \"tank/scratch/**\")"),
+            "{}",
+            w[1].message
+        );
         assert!(w[1].message.contains("excludes them"), "{}", w[1].message);
     }
 
@@ -695,7 +715,13 @@ mod tests {
             } else {
                 let c: String = part
                     .chars()
-                    .map(|ch| if ch == '*' { FILL[next() % 6].to_string() } else { ch.to_string() })
+                    .map(|ch| {
+                        if ch == '*' {
+                            FILL[next() % 6].to_string()
+                        } else {
+                            ch.to_string()
+                        }
+                    })
                     .collect();
                 comps.push(c);
             }

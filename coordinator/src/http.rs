@@ -85,16 +85,16 @@ async fn status_page(AxState(st): AxState<Arc<State>>) -> Response {
     let alerts: Vec<_> = st.alerts().active.values().cloned().collect();
     let (revision, drill_every): (Option<u64>, std::collections::BTreeMap<String, u64>) =
         match st.policy().as_ref() {
-        Some(p) => (
-            Some(p.revision),
-            p.policy
-                .classes
-                .iter()
-                .map(|(name, c)| (name.clone(), c.drill.every.secs()))
-                .collect(),
-        ),
-        None => (None, Default::default()),
-    };
+            Some(p) => (
+                Some(p.revision),
+                p.policy
+                    .classes
+                    .iter()
+                    .map(|(name, c)| (name.clone(), c.drill.every.secs()))
+                    .collect(),
+            ),
+            None => (None, Default::default()),
+        };
     let t = now();
     let timeout = st.config().offline_after.as_secs() as i64;
     let nodes: Vec<crate::status_page::NodeLine> = {

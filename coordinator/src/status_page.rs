@@ -86,10 +86,18 @@ pub enum Verified {
     /// Production is what drills compare against.
     Production,
     /// The newest ended drill passed, `ended_at`, within the interval.
-    Yes { ended_at: i64 },
+    Yes {
+        ended_at: i64,
+    },
     /// It passed, but longer ago than the class's drill interval.
-    Stale { ended_at: i64, every_secs: u64 },
-    Failed { ended_at: i64, why: Option<String> },
+    Stale {
+        ended_at: i64,
+        every_secs: u64,
+    },
+    Failed {
+        ended_at: i64,
+        why: Option<String>,
+    },
     Never,
 }
 
@@ -757,10 +765,7 @@ mod tests {
 
     #[test]
     fn escaping_covers_the_five_characters() {
-        assert_eq!(
-            Esc("a<b>&\"c'").to_string(),
-            "a&lt;b&gt;&amp;&quot;c&#39;"
-        );
+        assert_eq!(Esc("a<b>&\"c'").to_string(), "a&lt;b&gt;&amp;&quot;c&#39;");
         assert_eq!(Esc("plain tank/db").to_string(), "plain tank/db");
         assert_eq!(Esc("").to_string(), "");
     }
@@ -785,10 +790,7 @@ mod tests {
         let d = dataset("node-a1", HOSTILE, RpoState::Ok, true);
         let (prod, replica) = (&d.copies[0], &d.copies[1]);
         let day = 86_400;
-        assert_eq!(
-            verified(&d, prod, &[], 90 * day, NOW),
-            Verified::Production
-        );
+        assert_eq!(verified(&d, prod, &[], 90 * day, NOW), Verified::Production);
         assert_eq!(verified(&d, replica, &[], 90 * day, NOW), Verified::Never);
         let passed = [outcome("node-b1", true, NOW - day as i64)];
         assert_eq!(
@@ -839,22 +841,13 @@ mod tests {
 
     #[test]
     fn only_jobs_under_way_retrying_or_blocked_are_shown() {
-        assert_eq!(
-            job_standing(&job(JobState::Running, None)),
-            Some("running")
-        );
-        assert_eq!(
-            job_standing(&job(JobState::Planned, None)),
-            Some("planned")
-        );
+        assert_eq!(job_standing(&job(JobState::Running, None)), Some("running"));
+        assert_eq!(job_standing(&job(JobState::Planned, None)), Some("planned"));
         assert_eq!(
             job_standing(&job(JobState::Failed, Some(5))),
             Some("retrying")
         );
-        assert_eq!(
-            job_standing(&job(JobState::Blocked, None)),
-            Some("blocked")
-        );
+        assert_eq!(job_standing(&job(JobState::Blocked, None)), Some("blocked"));
         assert_eq!(job_standing(&job(JobState::Failed, None)), None);
         assert_eq!(job_standing(&job(JobState::Done, None)), None);
     }
@@ -932,7 +925,9 @@ mod tests {
         assert!(!html.contains("<b>1"), "{html}");
         assert!(html.contains("tank/&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#39;"));
         // Nothing external.
-        for external in ["<script", "<link", "<img", "<iframe", "url(", "@import", "http:", "https:"] {
+        for external in [
+            "<script", "<link", "<img", "<iframe", "url(", "@import", "http:", "https:",
+        ] {
             assert!(!html.contains(external), "{external} in {html}");
         }
         // The breached dataset first, its replica in red, the verdict.
@@ -956,7 +951,9 @@ mod tests {
         assert!(html.contains("<progress value=\"536870912\" max=\"1073741824\"></progress>"));
         assert!(html.contains("512.0 MiB of 1.0 GiB (50 %)"));
         // The alert, and the offline node.
-        assert!(html.contains("<tr class=\"alert state-breach\"><td>critical</td><td>ZdrCopyRpoBreach</td>"));
+        assert!(html.contains(
+            "<tr class=\"alert state-breach\"><td>critical</td><td>ZdrCopyRpoBreach</td>"
+        ));
         assert!(html.contains("OFFLINE"));
         assert!(html.contains("tank 85 % of 100.0 GiB (ONLINE)"));
     }

@@ -67,9 +67,7 @@ fn chromium_bin() -> PathBuf {
             }
         }
     }
-    panic!(
-        "chromium is not on PATH; install Debian's chromium package (ops/install-deps.sh does)"
-    );
+    panic!("chromium is not on PATH; install Debian's chromium package (ops/install-deps.sh does)");
 }
 
 /// Runs headless Chromium on `url` with `extra` flags; its stdout.
@@ -85,7 +83,10 @@ fn chromium(dir: &Path, url: &str, extra: &[String]) -> String {
             "--hide-scrollbars",
             "--window-size=1400,900",
         ])
-        .arg(format!("--user-data-dir={}", dir.join("chromium").display()))
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
         .args(extra)
         .arg(url)
         .stdout(Stdio::piped())
@@ -125,7 +126,11 @@ fn screenshot(dir: &Path, url: &str, name: &str) -> PathBuf {
     chromium(dir, url, &[format!("--screenshot={}", path.display())]);
     let png = std::fs::read(&path).unwrap_or_else(|e| panic!("no screenshot {path:?}: {e}"));
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG: {path:?}");
-    assert!(png.len() > 10_000, "an empty-looking page: {} bytes", png.len());
+    assert!(
+        png.len() > 10_000,
+        "an empty-looking page: {} bytes",
+        png.len()
+    );
     if let Ok(keep) = std::env::var("ZDR_SCREENSHOT_DIR") {
         std::fs::copy(&path, Path::new(&keep).join(name)).unwrap();
     }

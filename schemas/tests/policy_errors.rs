@@ -281,9 +281,16 @@ fn a_shadowed_rule_is_a_located_warning_not_an_error() {
         .collect();
     assert_eq!(
         w,
-        ["specs/p.yaml:17:12: datasets[1].match: this rule never applies: rule 0 \
+        [
+            "specs/p.yaml:17:12: datasets[1].match: this rule never applies: rule 0 \
           (match \"tank/**\") matches every dataset \"tank/db\" matches and gives them class \
-          \"gold\" first (the first matching rule wins); move this rule above it or remove it"]
+          \"gold\" first (the first matching rule wins); move this rule above it or remove it"
+        ]
     );
-    assert!(zdr_schemas::policy_warnings("specs/p.yaml", BASE, &parse_policy("specs/p.yaml", BASE).unwrap()).is_empty());
+    assert!(zdr_schemas::policy_warnings(
+        "specs/p.yaml",
+        BASE,
+        &parse_policy("specs/p.yaml", BASE).unwrap()
+    )
+    .is_empty());
 }

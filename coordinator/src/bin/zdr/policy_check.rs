@@ -413,9 +413,11 @@ tasks:
             input("specs/policies.yaml", POLICY),
             Input {
                 arg: parse_arg("/dev/zero"),
-                text: Err("larger than 4 MiB, so not a spec file (those are a few KiB); \
+                text: Err(
+                    "larger than 4 MiB, so not a spec file (those are a few KiB); \
                            check the path"
-                    .into()),
+                        .into(),
+                ),
             },
             input("notes.yaml", "hello: world\n"),
         ]);
@@ -483,7 +485,9 @@ notes.yaml (unknown): 1 error
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big.yaml");
         std::fs::write(&big, vec![b'#'; MAX_BYTES as usize + 1]).unwrap();
-        assert!(read_bounded(&big).unwrap_err().starts_with("larger than 4 MiB"));
+        assert!(read_bounded(&big)
+            .unwrap_err()
+            .starts_with("larger than 4 MiB"));
         let exact = dir.path().join("exact.yaml");
         std::fs::write(&exact, vec![b'#'; MAX_BYTES as usize]).unwrap();
         assert!(read_bounded(&exact).is_ok());
