@@ -234,10 +234,10 @@ fn page(h: &mut String, input: &Input) -> fmt::Result {
          <title>zdr status</title><style>{STYLE}</style></head><body>\n"
     )?;
     writeln!(h, "<h1>zdr status</h1>")?;
-    write!(
+    writeln!(
         h,
         "<p class=\"meta\" id=\"generated\">generated {} by the {} coordinator, policy revision {}; \
-         reloads every {REFRESH_SECS} s</p>\n",
+         reloads every {REFRESH_SECS} s</p>",
         utc(input.now),
         if input.leader { "leading" } else { "standby" },
         input
@@ -279,13 +279,13 @@ fn summary(h: &mut String, input: &Input) -> fmt::Result {
     };
     let s = &r.summary;
     let online = input.nodes.iter().filter(|n| n.online).count();
-    write!(
+    writeln!(
         h,
         "<table id=\"summary\"><tr><th>nodes online</th><th>protected datasets</th>\
          <th>3-2-1 compliant</th><th>copies ok</th><th>warning</th><th>breach</th>\
          <th>alerts</th></tr><tr><td>{online} of {}</td><td>{}</td><td>{}</td>\
          <td class=\"state-ok\">{}</td><td class=\"state-warning\">{}</td>\
-         <td class=\"state-breach\">{}</td><td>{}</td></tr></table>\n",
+         <td class=\"state-breach\">{}</td><td>{}</td></tr></table>",
         input.nodes.len(),
         s.datasets,
         s.compliant,
