@@ -444,7 +444,12 @@ async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy(
     for name in ["zdr_1", "zdr_2"] {
         target.sim.release(&copy, name, FLOOR_HOLD).unwrap();
     }
-    target.sim.release(&copy, "zdr_1", TAG).unwrap();
+    target.sim.release(&copy, "zdr_2", TAG).unwrap();
+    // A newer one, so that zdr_2 is neither the newest nor its hour's first.
+    target
+        .sim
+        .snapshot(std::slice::from_ref(&copy), "zdr_3", false)
+        .unwrap();
     let prune = PruneReplica {
         dataset: copy.to_string(),
         task: "stolen".into(),
@@ -461,7 +466,13 @@ async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy(
         .into_iter()
         .map(|s| s.name)
         .collect();
-    assert_eq!(names, ["zdr_1", "zdr_2"]);
+    assert_eq!(names, ["zdr_1", "zdr_2", "zdr_3"]);
+    let hits: Vec<&str> = report.refused[0]
+        .snapshots
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(hits, ["zdr_2"]);
 }
 
 #[tokio::test]
