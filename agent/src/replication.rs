@@ -240,13 +240,8 @@ impl Replication {
         // A copy's class comes before any check: the floor then covers
         // what it holds already, and what lands.
         if let Some(source) = &cmd.source_dataset {
-            let source =
-                DatasetName::parse(source).map_err(|e| format!("source_dataset: {e}"))?;
-            let (lc, ds, named) = (
-                self.lifecycle.clone(),
-                dataset.clone(),
-                cmd.class.clone(),
-            );
+            let source = DatasetName::parse(source).map_err(|e| format!("source_dataset: {e}"))?;
+            let (lc, ds, named) = (self.lifecycle.clone(), dataset.clone(), cmd.class.clone());
             tokio::task::spawn_blocking(move || {
                 lc.note_copy(&ds, &source, named.as_deref(), now())
             })

@@ -16,15 +16,15 @@ use support::pki::Pki;
 use tokio::sync::mpsc::UnboundedReceiver;
 use zdr_agent::audit::AuditLog;
 use zdr_agent::config::TransferConfig;
+use zdr_agent::floor::FLOOR_HOLD;
 use zdr_agent::lifecycle::Lifecycle;
 use zdr_agent::replication::Replication;
+use zdr_agent::state::SignedPolicy;
 use zdr_agent::zfs::sim::SimBackend;
 use zdr_agent::zfs::{Backend, SendSpec};
-use zdr_agent::floor::FLOOR_HOLD;
-use zdr_agent::state::SignedPolicy;
 use zdr_common::wire::{
-    EventKind, FloorOperation, JobPhase, JobRole, JobSecret, JobUpdate, PolicyBundle,
-    PruneReplica, ReceiveJob, ReceiveOffer, SendJob, SnapshotRef, StreamSpec,
+    EventKind, FloorOperation, JobPhase, JobRole, JobSecret, JobUpdate, PolicyBundle, PruneReplica,
+    ReceiveJob, ReceiveOffer, SendJob, SnapshotRef, StreamSpec,
 };
 use zdr_common::DatasetName;
 
@@ -394,7 +394,13 @@ async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy(
     let full = StreamSpec::Full {
         snapshot: "zdr_1".into(),
     };
-    let done = run(&mut source, &mut target, into_copy("full", z1.clone()), full).await;
+    let done = run(
+        &mut source,
+        &mut target,
+        into_copy("full", z1.clone()),
+        full,
+    )
+    .await;
     assert_eq!(done.state, JobPhase::Done, "{done:?}");
     let z2 = source.snapshot("zdr_2");
     let incr = StreamSpec::Incremental {
@@ -407,7 +413,10 @@ async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy(
     assert_eq!(done.state, JobPhase::Done, "{done:?}");
     for name in ["zdr_1", "zdr_2"] {
         let holds = target.sim.holds(&copy, name).unwrap();
-        assert!(holds.iter().any(|t| t == FLOOR_HOLD), "{copy}@{name}: {holds:?}");
+        assert!(
+            holds.iter().any(|t| t == FLOOR_HOLD),
+            "{copy}@{name}: {holds:?}"
+        );
     }
 
     // A rollback that would discard zdr_2, validly planned: the floor refuses it.
@@ -418,13 +427,21 @@ async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy(
         discards: vec!["zdr_2".into()],
         ..into_copy("rollback", z3)
     };
-    let e = target.repl.receive(rollback, ACTOR.into()).await.unwrap_err();
+    let e = target
+        .repl
+        .receive(rollback, ACTOR.into())
+        .await
+        .unwrap_err();
     let refusal = e.floor.expect("a typed floor refusal");
     assert_eq!(refusal.operation, FloorOperation::ReceiveForce);
     assert_eq!(refusal.dataset, copy.as_str());
     let hits: Vec<&str> = refusal.snapshots.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(hits, ["zdr_2"]);
-    assert!(e.message.contains("inside the immutability window"), "{}", e.message);
+    assert!(
+        e.message.contains("inside the immutability window"),
+        "{}",
+        e.message
+    );
     assert!(target.repl.status("rollback").is_none());
     let refused: Vec<_> = target
         .audit()
@@ -456,7 +473,9 @@ async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy(
         tiers: serde_json::from_value(serde_json::json!({ "1h": 1 })).unwrap(),
         immutable_for_secs: 0,
     };
-    let report = target.lc.prune_replica(&prune, zdr_agent::clock::now(), ACTOR);
+    let report = target
+        .lc
+        .prune_replica(&prune, zdr_agent::clock::now(), ACTOR);
     assert!(report.destroyed.is_empty(), "{report:?}");
     assert_eq!(report.refused.len(), 1, "{report:?}");
     let names: Vec<String> = target

@@ -1045,7 +1045,10 @@ mod tests {
         let attempt = r.attempt_id.clone();
         // A late refusal of another attempt changes nothing.
         assert!(r.floor_refused("other", refused_x(), 1_000).is_empty());
-        assert_eq!(r.floor_refused(&attempt, refused_x(), 1_000), [Effect::Persist]);
+        assert_eq!(
+            r.floor_refused(&attempt, refused_x(), 1_000),
+            [Effect::Persist]
+        );
         assert_eq!(r.state, JobState::Blocked);
         assert_eq!(r.next_attempt_at_ms, None);
         let why = "target b refused: receive -F (rollback) of backup/d: @x is inside its 1h \
@@ -1062,8 +1065,11 @@ mod tests {
         assert_eq!(r.floor_keeps(&[step("s2", 2)], 1_000), None);
         // A blocked record made from it keeps the refusal, and says the same once.
         let lines = r.history.len();
-        let again = JobRecord::new(JobKind::Replication, &pairing(), "c", 2, vec![], 2_000)
-            .block(Some(&r), why.to_string(), 2_000);
+        let again = JobRecord::new(JobKind::Replication, &pairing(), "c", 2, vec![], 2_000).block(
+            Some(&r),
+            why.to_string(),
+            2_000,
+        );
         assert_eq!(again.floor_refused, r.floor_refused);
         assert_eq!(again.history.len(), lines);
         let later = JobRecord::new(JobKind::Replication, &pairing(), "c", 3, vec![], 4_000_000)
