@@ -602,7 +602,7 @@ impl JobRecord {
                 && r.snapshots.iter().any(|h| {
                     steps
                         .iter()
-                        .any(|s| s.force && s.discards.iter().any(|d| *d == h.name))
+                        .any(|s| s.force && s.discards.contains(&h.name))
                 })
         };
         kept.iter()
