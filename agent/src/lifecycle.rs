@@ -190,9 +190,9 @@ impl Lifecycle {
     }
 
     /// Notes what a receive into the copy `ds` named (its source dataset
-    /// and that dataset's class), then the floor as [`Self::note_floor`]
-    /// does. From then on the copy is in the class [`floor::replica_class`]
-    /// gives under this node's own policy.
+    /// and that dataset's class), then the policy's windows and every
+    /// listed dataset's class, saving the book. From then on the copy is in
+    /// the class [`floor::replica_class`] gives under this node's own policy.
     pub fn note_copy(&self, ds: &DatasetName, source: &DatasetName, named: Option<&str>, now: i64) {
         self.note_floor_after(now, |book| {
             book.note_replica(ds.as_str(), source.as_str(), named)
