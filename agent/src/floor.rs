@@ -16,25 +16,38 @@
 //!   for the time before the agent noted it, so snapshots older than the
 //!   agent's first policy are covered by it.
 //! - A dataset's class is the policy's (class property or rule). A copy
-//!   received from another node is left out by the policy (`backup/**:
-//!   exclude`), so its class is the one the receive job named for its source
-//!   dataset, kept in the book: the agent has no copy of the replication tasks.
+//!   received from another node is usually left out by the policy
+//!   (`backup/**: exclude`); its class is the one this node's own policy
+//!   gives the source dataset the receive named (by rule: the source's class
+//!   property is not visible here), or the class the receive named, whichever
+//!   has the longer window here ([`replica_class`], [`longer`]). A class the
+//!   policy does not define counts for nothing. The book keeps every source
+//!   named for a copy, so a later command naming another source cannot move
+//!   the copy to a shorter window; nor can a policy change for snapshots
+//!   already taken (the history above).
 //! - Refused, when they touch a snapshot inside its window: destroying it,
 //!   `receive -F` (the rollback destroys every snapshot after its base), and
 //!   releasing the floor's own hold ([`FLOOR_HOLD`]) from it.
-//! - `receive -A` is always allowed: a partial receive is not a snapshot,
-//!   only the unfinished state of one that its source still has.
+//! - `receive -A` is always allowed, because it removes no snapshot: zfs(8)
+//!   destroys either the hidden clone `<dataset>/%recv` that holds the
+//!   partial state of a receive into an existing dataset, or, for a full
+//!   receive into a new dataset, that dataset itself, which it destroys
+//!   non-recursively and so only while it has no snapshot. Either way what
+//!   goes is the unfinished state of a snapshot that its source still has.
 //! - There is no exception: no key shrinks the floor at once.
 //!
-//! Inside the window a snapshot of ours also carries the ZFS hold
-//! [`FLOOR_HOLD`] ([`hold_changes`]), so a plain `zfs destroy` fails too; the
-//! lifecycle releases it once the window has passed.
+//! Inside the window a snapshot of ours (named with the fleet's prefix,
+//! taken here or received) also carries the ZFS hold [`FLOOR_HOLD`]
+//! ([`hold_changes`]), so a plain `zfs destroy` fails too; the lifecycle
+//! releases it once the window has passed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use zdr_common::policy::Policy;
 use zdr_common::wire::{FloorHit, FloorOperation, FloorRefusal, SnapshotInfo};
+use zdr_common::DatasetName;
 
 pub use zdr_common::wire::FLOOR_HOLD;
 
@@ -54,8 +67,18 @@ pub struct Book {
     windows: BTreeMap<String, Vec<Since<u64>>>,
     /// Per dataset, the class it was in, oldest first; `None` is unprotected.
     classes: BTreeMap<String, Vec<Since<Option<String>>>>,
-    /// Copies received here: the class the last receive named.
-    replicas: BTreeMap<String, String>,
+    /// Copies received here, by dataset: what their receives named.
+    replicas: BTreeMap<String, Replica>,
+}
+
+/// What the receives into one copy named.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replica {
+    /// Every source dataset a receive named (one, unless commands disagreed).
+    pub sources: BTreeSet<String>,
+    /// The class the last receive named for the source.
+    pub named: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,14 +137,20 @@ impl Book {
         push(line, class.map(str::to_string), now)
     }
 
-    /// Notes the class a receive named for the copy `dataset`; true when it changed.
-    pub fn note_replica(&mut self, dataset: &str, class: &str) -> bool {
-        self.replicas.insert(dataset.to_string(), class.to_string()) != Some(class.to_string())
+    /// Notes what a receive into the copy `dataset` named: the source
+    /// dataset and its class. True when that changed the book.
+    pub fn note_replica(&mut self, dataset: &str, source: &str, named: Option<&str>) -> bool {
+        let r = self.replicas.entry(dataset.to_string()).or_default();
+        let named = named.map(str::to_string);
+        let changed = r.sources.insert(source.to_string()) | (r.named != named);
+        r.named = named;
+        changed
     }
 
-    /// The class a receive last named for the copy `dataset`.
-    pub fn replica_class(&self, dataset: &str) -> Option<&str> {
-        self.replicas.get(dataset).map(String::as_str)
+    /// What the receives into the copy `dataset` named; `None` for a
+    /// dataset never received into with a source named.
+    pub fn replica(&self, dataset: &str) -> Option<&Replica> {
+        self.replicas.get(dataset)
     }
 
     /// When a snapshot of `dataset` created at `creation` leaves its window;
@@ -144,6 +173,38 @@ impl Book {
     pub fn inside(&self, dataset: &str, creation: i64, now: i64) -> bool {
         self.until(dataset, creation).is_some_and(|u| now < u)
     }
+}
+
+/// The window `policy` gives `class`; `None` for a class it does not define.
+fn window(policy: &Policy, class: &str) -> Option<u64> {
+    policy.classes.get(class).map(|c| c.immutable_for.secs())
+}
+
+/// Of two classes, the one with the longer window in `policy`; `a` on a tie.
+/// A class the policy does not define counts as none.
+pub fn longer<'a>(policy: &Policy, a: Option<&'a str>, b: Option<&'a str>) -> Option<&'a str> {
+    let a = a.filter(|c| window(policy, c).is_some());
+    let b = b.filter(|c| window(policy, c).is_some());
+    let key = |c: Option<&str>| c.and_then(|c| window(policy, c));
+    if key(b) > key(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The class a copy's floor follows under this node's `policy`: the longest
+/// window among the classes the policy's rules give its source datasets
+/// and the class its last receive named.
+pub fn replica_class(policy: &Policy, r: &Replica) -> Option<String> {
+    let mut best = r.named.as_deref().filter(|c| window(policy, c).is_some());
+    for source in &r.sources {
+        let own = DatasetName::parse(source)
+            .ok()
+            .and_then(|d| policy.class_for(&d, None).map(|(n, _)| n));
+        best = longer(policy, own, best);
+    }
+    best.map(str::to_string)
 }
 
 /// Appends `value` unless it is the current one. Entries stay in order when
@@ -390,16 +451,104 @@ mod tests {
         assert_eq!(b.until("tank/a", 13 * DAY), None);
     }
 
+    /// Classes `gold` (30 d), `silver` (7 d) and `bronze` (no window);
+    /// `tank/db/**` is gold, `tank/**` silver, copies under `backup/` excluded.
+    fn fleet_policy() -> Policy {
+        serde_json::from_value(serde_json::json!({
+            "version": 1,
+            "sites": { "a": {} },
+            "nodes": { "n1": { "site": "a", "media": "ssd" } },
+            "classes": {
+                "gold": { "rpo": "1h", "rto": "1h", "immutable_for": "30d" },
+                "silver": { "rpo": "1h", "rto": "1h", "immutable_for": "7d" },
+                "bronze": { "rpo": "1h", "rto": "1h" }
+            },
+            "datasets": [
+                { "match": "backup/**", "exclude": true },
+                { "match": "tank/db/**", "class": "gold" },
+                { "match": "tank/**", "class": "silver" }
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn replica(sources: &[&str], named: Option<&str>) -> Replica {
+        Replica {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            named: named.map(str::to_string),
+        }
+    }
+
     #[test]
-    fn a_replica_takes_the_class_its_receive_named() {
+    fn a_copy_takes_the_longer_of_its_own_policy_and_the_named_class() {
+        let p = fleet_policy();
+        // The command names nothing, or something shorter: the target's own rule.
+        let c = replica_class(&p, &replica(&["tank/db/x"], None));
+        assert_eq!(c.as_deref(), Some("gold"));
+        let c = replica_class(&p, &replica(&["tank/db/x"], Some("bronze")));
+        assert_eq!(c.as_deref(), Some("gold"));
+        // A class property on the source (not visible here) named a longer class.
+        let c = replica_class(&p, &replica(&["tank/web"], Some("gold")));
+        assert_eq!(c.as_deref(), Some("gold"));
+        // A class this node's policy does not define counts for nothing.
+        let c = replica_class(&p, &replica(&["tank/web"], Some("platinum")));
+        assert_eq!(c.as_deref(), Some("silver"));
+        // A source no rule protects, with nothing named: no class.
+        assert_eq!(replica_class(&p, &replica(&["other/x"], None)), None);
+        // Every source named counts: a later command naming another cannot shrink it.
+        let c = replica_class(&p, &replica(&["other/x", "tank/db/x"], None));
+        assert_eq!(c.as_deref(), Some("gold"));
+        // On a tie the first stands; a class with a zero window beats none.
+        assert_eq!(longer(&p, Some("silver"), Some("silver")), Some("silver"));
+        assert_eq!(longer(&p, None, Some("bronze")), Some("bronze"));
+        assert_eq!(longer(&p, Some("bronze"), None), Some("bronze"));
+    }
+
+    #[test]
+    fn a_replica_keeps_every_source_and_the_last_named_class() {
         let mut b = Book::default();
         b.note_windows([("gold", 7 * DAY as u64)], 0);
-        assert!(b.note_replica("backup/n1/tank/a", "gold"));
-        assert!(!b.note_replica("backup/n1/tank/a", "gold"));
-        assert_eq!(b.replica_class("backup/n1/tank/a"), Some("gold"));
+        assert!(b.note_replica("backup/n1/tank/a", "tank/a", Some("gold")));
+        assert!(!b.note_replica("backup/n1/tank/a", "tank/a", Some("gold")));
+        assert!(b.note_replica("backup/n1/tank/a", "tank/b", None));
+        assert_eq!(
+            b.replica("backup/n1/tank/a"),
+            Some(&replica(&["tank/a", "tank/b"], None))
+        );
+        assert_eq!(b.replica("backup/n1/tank/c"), None);
         b.note_class("backup/n1/tank/a", Some("gold"), DAY);
-        // Received snapshots keep their creation on the source.
+        // Received snapshots keep their creation on the source, before the
+        // class was noted: the first entry stands for the time before.
         assert_eq!(b.until("backup/n1/tank/a", 0), Some(7 * DAY));
+    }
+
+    proptest! {
+        /// Whatever receives name, a copy's class never has a shorter window
+        /// than what this node's own policy gives any of its sources.
+        #[test]
+        fn no_command_shortens_a_copys_window(
+            names in prop::collection::vec(
+                (prop::sample::select(vec!["tank/db/x", "tank/web", "other/x"]),
+                 prop::option::of(prop::sample::select(vec!["gold", "silver", "bronze", "platinum"]))),
+                1..6,
+            ),
+        ) {
+            let p = fleet_policy();
+            let mut b = Book::default();
+            for (source, named) in &names {
+                b.note_replica("backup/n1/copy", source, *named);
+            }
+            let r = b.replica("backup/n1/copy").unwrap();
+            let got = replica_class(&p, r).and_then(|c| window(&p, &c));
+            for (source, _) in &names {
+                let own = p
+                    .class_for(&DatasetName::parse(source).unwrap(), None)
+                    .map(|(_, c)| c.immutable_for.secs());
+                prop_assert!(got >= own);
+            }
+            let last = names.last().and_then(|(_, n)| *n).and_then(|n| window(&p, n));
+            prop_assert!(got >= last);
+        }
     }
 
     #[test]
@@ -418,7 +567,7 @@ mod tests {
         let path = dir.path().join("floor.json");
         assert_eq!(Book::load(&path).unwrap(), Book::default());
         let mut b = book(7, 0);
-        b.note_replica("backup/x", "gold");
+        b.note_replica("backup/x", "tank/x", Some("gold"));
         std::fs::write(&path, serde_json::to_vec(&b).unwrap()).unwrap();
         assert_eq!(Book::load(&path).unwrap(), b);
         std::fs::write(&path, b"{").unwrap();

@@ -186,26 +186,51 @@ impl Lifecycle {
     /// Notes the policy's windows and every listed dataset's class in the
     /// floor's book, and saves it when that changed it.
     fn note_floor(&self, now: i64) {
-        let Some(policy) = self.policy() else { return };
-        let classes: Vec<(DatasetName, Option<String>)> = lock(&self.inventory)
-            .datasets
-            .values()
-            .map(|(info, _)| {
-                let class = self.class_of(&policy, info).map(|(n, _)| n);
-                (info.name.clone(), class)
-            })
-            .collect();
+        self.note_floor_after(now, |_| false);
+    }
+
+    /// Notes what a receive into the copy `ds` named (its source dataset
+    /// and that dataset's class), then the policy's windows and every
+    /// listed dataset's class, saving the book. From then on the copy is in
+    /// the class [`floor::replica_class`] gives under this node's own policy.
+    pub fn note_copy(&self, ds: &DatasetName, source: &DatasetName, named: Option<&str>, now: i64) {
+        self.note_floor_after(now, |book| {
+            book.note_replica(ds.as_str(), source.as_str(), named)
+        });
+    }
+
+    /// Applies `first` to the book (true when it changed it), then notes the
+    /// floor and saves the book if either changed it.
+    fn note_floor_after(&self, now: i64, first: impl FnOnce(&mut Book) -> bool) {
+        let policy = self.policy();
+        let classes: Vec<(DatasetName, Option<String>)> = match &policy {
+            None => Vec::new(),
+            Some(p) => lock(&self.inventory)
+                .datasets
+                .values()
+                .map(|(info, _)| {
+                    let class = self.class_of(p, info).map(|(n, _)| n);
+                    (info.name.clone(), class)
+                })
+                .collect(),
+        };
         let mut f = lock(&self.floor);
-        let windows = policy
-            .bundle
-            .policy
-            .classes
-            .iter()
-            .map(|(n, c)| (n.as_str(), c.immutable_for.secs()));
-        let mut changed = f.book.note_windows(windows, now);
-        for (ds, class) in classes {
-            let class = class.or_else(|| f.book.replica_class(ds.as_str()).map(str::to_string));
-            changed |= f.book.note_class(ds.as_str(), class.as_deref(), now);
+        let mut changed = first(&mut f.book);
+        if let Some(policy) = &policy {
+            let policy = &policy.bundle.policy;
+            let windows = policy
+                .classes
+                .iter()
+                .map(|(n, c)| (n.as_str(), c.immutable_for.secs()));
+            changed |= f.book.note_windows(windows, now);
+            for (ds, own) in classes {
+                let copy = f
+                    .book
+                    .replica(ds.as_str())
+                    .and_then(|r| floor::replica_class(policy, r));
+                let class = floor::longer(policy, own.as_deref(), copy.as_deref());
+                changed |= f.book.note_class(ds.as_str(), class, now);
+            }
         }
         if let (true, Some(path)) = (changed, &f.path) {
             let saved = serde_json::to_vec(&f.book)
@@ -669,54 +694,62 @@ impl Lifecycle {
     /// it off those past it, so that retention can then destroy them.
     pub fn floor_holds_pass(&self, now: i64) {
         let Some(policy) = self.policy() else { return };
-        let prefix = &policy.bundle.policy.snapshot_prefix;
-        let datasets: Vec<(DatasetName, Vec<SnapshotInfo>)> = lock(&self.inventory)
-            .datasets
-            .iter()
-            .map(|(n, (_, s))| (n.clone(), s.clone()))
-            .collect();
-        for (ds, snaps) in datasets {
-            let (hold, release) = {
-                let f = lock(&self.floor);
-                let held = |s: &SnapshotInfo| {
-                    f.held.contains(&format!("{ds}@{}", s.name))
-                        || (s.userrefs > 0
-                            && !f.book.inside(ds.as_str(), s.creation, now)
-                            && self
-                                .backend
-                                .holds(&ds, &s.name)
-                                .is_ok_and(|t| t.iter().any(|t| t == floor::FLOOR_HOLD)))
-                };
-                floor::hold_changes(
-                    &f.book,
-                    ds.as_str(),
-                    &snaps,
-                    |n| retention::is_ours(n, prefix),
-                    held,
-                    now,
-                )
+        let names: Vec<DatasetName> = lock(&self.inventory).datasets.keys().cloned().collect();
+        for ds in names {
+            self.holds_of(&ds, &policy.bundle.policy.snapshot_prefix, now);
+        }
+    }
+
+    /// [`Self::floor_holds_pass`] for one dataset, from the inventory cache
+    /// (a receive calls it once it listed what landed).
+    pub fn floor_holds_of(&self, ds: &DatasetName, now: i64) {
+        if let Some(policy) = self.policy() {
+            self.holds_of(ds, &policy.bundle.policy.snapshot_prefix, now);
+        }
+    }
+
+    fn holds_of(&self, ds: &DatasetName, prefix: &str, now: i64) {
+        let snaps = lock(&self.inventory).snapshots_of(ds).to_vec();
+        let (hold, release) = {
+            let f = lock(&self.floor);
+            let held = |s: &SnapshotInfo| {
+                f.held.contains(&format!("{ds}@{}", s.name))
+                    || (s.userrefs > 0
+                        && !f.book.inside(ds.as_str(), s.creation, now)
+                        && self
+                            .backend
+                            .holds(ds, &s.name)
+                            .is_ok_and(|t| t.iter().any(|t| t == floor::FLOOR_HOLD)))
             };
-            let changes = hold.into_iter().map(|n| (n, true));
-            for (name, held) in changes.chain(release.into_iter().map(|n| (n, false))) {
-                let done = match held {
-                    true => self.backend.hold(&ds, &name, floor::FLOOR_HOLD),
-                    false => self.backend.release(&ds, &name, floor::FLOOR_HOLD),
-                };
-                let changed = match done {
-                    Ok(()) => 1,
-                    // Already so: held before, or released by someone else.
-                    Err(ZfsError::Exists { .. }) if held => 0,
-                    Err(ZfsError::NotFound { .. }) if !held => 0,
-                    Err(e) => {
-                        warn!(snapshot = %format!("{ds}@{name}"), error = %e, held, "changing the floor's hold failed");
-                        continue;
-                    }
-                };
-                if !held {
-                    info!(snapshot = %format!("{ds}@{name}"), "out of the immutability window; the floor's hold is released");
+            floor::hold_changes(
+                &f.book,
+                ds.as_str(),
+                &snaps,
+                |n| retention::is_ours(n, prefix),
+                held,
+                now,
+            )
+        };
+        let changes = hold.into_iter().map(|n| (n, true));
+        for (name, held) in changes.chain(release.into_iter().map(|n| (n, false))) {
+            let done = match held {
+                true => self.backend.hold(ds, &name, floor::FLOOR_HOLD),
+                false => self.backend.release(ds, &name, floor::FLOOR_HOLD),
+            };
+            let changed = match done {
+                Ok(()) => 1,
+                // Already so: held before, or released by someone else.
+                Err(ZfsError::Exists { .. }) if held => 0,
+                Err(ZfsError::NotFound { .. }) if !held => 0,
+                Err(e) => {
+                    warn!(snapshot = %format!("{ds}@{name}"), error = %e, held, "changing the floor's hold failed");
+                    continue;
                 }
-                self.floor_held(&ds, &name, held, changed);
+            };
+            if !held {
+                info!(snapshot = %format!("{ds}@{name}"), "out of the immutability window; the floor's hold is released");
             }
+            self.floor_held(ds, &name, held, changed);
         }
     }
 

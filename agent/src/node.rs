@@ -220,7 +220,13 @@ impl Agent {
                         offer: Some(offer),
                         ..result(Outcome::Done, "waiting for the sender".into())
                     },
-                    Err(m) => result(Outcome::Failed, m),
+                    Err(r) => CommandResult {
+                        effects: Effects {
+                            floor_refused: r.floor.into_iter().collect(),
+                            ..Effects::default()
+                        },
+                        ..result(Outcome::Failed, r.message)
+                    },
                 };
             }
             Command::Send(job) => return done(repl.send(job).await),

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zdr_common::wire::{
-    JobPhase, JobRole, JobUpdate, PartialReceive, ReceiveJob, ReceiveOffer, SendJob, SnapshotInfo,
-    SnapshotRef, StreamSpec,
+    FloorRefusal, JobPhase, JobRole, JobUpdate, PartialReceive, ReceiveJob, ReceiveOffer, SendJob,
+    SnapshotInfo, SnapshotRef, StreamSpec,
 };
 use zdr_common::DatasetName;
 
@@ -75,6 +75,24 @@ pub enum SetupError {
 
 /// Why a job command was refused; the message goes back to the coordinator.
 type Refused = String;
+
+/// Why a receive was refused: the message for people and, when the
+/// retention floor was the cause, its typed refusal, which the reply
+/// carries in `effects.floor_refused` for the coordinator to decide on.
+#[derive(Debug)]
+pub struct ReceiveRefused {
+    pub message: String,
+    pub floor: Option<FloorRefusal>,
+}
+
+impl From<String> for ReceiveRefused {
+    fn from(message: String) -> Self {
+        ReceiveRefused {
+            message,
+            floor: None,
+        }
+    }
+}
 
 impl Replication {
     /// Binds the transfer listener (when configured) and serves it until `shutdown`.
@@ -212,13 +230,24 @@ impl Replication {
         self: &Arc<Self>,
         cmd: ReceiveJob,
         actor: String,
-    ) -> Result<ReceiveOffer, Refused> {
+    ) -> Result<ReceiveOffer, ReceiveRefused> {
         let plane = self.plane()?;
         let dataset = DatasetName::parse(&cmd.dataset).map_err(|e| format!("dataset: {e}"))?;
         dataset
             .snapshot(&cmd.expect.name)
             .map_err(|e| format!("expect.name: {e}"))?;
         let job = job(&cmd.job, &cmd.token.0)?;
+        // A copy's class comes before any check: the floor then covers
+        // what it holds already, and what lands.
+        if let Some(source) = &cmd.source_dataset {
+            let source = DatasetName::parse(source).map_err(|e| format!("source_dataset: {e}"))?;
+            let (lc, ds, named) = (self.lifecycle.clone(), dataset.clone(), cmd.class.clone());
+            tokio::task::spawn_blocking(move || {
+                lc.note_copy(&ds, &source, named.as_deref(), now())
+            })
+            .await
+            .map_err(|e| format!("noting the copy's class panicked: {e}"))?;
+        }
         // Checked before anything is written: a refused -F changes nothing.
         let why_force = match cmd.force {
             true => Some(self.rollback_audit(&cmd, &dataset, &actor).await?),
@@ -268,13 +297,14 @@ impl Replication {
 
     /// Why `receive -F` runs, for the audit log: what it will destroy here,
     /// listed from this node's pool. Refused unless it is what the
-    /// coordinator planned.
+    /// coordinator planned, and unless the retention floor lets every
+    /// snapshot it destroys go.
     async fn rollback_audit(
         &self,
         cmd: &ReceiveJob,
         dataset: &DatasetName,
         actor: &str,
-    ) -> Result<String, Refused> {
+    ) -> Result<String, ReceiveRefused> {
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
         let listing = tokio::task::spawn_blocking(move || match backend.list_snapshots(&ds) {
@@ -294,7 +324,10 @@ impl Replication {
         let destroys = Operation::ReceiveForce(&rollback.destroys);
         self.lifecycle
             .floor_vet(dataset, &listing, destroys, actor, now())
-            .map_err(|r| floor::describe(&r))?;
+            .map_err(|r| ReceiveRefused {
+                message: floor::describe(&r),
+                floor: Some(r),
+            })?;
         Ok(format!("job {}: roll {dataset} back {rollback}", cmd.job))
     }
 
@@ -417,9 +450,13 @@ impl Replication {
             Ok((_, listing, _)) => Some(std::mem::take(listing)),
             Err(_) => None,
         };
-        let _ = tokio::task::spawn_blocking(move || match listing {
-            Some(snaps) => lc.dataset_listed(&ds, snaps, now()),
-            None => lc.dataset_changed(&ds, now()),
+        let _ = tokio::task::spawn_blocking(move || {
+            match listing {
+                Some(snaps) => lc.dataset_listed(&ds, snaps, now()),
+                None => lc.dataset_changed(&ds, now()),
+            }
+            // What landed in a copy inside its window gets the floor's hold now.
+            lc.floor_holds_of(&ds, now());
         })
         .await;
         reporter.stop().await;
@@ -784,7 +821,8 @@ impl Replication {
     }
 
     /// `zfs receive -A` on `dataset` if it has a saved partial receive,
-    /// audited before and after. True when one was dropped.
+    /// audited before and after. True when one was dropped. The retention
+    /// floor allows it always: `-A` removes no snapshot (see [`floor`]).
     async fn abort_audited(
         &self,
         actor: &str,

@@ -1,6 +1,7 @@
 //! Both ends of replication jobs between two agents on simulated pools, over
-//! the real data plane on loopback: the `receive -F` check, job status, and
-//! what a cancelled stream re-sends when it resumes.
+//! the real data plane on loopback: the `receive -F` check, the retention
+//! floor on a copy, job status, and what a cancelled stream re-sends when it
+//! resumes.
 
 mod support {
     #[allow(dead_code)] // shared with transfer.rs, which uses all of it
@@ -15,13 +16,15 @@ use support::pki::Pki;
 use tokio::sync::mpsc::UnboundedReceiver;
 use zdr_agent::audit::AuditLog;
 use zdr_agent::config::TransferConfig;
+use zdr_agent::floor::FLOOR_HOLD;
 use zdr_agent::lifecycle::Lifecycle;
 use zdr_agent::replication::Replication;
+use zdr_agent::state::SignedPolicy;
 use zdr_agent::zfs::sim::SimBackend;
 use zdr_agent::zfs::{Backend, SendSpec};
 use zdr_common::wire::{
-    JobPhase, JobRole, JobSecret, JobUpdate, ReceiveJob, ReceiveOffer, SendJob, SnapshotRef,
-    StreamSpec,
+    EventKind, FloorOperation, JobPhase, JobRole, JobSecret, JobUpdate, PolicyBundle, PruneReplica,
+    ReceiveJob, ReceiveOffer, SendJob, SnapshotRef, StreamSpec,
 };
 use zdr_common::DatasetName;
 
@@ -33,6 +36,7 @@ const ACTOR: &str = "coordinator:test/cmd-1";
 
 struct Node {
     name: &'static str,
+    lc: Arc<Lifecycle>,
     repl: Arc<Replication>,
     updates: UnboundedReceiver<JobUpdate>,
     sim: Arc<SimBackend>,
@@ -64,7 +68,7 @@ async fn node(pki: &Pki, name: &'static str, sim: SimBackend) -> Node {
         AuditLog::open(&audit).unwrap(),
     ));
     let (repl, updates) = Replication::start(
-        lifecycle,
+        lifecycle.clone(),
         name.into(),
         Some(&config),
         tokio_util::sync::CancellationToken::new(),
@@ -73,6 +77,7 @@ async fn node(pki: &Pki, name: &'static str, sim: SimBackend) -> Node {
     .unwrap();
     Node {
         name,
+        lc: lifecycle,
         repl,
         updates,
         sim,
@@ -175,6 +180,8 @@ fn receive_job(job: &str, expect: SnapshotRef) -> ReceiveJob {
         expect,
         hold_tag: TAG.into(),
         accept_secs: 30,
+        source_dataset: None,
+        class: None,
     }
 }
 
@@ -262,6 +269,7 @@ async fn a_forged_rollback_plan_is_refused_before_anything_is_written() {
     // The plan names one snapshot that is not there; three real ones would go.
     let forged = forced("forged", s2.clone(), &s1, &["zdr_fake"]);
     let e = target.repl.receive(forged, ACTOR.into()).await.unwrap_err();
+    let e = e.message;
     assert!(e.contains(DATASET), "{e}");
     assert!(e.contains("would destroy [t1, t2, t3]"), "{e}");
     assert!(e.contains("the plan names [zdr_fake]"), "{e}");
@@ -275,7 +283,8 @@ async fn a_forged_rollback_plan_is_refused_before_anything_is_written() {
         .repl
         .receive(no_base, ACTOR.into())
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .message;
     assert!(e.contains("receive -F without a base"), "{e}");
     let stranger = SnapshotRef {
         name: "s1".into(),
@@ -288,7 +297,8 @@ async fn a_forged_rollback_plan_is_refused_before_anything_is_written() {
             ACTOR.into(),
         )
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .message;
     assert!(
         e.contains("no snapshot of tank/db on this node has that GUID"),
         "{e}"
@@ -333,6 +343,155 @@ async fn a_true_rollback_plan_is_audited_with_the_real_list_and_lands() {
     assert_eq!(records[1]["why"], why.as_str());
     assert_eq!(records[1]["outcome"], "done");
     assert_eq!(records[0]["actor"], ACTOR);
+}
+
+/// A signed policy as the agent keeps it: class `gold` with a one-hour
+/// window for `tank/db`, copies under `tank/copy/` in no class.
+fn gold_policy() -> SignedPolicy {
+    let policy = serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "sites": { "a": {} },
+        "nodes": { "node-a": { "site": "a", "media": "ssd" }, "node-b": { "site": "a", "media": "hdd" } },
+        "classes": {
+            "gold": { "tiers": { "1h": 1 }, "rpo": "1h", "rto": "1h", "immutable_for": "1h" }
+        },
+        "datasets": [
+            { "match": "tank/copy/**", "exclude": true },
+            { "match": "tank/db", "class": "gold" }
+        ]
+    }))
+    .unwrap();
+    SignedPolicy {
+        bundle: PolicyBundle {
+            revision: 1,
+            issued_at: 0,
+            source_digest: String::new(),
+            policy,
+        },
+        kid: "coordinator".into(),
+        epoch: 1,
+        exp: i64::MAX,
+        raw: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy() {
+    let pki = Pki::new("fleet");
+    let mut source = node(&pki, SOURCE, SimBackend::new()).await;
+    let mut target = node(&pki, TARGET, SimBackend::new()).await;
+    target.lc.install_policy(gold_policy());
+    source.sim.create_dataset(&source.ds()).unwrap();
+    source.sim.write_data(&source.ds(), 1 << 20).unwrap();
+    let copy = DatasetName::parse("tank/copy/db").unwrap();
+    // The command names no class: the target's own policy gives tank/db's.
+    let into_copy = |job: &str, expect: SnapshotRef| ReceiveJob {
+        dataset: copy.to_string(),
+        source_dataset: Some(DATASET.into()),
+        ..receive_job(job, expect)
+    };
+    let z1 = source.snapshot("zdr_1");
+    let full = StreamSpec::Full {
+        snapshot: "zdr_1".into(),
+    };
+    let done = run(
+        &mut source,
+        &mut target,
+        into_copy("full", z1.clone()),
+        full,
+    )
+    .await;
+    assert_eq!(done.state, JobPhase::Done, "{done:?}");
+    let z2 = source.snapshot("zdr_2");
+    let incr = StreamSpec::Incremental {
+        from: "zdr_1".into(),
+        to: "zdr_2".into(),
+        intermediates: false,
+        from_bookmark: false,
+    };
+    let done = run(&mut source, &mut target, into_copy("incr", z2), incr).await;
+    assert_eq!(done.state, JobPhase::Done, "{done:?}");
+    for name in ["zdr_1", "zdr_2"] {
+        let holds = target.sim.holds(&copy, name).unwrap();
+        assert!(
+            holds.iter().any(|t| t == FLOOR_HOLD),
+            "{copy}@{name}: {holds:?}"
+        );
+    }
+
+    // A rollback that would discard zdr_2, validly planned: the floor refuses it.
+    let z3 = source.snapshot("zdr_3");
+    let rollback = ReceiveJob {
+        force: true,
+        base: Some(z1.clone()),
+        discards: vec!["zdr_2".into()],
+        ..into_copy("rollback", z3)
+    };
+    let e = target
+        .repl
+        .receive(rollback, ACTOR.into())
+        .await
+        .unwrap_err();
+    let refusal = e.floor.expect("a typed floor refusal");
+    assert_eq!(refusal.operation, FloorOperation::ReceiveForce);
+    assert_eq!(refusal.dataset, copy.as_str());
+    let hits: Vec<&str> = refusal.snapshots.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(hits, ["zdr_2"]);
+    assert!(
+        e.message.contains("inside the immutability window"),
+        "{}",
+        e.message
+    );
+    assert!(target.repl.status("rollback").is_none());
+    let refused: Vec<_> = target
+        .audit()
+        .into_iter()
+        .filter(|r| r["outcome"] == "refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["action"], "receive -F");
+    assert_eq!(refused[0]["target"], "tank/copy/db@zdr_2");
+    let raised = std::iter::from_fn(|| target.lc.pop_event())
+        .filter(|e| matches!(e.kind, EventKind::FloorRefused(_)))
+        .count();
+    assert_eq!(raised, 1);
+
+    // A prune of the copy asking for no window, with the holds gone (a root
+    // user released them): the floor refuses that too.
+    for name in ["zdr_1", "zdr_2"] {
+        target.sim.release(&copy, name, FLOOR_HOLD).unwrap();
+    }
+    target.sim.release(&copy, "zdr_2", TAG).unwrap();
+    // A newer one, so that zdr_2 is neither the newest nor its hour's first.
+    target
+        .sim
+        .snapshot(std::slice::from_ref(&copy), "zdr_3", false)
+        .unwrap();
+    let prune = PruneReplica {
+        dataset: copy.to_string(),
+        task: "stolen".into(),
+        tiers: serde_json::from_value(serde_json::json!({ "1h": 1 })).unwrap(),
+        immutable_for_secs: 0,
+    };
+    let report = target
+        .lc
+        .prune_replica(&prune, zdr_agent::clock::now(), ACTOR);
+    assert!(report.destroyed.is_empty(), "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    let names: Vec<String> = target
+        .sim
+        .list_snapshots(&copy)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["zdr_1", "zdr_2", "zdr_3"]);
+    let hits: Vec<&str> = report.refused[0]
+        .snapshots
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(hits, ["zdr_2"]);
 }
 
 #[tokio::test]

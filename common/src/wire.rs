@@ -354,6 +354,16 @@ pub struct ReceiveJob {
     pub hold_tag: String,
     /// How long to wait for the sender to connect.
     pub accept_secs: u64,
+    /// For a replication: the dataset on `source_node` this is a copy of.
+    /// The target finds the copy's class for its retention floor in its
+    /// own signed policy from this name. `None` for a restore or a drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_dataset: Option<String>,
+    /// The source dataset's class as the coordinator knows it. The target
+    /// keeps the longer window of this and its own policy's class, so a
+    /// command can lengthen a copy's floor, never shorten it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

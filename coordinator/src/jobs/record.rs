@@ -3,14 +3,18 @@
 //! sends, persists or reads a clock.
 //!
 //! A record goes `Planned → Running → Done`, or `→ Failed` (retried after a
-//! backoff: 2 s, doubling, 5 min at most) or `Blocked` (needs a human). Each
+//! backoff: 2 s, doubling, 5 min at most) or `Blocked` (needs a human). A
+//! step the target's retention floor refused (the reply's typed
+//! `effects.floor_refused`, never its wording) blocks the record: the same
+//! step is not tried again while the floor keeps those snapshots. Each
 //! step of the plan is attempted until it lands; an attempt is known to both
 //! agents by its `attempt_id`. A failed attempt's id is kept so that the
 //! other end's later word on it (often the cause) still reaches the history.
 
 use serde::{Deserialize, Serialize};
 use zdr_common::wire::{
-    CheckLevel, JobPhase, JobRole, JobUpdate, PartialReceive, SnapshotInfo, SnapshotRef, StreamSpec,
+    CheckLevel, FloorOperation, FloorRefusal, JobPhase, JobRole, JobUpdate, PartialReceive,
+    SnapshotInfo, SnapshotRef, StreamSpec,
 };
 
 use crate::pairing::Pairing;
@@ -129,7 +133,8 @@ pub enum JobState {
     Done,
     /// The last attempt failed; another follows at `next_attempt_at_ms`.
     Failed,
-    /// Needs a human: a diverged target, or no common snapshot.
+    /// Needs a human: a diverged target, no common snapshot, or a step the
+    /// target's retention floor refused.
     Blocked,
 }
 
@@ -199,6 +204,11 @@ pub struct JobRecord {
     #[serde(default)]
     pub failed_attempt: Option<FailedAttempt>,
     pub history: Vec<String>,
+    /// What the target's retention floor refused of this pairing's steps,
+    /// kept while a snapshot it named is inside its window: a plan that
+    /// would remove one of them is blocked, not sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floor_refused: Vec<FloorRefusal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<RestoreInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,6 +298,57 @@ pub fn describe(steps: &[PlannedStep]) -> String {
         .join(", ")
 }
 
+/// The refusals' snapshots still inside their window at `now_ms`.
+fn still_kept(refusals: &[FloorRefusal], now_ms: i64) -> Vec<FloorRefusal> {
+    refusals
+        .iter()
+        .filter_map(|r| {
+            let snapshots: Vec<_> = r
+                .snapshots
+                .iter()
+                .filter(|h| h.until.saturating_mul(1000) > now_ms)
+                .cloned()
+                .collect();
+            (!snapshots.is_empty()).then(|| FloorRefusal {
+                snapshots,
+                ..r.clone()
+            })
+        })
+        .collect()
+}
+
+/// The reason a job shows for what `node`'s retention floor refused, from
+/// the typed refusals.
+pub fn floor_reason(node: &str, refusals: &[FloorRefusal]) -> String {
+    let parts: Vec<String> = refusals
+        .iter()
+        .map(|r| {
+            let op = match r.operation {
+                FloorOperation::Destroy => "destroy",
+                FloorOperation::ReceiveForce => "receive -F (rollback)",
+                FloorOperation::ReleaseHold => "releasing the floor's hold",
+            };
+            let hits: Vec<String> = r
+                .snapshots
+                .iter()
+                .map(|h| {
+                    let window = u64::try_from(h.until.saturating_sub(h.creation)).unwrap_or(0);
+                    format!(
+                        "@{} is inside its {} immutability window until {}",
+                        h.name,
+                        zdr_common::duration::Duration::from_secs(window),
+                        chrono::DateTime::from_timestamp(h.until, 0)
+                            .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                            .unwrap_or_else(|| h.until.to_string())
+                    )
+                })
+                .collect();
+            format!("{op} of {}: {}", r.dataset, hits.join(", "))
+        })
+        .collect();
+    format!("target {node} refused: {} (floor)", parts.join("; "))
+}
+
 impl JobRecord {
     pub fn new(
         kind: JobKind,
@@ -327,6 +388,7 @@ impl JobRecord {
             moving_holds_to: None,
             failed_attempt: None,
             history: Vec::new(),
+            floor_refused: Vec::new(),
             restore: None,
             drill: None,
             persisted_at_ms: 0,
@@ -454,6 +516,7 @@ impl JobRecord {
             }
             self.history = prev.history.clone();
             self.last_success_ms = prev.last_success_ms;
+            self.floor_refused = still_kept(&prev.floor_refused, now_ms);
         }
         self.attempt += 1;
         self.log(
@@ -478,17 +541,73 @@ impl JobRecord {
         vec![self.persist(now_ms)]
     }
 
-    /// The plan needs a human: the record says why, keeps its history.
+    /// The plan needs a human: the record says why, keeps its history (the
+    /// same reason again adds no line).
     pub fn block(mut self, previous: Option<&JobRecord>, why: String, now_ms: i64) -> JobRecord {
         self.state = JobState::Blocked;
         self.error = Some(why.clone());
+        let mut again = false;
         if let Some(prev) = previous {
             self.last_success_ms = prev.last_success_ms;
             self.history = prev.history.clone();
+            self.floor_refused = still_kept(&prev.floor_refused, now_ms);
+            again = prev.state == JobState::Blocked && prev.error.as_deref() == Some(&why);
         }
-        self.log(format!("blocked: {why}"), now_ms);
+        if !again {
+            self.log(format!("blocked: {why}"), now_ms);
+        }
         self.persisted_at_ms = now_ms;
         self
+    }
+
+    /// The target's retention floor refused the current attempt's step: a
+    /// permanent failure for that step. The record is blocked with the
+    /// reason, and no plan that removes those snapshots is sent again
+    /// until they leave their window ([`JobRecord::floor_keeps`]).
+    pub fn floor_refused(
+        &mut self,
+        attempt: &str,
+        refusals: Vec<FloorRefusal>,
+        now_ms: i64,
+    ) -> Vec<Effect> {
+        if self.attempt_id != attempt || !self.active() || refusals.is_empty() {
+            return Vec::new();
+        }
+        let why = floor_reason(&self.target_node, &refusals);
+        self.failed_attempt = Some(FailedAttempt {
+            id: self.attempt_id.clone(),
+            attempt: self.attempt,
+        });
+        self.state = JobState::Blocked;
+        self.error = Some(why.clone());
+        self.next_attempt_at_ms = None;
+        self.updated_at_ms = now_ms;
+        self.floor_refused = refusals;
+        self.log(
+            format!(
+                "attempt {} refused for good: {why}; not tried again while the floor keeps them",
+                self.attempt
+            ),
+            now_ms,
+        );
+        vec![self.persist(now_ms)]
+    }
+
+    /// Why `steps` must not start: one of them removes a snapshot on the
+    /// target that its retention floor refused to let go and still keeps.
+    pub fn floor_keeps(&self, steps: &[PlannedStep], now_ms: i64) -> Option<String> {
+        let kept = still_kept(&self.floor_refused, now_ms);
+        let removes = |r: &FloorRefusal| {
+            r.dataset == self.target_dataset
+                && r.snapshots.iter().any(|h| {
+                    steps
+                        .iter()
+                        .any(|s| s.force && s.discards.contains(&h.name))
+                })
+        };
+        kept.iter()
+            .any(removes)
+            .then(|| floor_reason(&self.target_node, &kept))
     }
 
     /// The id of the attempt about to start.
@@ -903,6 +1022,60 @@ mod tests {
             discards: vec![],
             base: None,
         }
+    }
+
+    /// What node `b`'s floor says of `backup/d@x`: taken at 0, kept for 1h.
+    fn refused_x() -> Vec<FloorRefusal> {
+        vec![FloorRefusal {
+            dataset: "backup/d".into(),
+            operation: FloorOperation::ReceiveForce,
+            snapshots: vec![zdr_common::wire::FloorHit {
+                name: "x".into(),
+                creation: 0,
+                until: 3600,
+            }],
+        }]
+    }
+
+    #[test]
+    fn a_step_the_floor_refused_blocks_the_job_for_good() {
+        let mut r = running(1);
+        r.steps[0].force = true;
+        r.steps[0].discards = vec!["x".into()];
+        let attempt = r.attempt_id.clone();
+        // A late refusal of another attempt changes nothing.
+        assert!(r.floor_refused("other", refused_x(), 1_000).is_empty());
+        assert_eq!(
+            r.floor_refused(&attempt, refused_x(), 1_000),
+            [Effect::Persist]
+        );
+        assert_eq!(r.state, JobState::Blocked);
+        assert_eq!(r.next_attempt_at_ms, None);
+        let why = "target b refused: receive -F (rollback) of backup/d: @x is inside its 1h \
+                   immutability window until 1970-01-01T01:00:00Z (floor)";
+        assert_eq!(r.error.as_deref(), Some(why));
+        assert!(r.history.last().unwrap().ends_with(&format!(
+            "attempt 1 refused for good: {why}; not tried again while the floor keeps them"
+        )));
+        // The same step again is kept back until the window has passed; a
+        // plan that leaves x alone is not.
+        let steps = r.steps.clone();
+        assert_eq!(r.floor_keeps(&steps, 3_599_999).as_deref(), Some(why));
+        assert_eq!(r.floor_keeps(&steps, 3_600_000), None);
+        assert_eq!(r.floor_keeps(&[step("s2", 2)], 1_000), None);
+        // A blocked record made from it keeps the refusal, and says the same once.
+        let lines = r.history.len();
+        let again = JobRecord::new(JobKind::Replication, &pairing(), "c", 2, vec![], 2_000).block(
+            Some(&r),
+            why.to_string(),
+            2_000,
+        );
+        assert_eq!(again.floor_refused, r.floor_refused);
+        assert_eq!(again.history.len(), lines);
+        let later = JobRecord::new(JobKind::Replication, &pairing(), "c", 3, vec![], 4_000_000)
+            .block(Some(&again), "diverged".into(), 4_000_000);
+        assert!(later.floor_refused.is_empty(), "past its window");
+        assert_eq!(later.history.len(), lines + 1);
     }
 
     /// A record with `n` steps whose first attempt has started.

@@ -13,7 +13,7 @@ use zdr_common::wire::{
     Command, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
 };
 
-use super::record::{describe, Effect, JobKind, JobRecord};
+use super::record::{describe, floor_reason, Effect, JobKind, JobRecord};
 use super::schedule::{self, Decision, Ends, NeverCopied};
 use super::{hold_tag, rates, restore_tag, ACCEPT_SECS};
 use crate::bus;
@@ -227,6 +227,24 @@ async fn fail_current(state: &State, key: &str, attempt: &str, why: String, disc
     persist(state, key, &rec).await;
 }
 
+/// Records that the target's retention floor refused `attempt`'s step, and persists it.
+async fn floor_refused(
+    state: &State,
+    key: &str,
+    attempt: &str,
+    refusals: Vec<zdr_common::wire::FloorRefusal>,
+) {
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(key) else { return };
+        if cur.floor_refused(attempt, refusals, now_ms()).is_empty() {
+            return;
+        }
+        cur.clone()
+    };
+    persist(state, key, &rec).await;
+}
+
 /// Sends the current step's two commands: `receive` to the target, then
 /// `send` to the source with the target's address (and resume token).
 async fn start_attempt(state: &Arc<State>, key: &str) {
@@ -249,6 +267,18 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
             restore_tag(JobRole::Target, &rec.id),
         ),
     };
+    // A copy's target finds its class for the retention floor in its own
+    // policy from the source dataset; the class named here can only lengthen it.
+    let (source_dataset, class) = match rec.kind {
+        JobKind::Replication => (
+            Some(rec.dataset.clone()),
+            state
+                .fleet()
+                .dataset(&rec.source_node, &rec.dataset)
+                .and_then(|d| d.class.clone()),
+        ),
+        JobKind::Restore | JobKind::Drill => (None, None),
+    };
     let receive = ReceiveJob {
         job: attempt.clone(),
         token: token.clone(),
@@ -261,6 +291,8 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         expect: step.expect.clone(),
         hold_tag: tag.clone(),
         accept_secs: ACCEPT_SECS,
+        source_dataset,
+        class,
     };
     // A restore sends the copy as it is stored: raw-encrypted stays raw.
     let (raw, compress) = match rec.kind {
@@ -276,6 +308,9 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         .send_command(&rec.target_node, &Command::Receive(receive))
         .await
     {
+        Ok(r) if !r.effects.floor_refused.is_empty() => {
+            return floor_refused(state, key, &attempt, r.effects.floor_refused).await;
+        }
         Ok(r) if r.outcome == Outcome::Done && r.offer.is_some() => r.offer.expect("checked"),
         Ok(r) => {
             let why = format!("target {}: {}", rec.target_node, r.message);
@@ -471,6 +506,10 @@ async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
         })
     };
     let line = match state.send_command(&rec.target_node, &cmd).await {
+        Ok(r) if !r.effects.floor_refused.is_empty() => format!(
+            "retention on the copy: {}",
+            floor_reason(&rec.target_node, &r.effects.floor_refused)
+        ),
         Ok(r) if r.outcome == Outcome::Done && r.effects.destroyed.is_empty() => return,
         Ok(r) if r.outcome == Outcome::Done => format!(
             "retention on the copy: {} destroyed: {}",

@@ -11,7 +11,9 @@
 //!    offline, or while another job writes into the same target dataset;
 //! 4. after a landing, the next plan waits until the target's inventory
 //!    shows it (for a while);
-//! 5. then the transfer is planned from both inventories.
+//! 5. then the transfer is planned from both inventories;
+//! 6. a plan that removes a snapshot the target's retention floor refused
+//!    to let go, while it is inside its window, is blocked, not sent.
 
 use std::collections::HashSet;
 
@@ -134,6 +136,9 @@ pub fn decide(
             let steps = steps_of(&plan.steps, &src.snapshots, &src.bookmarks);
             if steps.is_empty() {
                 return Decision::Wait;
+            }
+            if let Some(why) = record.and_then(|r| r.floor_keeps(&steps, now_ms)) {
+                return Decision::Blocked(why);
             }
             let discard_partial = record
                 .and_then(|r| r.partial.as_ref())
@@ -323,6 +328,53 @@ mod tests {
         assert!(matches!(
             decide(&t, None, &ends(true, Some(&diverged)), false, 0),
             Decision::Blocked(why) if why.contains("diverged")
+        ));
+    }
+
+    #[test]
+    fn a_rollback_the_targets_floor_refused_waits_for_the_window() {
+        let mut t = task();
+        t.allow_rollback = true;
+        let src = inv(vec![s("a", 1), s("b", 2)]);
+        let tgt = inv(vec![s("a", 1), s("x", 9)]);
+        let ends = Ends {
+            source_online: true,
+            target_online: true,
+            source: Some(&src),
+            target: Some(&tgt),
+        };
+        let Decision::Start { steps, .. } = decide(&t, None, &ends, false, 0) else {
+            panic!("expected a start")
+        };
+        assert_eq!(steps[0].discards, ["x"]);
+        let mut rec = JobRecord::new(
+            super::super::record::JobKind::Replication,
+            &pairing("tank/d"),
+            "c",
+            1,
+            steps,
+            0,
+        );
+        let attempt = rec.begin_attempt(0);
+        let refusal = zdr_common::wire::FloorRefusal {
+            dataset: "backup/tank/d".into(),
+            operation: zdr_common::wire::FloorOperation::ReceiveForce,
+            snapshots: vec![zdr_common::wire::FloorHit {
+                name: "x".into(),
+                creation: 0,
+                until: 3600,
+            }],
+        };
+        assert!(!rec.floor_refused(&attempt, vec![refusal], 0).is_empty());
+        // Due again on schedule, but the plan is the one refused: blocked, not sent.
+        assert!(matches!(
+            decide(&t, Some(&rec), &ends, false, 600_000),
+            Decision::Blocked(why) if why.starts_with("target b refused: receive -F")
+        ));
+        // Once x has left its window the target would let it go.
+        assert!(matches!(
+            decide(&t, Some(&rec), &ends, false, 3_600_000),
+            Decision::Start { .. }
         ));
     }
 
