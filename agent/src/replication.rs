@@ -4,6 +4,7 @@
 //! as [`JobUpdate`]s; the coordinator decides what happens next.
 
 pub mod rollback;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,6 +64,8 @@ pub struct Replication {
     /// Set by [`Replication::stop`]: no new job starts.
     stopping: AtomicBool,
     updates: mpsc::UnboundedSender<JobUpdate>,
+    /// Set when the config has `[offsite]`: uploads to buckets.
+    offsite: std::sync::OnceLock<upload::Offsite>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,7 @@ impl Replication {
             jobs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             updates,
+            offsite: std::sync::OnceLock::new(),
         });
         Ok((me, rx))
     }
@@ -177,6 +181,7 @@ impl Replication {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         };
         if let Some(running) = self.jobs().get_mut(&(job.to_string(), role)) {
             running.last = Some(update.clone());
@@ -203,6 +208,7 @@ impl Replication {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         }))
     }
 
@@ -437,6 +443,7 @@ impl Replication {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         };
         match outcome {
             Ok((snap, _, summary)) => {

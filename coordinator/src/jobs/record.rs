@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 use zdr_common::wire::{
-    CheckLevel, JobPhase, JobRole, JobUpdate, PartialReceive, SnapshotInfo, SnapshotRef, StreamSpec,
+    CheckLevel, JobPhase, JobRole, JobUpdate, ManifestRef, PartialReceive, SnapshotInfo,
+    SnapshotRef, StreamSpec, UploadLock,
 };
 
 use crate::pairing::Pairing;
@@ -46,6 +47,21 @@ pub enum JobKind {
     /// content compared with production's same snapshot, then the scratch
     /// destroyed (`crate::drills`).
     Drill,
+    /// `zfs send` of a source dataset into a bucket, by its source agent
+    /// alone (`crate::offsite`); the target end is the bucket.
+    Upload,
+}
+
+/// What an upload record holds beyond the shared fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// The manifests this dataset's uploads committed, oldest first: the
+    /// current chain and the one before (`crate::offsite::commit`).
+    pub committed: Vec<ManifestRef>,
+    /// The manifest the current upload continues.
+    pub parent: Option<ManifestRef>,
+    pub raw: bool,
+    pub lock: Option<UploadLock>,
 }
 
 /// What a drill record holds beyond its restore part (whose target is the
@@ -203,6 +219,8 @@ pub struct JobRecord {
     pub restore: Option<RestoreInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadInfo>,
     /// When this record was last written to KV (not itself persisted).
     #[serde(skip)]
     pub persisted_at_ms: i64,
@@ -329,6 +347,7 @@ impl JobRecord {
             history: Vec::new(),
             restore: None,
             drill: None,
+            upload: None,
             persisted_at_ms: 0,
         }
     }
@@ -340,6 +359,14 @@ impl JobRecord {
             self.history.remove(0);
         }
         self.history.push(format!("{} {line}", clock(now_ms)));
+    }
+
+    /// The nodes of the job: an upload's other end is a bucket.
+    pub fn nodes(&self) -> Vec<String> {
+        match self.kind {
+            JobKind::Upload => vec![self.source_node.clone()],
+            _ => vec![self.source_node.clone(), self.target_node.clone()],
+        }
     }
 
     pub fn active(&self) -> bool {
@@ -407,7 +434,7 @@ impl JobRecord {
             return Vec::new();
         }
         let cancel = Effect::Cancel {
-            nodes: vec![self.source_node.clone(), self.target_node.clone()],
+            nodes: self.nodes(),
             attempt: self.attempt_id.clone(),
         };
         let why = format!("no word from either agent for {} s", STALL_MS / 1000);
@@ -561,8 +588,16 @@ impl JobRecord {
                 }
                 vec![self.persist(now_ms)]
             }
+            (JobRole::Source, JobPhase::Done) if self.kind == JobKind::Upload => {
+                self.uploaded(update, now_ms)
+            }
             (JobRole::Source, JobPhase::Done) => {
                 self.log(format!("source: {}", update.message), now_ms);
+                vec![self.persist(now_ms)]
+            }
+            (JobRole::Source, JobPhase::Failed) if self.kind == JobKind::Upload => {
+                let why = format!("source {}: {}", update.node, update.message);
+                self.fail_attempt(why, false, now_ms);
                 vec![self.persist(now_ms)]
             }
             (role, JobPhase::Failed) => {
@@ -585,6 +620,75 @@ impl JobRecord {
             }
             (JobRole::Target, JobPhase::Done) => self.landed(update, now_ms),
         }
+    }
+
+    /// The source says its upload committed a manifest: done only if it is
+    /// the stream planned (by GUID, on the planned parent).
+    fn uploaded(&mut self, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+        let step = self.steps[self.step].clone();
+        self.log(format!("source: {}", update.message), now_ms);
+        if self.upload.is_none() {
+            return Vec::new();
+        }
+        let m = match &update.uploaded {
+            Some(m) => m.clone(),
+            None => {
+                let why = "the source reported an upload without its manifest".into();
+                self.fail_attempt(why, false, now_ms);
+                return vec![self.persist(now_ms)];
+            }
+        };
+        let want_from = step.base.as_ref().map(|b| b.guid);
+        let want_parent = self
+            .upload
+            .as_ref()
+            .and_then(|u| u.parent.as_ref())
+            .map(|p| p.hash.clone());
+        if m.to_guid != step.expect.guid || m.from_guid != want_from {
+            let why = format!(
+                "the upload's manifest lands GUID {} from {:?}, the plan was {} from {want_from:?}; not continued from",
+                m.to_guid, m.from_guid, step.expect.guid
+            );
+            self.fail_attempt(why, false, now_ms);
+            return vec![self.persist(now_ms)];
+        }
+        let line = format!(
+            "done: {}@{} (GUID {}) is in {} as {} stream {} ({} bytes, {} segments{}{}) in {:.1} s",
+            self.dataset,
+            step.expect.name,
+            m.to_guid,
+            self.target_dataset,
+            if m.from_guid.is_some() { "incremental" } else { "full" },
+            m.stream,
+            m.stream_bytes,
+            m.segments,
+            want_parent
+                .map(|p| format!(", parent manifest {p}"))
+                .unwrap_or_default(),
+            if m.retain_until > 0 {
+                format!(", locked until {}", m.retain_until)
+            } else {
+                String::new()
+            },
+            (now_ms - self.started_at_ms) as f64 / 1000.0
+        );
+        if let Some(info) = self.upload.as_mut() {
+            crate::offsite::commit(&mut info.committed, m);
+        }
+        self.step += 1;
+        self.state = JobState::Done;
+        self.error = None;
+        self.finished_at_ms = Some(now_ms);
+        self.last_success_ms = Some(now_ms);
+        self.eta_secs = Some(0);
+        self.log(line, now_ms);
+        self.moving_holds_to = Some(step.expect.name.clone());
+        vec![
+            self.persist(now_ms),
+            Effect::MoveHolds {
+                keep: step.expect.name,
+            },
+        ]
     }
 
     /// The target says the current step's receive is over.
@@ -928,6 +1032,7 @@ mod tests {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         }
     }
 
