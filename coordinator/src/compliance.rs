@@ -536,7 +536,10 @@ fn bucket_copy(
     now: i64,
     rpo_secs: u64,
 ) -> CopyReport {
-    let committed = u.upload.as_ref().map_or(&[][..], |i| i.committed.as_slice());
+    let committed = u
+        .upload
+        .as_ref()
+        .map_or(&[][..], |i| i.committed.as_slice());
     let confirmed = committed
         .iter()
         .filter_map(|m| known.get(&m.to_guid).map(|at| (m, *at)))

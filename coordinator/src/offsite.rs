@@ -18,11 +18,11 @@
 //! 5. with object lock, every object is locked until the chain's last
 //!    possible incremental plus `retain` (`LockSpec::retain_until`).
 
-use zdr_common::wire::{
-    BucketSpec, CredentialsRef, DatasetInventory, LockMode, ManifestRef, SnapshotInfo,
-    SnapshotRef, StreamSpec, UploadLock,
-};
 use zdr_common::policy::Pattern;
+use zdr_common::wire::{
+    BucketSpec, CredentialsRef, DatasetInventory, LockMode, ManifestRef, SnapshotInfo, SnapshotRef,
+    StreamSpec, UploadLock,
+};
 use zdr_common::DatasetName;
 use zdr_schemas::buckets::{self, BucketTask};
 use zdr_schemas::tasks::Source;
@@ -89,8 +89,7 @@ impl<'a> Selector<'a> {
         if self.source.patterns.is_empty() {
             return true;
         }
-        DatasetName::parse(&inv.dataset)
-            .is_ok_and(|d| self.patterns.iter().any(|p| p.matches(&d)))
+        DatasetName::parse(&inv.dataset).is_ok_and(|d| self.patterns.iter().any(|p| p.matches(&d)))
     }
 }
 
@@ -153,7 +152,13 @@ pub fn decide(
     let committed = record
         .and_then(|r| r.upload.as_ref())
         .map_or(&[][..], |u| u.committed.as_slice());
-    plan(task, committed, &src.snapshots, src.encrypted, now_ms / 1000)
+    plan(
+        task,
+        committed,
+        &src.snapshots,
+        src.encrypted,
+        now_ms / 1000,
+    )
 }
 
 /// The current chain: the last full and what follows it.
@@ -295,7 +300,7 @@ buckets:
     fn task() -> BucketTask {
         let policy = zdr_schemas::parse_policy(
             "p.yaml",
-            "version: 1\nsites: { a: {} }\nnodes: { n: { site: a, media: ssd } }\nclasses: { gold: { rpo: 1h, rto: 1h } }\ndatasets: [{ match: tank/**, class: gold }]\n",
+            "version: 1\nsites: { a: {}, b: {} }\nnodes: { n: { site: a, media: ssd }, m: { site: b, media: hdd } }\nclasses: { gold: { rpo: 1h, rto: 1h } }\ndatasets: [{ match: tank/**, class: gold }]\n",
         )
         .unwrap();
         zdr_schemas::parse_tasks("t.yml", TASKS, &policy)
@@ -341,8 +346,19 @@ buckets:
 
     #[test]
     fn first_a_full_of_the_newest_locked_past_the_chain() {
-        let p = start(plan(&task(), &[], &[snap("a", 1), snap("b", 2)], false, 5_000));
-        assert_eq!(p.step.stream, StreamSpec::Full { snapshot: "b".into() });
+        let p = start(plan(
+            &task(),
+            &[],
+            &[snap("a", 1), snap("b", 2)],
+            false,
+            5_000,
+        ));
+        assert_eq!(
+            p.step.stream,
+            StreamSpec::Full {
+                snapshot: "b".into()
+            }
+        );
         assert_eq!(p.step.expect.guid, 2);
         assert!(p.parent.is_none() && p.raw);
         let lock = p.lock.unwrap();

@@ -21,8 +21,10 @@ use zdr_integration::*;
 const POLICY: &str = r#"version: 1
 sites:
   site-a: {}
+  site-b: {}
 nodes:
   node-a1: { site: site-a, media: ssd }
+  node-b1: { site: site-b, media: hdd }
 classes:
   fast:
     tiers: { 2s: 30 }
@@ -122,7 +124,9 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
     assert_eq!(job["target_node"], "bucket:vault");
     let lines = history(&job);
     assert!(
-        lines.iter().any(|l| l.contains("a new chain starts with a full")),
+        lines
+            .iter()
+            .any(|l| l.contains("a new chain starts with a full")),
         "{lines:#?}"
     );
     assert!(
@@ -149,7 +153,10 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
     assert_eq!(chain.len(), 2, "{chain:#?}");
     assert_eq!(chain[0].hash, full["hash"].as_str().unwrap());
     assert_eq!(chain[1].hash, incr["hash"].as_str().unwrap());
-    assert_eq!(chain[1].manifest.parent.as_deref(), Some(chain[0].hash.as_str()));
+    assert_eq!(
+        chain[1].manifest.parent.as_deref(),
+        Some(chain[0].hash.as_str())
+    );
     assert!(chain[0].manifest.flags.raw && chain[1].manifest.flags.raw);
 
     // Restored from the bucket alone, the streams land the source's GUIDs.
@@ -182,23 +189,27 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
 
     // The coordinator's report lists the bucket as a copy of the dataset,
     // its newest point a committed upload the source knows by GUID.
-    let copy = wait_for("the bucket copy in the report", Duration::from_secs(30), || async {
-        let (200, body) = c.get("/api/v1/report").await? else {
-            return None;
-        };
-        let report: Value = serde_json::from_str(&body).ok()?;
-        let ds = report["datasets"]
-            .as_array()?
-            .iter()
-            .find(|d| d["node"] == "node-a1" && d["dataset"] == "tank/db")?
-            .clone();
-        let copy = ds["copies"]
-            .as_array()?
-            .iter()
-            .find(|c| c["role"] == "bucket")?
-            .clone();
-        (!copy["newest"].is_null()).then_some(copy)
-    })
+    let copy = wait_for(
+        "the bucket copy in the report",
+        Duration::from_secs(30),
+        || async {
+            let (200, body) = c.get("/api/v1/report").await? else {
+                return None;
+            };
+            let report: Value = serde_json::from_str(&body).ok()?;
+            let ds = report["datasets"]
+                .as_array()?
+                .iter()
+                .find(|d| d["node"] == "node-a1" && d["dataset"] == "tank/db")?
+                .clone();
+            let copy = ds["copies"]
+                .as_array()?
+                .iter()
+                .find(|c| c["role"] == "bucket")?
+                .clone();
+            (!copy["newest"].is_null()).then_some(copy)
+        },
+    )
     .await;
     assert_eq!(copy["node"], "bucket:vault", "{copy:#}");
     assert_eq!(copy["replication"]["task"], "vault", "{copy:#}");
@@ -212,17 +223,21 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
     // The source holds the chain's tip for the next incremental; the
     // full's snapshot is let go once the incremental committed.
     let full_guid = full["to_guid"].as_u64().unwrap();
-    wait_for("the upload hold to move on", Duration::from_secs(30), || async {
-        let snaps = on_disk(&agent, "tank/db")?;
-        let held = |g: u64| {
-            snaps
+    wait_for(
+        "the upload hold to move on",
+        Duration::from_secs(30),
+        || async {
+            let snaps = on_disk(&agent, "tank/db")?;
+            let held = |g: u64| {
+                snaps
+                    .iter()
+                    .any(|(_, guid, h)| *guid == g && h.iter().any(|t| t == "zdr-offsite-vault"))
+            };
+            let any = snaps
                 .iter()
-                .any(|(_, guid, h)| *guid == g && h.iter().any(|t| t == "zdr-offsite-vault"))
-        };
-        let any = snaps
-            .iter()
-            .any(|(_, _, h)| h.iter().any(|t| t == "zdr-offsite-vault"));
-        (any && !held(full_guid)).then_some(())
-    })
+                .any(|(_, _, h)| h.iter().any(|t| t == "zdr-offsite-vault"));
+            (any && !held(full_guid)).then_some(())
+        },
+    )
     .await;
 }

@@ -307,7 +307,10 @@ pub fn bucket_task_problems(task: &BucketTask, policy: &Policy) -> Vec<Problem> 
             ));
         }
     }
-    let (full, incr) = (task.chain.full_every.secs(), task.chain.incremental_every.secs());
+    let (full, incr) = (
+        task.chain.full_every.secs(),
+        task.chain.incremental_every.secs(),
+    );
     if incr == 0 {
         out.push(problem(
             &["chain", "incremental_every"],

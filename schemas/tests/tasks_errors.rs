@@ -253,7 +253,7 @@ fn retention_override_is_checked() {
 fn a_bare_list_gets_a_hint() {
     assert_eq!(
         error("- name: local\n"),
-        "specs/t.yml:1:1: the top level is a list; expected a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links`"
+        "specs/t.yml:1:1: the top level is a list; expected a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links` and `buckets`"
     );
 }
 
@@ -372,7 +372,10 @@ fn bucket_task_parses() {
     use zdr_schemas::buckets::LockMode;
     let tasks = parse_tasks("specs/t.yml", &with_bucket("", ""), &policy()).unwrap();
     let b = &tasks.buckets[0];
-    assert_eq!(b.bucket.credentials.file.as_deref(), Some("/etc/zdr/vault.credentials"));
+    assert_eq!(
+        b.bucket.credentials.file.as_deref(),
+        Some("/etc/zdr/vault.credentials")
+    );
     assert_eq!(b.bucket.object_lock.unwrap().mode, LockMode::Compliance);
     assert_eq!(b.chain.full_every.secs(), 30 * 86_400);
     assert!(b.raw && !b.bucket.b2);
@@ -384,15 +387,27 @@ fn bucket_secrets_are_never_inline() {
         "{ file: /etc/zdr/vault.credentials }",
         "{ access_key_id: AKIA1, secret_access_key: hunter2 }",
     ));
-    assert!(e.starts_with("specs/t.yml:33:20: buckets[0].bucket.credentials"), "{e}");
-    assert!(e.contains("has `access_key_id`") && e.contains("must not hold the secret"), "{e}");
+    assert!(
+        e.starts_with("specs/t.yml:33:7: buckets[0].bucket.credentials"),
+        "{e}"
+    );
+    assert!(
+        e.contains("has `access_key_id`") && e.contains("must not hold the secret"),
+        "{e}"
+    );
     assert!(!e.contains("hunter2"), "the error repeats the secret: {e}");
     let e = error(&with_bucket(
         "{ file: /etc/zdr/vault.credentials }",
         "AKIA1:hunter2",
     ));
-    assert!(e.starts_with("specs/t.yml:33:20: buckets[0].bucket.credentials"), "{e}");
-    assert!(e.contains("is a plain value") && !e.contains("hunter2"), "{e}");
+    assert!(
+        e.starts_with("specs/t.yml:33:20: buckets[0].bucket.credentials"),
+        "{e}"
+    );
+    assert!(
+        e.contains("is a plain value") && !e.contains("hunter2"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -403,11 +418,11 @@ fn bucket_problems_have_positions() {
     );
     assert_eq!(
         error(&with_bucket("mode: compliance", "mode: compliant")),
-        "specs/t.yml:34:30: buckets[0].bucket.object_lock.mode: unknown value `compliant`; did you mean `compliance`?"
+        "specs/t.yml:34:28: buckets[0].bucket.object_lock.mode: unknown value `compliant`; did you mean `compliance`?"
     );
     assert_eq!(
         error(&with_bucket("full_every: 30d", "full_every: 1d")),
-        "specs/t.yml:35:33: buckets[0].chain.full_every: 1d is not longer than incremental_every (1d); a chain is a full and incrementals until the next full, so make full_every longer"
+        "specs/t.yml:35:26: buckets[0].chain.full_every: 1d is not longer than incremental_every (1d); a chain is a full and incrementals until the next full, so make full_every longer"
     );
     assert_eq!(
         error(&with_bucket("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=", "BwcH")),
@@ -419,6 +434,6 @@ fn bucket_problems_have_positions() {
     );
     assert_eq!(
         error(&with_bucket("region: eu-1", "region: eu-1\n      b2: true\n      storage_class: GLACIER")),
-        "specs/t.yml:35:22: buckets[0].bucket.storage_class: B2 has no storage classes; remove `storage_class` or set `b2: false`"
+        "specs/t.yml:34:22: buckets[0].bucket.storage_class: B2 has no storage classes; remove `storage_class` or set `b2: false`"
     );
 }

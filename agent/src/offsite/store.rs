@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::manifest::{
-    self, sha256_hex, ChainError, Manifest, ManifestError, ManifestSigner, SegmentEntry, SendFlags,
-    TrustedSigners, VerifiedManifest,
+    self, sha256_hex, ChainError, Manifest, ManifestError, ManifestSigner, ParentRef, SegmentEntry,
+    SendFlags, TrustedSigners, VerifiedManifest,
 };
 use super::seal::{self, DataKey, SealError, SegmentAt, StreamId};
 use super::sizing::Sizing;
@@ -246,13 +246,7 @@ pub fn check_parent(req: &UploadRequest) -> Result<(), ChainError> {
             incomplete: Vec::new(),
         });
     };
-    manifest::check_link(
-        &req.dataset,
-        "(new upload)",
-        from_guid,
-        req.flags,
-        parent,
-    )
+    manifest::check_link(&req.dataset, "(new upload)", from_guid, req.flags, parent)
 }
 
 fn content_md5(bytes: &[u8]) -> String {

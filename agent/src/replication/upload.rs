@@ -266,11 +266,9 @@ impl Replication {
             if let (Some(from), Some(want)) = (&from, from_guid) {
                 match guid_of(from) {
                     Some(g) if g == want => {}
-                    got => {
-                        return Err(format!(
-                            "{ds}@{from} has GUID {got:?} here, the chain's tip is {want}: plan again"
-                        ))
-                    }
+                    got => return Err(format!(
+                        "{ds}@{from} has GUID {got:?} here, the chain's tip is {want}: plan again"
+                    )),
                 }
             }
             let in_flight = lifecycle.stream_in_flight(&ds, from.as_deref(), &to, false);
@@ -503,20 +501,51 @@ mod tests {
 
     #[test]
     fn commands_are_checked_before_anything_is_sent() {
-        let full = check(&cmd(StreamSpec::Full { snapshot: "b".into() }, None, None), false).unwrap();
+        let full = check(
+            &cmd(
+                StreamSpec::Full {
+                    snapshot: "b".into(),
+                },
+                None,
+                None,
+            ),
+            false,
+        )
+        .unwrap();
         assert!(full.parent.is_none() && !full.flags.raw);
         assert_eq!(full.lock.unwrap().mode, LockMode::Compliance);
         // Encrypted datasets go raw whatever the task says.
-        assert!(check(&cmd(StreamSpec::Full { snapshot: "b".into() }, None, None), true)
+        assert!(
+            check(
+                &cmd(
+                    StreamSpec::Full {
+                        snapshot: "b".into()
+                    },
+                    None,
+                    None
+                ),
+                true
+            )
             .unwrap()
             .flags
-            .raw);
+            .raw
+        );
         let inc = check(&cmd(incr(), Some(1), Some(parent())), true).unwrap();
         assert_eq!(inc.parent.unwrap().to_guid, 1);
         assert!(check(&cmd(incr(), Some(1), None), true)
             .unwrap_err()
             .contains("no parent manifest"));
-        assert!(check(&cmd(StreamSpec::Full { snapshot: "b".into() }, Some(1), None), true).is_err());
+        assert!(check(
+            &cmd(
+                StreamSpec::Full {
+                    snapshot: "b".into()
+                },
+                Some(1),
+                None
+            ),
+            true
+        )
+        .is_err());
         let intermediates = StreamSpec::Incremental {
             from: "a".into(),
             to: "b".into(),
@@ -524,7 +553,13 @@ mod tests {
             from_bookmark: false,
         };
         assert!(check(&cmd(intermediates, Some(1), Some(parent())), true).is_err());
-        let mut bad = cmd(StreamSpec::Full { snapshot: "b".into() }, None, None);
+        let mut bad = cmd(
+            StreamSpec::Full {
+                snapshot: "b".into(),
+            },
+            None,
+            None,
+        );
         bad.recipients = vec!["nope".into()];
         assert!(check(&bad, false).unwrap_err().contains("recipient"));
     }

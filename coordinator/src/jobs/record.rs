@@ -652,7 +652,8 @@ impl JobRecord {
             self.fail_attempt(why, false, now_ms);
             return vec![self.persist(now_ms)];
         }
-        let line = format!(
+        let line =
+            format!(
             "done: {}@{} (GUID {}) is in {} as {} stream {} ({} bytes, {} segments{}{}) in {:.1} s",
             self.dataset,
             step.expect.name,
@@ -1498,5 +1499,79 @@ mod tests {
         let mut r = running(1);
         assert!(r.restore_tick(STALL_MS * 10).is_empty());
         assert_eq!(r.state, JobState::Planned);
+    }
+
+    fn upload_record() -> JobRecord {
+        let mut r = JobRecord::new(JobKind::Upload, &pairing(), "c", 1, vec![step("s1", 1)], 0)
+            .continue_from(None, 0);
+        r.upload = Some(UploadInfo {
+            committed: Vec::new(),
+            parent: None,
+            raw: true,
+            lock: None,
+        });
+        r.begin_attempt(0);
+        r
+    }
+
+    fn manifest(to: u64) -> ManifestRef {
+        ManifestRef {
+            stream: "s".into(),
+            hash: "h".into(),
+            key: "k".into(),
+            dataset: "tank/d".into(),
+            from_guid: None,
+            to_guid: to,
+            to_name: format!("s{to}"),
+            raw: true,
+            stream_bytes: 10,
+            segments: 1,
+            created: 0,
+            retain_until: 0,
+        }
+    }
+
+    #[test]
+    fn an_upload_is_done_only_with_the_planned_manifest() {
+        let mut r = upload_record();
+        // A manifest of another snapshot is never continued from.
+        let wrong = JobUpdate {
+            uploaded: Some(manifest(7)),
+            ..update(&r, JobRole::Source, JobPhase::Done, 10)
+        };
+        assert_eq!(r.apply(&wrong, 1_000), vec![Effect::Persist]);
+        assert_eq!(r.state, JobState::Failed);
+        assert!(r.upload.as_ref().unwrap().committed.is_empty());
+        // No manifest at all: failed too.
+        let mut r = upload_record();
+        r.apply(&update(&r, JobRole::Source, JobPhase::Done, 10), 1_000);
+        assert_eq!(r.state, JobState::Failed);
+        // The planned one: committed, and the source's hold moves to it.
+        let mut r = upload_record();
+        let right = JobUpdate {
+            uploaded: Some(manifest(1)),
+            ..update(&r, JobRole::Source, JobPhase::Done, 10)
+        };
+        let fx = r.apply(&right, 1_000);
+        assert_eq!(
+            fx,
+            vec![Effect::Persist, Effect::MoveHolds { keep: "s1".into() }]
+        );
+        assert_eq!(r.state, JobState::Done);
+        assert_eq!(r.upload.as_ref().unwrap().committed, vec![manifest(1)]);
+    }
+
+    #[test]
+    fn a_failed_or_silent_upload_cancels_only_its_source() {
+        let mut r = upload_record();
+        let fx = r.apply(&update(&r, JobRole::Source, JobPhase::Failed, 0), 1_000);
+        assert_eq!(fx, vec![Effect::Persist]);
+        assert_eq!(r.state, JobState::Failed);
+        let mut r = upload_record();
+        let fx = r.check_stall(STALL_MS + 1);
+        assert!(
+            matches!(&fx[1], Effect::Cancel { nodes, .. } if nodes == &["a".to_string()]),
+            "{fx:?}"
+        );
     }
 }

@@ -320,7 +320,11 @@ async fn fail_current(state: &State, key: &str, attempt: &str, why: String, disc
 /// Sends the current step's two commands: `receive` to the target, then
 /// `send` to the source with the target's address (and resume token).
 async fn start_attempt(state: &Arc<State>, key: &str) {
-    if state.jobs().get(key).is_some_and(|r| r.kind == JobKind::Upload) {
+    if state
+        .jobs()
+        .get(key)
+        .is_some_and(|r| r.kind == JobKind::Upload)
+    {
         return start_upload(state, key).await;
     }
     let (rec, attempt, step) = {
