@@ -252,7 +252,7 @@ pub enum Command {
     PruneReplica(PruneReplica),
     /// Source side of an upload to a bucket: `zfs send` into sealed
     /// segment objects, then the signed manifest (the commit marker).
-    Upload(UploadJob),
+    Upload(Box<UploadJob>),
     /// Releases `tag` from every snapshot of `dataset`: the holds of a
     /// restore that ended.
     DropHolds { dataset: String, tag: String },

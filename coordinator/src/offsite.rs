@@ -40,7 +40,7 @@ pub enum UploadDecision {
     Wait,
     /// The chain's tip is the newest snapshot.
     UpToDate,
-    Start(UploadPlan),
+    Start(Box<UploadPlan>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +187,7 @@ pub fn plan(
         guid: newest.guid,
     };
     let full = |why: String| {
-        UploadDecision::Start(UploadPlan {
+        UploadDecision::Start(Box::new(UploadPlan {
             step: PlannedStep {
                 stream: StreamSpec::Full {
                     snapshot: newest.name.clone(),
@@ -201,7 +201,7 @@ pub fn plan(
             raw,
             lock: lock(task, now, now),
             full_because: Some(why),
-        })
+        }))
     };
     let (Some(first), Some(tip)) = (chain.first(), chain.last()) else {
         return full("no committed chain in the bucket yet".into());
@@ -228,7 +228,7 @@ pub fn plan(
             tip.to_guid, tip.to_name
         ));
     };
-    UploadDecision::Start(UploadPlan {
+    UploadDecision::Start(Box::new(UploadPlan {
         step: PlannedStep {
             stream: StreamSpec::Incremental {
                 from: base.name.clone(),
@@ -248,7 +248,7 @@ pub fn plan(
         raw,
         lock: lock(task, first.created, now),
         full_because: None,
-    })
+    }))
 }
 
 fn lock(task: &BucketTask, chain_start: i64, now: i64) -> Option<UploadLock> {
@@ -339,7 +339,7 @@ buckets:
 
     fn start(d: UploadDecision) -> UploadPlan {
         match d {
-            UploadDecision::Start(p) => p,
+            UploadDecision::Start(p) => *p,
             other => panic!("no upload planned: {other:?}"),
         }
     }

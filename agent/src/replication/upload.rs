@@ -266,9 +266,11 @@ impl Replication {
             if let (Some(from), Some(want)) = (&from, from_guid) {
                 match guid_of(from) {
                     Some(g) if g == want => {}
-                    got => return Err(format!(
+                    got => {
+                        return Err(format!(
                         "{ds}@{from} has GUID {got:?} here, the chain's tip is {want}: plan again"
-                    )),
+                    ))
+                    }
                 }
             }
             let in_flight = lifecycle.stream_in_flight(&ds, from.as_deref(), &to, false);

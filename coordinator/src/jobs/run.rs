@@ -507,7 +507,7 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         hold_tag: offsite::hold_tag(&rec.task),
     };
     let why = match state
-        .send_command(&rec.source_node, &Command::Upload(cmd))
+        .send_command(&rec.source_node, &Command::Upload(Box::new(cmd)))
         .await
     {
         Ok(r) if r.outcome == Outcome::Done => None,
