@@ -38,6 +38,9 @@ pub struct Config {
     /// The replication data plane; without it the agent neither sends nor receives.
     #[serde(default)]
     pub transfer: Option<TransferConfig>,
+    /// Uploads to object storage; without it the agent refuses uploads.
+    #[serde(default)]
+    pub offsite: Option<OffsiteConfig>,
     /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
     /// `"127.0.0.1:9464"`; not served when absent.
     #[serde(default)]
@@ -60,6 +63,51 @@ pub struct TransferConfig {
     /// The address senders are told, when a proxy or NAT sits in front of `listen`.
     #[serde(default)]
     pub advertise: Option<std::net::SocketAddr>,
+}
+
+/// The offsite tier on this node. Bucket credentials are not here: each
+/// bucket task names a file or environment variable the agent reads when
+/// it uploads (keys that can write, not delete).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffsiteConfig {
+    /// The ed25519 key (base64 seed, as `zdr-coordinator keygen` writes
+    /// one) that signs this node's manifests, under the node id as key id.
+    pub manifest_key: PathBuf,
+    /// Bytes of segment buffers one upload may hold (default 1 GiB).
+    #[serde(default = "default_offsite_memory")]
+    pub memory_bytes: u64,
+    /// Segment uploads in flight per upload (default 4).
+    #[serde(default = "default_offsite_in_flight")]
+    pub in_flight: u32,
+}
+
+fn default_offsite_memory() -> u64 {
+    crate::offsite::sizing::Budget::default().memory
+}
+
+fn default_offsite_in_flight() -> u32 {
+    crate::offsite::sizing::Budget::default().in_flight
+}
+
+impl OffsiteConfig {
+    /// Reads the manifest key; `node` is its key id.
+    pub fn signer(&self, node: &str) -> Result<crate::offsite::manifest::ManifestSigner, String> {
+        let path = self.manifest_key.display();
+        let text = std::fs::read_to_string(&self.manifest_key)
+            .map_err(|e| format!("offsite.manifest_key: cannot read {path}: {e}"))?;
+        let key = zdr_common::envelope::signing_key_from_b64(text.trim()).map_err(|e| {
+            format!("offsite.manifest_key: {path}: {e}; write a base64 ed25519 seed there (`zdr-coordinator keygen` makes one)")
+        })?;
+        Ok(crate::offsite::manifest::ManifestSigner::new(node, key))
+    }
+
+    pub fn budget(&self) -> crate::offsite::sizing::Budget {
+        crate::offsite::sizing::Budget {
+            memory: self.memory_bytes,
+            in_flight: self.in_flight,
+        }
+    }
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -165,6 +213,13 @@ impl Config {
             path: path.display().to_string(),
             message,
         })?;
+        if let Some(o) = &config.offsite {
+            o.signer(&config.node)
+                .map_err(|message| ConfigError::Invalid {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+        }
         Ok(config)
     }
 
@@ -216,6 +271,10 @@ impl Config {
             return Err(invalid(
                 "heartbeat_secs, tick_secs and rescan_secs must be at least 1".into(),
             ));
+        }
+        if let Some(o) = &config.offsite {
+            crate::offsite::sizing::plan(None, o.budget())
+                .map_err(|e| invalid(format!("offsite: {e}")))?;
         }
         if let BackendConfig::Sim { pools, .. } = &config.backend {
             for p in pools {

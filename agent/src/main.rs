@@ -237,6 +237,15 @@ async fn run() -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("{}", cli.config.display()))?;
+    if let Some(o) = &config.offsite {
+        let signer = o
+            .signer(&config.node)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cli.config.display()))?;
+        replication.enable_offsite(zdr_agent::replication::upload::Offsite {
+            signer,
+            budget: o.budget(),
+        });
+    }
     let agent = Arc::new(Agent::new(
         config,
         lifecycle,

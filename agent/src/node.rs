@@ -230,6 +230,7 @@ impl Agent {
                 };
             }
             Command::Send(job) => return done(repl.send(job).await),
+            Command::Upload(job) => return done(repl.upload(*job).await),
             Command::SetRate { job, bytes_per_sec } => {
                 return done(repl.set_rate(&job, bytes_per_sec))
             }

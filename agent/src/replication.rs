@@ -4,6 +4,7 @@
 //! as [`JobUpdate`]s; the coordinator decides what happens next.
 
 pub mod rollback;
+pub mod upload;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -63,6 +64,8 @@ pub struct Replication {
     /// Set by [`Replication::stop`]: no new job starts.
     stopping: AtomicBool,
     updates: mpsc::UnboundedSender<JobUpdate>,
+    /// Set when the config has `[offsite]`: uploads to buckets.
+    offsite: std::sync::OnceLock<upload::Offsite>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,7 @@ impl Replication {
             jobs: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             updates,
+            offsite: std::sync::OnceLock::new(),
         });
         Ok((me, rx))
     }
@@ -195,6 +199,7 @@ impl Replication {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         };
         if let Some(running) = self.jobs().get_mut(&(job.to_string(), role)) {
             running.last = Some(update.clone());
@@ -221,6 +226,7 @@ impl Replication {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         }))
     }
 
@@ -474,6 +480,7 @@ impl Replication {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         };
         match outcome {
             Ok((snap, _, summary)) => {

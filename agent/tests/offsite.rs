@@ -63,14 +63,14 @@ fn compliance() -> Option<ObjectLock> {
     })
 }
 
-fn request<'a>(
+fn request(
     keys: &Keys,
     from: Option<u64>,
     to: u64,
-    parent: Option<&'a VerifiedManifest>,
+    parent: Option<&VerifiedManifest>,
     lock: Option<ObjectLock>,
     sizing: Sizing,
-) -> UploadRequest<'a> {
+) -> UploadRequest {
     UploadRequest {
         dataset: "tank/vm/disk0".into(),
         from_guid: from,
@@ -80,9 +80,10 @@ fn request<'a>(
             raw: true,
             ..SendFlags::default()
         },
-        parent,
+        parent: parent.map(VerifiedManifest::as_parent),
         recipients: vec![PublicKey::from(&keys.recovery)],
         lock,
+        storage_class: None,
         sizing,
         now: NOW,
     }

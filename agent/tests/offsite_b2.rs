@@ -109,6 +109,7 @@ async fn b2_strict_no_checksum_headers_and_content_md5_on_every_put() {
                     mode: LockMode::Governance,
                     retain_until: chrono::Utc::now().timestamp() + 3_600,
                 }),
+                storage_class: None,
                 sizing,
                 now: chrono::Utc::now().timestamp(),
             },

@@ -250,6 +250,9 @@ pub enum Command {
     },
     /// Applies a replication task's retention to its copy on this node.
     PruneReplica(PruneReplica),
+    /// Source side of an upload to a bucket: `zfs send` into sealed
+    /// segment objects, then the signed manifest (the commit marker).
+    Upload(Box<UploadJob>),
     /// Releases `tag` from every snapshot of `dataset`: the holds of a
     /// restore that ended.
     DropHolds { dataset: String, tag: String },
@@ -387,6 +390,96 @@ pub struct SendJob {
     pub hold_tag: String,
 }
 
+/// One stream to upload into a bucket (the offsite tier). The agent reads
+/// the credentials from the reference on its own host; the secret never
+/// crosses the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadJob {
+    pub job: String,
+    pub dataset: String,
+    /// `Full`, or `Incremental` without intermediates (one snapshot per link).
+    pub stream: StreamSpec,
+    /// The GUID of the snapshot the stream lands (checked before sending).
+    pub to_guid: u64,
+    /// The GUID of the snapshot an incremental starts from.
+    pub from_guid: Option<u64>,
+    /// The committed manifest an incremental continues; required with `from_guid`.
+    pub parent: Option<ManifestRef>,
+    /// `zfs send -w`; encrypted datasets go raw whatever this says.
+    pub raw: bool,
+    pub bucket: BucketSpec,
+    /// Object lock on every object; `None` for a bucket without one.
+    pub lock: Option<UploadLock>,
+    /// Recovery public keys (X25519, base64) the data key is sealed for.
+    pub recipients: Vec<String>,
+    /// Hold tag that keeps the snapshot while it is sent.
+    pub hold_tag: String,
+}
+
+/// Where a bucket is and where the agent finds its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSpec {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub storage_class: Option<String>,
+    pub credentials: CredentialsRef,
+}
+
+/// A reference to credentials on the agent's host, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialsRef {
+    /// A file with `access_key_id = ...` and `secret_access_key = ...` lines.
+    File(String),
+    /// An environment variable of the agent holding `KEY_ID:SECRET`.
+    Env(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    Governance,
+    Compliance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadLock {
+    pub mode: LockMode,
+    /// Unix seconds.
+    pub retain_until: i64,
+}
+
+/// A committed manifest in the bucket, as its upload reported it: what the
+/// next incremental names as its parent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRef {
+    /// The stream id (hex).
+    pub stream: String,
+    /// SHA-256 (hex) of the stored manifest.
+    pub hash: String,
+    /// The object key of the manifest.
+    pub key: String,
+    pub dataset: String,
+    pub from_guid: Option<u64>,
+    pub to_guid: u64,
+    /// The snapshot's name when sent; shown, never matched.
+    pub to_name: String,
+    pub raw: bool,
+    /// Plaintext stream bytes.
+    pub stream_bytes: u64,
+    pub segments: u64,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds; 0 without object lock.
+    pub retain_until: i64,
+}
+
 /// What the source sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
@@ -455,6 +548,9 @@ pub struct JobUpdate {
     /// Target, when failed and resumable: what the saved partial receive holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<PartialReceive>,
+    /// An upload, when done: the manifest it committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded: Option<ManifestRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -33,7 +33,7 @@ use zdr_common::policy::{Class, Policy};
 use zdr_common::wire::DatasetInventory;
 
 use crate::fleet::{resolved_class, Fleet};
-use crate::jobs::{JobRecord, JobState};
+use crate::jobs::{JobKind, JobRecord, JobState};
 use crate::pairing::{Pairing, Unpaired};
 
 /// A copy is in warning from this share of its RPO on.
@@ -116,6 +116,9 @@ impl RpoState {
 pub enum Role {
     Production,
     Replica,
+    /// The streams a bucket task uploaded (`crate::offsite`): its newest
+    /// point is the current chain's tip.
+    Bucket,
 }
 
 impl Role {
@@ -123,6 +126,7 @@ impl Role {
         match self {
             Role::Production => "production",
             Role::Replica => "replica",
+            Role::Bucket => "bucket",
         }
     }
 }
@@ -248,6 +252,8 @@ struct Index<'a> {
     unpaired: HashMap<(&'a str, &'a str), Vec<&'a Unpaired>>,
     /// (task, source node, dataset) to the latest job.
     last_job: HashMap<(&'a str, &'a str, &'a str), &'a JobRecord>,
+    /// (source node, dataset) to its upload records, one per bucket task.
+    uploads: HashMap<(&'a str, &'a str), Vec<&'a JobRecord>>,
 }
 
 impl<'a> Index<'a> {
@@ -267,6 +273,13 @@ impl<'a> Index<'a> {
                 .push(u);
         }
         let mut last_job: HashMap<_, &JobRecord> = HashMap::new();
+        let mut uploads: HashMap<_, Vec<&JobRecord>> = HashMap::new();
+        for j in input.jobs.iter().filter(|j| j.kind == JobKind::Upload) {
+            uploads
+                .entry((j.source_node.as_str(), j.dataset.as_str()))
+                .or_default()
+                .push(j);
+        }
         for j in input.jobs {
             let key = (j.task.as_str(), j.source_node.as_str(), j.dataset.as_str());
             match last_job.get(&key) {
@@ -286,6 +299,7 @@ impl<'a> Index<'a> {
             by_source,
             unpaired,
             last_job,
+            uploads,
         }
     }
 }
@@ -381,8 +395,13 @@ fn dataset_report(
         .bookmarks
         .iter()
         .map(|b| (b.guid, b.createtxg, b.creation));
+    let uploads = index.uploads.get(&key).cloned().unwrap_or_default();
     // Only a dataset with copies needs its history by GUID.
-    let wanted = if mine.is_empty() { 0 } else { usize::MAX };
+    let wanted = if mine.is_empty() && uploads.is_empty() {
+        0
+    } else {
+        usize::MAX
+    };
     let known: HashMap<u64, SourcePoint> = snapshots
         .chain(bookmarks)
         .take(wanted)
@@ -397,6 +416,9 @@ fn dataset_report(
     mine.sort_by(|a, b| (&a.task, &a.target_node).cmp(&(&b.task, &b.target_node)));
     for p in mine {
         copies.push(replica(input, index, inv, &known, p, rpo_secs));
+    }
+    for u in uploads {
+        copies.push(bucket_copy(inv, &known, u, input.now, rpo_secs));
     }
     let checks = checks(class_name, class, &production_site, &copies);
     DatasetReport {
@@ -505,11 +527,62 @@ fn replica(
     }
 }
 
-fn role(c: &CopyReport) -> &'static str {
-    match c.role {
-        Role::Production => "production",
-        Role::Replica => "replica",
+/// A bucket task's copy: the newest committed upload the source knows by
+/// GUID; the bucket is away from every site.
+fn bucket_copy(
+    source: &DatasetInventory,
+    known: &HashMap<u64, SourcePoint>,
+    u: &JobRecord,
+    now: i64,
+    rpo_secs: u64,
+) -> CopyReport {
+    let committed = u
+        .upload
+        .as_ref()
+        .map_or(&[][..], |i| i.committed.as_slice());
+    let confirmed = committed
+        .iter()
+        .filter_map(|m| known.get(&m.to_guid).map(|at| (m, *at)))
+        .max_by_key(|(_, at)| at.createtxg);
+    let pending: Vec<_> = source
+        .snapshots
+        .iter()
+        .filter(|s| confirmed.is_none_or(|(_, at)| s.createtxg > at.createtxg))
+        .collect();
+    let lag = confirmed.map(|(_, at)| now - at.creation);
+    CopyReport {
+        role: Role::Bucket,
+        node: u.target_node.clone(),
+        site: u.target_node.clone(),
+        media: "object-storage".into(),
+        dataset: u.target_dataset.clone(),
+        // Not probed: the bucket answers only the agent that uploads.
+        online: true,
+        encrypted: source.encrypted,
+        newest: confirmed.map(|(m, at)| SnapshotPoint {
+            name: m.to_name.clone(),
+            guid: m.to_guid,
+            creation: at.creation,
+        }),
+        lag_secs: lag,
+        rpo: rpo_state(lag, rpo_secs),
+        replication: Some(Replication {
+            task: u.task.clone(),
+            pending_snapshots: pending.len(),
+            pending_bytes: pending.iter().map(|s| s.used).sum(),
+            last_job: Some(LastJob {
+                id: u.id.clone(),
+                state: u.state,
+                error: u.error.clone(),
+                last_success_ms: u.last_success_ms,
+                finished_at_ms: u.finished_at_ms,
+            }),
+        }),
     }
+}
+
+fn role(c: &CopyReport) -> &'static str {
+    c.role.as_str()
 }
 
 /// "replica on node-b1", and "offsite copy on node-b1" when `offsite`.

@@ -199,7 +199,12 @@ async fn main() -> anyhow::Result<()> {
             );
             if let Some(tasks) = tasks {
                 let t = zdr_schemas::load_tasks(&tasks, &p).map_err(|e| anyhow::anyhow!("{e}"))?;
-                println!("{}: ok ({} tasks)", tasks.display(), t.tasks.len());
+                println!(
+                    "{}: ok ({} tasks, {} bucket tasks)",
+                    tasks.display(),
+                    t.tasks.len(),
+                    t.buckets.len()
+                );
             }
             if let Some(alerts) = alerts {
                 let r = zdr_schemas::load_receivers(&alerts).map_err(|e| anyhow::anyhow!("{e}"))?;

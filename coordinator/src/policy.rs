@@ -58,6 +58,7 @@ pub fn load_tasks(
             version: 1,
             tasks: Vec::new(),
             links: Vec::new(),
+            buckets: Vec::new(),
         });
     };
     zdr_schemas::load_tasks(path, policy).map_err(|e| PolicyError::Spec(e.to_string()))

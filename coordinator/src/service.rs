@@ -176,7 +176,7 @@ async fn load_policy(state: &State, epoch: u64) {
                 return;
             };
             let tasks = policy::load_tasks(config.tasks_path.as_deref(), &bundle.policy)
-                .map(|t| (t.tasks, t.links))
+                .map(|t| (t.tasks, t.links, t.buckets))
                 .unwrap_or_default();
             info!(
                 revision = bundle.revision,
@@ -187,6 +187,7 @@ async fn load_policy(state: &State, epoch: u64) {
                 revision: bundle.revision,
                 tasks: tasks.0,
                 links: tasks.1,
+                buckets: tasks.2,
             });
         }
     }
@@ -209,6 +210,7 @@ async fn publish_policy(
                 revision,
                 tasks: tasks.tasks,
                 links: tasks.links,
+                buckets: tasks.buckets,
             });
         }
         Err(e) => {

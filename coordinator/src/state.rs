@@ -34,6 +34,8 @@ pub struct PolicyState {
     pub tasks: Vec<zdr_schemas::tasks::Task>,
     /// Site-to-site bandwidth budgets.
     pub links: Vec<zdr_schemas::tasks::Link>,
+    /// Uploads to object storage.
+    pub buckets: Vec<zdr_schemas::buckets::BucketTask>,
 }
 
 /// Why a command did not get an answer. The HTTP API maps each kind to its

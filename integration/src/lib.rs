@@ -682,6 +682,9 @@ pub struct AgentExtra {
     /// `trusted_keys` (key id, public key) instead of the fleet's one key,
     /// as during a key rotation.
     pub trusted: Vec<(String, String)>,
+    /// `[offsite] manifest_key` (with segment buffers of 16 MiB over 2
+    /// uploads in flight): the agent may upload to buckets.
+    pub offsite_key: Option<PathBuf>,
 }
 
 /// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
@@ -735,7 +738,7 @@ tick_secs = 1
 [backend]
 kind = "sim"
 pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{more_pools}]
-{snapshot_bytes}{op_latency_ms}{trusted}{transfer}"#,
+{snapshot_bytes}{op_latency_ms}{trusted}{transfer}{offsite}"#,
             node = spec.node,
             site = spec.site,
             media = spec.media,
@@ -787,6 +790,16 @@ pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{
                             .as_ref()
                             .map(|a| format!("advertise = {a:?}\n"))
                             .unwrap_or_default(),
+                    )
+                })
+                .unwrap_or_default(),
+            offsite = extra
+                .offsite_key
+                .as_ref()
+                .map(|k| {
+                    format!(
+                        "\n[offsite]\nmanifest_key = {:?}\nmemory_bytes = 16777216\nin_flight = 2\n",
+                        k.display().to_string()
                     )
                 })
                 .unwrap_or_default(),

@@ -1,5 +1,5 @@
 //! zdr's spec files: the backup policy (`specs/backup/policies.yaml`), the
-//! replication tasks (`specs/replication/tasks.yml`) and the coordinator's
+//! replication and bucket tasks (`specs/replication/tasks.yml`) and the coordinator's
 //! alert receivers (`specs/alerts/receivers.yaml`). Loading reports every
 //! problem as `file:line:column: path: message`, and [`jsonschema`] writes the
 //! JSON Schemas of both files and of every wire message.
@@ -8,6 +8,7 @@
 //! on past it); syntax and duplicate-key errors, and all semantic problems, are
 //! reported together.
 
+pub mod buckets;
 mod clock;
 mod de;
 mod error;
@@ -34,7 +35,7 @@ const POLICY_SHAPE: &str =
     "a mapping with the keys `version`, `sites`, `nodes`, `classes` and `datasets`";
 const RECEIVERS_SHAPE: &str = "a mapping with the keys `version` and `receivers`";
 const TASKS_SHAPE: &str =
-    "a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links`";
+    "a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links` and `buckets`";
 
 pub fn load_policy(path: &Path) -> Result<Policy, SpecError> {
     let (label, text) = read(path)?;

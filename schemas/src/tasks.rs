@@ -13,6 +13,7 @@ use zdr_common::dataset::DatasetName;
 use zdr_common::duration::Duration;
 use zdr_common::policy::{Pattern, Policy, Problem, Tiers};
 
+use crate::buckets::{bucket_task_problems, BucketTask};
 use crate::clock::{TimeOfDay, Window};
 use crate::de::hint;
 use crate::rate::Rate;
@@ -28,6 +29,9 @@ pub struct Tasks {
     /// Bandwidth budgets between two sites, shared by every transfer between them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+    /// Uploads to object storage (S3, B2): see [`crate::buckets`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<BucketTask>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -484,6 +488,38 @@ impl Tasks {
                 out.push(p);
             }
         }
+        for (i, task) in self.buckets.iter().enumerate() {
+            let mut found = Vec::new();
+            if let Err(e) = valid_task_name(&task.name) {
+                found.push(problem(&["name"], e));
+            }
+            let earlier = self
+                .tasks
+                .iter()
+                .map(|t| &t.name)
+                .position(|n| *n == task.name)
+                .map(|j| format!("tasks[{j}]"))
+                .or_else(|| {
+                    self.buckets[..i]
+                        .iter()
+                        .position(|t| t.name == task.name)
+                        .map(|j| format!("buckets[{j}]"))
+                });
+            if let Some(first) = earlier {
+                found.push(problem(
+                    &["name"],
+                    format!(
+                        "task name {:?} is already used by {first}; names must be unique among tasks and buckets",
+                        task.name
+                    ),
+                ));
+            }
+            found.extend(bucket_task_problems(task, policy));
+            for mut p in found {
+                p.path.splice(0..0, ["buckets".to_string(), i.to_string()]);
+                out.push(p);
+            }
+        }
         for (i, link) in self.links.iter().enumerate() {
             for mut p in link_problems(link, &self.links[..i], policy) {
                 p.path.splice(0..0, ["links".to_string(), i.to_string()]);
@@ -589,7 +625,7 @@ fn window_problems(windows: &[RateWindow], at: &[&str], out: &mut Vec<Problem>) 
     }
 }
 
-fn source_problems(source: &Source, policy: &Policy, out: &mut Vec<Problem>) {
+pub(crate) fn source_problems(source: &Source, policy: &Policy, out: &mut Vec<Problem>) {
     if source.class.is_none() && source.patterns.is_empty() {
         out.push(problem(
             &["source"],

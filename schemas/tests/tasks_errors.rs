@@ -253,7 +253,7 @@ fn retention_override_is_checked() {
 fn a_bare_list_gets_a_hint() {
     assert_eq!(
         error("- name: local\n"),
-        "specs/t.yml:1:1: the top level is a list; expected a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links`"
+        "specs/t.yml:1:1: the top level is a list; expected a mapping with the keys `version`, `tasks` (the list of tasks goes under `tasks:`) and, optionally, `links` and `buckets`"
     );
 }
 
@@ -346,4 +346,94 @@ fn json_round_trip() {
     assert_eq!(serde_json::from_str::<Tasks>(&json).unwrap(), tasks);
     // JSON is YAML too: the loader reads it back the same.
     assert_eq!(parse_tasks("t.json", &json, &policy()).unwrap(), tasks);
+}
+
+/// A bucket task beside the replication tasks; line numbers in the bucket
+/// assertions refer to this text.
+fn with_bucket(from: &str, to: &str) -> String {
+    let bucket = r#"buckets:
+  - name: vault
+    source: { class: gold }
+    bucket:
+      endpoint: https://s3.example.net
+      bucket: zdr-vault
+      region: eu-1
+      credentials: { file: /etc/zdr/vault.credentials }
+      object_lock: { mode: compliance, retain: 30d }
+    chain: { full_every: 30d, incremental_every: 1d }
+    recipients: ["BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="]
+"#;
+    assert!(bucket.contains(from), "{from:?} is not in the bucket task");
+    format!("{BASE}{}", bucket.replacen(from, to, 1))
+}
+
+#[test]
+fn bucket_task_parses() {
+    use zdr_schemas::buckets::LockMode;
+    let tasks = parse_tasks("specs/t.yml", &with_bucket("", ""), &policy()).unwrap();
+    let b = &tasks.buckets[0];
+    assert_eq!(
+        b.bucket.credentials.file.as_deref(),
+        Some("/etc/zdr/vault.credentials")
+    );
+    assert_eq!(b.bucket.object_lock.unwrap().mode, LockMode::Compliance);
+    assert_eq!(b.chain.full_every.secs(), 30 * 86_400);
+    assert!(b.raw && !b.bucket.b2);
+}
+
+#[test]
+fn bucket_secrets_are_never_inline() {
+    let e = error(&with_bucket(
+        "{ file: /etc/zdr/vault.credentials }",
+        "{ access_key_id: AKIA1, secret_access_key: hunter2 }",
+    ));
+    assert!(
+        e.starts_with("specs/t.yml:33:7: buckets[0].bucket.credentials"),
+        "{e}"
+    );
+    assert!(
+        e.contains("has `access_key_id`") && e.contains("must not hold the secret"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "the error repeats the secret: {e}");
+    let e = error(&with_bucket(
+        "{ file: /etc/zdr/vault.credentials }",
+        "AKIA1:hunter2",
+    ));
+    assert!(
+        e.starts_with("specs/t.yml:33:20: buckets[0].bucket.credentials"),
+        "{e}"
+    );
+    assert!(
+        e.contains("is a plain value") && !e.contains("hunter2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bucket_problems_have_positions() {
+    assert_eq!(
+        error(&with_bucket("{ file: /etc/zdr/vault.credentials }", "{ file: vault.credentials }")),
+        "specs/t.yml:33:28: buckets[0].bucket.credentials.file: \"vault.credentials\" is not an absolute path; the agent reads it on its own host, so write the full path"
+    );
+    assert_eq!(
+        error(&with_bucket("mode: compliance", "mode: compliant")),
+        "specs/t.yml:34:28: buckets[0].bucket.object_lock.mode: unknown value `compliant`; did you mean `compliance`?"
+    );
+    assert_eq!(
+        error(&with_bucket("full_every: 30d", "full_every: 1d")),
+        "specs/t.yml:35:26: buckets[0].chain.full_every: 1d is not longer than incremental_every (1d); a chain is a full and incrementals until the next full, so make full_every longer"
+    );
+    assert_eq!(
+        error(&with_bucket("BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=", "BwcH")),
+        "specs/t.yml:36:18: buckets[0].recipients[0]: \"BwcH\" decodes to 3 bytes; a recovery public key (X25519) is 32"
+    );
+    assert_eq!(
+        error(&with_bucket("name: vault", "name: local")),
+        "specs/t.yml:27:11: buckets[0].name: task name \"local\" is already used by tasks[0]; names must be unique among tasks and buckets"
+    );
+    assert_eq!(
+        error(&with_bucket("region: eu-1", "region: eu-1\n      b2: true\n      storage_class: GLACIER")),
+        "specs/t.yml:34:22: buckets[0].bucket.storage_class: B2 has no storage classes; remove `storage_class` or set `b2: false`"
+    );
 }

@@ -162,6 +162,31 @@ pub struct VerifiedManifest {
     pub kid: String,
 }
 
+/// What a child stream needs of its parent manifest: the parent as stored
+/// (its hash) and what it lands. An agent with write-only keys cannot read
+/// the bucket, so the coordinator hands it this from the upload's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParentRef {
+    pub stream: String,
+    /// SHA-256 (hex) of the parent manifest's stored bytes.
+    pub hash: String,
+    pub dataset: String,
+    pub to_guid: u64,
+    pub flags: SendFlags,
+}
+
+impl VerifiedManifest {
+    pub fn as_parent(&self) -> ParentRef {
+        ParentRef {
+            stream: self.manifest.stream.clone(),
+            hash: self.hash.clone(),
+            dataset: self.manifest.dataset.clone(),
+            to_guid: self.manifest.to_guid,
+            flags: self.manifest.flags,
+        }
+    }
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
@@ -343,7 +368,7 @@ pub fn check_link(
     stream: &str,
     from_guid: u64,
     flags: SendFlags,
-    parent: &Manifest,
+    parent: &ParentRef,
 ) -> Result<(), ChainError> {
     if parent.dataset != dataset || parent.to_guid != from_guid {
         return Err(ChainError::BrokenLink {
@@ -384,7 +409,7 @@ fn walk<'a>(
                 stream: m.stream.clone(),
                 parent: parent.clone(),
             })?;
-        check_link(&m.dataset, &m.stream, from_guid, m.flags, &up.manifest)?;
+        check_link(&m.dataset, &m.stream, from_guid, m.flags, &up.as_parent())?;
         if chain.len() > manifests.len() {
             return Err(ChainError::Loop {
                 dataset: m.dataset.clone(),

@@ -232,6 +232,11 @@ pub fn wrap(key: &DataKey, stream: &StreamId, recipient: &PublicKey) -> WrappedK
     }
 }
 
+/// A recipient's public key from its base64 form ([`recipient_id`]).
+pub fn parse_recipient(b64: &str) -> Result<PublicKey, SealError> {
+    public_key("recipient", b64)
+}
+
 fn public_key(field: &'static str, b64: &str) -> Result<PublicKey, SealError> {
     let bytes: [u8; 32] = B64
         .decode(b64)

@@ -13,7 +13,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode, StorageClass};
 use aws_sdk_s3::Client;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::manifest::{
-    self, sha256_hex, ChainError, Manifest, ManifestError, ManifestSigner, SegmentEntry, SendFlags,
-    TrustedSigners, VerifiedManifest,
+    self, sha256_hex, ChainError, Manifest, ManifestError, ManifestSigner, ParentRef, SegmentEntry,
+    SendFlags, TrustedSigners, VerifiedManifest,
 };
 use super::seal::{self, DataKey, SealError, SegmentAt, StreamId};
 use super::sizing::Sizing;
@@ -72,6 +72,13 @@ pub struct ObjectLock {
     pub mode: LockMode,
     /// Unix seconds.
     pub retain_until: i64,
+}
+
+/// What every object of one upload is stored with.
+#[derive(Debug, Clone)]
+struct Placement {
+    lock: Option<ObjectLock>,
+    storage_class: Option<StorageClass>,
 }
 
 impl ObjectLock {
@@ -178,6 +185,8 @@ pub enum StoreError {
     Sink(#[source] std::io::Error),
     #[error("a segment task failed: {0}")]
     Task(String),
+    #[error("{0}; no manifest was written, so nothing restores or continues from this upload")]
+    Unfinished(String),
 }
 
 /// One bucket, as the agent sees it.
@@ -198,17 +207,19 @@ pub struct Uploaded {
 }
 
 /// What a stream's upload is.
-pub struct UploadRequest<'a> {
+pub struct UploadRequest {
     pub dataset: String,
     pub from_guid: Option<u64>,
     pub to_guid: u64,
     pub to_name: String,
     pub flags: SendFlags,
     /// Required for an incremental: the manifest of the stream it continues.
-    pub parent: Option<&'a VerifiedManifest>,
+    pub parent: Option<ParentRef>,
     pub recipients: Vec<PublicKey>,
     /// `None` only for a bucket without object lock.
     pub lock: Option<ObjectLock>,
+    /// The S3 storage class of every object; the bucket's default when `None`.
+    pub storage_class: Option<String>,
     pub sizing: Sizing,
     /// Unix seconds.
     pub now: i64,
@@ -224,24 +235,18 @@ pub struct Listing {
 
 /// Refuses an incremental whose parent does not land its base, or whose
 /// flags differ (a pure check before any byte is written).
-pub fn check_parent(req: &UploadRequest<'_>) -> Result<(), ChainError> {
+pub fn check_parent(req: &UploadRequest) -> Result<(), ChainError> {
     let Some(from_guid) = req.from_guid else {
         return Ok(());
     };
-    let Some(parent) = req.parent else {
+    let Some(parent) = &req.parent else {
         return Err(ChainError::NotFound {
             dataset: req.dataset.clone(),
             guid: from_guid,
             incomplete: Vec::new(),
         });
     };
-    manifest::check_link(
-        &req.dataset,
-        "(new upload)",
-        from_guid,
-        req.flags,
-        &parent.manifest,
-    )
+    manifest::check_link(&req.dataset, "(new upload)", from_guid, req.flags, parent)
 }
 
 fn content_md5(bytes: &[u8]) -> String {
@@ -378,9 +383,22 @@ impl Store {
     /// restored nor continued from.
     pub async fn upload<R: AsyncRead + Unpin>(
         &self,
-        mut src: R,
-        req: UploadRequest<'_>,
+        src: R,
+        req: UploadRequest,
         signer: &ManifestSigner,
+    ) -> Result<Uploaded, StoreError> {
+        self.upload_gated(src, req, signer, async { Ok(()) }).await
+    }
+
+    /// [`Store::upload`], with the manifest written only if `finished`
+    /// says the stream's producer ended well (`zfs send`'s exit: a send that
+    /// fails looks like the end of the stream to the reader).
+    pub async fn upload_gated<R: AsyncRead + Unpin>(
+        &self,
+        mut src: R,
+        req: UploadRequest,
+        signer: &ManifestSigner,
+        finished: impl std::future::Future<Output = Result<(), String>>,
     ) -> Result<Uploaded, StoreError> {
         check_parent(&req).map_err(|source| StoreError::Chain {
             bucket: self.bucket.clone(),
@@ -391,6 +409,10 @@ impl Store {
         }
         let stream = StreamId::generate();
         let key = Arc::new(DataKey::generate());
+        let placed = Placement {
+            lock: req.lock,
+            storage_class: req.storage_class.as_deref().map(StorageClass::from),
+        };
         let seg_len = usize::try_from(req.sizing.segment).expect("segment size fits in memory");
         let mut tasks: JoinSet<Result<SegmentEntry, StoreError>> = JoinSet::new();
         let mut done: Vec<SegmentEntry> = Vec::new();
@@ -425,10 +447,10 @@ impl Store {
                 done.push(join(tasks.join_next().await.expect("tasks are running"))?);
             }
             let (store, key, dataset) = (self.clone(), key.clone(), req.dataset.clone());
-            let (part, lock) = (req.sizing.part, req.lock);
+            let (part, placed) = (req.sizing.part, placed.clone());
             tasks.spawn(async move {
                 store
-                    .put_segment(&dataset, &key, at, current, part, lock)
+                    .put_segment(&dataset, &key, at, current, part, &placed)
                     .await
             });
             match next {
@@ -442,6 +464,8 @@ impl Store {
         while let Some(result) = tasks.join_next().await {
             done.push(join(result)?);
         }
+        drop(src);
+        finished.await.map_err(StoreError::Unfinished)?;
         done.sort_by_key(|s| s.index);
         let manifest = Manifest {
             version: manifest::VERSION,
@@ -459,13 +483,13 @@ impl Store {
                 .iter()
                 .map(|r| seal::wrap(&key, &stream, r))
                 .collect(),
-            parent: req.parent.map(|p| p.hash.clone()),
+            parent: req.parent.as_ref().map(|p| p.hash.clone()),
             created: req.now,
             retain_until: req.lock.map_or(0, |l| l.retain_until),
         };
         let bytes = signer.sign(&manifest);
         let object = manifest_key(&self.prefix, &req.dataset, &stream);
-        self.put(&object, Bytes::from(bytes.clone()), req.lock)
+        self.put(&object, Bytes::from(bytes.clone()), &placed)
             .await?;
         Ok(Uploaded {
             manifest_key: object,
@@ -485,7 +509,7 @@ impl Store {
         at: SegmentAt,
         plain: Vec<u8>,
         part: u64,
-        lock: Option<ObjectLock>,
+        placed: &Placement,
     ) -> Result<SegmentEntry, StoreError> {
         let key = key.clone();
         let (stored, sha256) = tokio::task::spawn_blocking(move || {
@@ -498,9 +522,9 @@ impl Store {
         let object = segment_key(&self.prefix, dataset, &at.stream, at.index);
         let size = stored.len() as u64;
         let version_id = if size <= part {
-            self.put(&object, stored, lock).await?
+            self.put(&object, stored, placed).await?
         } else {
-            self.put_multipart(&object, stored, part, lock).await?
+            self.put_multipart(&object, stored, part, placed).await?
         };
         Ok(SegmentEntry {
             index: at.index,
@@ -515,7 +539,7 @@ impl Store {
         &self,
         object: &str,
         body: Bytes,
-        lock: Option<ObjectLock>,
+        placed: &Placement,
     ) -> Result<Option<String>, StoreError> {
         let mut put = self
             .client
@@ -523,8 +547,9 @@ impl Store {
             .bucket(&self.bucket)
             .key(object)
             .content_md5(content_md5(&body))
+            .set_storage_class(placed.storage_class.clone())
             .body(ByteStream::from(body));
-        if let Some(lock) = lock {
+        if let Some(lock) = placed.lock {
             put = put
                 .object_lock_mode(lock.mode())
                 .object_lock_retain_until_date(DateTime::from_secs(lock.retain_until));
@@ -541,14 +566,15 @@ impl Store {
         object: &str,
         body: Bytes,
         part: u64,
-        lock: Option<ObjectLock>,
+        placed: &Placement,
     ) -> Result<Option<String>, StoreError> {
         let mut create = self
             .client
             .create_multipart_upload()
             .bucket(&self.bucket)
-            .key(object);
-        if let Some(lock) = lock {
+            .key(object)
+            .set_storage_class(placed.storage_class.clone());
+        if let Some(lock) = placed.lock {
             create = create
                 .object_lock_mode(lock.mode())
                 .object_lock_retain_until_date(DateTime::from_secs(lock.retain_until));

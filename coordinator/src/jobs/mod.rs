@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use record::{
     describe, Adoption, DrillInfo, DrillResult, Effect, FailedAttempt, JobKind, JobRecord,
-    JobState, PlannedStep, RestoreInfo, RestoreSnapshot,
+    JobState, PlannedStep, RestoreInfo, RestoreSnapshot, UploadInfo,
 };
 pub use run::{adopt, list, on_update, restore, save, tick};
 

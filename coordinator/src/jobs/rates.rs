@@ -21,7 +21,8 @@ pub fn allocation<'a>(
     now_ms: i64,
 ) -> BTreeMap<String, Option<NonZeroU64>> {
     let demands: Vec<JobDemand> = records
-        .filter(|r| r.active())
+        // An upload is not throttled by task or link budgets (yet).
+        .filter(|r| r.active() && r.kind != super::record::JobKind::Upload)
         .map(|r| {
             let (a, b) = (
                 site_of(&policy.policy, &r.source_node),

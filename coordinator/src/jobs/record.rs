@@ -13,8 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 use zdr_common::wire::{
-    CheckLevel, FloorOperation, FloorRefusal, JobPhase, JobRole, JobUpdate, PartialReceive,
-    SnapshotInfo, SnapshotRef, StreamSpec,
+    CheckLevel, FloorOperation, FloorRefusal, JobPhase, JobRole, JobUpdate, ManifestRef,
+    PartialReceive, SnapshotInfo, SnapshotRef, StreamSpec, UploadLock,
 };
 
 use crate::pairing::Pairing;
@@ -50,6 +50,21 @@ pub enum JobKind {
     /// content compared with production's same snapshot, then the scratch
     /// destroyed (`crate::drills`).
     Drill,
+    /// `zfs send` of a source dataset into a bucket, by its source agent
+    /// alone (`crate::offsite`); the target end is the bucket.
+    Upload,
+}
+
+/// What an upload record holds beyond the shared fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// The manifests this dataset's uploads committed, oldest first: the
+    /// current chain and the one before (`crate::offsite::commit`).
+    pub committed: Vec<ManifestRef>,
+    /// The manifest the current upload continues.
+    pub parent: Option<ManifestRef>,
+    pub raw: bool,
+    pub lock: Option<UploadLock>,
 }
 
 /// What a drill record holds beyond its restore part (whose target is the
@@ -213,6 +228,8 @@ pub struct JobRecord {
     pub restore: Option<RestoreInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<DrillInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadInfo>,
     /// When this record was last written to KV (not itself persisted).
     #[serde(skip)]
     pub persisted_at_ms: i64,
@@ -391,6 +408,7 @@ impl JobRecord {
             floor_refused: Vec::new(),
             restore: None,
             drill: None,
+            upload: None,
             persisted_at_ms: 0,
         }
     }
@@ -402,6 +420,14 @@ impl JobRecord {
             self.history.remove(0);
         }
         self.history.push(format!("{} {line}", clock(now_ms)));
+    }
+
+    /// The nodes of the job: an upload's other end is a bucket.
+    pub fn nodes(&self) -> Vec<String> {
+        match self.kind {
+            JobKind::Upload => vec![self.source_node.clone()],
+            _ => vec![self.source_node.clone(), self.target_node.clone()],
+        }
     }
 
     pub fn active(&self) -> bool {
@@ -469,7 +495,7 @@ impl JobRecord {
             return Vec::new();
         }
         let cancel = Effect::Cancel {
-            nodes: vec![self.source_node.clone(), self.target_node.clone()],
+            nodes: self.nodes(),
             attempt: self.attempt_id.clone(),
         };
         let why = format!("no word from either agent for {} s", STALL_MS / 1000);
@@ -680,8 +706,16 @@ impl JobRecord {
                 }
                 vec![self.persist(now_ms)]
             }
+            (JobRole::Source, JobPhase::Done) if self.kind == JobKind::Upload => {
+                self.uploaded(update, now_ms)
+            }
             (JobRole::Source, JobPhase::Done) => {
                 self.log(format!("source: {}", update.message), now_ms);
+                vec![self.persist(now_ms)]
+            }
+            (JobRole::Source, JobPhase::Failed) if self.kind == JobKind::Upload => {
+                let why = format!("source {}: {}", update.node, update.message);
+                self.fail_attempt(why, false, now_ms);
                 vec![self.persist(now_ms)]
             }
             (role, JobPhase::Failed) => {
@@ -704,6 +738,76 @@ impl JobRecord {
             }
             (JobRole::Target, JobPhase::Done) => self.landed(update, now_ms),
         }
+    }
+
+    /// The source says its upload committed a manifest: done only if it is
+    /// the stream planned (by GUID, on the planned parent).
+    fn uploaded(&mut self, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+        let step = self.steps[self.step].clone();
+        self.log(format!("source: {}", update.message), now_ms);
+        if self.upload.is_none() {
+            return Vec::new();
+        }
+        let m = match &update.uploaded {
+            Some(m) => m.clone(),
+            None => {
+                let why = "the source reported an upload without its manifest".into();
+                self.fail_attempt(why, false, now_ms);
+                return vec![self.persist(now_ms)];
+            }
+        };
+        let want_from = step.base.as_ref().map(|b| b.guid);
+        let want_parent = self
+            .upload
+            .as_ref()
+            .and_then(|u| u.parent.as_ref())
+            .map(|p| p.hash.clone());
+        if m.to_guid != step.expect.guid || m.from_guid != want_from {
+            let why = format!(
+                "the upload's manifest lands GUID {} from {:?}, the plan was {} from {want_from:?}; not continued from",
+                m.to_guid, m.from_guid, step.expect.guid
+            );
+            self.fail_attempt(why, false, now_ms);
+            return vec![self.persist(now_ms)];
+        }
+        let line =
+            format!(
+            "done: {}@{} (GUID {}) is in {} as {} stream {} ({} bytes, {} segments{}{}) in {:.1} s",
+            self.dataset,
+            step.expect.name,
+            m.to_guid,
+            self.target_dataset,
+            if m.from_guid.is_some() { "incremental" } else { "full" },
+            m.stream,
+            m.stream_bytes,
+            m.segments,
+            want_parent
+                .map(|p| format!(", parent manifest {p}"))
+                .unwrap_or_default(),
+            if m.retain_until > 0 {
+                format!(", locked until {}", m.retain_until)
+            } else {
+                String::new()
+            },
+            (now_ms - self.started_at_ms) as f64 / 1000.0
+        );
+        if let Some(info) = self.upload.as_mut() {
+            crate::offsite::commit(&mut info.committed, m);
+        }
+        self.step += 1;
+        self.state = JobState::Done;
+        self.error = None;
+        self.finished_at_ms = Some(now_ms);
+        self.last_success_ms = Some(now_ms);
+        self.eta_secs = Some(0);
+        self.log(line, now_ms);
+        self.moving_holds_to = Some(step.expect.name.clone());
+        vec![
+            self.persist(now_ms),
+            Effect::MoveHolds {
+                keep: step.expect.name,
+            },
+        ]
     }
 
     /// The target says the current step's receive is over.
@@ -1101,6 +1205,7 @@ mod tests {
             landed: None,
             resumable: false,
             partial: None,
+            uploaded: None,
         }
     }
 
@@ -1566,5 +1671,79 @@ mod tests {
         let mut r = running(1);
         assert!(r.restore_tick(STALL_MS * 10).is_empty());
         assert_eq!(r.state, JobState::Planned);
+    }
+
+    fn upload_record() -> JobRecord {
+        let mut r = JobRecord::new(JobKind::Upload, &pairing(), "c", 1, vec![step("s1", 1)], 0)
+            .continue_from(None, 0);
+        r.upload = Some(UploadInfo {
+            committed: Vec::new(),
+            parent: None,
+            raw: true,
+            lock: None,
+        });
+        r.begin_attempt(0);
+        r
+    }
+
+    fn manifest(to: u64) -> ManifestRef {
+        ManifestRef {
+            stream: "s".into(),
+            hash: "h".into(),
+            key: "k".into(),
+            dataset: "tank/d".into(),
+            from_guid: None,
+            to_guid: to,
+            to_name: format!("s{to}"),
+            raw: true,
+            stream_bytes: 10,
+            segments: 1,
+            created: 0,
+            retain_until: 0,
+        }
+    }
+
+    #[test]
+    fn an_upload_is_done_only_with_the_planned_manifest() {
+        let mut r = upload_record();
+        // A manifest of another snapshot is never continued from.
+        let wrong = JobUpdate {
+            uploaded: Some(manifest(7)),
+            ..update(&r, JobRole::Source, JobPhase::Done, 10)
+        };
+        assert_eq!(r.apply(&wrong, 1_000), vec![Effect::Persist]);
+        assert_eq!(r.state, JobState::Failed);
+        assert!(r.upload.as_ref().unwrap().committed.is_empty());
+        // No manifest at all: failed too.
+        let mut r = upload_record();
+        r.apply(&update(&r, JobRole::Source, JobPhase::Done, 10), 1_000);
+        assert_eq!(r.state, JobState::Failed);
+        // The planned one: committed, and the source's hold moves to it.
+        let mut r = upload_record();
+        let right = JobUpdate {
+            uploaded: Some(manifest(1)),
+            ..update(&r, JobRole::Source, JobPhase::Done, 10)
+        };
+        let fx = r.apply(&right, 1_000);
+        assert_eq!(
+            fx,
+            vec![Effect::Persist, Effect::MoveHolds { keep: "s1".into() }]
+        );
+        assert_eq!(r.state, JobState::Done);
+        assert_eq!(r.upload.as_ref().unwrap().committed, vec![manifest(1)]);
+    }
+
+    #[test]
+    fn a_failed_or_silent_upload_cancels_only_its_source() {
+        let mut r = upload_record();
+        let fx = r.apply(&update(&r, JobRole::Source, JobPhase::Failed, 0), 1_000);
+        assert_eq!(fx, vec![Effect::Persist]);
+        assert_eq!(r.state, JobState::Failed);
+        let mut r = upload_record();
+        let fx = r.check_stall(STALL_MS + 1);
+        assert!(
+            matches!(&fx[1], Effect::Cancel { nodes, .. } if nodes == &["a".to_string()]),
+            "{fx:?}"
+        );
     }
 }

@@ -11,12 +11,14 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zdr_common::wire::{
     Command, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
+    UploadJob,
 };
 
-use super::record::{describe, floor_reason, Effect, JobKind, JobRecord};
+use super::record::{describe, floor_reason, Effect, JobKind, JobRecord, UploadInfo};
 use super::schedule::{self, Decision, Ends, NeverCopied};
 use super::{hold_tag, rates, restore_tag, ACCEPT_SECS};
 use crate::bus;
+use crate::offsite::{self, UploadDecision};
 use crate::state::{now_ms, State};
 
 /// Writes one record to KV.
@@ -46,6 +48,15 @@ async fn carry_out(
             }
             Effect::Cancel { nodes, attempt } => {
                 tasks.spawn(async move { cancel(&st, &nodes, &attempt).await });
+            }
+            Effect::MoveHolds { keep } if rec.kind == JobKind::Upload => {
+                let rec = rec.clone();
+                tasks.spawn(async move {
+                    release_upload_hold(&st, &rec, &keep).await;
+                    if let Some(r) = st.jobs().get_mut(&key) {
+                        r.holds_moved();
+                    }
+                });
             }
             Effect::MoveHolds { keep } => {
                 let rec = rec.clone();
@@ -92,6 +103,23 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
                 }
             }
         }
+        for (key, rec) in jobs.entries_mut() {
+            if rec.kind == JobKind::Upload {
+                let fx = rec.check_stall(now_ms);
+                if !fx.is_empty() {
+                    work.push((key.clone(), rec.clone(), fx));
+                }
+            }
+        }
+        plan_uploads(
+            p,
+            &fleet,
+            &mut jobs,
+            &state.config().instance,
+            (t, offline),
+            now_ms,
+            &mut work,
+        );
         for (key, rec) in jobs.entries_mut() {
             let fx = rec.restore_tick(now_ms);
             if !fx.is_empty() {
@@ -186,6 +214,68 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
     }
 }
 
+/// What each bucket task's datasets upload next (`crate::offsite`).
+fn plan_uploads(
+    p: &crate::state::PolicyState,
+    fleet: &crate::fleet::Fleet,
+    jobs: &mut super::Jobs,
+    instance: &str,
+    (t, offline): (i64, i64),
+    now_ms: i64,
+    work: &mut Vec<(String, JobRecord, Vec<Effect>)>,
+) {
+    for task in &p.buckets {
+        let selector = offsite::Selector::new(&task.source);
+        for (node, datasets) in &fleet.inventory {
+            if !p.policy.nodes.contains_key(node) || !selector.node(node) {
+                continue;
+            }
+            let online = fleet.online(node, t, offline);
+            for inv in datasets.values().filter(|d| selector.dataset(d)) {
+                let key = bus::pairing_key(&task.name, node, &inv.dataset);
+                let previous = jobs.get(&key);
+                match offsite::decide(task, previous, online, Some(inv), now_ms) {
+                    UploadDecision::Wait => {}
+                    UploadDecision::UpToDate => {
+                        if let Some(r) = jobs.get_mut(&key) {
+                            let fx = r.up_to_date(now_ms);
+                            work.push((key, r.clone(), fx));
+                        }
+                    }
+                    UploadDecision::Start(plan) => {
+                        let committed = previous
+                            .and_then(|r| r.upload.as_ref())
+                            .map(|u| u.committed.clone())
+                            .unwrap_or_default();
+                        let pairing = offsite::pairing(task, node, &inv.dataset);
+                        let seq = jobs.next_seq();
+                        let mut rec = JobRecord::new(
+                            JobKind::Upload,
+                            &pairing,
+                            instance,
+                            seq,
+                            vec![plan.step],
+                            now_ms,
+                        )
+                        .continue_from(jobs.get(&key), now_ms);
+                        if let Some(why) = plan.full_because {
+                            rec.log(format!("a new chain starts with a full: {why}"), now_ms);
+                        }
+                        rec.upload = Some(UploadInfo {
+                            committed,
+                            parent: plan.parent,
+                            raw: plan.raw,
+                            lock: plan.lock,
+                        });
+                        jobs.insert(key.clone(), rec.clone());
+                        work.push((key, rec, vec![Effect::Start]));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Applies one agent's report on a job.
 pub async fn on_update(state: &Arc<State>, tasks: &mut JoinSet<()>, update: JobUpdate) {
     let (key, rec, effects) = {
@@ -248,6 +338,13 @@ async fn floor_refused(
 /// Sends the current step's two commands: `receive` to the target, then
 /// `send` to the source with the target's address (and resume token).
 async fn start_attempt(state: &Arc<State>, key: &str) {
+    if state
+        .jobs()
+        .get(key)
+        .is_some_and(|r| r.kind == JobKind::Upload)
+    {
+        return start_upload(state, key).await;
+    }
     let (rec, attempt, step) = {
         let mut jobs = state.jobs();
         let Some(rec) = jobs.get_mut(key) else { return };
@@ -262,7 +359,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     // the latter stops the destination's snapshots (`RESTORE_HOLD_PREFIX`).
     let (send_tag, tag) = match rec.kind {
         JobKind::Replication => (hold_tag(&rec.task), hold_tag(&rec.task)),
-        JobKind::Restore | JobKind::Drill => (
+        JobKind::Restore | JobKind::Drill | JobKind::Upload => (
             restore_tag(JobRole::Source, &rec.id),
             restore_tag(JobRole::Target, &rec.id),
         ),
@@ -296,7 +393,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     };
     // A restore sends the copy as it is stored: raw-encrypted stays raw.
     let (raw, compress) = match rec.kind {
-        JobKind::Restore | JobKind::Drill => (true, false),
+        JobKind::Restore | JobKind::Drill | JobKind::Upload => (true, false),
         JobKind::Replication => state
             .policy()
             .as_ref()
@@ -400,6 +497,100 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         cur.clone()
     };
     persist(state, key, &rec).await;
+}
+
+/// Sends an upload's one command, to its source: the bucket has no agent.
+async fn start_upload(state: &Arc<State>, key: &str) {
+    let (rec, attempt, step) = {
+        let mut jobs = state.jobs();
+        let Some(rec) = jobs.get_mut(key) else { return };
+        let Some(step) = rec.steps.get(rec.step).cloned() else {
+            return;
+        };
+        let attempt = rec.begin_attempt(now_ms());
+        (rec.clone(), attempt, step)
+    };
+    let task = state
+        .policy()
+        .as_ref()
+        .and_then(|p| p.buckets.iter().find(|b| b.name == rec.task).cloned());
+    let Some(task) = task else {
+        let why = format!("bucket task {} is no longer in the tasks file", rec.task);
+        return fail_current(state, key, &attempt, why, false).await;
+    };
+    let Some(bucket) = offsite::bucket_spec(&task) else {
+        let why = format!("bucket task {} names no credentials", rec.task);
+        return fail_current(state, key, &attempt, why, false).await;
+    };
+    let info = rec.upload.clone().unwrap_or(UploadInfo {
+        committed: Vec::new(),
+        parent: None,
+        raw: true,
+        lock: None,
+    });
+    let cmd = UploadJob {
+        job: attempt.clone(),
+        dataset: rec.dataset.clone(),
+        stream: step.stream.clone(),
+        to_guid: step.expect.guid,
+        from_guid: step.base.as_ref().map(|b| b.guid),
+        parent: info.parent.clone(),
+        raw: info.raw,
+        bucket,
+        lock: info.lock,
+        recipients: task.recipients.clone(),
+        hold_tag: offsite::hold_tag(&rec.task),
+    };
+    let why = match state
+        .send_command(&rec.source_node, &Command::Upload(Box::new(cmd)))
+        .await
+    {
+        Ok(r) if r.outcome == Outcome::Done => None,
+        Ok(r) => Some(format!("source {}: {}", rec.source_node, r.message)),
+        Err(e) => Some(format!("source: {e}")),
+    };
+    if let Some(why) = why {
+        return fail_current(state, key, &attempt, why, false).await;
+    }
+    let line = format!(
+        "attempt {}: {} from {} to {}",
+        rec.attempt,
+        describe(std::slice::from_ref(&step)),
+        rec.source_node,
+        rec.target_dataset
+    );
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(key) else { return };
+        if cur
+            .attempt_running(&attempt, false, None, line, now_ms())
+            .is_empty()
+        {
+            return;
+        }
+        cur.clone()
+    };
+    persist(state, key, &rec).await;
+}
+
+/// An upload landed: the source holds its new chain tip alone.
+async fn release_upload_hold(state: &State, rec: &JobRecord, keep: &str) {
+    let cmd = Command::ReleaseHolds {
+        dataset: rec.dataset.clone(),
+        tag: offsite::hold_tag(&rec.task),
+        keep: keep.to_string(),
+    };
+    match state.send_command(&rec.source_node, &cmd).await {
+        Ok(r) if r.outcome == Outcome::Done => {
+            info!(node = %rec.source_node, dataset = %rec.dataset, "{}", r.message)
+        }
+        Ok(r) => {
+            warn!(node = %rec.source_node, dataset = %rec.dataset, message = %r.message, "moving the upload hold failed")
+        }
+        Err(e) => {
+            warn!(node = %rec.source_node, dataset = %rec.dataset, error = %e, "moving the upload hold failed")
+        }
+    }
 }
 
 async fn cancel(state: &State, nodes: &[String], attempt: &str) {
@@ -587,10 +778,16 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
                     }
                 }
             };
-            let (source, target) = tokio::join!(
-                status(rec.source_node.clone()),
-                status(rec.target_node.clone())
-            );
+            let (source, target) = if rec.kind == JobKind::Upload {
+                // The bucket is no agent: the source alone runs an upload.
+                let source = status(rec.source_node.clone()).await;
+                (source.clone(), source)
+            } else {
+                tokio::join!(
+                    status(rec.source_node.clone()),
+                    status(rec.target_node.clone())
+                )
+            };
             let decision = JobRecord::adoption(source.as_ref(), target.as_ref());
             let (rec, effects) = {
                 let mut jobs = st.jobs();

@@ -26,6 +26,8 @@ fn copy_row(c: &CopyReport) -> Vec<String> {
         (Role::Production, _) => "production".to_string(),
         (Role::Replica, Some(r)) => format!("replica ({})", r.task),
         (Role::Replica, None) => "replica".to_string(),
+        (Role::Bucket, Some(r)) => format!("bucket ({})", r.task),
+        (Role::Bucket, None) => "bucket".to_string(),
     };
     vec![
         role,
