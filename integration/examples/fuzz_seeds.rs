@@ -52,10 +52,26 @@ fn seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
     let stream: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     vec![
-        ("envelope", "valid-command", with_selector(0, &fuzz::seal(ping))),
-        ("envelope", "valid-policy", with_selector(0, &fuzz::seal(&bundle))),
-        ("envelope", "valid-signed-header", with_selector(1, &signed_header)),
-        ("envelope", "valid-sealed-payload", with_selector(2, release)),
+        (
+            "envelope",
+            "valid-command",
+            with_selector(0, &fuzz::seal(ping)),
+        ),
+        (
+            "envelope",
+            "valid-policy",
+            with_selector(0, &fuzz::seal(&bundle)),
+        ),
+        (
+            "envelope",
+            "valid-signed-header",
+            with_selector(1, &signed_header),
+        ),
+        (
+            "envelope",
+            "valid-sealed-payload",
+            with_selector(2, release),
+        ),
         ("wire", "valid-policy-bundle", with_selector(8, &bundle)),
         ("frame", "valid-raw", frames(false, &[b"hello, zfs stream"])),
         ("frame", "valid-empty", frames(false, &[])),

@@ -274,9 +274,7 @@ thread_local! {
 /// that ends well delivered exactly the bytes its summary hashes.
 pub fn frame(data: &[u8]) -> bool {
     let job = Job::new(FRAME_JOB, JobToken::from_bytes(FRAME_TOKEN)).expect("a valid job id");
-    let (sink, result) = RUNTIME.with(|rt| {
-        rt.block_on(transfer::receive_from_bytes(data, &job))
-    });
+    let (sink, result) = RUNTIME.with(|rt| rt.block_on(transfer::receive_from_bytes(data, &job)));
     match result {
         Ok(summary) => {
             assert_eq!(sink.len() as u64, summary.bytes, "bytes in the sink");
@@ -306,7 +304,10 @@ pub fn zfs_output(data: &[u8]) -> bool {
     match selector % 7 {
         0 => match parse::parse_pools(out) {
             Ok(pools) => {
-                assert!(pools.len() == lines || (pools.is_empty() && out.trim() == "no pools available"));
+                assert!(
+                    pools.len() == lines
+                        || (pools.is_empty() && out.trim() == "no pools available")
+                );
                 for p in &pools {
                     DatasetName::parse(&p.name).expect("a pool name that parsed is valid");
                 }
@@ -372,7 +373,11 @@ pub fn resume_token(data: &[u8]) -> bool {
     match decoded {
         Ok(token) => {
             let again = resume_token::decode(&resume_token::encode(&token));
-            assert_eq!(again.as_ref(), Ok(&token), "a token reads back what it wrote");
+            assert_eq!(
+                again.as_ref(),
+                Ok(&token),
+                "a token reads back what it wrote"
+            );
             true
         }
         Err(_) => false,

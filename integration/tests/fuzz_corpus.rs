@@ -43,9 +43,18 @@ fn every_target_has_a_corpus_with_valid_seeds() {
     for target in fuzz::TARGETS {
         let valid = corpus
             .iter()
-            .filter(|(t, p)| t == target && p.file_name().unwrap().to_string_lossy().starts_with("valid-"))
+            .filter(|(t, p)| {
+                t == target
+                    && p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with("valid-")
+            })
             .count();
-        assert!(valid > 0, "integration/fuzz/corpus/{target}/ has no valid-* seed");
+        assert!(
+            valid > 0,
+            "integration/fuzz/corpus/{target}/ has no valid-* seed"
+        );
     }
 }
 
@@ -57,7 +66,11 @@ fn corpus_replays_and_valid_seeds_are_accepted() {
         let accepted = fuzz::run(target, &data).expect("a known target");
         let name = path.file_name().unwrap().to_string_lossy();
         if name.starts_with("valid-") {
-            assert!(accepted, "{} is not accepted by the {target} case", path.display());
+            assert!(
+                accepted,
+                "{} is not accepted by the {target} case",
+                path.display()
+            );
         }
     }
 }

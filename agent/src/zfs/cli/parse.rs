@@ -116,10 +116,7 @@ pub fn parse_datasets(out: &str) -> Result<Vec<DatasetInfo>, ZfsError> {
         .collect()
 }
 
-pub fn parse_snapshots(
-    dataset: &DatasetName,
-    out: &str,
-) -> Result<Vec<SnapshotInfo>, ZfsError> {
+pub fn parse_snapshots(dataset: &DatasetName, out: &str) -> Result<Vec<SnapshotInfo>, ZfsError> {
     out.lines()
         .map(|line| {
             let f = fields(line, 6)?;
@@ -140,10 +137,7 @@ pub fn parse_snapshots(
         .collect()
 }
 
-pub fn parse_bookmarks(
-    dataset: &DatasetName,
-    out: &str,
-) -> Result<Vec<BookmarkInfo>, ZfsError> {
+pub fn parse_bookmarks(dataset: &DatasetName, out: &str) -> Result<Vec<BookmarkInfo>, ZfsError> {
     let mut marks = out
         .lines()
         .map(|line| {
