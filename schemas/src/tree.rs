@@ -117,7 +117,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, Located> {
                 line: e.marker().line(),
                 column: e.marker().col() + 1,
             };
-            syntax_error(text, pos, e.info())
+            syntax_error(text, within(text, pos), e.info())
         })?;
         let pos = Pos::of(&span);
         match event {
@@ -165,6 +165,21 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, Located> {
         }
     }
     Ok(builder.root.filter(|root| !root.is_null()))
+}
+
+/// The parser reports an error at the end of input on the line after the
+/// last when the text does not end with a newline (found by fuzzing); an
+/// editor has no such line, so point just past the last character instead.
+fn within(text: &str, pos: Pos) -> Pos {
+    let lines = text.split('\n').count();
+    if pos.line <= lines {
+        return pos;
+    }
+    let last = text.rsplit('\n').next().unwrap_or("");
+    Pos {
+        line: lines,
+        column: last.chars().count() + 1,
+    }
 }
 
 /// Tabs in indentation are the most common cause of a syntax error in hand
@@ -411,6 +426,25 @@ pub(crate) fn locate(root: &Node, path: &[String]) -> (Pos, Vec<Seg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_at_the_end_of_input_stays_in_the_file() {
+        for text in [
+            "a:\n  - b\n c",
+            "a: [1, 2",
+            "a: {b: 1",
+            "a: 'x",
+            "a:\n  b: 1\n c: 2\n x",
+        ] {
+            let e = parse(text).expect_err(text);
+            let lines: Vec<&str> = text.split('\n').collect();
+            assert!(e.pos.line <= lines.len(), "{text:?}: {e:?}");
+            assert!(
+                e.pos.column <= lines[e.pos.line - 1].chars().count() + 1,
+                "{text:?}: {e:?}"
+            );
+        }
+    }
 
     #[test]
     fn positions_are_one_based() {
