@@ -234,8 +234,8 @@ pub fn spec(data: &[u8]) -> bool {
     match result {
         Ok(()) => true,
         Err(e) => {
-            // Line and column are 1-based; the last position is just past the text.
-            let lines = text.split('\n').count();
+            // Line and column are 1-based; YAML ends a line at `\n`, `\r\n` or a lone `\r`.
+            let lines = text.replace("\r\n", "\n").split(['\n', '\r']).count();
             for d in e.diagnostics() {
                 assert!(
                     d.line >= 1 && d.line <= lines && d.column >= 1,
