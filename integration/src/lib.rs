@@ -2,6 +2,8 @@
 //! `zdr-coordinator` and `zdr-agent` binaries as child processes. Everything is
 //! killed on drop; every wait is bounded.
 
+pub mod fuzz;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

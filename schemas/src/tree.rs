@@ -111,15 +111,16 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, Located> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
     let mut documents = 0;
+    let end = end_of(text);
     while let Some(event) = parser.next_event() {
         let (event, span) = event.map_err(|e| {
             let pos = Pos {
                 line: e.marker().line(),
                 column: e.marker().col() + 1,
             };
-            syntax_error(text, pos, e.info())
+            syntax_error(text, within(end, pos), e.info())
         })?;
-        let pos = Pos::of(&span);
+        let pos = within(end, Pos::of(&span));
         match event {
             Event::DocumentStart(_) => {
                 documents += 1;
@@ -165,6 +166,46 @@ pub(crate) fn parse(text: &str) -> Result<Option<Node>, Located> {
         }
     }
     Ok(builder.root.filter(|root| !root.is_null()))
+}
+
+/// The parser reports the end of input (an error there, or an empty node)
+/// on the line after the last when the text does not end with a line break
+/// (found by fuzzing); an editor has no such line, so such a position becomes
+/// `end`, just past the last character ([`end_of`]).
+fn within(end: Pos, pos: Pos) -> Pos {
+    if pos.line <= end.line {
+        pos
+    } else {
+        end
+    }
+}
+
+/// Just past the text's last character.
+fn end_of(text: &str) -> Pos {
+    let lines = yaml_lines(text);
+    Pos {
+        line: lines.len(),
+        column: lines.last().map_or(0, |l| l.chars().count()) + 1,
+    }
+}
+
+/// The text's lines as YAML counts them: `\n`, `\r\n` and a lone `\r` each
+/// end one.
+fn yaml_lines(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let (mut out, mut start, mut i) = (Vec::new(), 0, 0);
+    while i < bytes.len() {
+        if bytes[i] == b'\n' || bytes[i] == b'\r' {
+            out.push(&text[start..i]);
+            if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+                i += 1;
+            }
+            start = i + 1;
+        }
+        i += 1;
+    }
+    out.push(&text[start..]);
+    out
 }
 
 /// Tabs in indentation are the most common cause of a syntax error in hand
@@ -411,6 +452,26 @@ pub(crate) fn locate(root: &Node, path: &[String]) -> (Pos, Vec<Seg>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_at_the_end_of_input_stays_in_the_file() {
+        for text in [
+            "a:\n  - b\n c",
+            "a: [1, 2",
+            "a: {b: 1",
+            "a: 'x",
+            "a:\n  b: 1\n c: 2\n x",
+            "a:\r  b: 1\r c: 2\r x",
+        ] {
+            let e = parse(text).expect_err(text);
+            let lines = yaml_lines(text);
+            assert!(e.pos.line <= lines.len(), "{text:?}: {e:?}");
+            assert!(
+                e.pos.column <= lines[e.pos.line - 1].chars().count() + 1,
+                "{text:?}: {e:?}"
+            );
+        }
+    }
 
     #[test]
     fn positions_are_one_based() {

@@ -38,6 +38,29 @@ pub use net::{Listener, Pending, Receiver, Sender};
 pub use throttle::RateHandle;
 pub use tls::FleetTls;
 
+/// The receiving end of the protocol over bytes already in memory: the
+/// hello checked against `job`, then the data frames and the end frame, read
+/// as a [`Receiver`] reads them from TLS (verdict and result go nowhere).
+/// Returns what reached the sink and how the stream ended. For the fuzz
+/// target (`integration/fuzz/`), which feeds the decoder arbitrary bytes.
+pub async fn receive_from_bytes(
+    wire: &[u8],
+    job: &Job,
+) -> (Vec<u8>, Result<Summary, TransferError>) {
+    let mut stream = tokio::io::join(wire, tokio::io::sink());
+    let mut sink = Vec::new();
+    let result = async {
+        let (hello, _) = protocol::admit(&mut stream, |id| match id == job.id.as_bytes() {
+            true => Ok(job.clone()),
+            false => Err(Refusal::WrongJob),
+        })
+        .await?;
+        protocol::stream_in(&mut stream, &hello, &mut sink, None).await
+    }
+    .await;
+    (sink, result)
+}
+
 /// How long a connection may take to finish the TLS handshake and the hello.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -289,8 +289,10 @@ impl<'a> Native<'a> {
     }
 }
 
-/// Reads the token's keys from a packed nvlist; other keys are skipped.
-fn from_nvlist(buf: &[u8]) -> Result<ResumeToken, TokenError> {
+/// Reads the token's keys from a packed nvlist (the payload [`decode`]
+/// inflates); other keys are skipped. Public so that the fuzz target reaches
+/// the nvlist reader without forging a checksum and zlib for every input.
+pub fn from_nvlist(buf: &[u8]) -> Result<ResumeToken, TokenError> {
     let header = buf.get(..12).ok_or(TokenError::Nvlist {
         at: 0,
         reason: format!("{} bytes is too short for the nvlist headers", buf.len()),

@@ -6,7 +6,7 @@
 
 mod argv;
 mod errors;
-mod parse;
+pub mod parse;
 mod priority;
 
 use std::io::{Read, Write};

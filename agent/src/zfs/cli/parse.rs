@@ -1,5 +1,6 @@
 //! Reading zfs(8) and zpool(8) output in `-Hp` form: tab-separated, exact
-//! numbers; a line that does not fit is an error naming the line.
+//! numbers; a line that does not fit is an error naming the line. Public for
+//! the fuzz targets (`integration/fuzz/`), which feed them arbitrary output.
 
 use std::str::FromStr;
 
@@ -15,7 +16,7 @@ use crate::zfs::{in_createtxg_order, DatasetInfo, ZfsError};
 /// `full` / `incremental` lines; other lines (a resume token's contents) are
 /// skipped. `None` for overflowed figures, and from a bookmark for 0 too
 /// (OpenZFS #12265).
-pub(super) fn parse_estimate(out: &str, from_bookmark: bool) -> Result<Option<u64>, ZfsError> {
+pub fn parse_estimate(out: &str, from_bookmark: bool) -> Result<Option<u64>, ZfsError> {
     let mut size: Option<u64> = None;
     let mut sum: Option<u64> = None;
     for line in out.lines() {
@@ -68,7 +69,7 @@ fn number<T: FromStr>(line: &str, column: &str, value: &str) -> Result<T, ZfsErr
     })
 }
 
-pub(super) fn parse_pools(out: &str) -> Result<Vec<PoolInfo>, ZfsError> {
+pub fn parse_pools(out: &str) -> Result<Vec<PoolInfo>, ZfsError> {
     // Some zpool versions print this even with -H when no pool is imported.
     if out.trim() == "no pools available" {
         return Ok(Vec::new());
@@ -91,7 +92,7 @@ pub(super) fn parse_pools(out: &str) -> Result<Vec<PoolInfo>, ZfsError> {
         .collect()
 }
 
-pub(super) fn parse_datasets(out: &str) -> Result<Vec<DatasetInfo>, ZfsError> {
+pub fn parse_datasets(out: &str) -> Result<Vec<DatasetInfo>, ZfsError> {
     out.lines()
         .map(|line| {
             // The property value is last and may itself contain tabs.
@@ -115,10 +116,7 @@ pub(super) fn parse_datasets(out: &str) -> Result<Vec<DatasetInfo>, ZfsError> {
         .collect()
 }
 
-pub(super) fn parse_snapshots(
-    dataset: &DatasetName,
-    out: &str,
-) -> Result<Vec<SnapshotInfo>, ZfsError> {
+pub fn parse_snapshots(dataset: &DatasetName, out: &str) -> Result<Vec<SnapshotInfo>, ZfsError> {
     out.lines()
         .map(|line| {
             let f = fields(line, 6)?;
@@ -139,10 +137,7 @@ pub(super) fn parse_snapshots(
         .collect()
 }
 
-pub(super) fn parse_bookmarks(
-    dataset: &DatasetName,
-    out: &str,
-) -> Result<Vec<BookmarkInfo>, ZfsError> {
+pub fn parse_bookmarks(dataset: &DatasetName, out: &str) -> Result<Vec<BookmarkInfo>, ZfsError> {
     let mut marks = out
         .lines()
         .map(|line| {
@@ -166,7 +161,7 @@ pub(super) fn parse_bookmarks(
 
 /// `zfs holds -H` prints `name<TAB>tag<TAB>timestamp`. Names and timestamps
 /// have no tabs, so the tag is whatever lies between the first and last tab.
-pub(super) fn parse_holds(snapshot: &str, out: &str) -> Result<Vec<String>, ZfsError> {
+pub fn parse_holds(snapshot: &str, out: &str) -> Result<Vec<String>, ZfsError> {
     out.lines()
         .map(|line| {
             let (name, rest) = line.split_once('\t').ok_or_else(|| {
