@@ -351,7 +351,7 @@ async fn interrupted(kill_target: bool) {
     let resumed_bytes = job["bytes"].as_u64().unwrap();
     assert!(
         resumed_bytes < 20_000_000,
-        "the resume sent {resumed_bytes} bytes, as much as a new stream"
+        "the resume sent {resumed_bytes} bytes, as much as a new stream ({restarted} killed): {history:#?}"
     );
     assert!(
         !partial_on_disk(&b1, copy),
