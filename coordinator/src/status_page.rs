@@ -560,6 +560,7 @@ fn kind(k: JobKind) -> &'static str {
         JobKind::Replication => "replication",
         JobKind::Restore => "restore",
         JobKind::Drill => "drill",
+        JobKind::Upload => "upload",
     }
 }
 

@@ -374,7 +374,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
                 .dataset(&rec.source_node, &rec.dataset)
                 .and_then(|d| d.class.clone()),
         ),
-        JobKind::Restore | JobKind::Drill => (None, None),
+        JobKind::Restore | JobKind::Drill | JobKind::Upload => (None, None),
     };
     let receive = ReceiveJob {
         job: attempt.clone(),
