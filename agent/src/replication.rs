@@ -186,22 +186,13 @@ impl Replication {
     }
 
     fn update(&self, job: &str, role: JobRole, state: JobPhase, p: &Reporter, message: String) {
-        let update = JobUpdate {
-            node: self.node.clone(),
-            job: job.to_string(),
-            role,
-            state,
-            at_ms: chrono::Utc::now().timestamp_millis(),
-            bytes: p.bytes,
-            size_hint: p.size_hint,
-            bytes_per_sec: p.rate,
-            message,
-            landed: None,
-            resumable: false,
-            partial: None,
-            uploaded: None,
-        };
-        if let Some(running) = self.jobs().get_mut(&(job.to_string(), role)) {
+        self.report(p.job_update(&self.node, job, role, state, message));
+    }
+
+    /// Sends `update` to the coordinator and keeps it as the job's latest.
+    fn report(&self, update: JobUpdate) {
+        let key = (update.job.clone(), update.role);
+        if let Some(running) = self.jobs().get_mut(&key) {
             running.last = Some(update.clone());
         }
         let _ = self.updates.send(update);
@@ -213,20 +204,14 @@ impl Replication {
         let running = [JobRole::Target, JobRole::Source]
             .iter()
             .find_map(|&role| jobs.get(&(job.to_string(), role)))?;
-        Some(running.last.clone().unwrap_or_else(|| JobUpdate {
-            node: self.node.clone(),
-            job: job.to_string(),
-            role: running.role,
-            state: JobPhase::Running,
-            at_ms: chrono::Utc::now().timestamp_millis(),
-            bytes: 0,
-            size_hint: None,
-            bytes_per_sec: 0,
-            message: "starting".into(),
-            landed: None,
-            resumable: false,
-            partial: None,
-            uploaded: None,
+        Some(running.last.clone().unwrap_or_else(|| {
+            Reporter::default().job_update(
+                &self.node,
+                job,
+                running.role,
+                JobPhase::Running,
+                "starting".into(),
+            )
         }))
     }
 
@@ -467,21 +452,13 @@ impl Replication {
         .await;
         reporter.stop().await;
         let r = reporter.last();
-        let mut update = JobUpdate {
-            node: self.node.clone(),
-            job: cmd.job.clone(),
-            role: JobRole::Target,
-            state: JobPhase::Done,
-            at_ms: chrono::Utc::now().timestamp_millis(),
-            bytes: r.bytes,
-            size_hint: r.size_hint,
-            bytes_per_sec: r.rate,
-            message: String::new(),
-            landed: None,
-            resumable: false,
-            partial: None,
-            uploaded: None,
-        };
+        let mut update = r.job_update(
+            &self.node,
+            &cmd.job,
+            JobRole::Target,
+            JobPhase::Done,
+            String::new(),
+        );
         match outcome {
             Ok((snap, _, summary)) => {
                 info!(job = %cmd.job, %dataset, snapshot = %snap.name, bytes = summary.bytes, resumed = resuming, "received");
@@ -505,7 +482,7 @@ impl Replication {
                 update.partial = token.as_deref().and_then(|t| decoded(&dataset, t));
             }
         }
-        let _ = self.updates.send(update);
+        self.report(update);
     }
 
     /// Source side: checks the command, holds the snapshot it sends and
@@ -682,25 +659,28 @@ impl Replication {
         });
         reporter.stop().await;
         let r = reporter.last();
-        let (state, message) = match (transfer, zfs) {
+        let (state, message, zfs_failed) = match (transfer, zfs) {
             (Ok(s), Ok(_)) => (
                 JobPhase::Done,
                 format!(
                     "sent {} bytes ({} on the wire), BLAKE3 {}",
                     s.bytes, s.wire_bytes, s.hash
                 ),
+                false,
             ),
-            (Err(t), Ok(_)) => (JobPhase::Failed, t.to_string()),
+            (Err(t), Ok(_)) => (JobPhase::Failed, t.to_string(), false),
             // A failed transfer makes zfs send fail on its pipe: the transfer is the cause.
-            (Err(t), Err(_)) => (JobPhase::Failed, t.to_string()),
-            (Ok(_), Err(z)) => (JobPhase::Failed, format!("zfs send: {z}")),
+            (Err(t), Err(_)) => (JobPhase::Failed, t.to_string(), false),
+            (Ok(_), Err(z)) => (JobPhase::Failed, format!("zfs send: {z}"), true),
         };
         if state == JobPhase::Failed {
             warn!(job = %cmd.job, %message, "send failed");
         } else {
             info!(job = %cmd.job, %message, "sent");
         }
-        self.update(&cmd.job, JobRole::Source, state, &r, message);
+        let mut update = r.job_update(&self.node, &cmd.job, JobRole::Source, state, message);
+        update.zfs_failed = zfs_failed;
+        self.report(update);
     }
 
     pub fn set_rate(&self, job: &str, bytes_per_sec: Option<u64>) -> Result<String, Refused> {
@@ -942,6 +922,37 @@ struct Reporter {
     bytes: u64,
     size_hint: Option<u64>,
     rate: u64,
+}
+
+impl Reporter {
+    /// A report of one end of `job` at this progress; the outcome's details
+    /// (what landed, the partial receive, the manifest, the cause) are the
+    /// caller's to add.
+    fn job_update(
+        self,
+        node: &str,
+        job: &str,
+        role: JobRole,
+        state: JobPhase,
+        message: String,
+    ) -> JobUpdate {
+        JobUpdate {
+            node: node.to_string(),
+            job: job.to_string(),
+            role,
+            state,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            bytes: self.bytes,
+            size_hint: self.size_hint,
+            bytes_per_sec: self.rate,
+            message,
+            landed: None,
+            resumable: false,
+            partial: None,
+            uploaded: None,
+            zfs_failed: false,
+        }
+    }
 }
 
 struct Reporting {

@@ -551,6 +551,11 @@ pub struct JobUpdate {
     /// An upload, when done: the manifest it committed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploaded: Option<ManifestRef>,
+    /// Source, when failed: `zfs send` itself failed while the transfer did
+    /// not (a resume token it cannot use, a snapshot gone), so a saved partial
+    /// receive is not to be resumed again. A failed transfer leaves it false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zfs_failed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -23,8 +23,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 use x25519_dalek::PublicKey;
 use zdr_common::wire::{
-    CredentialsRef, JobPhase, JobRole, JobUpdate, LockMode as WireLock, ManifestRef, StreamSpec,
-    UploadJob,
+    CredentialsRef, JobPhase, JobRole, LockMode as WireLock, ManifestRef, StreamSpec, UploadJob,
 };
 use zdr_common::DatasetName;
 
@@ -340,21 +339,13 @@ impl Replication {
         };
         reporter.stop().await;
         let r = reporter.last();
-        let mut update = JobUpdate {
-            node: self.node.clone(),
-            job: cmd.job.clone(),
-            role: JobRole::Source,
-            state: JobPhase::Done,
-            at_ms: chrono::Utc::now().timestamp_millis(),
-            bytes: r.bytes,
-            size_hint: r.size_hint,
-            bytes_per_sec: r.rate,
-            message: String::new(),
-            landed: None,
-            resumable: false,
-            partial: None,
-            uploaded: None,
-        };
+        let mut update = r.job_update(
+            &self.node,
+            &cmd.job,
+            JobRole::Source,
+            JobPhase::Done,
+            String::new(),
+        );
         match outcome {
             Ok(m) => {
                 info!(job = %cmd.job, manifest = %m.key, bytes = m.stream_bytes, "uploaded");
@@ -371,10 +362,7 @@ impl Replication {
                 update.message = message;
             }
         }
-        if let Some(running) = self.jobs().get_mut(&(cmd.job.clone(), JobRole::Source)) {
-            running.last = Some(update.clone());
-        }
-        let _ = self.updates.send(update);
+        self.report(update);
     }
 
     #[allow(clippy::too_many_arguments)] // one upload's parts, each used once

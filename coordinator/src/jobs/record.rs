@@ -366,6 +366,16 @@ pub fn floor_reason(node: &str, refusals: &[FloorRefusal]) -> String {
     format!("target {node} refused: {} (floor)", parts.join("; "))
 }
 
+/// Whether a source that failed `attempt` while resuming a saved partial
+/// receive makes the next attempt drop it and start over. Yes when `zfs send`
+/// itself failed on the token; a broken transfer alone (the target or the
+/// network went away, the source restarted) keeps it, except that a resume
+/// still failing by the third attempt is dropped too: a token zfs cannot use
+/// can also surface as a broken transfer, and must not be retried forever.
+pub fn drops_resume(zfs_failed: bool, attempt: u32) -> bool {
+    zfs_failed || attempt >= 3
+}
+
 impl JobRecord {
     pub fn new(
         kind: JobKind,
@@ -719,8 +729,9 @@ impl JobRecord {
                 vec![self.persist(now_ms)]
             }
             (role, JobPhase::Failed) => {
-                // A resume the source cannot continue is dropped next time.
-                let discard = role == JobRole::Source && self.resumed;
+                let discard = role == JobRole::Source
+                    && self.resumed
+                    && drops_resume(update.zfs_failed, self.attempt);
                 let other = match role {
                     JobRole::Source => self.target_node.clone(),
                     JobRole::Target => self.source_node.clone(),
@@ -852,12 +863,14 @@ impl JobRecord {
                 }
                 self.log(
                     format!(
-                        "done: {}@{} (GUID {}) is on {} in {:.1} s",
+                        "done: {}@{} (GUID {}) is on {} in {:.1} s; attempt {} sent {} bytes",
                         self.target_dataset,
                         step.expect.name,
                         step.expect.guid,
                         self.target_node,
-                        (now_ms - self.started_at_ms) as f64 / 1000.0
+                        (now_ms - self.started_at_ms) as f64 / 1000.0,
+                        self.attempt,
+                        self.bytes
                     ),
                     now_ms,
                 );
@@ -1206,6 +1219,7 @@ mod tests {
             resumable: false,
             partial: None,
             uploaded: None,
+            zfs_failed: false,
         }
     }
 
@@ -1342,14 +1356,40 @@ mod tests {
         assert!(again.history.len() > r.history.len());
     }
 
+    /// The source fails attempt `attempt` while resuming; `zfs_failed` as it says.
+    fn resumed_source_fails(attempt: u32, zfs_failed: bool) -> JobRecord {
+        let mut r = running(1);
+        r.attempt = attempt;
+        let id = r.begin_attempt(50);
+        r.attempt_running(&id, true, None, "resuming".into(), 100);
+        let mut u = update(&r, JobRole::Source, JobPhase::Failed, 0);
+        u.zfs_failed = zfs_failed;
+        r.apply(&u, 200);
+        assert_eq!(r.state, JobState::Failed);
+        r
+    }
+
     #[test]
-    fn a_source_failure_while_resuming_drops_the_partial_next_time() {
+    fn zfs_send_failing_on_a_resume_drops_the_partial_next_time() {
+        assert!(resumed_source_fails(2, true).discard_partial);
+    }
+
+    #[test]
+    fn a_broken_transfer_while_resuming_keeps_the_partial_until_the_third_attempt() {
+        // The target or the network went away, or the source restarted.
+        assert!(!resumed_source_fails(2, false).discard_partial);
+        assert!(resumed_source_fails(3, false).discard_partial);
+    }
+
+    #[test]
+    fn a_source_failure_on_a_fresh_stream_never_drops_a_partial() {
         let mut r = running(1);
         let id = r.attempt_id.clone();
-        r.attempt_running(&id, true, None, "resuming".into(), 100);
-        let u = update(&r, JobRole::Source, JobPhase::Failed, 0);
+        r.attempt_running(&id, false, None, "sending".into(), 100);
+        let mut u = update(&r, JobRole::Source, JobPhase::Failed, 0);
+        u.zfs_failed = true;
         r.apply(&u, 200);
-        assert!(r.discard_partial);
+        assert!(!r.discard_partial);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use zdr_common::wire::{
     UploadJob,
 };
 
-use super::record::{describe, floor_reason, Effect, JobKind, JobRecord, UploadInfo};
+use super::record::{describe, drops_resume, floor_reason, Effect, JobKind, JobRecord, UploadInfo};
 use super::schedule::{self, Decision, Ends, NeverCopied};
 use super::{hold_tag, rates, restore_tag, ACCEPT_SECS};
 use crate::bus;
@@ -456,18 +456,23 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         bytes_per_sec: rate,
         hold_tag: send_tag,
     };
-    let why = match state
+    // The source answering that it cannot start this send is its word on
+    // the resume; no answer (it may be restarting) or a refused envelope is not.
+    let failed = match state
         .send_command(&rec.source_node, &Command::Send(send))
         .await
     {
         Ok(r) if r.outcome == Outcome::Done => None,
-        Ok(r) => Some(format!("source {}: {}", rec.source_node, r.message)),
-        Err(e) => Some(format!("source: {e}")),
+        Ok(r) => Some((
+            format!("source {}: {}", rec.source_node, r.message),
+            r.outcome == Outcome::Failed,
+        )),
+        Err(e) => Some((format!("source: {e}"), false)),
     };
-    if let Some(why) = why {
+    if let Some((why, cannot)) = failed {
         cancel(state, std::slice::from_ref(&rec.target_node), &attempt).await;
-        // A resume the source cannot continue is dropped on the next attempt.
-        return fail_current(state, key, &attempt, why, resumed).await;
+        let discard = resumed && drops_resume(cannot, rec.attempt);
+        return fail_current(state, key, &attempt, why, discard).await;
     }
     let line = format!(
         "attempt {} of step {}: {}{} to {} at {}",
