@@ -3,6 +3,7 @@
 //! killed on drop; every wait is bounded.
 
 pub mod fuzz;
+pub mod trials;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;

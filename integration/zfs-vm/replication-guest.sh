@@ -231,7 +231,7 @@ tasks: []"
     attempt=$($API "$HTTP_PORT" field $ds attempt)
     grep -q "flipped the byte" "$LOGS/proxy.log" || { fail "4: the proxy never flipped a byte"; return 1; }
     local why
-    why=$(echo "$H" | grep -m1 "attempt 1 failed" | sed 's/^[0-9:.]* attempt 1 failed: //')
+    why=$(echo "$H" | grep -m1 "attempt 1 failed" | sed 's/^[0-9:.]* attempt 1 failed after [0-9]* bytes: //')
     [ -n "$why" ] || { fail "4: the first attempt did not fail"; return 1; }
     case $why in
         "no word from either agent"*)

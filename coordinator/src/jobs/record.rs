@@ -490,8 +490,9 @@ impl JobRecord {
         self.next_attempt_at_ms = Some(now_ms + wait);
         self.log(
             format!(
-                "attempt {} failed: {why}; retrying in {} s",
+                "attempt {} failed after {} bytes: {why}; retrying in {} s",
                 self.attempt,
+                self.bytes,
                 wait / 1000
             ),
             now_ms,
@@ -649,6 +650,11 @@ impl JobRecord {
     /// The id of the attempt about to start.
     pub fn begin_attempt(&mut self, now_ms: i64) -> String {
         self.attempt_id = format!("{}-s{}-a{}", self.id, self.step, self.attempt);
+        // Progress is the attempt's own: a failure before its first report
+        // must not count the previous attempt's bytes.
+        self.bytes = 0;
+        self.bytes_per_sec = 0;
+        self.eta_secs = None;
         self.updated_at_ms = now_ms;
         self.attempt_id.clone()
     }

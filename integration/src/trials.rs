@@ -1,0 +1,340 @@
+//! Kill -9 trials (issue 18): a seeded plan of faults, and the invariants
+//! checked once the fleet has recovered from them. Pure: plain data in,
+//! violations out; `integration/tests/trials.rs` is the shell that starts
+//! the fleet, injects the faults and reads what the checks need.
+//!
+//! One trial kills a random process (the source agent, the target agent, the
+//! coordinator or nats-server) at a random moment while a replication pair
+//! snapshots, prunes and streams, keeps it down for a random while, restarts
+//! it, and repeats; the same seed gives the same plan, so a failure replays.
+//!
+//! Invariants after recovery:
+//! - **no snapshot lost that the policy keeps**: for every tier (period P,
+//!   keep N) of the source's class, the oldest snapshot ever taken in each of
+//!   the N most recent buckets that ever held one is still there. Retention
+//!   keeps exactly those representatives, and a bucket among the N most recent
+//!   now was among them at every earlier prune too, so none may be missing.
+//!   "Ever taken" is what is on disk plus what the audit log says was
+//!   destroyed: a destroy that bypassed the audit would hide from this check,
+//!   and is what the next rule is for;
+//! - **every destroy was audited before it ran**: each `done` destroy has an
+//!   earlier `intent` for the same snapshot;
+//! - **no common base destroyed**: every snapshot on the copy is a snapshot or
+//!   bookmark of the source with the same name and GUID, so the pair continues
+//!   incrementally;
+//! - **no job stuck, none without a reason**: the job is done again within a
+//!   bound after the last fault, and a failed job says why;
+//! - **a resumed transfer re-sends little**: the bytes all attempts of a step
+//!   moved, less the stream's size, over the stream's size (below 5 %).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// A process a trial kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Victim {
+    Source,
+    Target,
+    Coordinator,
+    Nats,
+}
+
+impl Victim {
+    pub const ALL: [Victim; 4] = [
+        Victim::Source,
+        Victim::Target,
+        Victim::Coordinator,
+        Victim::Nats,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Victim::Source => "source agent",
+            Victim::Target => "target agent",
+            Victim::Coordinator => "coordinator",
+            Victim::Nats => "nats-server",
+        }
+    }
+}
+
+/// One kill -9: `after_ms` from the previous restart (or from the first
+/// stream under way), down for `down_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub victim: Victim,
+    pub after_ms: u64,
+    pub down_ms: u64,
+}
+
+/// SplitMix64: small, seedable, and the same on every machine.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// The faults of trial `trial` of a run seeded with `seed`: `count` kills,
+/// each 1-8 s after the last restart, down for 0-2 s.
+pub fn plan(seed: u64, trial: u64, count: usize) -> Vec<Fault> {
+    let mut rng = Rng::new(seed ^ trial.wrapping_mul(0xA24B_AED4_963E_E407));
+    (0..count)
+        .map(|_| Fault {
+            victim: Victim::ALL[rng.between(0, 3) as usize],
+            after_ms: rng.between(1_000, 8_000),
+            down_ms: rng.between(0, 2_000),
+        })
+        .collect()
+}
+
+/// One line of an agent's audit log, as the check needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audited {
+    pub action: String,
+    /// `dataset@snapshot`.
+    pub target: String,
+    pub outcome: String,
+}
+
+/// A broken invariant, said so that the log of the trial explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation(pub String);
+
+/// Destroys that ran without an earlier `intent` record for the same target.
+pub fn unaudited_destroys(audit: &[Audited]) -> Vec<Violation> {
+    let mut intended = HashSet::new();
+    let mut out = Vec::new();
+    for r in audit.iter().filter(|r| r.action.starts_with("destroy")) {
+        match r.outcome.as_str() {
+            "intent" => {
+                intended.insert(r.target.as_str());
+            }
+            "done" if !intended.contains(r.target.as_str()) => out.push(Violation(format!(
+                "{} was destroyed with no intent audited before it",
+                r.target
+            ))),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The creation time (Unix seconds) in one of our snapshot names,
+/// `<prefix>_YYYYMMDDTHHMMSSZ`.
+pub fn created_at(name: &str, prefix: &str) -> Option<i64> {
+    let stamp = name.strip_prefix(prefix)?.strip_prefix('_')?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc().timestamp())
+}
+
+/// Tier representatives missing from `present`: for each `(period_secs,
+/// keep)`, the oldest snapshot ever taken (of `ever`, our names) in each of
+/// the `keep` most recent buckets that ever held one.
+pub fn lost_representatives(
+    ever: &HashSet<String>,
+    present: &HashSet<String>,
+    prefix: &str,
+    tiers: &[(u64, u32)],
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for &(period, keep) in tiers {
+        let mut oldest: BTreeMap<i64, (i64, &str)> = BTreeMap::new();
+        for name in ever {
+            let Some(t) = created_at(name, prefix) else {
+                continue;
+            };
+            let b = zdr_agent::retention::bucket(t, period);
+            let e = oldest.entry(b).or_insert((t, name));
+            if (t, name.as_str()) < *e {
+                *e = (t, name);
+            }
+        }
+        for (_, (_, name)) in oldest.iter().rev().take(keep as usize) {
+            if !present.contains(*name) {
+                out.push(Violation(format!(
+                    "@{name} represents one of the {keep} newest {period} s buckets, and is gone"
+                )));
+            }
+        }
+    }
+    out
+}
+
+/// Snapshots on the copy that match no source snapshot or bookmark of the
+/// same name and GUID: the pair would have lost its common base.
+pub fn foreign_on_copy(
+    copy: &[(String, u64)],
+    source: &[(String, u64)],
+    bookmarks: &[(String, u64)],
+) -> Vec<Violation> {
+    let known: HashMap<&str, u64> = source
+        .iter()
+        .chain(bookmarks)
+        .map(|(n, g)| (n.as_str(), *g))
+        .collect();
+    copy.iter()
+        .filter(|(n, g)| known.get(n.as_str()) != Some(g))
+        .map(|(n, g)| {
+            Violation(format!(
+                "the copy's @{n} (GUID {g}) is neither a snapshot nor a bookmark of the source"
+            ))
+        })
+        .collect()
+}
+
+/// What the job history says one step's attempts moved: the bytes of the
+/// attempts that failed (`attempt N failed after B bytes`) and of the one
+/// that landed (`attempt N sent B bytes`), per landed snapshot.
+pub fn bytes_per_landing(history: &[String]) -> Vec<(String, u64, u32)> {
+    let mut moved = 0u64;
+    let mut attempts = 0u32;
+    let mut out = Vec::new();
+    for line in history {
+        if let Some(b) = number_between(line, " failed after ", " bytes") {
+            moved += b;
+            attempts += 1;
+        } else if line.contains(" done: ") {
+            if let Some(b) = number_between(line, " sent ", " bytes") {
+                let snap = line
+                    .split_once('@')
+                    .and_then(|(_, r)| r.split(' ').next())
+                    .unwrap_or("?")
+                    .to_string();
+                out.push((snap, moved + b, attempts + 1));
+            }
+            moved = 0;
+            attempts = 0;
+        }
+    }
+    out
+}
+
+fn number_between(line: &str, before: &str, after: &str) -> Option<u64> {
+    let (_, rest) = line.rsplit_once(before)?;
+    rest.split_once(after)?.0.trim().parse().ok()
+}
+
+/// How much a landing re-sent: bytes moved beyond the stream's size, as a
+/// fraction of it.
+pub fn resent_fraction(moved: u64, stream: u64) -> f64 {
+    if stream == 0 {
+        return 0.0;
+    }
+    moved.saturating_sub(stream) as f64 / stream as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan_and_every_victim_comes_up() {
+        assert_eq!(plan(7, 3, 4), plan(7, 3, 4));
+        assert_ne!(plan(7, 3, 4), plan(7, 4, 4));
+        let victims: HashSet<Victim> = (0..50)
+            .flat_map(|t| plan(1, t, 2))
+            .map(|f| f.victim)
+            .collect();
+        assert_eq!(victims.len(), 4);
+        for f in plan(9, 0, 100) {
+            assert!((1_000..=8_000).contains(&f.after_ms) && f.down_ms <= 2_000);
+        }
+    }
+
+    #[test]
+    fn a_destroy_needs_an_earlier_intent() {
+        let r = |a: &str, t: &str, o: &str| Audited {
+            action: a.into(),
+            target: t.into(),
+            outcome: o.into(),
+        };
+        let ok = [r("destroy", "t@a", "intent"), r("destroy", "t@a", "done")];
+        assert!(unaudited_destroys(&ok).is_empty());
+        let bad = [r("destroy", "t@a", "done"), r("destroy", "t@a", "intent")];
+        assert_eq!(unaudited_destroys(&bad).len(), 1);
+        let other = [r("destroy", "t@b", "intent"), r("destroy", "t@a", "done")];
+        assert_eq!(unaudited_destroys(&other).len(), 1);
+    }
+
+    #[test]
+    fn names_carry_their_creation_time() {
+        assert_eq!(created_at("zdr_19700101T000010Z", "zdr"), Some(10));
+        assert_eq!(created_at("manual", "zdr"), None);
+        assert_eq!(created_at("zdrx_19700101T000010Z", "zdr"), None);
+    }
+
+    #[test]
+    fn a_missing_representative_of_a_recent_bucket_is_a_loss() {
+        // 2 s buckets, keep 2: buckets 5 (10, 11) and 6 (12) are the newest.
+        let ever = set(&[
+            "zdr_19700101T000008Z",
+            "zdr_19700101T000010Z",
+            "zdr_19700101T000011Z",
+            "zdr_19700101T000012Z",
+        ]);
+        let kept = set(&["zdr_19700101T000010Z", "zdr_19700101T000012Z"]);
+        assert!(lost_representatives(&ever, &kept, "zdr", &[(2, 2)]).is_empty());
+        // @10 represents bucket 5; @11 alone does not make up for it.
+        let wrong = set(&["zdr_19700101T000011Z", "zdr_19700101T000012Z"]);
+        let v = lost_representatives(&ever, &wrong, "zdr", &[(2, 2)]);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].0.contains("zdr_19700101T000010Z"));
+        // An old bucket may go.
+        assert!(lost_representatives(&ever, &kept, "zdr", &[(2, 2)]).is_empty());
+    }
+
+    #[test]
+    fn the_copy_must_share_names_and_guids_with_the_source() {
+        let src = vec![("a".to_string(), 1), ("c".to_string(), 3)];
+        let marks = vec![("b".to_string(), 2)];
+        let copy = vec![("a".to_string(), 1), ("b".to_string(), 2)];
+        assert!(foreign_on_copy(&copy, &src, &marks).is_empty());
+        let forged = vec![("c".to_string(), 9)];
+        assert_eq!(foreign_on_copy(&forged, &src, &marks).len(), 1);
+    }
+
+    #[test]
+    fn bytes_of_every_attempt_count_toward_the_landing() {
+        let h: Vec<String> = [
+            "t planned 1 step(s): full @s1",
+            "t attempt 1 failed after 9000000 bytes: source node-a1: gone; retrying in 1 s",
+            "t attempt 2 of step 1: resuming the saved partial receive to b at x",
+            "t done: b/t@s1 (GUID 5) is on b in 9.0 s; attempt 2 sent 15500000 bytes",
+            "t planned 1 step(s): -I @s1 @s2",
+            "t done: b/t@s2 (GUID 6) is on b in 1.0 s; attempt 1 sent 100 bytes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let b = bytes_per_landing(&h);
+        assert_eq!(
+            b,
+            vec![
+                ("s1".to_string(), 24_500_000, 2),
+                ("s2".to_string(), 100, 1)
+            ]
+        );
+        let f = resent_fraction(24_500_000, 24_000_000);
+        assert!((f - 0.5 / 24.0).abs() < 1e-9);
+        assert_eq!(resent_fraction(10, 24), 0.0);
+    }
+}
