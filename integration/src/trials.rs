@@ -197,28 +197,31 @@ pub fn foreign_on_copy(
         .collect()
 }
 
-/// What the job history says one step's attempts moved: the bytes of the
-/// attempts that failed (`attempt N failed after B bytes`) and of the one
-/// that landed (`attempt N sent B bytes`), per landed snapshot.
-pub fn bytes_per_landing(history: &[String]) -> Vec<(String, u64, u32)> {
-    let mut moved = 0u64;
-    let mut attempts = 0u32;
+/// For each resumed landing in `history`: the bytes the cut attempt moved
+/// that the saved partial receive did not keep (re-sent by the resume), as a
+/// fraction of the stream (what the partial kept plus what the resume sent).
+/// Reads `attempt N failed after B bytes`, `resuming the saved partial
+/// receive of P bytes`, then the landing's `attempt N sent X bytes`.
+pub fn resent_by_resumes(history: &[String]) -> Vec<f64> {
+    let mut cut = None;
+    let mut partial = None;
     let mut out = Vec::new();
     for line in history {
         if let Some(b) = number_between(line, " failed after ", " bytes") {
-            moved += b;
-            attempts += 1;
-        } else if line.contains(" done: ") {
-            if let Some(b) = number_between(line, " sent ", " bytes") {
-                let snap = line
-                    .split_once('@')
-                    .and_then(|(_, r)| r.split(' ').next())
-                    .unwrap_or("?")
-                    .to_string();
-                out.push((snap, moved + b, attempts + 1));
+            cut = Some(b);
+            partial = None;
+        } else if let Some(p) =
+            number_between(line, "resuming the saved partial receive of ", " bytes")
+        {
+            partial = Some(p);
+        } else if let Some(x) = number_between(line, " sent ", " bytes")
+            .filter(|_| line.contains(" done: ") || line.contains("the resumed receive landed"))
+        {
+            if let (Some(b), Some(p)) = (cut, partial) {
+                out.push(resent_fraction(b, p, x));
             }
-            moved = 0;
-            attempts = 0;
+            cut = None;
+            partial = None;
         }
     }
     out
@@ -229,13 +232,14 @@ fn number_between(line: &str, before: &str, after: &str) -> Option<u64> {
     rest.split_once(after)?.0.trim().parse().ok()
 }
 
-/// How much a landing re-sent: bytes moved beyond the stream's size, as a
-/// fraction of it.
-pub fn resent_fraction(moved: u64, stream: u64) -> f64 {
+/// `cut` bytes moved by the failed attempt, `kept` of them saved, `rest`
+/// sent by the resume: the share of the stream (`kept + rest`) sent twice.
+pub fn resent_fraction(cut: u64, kept: u64, rest: u64) -> f64 {
+    let stream = kept + rest;
     if stream == 0 {
         return 0.0;
     }
-    moved.saturating_sub(stream) as f64 / stream as f64
+    cut.saturating_sub(kept) as f64 / stream as f64
 }
 
 #[cfg(test)]
@@ -313,28 +317,24 @@ mod tests {
     }
 
     #[test]
-    fn bytes_of_every_attempt_count_toward_the_landing() {
+    fn a_resume_re_sends_what_the_cut_attempt_moved_beyond_the_partial() {
         let h: Vec<String> = [
             "t planned 1 step(s): full @s1",
             "t attempt 1 failed after 9000000 bytes: source node-a1: gone; retrying in 1 s",
-            "t attempt 2 of step 1: resuming the saved partial receive to b at x",
-            "t done: b/t@s1 (GUID 5) is on b in 9.0 s; attempt 2 sent 15500000 bytes",
+            "t attempt 2 of step 1: resuming the saved partial receive of 8000000 bytes to b at x",
+            "t done: b/t@s1 (GUID 5) is on b in 9.0 s; attempt 2 sent 16000000 bytes",
             "t planned 1 step(s): -I @s1 @s2",
             "t done: b/t@s2 (GUID 6) is on b in 1.0 s; attempt 1 sent 100 bytes",
+            "t attempt 1 failed after 10 bytes: x; retrying in 1 s",
+            "t attempt 2 failed after 0 bytes: y; retrying in 2 s",
+            "t attempt 3 of step 1: -I @s2 @s3 to b at x",
+            "t done: b/t@s3 (GUID 7) is on b in 1.0 s; attempt 3 sent 100 bytes",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let b = bytes_per_landing(&h);
-        assert_eq!(
-            b,
-            vec![
-                ("s1".to_string(), 24_500_000, 2),
-                ("s2".to_string(), 100, 1)
-            ]
-        );
-        let f = resent_fraction(24_500_000, 24_000_000);
-        assert!((f - 0.5 / 24.0).abs() < 1e-9);
-        assert_eq!(resent_fraction(10, 24), 0.0);
+        assert_eq!(resent_by_resumes(&h), vec![1.0 / 24.0]);
+        assert_eq!(resent_fraction(5, 8, 16), 0.0);
+        assert_eq!(resent_fraction(0, 0, 0), 0.0);
     }
 }

@@ -10,7 +10,7 @@
 //! - `ZDR_TRIAL_SEED` (20261206): the same seed replays the same plan,
 //! - `ZDR_TRIAL_FIRST` (0): the first trial number, to replay one trial.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -97,10 +97,6 @@ struct World {
     fleet: Fleet,
     /// The job's history, merged across polls (the record keeps its last lines only).
     history: Vec<String>,
-    /// (job id, step) → the stream's size, from a first attempt's estimate.
-    sizes: HashMap<(String, u64), u64>,
-    /// Landed snapshot → the stream size of its step, when known.
-    landed_sizes: HashMap<String, u64>,
     failed_without_reason: Vec<String>,
 }
 
@@ -117,8 +113,6 @@ impl World {
             pki,
             fleet,
             history: Vec::new(),
-            sizes: HashMap::new(),
-            landed_sizes: HashMap::new(),
             failed_without_reason: Vec::new(),
         }
     }
@@ -127,32 +121,11 @@ impl World {
         agent(&self.fleet, &self.pki, node)
     }
 
-    /// One look at the job: merges its history and notes stream sizes.
+    /// One look at the job: merges its history.
     async fn look(&mut self) -> Option<Value> {
         let all = jobs(&self.coordinator).await;
         let job = job_for(&all, "offsite", "node-a1")?.clone();
-        let id = job["id"].as_str().unwrap_or("").to_string();
-        let step = job["step"].as_u64().unwrap_or(0);
-        if job["resumed"] == false && job["state"] == "running" {
-            if let Some(size) = job["size_hint"].as_u64() {
-                self.sizes.insert((id.clone(), step), size);
-            }
-        }
-        let fresh = merge(&mut self.history, &history(&job));
-        for line in fresh {
-            if let Some((_, rest)) = line.split_once(" done: ") {
-                let snap = rest
-                    .split_once('@')
-                    .and_then(|(_, r)| r.split(' ').next())
-                    .unwrap_or("")
-                    .to_string();
-                // The record moved past the step that landed.
-                let landed_step = step.saturating_sub(1);
-                if let Some(size) = self.sizes.get(&(id.clone(), landed_step)) {
-                    self.landed_sizes.insert(snap, *size);
-                }
-            }
-        }
+        merge(&mut self.history, &history(&job));
         if job["state"] == "failed" && job["error"].as_str().is_none_or(str::is_empty) {
             self.failed_without_reason.push(format!("{job}"));
         }
@@ -188,16 +161,13 @@ impl World {
     }
 }
 
-/// Appends the lines of `now` that follow the last line already in `seen`;
-/// returns them.
-fn merge(seen: &mut Vec<String>, now: &[String]) -> Vec<String> {
+/// Appends the lines of `now` that follow the last line already in `seen`.
+fn merge(seen: &mut Vec<String>, now: &[String]) {
     let start = match seen.last() {
         Some(last) => now.iter().rposition(|l| l == last).map_or(0, |i| i + 1),
         None => 0,
     };
-    let fresh = now[start..].to_vec();
-    seen.extend(fresh.iter().cloned());
-    fresh
+    seen.extend(now[start..].iter().cloned());
 }
 
 fn audit_of(agent: &Agent) -> Vec<Audited> {
@@ -217,10 +187,8 @@ fn audit_of(agent: &Agent) -> Vec<Audited> {
 struct Outcome {
     violations: Vec<Violation>,
     recovered_in: Option<Duration>,
-    /// Per landing that took more than one attempt: the fraction re-sent.
+    /// Per resumed landing: the share of the stream sent twice.
     resent: Vec<f64>,
-    /// Landings with several attempts whose stream size was not seen.
-    unmeasured: usize,
 }
 
 async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
@@ -313,18 +281,11 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
             .iter()
             .map(|j| Violation(format!("a job failed without a reason: {j}"))),
     );
-    for (snap, moved, attempts) in trials::bytes_per_landing(&w.history) {
-        if attempts < 2 {
-            continue;
-        }
-        match w.landed_sizes.get(&snap) {
-            Some(&size) => out.resent.push(trials::resent_fraction(moved, size)),
-            None => out.unmeasured += 1,
-        }
-    }
-    if !out.violations.is_empty() {
-        eprintln!("trial {n} (seed {seed}) history:\n{}", w.history.join("\n"));
-    }
+    out.resent = trials::resent_by_resumes(&w.history);
+    eprintln!(
+        "trial {n} (seed {seed}) history:\n  {}",
+        w.history.join("\n  ")
+    );
     out
 }
 
@@ -337,7 +298,6 @@ async fn kill_9_trials_keep_every_invariant() {
     let mut injected: BTreeMap<Victim, usize> = BTreeMap::new();
     let mut violations = Vec::new();
     let mut resent = Vec::new();
-    let mut unmeasured = 0;
     let mut recovery = Vec::new();
     for n in first..first + count {
         let faults = trials::plan(seed, n, per);
@@ -357,7 +317,6 @@ async fn kill_9_trials_keep_every_invariant() {
                 .map(|v| format!("trial {n} (seed {seed}): {}", v.0)),
         );
         resent.extend(out.resent);
-        unmeasured += out.unmeasured;
         recovery.extend(out.recovered_in);
     }
     resent.sort_by(f64::total_cmp);
@@ -370,7 +329,7 @@ async fn kill_9_trials_keep_every_invariant() {
     println!("  invariant violations: {}", violations.len());
     let over = resent.iter().filter(|f| **f >= 0.05).count();
     println!(
-        "  landings after a cut: {} measured ({over} re-sent 5 % or more), {unmeasured} without a size; re-sent median {}, max {}",
+        "  resumed landings: {} ({over} re-sent 5 % or more of their stream); re-sent median {}, max {}",
         resent.len(),
         resent.get(resent.len() / 2).copied().map_or("-".into(), pct),
         resent.last().copied().map_or("-".into(), pct),

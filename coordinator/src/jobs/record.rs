@@ -899,8 +899,8 @@ impl JobRecord {
             Some(l) => {
                 // A resume finished an earlier stream: plan again from what is there now.
                 let why = format!(
-                    "the resumed receive landed @{} (GUID {}), not @{}; planning again",
-                    l.name, l.guid, step.expect.name
+                    "the resumed receive landed @{} (GUID {}), not @{}; planning again; attempt {} sent {} bytes",
+                    l.name, l.guid, step.expect.name, self.attempt, self.bytes
                 );
                 self.state = JobState::Failed;
                 self.error = Some(why.clone());

@@ -479,7 +479,10 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         rec.attempt,
         rec.step + 1,
         if resumed {
-            "resuming the saved partial receive".to_string()
+            match offer.partial.as_ref() {
+                Some(p) => format!("resuming the saved partial receive of {} bytes", p.bytes),
+                None => "resuming the saved partial receive".to_string(),
+            }
         } else {
             describe(std::slice::from_ref(&step))
         },
