@@ -213,6 +213,42 @@ pub async fn open(
     })
 }
 
+/// A key as the stream leader has it.
+#[derive(Debug, Clone)]
+pub struct LeaderEntry {
+    pub value: bytes::Bytes,
+    /// The KV revision (stream sequence).
+    pub revision: u64,
+    /// A delete or purge marker: the value is empty.
+    pub deleted: bool,
+}
+
+/// Reads `key` from the bucket's stream leader. `kv::Store::get` and
+/// `entry` use JetStream's direct get on buckets (async-nats creates
+/// them with `allow_direct`), which any replica answers, a follower
+/// possibly behind; a read that a decision rests on (a new leader's job
+/// records, the policy revision it must exceed) goes through the
+/// stream's message-get API instead, which only the leader answers.
+pub async fn leader_entry(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<LeaderEntry>, async_nats::Error> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => {
+            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_string());
+            Ok(Some(LeaderEntry {
+                deleted: matches!(op.as_deref(), Some("DEL" | "PURGE")),
+                value: m.payload,
+                revision: m.sequence,
+            }))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// KV keys allow `[-/_=.a-zA-Z0-9]`; dataset names may hold spaces and ':'.
 /// Hex keeps keys readable from the NATS CLI's `kv ls` sort order per node.
 pub fn inventory_key(node: &str, dataset: &str) -> String {

@@ -726,9 +726,15 @@ pub async fn restore(state: &State) -> Vec<(String, String)> {
     let mut anchors = std::collections::BTreeMap::new();
     if let Ok(mut keys) = state.stores.jobs.keys().await {
         while let Some(Ok(key)) = keys.next().await {
-            let Ok(Some(raw)) = state.stores.jobs.get(&key).await else {
+            // From the stream leader: adoption and the steps after it
+            // (holds moved, `receive -F`) rest on the newest record.
+            let Ok(Some(entry)) = crate::bus::leader_entry(&state.stores.jobs, &key).await else {
                 continue;
             };
+            if entry.deleted {
+                continue;
+            }
+            let raw = entry.value;
             if key == crate::drills::ANCHORS_KEY {
                 match serde_json::from_slice(&raw) {
                     Ok(a) => anchors = a,
