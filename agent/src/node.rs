@@ -15,7 +15,7 @@ use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
 use zdr_common::wire::{
     chunk_inventory, Command, CommandResult, Effects, EventKind, Heartbeat, Hello, InventoryDelta,
-    JobUpdate, Outcome, PolicyRefused, INVENTORY_CHUNK_BYTES,
+    JobPhase, JobUpdate, Outcome, PolicyRefused, INVENTORY_CHUNK_BYTES,
 };
 
 use crate::clock::now;
@@ -237,10 +237,17 @@ impl Agent {
             Command::CancelJob { job } => return done(repl.cancel(&job)),
             Command::JobStatus { job } => {
                 return match repl.status(&job) {
-                    Some(update) => CommandResult {
-                        job: Some(update),
-                        ..result(Outcome::Done, "running".into())
-                    },
+                    Some(update) => {
+                        let how = match update.state {
+                            JobPhase::Running => "running",
+                            JobPhase::Done => "ended: done",
+                            JobPhase::Failed => "ended: failed",
+                        };
+                        CommandResult {
+                            job: Some(update),
+                            ..result(Outcome::Done, how.into())
+                        }
+                    }
                     None => result(Outcome::Failed, format!("no job {job} runs here")),
                 }
             }
@@ -731,7 +738,14 @@ mod jitter_tests {
     #[test]
     fn watch_retries_back_off_to_thirty_seconds_with_jitter() {
         let secs = |f| watch_retry("n0001", f).as_secs_f64();
-        for (f, base) in [(1, 1.0), (2, 2.0), (3, 4.0), (5, 16.0), (6, 30.0), (40, 30.0)] {
+        for (f, base) in [
+            (1, 1.0),
+            (2, 2.0),
+            (3, 4.0),
+            (5, 16.0),
+            (6, 30.0),
+            (40, 30.0),
+        ] {
             assert!(
                 (base..2.0 * base).contains(&secs(f)),
                 "failure {f}: {} s",

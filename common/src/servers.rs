@@ -9,7 +9,9 @@ pub enum ServerListError {
     Empty,
     #[error("entry {index} of the NATS server list is empty (a stray comma?); separate URLs with single commas")]
     EmptyEntry { index: usize },
-    #[error("{url:?} (entry {index} of the NATS server list) has no host; write it as nats://HOST:PORT")]
+    #[error(
+        "{url:?} (entry {index} of the NATS server list) has no host; write it as nats://HOST:PORT"
+    )]
     NoHost { index: usize, url: String },
     #[error("{url:?} (entry {index} of the NATS server list) has the scheme {scheme:?}; use nats, tls, ws or wss")]
     Scheme {
@@ -109,7 +111,12 @@ mod tests {
             server_urls("nats://a:1,nats://a:1"),
             Err(ServerListError::Duplicate { .. })
         ));
-        let msg = server_urls("nats://a:1,http://b:1").unwrap_err().to_string();
-        assert!(msg.contains("entry 2") && msg.contains("nats, tls, ws or wss"), "{msg}");
+        let msg = server_urls("nats://a:1,http://b:1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("entry 2") && msg.contains("nats, tls, ws or wss"),
+            "{msg}"
+        );
     }
 }

@@ -53,10 +53,7 @@ fn error_code(e: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
     None
 }
 
-fn js_err(
-    what: impl Into<String>,
-    replicas: usize,
-) -> impl FnOnce(async_nats::Error) -> BusError {
+fn js_err(what: impl Into<String>, replicas: usize) -> impl FnOnce(async_nats::Error) -> BusError {
     let what = what.into();
     move |source| {
         let placement = replicas > 1
@@ -237,7 +234,10 @@ pub async fn leader_entry(
     let subject = format!("{}{key}", store.prefix);
     match store.stream.get_last_raw_message_by_subject(&subject).await {
         Ok(m) => {
-            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_string());
+            let op = m
+                .headers
+                .get("KV-Operation")
+                .map(|v| v.as_str().to_string());
             Ok(Some(LeaderEntry {
                 deleted: matches!(op.as_deref(), Some("DEL" | "PURGE")),
                 value: m.payload,

@@ -340,10 +340,7 @@ impl Nats {
                 self.dir.join(format!("nats-server-{i}.log")),
             )
         } else {
-            (
-                self.dir.join("jetstream"),
-                self.dir.join("nats-server.log"),
-            )
+            (self.dir.join("jetstream"), self.dir.join("nats-server.log"))
         };
         cmd.args([
             "-a",
@@ -630,7 +627,12 @@ impl Fleet {
         Self::start_on(policy, tasks, true, 3).await
     }
 
-    async fn start_on(policy: &str, tasks: Option<&str>, authorized: bool, servers: usize) -> Fleet {
+    async fn start_on(
+        policy: &str,
+        tasks: Option<&str>,
+        authorized: bool,
+        servers: usize,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policies.yaml");
         std::fs::write(&policy_file, policy).unwrap();

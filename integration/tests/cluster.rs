@@ -132,7 +132,13 @@ async fn buckets_and_streams_are_replicated_on_every_server() {
         .await;
         assert_eq!(r, 3, "{stream} has {r} replicas on a three-server cluster");
         let mut s = js.get_stream(stream).await.unwrap();
-        let cluster = s.info().await.unwrap().cluster.clone().expect("cluster info");
+        let cluster = s
+            .info()
+            .await
+            .unwrap()
+            .cluster
+            .clone()
+            .expect("cluster info");
         assert!(cluster.leader.is_some(), "{stream} has no leader");
         assert_eq!(cluster.replicas.len(), 2, "{stream}: {cluster:?}");
     }
@@ -240,8 +246,10 @@ async fn a_server_killed_mid_replication_loses_nothing() {
                 let mut st = js.get_stream(stream).await.ok()?;
                 let info = st.info().await.ok()?.clone();
                 let c = info.cluster?;
-                (c.leader.is_some() && c.replicas.len() == 2 && c.replicas.iter().all(|r| r.current))
-                    .then_some(())
+                (c.leader.is_some()
+                    && c.replicas.len() == 2
+                    && c.replicas.iter().all(|r| r.current))
+                .then_some(())
             },
         )
         .await;
@@ -301,7 +309,10 @@ async fn restarting_every_server_leaves_no_watch_consumers_behind() {
     }
     let last = watch_consumers(&js).await;
     eprintln!("watch consumers: {baseline} before, at most {most} after, {last:?} at the end");
-    assert!(most <= baseline, "watch consumers piled up: {most} > {baseline}");
+    assert!(
+        most <= baseline,
+        "watch consumers piled up: {most} > {baseline}"
+    );
     assert_eq!(last, Some(baseline));
 }
 
@@ -330,9 +341,11 @@ async fn leader_killed_mid_stream_hands_over_within_ten_seconds() {
     let mut times = Vec::new();
     for trial in 0..trials() {
         // The standby is up (serves HTTP, not ready) before the kill.
-        wait_for("the standby's HTTP API", Duration::from_secs(60), || async {
-            matches!(standby.get("/readyz").await, Some((503, _))).then_some(())
-        })
+        wait_for(
+            "the standby's HTTP API",
+            Duration::from_secs(60),
+            || async { matches!(standby.get("/readyz").await, Some((503, _))).then_some(()) },
+        )
         .await;
         let start = Instant::now();
         leader.proc.kill();
@@ -367,7 +380,9 @@ async fn leader_killed_mid_stream_hands_over_within_ten_seconds() {
     let history = history(&job);
     // Adopted, not dispatched again: one plan, one attempt, no failure.
     assert!(
-        history.iter().any(|l| l.contains("adopted by a new leader")),
+        history
+            .iter()
+            .any(|l| l.contains("adopted by a new leader")),
         "{history:#?}"
     );
     assert_eq!(
@@ -381,7 +396,10 @@ async fn leader_killed_mid_stream_hands_over_within_ten_seconds() {
         "{history:#?}"
     );
     // The stream was sent once: its bytes are the stream's size, not twice it.
-    let (bytes, size) = (job["bytes"].as_u64().unwrap(), job["size_hint"].as_u64().unwrap());
+    let (bytes, size) = (
+        job["bytes"].as_u64().unwrap(),
+        job["size_hint"].as_u64().unwrap(),
+    );
     eprintln!("sent {bytes} bytes of a {size}-byte stream");
     assert!(
         bytes >= size * 9 / 10 && bytes <= size * 11 / 10,

@@ -374,7 +374,7 @@ impl Replication {
         if let Some(running) = self.jobs().get_mut(&(cmd.job.clone(), JobRole::Source)) {
             running.last = Some(update.clone());
         }
-        let _ = self.updates.send(update);
+        self.report(update);
     }
 
     #[allow(clippy::too_many_arguments)] // one upload's parts, each used once

@@ -10,7 +10,8 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
+    Command, JobPhase, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob,
+    StreamSpec,
     UploadJob,
 };
 
@@ -794,6 +795,17 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
                     status(rec.target_node.clone())
                 )
             };
+            // An end that finished while no leader listened: its last report
+            // is applied as if it had just arrived, so the attempt ends as it
+            // did instead of being sent again.
+            let mut inner = JoinSet::new();
+            for ended in [&source, &target]
+                .into_iter()
+                .flatten()
+                .filter(|u| u.state != JobPhase::Running)
+            {
+                on_update(&st, &mut inner, ended.clone()).await;
+            }
             let decision = JobRecord::adoption(source.as_ref(), target.as_ref());
             let (rec, effects) = {
                 let mut jobs = st.jobs();
@@ -803,7 +815,6 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
                 let effects = cur.adopt(&attempt, &decision, now_ms());
                 (cur.clone(), effects)
             };
-            let mut inner = JoinSet::new();
             carry_out(&st, &mut inner, &key, rec, effects).await;
             while inner.join_next().await.is_some() {}
         });
