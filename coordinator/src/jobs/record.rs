@@ -1459,7 +1459,10 @@ mod tests {
         );
         // The source sent everything while no leader listened; the target lands it.
         let sent = update(&r, JobRole::Source, JobPhase::Done, 500);
-        assert_eq!(JobRecord::adoption(Some(&sent), Some(&tgt)), Adoption::Adopt);
+        assert_eq!(
+            JobRecord::adoption(Some(&sent), Some(&tgt)),
+            Adoption::Adopt
+        );
         let failed = update(&r, JobRole::Source, JobPhase::Failed, 500);
         assert_eq!(
             JobRecord::adoption(Some(&failed), Some(&tgt)),

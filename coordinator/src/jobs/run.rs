@@ -11,8 +11,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zdr_common::wire::{
     Command, JobPhase, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob,
-    StreamSpec,
-    UploadJob,
+    StreamSpec, UploadJob,
 };
 
 use super::record::{describe, floor_reason, Effect, JobKind, JobRecord, UploadInfo};
