@@ -15,6 +15,7 @@ pub struct Config {
     pub site: String,
     /// Media type label (`ssd`, `hdd`, ...).
     pub media: String,
+    /// One NATS URL, or a cluster's servers separated by commas.
     #[serde(default = "default_nats")]
     pub nats_url: String,
     /// This node's NATS nkey seed (mode 0600), as `zdr-coordinator bus-auth`
@@ -253,6 +254,8 @@ impl Config {
         };
         zdr_common::subject::valid_node_id(&config.node)
             .map_err(|e| invalid(format!("node: {e}")))?;
+        zdr_common::servers::server_urls(&config.nats_url)
+            .map_err(|e| invalid(format!("nats_url: {e}")))?;
         if config.trusted_keys.is_empty() {
             return Err(invalid(
                 "trusted_keys is empty: the agent could accept no policy or command; add the coordinator's public key".into(),
@@ -285,6 +288,11 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The NATS servers, from `nats_url` (checked at load).
+    pub fn nats_servers(&self) -> Result<Vec<String>, String> {
+        zdr_common::servers::server_urls(&self.nats_url).map_err(|e| format!("nats_url: {e}"))
     }
 
     pub fn verifier(&self) -> Result<Verifier, String> {
@@ -332,6 +340,22 @@ kid = "coordinator"
 public_key = "{KEY}"
 "#
         )
+    }
+
+    #[test]
+    fn nats_url_takes_a_cluster_and_names_a_bad_entry() {
+        let cluster = good().replace(
+            "media = \"ssd\"\n",
+            "media = \"ssd\"\nnats_url = \"nats://a:4222,nats://b:4222, nats://c:4222\"\n",
+        );
+        let c = Config::parse("agent.toml", &cluster).unwrap();
+        assert_eq!(c.nats_servers().unwrap().len(), 3);
+        let bad = cluster.replace("nats://b:4222", "http://b:4222");
+        let e = Config::parse("agent.toml", &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("agent.toml: nats_url: ") && e.contains("entry 2"),
+            "{e}"
+        );
     }
 
     #[test]

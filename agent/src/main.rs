@@ -30,7 +30,8 @@ struct Cli {
         default_value = "/etc/zdr/agent.toml"
     )]
     config: PathBuf,
-    /// Overrides `nats_url` from the config file.
+    /// Overrides `nats_url` from the config file (one URL, or several
+    /// separated by commas).
     #[arg(long, env = "ZDR_NATS_URL")]
     nats_url: Option<String>,
     /// Log as JSON lines.
@@ -169,6 +170,7 @@ async fn run() -> anyhow::Result<()> {
     let shutdown = shutdown_on_signals()?;
     let mut config = Config::load(&cli.config)?;
     if let Some(url) = cli.nats_url {
+        zdr_common::servers::server_urls(&url).context("--nats-url / ZDR_NATS_URL")?;
         config.nats_url = url;
     }
     let state = StateDir::open(&config.state_dir)

@@ -15,7 +15,7 @@ use zdr_common::envelope::{Freshness, Verifier};
 use zdr_common::subject::{self, AgentSubjects};
 use zdr_common::wire::{
     chunk_inventory, Command, CommandResult, Effects, EventKind, Heartbeat, Hello, InventoryDelta,
-    JobUpdate, Outcome, PolicyRefused, INVENTORY_CHUNK_BYTES,
+    JobPhase, JobUpdate, Outcome, PolicyRefused, INVENTORY_CHUNK_BYTES,
 };
 
 use crate::clock::now;
@@ -237,10 +237,17 @@ impl Agent {
             Command::CancelJob { job } => return done(repl.cancel(&job)),
             Command::JobStatus { job } => {
                 return match repl.status(&job) {
-                    Some(update) => CommandResult {
-                        job: Some(update),
-                        ..result(Outcome::Done, "running".into())
-                    },
+                    Some(update) => {
+                        let how = match update.state {
+                            JobPhase::Running => "running",
+                            JobPhase::Done => "ended: done",
+                            JobPhase::Failed => "ended: failed",
+                        };
+                        CommandResult {
+                            job: Some(update),
+                            ..result(Outcome::Done, how.into())
+                        }
+                    }
                     None => result(Outcome::Failed, format!("no job {job} runs here")),
                 }
             }
@@ -454,6 +461,13 @@ pub async fn run(
             return;
         }
     }
+    let servers = match agent.config.nats_servers() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "NATS unusable; running on the cached policy alone");
+            return;
+        }
+    };
     let connect = options
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -471,7 +485,7 @@ pub async fn run(
                 }
             }
         })
-        .connect(&agent.config.nats_url);
+        .connect(servers);
     let connected = tokio::select! {
         c = connect => c,
         _ = shutdown.cancelled() => return,
@@ -633,15 +647,41 @@ async fn policy_watch(agent: Arc<Agent>, client: async_nats::Client, shutdown: C
     }
 }
 
+/// The first pause before a failed policy watch is made again, and the longest.
+const WATCH_RETRY_MIN: Duration = Duration::from_secs(1);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A watch that lived this long was healthy: the next failure starts the backoff over.
+const WATCH_HEALTHY: Duration = Duration::from_secs(60);
+
+/// The pause before the `failures`-th consecutive re-creation of the
+/// watch: doubling from 1 s to at most 30 s, plus this node's jitter of up
+/// to as much again, so a fleet reconnecting together (a cluster restart)
+/// neither piles watch consumers up on the servers nor re-creates them in
+/// one burst. Each watch is a server-side consumer that outlives a dropped
+/// client by its inactivity threshold (30 s).
+pub fn watch_retry(node: &str, failures: u32) -> Duration {
+    let base = WATCH_RETRY_MIN
+        .saturating_mul(1 << failures.saturating_sub(1).min(5))
+        .min(WATCH_RETRY_MAX);
+    base + jitter(node, u64::from(failures), base)
+}
+
 /// Applying a policy is synchronous, so dropping this at any await is safe.
+/// The crate's ordered consumer re-creates the watch itself across
+/// reconnects; this loop only starts over when the watch ends or fails.
 async fn watch_policy(agent: Arc<Agent>, client: async_nats::Client) {
     let js = jetstream::new(client);
+    let node = agent.config.node.clone();
+    let mut failures = 0u32;
     loop {
+        if failures > 0 {
+            tokio::time::sleep(watch_retry(&node, failures)).await;
+        }
+        failures = failures.saturating_add(1);
         let store = match js.get_key_value(subject::POLICY_BUCKET).await {
             Ok(s) => s,
             Err(e) => {
                 debug!(error = %e, "policy bucket not reachable yet");
-                tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
         };
@@ -649,10 +689,10 @@ async fn watch_policy(agent: Arc<Agent>, client: async_nats::Client) {
             Ok(w) => w,
             Err(e) => {
                 debug!(error = %e, "policy watch failed");
-                tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
         };
+        let started = tokio::time::Instant::now();
         while let Some(entry) = watch.next().await {
             match entry {
                 Ok(e) if e.operation == jetstream::kv::Operation::Put => {
@@ -665,7 +705,9 @@ async fn watch_policy(agent: Arc<Agent>, client: async_nats::Client) {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        if started.elapsed() >= WATCH_HEALTHY {
+            failures = 1;
+        }
     }
 }
 
@@ -691,5 +733,29 @@ mod jitter_tests {
             assert!((140..=260).contains(&n), "fifth {k}: {n}");
         }
         assert_eq!(jitter("n0001", 1, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn watch_retries_back_off_to_thirty_seconds_with_jitter() {
+        let secs = |f| watch_retry("n0001", f).as_secs_f64();
+        for (f, base) in [
+            (1, 1.0),
+            (2, 2.0),
+            (3, 4.0),
+            (5, 16.0),
+            (6, 30.0),
+            (40, 30.0),
+        ] {
+            assert!(
+                (base..2.0 * base).contains(&secs(f)),
+                "failure {f}: {} s",
+                secs(f)
+            );
+        }
+        // 1,000 nodes at their sixth failure spread over 30 s, not one instant.
+        let spread: std::collections::BTreeSet<u64> = (0..1000)
+            .map(|i| watch_retry(&format!("n{i:04}"), 6).as_secs())
+            .collect();
+        assert!(spread.len() >= 25, "{spread:?}");
     }
 }

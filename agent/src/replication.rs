@@ -55,12 +55,20 @@ struct Running {
     last: Option<JobUpdate>,
 }
 
+/// Reports of ended jobs kept for a new leader's question (a few per pairing).
+const ENDED_KEPT: usize = 256;
+
 pub struct Replication {
     lifecycle: Arc<Lifecycle>,
     node: String,
     plane: Option<Plane>,
     /// By id and role: a restore to the node of its copy runs both ends here.
     jobs: Mutex<HashMap<(String, JobRole), Running>>,
+    /// The last reports of jobs that ended here, newest last: a new leader
+    /// asks after an attempt whose end its predecessor never heard (the
+    /// report went out while no coordinator listened), and learns how it
+    /// ended instead of sending it again.
+    ended: Mutex<std::collections::VecDeque<JobUpdate>>,
     /// Set by [`Replication::stop`]: no new job starts.
     stopping: AtomicBool,
     updates: mpsc::UnboundedSender<JobUpdate>,
@@ -139,6 +147,7 @@ impl Replication {
             node,
             plane,
             jobs: Mutex::new(HashMap::new()),
+            ended: Mutex::new(std::collections::VecDeque::new()),
             stopping: AtomicBool::new(false),
             updates,
             offsite: std::sync::OnceLock::new(),
@@ -189,21 +198,35 @@ impl Replication {
         self.report(p.job_update(&self.node, job, role, state, message));
     }
 
-    /// Sends `update` to the coordinator and keeps it as the job's latest.
+    /// Sends `update` to the coordinator and keeps it as the job's latest;
+    /// one that ends a job is also kept for [`Self::status`].
     fn report(&self, update: JobUpdate) {
         let key = (update.job.clone(), update.role);
         if let Some(running) = self.jobs().get_mut(&key) {
             running.last = Some(update.clone());
         }
+        if update.state != JobPhase::Running {
+            let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+            if ended.len() >= ENDED_KEPT {
+                ended.pop_front();
+            }
+            ended.push_back(update.clone());
+        }
         let _ = self.updates.send(update);
     }
 
-    /// The latest report of a job that still runs here; `None` when it does not.
+    /// The latest report of a job that runs here, or the last one of a job
+    /// that ended here lately; `None` when this node knows no such job.
     pub fn status(&self, job: &str) -> Option<JobUpdate> {
         let jobs = self.jobs();
         let running = [JobRole::Target, JobRole::Source]
             .iter()
-            .find_map(|&role| jobs.get(&(job.to_string(), role)))?;
+            .find_map(|&role| jobs.get(&(job.to_string(), role)));
+        let Some(running) = running else {
+            drop(jobs);
+            let ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+            return ended.iter().rev().find(|u| u.job == job).cloned();
+        };
         Some(running.last.clone().unwrap_or_else(|| {
             Reporter::default().job_update(
                 &self.node,

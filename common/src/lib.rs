@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod duration;
 pub mod envelope;
 pub mod policy;
+pub mod servers;
 pub mod subject;
 pub mod wire;
 

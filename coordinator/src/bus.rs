@@ -1,8 +1,14 @@
 //! JetStream buckets and streams the coordinator's durable state lives in.
+//!
+//! Every bucket and stream has the same number of replicas (`--nats-replicas`):
+//! 1 on a single server, 3 on a three-server cluster, so that losing one
+//! server loses nothing. A replica count the servers cannot place is a
+//! start-up error that says so (decided on JetStream's error codes).
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+use async_nats::jetstream::{self, kv, stream, ErrorCode};
 use zdr_common::subject;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,11 +19,55 @@ pub enum BusError {
         #[source]
         source: async_nats::Error,
     },
+    #[error(
+        "JetStream {what}: the servers cannot keep {replicas} replicas ({source}); \
+         --nats-replicas (ZDR_NATS_REPLICAS) must not exceed the number of JetStream servers \
+         in the cluster: 1 for a single server, 3 for a three-server cluster"
+    )]
+    Replicas {
+        what: String,
+        replicas: usize,
+        #[source]
+        source: async_nats::Error,
+    },
 }
 
-fn js_err(what: impl Into<String>) -> impl FnOnce(async_nats::Error) -> BusError {
+/// JetStream's answers to a replica count it cannot place.
+const PLACEMENT_CODES: [ErrorCode; 3] = [
+    ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED,
+    ErrorCode::INSUFFICIENT_RESOURCES,
+    ErrorCode::CLUSTER_NO_PEERS,
+];
+
+/// The JetStream error code somewhere in `e`'s chain of sources.
+fn error_code(e: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(s) = e.downcast_ref::<CreateStreamError>() {
+            if let CreateStreamErrorKind::JetStream(j) = s.kind() {
+                return Some(j.error_code());
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn js_err(what: impl Into<String>, replicas: usize) -> impl FnOnce(async_nats::Error) -> BusError {
     let what = what.into();
-    move |source| BusError::JetStream { what, source }
+    move |source| {
+        let placement = replicas > 1
+            && error_code(source.as_ref()).is_some_and(|c| PLACEMENT_CODES.contains(&c));
+        if placement {
+            BusError::Replicas {
+                what,
+                replicas,
+                source,
+            }
+        } else {
+            BusError::JetStream { what, source }
+        }
+    }
 }
 
 pub const FLEET_BUCKET: &str = "zdr_fleet";
@@ -40,17 +90,30 @@ pub struct Stores {
     pub alerts: kv::Store,
 }
 
-async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
+async fn bucket(
+    js: &jetstream::Context,
+    replicas: usize,
+    config: kv::Config,
+) -> Result<kv::Store, BusError> {
     let name = config.bucket.clone();
-    js.create_or_update_key_value(config)
-        .await
-        .map_err(|e| js_err(format!("bucket {name}"))(e.into()))
+    js.create_or_update_key_value(kv::Config {
+        num_replicas: replicas,
+        ..config
+    })
+    .await
+    .map_err(|e| js_err(format!("bucket {name}"), replicas)(e.into()))
 }
 
-/// Creates (or opens) every bucket and the event stream.
-pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores, BusError> {
+/// Creates (or opens) every bucket and the event stream, each with
+/// `replicas` replicas (an existing one is scaled to that).
+pub async fn open(
+    js: &jetstream::Context,
+    lease_ttl: Duration,
+    replicas: usize,
+) -> Result<Stores, BusError> {
     let fleet = bucket(
         js,
+        replicas,
         kv::Config {
             bucket: FLEET_BUCKET.into(),
             description: "zdr node records".into(),
@@ -61,6 +124,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
     .await?;
     let inventory = bucket(
         js,
+        replicas,
         kv::Config {
             bucket: INVENTORY_BUCKET.into(),
             description: "zdr snapshot inventory, one key per node and dataset".into(),
@@ -71,6 +135,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
     .await?;
     let policy = bucket(
         js,
+        replicas,
         kv::Config {
             bucket: subject::POLICY_BUCKET.into(),
             description: "the signed zdr policy".into(),
@@ -81,6 +146,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
     .await?;
     let lease = bucket(
         js,
+        replicas,
         kv::Config {
             bucket: LEASE_BUCKET.into(),
             description: "coordinator leadership lease".into(),
@@ -92,6 +158,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
     .await?;
     let pairings = bucket(
         js,
+        replicas,
         kv::Config {
             bucket: PAIRINGS_BUCKET.into(),
             description: "zdr replication pairings, kept stable once made".into(),
@@ -102,6 +169,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
     .await?;
     let jobs = bucket(
         js,
+        replicas,
         kv::Config {
             bucket: JOBS_BUCKET.into(),
             description: "zdr replication jobs, one key per pairing: state, progress, history"
@@ -113,6 +181,7 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
     .await?;
     let alerts = bucket(
         js,
+        replicas,
         kv::Config {
             bucket: ALERTS_BUCKET.into(),
             description: "zdr alerts active now, so that a new leader neither fires them again nor forgets to resolve them".into(),
@@ -121,14 +190,15 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         },
     )
     .await?;
-    js.get_or_create_stream(stream::Config {
+    js.create_or_update_stream(stream::Config {
         name: EVENTS_STREAM.into(),
         subjects: vec!["zdr.v1.agent.*.event".into()],
         max_age: Duration::from_secs(30 * 86_400),
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
-    .map_err(|e| js_err(format!("stream {EVENTS_STREAM}"))(e.into()))?;
+    .map_err(|e| js_err(format!("stream {EVENTS_STREAM}"), replicas)(e.into()))?;
     Ok(Stores {
         fleet,
         inventory,
@@ -138,6 +208,45 @@ pub async fn open(js: &jetstream::Context, lease_ttl: Duration) -> Result<Stores
         jobs,
         alerts,
     })
+}
+
+/// A key as the stream leader has it.
+#[derive(Debug, Clone)]
+pub struct LeaderEntry {
+    pub value: bytes::Bytes,
+    /// The KV revision (stream sequence).
+    pub revision: u64,
+    /// A delete or purge marker: the value is empty.
+    pub deleted: bool,
+}
+
+/// Reads `key` from the bucket's stream leader. `kv::Store::get` and
+/// `entry` use JetStream's direct get on buckets (async-nats creates
+/// them with `allow_direct`), which any replica answers, a follower
+/// possibly behind; a read that a decision rests on (a new leader's job
+/// records, the policy revision it must exceed) goes through the
+/// stream's message-get API instead, which only the leader answers.
+pub async fn leader_entry(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<LeaderEntry>, async_nats::Error> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => {
+            let op = m
+                .headers
+                .get("KV-Operation")
+                .map(|v| v.as_str().to_string());
+            Ok(Some(LeaderEntry {
+                deleted: matches!(op.as_deref(), Some("DEL" | "PURGE")),
+                value: m.payload,
+                revision: m.sequence,
+            }))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// KV keys allow `[-/_=.a-zA-Z0-9]`; dataset names may hold spaces and ':'.

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub nats_url: String,
+    /// The NATS servers: one, or a cluster's (the client fails over among them).
+    pub nats_servers: Vec<String>,
+    /// Replicas of every bucket and stream: at most the JetStream servers.
+    pub nats_replicas: usize,
     /// The coordinator's own NATS identity; `None` connects anonymously.
     pub nats_seed: Option<zdr_common::bus_auth::NkeySeed>,
     pub policy_path: PathBuf,

@@ -47,8 +47,15 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// One NATS URL, or a cluster's servers separated by commas.
     #[arg(long, env = "ZDR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// Replicas of the buckets and streams the coordinator creates (1 to 5):
+    /// 1 on a single server, 3 on a three-server cluster. More than the
+    /// cluster's JetStream servers is refused at start.
+    #[arg(long, env = "ZDR_NATS_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
     /// This coordinator's nkey seed (mode 0600), as `bus-auth` writes it;
     /// without it the coordinator connects anonymously.
     #[arg(long, env = "ZDR_NATS_NKEY")]
@@ -218,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
             envelope::signing_key_from_b64(&key_text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", a.key_file.display()))?;
             a.nats_nkey.as_deref().map(read_seed).transpose()?;
+            zdr_common::servers::server_urls(&a.nats_url).context("--nats-url / ZDR_NATS_URL")?;
             let p = zdr_schemas::load_policy(&a.policy).map_err(|e| anyhow::anyhow!("{e}"))?;
             if let Some(tasks) = &a.tasks {
                 zdr_schemas::load_tasks(tasks, &p).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -271,7 +279,9 @@ async fn main() -> anyhow::Result<()> {
                 .instance
                 .unwrap_or_else(|| format!("coordinator-{}", std::process::id()));
             let config = Config {
-                nats_url: a.nats_url,
+                nats_servers: zdr_common::servers::server_urls(&a.nats_url)
+                    .context("--nats-url / ZDR_NATS_URL")?,
+                nats_replicas: usize::from(a.nats_replicas),
                 nats_seed,
                 policy_path: a.policy,
                 tasks_path: a.tasks,

@@ -151,12 +151,12 @@ pub fn classify(verifier: &Verifier, value: &[u8], kv_revision: u64) -> Stored {
 }
 
 async fn stored(store: &kv::Store, sealer: &Sealer) -> Result<Stored, PolicyError> {
-    let entry = store
-        .entry(subject::POLICY_KEY)
+    // From the stream leader: the revision to exceed must not be a stale one.
+    let entry = crate::bus::leader_entry(store, subject::POLICY_KEY)
         .await
-        .map_err(|e| PolicyError::Bus(e.into()))?;
+        .map_err(PolicyError::Bus)?;
     Ok(match entry {
-        Some(e) if e.operation == kv::Operation::Put => {
+        Some(e) if !e.deleted => {
             let mut verifier = Verifier::new();
             verifier.trust(sealer.kid(), sealer.verifying_key());
             classify(&verifier, &e.value, e.revision)

@@ -42,9 +42,9 @@ const MAX_MESSAGE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {}: {source}", servers.join(","))]
     Connect {
-        url: String,
+        servers: Vec<String>,
         source: async_nats::ConnectError,
     },
     #[error(transparent)]
@@ -76,14 +76,14 @@ pub async fn run(
         .retry_on_initial_connect()
         // Else async-nats' own 10 s default cuts every command short.
         .request_timeout(Some(config.command_timeout))
-        .connect(&config.nats_url)
+        .connect(config.nats_servers.clone())
         .await
         .map_err(|source| ServiceError::Connect {
-            url: config.nats_url.clone(),
+            servers: config.nats_servers.clone(),
             source,
         })?;
     let js = jetstream::new(client.clone());
-    let stores = bus::open(&js, config.lease_ttl).await?;
+    let stores = open_stores(&js, &config, &shutdown).await?;
     let state = Arc::new(State::new(client, config.clone(), metrics, stores));
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -100,6 +100,7 @@ pub async fn run(
     ));
     let alert_senders = tokio::spawn(crate::alerts::deliver::run(
         js.clone(),
+        config.nats_replicas,
         config.receivers.clone(),
         format!("http://{}", config.http_addr),
         shutdown.clone(),
@@ -130,6 +131,31 @@ pub async fn run(
         warn!("the last publications did not reach NATS in time");
     }
     result
+}
+
+/// How long the buckets may fail to open before the coordinator gives up:
+/// a cluster that is still forming (or has lost a server) cannot place
+/// every replica yet, while a replica count above the servers never can.
+const OPEN_PATIENCE: Duration = Duration::from_secs(20);
+
+async fn open_stores(
+    js: &jetstream::Context,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<bus::Stores, ServiceError> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match bus::open(js, config.lease_ttl, config.nats_replicas).await {
+            Ok(stores) => return Ok(stores),
+            Err(e) if started.elapsed() < OPEN_PATIENCE && !shutdown.is_cancelled() => {
+                warn!(error = %e, "cannot open the JetStream buckets yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn bus_connected(state: &State) -> bool {
@@ -383,7 +409,8 @@ async fn evaluate_loop(state: Arc<State>, stop: CancellationToken) {
             let receivers = &state.config().receivers;
             if !receivers.is_empty() {
                 let js = jetstream::new(state.client().clone());
-                crate::alerts::deliver::enqueue(&js, receivers, &notes, now()).await;
+                let replicas = state.config().nats_replicas;
+                crate::alerts::deliver::enqueue(&js, replicas, receivers, &notes, now()).await;
             }
         }
         metrics::gauge!("zdr_evaluation_seconds").set(started.elapsed().as_secs_f64());

@@ -157,13 +157,22 @@ pub fn nats_server_bin() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("nats-server"))
 }
 
-/// A real nats-server with JetStream, on loopback only.
+/// A real nats-server with JetStream, on loopback only; or a cluster of
+/// them (nats.rs' test-server style: loopback ports, routes to every peer,
+/// each server's store in the test's directory).
 pub struct Nats {
-    pub port: u16,
     pub dir: PathBuf,
     /// With authorization: the directory `zdr-coordinator bus-auth` wrote
     /// (`auth.conf` and one nkey seed per identity).
     pub auth: Option<PathBuf>,
+    servers: Vec<NatsServer>,
+}
+
+/// One server of [`Nats`].
+struct NatsServer {
+    port: u16,
+    /// The cluster (route) port; unused by a single server.
+    cluster_port: u16,
     proc: Option<Proc>,
 }
 
@@ -185,14 +194,36 @@ impl Nats {
 
     /// With the authorization in `auth` (see [`Nats::auth`]), or open.
     pub async fn start_with(dir: &Path, auth: Option<PathBuf>) -> Nats {
-        let mut n = Nats {
-            port: free_port(),
+        Self::start_cluster(dir, auth, 1).await
+    }
+
+    /// `n` servers; more than one form a JetStream cluster, and this returns
+    /// once it has a meta leader (streams can be created).
+    pub async fn start_cluster(dir: &Path, auth: Option<PathBuf>, n: usize) -> Nats {
+        assert!(n >= 1, "a bus needs a server");
+        let mut nats = Nats {
             dir: dir.to_path_buf(),
             auth,
-            proc: None,
+            servers: (0..n)
+                .map(|_| NatsServer {
+                    port: free_port(),
+                    cluster_port: free_port(),
+                    proc: None,
+                })
+                .collect(),
         };
-        n.restart().await;
-        n
+        nats.restart().await;
+        nats
+    }
+
+    /// How many servers (the replicas the coordinator is told to keep).
+    pub fn size(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// The client port of server `i`.
+    pub fn port(&self, i: usize) -> u16 {
+        self.servers[i].port
     }
 
     /// The seed file of `who`, when the server has authorization.
@@ -218,9 +249,25 @@ impl Nats {
         ),
         async_nats::ConnectError,
     > {
+        self.connect_to(self.urls(), who).await
+    }
+
+    async fn connect_to(
+        &self,
+        urls: Vec<String>,
+        who: BusUser<'_>,
+    ) -> Result<
+        (
+            async_nats::Client,
+            tokio::sync::mpsc::UnboundedReceiver<String>,
+        ),
+        async_nats::ConnectError,
+    > {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // A cluster's client fails over to the other servers.
+        let reconnects = (self.servers.len() == 1).then_some(1);
         let mut options = async_nats::ConnectOptions::new()
-            .max_reconnects(Some(1))
+            .max_reconnects(reconnects)
             .event_callback(move |ev| {
                 let tx = tx.clone();
                 async move {
@@ -243,41 +290,135 @@ impl Nats {
                 .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
             options = options.nkey(seed.trim().to_string());
         }
-        let client = options.connect(self.url()).await?;
+        let client = options.connect(urls).await?;
         Ok((client, rx))
     }
 
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+    /// Every server's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect()
     }
 
+    /// Every server's URL, separated by commas (`--nats-url`, `nats_url`).
+    pub fn url(&self) -> String {
+        self.urls().join(",")
+    }
+
+    /// Stops every server.
     pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
+        for i in 0..self.servers.len() {
+            self.kill_server(i);
+        }
+    }
+
+    /// Kills server `i` (SIGKILL: no lame-duck mode, no goodbye to its peers).
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(mut p) = self.servers[i].proc.take() {
             p.kill();
         }
     }
 
-    /// Starts it again on the same port and store.
-    pub async fn restart(&mut self) {
-        self.stop();
+    /// Whether server `i` runs.
+    pub fn server_running(&mut self, i: usize) -> bool {
+        self.servers[i].proc.as_mut().is_some_and(Proc::running)
+    }
+
+    /// Starts server `i` again on its ports and store, and waits until it
+    /// accepts connections.
+    pub async fn start_server(&mut self, i: usize) {
+        self.kill_server(i);
+        let clustered = self.servers.len() > 1;
         let mut cmd = Command::new(nats_server_bin());
         if let Some(dir) = &self.auth {
             cmd.arg("-c").arg(dir.join("auth.conf"));
         }
+        let (store, log) = if clustered {
+            (
+                self.dir.join(format!("nats-{i}")).join("jetstream"),
+                self.dir.join(format!("nats-server-{i}.log")),
+            )
+        } else {
+            (self.dir.join("jetstream"), self.dir.join("nats-server.log"))
+        };
         cmd.args([
             "-a",
             "127.0.0.1",
             "-p",
-            &self.port.to_string(),
+            &self.servers[i].port.to_string(),
             "-js",
             "-sd",
         ])
-        .arg(self.dir.join("jetstream"));
-        self.proc = Some(Proc::spawn(cmd, self.dir.join("nats-server.log")));
+        .arg(store);
+        if clustered {
+            let routes: Vec<String> = self
+                .servers
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, s)| format!("nats://127.0.0.1:{}", s.cluster_port))
+                .collect();
+            cmd.args([
+                "--server_name",
+                &format!("zdr-nats-{i}"),
+                "--cluster_name",
+                "zdr-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", self.servers[i].cluster_port),
+                "--routes",
+                &routes.join(","),
+            ]);
+        }
+        self.servers[i].proc = Some(Proc::spawn(cmd, log));
+        let url = format!("nats://127.0.0.1:{}", self.servers[i].port);
         wait_for(
             "nats-server to accept connections",
             Duration::from_secs(20),
-            || async { self.connect_as(BusUser::Admin).await.ok() },
+            || async {
+                self.connect_to(vec![url.clone()], BusUser::Admin)
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+    }
+
+    /// Starts every server again on the same ports and stores; with a
+    /// cluster, returns once JetStream has a meta leader.
+    pub async fn restart(&mut self) {
+        self.stop();
+        // A member's client port opens before its routes are up.
+        for i in 0..self.servers.len() {
+            self.start_server(i).await;
+        }
+        self.wait_meta_leader().await;
+    }
+
+    /// Waits until a cluster has elected its meta leader and every server
+    /// has joined: a stream with one replica per server can be placed.
+    pub async fn wait_meta_leader(&self) {
+        let n = self.servers.len();
+        if n == 1 {
+            return;
+        }
+        let client = self.client().await;
+        let js = async_nats::jetstream::new(client);
+        wait_for(
+            "the JetStream cluster's meta leader and all its servers",
+            Duration::from_secs(60),
+            || async {
+                let probe = async_nats::jetstream::stream::Config {
+                    name: "ZDR_HARNESS_PROBE".into(),
+                    subjects: vec!["zdr.harness.probe".into()],
+                    storage: async_nats::jetstream::stream::StorageType::Memory,
+                    num_replicas: n,
+                    ..Default::default()
+                };
+                js.create_stream(probe).await.ok()?;
+                js.delete_stream("ZDR_HARNESS_PROBE").await.ok()
+            },
         )
         .await;
     }
@@ -417,6 +558,10 @@ impl Coordinator {
         if let Some(seed) = nats.seed_file(BusUser::Coordinator) {
             cmd.arg("--nats-nkey").arg(seed);
         }
+        if nats.size() > 1 {
+            // Every bucket and stream on every server of the cluster.
+            cmd.args(["--nats-replicas", &nats.size().to_string()]);
+        }
         cmd.args(extra);
         let proc = Proc::spawn(cmd, dir.join(format!("{instance}.log")));
         Coordinator {
@@ -473,11 +618,27 @@ impl Fleet {
 
     /// On an open bus (`authorized` false), as the demo ran before.
     pub async fn start_with(policy: &str, tasks: Option<&str>, authorized: bool) -> Fleet {
+        Self::start_on(policy, tasks, authorized, 1).await
+    }
+
+    /// On a three-server JetStream cluster, with authorization: coordinators
+    /// keep every bucket and stream at three replicas, and every process is
+    /// given all three servers.
+    pub async fn start_cluster(policy: &str, tasks: Option<&str>) -> Fleet {
+        Self::start_on(policy, tasks, true, 3).await
+    }
+
+    async fn start_on(
+        policy: &str,
+        tasks: Option<&str>,
+        authorized: bool,
+        servers: usize,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let policy_file = dir.path().join("policies.yaml");
         std::fs::write(&policy_file, policy).unwrap();
         let auth = authorized.then(|| bus_auth(dir.path(), &policy_file));
-        let nats = Nats::start_with(dir.path(), auth).await;
+        let nats = Nats::start_cluster(dir.path(), auth, servers).await;
         let keys = Keys::create(dir.path());
         let tasks = tasks.map(|t| {
             let file = dir.path().join("tasks.yml");

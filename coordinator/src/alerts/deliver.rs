@@ -58,8 +58,11 @@ fn queue_subject(receiver: &str) -> String {
     format!("{}.{receiver}", subject::ALERTS_PREFIX)
 }
 
-/// Creates (or opens) the stream the alerts wait in.
-pub async fn open_queue(js: &jetstream::Context) -> Result<stream::Stream, QueueError> {
+/// Creates (or opens) the stream the alerts wait in, with `replicas` replicas.
+pub async fn open_queue(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<stream::Stream, QueueError> {
     js.get_or_create_stream(stream::Config {
         name: STREAM.into(),
         description: Some("zdr alerts waiting for their receivers".into()),
@@ -67,6 +70,7 @@ pub async fn open_queue(js: &jetstream::Context) -> Result<stream::Stream, Queue
         retention: stream::RetentionPolicy::WorkQueue,
         max_age: QUEUE_MAX_AGE,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -81,12 +85,13 @@ pub async fn open_queue(js: &jetstream::Context) -> Result<stream::Stream, Queue
 /// on a receiver.
 pub async fn enqueue(
     js: &jetstream::Context,
+    replicas: usize,
     receivers: &[Receiver],
     notes: &[Notification],
     now: i64,
 ) {
     // Normally there already (the senders open it at start); idempotent.
-    if let Err(e) = open_queue(js).await {
+    if let Err(e) = open_queue(js, replicas).await {
         warn!(error = %e, dropped = notes.len(), "cannot open the alert queue; these alerts are dropped");
         for r in receivers {
             metrics::counter!("zdr_alerts_dropped_total", "receiver" => r.name.clone())
@@ -138,6 +143,7 @@ pub async fn enqueue(
 /// them, leader or not: the queue hands each message to one of them.
 pub async fn run(
     js: jetstream::Context,
+    replicas: usize,
     receivers: Vec<Receiver>,
     external_url: String,
     shutdown: CancellationToken,
@@ -146,7 +152,7 @@ pub async fn run(
         return;
     }
     let stream = loop {
-        match open_queue(&js).await {
+        match open_queue(&js, replicas).await {
             Ok(s) => break s,
             Err(e) => {
                 warn!(error = %e, "cannot open the alert queue; trying again in 5 s");

@@ -1058,9 +1058,12 @@ impl JobRecord {
     /// Which of its predecessor's attempts a new leader keeps: only one whose
     /// two ends both still run it (`JobStatus` answered with a report).
     pub fn adoption(source: Option<&JobUpdate>, target: Option<&JobUpdate>) -> Adoption {
-        let running = |u: Option<&JobUpdate>| u.is_some_and(|u| u.state == JobPhase::Running);
+        let phase = |u: Option<&JobUpdate>| u.map(|u| u.state);
+        let running = |u: Option<&JobUpdate>| phase(u) == Some(JobPhase::Running);
         match (running(source), running(target)) {
             (true, true) => Adoption::Adopt,
+            // The whole stream went out; the target is still landing it.
+            (false, true) if phase(source) == Some(JobPhase::Done) => Adoption::Adopt,
             (s, t) => Adoption::Retry {
                 cancel: [(s, JobRole::Source), (t, JobRole::Target)]
                     .into_iter()
@@ -1499,6 +1502,19 @@ mod tests {
         assert_eq!(
             JobRecord::adoption(None, None),
             Adoption::Retry { cancel: vec![] }
+        );
+        // The source sent everything while no leader listened; the target lands it.
+        let sent = update(&r, JobRole::Source, JobPhase::Done, 500);
+        assert_eq!(
+            JobRecord::adoption(Some(&sent), Some(&tgt)),
+            Adoption::Adopt
+        );
+        let failed = update(&r, JobRole::Source, JobPhase::Failed, 500);
+        assert_eq!(
+            JobRecord::adoption(Some(&failed), Some(&tgt)),
+            Adoption::Retry {
+                cancel: vec![JobRole::Target]
+            }
         );
     }
 

@@ -10,8 +10,8 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob, StreamSpec,
-    UploadJob,
+    Command, JobPhase, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob,
+    StreamSpec, UploadJob,
 };
 
 use super::record::{describe, drops_resume, floor_reason, Effect, JobKind, JobRecord, UploadInfo};
@@ -734,9 +734,15 @@ pub async fn restore(state: &State) -> Vec<(String, String)> {
     let mut anchors = std::collections::BTreeMap::new();
     if let Ok(mut keys) = state.stores.jobs.keys().await {
         while let Some(Ok(key)) = keys.next().await {
-            let Ok(Some(raw)) = state.stores.jobs.get(&key).await else {
+            // From the stream leader: adoption and the steps after it
+            // (holds moved, `receive -F`) rest on the newest record.
+            let Ok(Some(entry)) = crate::bus::leader_entry(&state.stores.jobs, &key).await else {
                 continue;
             };
+            if entry.deleted {
+                continue;
+            }
+            let raw = entry.value;
             if key == crate::drills::ANCHORS_KEY {
                 match serde_json::from_slice(&raw) {
                     Ok(a) => anchors = a,
@@ -796,6 +802,17 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
                     status(rec.target_node.clone())
                 )
             };
+            // An end that finished while no leader listened: its last report
+            // is applied as if it had just arrived, so the attempt ends as it
+            // did instead of being sent again.
+            let mut inner = JoinSet::new();
+            for ended in [&source, &target]
+                .into_iter()
+                .flatten()
+                .filter(|u| u.state != JobPhase::Running)
+            {
+                on_update(&st, &mut inner, ended.clone()).await;
+            }
             let decision = JobRecord::adoption(source.as_ref(), target.as_ref());
             let (rec, effects) = {
                 let mut jobs = st.jobs();
@@ -805,7 +822,6 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
                 let effects = cur.adopt(&attempt, &decision, now_ms());
                 (cur.clone(), effects)
             };
-            let mut inner = JoinSet::new();
             carry_out(&st, &mut inner, &key, rec, effects).await;
             while inner.join_next().await.is_some() {}
         });

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Coordinator failover benchmark on a three-server JetStream cluster (loopback):
+# the cluster test `leader_killed_mid_stream_hands_over_within_ten_seconds`
+# run with ZDR_FAILOVER_TRIALS trials (default 20). Each trial kills the
+# leader with SIGKILL, times until the standby answers /readyz 200, and starts
+# a fresh standby for the next trial. The first trial kills it mid-stream (a
+# 48 MB replication at 4 MB/s); the job must then be adopted, sent once.
+# The test harness runs coordinators with --lease-ttl-secs 3.
+#
+#   ops/bench-failover.sh          # 20 trials, prints each and the median and worst
+#   ZDR_FAILOVER_TRIALS=5 ops/bench-failover.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$HOME/.local/bin:$PATH"
+export ZDR_FAILOVER_TRIALS="${ZDR_FAILOVER_TRIALS:-20}"
+cargo test --quiet -p zdr-integration --test cluster \
+    leader_killed_mid_stream_hands_over_within_ten_seconds -- --nocapture 2>&1 |
+    grep -E '^(trial |failover over|sent |test result)'
