@@ -81,20 +81,8 @@ async fn status_page(AxState(st): AxState<Arc<State>>) -> Response {
     use axum::http::header;
     let report = st.compliance_report();
     let jobs = crate::jobs::list(&st);
-    let drills = crate::drills::outcomes(jobs.iter());
     let alerts: Vec<_> = st.alerts().active.values().cloned().collect();
-    let (revision, drill_every): (Option<u64>, std::collections::BTreeMap<String, u64>) =
-        match st.policy().as_ref() {
-            Some(p) => (
-                Some(p.revision),
-                p.policy
-                    .classes
-                    .iter()
-                    .map(|(name, c)| (name.clone(), c.drill.every.secs()))
-                    .collect(),
-            ),
-            None => (None, Default::default()),
-        };
+    let revision = st.policy().as_ref().map(|p| p.revision);
     let t = now();
     let timeout = st.config().offline_after.as_secs() as i64;
     let nodes: Vec<crate::status_page::NodeLine> = {
@@ -122,8 +110,6 @@ async fn status_page(AxState(st): AxState<Arc<State>>) -> Response {
         nodes: &nodes,
         jobs: &jobs,
         alerts: &alerts,
-        drills: &drills,
-        drill_every: &drill_every,
     });
     (
         [

@@ -416,6 +416,7 @@ datasets:
                 pending_bytes: 0,
                 last_job: None,
             }),
+            verification: crate::compliance::Verification::NeverDrilled,
         }
     }
 
@@ -438,6 +439,7 @@ datasets:
             rpo_secs: 3600,
             rto_secs: 7200,
             immutable_for_secs: 0,
+            drill_every_secs: 90 * 86_400,
             rpo: RpoState::Ok,
             compliant: true,
             copies: vec![
