@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod lease;
 pub mod offsite;
 pub mod pairing;
+pub mod plan;
 pub mod policy;
 pub mod restore;
 pub mod rtt;
