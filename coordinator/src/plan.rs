@@ -41,8 +41,8 @@ use crate::fleet::{resolved_class, Fleet};
 use crate::jobs::{JobKind, JobRecord, JobState};
 use crate::offsite::{self, UploadDecision};
 use crate::pairing::Pairing;
-use crate::transfer_plan::{PlanError, Step};
 use crate::state::PolicyState;
+use crate::transfer_plan::{PlanError, Step};
 
 /// Items returned when the request names no limit.
 pub const DEFAULT_LIMIT: usize = 500;
@@ -213,34 +213,61 @@ pub enum Why {
         full_because: Option<String>,
     },
     /// The last attempt failed; the next one is at the item's time.
-    Retry { attempt: u32, error: Option<String> },
+    Retry {
+        attempt: u32,
+        error: Option<String>,
+    },
     /// Up to date or just run; the next run is one `every` after the last.
-    Scheduled { every_secs: u64 },
-    OutsideWindow { window: String },
-    NodeOffline { node: String },
+    Scheduled {
+        every_secs: u64,
+    },
+    OutsideWindow {
+        window: String,
+    },
+    NodeOffline {
+        node: String,
+    },
     /// Another job writes into the same target dataset.
-    TargetBusy { node: String, dataset: String },
+    TargetBusy {
+        node: String,
+        dataset: String,
+    },
     /// A restore is writing the source dataset.
     RestoreWritingSource,
     /// A parent dataset, copied by the same task from the same node, has
     /// never been copied: it lands first.
     ParentFirst,
-    NoInventory { node: String },
+    NoInventory {
+        node: String,
+    },
     /// The last job landed; its snapshot is not in the target's inventory yet.
-    AwaitingLanded { snapshot: String },
-    MovingHolds { to: String },
+    AwaitingLanded {
+        snapshot: String,
+    },
+    MovingHolds {
+        to: String,
+    },
     /// The planner found nothing to send (no snapshot on the source yet).
     NothingToSend,
     /// Needs a human: the job's recorded reason (a floor refusal, a
     /// diverged target, a failed plan).
-    Blocked { why: String },
+    Blocked {
+        why: String,
+    },
     /// The target holds snapshots, none the source knows by GUID.
-    NoCommonSnapshot { target_has: Vec<String> },
+    NoCommonSnapshot {
+        target_has: Vec<String>,
+    },
     /// The target has snapshots after the newest common one and the task
     /// does not allow a rollback.
-    Diverged { after: Vec<String>, common: String },
+    Diverged {
+        after: Vec<String>,
+        common: String,
+    },
     /// The class's next drill.
-    DrillDue { every_secs: u64 },
+    DrillDue {
+        every_secs: u64,
+    },
     /// The smallest tier's period after the newest snapshot; `late` once
     /// that has passed (the agent takes it on its own timer).
     SnapshotDue {
@@ -268,7 +295,14 @@ impl Why {
                 }
                 s.push_str(&format!(" at {}", rate(*bytes_per_sec)));
                 match (rate_limit, cap) {
-                    (Some(l), Some(Cap::Link { sites, budget, jobs })) => s.push_str(&format!(
+                    (
+                        Some(l),
+                        Some(Cap::Link {
+                            sites,
+                            budget,
+                            jobs,
+                        }),
+                    ) => s.push_str(&format!(
                         "; throttled to {}: link {}<->{} budget {} shared by {} job{}",
                         rate(*l),
                         sites[0],
@@ -329,9 +363,7 @@ impl Why {
                 format!("waiting: another job writes into {node}:{dataset}")
             }
             Why::RestoreWritingSource => "waiting: a restore is writing the source".into(),
-            Why::ParentFirst => {
-                "waiting: a parent dataset of the same task lands first".into()
-            }
+            Why::ParentFirst => "waiting: a parent dataset of the same task lands first".into(),
             Why::NoInventory { node } => format!("waiting: no inventory from {node} yet"),
             Why::AwaitingLanded { snapshot } => {
                 format!("waiting: the target's inventory to show the landed @{snapshot}")
@@ -352,7 +384,10 @@ impl Why {
                 if after.len() == 1 { "" } else { "s" }
             ),
             Why::DrillDue { every_secs } => {
-                format!("next drill of the class (every {})", in_days(*every_secs as i64))
+                format!(
+                    "next drill of the class (every {})",
+                    in_days(*every_secs as i64)
+                )
             }
             Why::SnapshotDue {
                 period_secs,
@@ -361,7 +396,9 @@ impl Why {
             } => {
                 let period = short(*period_secs as i64);
                 match (newest, late) {
-                    (None, _) => format!("no snapshot yet; the smallest tier takes one every {period}"),
+                    (None, _) => {
+                        format!("no snapshot yet; the smallest tier takes one every {period}")
+                    }
                     (Some(n), true) => format!(
                         "LATE: the newest is {} old, the smallest tier takes one every {period}",
                         short(now - n)
@@ -449,9 +486,8 @@ fn parent_first(never: &HashSet<(&str, &str, &str)>, p: &Pairing) -> bool {
     let Ok(name) = zdr_common::DatasetName::parse(&p.dataset) else {
         return false;
     };
-    std::iter::successors(name.parent(), |a| a.parent()).any(|a| {
-        never.contains(&(p.task.as_str(), p.source_node.as_str(), a.as_str()))
-    })
+    std::iter::successors(name.parent(), |a| a.parent())
+        .any(|a| never.contains(&(p.task.as_str(), p.source_node.as_str(), a.as_str())))
 }
 
 /// Whether the task's daily window (UTC) admits `now_ms`.
@@ -495,11 +531,9 @@ fn cap(input: &Input, r: &JobRecord) -> Option<Cap> {
             if let Some(budget) = link.and_then(|l| bandwidth_at(l.limit_at(minute(at)))) {
                 let jobs = active
                     .iter()
-                    .filter(|j| {
-                        match (site(&j.source_node), site(&j.target_node)) {
-                            (Some(x), Some(y)) => (x == a && y == b) || (x == b && y == a),
-                            _ => false,
-                        }
+                    .filter(|j| match (site(&j.source_node), site(&j.target_node)) {
+                        (Some(x), Some(y)) => (x == a && y == b) || (x == b && y == a),
+                        _ => false,
                     })
                     .count()
                     .max(1);
@@ -584,7 +618,10 @@ fn replication(
         }
         // Blocked until a new plan, due or not, finds a way.
         if r.state == JobState::Blocked {
-            let why = r.error.clone().unwrap_or_else(|| "the job is blocked".into());
+            let why = r
+                .error
+                .clone()
+                .unwrap_or_else(|| "the job is blocked".into());
             return (When::Blocked, Why::Blocked { why });
         }
         if !r.due(every_ms, now_ms) {
@@ -656,9 +693,7 @@ fn replication(
         Err(PlanError::NoCommon(target_has)) => {
             (When::Blocked, Why::NoCommonSnapshot { target_has })
         }
-        Err(PlanError::Diverged(after, common)) => {
-            (When::Blocked, Why::Diverged { after, common })
-        }
+        Err(PlanError::Diverged(after, common)) => (When::Blocked, Why::Diverged { after, common }),
     }
 }
 
@@ -770,7 +805,11 @@ fn upload(
 /// Drills under way, and each dataset's next scheduled drill.
 fn drills(input: &Input, items: &mut Vec<Item>) {
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    for r in input.jobs.iter().filter(|j| j.kind == JobKind::Drill && j.active()) {
+    for r in input
+        .jobs
+        .iter()
+        .filter(|j| j.kind == JobKind::Drill && j.active())
+    {
         let (Some(info), Some(d)) = (r.restore.as_ref(), r.drill.as_ref()) else {
             continue;
         };
@@ -843,12 +882,7 @@ fn snapshots(input: &Input, now: i64, items: &mut Vec<Item>) {
             let due = newest.map_or(now, |n| n + period as i64);
             let late = newest.is_some() && due < now;
             let (when, why) = if !online(input, node) {
-                (
-                    When::Waiting,
-                    Why::NodeOffline {
-                        node: node.clone(),
-                    },
-                )
+                (When::Waiting, Why::NodeOffline { node: node.clone() })
             } else {
                 (
                     if late || newest.is_none() {
@@ -991,7 +1025,12 @@ links:
         }
     }
 
-    fn run(fleet: &Fleet, pairings: &[Pairing], jobs: &[JobRecord], drills: &[PlannedDrill]) -> Plan {
+    fn run(
+        fleet: &Fleet,
+        pairings: &[Pairing],
+        jobs: &[JobRecord],
+        drills: &[PlannedDrill],
+    ) -> Plan {
         let p = policy();
         plan(&Input {
             policy: &p,
@@ -1010,7 +1049,10 @@ links:
     }
 
     fn replication_of<'a>(p: &'a Plan, ds: &str) -> &'a Item {
-        find(p, |w| matches!(w, What::Replication { dataset, .. } if dataset == ds))
+        find(
+            p,
+            |w| matches!(w, What::Replication { dataset, .. } if dataset == ds),
+        )
     }
 
     #[test]
@@ -1038,7 +1080,12 @@ links:
         );
         // 12:00 is outside 22:00-06:00: it opens at 22:00 today.
         let logs = replication_of(&p, "tank/logs");
-        assert_eq!(logs.when, When::At { at: NOW + 10 * 3600 });
+        assert_eq!(
+            logs.when,
+            When::At {
+                at: NOW + 10 * 3600
+            }
+        );
         assert_eq!(
             logs.why.describe(NOW),
             "waiting: outside the task's window 22:00-06:00 UTC"
@@ -1056,7 +1103,14 @@ links:
             (When::Waiting, Why::NodeOffline { node: "b1".into() })
         );
 
-        let mut rec = JobRecord::new(JobKind::Replication, &ps[0], "c1", 1, vec![], (NOW - 60) * 1000);
+        let mut rec = JobRecord::new(
+            JobKind::Replication,
+            &ps[0],
+            "c1",
+            1,
+            vec![],
+            (NOW - 60) * 1000,
+        );
         rec.state = JobState::Failed;
         rec.attempt = 2;
         rec.error = Some("node b1 did not answer within 10s".into());
@@ -1073,7 +1127,14 @@ links:
     #[test]
     fn a_running_job_names_the_cap_that_binds_it() {
         let ps = [pairing("offsite", "tank/db", "backup")];
-        let mut rec = JobRecord::new(JobKind::Replication, &ps[0], "c1", 1, vec![], (NOW - 60) * 1000);
+        let mut rec = JobRecord::new(
+            JobKind::Replication,
+            &ps[0],
+            "c1",
+            1,
+            vec![],
+            (NOW - 60) * 1000,
+        );
         rec.state = JobState::Running;
         rec.bytes = 1 << 30;
         rec.bytes_per_sec = 30_000_000;
@@ -1094,9 +1155,9 @@ links:
             })
         );
         assert!(
-            db.why
-                .describe(NOW)
-                .ends_with("throttled to 28.61 MiB/s: link a<->b budget 28.61 MiB/s shared by 1 job"),
+            db.why.describe(NOW).ends_with(
+                "throttled to 28.61 MiB/s: link a<->b budget 28.61 MiB/s shared by 1 job"
+            ),
             "{}",
             db.why.describe(NOW)
         );
@@ -1164,7 +1225,10 @@ links:
             "drill a1:tank/db from the copy on b1"
         );
         // The newest snapshot is 10 min old; the 15m tier is next in 5 min.
-        let s = find(&p, |w| matches!(w, What::Snapshot { dataset, .. } if dataset == "tank/db"));
+        let s = find(
+            &p,
+            |w| matches!(w, What::Snapshot { dataset, .. } if dataset == "tank/db"),
+        );
         assert_eq!(s.when, When::At { at: NOW + 300 });
         assert_eq!(s.why.describe(NOW), "the smallest tier takes one every 15m");
     }
