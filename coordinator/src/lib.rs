@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod http;
 pub mod jobs;
 pub mod lease;
+pub mod micro;
 pub mod offsite;
 pub mod pairing;
 pub mod plan;
