@@ -23,6 +23,13 @@
 //!   counts), distinct media, copies at a site other than production's, and
 //!   one immutable copy: a counted replica of a class with `immutable_for`
 //!   above zero (its agent refuses to destroy younger snapshots).
+//! - The RTO estimate is the dataset's `used` over a throughput measured on
+//!   a path that brings it back, the best source first: the newest passed
+//!   drill of the dataset (its restore's bytes over its transfer time), else
+//!   its restores that landed, else the replication jobs from it that
+//!   finished (their bytes over their run time, summed over the samples);
+//!   otherwise there is no measurement and no estimate. It is compared with
+//!   the class's RTO, and the report says where the figure comes from.
 //! - A replica or bucket copy is verified by a restore drill only if the
 //!   newest drill that ended on it passed, less than the class's drill
 //!   interval (`drill.every`) ago; otherwise its [`Verification`] says why
@@ -81,8 +88,10 @@ pub struct DatasetReport {
     pub dataset: String,
     pub class: String,
     pub rpo_secs: u64,
-    /// The class's objective; no estimate is measured yet.
+    /// The class's objective.
     pub rto_secs: u64,
+    /// What a restore would take by measured throughput, and its source.
+    pub rto_estimate: RtoEstimate,
     pub immutable_for_secs: u64,
     /// The class's drill interval: a copy's last pass must be younger.
     pub drill_every_secs: u64,
@@ -216,6 +225,184 @@ pub fn in_days(secs: i64) -> String {
         format!("{}d", secs / 86_400)
     } else {
         short(secs)
+    }
+}
+
+/// A restore-time estimate (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtoEstimate {
+    /// `bytes` over the source's throughput; `None` without a measurement.
+    pub secs: Option<u64>,
+    /// The dataset's `used`.
+    pub bytes: u64,
+    /// Within the class's RTO; `None` without an estimate.
+    pub within: Option<bool>,
+    pub source: RtoSource,
+}
+
+/// Where an RTO estimate's throughput comes from. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum RtoSource {
+    /// The dataset's newest passed drill, restored from the copy on `copy`.
+    Drill {
+        ended_at: i64,
+        copy: String,
+        bytes_per_sec: u64,
+        /// The drill's own start-to-verified time.
+        measured_rto_secs: u64,
+    },
+    /// Restores of the dataset that landed.
+    Restore {
+        samples: usize,
+        bytes_per_sec: u64,
+    },
+    /// Replication jobs from the dataset that finished.
+    Replication {
+        samples: usize,
+        bytes_per_sec: u64,
+    },
+    NoMeasurement,
+}
+
+impl RtoEstimate {
+    /// The estimate as a sentence, against the class's `rto_secs`.
+    pub fn describe(&self, rto_secs: u64) -> String {
+        let rate = |b: &u64| format!("{}/s", indicatif::HumanBytes(*b));
+        let from = match &self.source {
+            RtoSource::Drill {
+                ended_at,
+                copy,
+                bytes_per_sec,
+                measured_rto_secs,
+            } => format!(
+                "from the drill of {} from {copy}, {} (it took {})",
+                utc_date(*ended_at),
+                rate(bytes_per_sec),
+                short(*measured_rto_secs as i64)
+            ),
+            RtoSource::Restore {
+                samples,
+                bytes_per_sec,
+            } => format!(
+                "from restores, {} sample{}, {}",
+                samples,
+                if *samples == 1 { "" } else { "s" },
+                rate(bytes_per_sec)
+            ),
+            RtoSource::Replication {
+                samples,
+                bytes_per_sec,
+            } => format!(
+                "from replication, {} sample{}, {}",
+                samples,
+                if *samples == 1 { "" } else { "s" },
+                rate(bytes_per_sec)
+            ),
+            RtoSource::NoMeasurement => return "no measurement".into(),
+        };
+        match self.secs {
+            Some(secs) => format!(
+                "~{} for {} ({} the {} RTO), {from}",
+                short(secs as i64),
+                indicatif::HumanBytes(self.bytes),
+                if secs <= rto_secs { "within" } else { "OVER" },
+                short(rto_secs as i64)
+            ),
+            None => format!("no estimate, {from}"),
+        }
+    }
+}
+
+/// `bytes` over `ms` milliseconds, per second; `None` for no time.
+fn per_sec(bytes: u64, ms: i64) -> Option<u64> {
+    (ms > 0 && bytes > 0).then(|| (bytes as u128 * 1000 / ms as u128).min(u64::MAX as u128) as u64)
+}
+
+/// The estimate for `node:dataset` of `bytes` from the job records.
+pub fn rto_estimate(
+    jobs: &[JobRecord],
+    node: &str,
+    dataset: &str,
+    bytes: u64,
+    rto_secs: u64,
+) -> RtoEstimate {
+    let of_dataset = |j: &&JobRecord| {
+        j.restore
+            .as_ref()
+            .is_some_and(|r| r.node == node && r.dataset == dataset)
+    };
+    let drill = jobs
+        .iter()
+        .filter(of_dataset)
+        .filter_map(|j| {
+            let r = j.drill.as_ref()?.result.as_ref().filter(|r| r.passed)?;
+            let moved = j
+                .restore
+                .as_ref()
+                .map_or(0, |i| i.landed_bytes)
+                .max(j.bytes);
+            let rate = per_sec(moved, r.transfer_ms as i64)?;
+            Some((r.ended_at, j, rate, r.rto_ms.unwrap_or(0) / 1000))
+        })
+        .max_by_key(|(ended_at, ..)| *ended_at);
+    let summed = |kind: JobKind, mine: &dyn Fn(&JobRecord) -> bool| {
+        let (mut n, mut moved, mut ms) = (0usize, 0u64, 0i64);
+        for j in jobs
+            .iter()
+            .filter(|j| j.kind == kind && j.state == JobState::Done)
+        {
+            let (Some(end), true) = (j.finished_at_ms, mine(j)) else {
+                continue;
+            };
+            let took = end - j.started_at_ms;
+            let b = j
+                .restore
+                .as_ref()
+                .map_or(0, |i| i.landed_bytes)
+                .max(j.bytes);
+            if per_sec(b, took).is_some() {
+                n += 1;
+                moved += b;
+                ms += took;
+            }
+        }
+        per_sec(moved, ms).map(|rate| (n, rate))
+    };
+    let source = if let Some((ended_at, j, rate, rto)) = drill {
+        RtoSource::Drill {
+            ended_at,
+            copy: j.source_node.clone(),
+            bytes_per_sec: rate,
+            measured_rto_secs: rto,
+        }
+    } else if let Some((samples, rate)) = summed(JobKind::Restore, &|j| of_dataset(&j)) {
+        RtoSource::Restore {
+            samples,
+            bytes_per_sec: rate,
+        }
+    } else if let Some((samples, rate)) = summed(JobKind::Replication, &|j| {
+        j.source_node == node && j.dataset == dataset
+    }) {
+        RtoSource::Replication {
+            samples,
+            bytes_per_sec: rate,
+        }
+    } else {
+        RtoSource::NoMeasurement
+    };
+    let rate = match &source {
+        RtoSource::Drill { bytes_per_sec, .. }
+        | RtoSource::Restore { bytes_per_sec, .. }
+        | RtoSource::Replication { bytes_per_sec, .. } => Some(*bytes_per_sec),
+        RtoSource::NoMeasurement => None,
+    };
+    let secs = rate.map(|r| bytes.div_ceil(r.max(1)));
+    RtoEstimate {
+        secs,
+        bytes,
+        within: secs.map(|s| s <= rto_secs),
+        source,
     }
 }
 
@@ -586,6 +773,7 @@ fn dataset_report(
         class: class_name.to_string(),
         rpo_secs,
         rto_secs: class.rto.secs(),
+        rto_estimate: rto_estimate(input.jobs, node, &inv.dataset, inv.used, class.rto.secs()),
         immutable_for_secs: class.immutable_for.secs(),
         drill_every_secs: every_secs,
         rpo: copies
@@ -1484,6 +1672,121 @@ datasets:
             "1 of 2 copies verified by a drill within 90d; replica on b1: last drill failed \
              on 1970-01-11: content hashes differ"
         );
+    }
+
+    fn finished(kind: JobKind, bytes: u64, took_ms: i64) -> JobRecord {
+        let mut r = JobRecord::new(kind, &pairing("offsite", "b1"), "c1", 1, vec![], 1_000_000);
+        r.state = JobState::Done;
+        r.bytes = bytes;
+        r.finished_at_ms = Some(1_000_000 + took_ms);
+        r
+    }
+
+    #[test]
+    fn the_rto_estimate_takes_the_best_measured_path_and_says_which() {
+        let mib = 1u64 << 20;
+        // Nothing measured.
+        let e = rto_estimate(&[], "a1", "tank/db", 100 * mib, 3600);
+        assert_eq!((e.secs, e.within), (None, None));
+        assert_eq!(e.describe(3600), "no measurement");
+        // Two replications: 30 MiB in 2 s and 10 MiB in 2 s, 10 MiB/s together.
+        let jobs = vec![
+            finished(JobKind::Replication, 30 * mib, 2000),
+            finished(JobKind::Replication, 10 * mib, 2000),
+        ];
+        let e = rto_estimate(&jobs, "a1", "tank/db", 100 * mib, 3600);
+        assert_eq!(
+            e.source,
+            RtoSource::Replication {
+                samples: 2,
+                bytes_per_sec: 10 * mib
+            }
+        );
+        assert_eq!((e.secs, e.within), (Some(10), Some(true)));
+        assert_eq!(
+            e.describe(3600),
+            "~10s for 100.00 MiB (within the 1h RTO), from replication, 2 samples, 10.00 MiB/s"
+        );
+        // Over the objective.
+        let e = rto_estimate(&jobs, "a1", "tank/db", 100 * mib, 5);
+        assert_eq!(e.within, Some(false));
+        // Another dataset's jobs say nothing of this one.
+        assert_eq!(
+            rto_estimate(&jobs, "a1", "tank/logs", mib, 60).source,
+            RtoSource::NoMeasurement
+        );
+        // A passed drill of the dataset wins: 4 MiB moved in 1 s.
+        let mut drill = finished(JobKind::Drill, 4 * mib, 5000);
+        drill.source_node = "b1".into();
+        drill.restore = Some(crate::jobs::RestoreInfo {
+            node: "a1".into(),
+            dataset: "tank/db".into(),
+            snapshot: crate::jobs::RestoreSnapshot {
+                name: "zdr_4".into(),
+                guid: 1004,
+                creation: NOW - 600,
+            },
+            raw: false,
+            replace: false,
+            landed_bytes: 4 * mib,
+            landed_guid: Some(1004),
+            holds_released: true,
+        });
+        drill.drill = Some(crate::jobs::DrillInfo {
+            class: "gold".into(),
+            number: None,
+            rto_secs: 7200,
+            plan_ms: 0,
+            verifying: false,
+            result: Some(crate::jobs::DrillResult {
+                passed: true,
+                level: None,
+                why: None,
+                production_digest: None,
+                restored_digest: None,
+                transfer_ms: 1000,
+                mount_ms: 0,
+                hash_ms: 0,
+                cleanup_ms: 0,
+                rto_ms: Some(5000),
+                within_rto: true,
+                cleaned: true,
+                ended_at: 86_400 * 334,
+            }),
+        });
+        let mut all = jobs.clone();
+        all.push(drill.clone());
+        let e = rto_estimate(&all, "a1", "tank/db", 100 * mib, 3600);
+        assert_eq!(
+            e.source,
+            RtoSource::Drill {
+                ended_at: 86_400 * 334,
+                copy: "b1".into(),
+                bytes_per_sec: 4 * mib,
+                measured_rto_secs: 5
+            }
+        );
+        assert_eq!(e.secs, Some(25));
+        assert_eq!(
+            e.describe(3600),
+            "~25s for 100.00 MiB (within the 1h RTO), from the drill of 1970-12-01 from b1, \
+             4.00 MiB/s (it took 5s)"
+        );
+        // A failed drill measures nothing: back to replication.
+        drill
+            .drill
+            .as_mut()
+            .unwrap()
+            .result
+            .as_mut()
+            .unwrap()
+            .passed = false;
+        let mut all = jobs.clone();
+        all.push(drill);
+        assert!(matches!(
+            rto_estimate(&all, "a1", "tank/db", mib, 60).source,
+            RtoSource::Replication { .. }
+        ));
     }
 
     #[test]

@@ -317,7 +317,7 @@ fn dataset(h: &mut String, input: &Input, d: &DatasetReport) -> fmt::Result {
         h,
         "<section class=\"dataset\" data-node=\"{}\" data-dataset=\"{}\" data-state=\"{}\">\
          <h3>{}:{} <span class=\"badge state-{}\">{}</span></h3>\n\
-         <p class=\"meta\">class {}: RPO {}, RTO {}, immutable for {}, drill every {}</p>\n",
+         <p class=\"meta\">class {}: RPO {}, RTO {} (estimate: {}), immutable for {}, drill every {}</p>\n",
         Esc(&d.node),
         Esc(&d.dataset),
         d.rpo.as_str(),
@@ -328,6 +328,7 @@ fn dataset(h: &mut String, input: &Input, d: &DatasetReport) -> fmt::Result {
         Esc(&d.class),
         short(d.rpo_secs as i64),
         short(d.rto_secs as i64),
+        Esc(&d.rto_estimate.describe(d.rto_secs)),
         short(d.immutable_for_secs as i64),
         if every == 0 {
             "-".to_string()
@@ -649,6 +650,7 @@ mod tests {
             class: "critical".into(),
             rpo_secs: 3600,
             rto_secs: 14_400,
+            rto_estimate: crate::compliance::rto_estimate(&[], node, name, 0, 14_400),
             immutable_for_secs: 86_400,
             drill_every_secs: 90 * 86_400,
             rpo,

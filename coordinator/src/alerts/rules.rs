@@ -438,6 +438,7 @@ datasets:
             class: "gold".into(),
             rpo_secs: 3600,
             rto_secs: 7200,
+            rto_estimate: crate::compliance::rto_estimate(&[], "a1", "tank/db", 0, 7200),
             immutable_for_secs: 0,
             drill_every_secs: 90 * 86_400,
             rpo: RpoState::Ok,

@@ -115,12 +115,13 @@ fn dataset(d: &DatasetReport, now: i64) -> String {
     );
     out.push_str(&format!(
         "Class `{}`: RPO {}, RTO {} (the objective), snapshots immutable for {}, \
-         a restore drill every {}.\n\n",
+         a restore drill every {}.\n\nRTO estimate: {}.\n\n",
         d.class,
         short(d.rpo_secs as i64),
         short(d.rto_secs as i64),
         short(d.immutable_for_secs as i64),
-        in_days(d.drill_every_secs as i64)
+        in_days(d.drill_every_secs as i64),
+        d.rto_estimate.describe(d.rto_secs)
     ));
     out.push_str(&copies_table(&d.copies, now, d.drill_every_secs));
     let rows = replication_rows(d);
