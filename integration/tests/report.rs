@@ -174,6 +174,20 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
         "1 within RPO at another site (node-b1 at site-b); the class asks for 1"
     );
     assert_eq!(check(&d, "immutable")["pass"], true);
+    // The RTO estimate comes from the finished replication (no drill, no
+    // restore yet): the dataset's size over its measured rate.
+    let est = &d["rto_estimate"];
+    assert_eq!(est["source"]["from"], "replication", "{est:#}");
+    assert_eq!(est["source"]["samples"], 1, "{est:#}");
+    let rate = est["source"]["bytes_per_sec"].as_u64().unwrap();
+    let bytes = est["bytes"].as_u64().unwrap();
+    assert!(rate > 0 && bytes > 0, "{est:#}");
+    assert_eq!(est["secs"].as_u64(), Some(bytes.div_ceil(rate)), "{est:#}");
+    assert_eq!(
+        est["within"],
+        est["secs"].as_u64().unwrap() <= 3600,
+        "{est:#}"
+    );
     // No drill ran: the replica is not verified, production is the source.
     assert_eq!(d["drill_every_secs"], 90 * 86_400, "the default interval");
     assert_eq!(prod["verification"], serde_json::json!({"state": "source"}));
