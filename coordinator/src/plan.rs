@@ -470,7 +470,7 @@ pub fn plan(input: &Input) -> Plan {
     }
     drills(input, &mut items);
     snapshots(input, now, &mut items);
-    items.sort_by(|a, b| a.when.rank().cmp(&b.when.rank()));
+    items.sort_by_key(|a| a.when.rank());
     let left_out = items.len().saturating_sub(input.limit);
     items.truncate(input.limit);
     Plan {
@@ -1044,7 +1044,7 @@ links:
         })
     }
 
-    fn find<'a>(p: &'a Plan, f: impl Fn(&What) -> bool) -> &'a Item {
+    fn find(p: &Plan, f: impl Fn(&What) -> bool) -> &Item {
         p.items.iter().find(|i| f(&i.what)).expect("an item")
     }
 
