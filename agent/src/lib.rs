@@ -18,6 +18,7 @@ pub mod drill;
 pub mod floor;
 pub mod latency;
 pub mod lifecycle;
+pub mod micro;
 pub mod node;
 pub mod offsite;
 pub mod replication;

@@ -499,6 +499,11 @@ pub async fn run(
     };
 
     let commands = tokio::spawn(commands(agent.clone(), client.clone(), shutdown.clone()));
+    let micro = tokio::spawn(crate::micro::run(
+        agent.clone(),
+        client.clone(),
+        shutdown.clone(),
+    ));
     // Apart from the loop below, whose heartbeats wait on zpool(8).
     let (c, subject, a, stop) = (
         client.clone(),
@@ -575,6 +580,7 @@ pub async fn run(
     }
     // A command being handled finishes; then the jobs stop and report.
     let _ = commands.await;
+    let _ = micro.await;
     let _ = job_publisher.await;
     let last = async {
         agent.publish_inventory(&client).await;

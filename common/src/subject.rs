@@ -12,6 +12,9 @@
 //! | `zdr.v1.agent.<node>.cmd`         | coord → agent, req/reply | signed [`crate::wire::Command`], reply [`crate::wire::CommandResult`] |
 //! | KV `zdr_policy`, key `current`    | coord → agents     | signed [`crate::wire::PolicyBundle`] |
 //! | `zdr.v1.alerts.<receiver>`        | coord → coord (JetStream work queue `ZDR_ALERTS`) | a queued alert notification |
+//! | `$SRV.{PING,INFO,STATS}[.<service>[.<id>]]` | admin → agents, coordinators, req/reply | NATS micro discovery (ADR-32): services `zdr-agent`, `zdr-coordinator` |
+//! | `zdr.v1.srv.agent.<node>.status`  | admin → agent, req/reply | the agent's status (JSON) |
+//! | `zdr.v1.srv.coordinator.health`   | admin → one coordinator, req/reply | its health (JSON) |
 
 pub const PREFIX: &str = "zdr.v1";
 
@@ -44,6 +47,33 @@ impl AgentSubjects {
 
 /// Alerts wait for their receivers under `zdr.v1.alerts.<receiver>`.
 pub const ALERTS_PREFIX: &str = "zdr.v1.alerts";
+
+/// The NATS micro service every agent registers as.
+pub const AGENT_SERVICE: &str = "zdr-agent";
+/// The NATS micro service every coordinator instance registers as.
+pub const COORDINATOR_SERVICE: &str = "zdr-coordinator";
+
+/// Where agent `node`'s service endpoints live (outside `zdr.v1.agent.>`,
+/// which the coordinator reads as agent messages).
+pub fn agent_service_group(node: &str) -> String {
+    format!("{PREFIX}.srv.agent.{node}")
+}
+
+/// Where the coordinators' service endpoints live.
+pub const COORDINATOR_SERVICE_GROUP: &str = "zdr.v1.srv.coordinator";
+
+/// The discovery subjects a NATS micro service named `name` subscribes to:
+/// each verb for all services, for its name, and for its name and id. The
+/// id is random per start, so the last is a wildcard.
+pub fn service_discovery(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for verb in ["PING", "INFO", "STATS"] {
+        out.push(format!("$SRV.{verb}"));
+        out.push(format!("$SRV.{verb}.{name}"));
+        out.push(format!("$SRV.{verb}.{name}.*"));
+    }
+    out
+}
 
 /// Wildcard the coordinator subscribes to for everything agents publish.
 pub const ALL_AGENTS: &str = "zdr.v1.agent.*.*";

@@ -1,7 +1,10 @@
 //! The nats-server authorization for a fleet: one nkey user per agent, one
 //! for the coordinator, and optionally one for an operator. An agent may
 //! speak only as itself, hear only its own commands and its own replies, and
-//! read the signed policy without being able to write it.
+//! read the signed policy without being able to write it. Each process also
+//! hears NATS micro discovery (`$SRV.*` for its service name) and its own
+//! service endpoints, and answers them through `allow_responses`; nothing
+//! lets an agent hear another agent's endpoints.
 //!
 //! `authorization_block` is pure; `write_credentials` is the shell behind
 //! `zdr-coordinator bus-auth`, which makes each identity's seed once and keeps it.
@@ -41,15 +44,24 @@ pub fn agent_permissions(node: &str) -> Permissions {
         // Its flow-control answers.
         format!("$JS.FC.{stream}.>"),
     ]);
+    let mut subscribe = vec![
+        s.cmd,
+        format!("{}.>", agent_inbox(node)),
+        // Its NATS micro endpoints, and discovery (answered through
+        // `allow_responses`).
+        format!("{}.>", subject::agent_service_group(node)),
+    ];
+    subscribe.extend(subject::service_discovery(subject::AGENT_SERVICE));
     Permissions {
         publish,
-        subscribe: vec![s.cmd, format!("{}.>", agent_inbox(node))],
+        subscribe,
         allow_responses: true,
     }
 }
 
 /// The coordinator: commands to every agent, everything agents publish, and
-/// JetStream (it owns the buckets and the events stream).
+/// JetStream (it owns the buckets and the events stream); it answers its
+/// NATS micro service's requests.
 pub fn coordinator_permissions() -> Permissions {
     Permissions {
         publish: vec![
@@ -60,8 +72,16 @@ pub fn coordinator_permissions() -> Permissions {
             "$JS.ACK.>".into(),
             "$JS.FC.>".into(),
         ],
-        subscribe: vec![subject::ALL_AGENTS.into(), format!("{COORDINATOR_INBOX}.>")],
-        allow_responses: false,
+        subscribe: [
+            subject::ALL_AGENTS.into(),
+            format!("{COORDINATOR_INBOX}.>"),
+            format!("{}.>", subject::COORDINATOR_SERVICE_GROUP),
+        ]
+        .into_iter()
+        .chain(subject::service_discovery(subject::COORDINATOR_SERVICE))
+        .collect(),
+        // Only to answer its NATS micro endpoints and discovery.
+        allow_responses: true,
     }
 }
 
@@ -293,6 +313,24 @@ mod tests {
         }
         // Commands are answered through the reply subject they carry.
         assert!(p.allow_responses);
+        // Discovery of its service, and its own endpoints; not another's.
+        for s in [
+            "$SRV.PING",
+            "$SRV.INFO.zdr-agent",
+            "$SRV.STATS.zdr-agent.NUID123",
+            "zdr.v1.srv.agent.node-a.status",
+        ] {
+            assert!(allowed(&p.subscribe, s), "{s}");
+        }
+        for s in [
+            "$SRV.PING.zdr-coordinator",
+            "$SRV.INFO.other.id",
+            "zdr.v1.srv.agent.node-b.status",
+            "zdr.v1.srv.coordinator.health",
+        ] {
+            assert!(!allowed(&p.subscribe, s), "{s}");
+        }
+        assert!(!allowed(&p.publish, "$SRV.PING"));
         assert!(!allowed(&p.publish, "_INBOX.zdr.coordinator.x1.y"));
     }
 
@@ -334,6 +372,10 @@ mod tests {
         }
         assert!(allowed(&p.subscribe, "_INBOX.zdr.coordinator.x.y"));
         assert!(!allowed(&p.subscribe, "_INBOX.zdr.agent.node-a.x"));
+        assert!(allowed(&p.subscribe, "$SRV.INFO.zdr-coordinator.NUID1"));
+        assert!(allowed(&p.subscribe, "zdr.v1.srv.coordinator.health"));
+        assert!(!allowed(&p.subscribe, "$SRV.INFO.zdr-agent"));
+        assert!(!allowed(&p.subscribe, "zdr.v1.srv.agent.node-a.status"));
     }
 
     #[test]

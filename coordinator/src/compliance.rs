@@ -23,8 +23,20 @@
 //!   counts), distinct media, copies at a site other than production's, and
 //!   one immutable copy: a counted replica of a class with `immutable_for`
 //!   above zero (its agent refuses to destroy younger snapshots).
-//! - No copy is verified by a restore drill yet: drills do not exist, and
-//!   the report says so rather than count a copy as verified.
+//! - The RTO estimate is the dataset's `used` over a throughput measured on
+//!   a path that brings it back, the best source first: the newest passed
+//!   drill of the dataset (its restore's bytes over its transfer time), else
+//!   its restores that landed, else the replication jobs from it that
+//!   finished (their bytes over their run time, summed over the samples);
+//!   otherwise there is no measurement and no estimate. It is compared with
+//!   the class's RTO, and the report says where the figure comes from.
+//! - A replica or bucket copy is verified by a restore drill only if the
+//!   newest drill that ended on it passed, less than the class's drill
+//!   interval (`drill.every`) ago; otherwise its [`Verification`] says why
+//!   (never drilled, the last drill failed, the last pass is too old).
+//!   Drills are read from the job records (`crate::drills::outcomes`), so
+//!   the report, the status page and `zdr report` give one verdict.
+//!   Production is what drills compare against, so it has none.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -32,15 +44,13 @@ use serde::{Deserialize, Serialize};
 use zdr_common::policy::{Class, Policy};
 use zdr_common::wire::DatasetInventory;
 
+use crate::alerts::rules::DrillOutcome;
 use crate::fleet::{resolved_class, Fleet};
 use crate::jobs::{JobKind, JobRecord, JobState};
 use crate::pairing::{Pairing, Unpaired};
 
 /// A copy is in warning from this share of its RPO on.
 pub const WARN_PERCENT: u64 = 75;
-
-/// What the report says of verification until restore drills exist.
-pub const NOT_VERIFIED: &str = "not verified by a drill (restore drills do not exist yet)";
 
 /// Everything the report is computed from.
 pub struct Input<'a> {
@@ -78,9 +88,13 @@ pub struct DatasetReport {
     pub dataset: String,
     pub class: String,
     pub rpo_secs: u64,
-    /// The class's objective; no estimate is measured yet.
+    /// The class's objective.
     pub rto_secs: u64,
+    /// What a restore would take by measured throughput, and its source.
+    pub rto_estimate: RtoEstimate,
     pub immutable_for_secs: u64,
+    /// The class's drill interval: a copy's last pass must be younger.
+    pub drill_every_secs: u64,
     /// The worst state among the copies.
     pub rpo: RpoState,
     /// Every 3-2-1 check passes.
@@ -90,6 +104,7 @@ pub struct DatasetReport {
     pub checks: Vec<Check>,
     /// Tasks that select this dataset but found it no target, and why.
     pub unpaired: Vec<UnpairedTask>,
+    /// The copies' drill verdicts in one sentence.
     pub verification: String,
 }
 
@@ -148,6 +163,316 @@ pub struct CopyReport {
     pub rpo: RpoState,
     /// Replicas only: their pairing's backlog and last job.
     pub replication: Option<Replication>,
+    pub verification: Verification,
+}
+
+/// Whether a copy is verified by a restore drill (see the module doc).
+/// Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Verification {
+    /// Production: what drills compare against.
+    Source,
+    /// The newest drill on the copy passed within the interval.
+    Verified {
+        passed_at: i64,
+    },
+    NeverDrilled,
+    /// The newest drill on the copy failed.
+    Failed {
+        ended_at: i64,
+        why: Option<String>,
+    },
+    /// The newest drill passed, longer ago than the interval.
+    Stale {
+        passed_at: i64,
+    },
+}
+
+impl Verification {
+    pub fn is_verified(&self) -> bool {
+        matches!(self, Verification::Verified { .. })
+    }
+
+    /// The verdict as a sentence, `every_secs` being the class's interval.
+    pub fn describe(&self, now: i64, every_secs: u64) -> String {
+        match self {
+            Verification::Source => "the source drills compare against".into(),
+            Verification::Verified { passed_at } => format!(
+                "verified by a drill {} ago (interval {})",
+                in_days(now - passed_at),
+                in_days(every_secs as i64)
+            ),
+            Verification::NeverDrilled => "not verified by a drill".into(),
+            Verification::Failed { ended_at, why } => format!(
+                "last drill failed on {}{}",
+                utc_date(*ended_at),
+                why.as_ref().map(|w| format!(": {w}")).unwrap_or_default()
+            ),
+            Verification::Stale { passed_at } => format!(
+                "last passed drill is {} old, interval {}",
+                in_days(now - passed_at),
+                in_days(every_secs as i64)
+            ),
+        }
+    }
+}
+
+/// Drill ages and intervals in days from two days on (`120d`, as policies
+/// write them, not `17w1d`), else as [`short`].
+pub fn in_days(secs: i64) -> String {
+    if secs >= 2 * 86_400 {
+        format!("{}d", secs / 86_400)
+    } else {
+        short(secs)
+    }
+}
+
+/// A restore-time estimate (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtoEstimate {
+    /// `bytes` over the source's throughput; `None` without a measurement.
+    pub secs: Option<u64>,
+    /// The dataset's `used`.
+    pub bytes: u64,
+    /// Within the class's RTO; `None` without an estimate.
+    pub within: Option<bool>,
+    pub source: RtoSource,
+}
+
+/// Where an RTO estimate's throughput comes from. Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum RtoSource {
+    /// The dataset's newest passed drill, restored from the copy on `copy`.
+    Drill {
+        ended_at: i64,
+        copy: String,
+        bytes_per_sec: u64,
+        /// The drill's own start-to-verified time.
+        measured_rto_secs: u64,
+    },
+    /// Restores of the dataset that landed.
+    Restore {
+        samples: usize,
+        bytes_per_sec: u64,
+    },
+    /// Replication jobs from the dataset that finished.
+    Replication {
+        samples: usize,
+        bytes_per_sec: u64,
+    },
+    NoMeasurement,
+}
+
+impl RtoEstimate {
+    /// The estimate as a sentence, against the class's `rto_secs`.
+    pub fn describe(&self, rto_secs: u64) -> String {
+        let rate = |b: &u64| format!("{}/s", indicatif::HumanBytes(*b));
+        let from = match &self.source {
+            RtoSource::Drill {
+                ended_at,
+                copy,
+                bytes_per_sec,
+                measured_rto_secs,
+            } => format!(
+                "from the drill of {} from {copy}, {} (it took {})",
+                utc_date(*ended_at),
+                rate(bytes_per_sec),
+                short(*measured_rto_secs as i64)
+            ),
+            RtoSource::Restore {
+                samples,
+                bytes_per_sec,
+            } => format!(
+                "from restores, {} sample{}, {}",
+                samples,
+                if *samples == 1 { "" } else { "s" },
+                rate(bytes_per_sec)
+            ),
+            RtoSource::Replication {
+                samples,
+                bytes_per_sec,
+            } => format!(
+                "from replication, {} sample{}, {}",
+                samples,
+                if *samples == 1 { "" } else { "s" },
+                rate(bytes_per_sec)
+            ),
+            RtoSource::NoMeasurement => return "no measurement".into(),
+        };
+        match self.secs {
+            Some(secs) => format!(
+                "~{} for {} ({} the {} RTO), {from}",
+                short(secs as i64),
+                indicatif::HumanBytes(self.bytes),
+                if secs <= rto_secs { "within" } else { "OVER" },
+                short(rto_secs as i64)
+            ),
+            None => format!("no estimate, {from}"),
+        }
+    }
+}
+
+/// `bytes` over `ms` milliseconds, per second; `None` for no time.
+fn per_sec(bytes: u64, ms: i64) -> Option<u64> {
+    (ms > 0 && bytes > 0).then(|| (bytes as u128 * 1000 / ms as u128).min(u64::MAX as u128) as u64)
+}
+
+/// The estimate for `node:dataset` of `bytes` from the job records.
+pub fn rto_estimate(
+    jobs: &[JobRecord],
+    node: &str,
+    dataset: &str,
+    bytes: u64,
+    rto_secs: u64,
+) -> RtoEstimate {
+    let of_dataset = |j: &&JobRecord| {
+        j.restore
+            .as_ref()
+            .is_some_and(|r| r.node == node && r.dataset == dataset)
+    };
+    let drill = jobs
+        .iter()
+        .filter(of_dataset)
+        .filter_map(|j| {
+            let r = j.drill.as_ref()?.result.as_ref().filter(|r| r.passed)?;
+            let moved = j
+                .restore
+                .as_ref()
+                .map_or(0, |i| i.landed_bytes)
+                .max(j.bytes);
+            let rate = per_sec(moved, r.transfer_ms as i64)?;
+            Some((r.ended_at, j, rate, r.rto_ms.unwrap_or(0) / 1000))
+        })
+        .max_by_key(|(ended_at, ..)| *ended_at);
+    let summed = |kind: JobKind, mine: &dyn Fn(&JobRecord) -> bool| {
+        let (mut n, mut moved, mut ms) = (0usize, 0u64, 0i64);
+        for j in jobs
+            .iter()
+            .filter(|j| j.kind == kind && j.state == JobState::Done)
+        {
+            let (Some(end), true) = (j.finished_at_ms, mine(j)) else {
+                continue;
+            };
+            let took = end - j.started_at_ms;
+            let b = j
+                .restore
+                .as_ref()
+                .map_or(0, |i| i.landed_bytes)
+                .max(j.bytes);
+            if per_sec(b, took).is_some() {
+                n += 1;
+                moved += b;
+                ms += took;
+            }
+        }
+        per_sec(moved, ms).map(|rate| (n, rate))
+    };
+    let source = if let Some((ended_at, j, rate, rto)) = drill {
+        RtoSource::Drill {
+            ended_at,
+            copy: j.source_node.clone(),
+            bytes_per_sec: rate,
+            measured_rto_secs: rto,
+        }
+    } else if let Some((samples, rate)) = summed(JobKind::Restore, &|j| of_dataset(&j)) {
+        RtoSource::Restore {
+            samples,
+            bytes_per_sec: rate,
+        }
+    } else if let Some((samples, rate)) = summed(JobKind::Replication, &|j| {
+        j.source_node == node && j.dataset == dataset
+    }) {
+        RtoSource::Replication {
+            samples,
+            bytes_per_sec: rate,
+        }
+    } else {
+        RtoSource::NoMeasurement
+    };
+    let rate = match &source {
+        RtoSource::Drill { bytes_per_sec, .. }
+        | RtoSource::Restore { bytes_per_sec, .. }
+        | RtoSource::Replication { bytes_per_sec, .. } => Some(*bytes_per_sec),
+        RtoSource::NoMeasurement => None,
+    };
+    let secs = rate.map(|r| bytes.div_ceil(r.max(1)));
+    RtoEstimate {
+        secs,
+        bytes,
+        within: secs.map(|s| s <= rto_secs),
+        source,
+    }
+}
+
+/// A day in UTC: `2026-12-01`.
+pub fn utc_date(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// The verdict for the copy on `copy` of `node:dataset`, from the newest
+/// ended drill of each copy (`crate::drills::outcomes`).
+pub fn verification(
+    outcomes: &[DrillOutcome],
+    node: &str,
+    dataset: &str,
+    copy: &str,
+    every_secs: u64,
+    now: i64,
+) -> Verification {
+    let newest = outcomes
+        .iter()
+        .filter(|o| o.node == node && o.dataset == dataset && o.copy == copy)
+        .max_by_key(|o| o.ended_at);
+    match newest {
+        None => Verification::NeverDrilled,
+        Some(o) if !o.passed => Verification::Failed {
+            ended_at: o.ended_at,
+            why: o.why.clone(),
+        },
+        Some(o) if now - o.ended_at > every_secs as i64 => Verification::Stale {
+            passed_at: o.ended_at,
+        },
+        Some(o) => Verification::Verified {
+            passed_at: o.ended_at,
+        },
+    }
+}
+
+/// The dataset's line: how many copies a drill verified, and why not the
+/// others.
+fn verification_line(copies: &[CopyReport], now: i64, every_secs: u64) -> String {
+    let drilled: Vec<&CopyReport> = copies
+        .iter()
+        .filter(|c| c.verification != Verification::Source)
+        .collect();
+    if drilled.is_empty() {
+        return "not verified by a drill: no copy besides production".into();
+    }
+    let ok = drilled
+        .iter()
+        .filter(|c| c.verification.is_verified())
+        .count();
+    let mut out = format!(
+        "{ok} of {} verified by a drill within {}",
+        plural_copies(drilled.len()),
+        in_days(every_secs as i64)
+    );
+    for c in drilled.iter().filter(|c| !c.verification.is_verified()) {
+        out.push_str(&format!(
+            "; {}: {}",
+            name(c, false),
+            c.verification.describe(now, every_secs)
+        ));
+    }
+    out
+}
+
+fn plural_copies(n: usize) -> String {
+    format!("{n} cop{}", if n == 1 { "y" } else { "ies" })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,6 +579,8 @@ struct Index<'a> {
     last_job: HashMap<(&'a str, &'a str, &'a str), &'a JobRecord>,
     /// (source node, dataset) to its upload records, one per bucket task.
     uploads: HashMap<(&'a str, &'a str), Vec<&'a JobRecord>>,
+    /// The newest ended drill of each copy.
+    drills: Vec<DrillOutcome>,
 }
 
 impl<'a> Index<'a> {
@@ -300,6 +627,7 @@ impl<'a> Index<'a> {
             unpaired,
             last_job,
             uploads,
+            drills: crate::drills::outcomes(input.jobs.iter()),
         }
     }
 }
@@ -362,6 +690,7 @@ fn dataset_report(
     class: &Class,
 ) -> DatasetReport {
     let rpo_secs = class.rpo.secs();
+    let every_secs = class.drill.every.secs();
     let (site, media) = labels(input, node);
     let production_site = site.clone();
     let newest = inv.snapshots.iter().max_by_key(|s| s.createtxg);
@@ -386,6 +715,7 @@ fn dataset_report(
         lag_secs: lag,
         rpo: rpo_state(lag, rpo_secs),
         replication: None,
+        verification: Verification::Source,
     }];
     let snapshots = inv
         .snapshots
@@ -415,10 +745,26 @@ fn dataset_report(
         .collect();
     mine.sort_by(|a, b| (&a.task, &a.target_node).cmp(&(&b.task, &b.target_node)));
     for p in mine {
-        copies.push(replica(input, index, inv, &known, p, rpo_secs));
+        let verdict = verification(
+            &index.drills,
+            node,
+            &inv.dataset,
+            &p.target_node,
+            every_secs,
+            input.now,
+        );
+        copies.push(replica(input, index, inv, &known, p, rpo_secs, verdict));
     }
     for u in uploads {
-        copies.push(bucket_copy(inv, &known, u, input.now, rpo_secs));
+        let verdict = verification(
+            &index.drills,
+            node,
+            &inv.dataset,
+            &u.target_node,
+            every_secs,
+            input.now,
+        );
+        copies.push(bucket_copy(inv, &known, u, input.now, rpo_secs, verdict));
     }
     let checks = checks(class_name, class, &production_site, &copies);
     DatasetReport {
@@ -427,14 +773,15 @@ fn dataset_report(
         class: class_name.to_string(),
         rpo_secs,
         rto_secs: class.rto.secs(),
+        rto_estimate: rto_estimate(input.jobs, node, &inv.dataset, inv.used, class.rto.secs()),
         immutable_for_secs: class.immutable_for.secs(),
+        drill_every_secs: every_secs,
         rpo: copies
             .iter()
             .map(|c| c.rpo)
             .max()
             .unwrap_or(RpoState::Breach),
         compliant: checks.iter().all(|c| c.pass),
-        copies,
         checks,
         unpaired: index
             .unpaired
@@ -446,7 +793,8 @@ fn dataset_report(
                 why: u.why.clone(),
             })
             .collect(),
-        verification: NOT_VERIFIED.to_string(),
+        verification: verification_line(&copies, input.now, every_secs),
+        copies,
     }
 }
 
@@ -470,6 +818,7 @@ fn replica(
     known: &HashMap<u64, SourcePoint>,
     p: &Pairing,
     rpo_secs: u64,
+    verification: Verification,
 ) -> CopyReport {
     let target = input.fleet.dataset(&p.target_node, &p.target_dataset);
     // The newest snapshot on the copy whose GUID the source knows, with
@@ -524,6 +873,7 @@ fn replica(
             pending_bytes,
             last_job,
         }),
+        verification,
     }
 }
 
@@ -535,6 +885,7 @@ fn bucket_copy(
     u: &JobRecord,
     now: i64,
     rpo_secs: u64,
+    verification: Verification,
 ) -> CopyReport {
     let committed = u
         .upload
@@ -578,6 +929,7 @@ fn bucket_copy(
                 finished_at_ms: u.finished_at_ms,
             }),
         }),
+        verification,
     }
 }
 
@@ -997,7 +1349,11 @@ datasets:
             check(d, CheckKind::Immutable).reason,
             "replica on a2, replica on b1: snapshots younger than 3d are never destroyed (class gold)"
         );
-        assert_eq!(d.verification, NOT_VERIFIED);
+        assert_eq!(
+            d.verification,
+            "0 of 2 copies verified by a drill within 90d; replica on a2: not verified by a \
+             drill; replica on b1: not verified by a drill"
+        );
         // The replica itself is not a protected dataset of its own.
         assert_eq!(d.copies.len(), 3);
     }
@@ -1143,8 +1499,300 @@ datasets:
         assert_eq!(crate::fleet::replica_of(&p, "b1", "tank/db"), None);
     }
 
+    fn outcome(copy: &str, passed: bool, ended_at: i64) -> DrillOutcome {
+        DrillOutcome {
+            node: "a1".into(),
+            dataset: "tank/db".into(),
+            copy: copy.into(),
+            passed,
+            why: (!passed).then(|| "content hashes differ".into()),
+            ended_at,
+        }
+    }
+
+    #[test]
+    fn a_copy_is_verified_only_by_its_newest_drill_passed_within_the_interval() {
+        let day = 86_400;
+        let v = |o: &[DrillOutcome], every| verification(o, "a1", "tank/db", "b1", every, NOW);
+        assert_eq!(v(&[], 90 * day), Verification::NeverDrilled);
+        let passed = [outcome("b1", true, NOW - 3600)];
+        assert_eq!(
+            v(&passed, 90 * day),
+            Verification::Verified {
+                passed_at: NOW - 3600
+            }
+        );
+        // The interval is strict: one second past it is stale.
+        assert_eq!(
+            v(&passed, 3600),
+            Verification::Verified {
+                passed_at: NOW - 3600
+            }
+        );
+        assert_eq!(
+            v(&passed, 3599),
+            Verification::Stale {
+                passed_at: NOW - 3600
+            }
+        );
+        // A newer failure wins over an older pass, and the reverse.
+        let both = [
+            outcome("b1", true, NOW - 7200),
+            outcome("b1", false, NOW - 60),
+        ];
+        assert!(
+            matches!(v(&both, 90 * day), Verification::Failed { ended_at, .. } if ended_at == NOW - 60)
+        );
+        let healed = [
+            outcome("b1", false, NOW - 7200),
+            outcome("b1", true, NOW - 60),
+        ];
+        assert!(v(&healed, 90 * day).is_verified());
+        // Another copy's drill, or another dataset's, says nothing of this one.
+        assert_eq!(
+            v(&[outcome("a2", true, NOW)], 90 * day),
+            Verification::NeverDrilled
+        );
+        let mut elsewhere = outcome("b1", true, NOW);
+        elsewhere.dataset = "tank/logs".into();
+        assert_eq!(v(&[elsewhere], 90 * day), Verification::NeverDrilled);
+    }
+
+    #[test]
+    fn verdicts_read_as_sentences() {
+        let day = 86_400;
+        let every = 90 * day as u64;
+        assert_eq!(
+            Verification::Stale {
+                passed_at: NOW - 120 * day
+            }
+            .describe(NOW, every),
+            "last passed drill is 120d old, interval 90d"
+        );
+        // NOW is 1970-01-12.
+        assert_eq!(
+            Verification::Failed {
+                ended_at: NOW - day,
+                why: Some("content hashes differ".into())
+            }
+            .describe(NOW, every),
+            "last drill failed on 1970-01-11: content hashes differ"
+        );
+        assert_eq!(
+            Verification::Verified {
+                passed_at: NOW - 3 * day
+            }
+            .describe(NOW, every),
+            "verified by a drill 3d ago (interval 90d)"
+        );
+    }
+
+    /// The report reads drill records from the jobs: the copy verified,
+    /// the one whose drill failed and the one never drilled each say so.
+    #[test]
+    fn the_report_takes_each_copys_verdict_from_the_drill_records() {
+        let mut f = fleet();
+        put(
+            &mut f,
+            "a2",
+            inv("backup/a1/tank/db", vec![snap(3, 1200), snap(4, 600)]),
+        );
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(4, 600)]));
+        let drill = |copy: &str, passed: bool, ended_at: i64| {
+            let p = Pairing {
+                task: "drill".into(),
+                source_node: copy.into(),
+                dataset: "backup/a1/tank/db".into(),
+                target_node: copy.into(),
+                target_dataset: "tank/zdr-drill/x".into(),
+                reason: String::new(),
+            };
+            let mut r = JobRecord::new(JobKind::Drill, &p, "c1", 1, vec![], 1_000);
+            r.restore = Some(crate::jobs::RestoreInfo {
+                node: "a1".into(),
+                dataset: "tank/db".into(),
+                snapshot: crate::jobs::RestoreSnapshot {
+                    name: "zdr_4".into(),
+                    guid: 1004,
+                    creation: NOW - 600,
+                },
+                raw: false,
+                replace: false,
+                landed_bytes: 0,
+                landed_guid: None,
+                holds_released: true,
+            });
+            r.drill = Some(crate::jobs::DrillInfo {
+                class: "gold".into(),
+                number: Some(1),
+                rto_secs: 7200,
+                plan_ms: 0,
+                verifying: false,
+                result: Some(crate::jobs::DrillResult {
+                    passed,
+                    level: None,
+                    why: (!passed).then(|| "content hashes differ".into()),
+                    production_digest: None,
+                    restored_digest: None,
+                    transfer_ms: 0,
+                    mount_ms: 0,
+                    hash_ms: 0,
+                    cleanup_ms: 0,
+                    rto_ms: passed.then_some(1000),
+                    within_rto: passed,
+                    cleaned: true,
+                    ended_at,
+                }),
+            });
+            r
+        };
+        let jobs = [
+            drill("a2", true, NOW - 3600),
+            drill("b1", false, NOW - 86_400),
+        ];
+        let r = run(
+            &f,
+            &[pairing("local", "a2"), pairing("offsite", "b1")],
+            &jobs,
+        );
+        let d = &r.datasets[0];
+        assert_eq!(d.copies[0].verification, Verification::Source);
+        assert_eq!(
+            d.copies[1].verification,
+            Verification::Verified {
+                passed_at: NOW - 3600
+            }
+        );
+        assert!(matches!(
+            d.copies[2].verification,
+            Verification::Failed { .. }
+        ));
+        assert_eq!(
+            d.verification,
+            "1 of 2 copies verified by a drill within 90d; replica on b1: last drill failed \
+             on 1970-01-11: content hashes differ"
+        );
+    }
+
+    fn finished(kind: JobKind, bytes: u64, took_ms: i64) -> JobRecord {
+        let mut r = JobRecord::new(kind, &pairing("offsite", "b1"), "c1", 1, vec![], 1_000_000);
+        r.state = JobState::Done;
+        r.bytes = bytes;
+        r.finished_at_ms = Some(1_000_000 + took_ms);
+        r
+    }
+
+    #[test]
+    fn the_rto_estimate_takes_the_best_measured_path_and_says_which() {
+        let mib = 1u64 << 20;
+        // Nothing measured.
+        let e = rto_estimate(&[], "a1", "tank/db", 100 * mib, 3600);
+        assert_eq!((e.secs, e.within), (None, None));
+        assert_eq!(e.describe(3600), "no measurement");
+        // Two replications: 30 MiB in 2 s and 10 MiB in 2 s, 10 MiB/s together.
+        let jobs = vec![
+            finished(JobKind::Replication, 30 * mib, 2000),
+            finished(JobKind::Replication, 10 * mib, 2000),
+        ];
+        let e = rto_estimate(&jobs, "a1", "tank/db", 100 * mib, 3600);
+        assert_eq!(
+            e.source,
+            RtoSource::Replication {
+                samples: 2,
+                bytes_per_sec: 10 * mib
+            }
+        );
+        assert_eq!((e.secs, e.within), (Some(10), Some(true)));
+        assert_eq!(
+            e.describe(3600),
+            "~10s for 100.00 MiB (within the 1h RTO), from replication, 2 samples, 10.00 MiB/s"
+        );
+        // Over the objective.
+        let e = rto_estimate(&jobs, "a1", "tank/db", 100 * mib, 5);
+        assert_eq!(e.within, Some(false));
+        // Another dataset's jobs say nothing of this one.
+        assert_eq!(
+            rto_estimate(&jobs, "a1", "tank/logs", mib, 60).source,
+            RtoSource::NoMeasurement
+        );
+        // A passed drill of the dataset wins: 4 MiB moved in 1 s.
+        let mut drill = finished(JobKind::Drill, 4 * mib, 5000);
+        drill.source_node = "b1".into();
+        drill.restore = Some(crate::jobs::RestoreInfo {
+            node: "a1".into(),
+            dataset: "tank/db".into(),
+            snapshot: crate::jobs::RestoreSnapshot {
+                name: "zdr_4".into(),
+                guid: 1004,
+                creation: NOW - 600,
+            },
+            raw: false,
+            replace: false,
+            landed_bytes: 4 * mib,
+            landed_guid: Some(1004),
+            holds_released: true,
+        });
+        drill.drill = Some(crate::jobs::DrillInfo {
+            class: "gold".into(),
+            number: None,
+            rto_secs: 7200,
+            plan_ms: 0,
+            verifying: false,
+            result: Some(crate::jobs::DrillResult {
+                passed: true,
+                level: None,
+                why: None,
+                production_digest: None,
+                restored_digest: None,
+                transfer_ms: 1000,
+                mount_ms: 0,
+                hash_ms: 0,
+                cleanup_ms: 0,
+                rto_ms: Some(5000),
+                within_rto: true,
+                cleaned: true,
+                ended_at: 86_400 * 334,
+            }),
+        });
+        let mut all = jobs.clone();
+        all.push(drill.clone());
+        let e = rto_estimate(&all, "a1", "tank/db", 100 * mib, 3600);
+        assert_eq!(
+            e.source,
+            RtoSource::Drill {
+                ended_at: 86_400 * 334,
+                copy: "b1".into(),
+                bytes_per_sec: 4 * mib,
+                measured_rto_secs: 5
+            }
+        );
+        assert_eq!(e.secs, Some(25));
+        assert_eq!(
+            e.describe(3600),
+            "~25s for 100.00 MiB (within the 1h RTO), from the drill of 1970-12-01 from b1, \
+             4.00 MiB/s (it took 5s)"
+        );
+        // A failed drill measures nothing: back to replication.
+        drill
+            .drill
+            .as_mut()
+            .unwrap()
+            .result
+            .as_mut()
+            .unwrap()
+            .passed = false;
+        let mut all = jobs.clone();
+        all.push(drill);
+        assert!(matches!(
+            rto_estimate(&all, "a1", "tank/db", mib, 60).source,
+            RtoSource::Replication { .. }
+        ));
+    }
+
     #[test]
     fn durations_keep_two_units() {
+        assert_eq!(in_days(120 * 86_400 + 5), "120d");
+        assert_eq!(in_days(86_400 + 3600), "1d1h");
         assert_eq!(short(3 * 86_400 + 4 * 3600 + 5), "3d4h");
         assert_eq!(short(920), "15m20s");
         assert_eq!(short(-3), "0s");

@@ -11,6 +11,8 @@
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
 //! - `GET /api/v1/report`: RPO per copy and 3-2-1 compliance of every protected dataset.
+//! - `GET /api/v1/plan`: what the coordinator will do next and why
+//!   (`crate::plan`), at most `?limit=N` items (500 by default).
 //! - `GET /api/v1/alerts`: the alerts active now (`crate::alerts`), with when each began.
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 //! - `GET /api/v1/restore-points?node=N&dataset=D`, `POST /api/v1/restores`,
@@ -54,6 +56,7 @@ pub async fn serve(
         .route("/api/v1/pairings", get(pairings))
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/report", get(report))
+        .route("/api/v1/plan", get(plan))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/nodes/{node}/commands", post(command))
         .route("/api/v1/restore-points", get(restore_points))
@@ -81,20 +84,8 @@ async fn status_page(AxState(st): AxState<Arc<State>>) -> Response {
     use axum::http::header;
     let report = st.compliance_report();
     let jobs = crate::jobs::list(&st);
-    let drills = crate::drills::outcomes(jobs.iter());
     let alerts: Vec<_> = st.alerts().active.values().cloned().collect();
-    let (revision, drill_every): (Option<u64>, std::collections::BTreeMap<String, u64>) =
-        match st.policy().as_ref() {
-            Some(p) => (
-                Some(p.revision),
-                p.policy
-                    .classes
-                    .iter()
-                    .map(|(name, c)| (name.clone(), c.drill.every.secs()))
-                    .collect(),
-            ),
-            None => (None, Default::default()),
-        };
+    let revision = st.policy().as_ref().map(|p| p.revision);
     let t = now();
     let timeout = st.config().offline_after.as_secs() as i64;
     let nodes: Vec<crate::status_page::NodeLine> = {
@@ -122,8 +113,6 @@ async fn status_page(AxState(st): AxState<Arc<State>>) -> Response {
         nodes: &nodes,
         jobs: &jobs,
         alerts: &alerts,
-        drills: &drills,
-        drill_every: &drill_every,
     });
     (
         [
@@ -396,6 +385,42 @@ fn restore_error(e: RestoreError) -> Response {
 }
 
 /// A standby knows no fleet: it says so rather than answer from nothing.
+#[derive(Deserialize)]
+struct PlanQuery {
+    limit: Option<usize>,
+}
+
+/// The leader's plan: jobs and the drill plan first (each under its own
+/// locks), then pairings, fleet and policy together, in the lock order.
+async fn plan(AxState(st): AxState<Arc<State>>, Query(q): Query<PlanQuery>) -> Response {
+    if let Some(r) = standby(&st) {
+        return r;
+    }
+    let now_ms = crate::state::now_ms();
+    let jobs = crate::jobs::list(&st);
+    let drills = crate::drills::plan_view(&st, now_ms / 1000);
+    let pairings = st.pairings();
+    let fleet = st.fleet();
+    let policy = st.policy();
+    let Some(p) = policy.as_ref() else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no policy loaded yet, so there is nothing to plan; see GET /readyz".into(),
+        );
+    };
+    let plan = crate::plan::plan(&crate::plan::Input {
+        policy: p,
+        fleet: &fleet,
+        pairings: &pairings.pairings,
+        jobs: &jobs,
+        drills: &drills,
+        now_ms,
+        offline_after_secs: st.config().offline_after.as_secs() as i64,
+        limit: q.limit.unwrap_or(crate::plan::DEFAULT_LIMIT),
+    });
+    Json(plan).into_response()
+}
+
 fn standby(st: &State) -> Option<Response> {
     (!st.is_leader()).then(|| {
         api_error(

@@ -98,6 +98,7 @@ pub async fn run(
         state.clone(),
         shutdown.clone(),
     ));
+    let micro = tokio::spawn(crate::micro::run(state.clone(), shutdown.clone()));
     let alert_senders = tokio::spawn(crate::alerts::deliver::run(
         js.clone(),
         config.nats_replicas,
@@ -123,6 +124,7 @@ pub async fn run(
     info!("shutting down");
     let _ = http.await;
     let _ = alert_senders.await;
+    let _ = micro.await;
     if bus_connected(&state)
         && tokio::time::timeout(BUS_GRACE, state.client().flush())
             .await

@@ -11,8 +11,8 @@
 //!   state (ok, warning, breach, also as `data-state` for tools), its newest
 //!   confirmed snapshot, and what marks it: offsite (another site than
 //!   production's), immutable (a replica of a class with `immutable_for`),
-//!   and verified by a drill (the copy's newest ended drill passed, within
-//!   the class's drill interval; else why not). Then the 3-2-1 verdict and
+//!   and its drill verdict, as the report gives it
+//!   (`crate::compliance::Verification`). Then the 3-2-1 verdict and
 //!   each check with its reason.
 //! - Datasets are listed worst first (breach, warning, not compliant), at
 //!   most [`MAX_DATASETS`]; the page says how many it left out, and
@@ -26,14 +26,12 @@
 //! where they are, and it is behind the same guard as every route if reads
 //! are ever closed.
 
-use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 
 use zdr_common::wire::PoolInfo;
 
-use crate::alerts::rules::DrillOutcome;
 use crate::alerts::state::Tracked;
-use crate::compliance::{short, CopyReport, DatasetReport, Report, Role};
+use crate::compliance::{short, CopyReport, DatasetReport, Report, Role, Verification};
 use crate::jobs::{JobKind, JobRecord, JobState};
 
 /// The page reloads itself this often.
@@ -62,10 +60,6 @@ pub struct Input<'a> {
     pub nodes: &'a [NodeLine],
     pub jobs: &'a [JobRecord],
     pub alerts: &'a [Tracked],
-    /// The newest ended drill of each copy (`crate::drills::outcomes`).
-    pub drills: &'a [DrillOutcome],
-    /// Each class's drill interval, seconds.
-    pub drill_every: &'a BTreeMap<String, u64>,
 }
 
 /// One node as the page shows it.
@@ -78,58 +72,6 @@ pub struct NodeLine {
     /// Unix seconds.
     pub last_seen: i64,
     pub pools: Vec<PoolInfo>,
-}
-
-/// Whether a copy is verified by a restore drill.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verified {
-    /// Production is what drills compare against.
-    Production,
-    /// The newest ended drill passed, `ended_at`, within the interval.
-    Yes {
-        ended_at: i64,
-    },
-    /// It passed, but longer ago than the class's drill interval.
-    Stale {
-        ended_at: i64,
-        every_secs: u64,
-    },
-    Failed {
-        ended_at: i64,
-        why: Option<String>,
-    },
-    Never,
-}
-
-/// The verdict for one copy of `d` (see the module doc).
-pub fn verified(
-    d: &DatasetReport,
-    c: &CopyReport,
-    drills: &[DrillOutcome],
-    every_secs: u64,
-    now: i64,
-) -> Verified {
-    if c.role == Role::Production {
-        return Verified::Production;
-    }
-    let newest = drills
-        .iter()
-        .filter(|o| o.node == d.node && o.dataset == d.dataset && o.copy == c.node)
-        .max_by_key(|o| o.ended_at);
-    match newest {
-        None => Verified::Never,
-        Some(o) if !o.passed => Verified::Failed {
-            ended_at: o.ended_at,
-            why: o.why.clone(),
-        },
-        Some(o) if now - o.ended_at > every_secs as i64 => Verified::Stale {
-            ended_at: o.ended_at,
-            every_secs,
-        },
-        Some(o) => Verified::Yes {
-            ended_at: o.ended_at,
-        },
-    }
 }
 
 /// Worst first: breach, warning, not compliant, then by node and name.
@@ -369,13 +311,13 @@ fn datasets(h: &mut String, input: &Input) -> fmt::Result {
 }
 
 fn dataset(h: &mut String, input: &Input, d: &DatasetReport) -> fmt::Result {
-    let every = input.drill_every.get(&d.class).copied().unwrap_or(0);
+    let every = d.drill_every_secs;
     let production_site = d.copies.first().map_or("", |c| c.site.as_str());
     write!(
         h,
         "<section class=\"dataset\" data-node=\"{}\" data-dataset=\"{}\" data-state=\"{}\">\
          <h3>{}:{} <span class=\"badge state-{}\">{}</span></h3>\n\
-         <p class=\"meta\">class {}: RPO {}, RTO {}, immutable for {}, drill every {}</p>\n",
+         <p class=\"meta\">class {}: RPO {}, RTO {} (estimate: {}), immutable for {}, drill every {}</p>\n",
         Esc(&d.node),
         Esc(&d.dataset),
         d.rpo.as_str(),
@@ -386,6 +328,7 @@ fn dataset(h: &mut String, input: &Input, d: &DatasetReport) -> fmt::Result {
         Esc(&d.class),
         short(d.rpo_secs as i64),
         short(d.rto_secs as i64),
+        Esc(&d.rto_estimate.describe(d.rto_secs)),
         short(d.immutable_for_secs as i64),
         if every == 0 {
             "-".to_string()
@@ -507,26 +450,17 @@ fn copy(
             s
         }
     };
-    let drill = match verified(d, c, input.drills, every, input.now) {
-        Verified::Production => "-".to_string(),
-        Verified::Yes { ended_at } => format!(
+    let drill = match &c.verification {
+        Verification::Source => "-".to_string(),
+        Verification::Verified { passed_at } => format!(
             "<span class=\"badge pass\">verified</span> by a drill {} ago",
-            short(input.now - ended_at)
+            short(input.now - passed_at)
         ),
-        Verified::Stale {
-            ended_at,
-            every_secs,
-        } => format!(
-            "not verified: the last passed drill is {} old, more than the {} interval",
-            short(input.now - ended_at),
-            short(every_secs as i64)
+        Verification::Failed { .. } => format!(
+            "<span class=\"badge fail\">drill failed</span> {}",
+            Esc(&c.verification.describe(input.now, every))
         ),
-        Verified::Failed { ended_at, why } => format!(
-            "<span class=\"badge fail\">drill failed</span> {} ago{}",
-            short(input.now - ended_at),
-            why.map(|w| format!(": {}", Esc(&w))).unwrap_or_default()
-        ),
-        Verified::Never => "not verified by a drill".into(),
+        v => Esc(&v.describe(input.now, every)).to_string(),
     };
     writeln!(
         h,
@@ -661,7 +595,7 @@ mod tests {
     use super::*;
     use crate::alerts::Alert;
     use crate::compliance::{
-        Check, CheckKind, LastJob, Replication, RpoState, SnapshotPoint, Summary, NOT_VERIFIED,
+        Check, CheckKind, LastJob, Replication, RpoState, SnapshotPoint, Summary,
     };
 
     const NOW: i64 = 1_800_000_000;
@@ -699,6 +633,13 @@ mod tests {
                     finished_at_ms: None,
                 }),
             }),
+            verification: if role == Role::Production {
+                Verification::Source
+            } else {
+                Verification::Verified {
+                    passed_at: NOW - 3600,
+                }
+            },
         }
     }
 
@@ -709,7 +650,9 @@ mod tests {
             class: "critical".into(),
             rpo_secs: 3600,
             rto_secs: 14_400,
+            rto_estimate: crate::compliance::rto_estimate(&[], node, name, 0, 14_400),
             immutable_for_secs: 86_400,
+            drill_every_secs: 90 * 86_400,
             rpo,
             compliant,
             copies: vec![
@@ -724,7 +667,7 @@ mod tests {
                 reason: "offsite copy on node-b1 is 2h behind its 1h RPO <&>".into(),
             }],
             unpaired: vec![],
-            verification: NOT_VERIFIED.into(),
+            verification: "1 of 1 copy verified by a drill within 90d".into(),
         }
     }
 
@@ -737,17 +680,6 @@ mod tests {
                 ..Summary::default()
             },
             datasets,
-        }
-    }
-
-    fn outcome(copy: &str, passed: bool, ended_at: i64) -> DrillOutcome {
-        DrillOutcome {
-            node: "node-a1".into(),
-            dataset: HOSTILE.into(),
-            copy: copy.into(),
-            passed,
-            why: (!passed).then(|| "digests differ".into()),
-            ended_at,
         }
     }
 
@@ -787,41 +719,30 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_is_verified_only_by_a_recent_passed_drill() {
-        let d = dataset("node-a1", HOSTILE, RpoState::Ok, true);
-        let (prod, replica) = (&d.copies[0], &d.copies[1]);
-        let day = 86_400;
-        assert_eq!(verified(&d, prod, &[], 90 * day, NOW), Verified::Production);
-        assert_eq!(verified(&d, replica, &[], 90 * day, NOW), Verified::Never);
-        let passed = [outcome("node-b1", true, NOW - day as i64)];
-        assert_eq!(
-            verified(&d, replica, &passed, 90 * day, NOW),
-            Verified::Yes {
-                ended_at: NOW - day as i64
-            }
+    fn each_copy_shows_the_reports_drill_verdict() {
+        let mut d = dataset("node-a1", "tank/db", RpoState::Ok, true);
+        d.copies[1].verification = Verification::Failed {
+            ended_at: NOW - 86_400,
+            why: Some("digests <differ>".into()),
+        };
+        let mut stale = d.copies[1].clone();
+        stale.node = "node-c1".into();
+        stale.verification = Verification::Stale {
+            passed_at: NOW - 120 * 86_400,
+        };
+        d.copies.push(stale);
+        let r = report(vec![d]);
+        let html = render(&input(Some(&r), &[], &[], &[]));
+        assert!(
+            html.contains(
+                "<span class=\"badge fail\">drill failed</span> last drill failed on 2027-01-14: \
+             digests &lt;differ&gt;"
+            ),
+            "{html}"
         );
-        // Older than the class's interval: no longer counts.
-        assert_eq!(
-            verified(&d, replica, &passed, day / 2, NOW),
-            Verified::Stale {
-                ended_at: NOW - day as i64,
-                every_secs: day / 2
-            }
-        );
-        // A later failure wins over an earlier pass.
-        let both = [
-            outcome("node-b1", true, NOW - 2 * day as i64),
-            outcome("node-b1", false, NOW - day as i64),
-        ];
-        assert!(matches!(
-            verified(&d, replica, &both, 90 * day, NOW),
-            Verified::Failed { .. }
-        ));
-        // Another copy's drill says nothing about this one.
-        let other = [outcome("node-c1", true, NOW)];
-        assert_eq!(
-            verified(&d, replica, &other, 90 * day, NOW),
-            Verified::Never
+        assert!(
+            html.contains("last passed drill is 120d old, interval 90d"),
+            "{html}"
         );
     }
 
@@ -858,8 +779,6 @@ mod tests {
         nodes: &'a [NodeLine],
         jobs: &'a [JobRecord],
         alerts: &'a [Tracked],
-        drills: &'a [DrillOutcome],
-        every: &'a BTreeMap<String, u64>,
     ) -> Input<'a> {
         Input {
             now: NOW,
@@ -870,8 +789,6 @@ mod tests {
             nodes,
             jobs,
             alerts,
-            drills,
-            drill_every: every,
         }
     }
 
@@ -909,15 +826,11 @@ mod tests {
             last_sent: NOW,
             last_firing: NOW,
         };
-        let drills = [outcome("node-b1", true, NOW - 3600)];
-        let every = BTreeMap::from([("critical".to_string(), 90 * 86_400)]);
         let html = render(&input(
             Some(&r),
             &nodes,
             &jobs,
             std::slice::from_ref(&alert),
-            &drills,
-            &every,
         ));
 
         // No hostile name got through as markup.
@@ -961,8 +874,7 @@ mod tests {
 
     #[test]
     fn without_a_policy_or_as_standby_the_page_says_so() {
-        let every = BTreeMap::new();
-        let mut i = input(None, &[], &[], &[], &[], &every);
+        let mut i = input(None, &[], &[], &[]);
         i.leader = false;
         i.policy_problem = Some("policies.yaml:3:1: <bad>");
         let html = render(&i);
@@ -978,8 +890,7 @@ mod tests {
             .map(|i| dataset("n1", &format!("tank/d{i:04}"), RpoState::Ok, true))
             .collect();
         let r = report(ds);
-        let every = BTreeMap::new();
-        let html = render(&input(Some(&r), &[], &[], &[], &[], &every));
+        let html = render(&input(Some(&r), &[], &[], &[]));
         assert_eq!(
             html.matches("<section class=\"dataset\"").count(),
             MAX_DATASETS

@@ -277,6 +277,14 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
             );
         }
     }
+    // The dashboard's round-trip panel has a figure on this live scrape:
+    // replication sent signed commands within the window.
+    let p99 = metrics
+        .lines()
+        .find(|l| l.starts_with("zdr_command_round_trip_seconds{quantile=\"0.99\"} "))
+        .unwrap_or_else(|| panic!("no p99 command round trip:\n{metrics}"));
+    let secs: f64 = p99.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(secs.is_finite() && secs > 0.0, "{p99}");
     assert!(
         metrics
             .lines()

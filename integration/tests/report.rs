@@ -174,10 +174,31 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
         "1 within RPO at another site (node-b1 at site-b); the class asks for 1"
     );
     assert_eq!(check(&d, "immutable")["pass"], true);
-    assert!(d["verification"]
-        .as_str()
-        .unwrap()
-        .starts_with("not verified by a drill"));
+    // The RTO estimate comes from the finished replication (no drill, no
+    // restore yet): the dataset's size over its measured rate.
+    let est = &d["rto_estimate"];
+    assert_eq!(est["source"]["from"], "replication", "{est:#}");
+    assert_eq!(est["source"]["samples"], 1, "{est:#}");
+    let rate = est["source"]["bytes_per_sec"].as_u64().unwrap();
+    let bytes = est["bytes"].as_u64().unwrap();
+    assert!(rate > 0 && bytes > 0, "{est:#}");
+    assert_eq!(est["secs"].as_u64(), Some(bytes.div_ceil(rate)), "{est:#}");
+    assert_eq!(
+        est["within"],
+        est["secs"].as_u64().unwrap() <= 3600,
+        "{est:#}"
+    );
+    // No drill ran: the replica is not verified, production is the source.
+    assert_eq!(d["drill_every_secs"], 90 * 86_400, "the default interval");
+    assert_eq!(prod["verification"], serde_json::json!({"state": "source"}));
+    assert_eq!(
+        replica["verification"],
+        serde_json::json!({"state": "never_drilled"})
+    );
+    assert_eq!(
+        d["verification"],
+        "0 of 1 copy verified by a drill within 90d; replica on node-b1: not verified by a drill"
+    );
 
     // The replica in /api/v1/fleet names its pairing.
     let f = coordinator.fleet().await.unwrap();
@@ -215,6 +236,13 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
     );
     assert!(
         md.contains("| copies | **FAIL** | 2 / 3 | 2 copies within RPO (production on node-a1, replica on node-b1); the class asks for 3"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "\nVerification: 0 of 1 copy verified by a drill within 90d; replica on node-b1: \
+             not verified by a drill.\n"
+        ),
         "{md}"
     );
     let json: Value = serde_json::from_str(&zdr(&["report", "--format", "json"])).unwrap();

@@ -416,6 +416,7 @@ datasets:
                 pending_bytes: 0,
                 last_job: None,
             }),
+            verification: crate::compliance::Verification::NeverDrilled,
         }
     }
 
@@ -437,7 +438,9 @@ datasets:
             class: "gold".into(),
             rpo_secs: 3600,
             rto_secs: 7200,
+            rto_estimate: crate::compliance::rto_estimate(&[], "a1", "tank/db", 0, 7200),
             immutable_for_secs: 0,
+            drill_every_secs: 90 * 86_400,
             rpo: RpoState::Ok,
             compliant: true,
             copies: vec![

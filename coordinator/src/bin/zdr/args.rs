@@ -42,6 +42,9 @@ pub enum Cmd {
     Jobs,
     /// Replication pairings, and the datasets that cannot be paired.
     Pairings,
+    /// What the coordinator will do next and why: replications, uploads,
+    /// drills and snapshots, each now, at a time, waiting or blocked.
+    Plan,
     /// Every copy of a dataset (production and replicas) and its snapshots.
     RestorePoints {
         /// The protected dataset, as NODE:DATASET (e.g. node-a1:tank/db).

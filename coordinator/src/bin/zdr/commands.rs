@@ -7,6 +7,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 use zdr_coordinator::compliance::Report;
+use zdr_coordinator::plan::Plan;
 
 use crate::api::{
     FleetView, JobsView, PairingsView, Place, RestoreAccepted, RestorePoints, RestoreStatus,
@@ -64,6 +65,9 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
         }),
         Cmd::Pairings => show(&c, json, "/api/v1/pairings", |p: PairingsView| {
             render::render_pairings(&p)
+        }),
+        Cmd::Plan => show(&c, json, "/api/v1/plan", |p: Plan| {
+            crate::plan::render_plan(&p)
         }),
         Cmd::RestorePoints { source } => show(
             &c,

@@ -6,6 +6,7 @@ mod args;
 mod client;
 mod commands;
 mod drill;
+mod plan;
 mod policy_check;
 mod render;
 mod report;

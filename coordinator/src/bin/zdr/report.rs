@@ -1,9 +1,10 @@
 //! `zdr report` as Markdown: a pure function of `GET /api/v1/report`.
 
 use indicatif::HumanBytes;
-use zdr_coordinator::compliance::{CopyReport, DatasetReport, Report, Role};
+use zdr_coordinator::compliance::{CopyReport, DatasetReport, Report, Role, Verification};
 
 use crate::render::{job_state, opt, short, when};
+use zdr_coordinator::compliance::in_days;
 
 /// A Markdown table; `|` in a cell is escaped, line breaks become spaces.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -21,7 +22,7 @@ pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn copy_row(c: &CopyReport) -> Vec<String> {
+fn copy_row(c: &CopyReport, now: i64, every_secs: u64) -> Vec<String> {
     let role = match (&c.role, &c.replication) {
         (Role::Production, _) => "production".to_string(),
         (Role::Replica, Some(r)) => format!("replica ({})", r.task),
@@ -45,12 +46,21 @@ fn copy_row(c: &CopyReport) -> Vec<String> {
         } else {
             format!("**{}**", c.rpo.as_str())
         },
+        match &c.verification {
+            Verification::Source => "-".into(),
+            v if v.is_verified() => v.describe(now, every_secs),
+            v => format!("**{}**", v.describe(now, every_secs)),
+        },
     ]
 }
 
-/// One row per copy: where it is, its newest confirmed snapshot, its lag.
-pub fn copies_table(copies: &[CopyReport]) -> String {
-    let rows: Vec<Vec<String>> = copies.iter().map(copy_row).collect();
+/// One row per copy: where it is, its newest confirmed snapshot, its lag,
+/// its drill verdict (`now` and the class's drill interval date it).
+pub fn copies_table(copies: &[CopyReport], now: i64, every_secs: u64) -> String {
+    let rows: Vec<Vec<String>> = copies
+        .iter()
+        .map(|c| copy_row(c, now, every_secs))
+        .collect();
     table(
         &[
             "Copy",
@@ -61,6 +71,7 @@ pub fn copies_table(copies: &[CopyReport]) -> String {
             "Newest confirmed snapshot",
             "Lag",
             "RPO",
+            "Restore drill",
         ],
         &rows,
     )
@@ -90,7 +101,7 @@ fn replication_rows(d: &DatasetReport) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn dataset(d: &DatasetReport) -> String {
+fn dataset(d: &DatasetReport, now: i64) -> String {
     let mut out = format!(
         "## {}:{}: {}, RPO {}\n\n",
         d.node,
@@ -103,14 +114,16 @@ fn dataset(d: &DatasetReport) -> String {
         d.rpo.as_str()
     );
     out.push_str(&format!(
-        "Class `{}`: RPO {}, RTO {} (the objective; no restore time is measured yet), \
-         snapshots immutable for {}.\n\n",
+        "Class `{}`: RPO {}, RTO {} (the objective), snapshots immutable for {}, \
+         a restore drill every {}.\n\nRTO estimate: {}.\n\n",
         d.class,
         short(d.rpo_secs as i64),
         short(d.rto_secs as i64),
-        short(d.immutable_for_secs as i64)
+        short(d.immutable_for_secs as i64),
+        in_days(d.drill_every_secs as i64),
+        d.rto_estimate.describe(d.rto_secs)
     ));
-    out.push_str(&copies_table(&d.copies));
+    out.push_str(&copies_table(&d.copies, now, d.drill_every_secs));
     let rows = replication_rows(d);
     if !rows.is_empty() {
         out.push_str("\nReplication:\n\n");
@@ -172,7 +185,7 @@ pub fn render_report(r: &Report) -> String {
     }
     for d in &r.datasets {
         out.push('\n');
-        out.push_str(&dataset(d));
+        out.push_str(&dataset(d, r.generated_at));
     }
     out
 }

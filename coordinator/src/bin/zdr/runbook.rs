@@ -39,6 +39,7 @@ pub struct Runbook {
     pub rpo_secs: u64,
     pub rto_secs: u64,
     pub immutable_for_secs: u64,
+    pub drill_every_secs: u64,
     /// When the live state was read (Unix seconds).
     pub generated_at: i64,
     pub encrypted: bool,
@@ -234,6 +235,7 @@ pub fn runbook(d: &DatasetReport, generated_at: i64) -> Result<Runbook, RunbookE
         rpo_secs: d.rpo_secs,
         rto_secs: d.rto_secs,
         immutable_for_secs: d.immutable_for_secs,
+        drill_every_secs: d.drill_every_secs,
         generated_at,
         encrypted,
         copies: d.copies.clone(),
@@ -459,7 +461,7 @@ pub fn markdown(r: &Runbook) -> String {
         }
     ));
     out.push_str("## Copies\n\n");
-    out.push_str(&copies_table(&r.copies));
+    out.push_str(&copies_table(&r.copies, r.generated_at, r.drill_every_secs));
     out.push_str(&format!("\nVerification: {}.\n\n", r.verification));
     out.push_str(&format!("{}\n\n", drill_line(r)));
     if r.procedures.is_empty() {
