@@ -74,13 +74,13 @@ EOF
     } > "$W/fleet/policy.yaml"
 }
 
-# tasks DS...: one task per dataset (named as its last component), copying src/X of n1 to n2 under dst/n1/
+# tasks DS...: one task per dataset (copy-<last component>), copying src/X of n1 to n2 under dst/n1/
 tasks() {
     local d text="version: 1
 tasks:"
     for d in "$@"; do
         text+="
-  - name: ${d##*/}
+  - name: copy-${d##*/}
     source: { match: \"$d\", nodes: [n1] }
     target: { site: same, media: different, root: \"dst/{node}\" }
     schedule: { every: 3s }"
@@ -130,6 +130,17 @@ show_drill() {
     $API "$HTTP_PORT" drill "$1" history 2>/dev/null | sed 's/^/    history: /' || true
 }
 
+# drill_result: D_* from one read of drill $DRILL's record
+drill_result() {
+    local v
+    mapfile -t v < <($API "$HTTP_PORT" drill "$DRILL" state result.level result.why result.production_digest \
+        result.restored_digest result.cleaned result.transfer_ms result.mount_ms result.hash_ms result.cleanup_ms \
+        result.rto_ms result.within_rto)
+    [ "${#v[@]}" = 12 ] || return 1
+    D_STATE=${v[0]} D_LEVEL=${v[1]} D_WHY=${v[2]} D_PD=${v[3]} D_RD=${v[4]} D_CLEANED=${v[5]}
+    D_PHASES="transfer ${v[6]} ms, mount ${v[7]} ms, hash ${v[8]} ms, cleanup ${v[9]} ms, measured RTO ${v[10]} ms (class RTO 3600 s, within: ${v[11]})"
+}
+
 # SCRATCH_SEEN: "canmount mounted" of the scratch, sampled while it exists
 SCRATCH_SEEN=
 # drill_run T DS: POSTs a drill of n1:DS from n2's copy and waits for its
@@ -163,7 +174,8 @@ drill_run() {
         fi
         sleep 0.5
     done
-    log "drill $DRILL ended $(drill_value "$DRILL" state); the scratch was seen as canmount,mounted = ${SCRATCH_SEEN:-(never seen)}"
+    drill_result || { fail "$t: could not read drill $DRILL's record"; return 1; }
+    log "drill $DRILL ended $D_STATE; the scratch was seen as canmount,mounted = ${SCRATCH_SEEN:-(never seen)}"
 }
 
 # no_scratch_left: dst/zdr-drill has no child
@@ -180,7 +192,7 @@ log "fleet up: nats-server, coordinator, agents n1 (pool src) and n2 (pool dst);
 
 # ------------------------------------------------------------------------ 1
 test1() {
-    local ds=src/drill tgt before_snaps before_holds r level pd rd hist why
+    local ds=src/drill tgt before_snaps before_holds hist
     tgt=$(target_of $ds)
     log "--- 1. a drill that passes, content hashes equal"
     zfs create $ds
@@ -194,13 +206,10 @@ test1() {
         fail "1: n2's copy with @d2 never appeared in the restore points"; return 1; }
     before_snaps=$(snaps "$tgt"); before_holds=$(holds_but_repl "$tgt")
     drill_run 1 $ds || return 1
-    r=$(drill_value "$DRILL" state)
-    [ "$r" = passed ] || { fail "1: drill $DRILL $r: $(drill_value "$DRILL" result.why)"; show_drill "$DRILL"; return 1; }
-    level=$(drill_value "$DRILL" result.level); pd=$(drill_value "$DRILL" result.production_digest)
-    rd=$(drill_value "$DRILL" result.restored_digest)
-    [ "$level" = files-hashed ] && [ -n "$pd" ] && [ "$pd" != - ] && [ "$pd" = "$rd" ] || {
-        fail "1: level $level, digests production $pd, restored $rd"; show_drill "$DRILL"; return 1; }
-    [ "$(drill_value "$DRILL" result.cleaned)" = true ] || { fail "1: the drill says its scratch was not cleaned"; return 1; }
+    [ "$D_STATE" = passed ] || { fail "1: drill $DRILL $D_STATE: $D_WHY"; show_drill "$DRILL"; return 1; }
+    [ "$D_LEVEL" = files-hashed ] && [ -n "$D_PD" ] && [ "$D_PD" != - ] && [ "$D_PD" = "$D_RD" ] || {
+        fail "1: level $D_LEVEL, digests production $D_PD, restored $D_RD"; show_drill "$DRILL"; return 1; }
+    [ "$D_CLEANED" = true ] || { fail "1: the drill says its scratch was not cleaned"; return 1; }
     wait_until 30 "no drill scratch left" no_scratch_left || {
         fail "1: scratch left: $(zfs list -H -o name -r dst/zdr-drill | tr '\n' ' ')"; return 1; }
     case $SCRATCH_SEEN in
@@ -218,14 +227,13 @@ test1() {
     local ph rh
     ph=$(snap_hashes "$ds@$DSNAP") && rh=$(snap_hashes "$tgt@$DSNAP") || { fail "1: could not mount @$DSNAP read-only"; return 1; }
     [ "$ph" = "$rh" ] && [ "$(wc -l <<< "$ph")" -ge 3 ] || { fail "1: sha256 of the files differ between production and replica @$DSNAP"; return 1; }
-    why="transfer $(drill_value "$DRILL" result.transfer_ms) ms, mount $(drill_value "$DRILL" result.mount_ms) ms, hash $(drill_value "$DRILL" result.hash_ms) ms, cleanup $(drill_value "$DRILL" result.cleanup_ms) ms, RTO $(drill_value "$DRILL" result.rto_ms) ms (class 3600 s: within $(drill_value "$DRILL" result.within_rto))"
     show_drill "$DRILL"
-    pass "1: drill $DRILL of n1:$ds@$DSNAP from n2's copy passed at level $level, digests equal (${pd:0:16}...); scratch $SCRATCH received canmount=noauto (seen: ${SCRATCH_SEEN:-not sampled}) and destroyed; replica unchanged [$(guids "$tgt")]; $(wc -l <<< "$ph") files' sha256 equal on production and replica; $why"
+    pass "1: drill $DRILL of n1:$ds@$DSNAP from n2's copy passed at level $D_LEVEL, digests equal (${D_PD:0:16}...); scratch $SCRATCH received canmount=noauto (seen: ${SCRATCH_SEEN:-not sampled}) and destroyed; replica unchanged [$(guids "$tgt")]; $(wc -l <<< "$ph") files' sha256 equal on production and replica; $D_PHASES"
 }
 
 # ------------------------------------------------------------------------ 2
 test2() {
-    local ds=src/secret tgt key=$W/secret.key before r level enc attempt
+    local ds=src/secret tgt key=$W/secret.key before enc attempt
     tgt=$(target_of $ds)
     log "--- 2. a raw-encrypted replica drilled, then the next raw incremental"
     echo "zdr-vm-drill-passphrase" > "$key"
@@ -237,18 +245,18 @@ test2() {
         fail "2: n2's copy with @e1 never appeared in the restore points"; return 1; }
     before=$(snaps "$tgt")
     drill_run 2 $ds || return 1
-    r=$(drill_value "$DRILL" state); level=$(drill_value "$DRILL" result.level)
-    [ "$r" = passed ] && [ "$level" = blocks-read ] || {
-        fail "2: drill $DRILL $r at level $level (want passed, blocks-read): $(drill_value "$DRILL" result.why)"; show_drill "$DRILL"; return 1; }
+    [ "$D_STATE" = passed ] && [ "$D_LEVEL" = blocks-read ] || {
+        fail "2: drill $DRILL $D_STATE at level $D_LEVEL (want passed, blocks-read): $D_WHY"; show_drill "$DRILL"; return 1; }
     wait_until 30 "no drill scratch left" no_scratch_left || { fail "2: a drill scratch was left"; return 1; }
     [ "$(snaps "$tgt")" = "$before" ] || { fail "2: the drill changed the replica's snapshots: [$(guids "$tgt")]"; return 1; }
-    local jobs_before
-    jobs_before=$($API "$HTTP_PORT" jobs $ds | wc -l)
+    local job_before
+    job_before=$($API "$HTTP_PORT" field $ds id)
     fill $ds 1 b; zfs snapshot $ds@e2
+    # (one record per pairing: a new job has a new id)
     # shellcheck disable=SC2329  # called through wait_until
-    new_job_done() { [ "$($API "$HTTP_PORT" jobs $ds | wc -l)" -gt "$jobs_before" ] && job_done $ds && caught_up $ds; }
+    new_job_done() { [ "$($API "$HTTP_PORT" field $ds id)" != "$job_before" ] && job_done $ds && caught_up $ds; }
     wait_until 300 "the next job of $ds to bring @e2" new_job_done || {
-        fail "2: the replication after the drill did not complete: $($API "$HTTP_PORT" jobs $ds | tail -n 1)"; return 1; }
+        fail "2: the replication after the drill did not complete: job $($API "$HTTP_PORT" field $ds id) $(job_state $ds); source [$(guids $ds)], replica [$(guids "$tgt")]"; return 1; }
     H=$($API "$HTTP_PORT" field $ds history)
     echo "$H" | sed 's/^/    history: /'
     attempt=$($API "$HTTP_PORT" field $ds attempt)
@@ -256,12 +264,12 @@ test2() {
     [ "$attempt" = 1 ] || { fail "2: the incremental after the drill needed attempt $attempt"; return 1; }
     enc=$(zfs get -H -o value encryption,keystatus "$tgt" | tr '\n' ' ')
     case $enc in *" unavailable ") ;; *) fail "2: $tgt encryption,keystatus = $enc"; return 1 ;; esac
-    pass "2: drill $DRILL of the raw-encrypted copy passed at level $level (no key on n2), replica unchanged; then the next raw incremental ($(echo "$H" | grep -o -- "-[iI] @[^ ]* @e2" | head -n 1)) completed on attempt 1: GUIDs equal [$(guids "$tgt")], $tgt still $enc"
+    pass "2: drill $DRILL of the raw-encrypted copy passed at level $D_LEVEL (no key on n2; $D_PHASES), replica unchanged; then the next raw incremental ($(echo "$H" | grep -o -- "-[iI] @[^ ]* @e2" | head -n 1)) completed on attempt 1: GUIDs equal [$(guids "$tgt")], $tgt still $enc"
 }
 
 # ------------------------------------------------------------------------ 3
 test3() {
-    local ds=src/rot tgt file r why i st offsets
+    local ds=src/rot tgt file i st offsets
     tgt=$(target_of $ds)
     file=$W/mnt/rot/data
     log "--- 3. a drill detects real corruption in the replica's pool"
@@ -285,14 +293,13 @@ test3() {
     wait_until 120 "the restore points to list n2's copy with @r1" copy_has $ds r1 || {
         fail "3: n2's copy with @r1 never came back in the restore points"; return 1; }
     drill_run 3 $ds || return 1
-    r=$(drill_value "$DRILL" state); why=$(drill_value "$DRILL" result.why)
     show_drill "$DRILL"
-    [ "$r" = failed ] || { fail "3: the drill of the damaged copy ended $r"; return 1; }
-    case $why in
+    [ "$D_STATE" = failed ] || { fail "3: the drill of the damaged copy ended $D_STATE"; return 1; }
+    case $D_WHY in
         *"Input/output error"* | *"checksum"* | *"I/O error"*) ;;
-        *) fail "3: the drill failed, but its reason names no I/O or checksum error: $why"; return 1 ;;
+        *) fail "3: the drill failed, but its reason names no I/O or checksum error: $D_WHY"; return 1 ;;
     esac
-    [ "$(drill_value "$DRILL" result.cleaned)" = true ] || { fail "3: the failed drill did not clean its scratch"; return 1; }
+    [ "$D_CLEANED" = true ] || { fail "3: the failed drill did not clean its scratch"; return 1; }
     wait_until 30 "no drill scratch left" no_scratch_left || {
         fail "3: scratch left after the failed drill: $(zfs list -H -o name -r dst/zdr-drill | tr '\n' ' ')"; return 1; }
     st=$(zpool status -v dst)
@@ -304,7 +311,7 @@ test3() {
     st=$(zpool status -v dst)
     echo "$st" | sed -n '/errors:/,$p' | sed 's/^/    zpool status (after a scrub): /'
     echo "$st" | grep -q "Permanent errors have been detected" || { fail "3: the scrub reports no permanent errors"; return 1; }
-    pass "3: 4 KiB inverted in 4 records of $tgt's file inside dst's vdev: drill $DRILL FAILED ($why); scratch destroyed; zpool status: $cksum checksum errors on the vdev, and the scrub lists permanent errors"
+    pass "3: 4 KiB inverted in 4 records of $tgt's file inside dst's vdev: drill $DRILL FAILED ($D_WHY); scratch destroyed; zpool status: $cksum checksum errors on the vdev, and the scrub lists permanent errors"
 }
 
 for t in $ONLY; do

@@ -18,7 +18,7 @@
 pub mod check;
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -42,6 +42,10 @@ pub const ANCHORS_KEY: &str = "drill-anchors";
 const PLAN_SECS: i64 = 365 * 86_400;
 /// and lists at most this many drills.
 const PLAN_LIMIT: usize = 500;
+/// `DestroyScratch` is sent this many times at most, this long apart; past
+/// that the agent destroys the scratch at its next start.
+const CLEANUP_TRIES: u32 = 4;
+const CLEANUP_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A drill request: `NODE:DATASET`, and the copy's node (else the next in turn).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -431,6 +435,29 @@ async fn hash(
     }
 }
 
+/// `DestroyScratch` on the drill node, tried again while it fails: after a
+/// failed restore the target's `zfs receive` into the scratch can still be
+/// ending (seen: ~1 min under emulation after the source's send failed),
+/// and the dataset is busy until it has. Destroying a scratch that is gone
+/// is done, so a late first reply does no harm. Whether it was destroyed.
+async fn destroy_scratch(state: &State, node: &str, scratch: &str) -> bool {
+    let destroy = Command::DestroyScratch {
+        dataset: scratch.to_string(),
+    };
+    for attempt in 1..=CLEANUP_TRIES {
+        let why = match state.send_command(node, &destroy).await {
+            Ok(r) if r.outcome == Outcome::Done => return true,
+            Ok(r) => r.message,
+            Err(e) => e.to_string(),
+        };
+        warn!(%node, %scratch, attempt, error = %why, "destroying drill scratch failed");
+        if attempt < CLEANUP_TRIES {
+            tokio::time::sleep(CLEANUP_RETRY).await;
+        }
+    }
+    false
+}
+
 /// A drill's restore ended: compare the content, destroy the scratch,
 /// record the result. Run by the job engine on `Effect::Verify`.
 pub async fn verify(state: &Arc<State>, key: &str) {
@@ -466,20 +493,7 @@ pub async fn verify(state: &Arc<State>, key: &str) {
         }
     };
     let verified = now_ms();
-    let destroy = Command::DestroyScratch {
-        dataset: rec.target_dataset.clone(),
-    };
-    let cleaned = match state.send_command(&rec.target_node, &destroy).await {
-        Ok(r) if r.outcome == Outcome::Done => true,
-        Ok(r) => {
-            warn!(node = %rec.target_node, scratch = %rec.target_dataset, message = %r.message, "destroying drill scratch failed");
-            false
-        }
-        Err(e) => {
-            warn!(node = %rec.target_node, scratch = %rec.target_dataset, error = %e, "destroying drill scratch failed");
-            false
-        }
-    };
+    let cleaned = destroy_scratch(state, &rec.target_node, &rec.target_dataset).await;
     let end = now_ms();
     let rto_ms = v
         .passed
@@ -567,35 +581,36 @@ pub fn plan_view(state: &State, now: i64) -> Vec<PlannedDrill> {
     plan::plan(&classes(state, &anchors), now, now + PLAN_SECS, PLAN_LIMIT)
 }
 
-/// The leader's part, every tick: anchors for new classes, then the newest
-/// due drill of each class unless it was started already; and the gauges.
+/// The leader's part, every tick: anchors for new classes, then each
+/// class's due drills that have not started (the newest, and those missed
+/// while no coordinator led, `plan::due_numbers`); and the gauges.
 pub async fn tick(state: &Arc<State>, now_ms: i64) {
     let now = now_ms / 1000;
-    let (due, anchors, new_anchor) = {
+    let (due, started, rtos, anchors, new_anchor) = {
         let policy = state.policy();
         let Some(p) = policy.as_ref() else { return };
         let mut jobs = state.jobs();
         let mut new_anchor = false;
-        let mut due = Vec::new();
+        let started: BTreeSet<(String, u64)> = jobs
+            .records()
+            .filter_map(|r| r.drill.as_ref())
+            .filter_map(|d| Some((d.class.clone(), d.number?)))
+            .collect();
+        let mut due = false;
+        let mut rtos = BTreeMap::new();
         for (name, class) in &p.policy.classes {
             let anchor = *jobs.drill_anchors.entry(name.clone()).or_insert_with(|| {
                 new_anchor = true;
                 now
             });
-            let Some(k) = plan::due_number(anchor, class.drill.every.secs(), now) else {
-                continue;
-            };
-            let started = jobs.records().any(|r| {
-                r.drill
-                    .as_ref()
-                    .is_some_and(|d| &d.class == name && d.number == Some(k))
-            });
-            if !started {
-                due.push((name.clone(), k, class.rto.secs()));
-            }
+            rtos.insert(name.clone(), class.rto.secs());
+            // A missed drill is never newer than the newest due one, which
+            // starts together with it: this finds every tick with work.
+            due |= plan::due_number(anchor, class.drill.every.secs(), now)
+                .is_some_and(|k| !started.contains(&(name.clone(), k)));
         }
         set_gauges(jobs.records());
-        (due, jobs.drill_anchors.clone(), new_anchor)
+        (due, started, rtos, jobs.drill_anchors.clone(), new_anchor)
     };
     if new_anchor {
         if let Ok(raw) = serde_json::to_vec(&anchors) {
@@ -604,35 +619,38 @@ pub async fn tick(state: &Arc<State>, now_ms: i64) {
             }
         }
     }
-    if due.is_empty() {
+    if !due {
         return;
     }
-    let all = classes(state, &anchors);
-    for (name, k, rto_secs) in due {
-        let Some(c) = all.iter().find(|c| c.class == name) else {
-            continue;
-        };
-        for d in plan::drill(c, k) {
-            let req = Request {
-                node: d.node.clone(),
-                dataset: d.dataset.clone(),
-                copy: d.copy.clone(),
-            };
-            let refusal = match &d.copy {
-                None => Some(
-                    DrillError::NoReplica {
-                        node: d.node.clone(),
-                        dataset: d.dataset.clone(),
-                    }
-                    .to_string(),
-                ),
-                Some(_) => submit(state, &req, Some(k))
-                    .await
-                    .err()
-                    .map(|e| e.to_string()),
-            };
-            if let Some(why) = refusal {
-                refused(state, &d, rto_secs, why).await;
+    for c in classes(state, &anchors) {
+        let rto_secs = rtos.get(&c.class).copied().unwrap_or(0);
+        let window = plan::covering(c.datasets.len(), c.sample);
+        let numbers = plan::due_numbers(c.anchor, c.every_secs, now, window, |k| {
+            started.contains(&(c.class.clone(), k))
+        });
+        for k in numbers {
+            for d in plan::drill(&c, k) {
+                let req = Request {
+                    node: d.node.clone(),
+                    dataset: d.dataset.clone(),
+                    copy: d.copy.clone(),
+                };
+                let refusal = match &d.copy {
+                    None => Some(
+                        DrillError::NoReplica {
+                            node: d.node.clone(),
+                            dataset: d.dataset.clone(),
+                        }
+                        .to_string(),
+                    ),
+                    Some(_) => submit(state, &req, Some(k))
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
+                };
+                if let Some(why) = refusal {
+                    refused(state, &d, rto_secs, why).await;
+                }
             }
         }
     }
