@@ -321,6 +321,7 @@ pub async fn submit(
                 rto_secs,
                 plan_ms: (now_ms() - t0).max(0) as u64,
                 verifying: false,
+                checked: None,
                 result: None,
             });
             rec.log(
@@ -387,6 +388,7 @@ async fn refused(state: &State, d: &PlannedDrill, rto_secs: u64, why: String) {
             rto_secs,
             plan_ms: 0,
             verifying: false,
+            checked: None,
             result: None,
         });
         rec.drill_ended(failed(why, t), t);
@@ -460,6 +462,11 @@ async fn destroy_scratch(state: &State, node: &str, scratch: &str) -> bool {
 
 /// A drill's restore ended: compare the content, destroy the scratch,
 /// record the result. Run by the job engine on `Effect::Verify`.
+///
+/// The verdict is persisted before the scratch is destroyed
+/// (`DrillInfo::checked`): a new leader that takes over between the two
+/// only cleans up. Hashing again would read a scratch already destroyed
+/// and fail a drill that passed.
 pub async fn verify(state: &Arc<State>, key: &str) {
     let Some(rec) = state.jobs().get(key).cloned() else {
         return;
@@ -467,51 +474,34 @@ pub async fn verify(state: &Arc<State>, key: &str) {
     let (Some(info), Some(d)) = (rec.restore.as_ref(), rec.drill.as_ref()) else {
         return;
     };
-    let start = now_ms();
-    let transfer_ms = (rec.finished_at_ms.unwrap_or(start) - rec.started_at_ms).max(0) as u64;
-    let v = if rec.state == JobState::Done {
-        let snap = &info.snapshot.name;
-        let (p, r) = tokio::join!(
-            hash(state, &info.node, &info.dataset, snap),
-            hash(state, &rec.target_node, &rec.target_dataset, snap)
-        );
-        check::verdict(p, r)
-    } else {
-        check::Verdict {
-            passed: false,
-            level: None,
-            why: Some(format!(
-                "the restore from {}:{} failed: {}",
-                rec.source_node,
-                rec.dataset,
-                rec.error.as_deref().unwrap_or("no reason given")
-            )),
-            production_digest: None,
-            restored_digest: None,
-            mount_ms: 0,
-            read_ms: 0,
+    let checked = match d.checked.clone() {
+        Some(c) => c,
+        None => {
+            let c = check_content(state, &rec).await;
+            let rec = {
+                let mut jobs = state.jobs();
+                let Some(cur) = jobs.get_mut(key) else { return };
+                let Some(cd) = cur.drill.as_mut().filter(|cd| cd.result.is_none()) else {
+                    return;
+                };
+                cd.checked = Some(c.clone());
+                cur.clone()
+            };
+            jobs::save(state, key, &rec).await;
+            c
         }
     };
     let verified = now_ms();
     let cleaned = destroy_scratch(state, &rec.target_node, &rec.target_dataset).await;
     let end = now_ms();
-    let rto_ms = v
-        .passed
-        .then_some((verified - rec.started_at_ms).max(0) as u64);
     let result = DrillResult {
-        passed: v.passed,
-        level: v.level,
-        why: v.why,
-        production_digest: v.production_digest,
-        restored_digest: v.restored_digest,
-        transfer_ms,
-        mount_ms: v.mount_ms,
-        hash_ms: (verified - start).max(0) as u64,
         cleanup_ms: (end - verified).max(0) as u64,
-        within_rto: rto_ms.is_some_and(|r| r <= d.rto_secs.saturating_mul(1000)),
-        rto_ms,
         cleaned,
         ended_at: end / 1000,
+        within_rto: checked
+            .rto_ms
+            .is_some_and(|r| r <= d.rto_secs.saturating_mul(1000)),
+        ..checked
     };
     if !result.passed {
         error!(job = %rec.id, node = %info.node, dataset = %info.dataset, copy = %rec.source_node, "drill failed: {}", result.why.as_deref().unwrap_or(""));
@@ -526,6 +516,55 @@ pub async fn verify(state: &Arc<State>, key: &str) {
     };
     set_gauges(std::iter::once(&rec));
     jobs::save(state, key, &rec).await;
+}
+
+/// The content check of an ended drill restore: both hashes and the
+/// verdict, or the restore's failure; cleanup fields left to fill.
+async fn check_content(state: &State, rec: &JobRecord) -> DrillResult {
+    let start = now_ms();
+    let transfer_ms = (rec.finished_at_ms.unwrap_or(start) - rec.started_at_ms).max(0) as u64;
+    let v = match rec.restore.as_ref() {
+        Some(info) if rec.state == JobState::Done => {
+            let snap = &info.snapshot.name;
+            let (p, r) = tokio::join!(
+                hash(state, &info.node, &info.dataset, snap),
+                hash(state, &rec.target_node, &rec.target_dataset, snap)
+            );
+            check::verdict(p, r)
+        }
+        _ => check::Verdict {
+            passed: false,
+            level: None,
+            why: Some(format!(
+                "the restore from {}:{} failed: {}",
+                rec.source_node,
+                rec.dataset,
+                rec.error.as_deref().unwrap_or("no reason given")
+            )),
+            production_digest: None,
+            restored_digest: None,
+            mount_ms: 0,
+            read_ms: 0,
+        },
+    };
+    let verified = now_ms();
+    DrillResult {
+        passed: v.passed,
+        level: v.level,
+        why: v.why,
+        production_digest: v.production_digest,
+        restored_digest: v.restored_digest,
+        transfer_ms,
+        mount_ms: v.mount_ms,
+        hash_ms: (verified - start).max(0) as u64,
+        cleanup_ms: 0,
+        rto_ms: v
+            .passed
+            .then_some((verified - rec.started_at_ms).max(0) as u64),
+        within_rto: false,
+        cleaned: false,
+        ended_at: verified / 1000,
+    }
 }
 
 /// Each class's drill settings and protected datasets with their replicas.
