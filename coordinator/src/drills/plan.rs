@@ -242,11 +242,18 @@ mod tests {
         // Drills 2 and 3 fell in an outage; at 1_420 drill 4 is due.
         assert_eq!(due_numbers(1_000, 100, 1_420, 3, started(&[1])), [2, 3, 4]);
         assert_eq!(due_numbers(1_000, 100, 1_420, 3, started(&[1, 3])), [2, 4]);
-        assert_eq!(due_numbers(1_000, 100, 1_420, 3, started(&[2, 3, 4])), [0u64; 0]);
+        assert_eq!(
+            due_numbers(1_000, 100, 1_420, 3, started(&[2, 3, 4])),
+            [0u64; 0]
+        );
         // A long outage: only the newest `window` drills, which cover all.
         assert_eq!(due_numbers(1_000, 100, 2_050, 3, started(&[1])), [8, 9, 10]);
         assert_eq!(due_numbers(1_000, 100, 2_050, 1, started(&[])), [10]);
-        assert_eq!(due_numbers(1_000, 100, 1_099, 3, started(&[])), [0u64; 0], "none due yet");
+        assert_eq!(
+            due_numbers(1_000, 100, 1_099, 3, started(&[])),
+            [0u64; 0],
+            "none due yet"
+        );
         assert_eq!(covering(0, 1), 1);
         assert_eq!(covering(5, 2), 3);
         assert_eq!(covering(3, 10), 1);
