@@ -69,9 +69,13 @@ datasets:
 EOF
 fleet_up || die "the fleet did not come up"
 
-zfs create $SRC
-for i in $(seq 1 $((MIB / 16))); do head -c 16777216 /dev/urandom > "$W/mnt/big/f$i"; done
-zfs snapshot $SRC@b1
+# Written outside the class and renamed into it, so that @b1 is the first
+# snapshot (the agent snapshots a class's new dataset at its next pass): a
+# restore of @b1 is then one full stream, as the bare method's.
+zfs create src/stage
+for i in $(seq 1 $((MIB / 16))); do head -c 16777216 /dev/urandom > "$W/mnt/stage/f$i"; done
+zfs snapshot src/stage@b1
+zfs rename src/stage $SRC
 GUID=$(zfs get -H -p -o value guid $SRC@b1)
 log "$SRC@b1: $MIB MiB in $((MIB / 16)) files, GUID $GUID, referenced $(zfs get -H -p -o value referenced $SRC@b1) bytes"
 
