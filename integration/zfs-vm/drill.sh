@@ -14,7 +14,8 @@
 # The same host side as replication.sh (the build, nats-server, the logs
 # directory, kept when a check fails, ZDR_REPL_KEEP_LOGS, ZDR_REPL_PROFILE):
 # it runs that script with drill-guest.sh as the guest. Exit code: the
-# number of failed checks; 125 means the VM failed. About 6 minutes here.
+# number of failed checks; 125 means the VM failed. 25 min here on a 2-core
+# host at load 10-15 (other builds beside it); a quiet host was not measured.
 set -euo pipefail
 HERE=$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")
 export ZDR_DRILL_ONLY=${ZDR_DRILL_ONLY:-1 2 3}
