@@ -32,6 +32,8 @@ step "real OpenZFS: the conformance suite on the cli backend"
 bash integration/zfs-vm/conformance.sh
 step "real OpenZFS: replication through the real coordinator and agents"
 bash integration/zfs-vm/replication.sh
+step "real OpenZFS: restore drills through the real coordinator and agents"
+bash integration/zfs-vm/drill.sh
 # The lzc backend binds libzfs_core with bindgen: it needs libclang and the
 # libzfs headers (the VM setup installed libzfslinux-dev).
 dpkg -s libclang-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null

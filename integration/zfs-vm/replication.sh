@@ -15,6 +15,9 @@
 #   integration/zfs-vm/replication.sh            # checks 1-4 (5 runs alone: ZDR_REPL_ONLY=5)
 #   ZDR_REPL_ONLY="1 3" integration/zfs-vm/replication.sh
 #
+# ZDR_REPL_GUEST names another guest script beside this one to run instead,
+# with the same fleet set-up (drill.sh runs drill-guest.sh so).
+#
 # Builds zdr-agent and zdr-coordinator (debug; ZDR_REPL_PROFILE=release for a
 # release build) on the host; the guest runs them from the host's target dir,
 # with the host's nats-server (NATS_SERVER, or the one on PATH). The fleet's
@@ -60,7 +63,9 @@ export ZDR_VM_ENV="NATS_SERVER ${ZDR_VM_ENV:-}"
 t0=$EPOCHREALTIME
 rc=0
 # The logs directory is the guest's one read-write share.
-ZDR_VM_RW=$LOGS ZDR_VM_TIMING=${ZDR_VM_TIMING:-1} "$HERE/zfs-vm.sh" run /bin/bash "$HERE/replication-guest.sh" || rc=$?
+GUEST=$HERE/${ZDR_REPL_GUEST:-replication-guest.sh}
+[ -f "$GUEST" ] || { echo "replication.sh: no guest script $GUEST (ZDR_REPL_GUEST)" >&2; exit 2; }
+ZDR_VM_RW=$LOGS ZDR_VM_TIMING=${ZDR_VM_TIMING:-1} "$HERE/zfs-vm.sh" run /bin/bash "$GUEST" || rc=$?
 echo "replication.sh: exit $rc after $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')s; host loadavg $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 if [ "$rc" -ne 0 ] || [ "$KEEP" = 1 ]; then
     echo "replication.sh: the fleet's logs are in $LOGS" >&2

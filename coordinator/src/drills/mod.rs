@@ -18,7 +18,7 @@
 pub mod check;
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -42,6 +42,10 @@ pub const ANCHORS_KEY: &str = "drill-anchors";
 const PLAN_SECS: i64 = 365 * 86_400;
 /// and lists at most this many drills.
 const PLAN_LIMIT: usize = 500;
+/// `DestroyScratch` is sent this many times at most, this long apart; past
+/// that the agent destroys the scratch at its next start.
+const CLEANUP_TRIES: u32 = 4;
+const CLEANUP_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A drill request: `NODE:DATASET`, and the copy's node (else the next in turn).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,6 +321,7 @@ pub async fn submit(
                 rto_secs,
                 plan_ms: (now_ms() - t0).max(0) as u64,
                 verifying: false,
+                checked: None,
                 result: None,
             });
             rec.log(
@@ -383,6 +388,7 @@ async fn refused(state: &State, d: &PlannedDrill, rto_secs: u64, why: String) {
             rto_secs,
             plan_ms: 0,
             verifying: false,
+            checked: None,
             result: None,
         });
         rec.drill_ended(failed(why, t), t);
@@ -431,8 +437,36 @@ async fn hash(
     }
 }
 
+/// `DestroyScratch` on the drill node, tried again while it fails: after a
+/// failed restore the target's `zfs receive` into the scratch can still be
+/// ending (seen: ~1 min under emulation after the source's send failed),
+/// and the dataset is busy until it has. Destroying a scratch that is gone
+/// is done, so a late first reply does no harm. Whether it was destroyed.
+async fn destroy_scratch(state: &State, node: &str, scratch: &str) -> bool {
+    let destroy = Command::DestroyScratch {
+        dataset: scratch.to_string(),
+    };
+    for attempt in 1..=CLEANUP_TRIES {
+        let why = match state.send_command(node, &destroy).await {
+            Ok(r) if r.outcome == Outcome::Done => return true,
+            Ok(r) => r.message,
+            Err(e) => e.to_string(),
+        };
+        warn!(%node, %scratch, attempt, error = %why, "destroying drill scratch failed");
+        if attempt < CLEANUP_TRIES {
+            tokio::time::sleep(CLEANUP_RETRY).await;
+        }
+    }
+    false
+}
+
 /// A drill's restore ended: compare the content, destroy the scratch,
 /// record the result. Run by the job engine on `Effect::Verify`.
+///
+/// The verdict is persisted before the scratch is destroyed
+/// (`DrillInfo::checked`): a new leader that takes over between the two
+/// only cleans up. Hashing again would read a scratch already destroyed
+/// and fail a drill that passed.
 pub async fn verify(state: &Arc<State>, key: &str) {
     let Some(rec) = state.jobs().get(key).cloned() else {
         return;
@@ -440,64 +474,34 @@ pub async fn verify(state: &Arc<State>, key: &str) {
     let (Some(info), Some(d)) = (rec.restore.as_ref(), rec.drill.as_ref()) else {
         return;
     };
-    let start = now_ms();
-    let transfer_ms = (rec.finished_at_ms.unwrap_or(start) - rec.started_at_ms).max(0) as u64;
-    let v = if rec.state == JobState::Done {
-        let snap = &info.snapshot.name;
-        let (p, r) = tokio::join!(
-            hash(state, &info.node, &info.dataset, snap),
-            hash(state, &rec.target_node, &rec.target_dataset, snap)
-        );
-        check::verdict(p, r)
-    } else {
-        check::Verdict {
-            passed: false,
-            level: None,
-            why: Some(format!(
-                "the restore from {}:{} failed: {}",
-                rec.source_node,
-                rec.dataset,
-                rec.error.as_deref().unwrap_or("no reason given")
-            )),
-            production_digest: None,
-            restored_digest: None,
-            mount_ms: 0,
-            read_ms: 0,
+    let checked = match d.checked.clone() {
+        Some(c) => c,
+        None => {
+            let c = check_content(state, &rec).await;
+            let rec = {
+                let mut jobs = state.jobs();
+                let Some(cur) = jobs.get_mut(key) else { return };
+                let Some(cd) = cur.drill.as_mut().filter(|cd| cd.result.is_none()) else {
+                    return;
+                };
+                cd.checked = Some(c.clone());
+                cur.clone()
+            };
+            jobs::save(state, key, &rec).await;
+            c
         }
     };
     let verified = now_ms();
-    let destroy = Command::DestroyScratch {
-        dataset: rec.target_dataset.clone(),
-    };
-    let cleaned = match state.send_command(&rec.target_node, &destroy).await {
-        Ok(r) if r.outcome == Outcome::Done => true,
-        Ok(r) => {
-            warn!(node = %rec.target_node, scratch = %rec.target_dataset, message = %r.message, "destroying drill scratch failed");
-            false
-        }
-        Err(e) => {
-            warn!(node = %rec.target_node, scratch = %rec.target_dataset, error = %e, "destroying drill scratch failed");
-            false
-        }
-    };
+    let cleaned = destroy_scratch(state, &rec.target_node, &rec.target_dataset).await;
     let end = now_ms();
-    let rto_ms = v
-        .passed
-        .then_some((verified - rec.started_at_ms).max(0) as u64);
     let result = DrillResult {
-        passed: v.passed,
-        level: v.level,
-        why: v.why,
-        production_digest: v.production_digest,
-        restored_digest: v.restored_digest,
-        transfer_ms,
-        mount_ms: v.mount_ms,
-        hash_ms: (verified - start).max(0) as u64,
         cleanup_ms: (end - verified).max(0) as u64,
-        within_rto: rto_ms.is_some_and(|r| r <= d.rto_secs.saturating_mul(1000)),
-        rto_ms,
         cleaned,
         ended_at: end / 1000,
+        within_rto: checked
+            .rto_ms
+            .is_some_and(|r| r <= d.rto_secs.saturating_mul(1000)),
+        ..checked
     };
     if !result.passed {
         error!(job = %rec.id, node = %info.node, dataset = %info.dataset, copy = %rec.source_node, "drill failed: {}", result.why.as_deref().unwrap_or(""));
@@ -512,6 +516,55 @@ pub async fn verify(state: &Arc<State>, key: &str) {
     };
     set_gauges(std::iter::once(&rec));
     jobs::save(state, key, &rec).await;
+}
+
+/// The content check of an ended drill restore: both hashes and the
+/// verdict, or the restore's failure; cleanup fields left to fill.
+async fn check_content(state: &State, rec: &JobRecord) -> DrillResult {
+    let start = now_ms();
+    let transfer_ms = (rec.finished_at_ms.unwrap_or(start) - rec.started_at_ms).max(0) as u64;
+    let v = match rec.restore.as_ref() {
+        Some(info) if rec.state == JobState::Done => {
+            let snap = &info.snapshot.name;
+            let (p, r) = tokio::join!(
+                hash(state, &info.node, &info.dataset, snap),
+                hash(state, &rec.target_node, &rec.target_dataset, snap)
+            );
+            check::verdict(p, r)
+        }
+        _ => check::Verdict {
+            passed: false,
+            level: None,
+            why: Some(format!(
+                "the restore from {}:{} failed: {}",
+                rec.source_node,
+                rec.dataset,
+                rec.error.as_deref().unwrap_or("no reason given")
+            )),
+            production_digest: None,
+            restored_digest: None,
+            mount_ms: 0,
+            read_ms: 0,
+        },
+    };
+    let verified = now_ms();
+    DrillResult {
+        passed: v.passed,
+        level: v.level,
+        why: v.why,
+        production_digest: v.production_digest,
+        restored_digest: v.restored_digest,
+        transfer_ms,
+        mount_ms: v.mount_ms,
+        hash_ms: (verified - start).max(0) as u64,
+        cleanup_ms: 0,
+        rto_ms: v
+            .passed
+            .then_some((verified - rec.started_at_ms).max(0) as u64),
+        within_rto: false,
+        cleaned: false,
+        ended_at: verified / 1000,
+    }
 }
 
 /// Each class's drill settings and protected datasets with their replicas.
@@ -567,35 +620,36 @@ pub fn plan_view(state: &State, now: i64) -> Vec<PlannedDrill> {
     plan::plan(&classes(state, &anchors), now, now + PLAN_SECS, PLAN_LIMIT)
 }
 
-/// The leader's part, every tick: anchors for new classes, then the newest
-/// due drill of each class unless it was started already; and the gauges.
+/// The leader's part, every tick: anchors for new classes, then each
+/// class's due drills that have not started (the newest, and those missed
+/// while no coordinator led, `plan::due_numbers`); and the gauges.
 pub async fn tick(state: &Arc<State>, now_ms: i64) {
     let now = now_ms / 1000;
-    let (due, anchors, new_anchor) = {
+    let (due, started, rtos, anchors, new_anchor) = {
         let policy = state.policy();
         let Some(p) = policy.as_ref() else { return };
         let mut jobs = state.jobs();
         let mut new_anchor = false;
-        let mut due = Vec::new();
+        let started: BTreeSet<(String, u64)> = jobs
+            .records()
+            .filter_map(|r| r.drill.as_ref())
+            .filter_map(|d| Some((d.class.clone(), d.number?)))
+            .collect();
+        let mut due = false;
+        let mut rtos = BTreeMap::new();
         for (name, class) in &p.policy.classes {
             let anchor = *jobs.drill_anchors.entry(name.clone()).or_insert_with(|| {
                 new_anchor = true;
                 now
             });
-            let Some(k) = plan::due_number(anchor, class.drill.every.secs(), now) else {
-                continue;
-            };
-            let started = jobs.records().any(|r| {
-                r.drill
-                    .as_ref()
-                    .is_some_and(|d| &d.class == name && d.number == Some(k))
-            });
-            if !started {
-                due.push((name.clone(), k, class.rto.secs()));
-            }
+            rtos.insert(name.clone(), class.rto.secs());
+            // A missed drill is never newer than the newest due one, which
+            // starts together with it: this finds every tick with work.
+            due |= plan::due_number(anchor, class.drill.every.secs(), now)
+                .is_some_and(|k| !started.contains(&(name.clone(), k)));
         }
         set_gauges(jobs.records());
-        (due, jobs.drill_anchors.clone(), new_anchor)
+        (due, started, rtos, jobs.drill_anchors.clone(), new_anchor)
     };
     if new_anchor {
         if let Ok(raw) = serde_json::to_vec(&anchors) {
@@ -604,35 +658,38 @@ pub async fn tick(state: &Arc<State>, now_ms: i64) {
             }
         }
     }
-    if due.is_empty() {
+    if !due {
         return;
     }
-    let all = classes(state, &anchors);
-    for (name, k, rto_secs) in due {
-        let Some(c) = all.iter().find(|c| c.class == name) else {
-            continue;
-        };
-        for d in plan::drill(c, k) {
-            let req = Request {
-                node: d.node.clone(),
-                dataset: d.dataset.clone(),
-                copy: d.copy.clone(),
-            };
-            let refusal = match &d.copy {
-                None => Some(
-                    DrillError::NoReplica {
-                        node: d.node.clone(),
-                        dataset: d.dataset.clone(),
-                    }
-                    .to_string(),
-                ),
-                Some(_) => submit(state, &req, Some(k))
-                    .await
-                    .err()
-                    .map(|e| e.to_string()),
-            };
-            if let Some(why) = refusal {
-                refused(state, &d, rto_secs, why).await;
+    for c in classes(state, &anchors) {
+        let rto_secs = rtos.get(&c.class).copied().unwrap_or(0);
+        let window = plan::covering(c.datasets.len(), c.sample);
+        let numbers = plan::due_numbers(c.anchor, c.every_secs, now, window, |k| {
+            started.contains(&(c.class.clone(), k))
+        });
+        for k in numbers {
+            for d in plan::drill(&c, k) {
+                let req = Request {
+                    node: d.node.clone(),
+                    dataset: d.dataset.clone(),
+                    copy: d.copy.clone(),
+                };
+                let refusal = match &d.copy {
+                    None => Some(
+                        DrillError::NoReplica {
+                            node: d.node.clone(),
+                            dataset: d.dataset.clone(),
+                        }
+                        .to_string(),
+                    ),
+                    Some(_) => submit(state, &req, Some(k))
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
+                };
+                if let Some(why) = refusal {
+                    refused(state, &d, rto_secs, why).await;
+                }
             }
         }
     }

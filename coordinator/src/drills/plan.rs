@@ -11,8 +11,10 @@
 //!   consecutive positions, so they cover every dataset.
 //! - A dataset's copies (its replicas, sorted by node) take turns: the
 //!   `t`-th drill of a dataset uses copy `t mod m`.
-//! - A drill missed while no coordinator led is not caught up: only the
-//!   newest due drill runs.
+//! - A drill missed while no coordinator led (an outage across its time)
+//!   is caught up when one leads again, with the others missed, but only
+//!   within the last `ceil(n / s)` drills: those cover every dataset once,
+//!   so an older missed drill would only repeat one of them.
 
 use serde::Serialize;
 
@@ -83,6 +85,30 @@ pub fn due_number(anchor: i64, every_secs: u64, now: i64) -> Option<u64> {
     }
     let k = (now - anchor) as u64 / every_secs;
     (k >= 1).then_some(k)
+}
+
+/// Drills a class needs to cover its `n` datasets, `sample` at a time:
+/// `ceil(n / s)`, at least 1.
+pub fn covering(n: usize, sample: u32) -> u64 {
+    let s = (sample as usize).clamp(1, n.max(1));
+    n.div_ceil(s).max(1) as u64
+}
+
+/// The drills to start at `now`, oldest first: every due drill not
+/// `started` among the newest `window` due ones (`covering`), so one
+/// missed during an outage runs late rather than never.
+pub fn due_numbers(
+    anchor: i64,
+    every_secs: u64,
+    now: i64,
+    window: u64,
+    started: impl Fn(u64) -> bool,
+) -> Vec<u64> {
+    let Some(k) = due_number(anchor, every_secs, now) else {
+        return Vec::new();
+    };
+    let first = k.saturating_sub(window.max(1) - 1).max(1);
+    (first..=k).filter(|&i| !started(i)).collect()
 }
 
 /// When drill `k` of a class is.
@@ -208,6 +234,52 @@ mod tests {
         assert_eq!(due_number(1_000, 100, 1_100), Some(1));
         assert_eq!(due_number(1_000, 100, 1_350), Some(3), "only the newest");
         assert_eq!(due_number(1_000, 100, 900), None);
+    }
+
+    #[test]
+    fn drills_missed_in_an_outage_are_caught_up_within_the_covering_window() {
+        let started = |done: &'static [u64]| move |k: u64| done.contains(&k);
+        // Drills 2 and 3 fell in an outage; at 1_420 drill 4 is due.
+        assert_eq!(due_numbers(1_000, 100, 1_420, 3, started(&[1])), [2, 3, 4]);
+        assert_eq!(due_numbers(1_000, 100, 1_420, 3, started(&[1, 3])), [2, 4]);
+        assert_eq!(
+            due_numbers(1_000, 100, 1_420, 3, started(&[2, 3, 4])),
+            [0u64; 0]
+        );
+        // A long outage: only the newest `window` drills, which cover all.
+        assert_eq!(due_numbers(1_000, 100, 2_050, 3, started(&[1])), [8, 9, 10]);
+        assert_eq!(due_numbers(1_000, 100, 2_050, 1, started(&[])), [10]);
+        assert_eq!(
+            due_numbers(1_000, 100, 1_099, 3, started(&[])),
+            [0u64; 0],
+            "none due yet"
+        );
+        assert_eq!(covering(0, 1), 1);
+        assert_eq!(covering(5, 2), 3);
+        assert_eq!(covering(3, 10), 1);
+    }
+
+    proptest! {
+        /// After any outage, the drills started then and the ones before
+        /// cover every dataset: none is left undrilled for longer than
+        /// `covering` drills.
+        #[test]
+        fn catch_up_keeps_every_dataset_covered(
+            n in 1usize..20, s in 1u32..8, last_run in 0u64..30, gap in 0u64..40,
+        ) {
+            let now_k = last_run + gap.max(1);
+            let now = 1_000 + 100 * now_k as i64 + 50;
+            let window = covering(n, s);
+            let run = due_numbers(1_000, 100, now, window, |k| k <= last_run);
+            let from = now_k.saturating_sub(window - 1).max(1);
+            let covered: BTreeSet<usize> = (from..=now_k)
+                .filter(|k| *k <= last_run || run.contains(k))
+                .flat_map(|k| sample(n, s, k))
+                .collect();
+            if now_k >= window {
+                prop_assert_eq!(covered.len(), n);
+            }
+        }
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub struct DrillInfo {
     /// leader checks again).
     #[serde(skip)]
     pub verifying: bool,
+    /// The content check's result, persisted before the scratch is
+    /// destroyed: a new leader taking over then only cleans up (hashing the
+    /// destroyed scratch again would fail a drill that passed).
+    #[serde(default)]
+    pub checked: Option<DrillResult>,
     /// Set once the drill ended, passed or not.
     pub result: Option<DrillResult>,
 }
@@ -1595,6 +1600,7 @@ mod tests {
             rto_secs: 60,
             plan_ms: 1,
             verifying: false,
+            checked: None,
             result: None,
         });
         r
@@ -1649,6 +1655,38 @@ mod tests {
             .unwrap()
             .contains("DRILL FAILED: content differs"));
         assert!(r.restore_tick(120).is_empty(), "ended for good");
+    }
+
+    #[test]
+    fn a_verdict_reached_before_a_leader_change_survives_it() {
+        let mut r = drill_record();
+        r.restore_tick(10);
+        r.begin_attempt(30);
+        r.apply(&landed(&r, "s1", 1), 40);
+        r.begin_attempt(50);
+        r.apply(&landed(&r, "s2", 2), 60);
+        assert!(r.restore_tick(70).contains(&Effect::Verify));
+        // The old leader checked, persisted the verdict, then stopped before
+        // its cleanup was recorded.
+        r.drill.as_mut().unwrap().checked = Some(drill_result(true));
+        let mut loaded: JobRecord =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(loaded.loaded_by_new_leader(90), None);
+        assert_eq!(
+            loaded.drill.as_ref().unwrap().checked,
+            Some(drill_result(true)),
+            "the verdict is persisted"
+        );
+        assert_eq!(
+            loaded.restore_tick(100),
+            vec![Effect::Persist, Effect::Verify],
+            "the new leader finishes the drill (its cleanup)"
+        );
+        // A record written before the field existed still loads.
+        let mut old = serde_json::to_value(&r).unwrap();
+        old["drill"].as_object_mut().unwrap().remove("checked");
+        let old: JobRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old.drill.unwrap().checked, None);
     }
 
     #[test]

@@ -20,6 +20,9 @@
                                          e.g. copies.1.snapshots.*.guid) of GET PATH's
                                          body, or of the JSON on stdin with `-`; lists
                                          one item a line (exit 1 if not 200 or no KEY)
+    api.py PORT drill JOB KEY...         the value at KEY (as for value) of drill JOB in
+                                         GET /api/v1/drills (exit 1 if no such drill or KEY);
+                                         with several KEYs one line each, "-" if missing
 
 Only the standard library; every request times out after 10 s. Field names
 follow coordinator/src/jobs.rs; missing fields print as "-".
@@ -117,6 +120,29 @@ def main():
         v = json.load(sys.stdin) if args[0] == "-" else get_json(port, args[0])
         try:
             found = pick(v, args[1].split("."))
+        except KeyError:
+            sys.exit(1)
+        if len(found) == 1 and isinstance(found[0], list):
+            found = found[0]
+        for x in found:
+            print(show(x))
+        sys.exit(0)
+    if cmd == "drill":
+        drills = get_json(port, "/api/v1/drills").get("drills", [])
+        found = [d for d in drills if d.get("job") == args[0]]
+        if not found:
+            sys.exit(1)
+        if len(args) > 2:
+            # Several keys: one line each, "-" where missing.
+            for key in args[1:]:
+                try:
+                    vals = pick(found[0], key.split("."))
+                except KeyError:
+                    vals = [None]
+                print(show(vals[0] if len(vals) == 1 else vals).replace("\n", " "))
+            sys.exit(0)
+        try:
+            found = pick(found[0], args[1].split("."))
         except KeyError:
             sys.exit(1)
         if len(found) == 1 and isinstance(found[0], list):
