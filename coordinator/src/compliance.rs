@@ -1628,6 +1628,7 @@ datasets:
                 rto_secs: 7200,
                 plan_ms: 0,
                 verifying: false,
+                checked: None,
                 result: Some(crate::jobs::DrillResult {
                     passed,
                     level: None,
@@ -1738,6 +1739,7 @@ datasets:
             rto_secs: 7200,
             plan_ms: 0,
             verifying: false,
+            checked: None,
             result: Some(crate::jobs::DrillResult {
                 passed: true,
                 level: None,
