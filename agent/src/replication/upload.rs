@@ -40,6 +40,8 @@ use crate::zfs::{SendBase, SendSpec, ZfsError};
 pub struct Offsite {
     pub signer: ManifestSigner,
     pub budget: Budget,
+    /// For restores: the trusted manifest keys and the recovery key.
+    pub config: crate::config::OffsiteConfig,
 }
 
 /// What an upload command asks for, checked (pure).
@@ -173,7 +175,7 @@ pub(crate) fn parse_credentials_env(name: &str, value: &str) -> Result<(String, 
 }
 
 /// Reads the credentials the reference names, on this host.
-fn resolve(credentials: &CredentialsRef) -> Result<(String, String), Refused> {
+pub(crate) fn resolve(credentials: &CredentialsRef) -> Result<(String, String), Refused> {
     match credentials {
         CredentialsRef::File(path) => {
             if !Path::new(path).is_absolute() {
