@@ -322,9 +322,8 @@ impl Config {
             crate::offsite::sizing::plan(None, o.budget())
                 .map_err(|e| invalid(format!("offsite: {e}")))?;
             for k in &o.manifest_signers {
-                verifying_key_from_b64(&k.public_key).map_err(|e| {
-                    invalid(format!("offsite.manifest_signers {:?}: {e}", k.kid))
-                })?;
+                verifying_key_from_b64(&k.public_key)
+                    .map_err(|e| invalid(format!("offsite.manifest_signers {:?}: {e}", k.kid)))?;
             }
         }
         if let BackendConfig::Sim { pools, .. } = &config.backend {

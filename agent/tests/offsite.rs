@@ -394,7 +394,10 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
         StoreError::NoChain {
             source, skipped, ..
         } => {
-            assert!(matches!(**source, ChainError::NotFound { guid: 9, .. }), "{err}");
+            assert!(
+                matches!(**source, ChainError::NotFound { guid: 9, .. }),
+                "{err}"
+            );
             assert!(
                 matches!(&skipped[..], [ManifestError::BadSignature { object }] if object == key),
                 "{err}"

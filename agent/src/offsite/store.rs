@@ -685,7 +685,10 @@ impl Store {
     /// Every object key under `prefix` with its versions, newest first
     /// (`None`: a bucket without versioning). Delete markers are passed
     /// over: they hide nothing from a restore.
-    async fn versions(&self, prefix: &str) -> Result<BTreeMap<String, Vec<Option<String>>>, StoreError> {
+    async fn versions(
+        &self,
+        prefix: &str,
+    ) -> Result<BTreeMap<String, Vec<Option<String>>>, StoreError> {
         let mut out: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
         let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
         loop {
@@ -701,7 +704,10 @@ impl Store {
                 .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
             for v in page.versions() {
                 let Some(key) = v.key() else { continue };
-                let id = v.version_id().filter(|id| *id != "null").map(str::to_string);
+                let id = v
+                    .version_id()
+                    .filter(|id| *id != "null")
+                    .map(str::to_string);
                 out.entry(key.to_string()).or_default().push(id);
             }
             if page.is_truncated() != Some(true) {

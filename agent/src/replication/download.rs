@@ -288,7 +288,11 @@ impl Replication {
         // The last snapshot is the one asked for, then held like any restore's.
         let outcome = match outcome {
             Ok(r) if r.landed.guid != cmd.to_guid => Err(DownloadError::Landed {
-                stream: r.chain.last().map(|m| m.manifest.stream.clone()).unwrap_or_default(),
+                stream: r
+                    .chain
+                    .last()
+                    .map(|m| m.manifest.stream.clone())
+                    .unwrap_or_default(),
                 why: format!(
                     "the chain landed GUID {}, the restore asked for {}",
                     r.landed.guid, cmd.to_guid

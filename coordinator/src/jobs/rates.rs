@@ -21,8 +21,11 @@ pub fn allocation<'a>(
     now_ms: i64,
 ) -> BTreeMap<String, Option<NonZeroU64>> {
     let demands: Vec<JobDemand> = records
-        // An upload is not throttled by task or link budgets (yet).
-        .filter(|r| r.active() && r.kind != super::record::JobKind::Upload)
+        // An upload is not throttled by task or link budgets (yet), nor a
+        // restore from a bucket (no agent sends it).
+        .filter(|r| {
+            r.active() && r.kind != super::record::JobKind::Upload && r.from_bucket().is_none()
+        })
         .map(|r| {
             let (a, b) = (
                 site_of(&policy.policy, &r.source_node),
