@@ -418,6 +418,10 @@ pub struct UploadJob {
     pub recipients: Vec<String>,
     /// Hold tag that keeps the snapshot while it is sent.
     pub hold_tag: String,
+    /// Throttle on the stream read from `zfs send`; `None` is unlimited.
+    /// `SetRate` changes it while the upload runs.
+    #[serde(default)]
+    pub bytes_per_sec: Option<u64>,
 }
 
 /// A restore from a bucket, run by the destination agent alone: it lists

@@ -37,7 +37,7 @@ datasets:
     class: fast
 "#;
 
-fn tasks(endpoint: &str, credentials: &str, recipient: &str) -> String {
+fn tasks(endpoint: &str, credentials: &str, recipient: &str, incremental_every: &str) -> String {
     format!(
         r#"version: 1
 tasks: []
@@ -51,7 +51,7 @@ buckets:
       prefix: zdr/
       credentials: {{ file: {credentials} }}
       object_lock: {{ mode: governance, retain: 1h }}
-    chain: {{ full_every: 1h, incremental_every: 3s }}
+    chain: {{ full_every: 1h, incremental_every: {incremental_every} }}
     recipients: ["{recipient}"]
 "#
     )
@@ -84,7 +84,7 @@ struct Vault {
     tasks: String,
 }
 
-async fn vault() -> Vault {
+async fn vault(incremental_every: &str) -> Vault {
     let weed = seaweed::Seaweed::start();
     let store = weed.bucket("zdr-vault", true).await;
     let dir = tempfile::tempdir().unwrap();
@@ -111,6 +111,7 @@ async fn vault() -> Vault {
         &weed.endpoint(),
         &credentials.display().to_string(),
         &recipient,
+        incremental_every,
     );
     Vault {
         weed,
@@ -123,8 +124,8 @@ async fn vault() -> Vault {
     }
 }
 
-/// node-a1 uploading tank/db, snapshots of 20 MB (several 8 MiB segments).
-fn uploader(fleet: &Fleet, v: &Vault) -> Agent {
+/// node-a1 uploading tank/db, snapshots of `bytes` (20 MB: several 8 MiB segments).
+fn uploader(fleet: &Fleet, v: &Vault, bytes: u64) -> Agent {
     fleet.agent_with(
         &AgentSpec {
             node: "node-a1",
@@ -133,7 +134,7 @@ fn uploader(fleet: &Fleet, v: &Vault) -> Agent {
             datasets: &["tank/db"],
         },
         &AgentExtra {
-            snapshot_bytes: Some(20_000_000),
+            snapshot_bytes: Some(bytes),
             offsite_key: Some(v.manifest_key.clone()),
             ..AgentExtra::default()
         },
@@ -142,12 +143,12 @@ fn uploader(fleet: &Fleet, v: &Vault) -> Agent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore() {
-    let v = vault().await;
+    let v = vault("3s").await;
     let (store, signing, recovery) = (&v.store, v.signing.clone(), &v.recovery);
     let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
     let c = fleet.coordinator("c1");
     c.wait_ready().await;
-    let agent = uploader(&fleet, &v);
+    let agent = uploader(&fleet, &v, 20_000_000);
 
     let (job, list) = committed(&c, 2).await;
     assert_eq!(job["kind"], "upload", "{job:#}");
@@ -325,11 +326,11 @@ async fn forge(v: &Vault, incr: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_from_the_bucket_lands_the_incremental_on_another_node_past_forged_manifests() {
-    let v = vault().await;
+    let v = vault("3s").await;
     let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
     let c = fleet.coordinator("c1");
     c.wait_ready().await;
-    let source = uploader(&fleet, &v);
+    let source = uploader(&fleet, &v, 20_000_000);
     // The destination signs nothing here, but believes node-a1's manifests
     // and holds the recovery key.
     let b_key = v.dir.path().join("b-manifest.key");
@@ -449,4 +450,64 @@ async fn a_restore_from_the_bucket_lands_the_incremental_on_another_node_past_fo
         );
     }
     let _ = &v.weed;
+}
+
+/// An upload cut by kill -9 restarts cleanly as a new stream: the bucket is
+/// object-locked, so nothing of the cut stream is overwritten or reused
+/// (each attempt writes under its own random stream id), and without a
+/// manifest its segments are never restored nor continued from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_killed_mid_stream_restarts_as_a_new_stream_and_its_orphans_are_never_used() {
+    let v = vault("1h").await;
+    let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
+    let c = fleet.coordinator("c1");
+    c.wait_ready().await;
+    // 200 MB streams: 24 segments of 8 MiB, several seconds each.
+    const BYTES: u64 = 200_000_000;
+    let mut agent = uploader(&fleet, &v, BYTES);
+    // Cut once a segment is surely in the bucket: with 2 uploads in
+    // flight, the fourth segment is read only after one of them landed.
+    wait_for(
+        "the upload to be under way",
+        Duration::from_secs(120),
+        || async {
+            let all = jobs(&c).await;
+            let j = job_for(&all, "vault", "node-a1")?;
+            (j["state"] == "running" && j["bytes"].as_u64()? > 40_000_000).then_some(())
+        },
+    )
+    .await;
+    agent.proc.kill();
+    let _agent = uploader(&fleet, &v, BYTES);
+
+    let (job, list) = committed(&c, 1).await;
+    let lines = history(&job);
+    assert!(lines.iter().any(|l| l.contains("failed")), "{lines:#?}");
+    let full = &list[0];
+    assert!(full["from_guid"].is_null(), "{full:#}");
+
+    let mut trusted = TrustedSigners::default();
+    trusted.trust(
+        "node-a1",
+        ManifestSigner::new("node-a1", v.signing.clone()).verifying_key(),
+    );
+    let listing = v.store.list("tank/db", &trusted).await.unwrap();
+    // The cut stream is there, without a manifest, and no manifest names it.
+    assert!(!listing.incomplete.is_empty(), "{listing:#?}");
+    assert!(listing.skipped.is_empty(), "{:?}", listing.skipped);
+    for m in &listing.manifests {
+        assert!(!listing.incomplete.contains(&m.manifest.stream), "{m:#?}");
+    }
+    let tip = full["to_guid"].as_u64().unwrap();
+    let chain = manifest::chain(&listing.manifests, &listing.incomplete, "tank/db", tip).unwrap();
+    assert_eq!(chain.len(), 1);
+    assert_eq!(chain[0].hash, full["hash"].as_str().unwrap());
+    // Every segment of the committed stream reads back, hash and seal checked.
+    let n = v
+        .store
+        .restore_stream(chain[0], &v.recovery, 2, &mut tokio::io::sink())
+        .await
+        .unwrap();
+    assert_eq!(n, chain[0].manifest.stream_bytes);
+    assert!(n >= BYTES, "{n}");
 }

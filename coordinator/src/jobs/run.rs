@@ -535,6 +535,19 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         raw: true,
         lock: None,
     });
+    let rate = {
+        let policy = state.policy();
+        let jobs = state.jobs();
+        policy
+            .as_ref()
+            .and_then(|p| {
+                rates::allocation(p, jobs.records(), now_ms())
+                    .get(&attempt)
+                    .copied()
+            })
+            .flatten()
+            .map(|r| r.get())
+    };
     let cmd = UploadJob {
         job: attempt.clone(),
         dataset: rec.dataset.clone(),
@@ -547,6 +560,7 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         lock: info.lock,
         recipients: task.recipients.clone(),
         hold_tag: offsite::hold_tag(&rec.task),
+        bytes_per_sec: rate,
     };
     let why = match state
         .send_command(&rec.source_node, &Command::Upload(Box::new(cmd)))
@@ -560,17 +574,21 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         return fail_current(state, key, &attempt, why, false).await;
     }
     let line = format!(
-        "attempt {}: {} from {} to {}",
+        "attempt {}: {} from {} to {}{}",
         rec.attempt,
         describe(std::slice::from_ref(&step)),
         rec.source_node,
-        rec.target_dataset
+        rec.target_dataset,
+        match rate {
+            Some(r) => format!(", limited to {r} B/s"),
+            None => String::new(),
+        }
     );
     let rec = {
         let mut jobs = state.jobs();
         let Some(cur) = jobs.get_mut(key) else { return };
         if cur
-            .attempt_running(&attempt, false, None, line, now_ms())
+            .attempt_running(&attempt, false, rate, line, now_ms())
             .is_empty()
         {
             return;
