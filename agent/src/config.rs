@@ -81,6 +81,17 @@ pub struct OffsiteConfig {
     /// Segment uploads in flight per upload (default 4).
     #[serde(default = "default_offsite_in_flight")]
     pub in_flight: u32,
+    /// A recovery secret key (X25519, base64 of its 32 bytes, mode 0600)
+    /// that restores from buckets decrypt with. Read at each restore, so it
+    /// can be put in place when a restore is needed; without it this node
+    /// restores from no bucket.
+    #[serde(default)]
+    pub recovery_key: Option<PathBuf>,
+    /// Other nodes' manifest keys (kid = their node id), whose manifests a
+    /// restore here believes; this node's own key is believed always. A
+    /// manifest signed by any other key is skipped.
+    #[serde(default)]
+    pub manifest_signers: Vec<TrustedKey>,
 }
 
 fn default_offsite_memory() -> u64 {
@@ -101,6 +112,41 @@ impl OffsiteConfig {
             format!("offsite.manifest_key: {path}: {e}; write a base64 ed25519 seed there (`zdr-coordinator keygen` makes one)")
         })?;
         Ok(crate::offsite::manifest::ManifestSigner::new(node, key))
+    }
+
+    /// The manifest keys a restore here believes: this node's own and
+    /// `manifest_signers`.
+    pub fn trusted_signers(
+        &self,
+        own: &crate::offsite::manifest::ManifestSigner,
+    ) -> Result<crate::offsite::manifest::TrustedSigners, String> {
+        let mut trusted = crate::offsite::manifest::TrustedSigners::default();
+        trusted.trust(own.kid(), own.verifying_key());
+        for k in &self.manifest_signers {
+            let key = verifying_key_from_b64(&k.public_key).map_err(|e| {
+                format!("offsite.manifest_signers {:?}: {e}; give the node's manifest public key (base64 ed25519)", k.kid)
+            })?;
+            trusted.trust(k.kid.clone(), key);
+        }
+        Ok(trusted)
+    }
+
+    /// Reads the recovery secret key.
+    pub fn recovery(&self) -> Result<x25519_dalek::StaticSecret, String> {
+        let path = self.recovery_key.as_ref().ok_or_else(|| {
+            "this agent's [offsite] has no recovery_key, so it cannot decrypt what it restores \
+             from a bucket: put the recovery secret key (base64) in a file readable by the agent \
+             only and set offsite.recovery_key to its path"
+                .to_string()
+        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("offsite.recovery_key: cannot read {}: {e}", path.display()))?;
+        crate::offsite::seal::parse_secret(text.trim()).map_err(|e| {
+            format!(
+                "offsite.recovery_key: {}: {e}; the file holds the recovery secret key, base64 of 32 bytes",
+                path.display()
+            )
+        })
     }
 
     pub fn budget(&self) -> crate::offsite::sizing::Budget {
@@ -278,6 +324,10 @@ impl Config {
         if let Some(o) = &config.offsite {
             crate::offsite::sizing::plan(None, o.budget())
                 .map_err(|e| invalid(format!("offsite: {e}")))?;
+            for k in &o.manifest_signers {
+                verifying_key_from_b64(&k.public_key)
+                    .map_err(|e| invalid(format!("offsite.manifest_signers {:?}: {e}", k.kid)))?;
+            }
         }
         if let BackendConfig::Sim { pools, .. } = &config.backend {
             for p in pools {

@@ -246,6 +246,7 @@ async fn run() -> anyhow::Result<()> {
         replication.enable_offsite(zdr_agent::replication::upload::Offsite {
             signer,
             budget: o.budget(),
+            config: o.clone(),
         });
     }
     let agent = Arc::new(Agent::new(

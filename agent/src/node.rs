@@ -231,6 +231,9 @@ impl Agent {
             }
             Command::Send(job) => return done(repl.send(job).await),
             Command::Upload(job) => return done(repl.upload(*job).await),
+            Command::RestoreFromBucket(job) => {
+                return done(repl.restore_from_bucket(*job, actor).await)
+            }
             Command::SetRate { job, bytes_per_sec } => {
                 return done(repl.set_rate(&job, bytes_per_sec))
             }

@@ -3,6 +3,7 @@
 //! source pipes `zfs send` to it. Both ends report progress and their outcome
 //! as [`JobUpdate`]s; the coordinator decides what happens next.
 
+pub mod download;
 pub mod rollback;
 pub mod upload;
 

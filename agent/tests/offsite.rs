@@ -153,7 +153,8 @@ async fn full_and_incremental_round_trip_byte_identical_through_a_locked_bucket(
     let chain = store
         .plan_restore("tank/vm/disk0", 1002, &k.trusted)
         .await
-        .unwrap();
+        .unwrap()
+        .chain;
     assert_eq!(chain.len(), 2);
     assert_eq!(chain[0], full.manifest);
     assert_eq!(chain[1], inc.manifest);
@@ -284,7 +285,8 @@ async fn locked_objects_refuse_deletion_and_overwrites_never_reach_a_restore() {
     let chain = store
         .plan_restore("tank/vm/disk0", 7, &k.trusted)
         .await
-        .unwrap();
+        .unwrap()
+        .chain;
     assert_eq!(
         restore(&store, &chain[0], &k.recovery).await.unwrap(),
         bytes
@@ -357,7 +359,8 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
     let chain = store
         .plan_restore("tank/vm/disk0", 9, &k.trusted)
         .await
-        .unwrap();
+        .unwrap()
+        .chain;
     let mut out = Vec::new();
     let err = store
         .restore_stream(&chain[0], &k.recovery, 1, &mut out)
@@ -386,10 +389,22 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
         .plan_restore("tank/vm/disk0", 9, &k.trusted)
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, StoreError::Manifest { source: ManifestError::BadSignature { object }, .. } if object == key),
-        "{err}"
-    );
+    // Skipped, named, and no chain is left to restore.
+    match &err {
+        StoreError::NoChain {
+            source, skipped, ..
+        } => {
+            assert!(
+                matches!(**source, ChainError::NotFound { guid: 9, .. }),
+                "{err}"
+            );
+            assert!(
+                matches!(&skipped[..], [ManifestError::BadSignature { object }] if object == key),
+                "{err}"
+            );
+        }
+        other => panic!("expected no chain, got {other}"),
+    }
     // A signer nobody trusts.
     let stranger = keys_of("agent-n9");
     let err = store
@@ -397,13 +412,8 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
         .await
         .unwrap_err();
     assert!(
-        matches!(
-            &err,
-            StoreError::Manifest {
-                source: ManifestError::UnknownSigner { .. },
-                ..
-            }
-        ),
+        matches!(&err, StoreError::NoChain { skipped, .. }
+            if matches!(&skipped[..], [ManifestError::UnknownSigner { .. }])),
         "{err}"
     );
 }

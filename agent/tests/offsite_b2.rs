@@ -117,7 +117,11 @@ async fn b2_strict_no_checksum_headers_and_content_md5_on_every_put() {
         )
         .await
         .unwrap();
-    let chain = store.plan_restore("tank/b2", 42, &trusted).await.unwrap();
+    let chain = store
+        .plan_restore("tank/b2", 42, &trusted)
+        .await
+        .unwrap()
+        .chain;
     let mut out = Vec::new();
     store
         .restore_stream(&chain[0], &recovery, 2, &mut out)

@@ -253,6 +253,9 @@ pub enum Command {
     /// Source side of an upload to a bucket: `zfs send` into sealed
     /// segment objects, then the signed manifest (the commit marker).
     Upload(Box<UploadJob>),
+    /// Target side of a restore from a bucket: the chain that lands a
+    /// snapshot, verified and received on this node.
+    RestoreFromBucket(Box<BucketRestoreJob>),
     /// Releases `tag` from every snapshot of `dataset`: the holds of a
     /// restore that ended.
     DropHolds { dataset: String, tag: String },
@@ -414,6 +417,31 @@ pub struct UploadJob {
     /// Recovery public keys (X25519, base64) the data key is sealed for.
     pub recipients: Vec<String>,
     /// Hold tag that keeps the snapshot while it is sent.
+    pub hold_tag: String,
+    /// Throttle on the stream read from `zfs send`; `None` is unlimited.
+    /// `SetRate` changes it while the upload runs.
+    #[serde(default)]
+    pub bytes_per_sec: Option<u64>,
+}
+
+/// A restore from a bucket, run by the destination agent alone: it lists
+/// the dataset's manifests, keeps those that verify under its own trusted
+/// manifest keys, picks the newest chain that lands `to_guid`, and receives
+/// it stream by stream, each segment's hash checked before its bytes reach
+/// `zfs receive`. The recovery key is in the agent's own config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketRestoreJob {
+    pub job: String,
+    /// The dataset as it was uploaded (its streams' prefix in the bucket).
+    pub source_dataset: String,
+    /// The snapshot to land, by GUID; `to_name` is what it is called after.
+    pub to_guid: u64,
+    pub to_name: String,
+    /// The dataset to receive into; it must not exist. Missing parents are created.
+    pub dataset: String,
+    pub bucket: BucketSpec,
+    /// Hold tag put on what landed.
     pub hold_tag: String,
 }
 

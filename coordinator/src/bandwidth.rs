@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 
 use chrono::{DateTime, Timelike, Utc};
+use zdr_schemas::buckets::BucketTask;
 use zdr_schemas::tasks::{Bandwidth, Link, Task};
 
 /// A running job as the allocator sees it.
@@ -47,11 +48,21 @@ struct Shared {
     members: Vec<usize>,
 }
 
-/// Each job's rate by id. A job whose task is not in `tasks` (removed while it
+/// The caps by task name: replication tasks' and bucket tasks' (uploads).
+pub fn caps<'a>(tasks: &'a [Task], buckets: &'a [BucketTask]) -> Vec<(&'a str, &'a Bandwidth)> {
+    tasks
+        .iter()
+        .map(|t| (t.name.as_str(), &t.bandwidth))
+        .chain(buckets.iter().map(|b| (b.name.as_str(), &b.bandwidth)))
+        .collect()
+}
+
+/// Each job's rate by id. `tasks` are the caps by task name (replication
+/// and bucket tasks). A job whose task is not in `tasks` (removed while it
 /// ran) has no task cap, but still shares its link's budget.
 pub fn allocate(
     jobs: &[JobDemand],
-    tasks: &[Task],
+    tasks: &[(&str, &Bandwidth)],
     links: &[Link],
     at: DateTime<Utc>,
 ) -> BTreeMap<String, Option<NonZeroU64>> {
@@ -59,9 +70,9 @@ pub fn allocate(
     let members = |on: &dyn Fn(&JobDemand) -> bool| -> Vec<usize> {
         (0..jobs.len()).filter(|&i| on(&jobs[i])).collect()
     };
-    let task_caps = tasks.iter().filter_map(|t| {
-        let cap = t.bandwidth.limit_at(minute).bytes_per_sec()?;
-        Some((cap, members(&|j| j.task == t.name)))
+    let task_caps = tasks.iter().filter_map(|(name, bw)| {
+        let cap = bw.limit_at(minute).bytes_per_sec()?;
+        Some((cap, members(&|j| j.task == *name)))
     });
     let link_caps = links.iter().filter_map(|l| {
         let cap = l.limit_at(minute).bytes_per_sec()?;
@@ -195,7 +206,7 @@ links:
     fn run(jobs: &[JobDemand], links: bool, at: DateTime<Utc>) -> Vec<Option<u64>> {
         let spec = spec();
         let links = if links { &spec.links[..] } else { &[] };
-        let rates = allocate(jobs, &spec.tasks, links, at);
+        let rates = allocate(jobs, &caps(&spec.tasks, &spec.buckets), links, at);
         assert_eq!(rates.len(), jobs.len());
         let in_mb = |r: NonZeroU64| {
             assert_eq!(r.get() % MB, 0, "{r}");
@@ -293,11 +304,55 @@ links:
             job("4", "free", ac),
         ];
         let spec = spec();
-        let rates = allocate(&jobs, &spec.tasks, &spec.links, at(12, 0));
+        let rates = allocate(
+            &jobs,
+            &caps(&spec.tasks, &spec.buckets),
+            &spec.links,
+            at(12, 0),
+        );
         let got: Vec<u64> = rates.values().map(|r| r.unwrap().get()).collect();
         assert_eq!(got, [1, 1, 1, 1]);
-        let rates = allocate(&jobs[..2], &spec.tasks, &spec.links, at(12, 0));
+        let rates = allocate(
+            &jobs[..2],
+            &caps(&spec.tasks, &spec.buckets),
+            &spec.links,
+            at(12, 0),
+        );
         let got: Vec<u64> = rates.values().map(|r| r.unwrap().get()).collect();
         assert_eq!(got, [1, 1]);
+    }
+
+    #[test]
+    fn uploads_share_their_bucket_tasks_cap_beside_replication_caps() {
+        let tasks = format!(
+            "{TASKS}buckets:
+  - name: vault
+    source: {{ class: gold }}
+    bucket:
+      endpoint: http://127.0.0.1:9
+      bucket: zdr-vault
+      region: r
+      credentials: {{ env: ZDR_VAULT }}
+    chain: {{ full_every: 30d, incremental_every: 1d }}
+    recipients: [\"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\"]
+    bandwidth: {{ limit: 8MB/s }}
+"
+        );
+        let policy = zdr_schemas::parse_policy("p.yaml", POLICY).unwrap();
+        let spec = zdr_schemas::parse_tasks("t.yml", &tasks, &policy).unwrap();
+        let jobs = [
+            job("u1", "vault", None),
+            job("u2", "vault", None),
+            job("r1", "slow", None),
+        ];
+        let rates = allocate(&jobs, &caps(&spec.tasks, &spec.buckets), &[], at(12, 0));
+        let mbs = |id: &str| rates[id].map(|r| r.get() / MB);
+        assert_eq!(
+            (mbs("u1"), mbs("u2"), mbs("r1")),
+            (Some(4), Some(4), Some(10))
+        );
+        // Without its bucket task's cap (none in the file), an upload is unlimited.
+        let rates = allocate(&jobs, &caps(&spec.tasks, &[]), &[], at(12, 0));
+        assert_eq!(rates["u1"], None);
     }
 }

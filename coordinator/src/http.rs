@@ -365,9 +365,9 @@ fn restore_error(e: RestoreError) -> Response {
         ) => StatusCode::NOT_FOUND,
         RestoreError::Plan(p) => match p {
             PlanError::UnknownNode { .. } => StatusCode::NOT_FOUND,
-            PlanError::DestinationExists { .. } | PlanError::ReplaceNeedsBase { .. } => {
-                StatusCode::CONFLICT
-            }
+            PlanError::DestinationExists { .. }
+            | PlanError::ReplaceNeedsBase { .. }
+            | PlanError::BucketNeedsNewDataset { .. } => StatusCode::CONFLICT,
             PlanError::CopyOffline { .. }
             | PlanError::NoCopyOnline { .. }
             | PlanError::DestinationOffline { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -849,6 +849,11 @@ pub struct AgentExtra {
     /// `[offsite] manifest_key` (with segment buffers of 16 MiB over 2
     /// uploads in flight): the agent may upload to buckets.
     pub offsite_key: Option<PathBuf>,
+    /// `[offsite] recovery_key`: the agent may restore from buckets.
+    pub recovery_key: Option<PathBuf>,
+    /// `[offsite] manifest_signers` (node, base64 public key): other nodes'
+    /// manifests a restore here believes.
+    pub manifest_signers: Vec<(String, String)>,
 }
 
 /// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
@@ -962,8 +967,20 @@ pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{
                 .as_ref()
                 .map(|k| {
                     format!(
-                        "\n[offsite]\nmanifest_key = {:?}\nmemory_bytes = 16777216\nin_flight = 2\n",
-                        k.display().to_string()
+                        "\n[offsite]\nmanifest_key = {:?}\nmemory_bytes = 16777216\nin_flight = 2\n{}{}",
+                        k.display().to_string(),
+                        extra
+                            .recovery_key
+                            .as_ref()
+                            .map(|r| format!("recovery_key = {:?}\n", r.display().to_string()))
+                            .unwrap_or_default(),
+                        extra
+                            .manifest_signers
+                            .iter()
+                            .map(|(kid, key)| format!(
+                                "[[offsite.manifest_signers]]\nkid = {kid:?}\npublic_key = {key:?}\n"
+                            ))
+                            .collect::<String>()
                     )
                 })
                 .unwrap_or_default(),

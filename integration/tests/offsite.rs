@@ -13,6 +13,7 @@ use serde_json::Value;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zdr_agent::offsite::manifest::{self, ManifestSigner, TrustedSigners};
 use zdr_agent::offsite::seal;
+use zdr_agent::offsite::store::Store;
 use zdr_agent::zfs::sim::SimBackend;
 use zdr_agent::zfs::{Backend, RecvSpec};
 use zdr_common::DatasetName;
@@ -36,7 +37,7 @@ datasets:
     class: fast
 "#;
 
-fn tasks(endpoint: &str, credentials: &str, recipient: &str) -> String {
+fn tasks(endpoint: &str, credentials: &str, recipient: &str, incremental_every: &str) -> String {
     format!(
         r#"version: 1
 tasks: []
@@ -50,7 +51,7 @@ buckets:
       prefix: zdr/
       credentials: {{ file: {credentials} }}
       object_lock: {{ mode: governance, retain: 1h }}
-    chain: {{ full_every: 1h, incremental_every: 3s }}
+    chain: {{ full_every: 1h, incremental_every: {incremental_every} }}
     recipients: ["{recipient}"]
 "#
     )
@@ -71,12 +72,23 @@ async fn committed(c: &Coordinator, n: usize) -> (Value, Vec<Value>) {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore() {
+/// A bucket with object lock, its credentials file, node-a1's manifest
+/// key, the recovery key and the tasks file that uploads tank/db there.
+struct Vault {
+    weed: seaweed::Seaweed,
+    store: Store,
+    dir: tempfile::TempDir,
+    manifest_key: std::path::PathBuf,
+    signing: ed25519_dalek::SigningKey,
+    recovery: StaticSecret,
+    tasks: String,
+}
+
+async fn vault(incremental_every: &str) -> Vault {
     let weed = seaweed::Seaweed::start();
     let store = weed.bucket("zdr-vault", true).await;
-    let keys_dir = tempfile::tempdir().unwrap();
-    let credentials = keys_dir.path().join("vault.credentials");
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("vault.credentials");
     std::fs::write(
         &credentials,
         format!(
@@ -86,7 +98,7 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
         ),
     )
     .unwrap();
-    let manifest_key = keys_dir.path().join("manifest.key");
+    let manifest_key = dir.path().join("manifest.key");
     let signing = zdr_common::envelope::generate_key();
     std::fs::write(
         &manifest_key,
@@ -99,12 +111,22 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
         &weed.endpoint(),
         &credentials.display().to_string(),
         &recipient,
+        incremental_every,
     );
+    Vault {
+        weed,
+        store,
+        dir,
+        manifest_key,
+        signing,
+        recovery,
+        tasks,
+    }
+}
 
-    let fleet = Fleet::start(POLICY, Some(&tasks)).await;
-    let c = fleet.coordinator("c1");
-    c.wait_ready().await;
-    let agent = fleet.agent_with(
+/// node-a1 uploading tank/db, snapshots of `bytes` (20 MB: several 8 MiB segments).
+fn uploader(fleet: &Fleet, v: &Vault, bytes: u64) -> Agent {
+    fleet.agent_with(
         &AgentSpec {
             node: "node-a1",
             site: "site-a",
@@ -112,12 +134,21 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
             datasets: &["tank/db"],
         },
         &AgentExtra {
-            // Streams of several 8 MiB segments.
-            snapshot_bytes: Some(20_000_000),
-            offsite_key: Some(manifest_key.clone()),
+            snapshot_bytes: Some(bytes),
+            offsite_key: Some(v.manifest_key.clone()),
             ..AgentExtra::default()
         },
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore() {
+    let v = vault("3s").await;
+    let (store, signing, recovery) = (&v.store, v.signing.clone(), &v.recovery);
+    let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
+    let c = fleet.coordinator("c1");
+    c.wait_ready().await;
+    let agent = uploader(&fleet, &v, 20_000_000);
 
     let (job, list) = committed(&c, 2).await;
     assert_eq!(job["kind"], "upload", "{job:#}");
@@ -167,7 +198,7 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
     for m in &chain {
         let mut bytes = Vec::new();
         store
-            .restore_stream(m, &recovery, 2, &mut bytes)
+            .restore_stream(m, recovery, 2, &mut bytes)
             .await
             .unwrap();
         assert_eq!(bytes.len() as u64, m.manifest.stream_bytes);
@@ -240,4 +271,183 @@ async fn a_bucket_task_uploads_a_full_then_an_incremental_that_chain_and_restore
         },
     )
     .await;
+}
+
+/// A forged manifest version over the incremental's, and a forged stream
+/// claiming the same snapshot (newer, signed by a key nobody trusts under
+/// node-a1's id): what an attacker with write access to the bucket can do.
+async fn forge(v: &Vault, incr: &Value) {
+    let client = v.store.client();
+    let key = incr["key"].as_str().unwrap();
+    let real = client
+        .get_object()
+        .bucket("zdr-vault")
+        .key(key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let text = String::from_utf8(real.to_vec()).unwrap();
+    let altered = text.replacen("\"to_name\":\"", "\"to_name\":\"x", 1);
+    assert_ne!(altered, text);
+    let mut trusted = TrustedSigners::default();
+    trusted.trust(
+        "node-a1",
+        ManifestSigner::new("node-a1", v.signing.clone()).verifying_key(),
+    );
+    let mut m = manifest::verify(key, &real, &trusted).unwrap().manifest;
+    let stream = seal::StreamId::generate();
+    m.stream = stream.to_string();
+    m.created += 1_000_000;
+    let attacker = ManifestSigner::new("node-a1", zdr_common::envelope::generate_key());
+    let new_key = zdr_agent::offsite::manifest_key("zdr/", "tank/db", &stream);
+    for (object, body) in [
+        (key.to_string(), altered.into_bytes()),
+        (new_key, attacker.sign(&m)),
+    ] {
+        use base64::Engine;
+        use md5::Digest as _;
+        let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
+        client
+            .put_object()
+            .bucket("zdr-vault")
+            .key(&object)
+            .content_md5(md5)
+            .body(body.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("forging {object}: {e:?}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_from_the_bucket_lands_the_incremental_on_another_node_past_forged_manifests() {
+    let v = vault("3s").await;
+    let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
+    let c = fleet.coordinator("c1");
+    c.wait_ready().await;
+    let source = uploader(&fleet, &v, 20_000_000);
+    // The destination signs nothing here, but believes node-a1's manifests
+    // and holds the recovery key.
+    let b_key = v.dir.path().join("b-manifest.key");
+    let b_signing = zdr_common::envelope::generate_key();
+    std::fs::write(
+        &b_key,
+        zdr_common::envelope::key_to_b64(&b_signing.to_bytes()),
+    )
+    .unwrap();
+    let recovery_file = v.dir.path().join("recovery.key");
+    use base64::Engine;
+    std::fs::write(
+        &recovery_file,
+        base64::engine::general_purpose::STANDARD.encode(v.recovery.to_bytes()),
+    )
+    .unwrap();
+    let a_public = base64::engine::general_purpose::STANDARD.encode(
+        ManifestSigner::new("node-a1", v.signing.clone())
+            .verifying_key()
+            .as_bytes(),
+    );
+    let dest = fleet.agent_with(
+        &AgentSpec {
+            node: "node-b1",
+            site: "site-b",
+            media: "hdd",
+            datasets: &[],
+        },
+        &AgentExtra {
+            offsite_key: Some(b_key),
+            recovery_key: Some(recovery_file),
+            manifest_signers: vec![("node-a1".into(), a_public)],
+            ..AgentExtra::default()
+        },
+    );
+
+    let (_, list) = committed(&c, 2).await;
+    let (full, incr) = (&list[0], &list[1]);
+    assert_eq!(incr["from_guid"], full["to_guid"], "{list:#?}");
+    let tip = incr["to_guid"].as_u64().unwrap();
+    let tip_name = incr["to_name"].as_str().unwrap().to_string();
+
+    // The bucket is a restore point of tank/db, its snapshots the uploads'.
+    let (code, body) = c
+        .get("/api/v1/restore-points?node=node-a1&dataset=tank/db")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let points: Value = serde_json::from_str(&body).unwrap();
+    let bucket = points["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["copy"] == "bucket")
+        .unwrap_or_else(|| panic!("no bucket copy: {points:#}"));
+    assert_eq!(bucket["node"], "bucket:vault");
+    assert!(
+        bucket["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["guid"] == tip),
+        "{bucket:#}"
+    );
+
+    forge(&v, incr).await;
+    let request = serde_json::json!({
+        "source": "node-a1:tank/db",
+        "snapshot": tip_name,
+        "from": "bucket:vault",
+        "to": "node-b1:tank/from-bucket",
+    });
+    let (code, body) = c
+        .post("/api/v1/restores", &request.to_string())
+        .await
+        .unwrap();
+    assert_eq!(code, 202, "{body}");
+    let accepted: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(accepted["from"]["node"], "bucket:vault", "{accepted:#}");
+    assert_eq!(accepted["raw"], true, "{accepted:#}");
+    let job = accepted["job"].as_str().unwrap().to_string();
+    let status = wait_for("the restore to end", Duration::from_secs(120), || async {
+        let (200, s) = c.get(&format!("/api/v1/restores/{job}")).await? else {
+            return None;
+        };
+        let s: Value = serde_json::from_str(&s).ok()?;
+        (s["state"] == "done" || s["state"] == "failed").then_some(s)
+    })
+    .await;
+    assert_eq!(status["state"], "done", "{status:#}");
+    assert_eq!(status["landed_guid"], tip, "{status:#}");
+    let lines: Vec<String> = status["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    // The forged version and the forged stream were both passed over, and said so.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("skipped 2 manifest(s)") && l.contains("does not verify")),
+        "{lines:#?}"
+    );
+
+    // The chain landed: the full's and the incremental's GUIDs, the source's.
+    let restored = on_disk(&dest, "tank/from-bucket").expect("the restored dataset");
+    let src = on_disk(&source, "tank/db").expect("the source dataset");
+    for want in [full["to_guid"].as_u64().unwrap(), tip] {
+        assert!(
+            restored.iter().any(|(_, g, _)| *g == want),
+            "{want} not restored: {restored:?}"
+        );
+        assert!(
+            src.iter().any(|(_, g, _)| *g == want),
+            "{want} not the source's: {src:?}"
+        );
+    }
+    let _ = &v.weed;
 }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use zdr_common::duration::Duration;
 use zdr_common::policy::{Policy, Problem};
 
-use crate::tasks::{problem, source_problems, Source};
+use crate::tasks::{problem, source_problems, window_problems, Bandwidth, Source};
 
 /// One bucket task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -48,6 +48,10 @@ pub struct BucketTask {
     /// raw. The same flags are used along a whole chain.
     #[serde(default = "yes")]
     pub raw: bool,
+    /// Upload rate cap for this task, shared by its uploads running at
+    /// once; unlimited when absent.
+    #[serde(default)]
+    pub bandwidth: Bandwidth,
 }
 
 fn yes() -> bool {
@@ -227,6 +231,7 @@ fn valid_env_name(name: &str) -> bool {
 pub fn bucket_task_problems(task: &BucketTask, policy: &Policy) -> Vec<Problem> {
     let mut out = Vec::new();
     source_problems(&task.source, policy, &mut out);
+    window_problems(&task.bandwidth.windows, &["bandwidth", "windows"], &mut out);
     let b = &task.bucket;
     match b.endpoint.split_once("://") {
         Some(("http" | "https", host)) if !host.is_empty() && !host.contains('/') => {}

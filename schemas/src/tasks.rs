@@ -602,7 +602,7 @@ fn task_problems(task: &Task, policy: &Policy) -> Vec<Problem> {
 }
 
 /// Empty and overlapping rate windows, under `at` (the path of the list).
-fn window_problems(windows: &[RateWindow], at: &[&str], out: &mut Vec<Problem>) {
+pub(crate) fn window_problems(windows: &[RateWindow], at: &[&str], out: &mut Vec<Problem>) {
     for (i, w) in windows.iter().enumerate() {
         let idx = i.to_string();
         let path: Vec<&str> = at.iter().copied().chain([idx.as_str()]).collect();

@@ -252,6 +252,16 @@ fn public_key(field: &'static str, b64: &str) -> Result<PublicKey, SealError> {
     Ok(PublicKey::from(bytes))
 }
 
+/// A recovery secret key from its base64 form (32 bytes).
+pub fn parse_secret(b64: &str) -> Result<StaticSecret, String> {
+    let bytes: [u8; 32] = B64
+        .decode(b64)
+        .map_err(|e| format!("not base64: {e}"))?
+        .try_into()
+        .map_err(|_| "not 32 bytes".to_string())?;
+    Ok(StaticSecret::from(bytes))
+}
+
 /// Unwraps the data key with a recovery secret key.
 pub fn unwrap(
     wrapped: &[WrappedKey],

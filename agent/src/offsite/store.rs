@@ -144,28 +144,19 @@ pub enum StoreError {
         want_size: u64,
         want_sha256: String,
     },
-    #[error("bucket {bucket}: {source}")]
-    Manifest {
-        bucket: String,
-        #[source]
-        source: ManifestError,
-    },
-    #[error(
-        "bucket {bucket}, object {object}: the manifest is for stream {inside} of {dataset}, \
-         not the stream its key names (copied?)"
-    )]
-    MisplacedManifest {
-        bucket: String,
-        object: String,
-        inside: String,
-        dataset: String,
-    },
     #[error("bucket {bucket}, object {object}: {source}")]
     Seal {
         bucket: String,
         object: String,
         #[source]
         source: SealError,
+    },
+    #[error("bucket {bucket}: {source}{}", skipped_hint(.skipped))]
+    NoChain {
+        bucket: String,
+        #[source]
+        source: Box<ChainError>,
+        skipped: Vec<ManifestError>,
     },
     #[error("bucket {bucket}: {source}")]
     Chain {
@@ -231,6 +222,29 @@ pub struct Listing {
     pub manifests: Vec<VerifiedManifest>,
     /// Streams with segments and no manifest: interrupted uploads.
     pub incomplete: Vec<String>,
+    /// Manifest objects (or versions) that did not verify: altered,
+    /// forged, or signed by a key not trusted here.
+    pub skipped: Vec<ManifestError>,
+}
+
+/// A restore's chain, full first, and the manifests passed over.
+#[derive(Debug, Clone)]
+pub struct PlannedRestore {
+    pub chain: Vec<VerifiedManifest>,
+    pub skipped: Vec<ManifestError>,
+}
+
+/// `; skipped: a; b` for an error, empty when nothing was skipped.
+fn skipped_hint(skipped: &[ManifestError]) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let all: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    format!(
+        "; manifests that do not verify were skipped (the bucket was written by someone else, \
+         or a signer is not trusted here): {}",
+        all.join("; ")
+    )
 }
 
 /// Refuses an incremental whose parent does not land its base, or whose
@@ -668,75 +682,118 @@ impl Store {
         Ok(body.into_bytes())
     }
 
-    /// Lists and verifies the manifests of `dataset`. A manifest that does
-    /// not verify fails the whole listing: the bucket was tampered with.
+    /// Every object key under `prefix` with its versions, newest first
+    /// (`None`: a bucket without versioning). Delete markers are passed
+    /// over: they hide nothing from a restore.
+    async fn versions(
+        &self,
+        prefix: &str,
+    ) -> Result<BTreeMap<String, Vec<Option<String>>>, StoreError> {
+        let mut out: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
+            for v in page.versions() {
+                let Some(key) = v.key() else { continue };
+                let id = v
+                    .version_id()
+                    .filter(|id| *id != "null")
+                    .map(str::to_string);
+                out.entry(key.to_string()).or_default().push(id);
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Lists and verifies the manifests of `dataset`. Every version of a
+    /// manifest key is tried, newest first, and the newest that verifies is
+    /// kept: whoever can write to the bucket can put a newer version or a
+    /// delete marker over a manifest, but neither hides the one the agent
+    /// wrote. What does not verify is skipped and named in the listing.
     pub async fn list(
         &self,
         dataset: &str,
         trusted: &TrustedSigners,
     ) -> Result<Listing, StoreError> {
         let prefix = dataset_prefix(&self.prefix, dataset);
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .into_paginator()
-            .send();
-        let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.error("ListObjectsV2", &prefix, e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_string)),
-            );
-        }
-        // stream id → has a manifest
-        let mut streams: BTreeMap<String, bool> = BTreeMap::new();
-        for key in &keys {
+        let keys = self.versions(&prefix).await?;
+        // stream id → the versions of its manifest (empty: no manifest)
+        let mut streams: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
+        for (key, versions) in &keys {
             let Some(rest) = key.strip_prefix(&prefix) else {
                 continue;
             };
             let Some((stream, tail)) = rest.split_once('/') else {
                 continue;
             };
-            *streams.entry(stream.to_string()).or_default() |= tail == "manifest";
+            let entry = streams.entry(stream.to_string()).or_default();
+            if tail == "manifest" {
+                entry.extend(versions.iter().cloned());
+            }
         }
         let mut listing = Listing::default();
-        for (stream, has_manifest) in streams {
-            if !has_manifest {
+        for (stream, versions) in streams {
+            if versions.is_empty() {
                 listing.incomplete.push(stream);
                 continue;
             }
             let object = format!("{prefix}{stream}/manifest");
-            let bytes = self.get(&object, None).await?;
-            let verified = manifest::verify(&object, &bytes, trusted).map_err(|source| {
-                StoreError::Manifest {
-                    bucket: self.bucket.clone(),
-                    source,
-                }
-            })?;
-            if verified.manifest.stream != stream || verified.manifest.dataset != dataset {
-                return Err(StoreError::MisplacedManifest {
-                    bucket: self.bucket.clone(),
-                    object,
-                    inside: verified.manifest.stream,
-                    dataset: verified.manifest.dataset,
+            for version in versions {
+                let named = match &version {
+                    Some(v) => format!("{object} (version {v})"),
+                    None => object.clone(),
+                };
+                let bytes = self.get(&object, version.as_deref()).await?;
+                let checked = manifest::verify(&named, &bytes, trusted).and_then(|v| {
+                    if v.manifest.stream != stream || v.manifest.dataset != dataset {
+                        return Err(ManifestError::Invalid {
+                            object: named.clone(),
+                            why: format!(
+                                "it is the manifest of stream {} of {}, not of the stream its key \
+                                 names (copied there?)",
+                                v.manifest.stream, v.manifest.dataset
+                            ),
+                        });
+                    }
+                    Ok(v)
                 });
+                match checked {
+                    Ok(v) => {
+                        listing.manifests.push(v);
+                        break;
+                    }
+                    Err(e) => listing.skipped.push(e),
+                }
             }
-            listing.manifests.push(verified);
         }
         Ok(listing)
     }
 
-    /// The verified chain that restores `target_guid` of `dataset`, full first.
+    /// The verified chain that restores `target_guid` of `dataset`, full
+    /// first: the newest validly signed one, with what was skipped.
     pub async fn plan_restore(
         &self,
         dataset: &str,
         target_guid: u64,
         trusted: &TrustedSigners,
-    ) -> Result<Vec<VerifiedManifest>, StoreError> {
+    ) -> Result<PlannedRestore, StoreError> {
         let listing = self.list(dataset, trusted).await?;
         let chain = manifest::chain(
             &listing.manifests,
@@ -744,11 +801,15 @@ impl Store {
             dataset,
             target_guid,
         )
-        .map_err(|source| StoreError::Chain {
+        .map_err(|source| StoreError::NoChain {
             bucket: self.bucket.clone(),
             source: Box::new(source),
+            skipped: listing.skipped.clone(),
         })?;
-        Ok(chain.into_iter().cloned().collect())
+        Ok(PlannedRestore {
+            chain: chain.into_iter().cloned().collect(),
+            skipped: listing.skipped,
+        })
     }
 
     /// Streams one stream's plaintext into `dst` (`zfs receive`'s stdin):

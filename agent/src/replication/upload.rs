@@ -11,8 +11,11 @@
 //!   the secret never crosses the bus;
 //! - the snapshot sent is held under the command's tag (the chain's tip,
 //!   which the next incremental starts from); the coordinator moves the hold;
-//! - memory is bounded by the sizing: segment size × (uploads in flight + 1).
+//! - memory is bounded by the sizing: segment size × (uploads in flight + 1);
+//! - `zfs send` is read at the command's rate, which `SetRate` changes
+//!   while the upload runs (the coordinator's bandwidth allocation).
 
+use std::num::NonZeroU64;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,13 +35,18 @@ use crate::offsite::manifest::{ManifestSigner, ParentRef, SendFlags};
 use crate::offsite::seal;
 use crate::offsite::sizing::{self, Budget};
 use crate::offsite::store::{BucketConfig, LockMode, ObjectLock, Store, UploadRequest};
-use crate::transfer::Progress;
+use crate::transfer::{pace, Progress, RateHandle};
 use crate::zfs::{SendBase, SendSpec, ZfsError};
+
+/// Bytes between the paced `zfs send` and the segmenter.
+const PACE_BUFFER: usize = 1 << 20;
 
 /// This node's offsite setup, from its config's `[offsite]`.
 pub struct Offsite {
     pub signer: ManifestSigner,
     pub budget: Budget,
+    /// For restores: the trusted manifest keys and the recovery key.
+    pub config: crate::config::OffsiteConfig,
 }
 
 /// What an upload command asks for, checked (pure).
@@ -172,7 +180,7 @@ pub(crate) fn parse_credentials_env(name: &str, value: &str) -> Result<(String, 
 }
 
 /// Reads the credentials the reference names, on this host.
-fn resolve(credentials: &CredentialsRef) -> Result<(String, String), Refused> {
+pub(crate) fn resolve(credentials: &CredentialsRef) -> Result<(String, String), Refused> {
     match credentials {
         CredentialsRef::File(path) => {
             if !Path::new(path).is_absolute() {
@@ -280,15 +288,23 @@ impl Replication {
         })
         .await
         .map_err(|e| format!("preparing the upload panicked: {e}"))??;
-        let cancel = self.register(&cmd.job, JobRole::Source, None)?;
+        let rate = RateHandle::new(cmd.bytes_per_sec.and_then(NonZeroU64::new));
+        let cancel = self.register(&cmd.job, JobRole::Source, Some(rate.clone()))?;
         let me = self.clone();
         let what = format!(
-            "uploading {}@{} to {}/{}",
-            checked.dataset, checked.to, cmd.bucket.endpoint, cmd.bucket.bucket
+            "uploading {}@{} to {}/{}{}",
+            checked.dataset,
+            checked.to,
+            cmd.bucket.endpoint,
+            cmd.bucket.bucket,
+            match cmd.bytes_per_sec {
+                Some(r) => format!(", limited to {r} B/s"),
+                None => String::new(),
+            }
         );
         tokio::spawn(async move {
             let id = cmd.job.clone();
-            me.run_upload(cmd, checked, bucket, cancel).await;
+            me.run_upload(cmd, checked, bucket, (cancel, rate)).await;
             drop(in_flight);
             me.jobs().remove(&(id, JobRole::Source));
         });
@@ -300,7 +316,7 @@ impl Replication {
         cmd: UploadJob,
         checked: Checked,
         bucket: BucketConfig,
-        cancel: Arc<Notify>,
+        (cancel, rate): (Arc<Notify>, RateHandle),
     ) {
         let offsite = self.offsite.get().expect("upload checked it");
         let spec = match &checked.spec_from {
@@ -333,8 +349,16 @@ impl Replication {
         let outcome = match sizing::plan(estimate, offsite.budget) {
             Err(e) => Err(format!("sizing: {e}")),
             Ok(sizing) => {
-                self.stream_upload(&cmd, spec, checked, &bucket, sizing, progress, cancel)
-                    .await
+                self.stream_upload(
+                    &cmd,
+                    spec,
+                    checked,
+                    &bucket,
+                    sizing,
+                    progress,
+                    (cancel, rate),
+                )
+                .await
             }
         };
         reporter.stop().await;
@@ -374,7 +398,7 @@ impl Replication {
         bucket: &BucketConfig,
         sizing: sizing::Sizing,
         progress: watch::Sender<Progress>,
-        cancel: Arc<Notify>,
+        (cancel, rate): (Arc<Notify>, RateHandle),
     ) -> Result<ManifestRef, String> {
         let offsite = self.offsite.get().expect("upload checked it");
         let (output, source) = pipe_from_zfs().map_err(|e| format!("creating a pipe: {e}"))?;
@@ -383,13 +407,23 @@ impl Replication {
             let mut output = output;
             backend.send(&spec, &mut output)
         });
-        // The manifest is written only once zfs send said it finished: a
-        // send that failed looks like the end of the stream to the reader.
+        // The stream is read at the job's rate (SetRate changes it); the
+        // buffer between the pace and the segmenter is one pipe's worth.
+        let (paced, paced_reader) = tokio::io::duplex(PACE_BUFFER);
+        let pump = tokio::spawn(async move { pace(source, paced, &rate).await });
+        // The manifest is written only once zfs send said it finished and
+        // the pace passed every byte on: a send that failed looks like the
+        // end of the stream to the reader.
         let sent = async move {
             match zfs.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("zfs send: {e}")),
+                Err(e) => return Err(format!("zfs send panicked: {e}")),
+            }
+            match pump.await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("zfs send: {e}")),
-                Err(e) => Err(format!("zfs send panicked: {e}")),
+                Ok(Err(e)) => Err(format!("reading zfs send: {e}")),
+                Err(e) => Err(format!("the pace panicked: {e}")),
             }
         };
         let store = Store::new(bucket);
@@ -407,7 +441,7 @@ impl Replication {
             now: crate::clock::now(),
         };
         let reader = Counting {
-            inner: source,
+            inner: paced_reader,
             progress,
         };
         let up = tokio::select! {
@@ -460,6 +494,7 @@ mod tests {
             }),
             recipients: vec![seal::recipient_id(&PublicKey::from([9u8; 32]))],
             hold_tag: "t".into(),
+            bytes_per_sec: None,
         }
     }
 

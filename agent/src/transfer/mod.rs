@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 pub use net::{Listener, Pending, Receiver, Sender};
-pub use throttle::RateHandle;
+pub use throttle::{pace, RateHandle};
 pub use tls::FleetTls;
 
 /// The receiving end of the protocol over bytes already in memory: the

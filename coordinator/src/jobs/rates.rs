@@ -21,8 +21,9 @@ pub fn allocation<'a>(
     now_ms: i64,
 ) -> BTreeMap<String, Option<NonZeroU64>> {
     let demands: Vec<JobDemand> = records
-        // An upload is not throttled by task or link budgets (yet).
-        .filter(|r| r.active() && r.kind != super::record::JobKind::Upload)
+        // A restore from a bucket has no sender to throttle. An upload is
+        // under its bucket task's cap; no site-to-site link carries it.
+        .filter(|r| r.active() && r.from_bucket().is_none())
         .map(|r| {
             let (a, b) = (
                 site_of(&policy.policy, &r.source_node),
@@ -39,7 +40,8 @@ pub fn allocation<'a>(
         })
         .collect();
     let at = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
-    bandwidth::allocate(&demands, &policy.tasks, &policy.links, at)
+    let caps = bandwidth::caps(&policy.tasks, &policy.buckets);
+    bandwidth::allocate(&demands, &caps, &policy.links, at)
 }
 
 /// A rate to push to a running send.

@@ -437,12 +437,19 @@ impl JobRecord {
         self.history.push(format!("{} {line}", clock(now_ms)));
     }
 
-    /// The nodes of the job: an upload's other end is a bucket.
+    /// The nodes of the job: an upload's other end is a bucket, and so is
+    /// the copy of a restore from a bucket.
     pub fn nodes(&self) -> Vec<String> {
         match self.kind {
             JobKind::Upload => vec![self.source_node.clone()],
+            _ if self.from_bucket().is_some() => vec![self.target_node.clone()],
             _ => vec![self.source_node.clone(), self.target_node.clone()],
         }
+    }
+
+    /// The bucket task a restore reads from, when its copy is a bucket.
+    pub fn from_bucket(&self) -> Option<&str> {
+        crate::restore::points::bucket_task(&self.source_node)
     }
 
     pub fn active(&self) -> bool {
@@ -756,6 +763,9 @@ impl JobRecord {
                 };
                 let why = format!("{} {}: {}", side(role), update.node, update.message);
                 self.fail_attempt(why, discard, now_ms);
+                if self.from_bucket().is_some() {
+                    return vec![self.persist(now_ms)];
+                }
                 vec![self.persist(now_ms), cancel]
             }
             (JobRole::Target, JobPhase::Done) => self.landed(update, now_ms),

@@ -10,8 +10,8 @@ use futures::StreamExt;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 use zdr_common::wire::{
-    Command, JobPhase, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica, ReceiveJob, SendJob,
-    StreamSpec, UploadJob,
+    BucketRestoreJob, Command, JobPhase, JobRole, JobSecret, JobUpdate, Outcome, PruneReplica,
+    ReceiveJob, SendJob, StreamSpec, UploadJob,
 };
 
 use super::record::{describe, drops_resume, floor_reason, Effect, JobKind, JobRecord, UploadInfo};
@@ -345,6 +345,13 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     {
         return start_upload(state, key).await;
     }
+    if state
+        .jobs()
+        .get(key)
+        .is_some_and(|r| r.from_bucket().is_some())
+    {
+        return start_bucket_restore(state, key).await;
+    }
     let (rec, attempt, step) = {
         let mut jobs = state.jobs();
         let Some(rec) = jobs.get_mut(key) else { return };
@@ -536,6 +543,19 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         raw: true,
         lock: None,
     });
+    let rate = {
+        let policy = state.policy();
+        let jobs = state.jobs();
+        policy
+            .as_ref()
+            .and_then(|p| {
+                rates::allocation(p, jobs.records(), now_ms())
+                    .get(&attempt)
+                    .copied()
+            })
+            .flatten()
+            .map(|r| r.get())
+    };
     let cmd = UploadJob {
         job: attempt.clone(),
         dataset: rec.dataset.clone(),
@@ -548,6 +568,7 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         lock: info.lock,
         recipients: task.recipients.clone(),
         hold_tag: offsite::hold_tag(&rec.task),
+        bytes_per_sec: rate,
     };
     let why = match state
         .send_command(&rec.source_node, &Command::Upload(Box::new(cmd)))
@@ -561,11 +582,77 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         return fail_current(state, key, &attempt, why, false).await;
     }
     let line = format!(
-        "attempt {}: {} from {} to {}",
+        "attempt {}: {} from {} to {}{}",
         rec.attempt,
         describe(std::slice::from_ref(&step)),
         rec.source_node,
-        rec.target_dataset
+        rec.target_dataset,
+        match rate {
+            Some(r) => format!(", limited to {r} B/s"),
+            None => String::new(),
+        }
+    );
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(key) else { return };
+        if cur
+            .attempt_running(&attempt, false, rate, line, now_ms())
+            .is_empty()
+        {
+            return;
+        }
+        cur.clone()
+    };
+    persist(state, key, &rec).await;
+}
+
+/// Sends a restore from a bucket's one command, to the destination: the
+/// bucket has no agent. The destination picks and checks the chain itself.
+async fn start_bucket_restore(state: &Arc<State>, key: &str) {
+    let (rec, attempt, step) = {
+        let mut jobs = state.jobs();
+        let Some(rec) = jobs.get_mut(key) else { return };
+        let Some(step) = rec.steps.get(rec.step).cloned() else {
+            return;
+        };
+        let attempt = rec.begin_attempt(now_ms());
+        (rec.clone(), attempt, step)
+    };
+    let name = rec.from_bucket().unwrap_or_default().to_string();
+    let task = state
+        .policy()
+        .as_ref()
+        .and_then(|p| p.buckets.iter().find(|b| b.name == name).cloned());
+    let Some(bucket) = task.as_ref().and_then(offsite::bucket_spec) else {
+        let why = format!(
+            "bucket task {name} is not in the tasks file (or names no credentials): the \
+             coordinator knows the bucket only from it; put it back to restore from it"
+        );
+        return fail_current(state, key, &attempt, why, false).await;
+    };
+    let cmd = BucketRestoreJob {
+        job: attempt.clone(),
+        source_dataset: rec.dataset.clone(),
+        to_guid: step.expect.guid,
+        to_name: step.expect.name.clone(),
+        dataset: rec.target_dataset.clone(),
+        bucket,
+        hold_tag: restore_tag(JobRole::Target, &rec.id),
+    };
+    let why = match state
+        .send_command(&rec.target_node, &Command::RestoreFromBucket(Box::new(cmd)))
+        .await
+    {
+        Ok(r) if r.outcome == Outcome::Done => None,
+        Ok(r) => Some(format!("target {}: {}", rec.target_node, r.message)),
+        Err(e) => Some(format!("target: {e}")),
+    };
+    if let Some(why) = why {
+        return fail_current(state, key, &attempt, why, false).await;
+    }
+    let line = format!(
+        "attempt {}: {} reads the chain that lands {}@{} (GUID {}) from bucket task {name}",
+        rec.attempt, rec.target_node, rec.dataset, step.expect.name, step.expect.guid
     );
     let rec = {
         let mut jobs = state.jobs();
@@ -602,7 +689,11 @@ async fn release_upload_hold(state: &State, rec: &JobRecord, keep: &str) {
 }
 
 async fn cancel(state: &State, nodes: &[String], attempt: &str) {
-    for node in nodes {
+    // A bucket has no agent to tell.
+    for node in nodes
+        .iter()
+        .filter(|n| crate::restore::points::bucket_task(n).is_none())
+    {
         let cmd = Command::CancelJob {
             job: attempt.to_string(),
         };
@@ -622,6 +713,9 @@ async fn on_both_ends(
         (JobRole::Source, &rec.source_node, &rec.dataset),
         (JobRole::Target, &rec.target_node, &rec.target_dataset),
     ] {
+        if crate::restore::points::bucket_task(node).is_some() {
+            continue; // a bucket holds nothing
+        }
         match state.send_command(node, &cmd(end, dataset)).await {
             Ok(r) if r.outcome == Outcome::Done => info!(node, %dataset, "{}", r.message),
             Ok(r) => warn!(node, %dataset, message = %r.message, "{what} failed"),
@@ -796,6 +890,10 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
                 // The bucket is no agent: the source alone runs an upload.
                 let source = status(rec.source_node.clone()).await;
                 (source.clone(), source)
+            } else if rec.from_bucket().is_some() {
+                // Nor for a restore from it: the destination alone runs it.
+                let target = status(rec.target_node.clone()).await;
+                (target.clone(), target)
             } else {
                 tokio::join!(
                     status(rec.source_node.clone()),

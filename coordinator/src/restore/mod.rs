@@ -14,7 +14,7 @@ use crate::jobs::{self, JobKind, JobRecord, JobState, RestoreInfo, RestoreSnapsh
 use crate::pairing::Pairing;
 use crate::state::{now, now_ms, State};
 use plan::{Destination, PlanError, Request};
-use points::{CopyLink, NodeFacts, PointsError, RestorePoints};
+use points::{bucket_task, BucketCopy, CopyLink, NodeFacts, PointsError, RestorePoints};
 
 /// `node` and `dataset`, as the API shows a copy or a destination.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -204,6 +204,27 @@ pub(crate) fn links(state: &State) -> Vec<CopyLink> {
     out
 }
 
+/// The buckets' copies: each bucket task's committed uploads, from the
+/// upload records (which outlive the source dataset).
+pub(crate) fn bucket_copies(state: &State) -> Vec<BucketCopy> {
+    state
+        .jobs()
+        .records()
+        .filter(|r| r.kind == JobKind::Upload)
+        .filter_map(|r| {
+            let info = r.upload.as_ref()?;
+            Some(BucketCopy {
+                node: r.target_node.clone(),
+                source_node: r.source_node.clone(),
+                dataset: r.dataset.clone(),
+                location: r.target_dataset.clone(),
+                raw: info.committed.iter().any(|m| m.raw),
+                uploads: info.committed.clone(),
+            })
+        })
+        .collect()
+}
+
 /// `GET /api/v1/restore-points`.
 pub fn restore_points(
     state: &State,
@@ -212,8 +233,9 @@ pub fn restore_points(
 ) -> Result<RestorePoints, PointsError> {
     let links = links(state);
     let nodes = node_facts(state);
+    let buckets = bucket_copies(state);
     let fleet = state.fleet();
-    points::restore_points(node, dataset, &nodes, &fleet.inventory, &links)
+    points::restore_points(node, dataset, &nodes, &fleet.inventory, &links, &buckets)
 }
 
 /// Plans a restore and hands it to the job engine; nothing is sent before
@@ -258,10 +280,15 @@ pub async fn submit(state: &State, req: Request) -> Result<Accepted, RestoreErro
                 });
             }
         }
+        // A bucket's streams are found by the protected dataset's name.
+        let from_dataset = match bucket_task(&plan.from_node) {
+            Some(_) => req.dataset.clone(),
+            None => plan.from_dataset.clone(),
+        };
         let link = Pairing {
             task: "restore".into(),
             source_node: plan.from_node.clone(),
-            dataset: plan.from_dataset.clone(),
+            dataset: from_dataset,
             target_node: req.to_node.clone(),
             target_dataset: req.to_dataset.clone(),
             reason: String::new(),

@@ -6,7 +6,7 @@
 use zdr_common::wire::{DatasetInventory, SnapshotRef, StreamSpec};
 use zdr_common::DatasetName;
 
-use super::points::{Copy, NodeFacts, PointSnapshot, RestorePoints};
+use super::points::{bucket_task, Copy, CopyKind, NodeFacts, PointSnapshot, RestorePoints};
 use crate::jobs::PlannedStep;
 
 /// A restore request, parsed.
@@ -94,6 +94,11 @@ pub enum PlanError {
     DestinationExists { node: String, dataset: String },
     #[error("to {node}:{dataset}: that is the copy restored from; restore to another name")]
     DestinationIsCopy { node: String, dataset: String },
+    #[error(
+        "to {node}:{dataset}: the dataset exists, and a restore from a bucket lands a new \
+         dataset (its chain starts with a full); restore to a new name"
+    )]
+    BucketNeedsNewDataset { node: String, dataset: String },
     #[error(
         "to {node}:{dataset}: replace cannot overwrite it: {why}; restore to a new name instead"
     )]
@@ -312,10 +317,16 @@ pub fn plan(
         });
     }
     let all: Vec<&Copy> = points.copies.iter().collect();
-    let online: Vec<&Copy> = all.iter().copied().filter(|c| c.online).collect();
+    // A bucket is restored from only when asked for (`from: bucket:NAME`):
+    // the destination needs the recovery key.
+    let online: Vec<&Copy> = all
+        .iter()
+        .copied()
+        .filter(|c| c.online && c.copy != CopyKind::Bucket)
+        .collect();
     let (copy, c) = match &req.from {
         Some(from) => {
-            if !known.contains(from) {
+            if !known.contains(from) && bucket_task(from).is_none() {
                 return Err(unknown("from", from));
             }
             let copy = all
@@ -367,6 +378,23 @@ pub fn plan(
         });
     }
     let steps = match (dest.existing, req.replace) {
+        // The destination agent picks the chain from the bucket's manifests
+        // by GUID and receives it whole: one step.
+        (None, _) if copy.copy == CopyKind::Bucket => vec![PlannedStep {
+            stream: StreamSpec::Full {
+                snapshot: copy.snapshots[c].name.clone(),
+            },
+            expect: sref(&copy.snapshots[c]),
+            force: false,
+            discards: vec![],
+            base: None,
+        }],
+        (Some(_), _) if copy.copy == CopyKind::Bucket => {
+            return Err(PlanError::BucketNeedsNewDataset {
+                node: req.to_node.clone(),
+                dataset: req.to_dataset.clone(),
+            })
+        }
         (None, _) => fresh_steps(&copy.snapshots, c),
         (Some(_), false) => {
             return Err(PlanError::DestinationExists {
@@ -395,7 +423,7 @@ mod tests {
 
     fn points() -> RestorePoints {
         let (nodes, inv, links) = fleet();
-        restore_points("n1", "tank/db", &nodes, &inv, &links).unwrap()
+        restore_points("n1", "tank/db", &nodes, &inv, &links, &[]).unwrap()
     }
 
     fn req(to: &str) -> Request {
@@ -672,5 +700,49 @@ mod tests {
         assert_eq!(parse_at("1970-01-01T00:01:40Z").unwrap(), 100);
         let e = parse_at("yesterday").unwrap_err();
         assert!(e.to_string().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn a_bucket_is_used_only_when_named_and_lands_a_new_dataset_in_one_step() {
+        use super::super::points::tests::{upload, vault};
+        let (nodes, inv, links) = fleet();
+        let b = vault(vec![upload(None, 2, 250), upload(Some(2), 3, 350)]);
+        let p = restore_points("n1", "tank/db", &nodes, &inv, &links, &[b]).unwrap();
+        let to = facts("s9", true);
+        // Not picked by itself, even with every node copy offline.
+        let mut offline = p.clone();
+        offline
+            .copies
+            .iter_mut()
+            .filter(|c| c.copy != CopyKind::Bucket)
+            .for_each(|c| c.online = false);
+        assert!(matches!(
+            run(&req("n2"), &offline, &to),
+            Err(PlanError::NoCopyOnline { .. })
+        ));
+        let mut r = req("n2");
+        r.from = Some("bucket:vault".into());
+        r.snapshot = Some("b".into());
+        let chosen = run(&r, &offline, &to).unwrap();
+        assert_eq!(
+            (chosen.from_node.as_str(), chosen.snapshot.guid, chosen.raw),
+            ("bucket:vault", 2, true)
+        );
+        assert_eq!(chosen.steps.len(), 1);
+        assert_eq!(chosen.steps[0].expect.guid, 2);
+        // Another bucket is not a copy; an existing destination is refused.
+        r.from = Some("bucket:other".into());
+        assert!(matches!(run(&r, &p, &to), Err(PlanError::NotACopy { .. })));
+        r.from = Some("bucket:vault".into());
+        r.replace = true;
+        let existing = ds("tank/restored", None, vec![]);
+        let dest = Destination {
+            facts: Some(&to),
+            existing: Some(&existing),
+        };
+        assert!(matches!(
+            plan(&r, &p, dest, &known(), NOW),
+            Err(PlanError::BucketNeedsNewDataset { .. })
+        ));
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
-use zdr_common::wire::{DatasetInventory, SnapshotInfo};
+use zdr_common::wire::{DatasetInventory, ManifestRef, SnapshotInfo};
 
 /// A source dataset copied to a target dataset by a replication task.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,6 +29,31 @@ pub struct NodeFacts {
 pub enum CopyKind {
     Production,
     Replica,
+    /// Streams in a bucket (the offsite tier); restored by the destination
+    /// agent alone, from the bucket's signed manifests.
+    Bucket,
+}
+
+/// A bucket task's committed uploads of one dataset, as its upload record
+/// keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketCopy {
+    /// `bucket:<task>`: where a copy's node would be.
+    pub node: String,
+    pub source_node: String,
+    pub dataset: String,
+    /// `endpoint/bucket/prefix`, shown.
+    pub location: String,
+    pub raw: bool,
+    pub uploads: Vec<ManifestRef>,
+}
+
+/// The prefix of a bucket copy's node (`bucket:<task>`).
+pub const BUCKET_PREFIX: &str = "bucket:";
+
+/// The bucket task a copy's node names, if it is a bucket.
+pub fn bucket_task(node: &str) -> Option<&str> {
+    node.strip_prefix(BUCKET_PREFIX)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -92,6 +117,7 @@ pub fn restore_points(
     nodes: &BTreeMap<String, NodeFacts>,
     inventory: &BTreeMap<String, BTreeMap<String, DatasetInventory>>,
     links: &[CopyLink],
+    buckets: &[BucketCopy],
 ) -> Result<RestorePoints, PointsError> {
     if !nodes.contains_key(node) {
         return Err(PointsError::UnknownNode {
@@ -120,7 +146,11 @@ pub fn restore_points(
         .collect();
     let production = inv(node, dataset);
     let classed = production.is_some_and(|p| p.class.is_some());
-    if !classed && targets.is_empty() {
+    let buckets: Vec<&BucketCopy> = buckets
+        .iter()
+        .filter(|b| b.source_node == node && b.dataset == dataset && !b.uploads.is_empty())
+        .collect();
+    if !classed && targets.is_empty() && buckets.is_empty() {
         return Err(PointsError::NotProtected {
             node: node.to_string(),
             dataset: dataset.to_string(),
@@ -137,11 +167,45 @@ pub fn restore_points(
             .into_iter()
             .filter_map(|(n, d)| inv(n, d).map(|i| copy(CopyKind::Replica, n, i))),
     );
+    copies.extend(buckets.into_iter().map(|b| bucket_copy(b, production)));
     Ok(RestorePoints {
         node: node.to_string(),
         dataset: dataset.to_string(),
         copies,
     })
+}
+
+/// A bucket's snapshots are its committed uploads' (one per GUID), dated
+/// by production's snapshot of that GUID when it still has it, else by the
+/// upload.
+fn bucket_copy(b: &BucketCopy, production: Option<&DatasetInventory>) -> Copy {
+    let known = |guid: u64| production.and_then(|p| p.snapshots.iter().find(|s| s.guid == guid));
+    let mut snapshots: Vec<PointSnapshot> = Vec::new();
+    for m in &b.uploads {
+        if snapshots.iter().any(|s| s.guid == m.to_guid) {
+            continue;
+        }
+        snapshots.push(match known(m.to_guid) {
+            Some(s) => PointSnapshot::from(s),
+            None => PointSnapshot {
+                name: m.to_name.clone(),
+                guid: m.to_guid,
+                creation: m.created,
+                createtxg: 0,
+            },
+        });
+    }
+    snapshots.sort_by_key(|s| (s.creation, s.createtxg));
+    Copy {
+        copy: CopyKind::Bucket,
+        node: b.node.clone(),
+        site: "offsite".into(),
+        media: "bucket".into(),
+        dataset: b.location.clone(),
+        online: true,
+        raw: b.raw,
+        snapshots,
+    }
 }
 
 #[cfg(test)]
@@ -224,7 +288,7 @@ pub(crate) mod tests {
     #[test]
     fn production_first_then_replicas_by_node_each_with_its_snapshots() {
         let (nodes, inv, links) = fleet();
-        let p = restore_points("n1", "tank/db", &nodes, &inv, &links).unwrap();
+        let p = restore_points("n1", "tank/db", &nodes, &inv, &links, &[]).unwrap();
         let seen: Vec<(CopyKind, &str, bool, bool, usize)> = p
             .copies
             .iter()
@@ -247,7 +311,7 @@ pub(crate) mod tests {
     fn replicas_of_a_destroyed_source_are_still_restore_points() {
         let (nodes, mut inv, links) = fleet();
         inv.get_mut("n1").unwrap().remove("tank/db");
-        let p = restore_points("n1", "tank/db", &nodes, &inv, &links).unwrap();
+        let p = restore_points("n1", "tank/db", &nodes, &inv, &links, &[]).unwrap();
         assert_eq!(p.copies.len(), 2);
         assert!(p.copies.iter().all(|c| c.copy == CopyKind::Replica));
     }
@@ -255,15 +319,83 @@ pub(crate) mod tests {
     #[test]
     fn an_unknown_node_and_an_unprotected_dataset_are_refused() {
         let (nodes, mut inv, links) = fleet();
-        let e = restore_points("n9", "tank/db", &nodes, &inv, &links).unwrap_err();
+        let e = restore_points("n9", "tank/db", &nodes, &inv, &links, &[]).unwrap_err();
         assert!(matches!(&e, PointsError::UnknownNode { node, .. } if node == "n9"));
         assert!(e.to_string().contains("n1, n2, n3"));
         inv.get_mut("n1")
             .unwrap()
             .insert("tank/tmp".into(), ds("tank/tmp", None, vec![]));
-        let e = restore_points("n1", "tank/tmp", &nodes, &inv, &links).unwrap_err();
+        let e = restore_points("n1", "tank/tmp", &nodes, &inv, &links, &[]).unwrap_err();
         assert!(matches!(e, PointsError::NotProtected { .. }));
-        let e = restore_points("n1", "tank/nope", &nodes, &inv, &links).unwrap_err();
+        let e = restore_points("n1", "tank/nope", &nodes, &inv, &links, &[]).unwrap_err();
         assert!(e.to_string().contains("n1:tank/nope is not protected"));
+    }
+
+    pub fn upload(from: Option<u64>, to: u64, created: i64) -> ManifestRef {
+        ManifestRef {
+            stream: format!("s{to}"),
+            hash: format!("h{to}"),
+            key: format!("k{to}"),
+            dataset: "tank/db".into(),
+            from_guid: from,
+            to_guid: to,
+            to_name: format!("n{to}"),
+            raw: true,
+            stream_bytes: 1,
+            segments: 1,
+            created,
+            retain_until: 0,
+        }
+    }
+
+    pub fn vault(uploads: Vec<ManifestRef>) -> BucketCopy {
+        BucketCopy {
+            node: "bucket:vault".into(),
+            source_node: "n1".into(),
+            dataset: "tank/db".into(),
+            location: "http://s3/zdr/".into(),
+            raw: true,
+            uploads,
+        }
+    }
+
+    #[test]
+    fn a_bucket_lists_its_committed_uploads_last_even_when_production_is_gone() {
+        let (nodes, mut inv, links) = fleet();
+        // GUID 2 is production's @b; GUID 9 was pruned there: dated by its upload.
+        let b = vault(vec![
+            upload(None, 2, 250),
+            upload(Some(2), 9, 900),
+            upload(Some(2), 9, 901),
+        ]);
+        let p = restore_points(
+            "n1",
+            "tank/db",
+            &nodes,
+            &inv,
+            &links,
+            std::slice::from_ref(&b),
+        )
+        .unwrap();
+        let last = p.copies.last().unwrap();
+        assert_eq!(
+            (last.copy, last.node.as_str(), last.online),
+            (CopyKind::Bucket, "bucket:vault", true)
+        );
+        let snaps: Vec<(&str, u64, i64)> = last
+            .snapshots
+            .iter()
+            .map(|s| (s.name.as_str(), s.guid, s.creation))
+            .collect();
+        assert_eq!(snaps, vec![("b", 2, 200), ("n9", 9, 900)]);
+        // No production, no replica, no class: the bucket alone keeps it a restore point.
+        inv.get_mut("n1").unwrap().remove("tank/db");
+        let p = restore_points("n1", "tank/db", &nodes, &inv, &[], &[b]).unwrap();
+        assert_eq!(p.copies.len(), 1);
+        assert_eq!(bucket_task(&p.copies[0].node), Some("vault"));
+        assert!(matches!(
+            restore_points("n1", "tank/db", &nodes, &inv, &[], &[vault(vec![])]),
+            Err(PointsError::NotProtected { .. })
+        ));
     }
 }

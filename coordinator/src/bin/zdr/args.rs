@@ -130,9 +130,10 @@ pub struct RestoreArgs {
     /// This snapshot (the part after '@').
     #[arg(long, value_parser = parse_snapshot)]
     pub snapshot: Option<String>,
-    /// The node of the copy to restore from (default: the online copy
-    /// closest to the destination).
-    #[arg(long, value_parser = parse_node)]
+    /// The copy to restore from: a node, or `bucket:TASK` for a bucket
+    /// task's uploads (the destination's agent needs the recovery key).
+    /// Default: the online node copy closest to the destination.
+    #[arg(long, value_parser = parse_copy)]
     pub from: Option<String>,
     /// Where the data lands, as NODE:DATASET.
     #[arg(long, value_parser = parse_location)]
@@ -188,6 +189,17 @@ pub enum Point {
 pub fn parse_node(s: &str) -> Result<String, String> {
     valid_node_id(s)?;
     Ok(s.to_string())
+}
+
+/// A copy: a node id, or `bucket:TASK`.
+pub fn parse_copy(s: &str) -> Result<String, String> {
+    match s.strip_prefix("bucket:") {
+        Some(task) if task.is_empty() || task.contains(char::is_whitespace) => Err(format!(
+            "{s:?}: write bucket:TASK with the bucket task's name from the tasks file"
+        )),
+        Some(_) => Ok(s.to_string()),
+        None => parse_node(s),
+    }
 }
 
 /// `NODE:DATASET`; node ids never hold ':' but dataset names may.
@@ -319,6 +331,26 @@ mod tests {
                 "replace": true})
         );
         assert!(!r.no_wait);
+    }
+
+    #[test]
+    fn from_is_a_node_or_a_bucket_task() {
+        let cli = parse(&[
+            "restore",
+            "n1:tank/db",
+            "--from",
+            "bucket:vault",
+            "--to",
+            "n2:tank/r",
+        ])
+        .unwrap();
+        let Cmd::Restore(r) = cli.cmd else {
+            panic!("not a restore")
+        };
+        assert_eq!(r.request().from.as_deref(), Some("bucket:vault"));
+        assert!(parse_copy("bucket:").is_err());
+        assert!(parse_copy("no de").is_err());
+        assert_eq!(parse_copy("node-b1").unwrap(), "node-b1");
     }
 
     #[test]
