@@ -507,7 +507,7 @@ async fn a_receive_without_force_neither_lists_nor_audits_a_rollback() {
 }
 
 #[tokio::test]
-async fn status_reports_a_running_job_s_latest_bytes_and_nothing_once_it_ended() {
+async fn status_reports_a_running_job_s_latest_bytes_and_its_last_report_once_it_ended() {
     let pki = Pki::new("fleet");
     let mut source = node(&pki, SOURCE, SimBackend::new()).await;
     let mut target = node(&pki, TARGET, SimBackend::new()).await;
@@ -548,10 +548,14 @@ async fn status_reports_a_running_job_s_latest_bytes_and_nothing_once_it_ended()
     assert_eq!(there.role, JobRole::Target);
 
     source.repl.cancel("slow").unwrap();
-    assert_eq!(source.outcome("slow").await.state, JobPhase::Failed);
-    assert_eq!(target.outcome("slow").await.state, JobPhase::Failed);
-    assert_eq!(source.repl.status("slow"), None);
-    assert_eq!(target.repl.status("slow"), None);
+    let (src_end, dst_end) = (source.outcome("slow").await, target.outcome("slow").await);
+    assert_eq!(src_end.state, JobPhase::Failed);
+    assert_eq!(dst_end.state, JobPhase::Failed);
+    // Once ended, status is the job's last report, for a new leader that
+    // asks how an attempt ended while nobody listened.
+    assert_eq!(source.repl.status("slow"), Some(src_end));
+    assert_eq!(target.repl.status("slow"), Some(dst_end));
+    assert_eq!(source.repl.status("never-ran"), None);
 }
 
 /// The goal from issue 12: a transfer cancelled mid-way and resumed from
