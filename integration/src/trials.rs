@@ -198,11 +198,15 @@ pub fn foreign_on_copy(
 }
 
 /// For each resumed landing in `history`: the bytes the cut attempt moved
-/// that the saved partial receive did not keep (re-sent by the resume), as a
-/// fraction of the stream (what the partial kept plus what the resume sent).
-/// Reads `attempt N failed after B bytes`, `resuming the saved partial
-/// receive of P bytes`, then the landing's `attempt N sent X bytes`.
-pub fn resent_by_resumes(history: &[String]) -> Vec<f64> {
+/// that neither landed nor stayed in the saved partial receive (re-sent by
+/// the resume), as a fraction of one snapshot's stream. Reads `attempt N
+/// failed after B bytes`, `resuming the saved partial receive of P bytes`,
+/// then the landing (`attempt N sent X bytes`).
+///
+/// The cut attempt may be an `-I` stream that landed whole snapshots before
+/// the one whose partial was saved; with every snapshot's stream `snapshot`
+/// bytes long (as in the trials), what it re-sends is `(B - P) mod snapshot`.
+pub fn resent_by_resumes(history: &[String], snapshot: u64) -> Vec<f64> {
     let mut cut = None;
     let mut partial = None;
     let mut out = Vec::new();
@@ -214,11 +218,11 @@ pub fn resent_by_resumes(history: &[String]) -> Vec<f64> {
             number_between(line, "resuming the saved partial receive of ", " bytes")
         {
             partial = Some(p);
-        } else if let Some(x) = number_between(line, " sent ", " bytes")
-            .filter(|_| line.contains(" done: ") || line.contains("the resumed receive landed"))
+        } else if number_between(line, " sent ", " bytes").is_some()
+            && (line.contains(" done: ") || line.contains("the resumed receive landed"))
         {
             if let (Some(b), Some(p)) = (cut, partial) {
-                out.push(resent_fraction(b, p, x));
+                out.push(resent_fraction(b, p, snapshot));
             }
             cut = None;
             partial = None;
@@ -232,14 +236,14 @@ fn number_between(line: &str, before: &str, after: &str) -> Option<u64> {
     rest.split_once(after)?.0.trim().parse().ok()
 }
 
-/// `cut` bytes moved by the failed attempt, `kept` of them saved, `rest`
-/// sent by the resume: the share of the stream (`kept + rest`) sent twice.
-pub fn resent_fraction(cut: u64, kept: u64, rest: u64) -> f64 {
-    let stream = kept + rest;
-    if stream == 0 {
+/// `cut` bytes moved by the failed attempt, `kept` of them in the saved
+/// partial receive of a snapshot whose stream is `snapshot` bytes, whole
+/// earlier snapshots landed: the share of that snapshot's stream sent twice.
+pub fn resent_fraction(cut: u64, kept: u64, snapshot: u64) -> f64 {
+    if snapshot == 0 {
         return 0.0;
     }
-    cut.saturating_sub(kept) as f64 / stream as f64
+    (cut.saturating_sub(kept) % snapshot) as f64 / snapshot as f64
 }
 
 #[cfg(test)]
@@ -333,8 +337,11 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        assert_eq!(resent_by_resumes(&h), vec![1.0 / 24.0]);
+        assert_eq!(resent_by_resumes(&h, 24_000_000), vec![1.0 / 24.0]);
         assert_eq!(resent_fraction(5, 8, 16), 0.0);
         assert_eq!(resent_fraction(0, 0, 0), 0.0);
+        // An -I stream that landed two 10-byte snapshots, then cut the third
+        // 3 bytes past its saved 4: 3 of 10 re-sent.
+        assert_eq!(resent_fraction(27, 4, 10), 0.3);
     }
 }
