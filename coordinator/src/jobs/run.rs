@@ -317,6 +317,29 @@ async fn fail_current(state: &State, key: &str, attempt: &str, why: String, disc
     persist(state, key, &rec).await;
 }
 
+/// Records that both ends took `attempt`'s commands, and persists it.
+async fn mark_running(
+    state: &State,
+    key: &str,
+    attempt: &str,
+    resumed: bool,
+    rate: Option<u64>,
+    line: String,
+) {
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(key) else { return };
+        if cur
+            .attempt_running(attempt, resumed, rate, line, now_ms())
+            .is_empty()
+        {
+            return;
+        }
+        cur.clone()
+    };
+    persist(state, key, &rec).await;
+}
+
 /// Records that the target's retention floor refused `attempt`'s step, and persists it.
 async fn floor_refused(
     state: &State,
@@ -500,18 +523,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
         rec.target_node,
         offer.addr
     );
-    let rec = {
-        let mut jobs = state.jobs();
-        let Some(cur) = jobs.get_mut(key) else { return };
-        if cur
-            .attempt_running(&attempt, resumed, rate, line, now_ms())
-            .is_empty()
-        {
-            return;
-        }
-        cur.clone()
-    };
-    persist(state, key, &rec).await;
+    mark_running(state, key, &attempt, resumed, rate, line).await;
 }
 
 /// Sends an upload's one command, to its source: the bucket has no agent.
@@ -592,18 +604,7 @@ async fn start_upload(state: &Arc<State>, key: &str) {
             None => String::new(),
         }
     );
-    let rec = {
-        let mut jobs = state.jobs();
-        let Some(cur) = jobs.get_mut(key) else { return };
-        if cur
-            .attempt_running(&attempt, false, rate, line, now_ms())
-            .is_empty()
-        {
-            return;
-        }
-        cur.clone()
-    };
-    persist(state, key, &rec).await;
+    mark_running(state, key, &attempt, false, rate, line).await;
 }
 
 /// Sends a restore from a bucket's one command, to the destination: the
@@ -654,18 +655,7 @@ async fn start_bucket_restore(state: &Arc<State>, key: &str) {
         "attempt {}: {} reads the chain that lands {}@{} (GUID {}) from bucket task {name}",
         rec.attempt, rec.target_node, rec.dataset, step.expect.name, step.expect.guid
     );
-    let rec = {
-        let mut jobs = state.jobs();
-        let Some(cur) = jobs.get_mut(key) else { return };
-        if cur
-            .attempt_running(&attempt, false, None, line, now_ms())
-            .is_empty()
-        {
-            return;
-        }
-        cur.clone()
-    };
-    persist(state, key, &rec).await;
+    mark_running(state, key, &attempt, false, None, line).await;
 }
 
 /// An upload landed: the source holds its new chain tip alone.
