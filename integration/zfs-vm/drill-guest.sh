@@ -113,6 +113,11 @@ copy_has() {
         grep -qx "$2"
 }
 
+# n2_reports_dst: n2's last heartbeat lists pool dst
+n2_reports_dst() {
+    $API "$HTTP_PORT" value "/api/v1/fleet?node=n2" 'nodes.0.pools.*.name' | grep -qx dst
+}
+
 # snap_hashes DS@SNAP: "sha256  ./path" of every file, read-only mount
 snap_hashes() {
     local m
@@ -292,6 +297,10 @@ test3() {
     zpool import -d "$W/dst.img" dst || { fail "3: pool dst did not import after the damage"; return 1; }
     wait_until 120 "the restore points to list n2's copy with @r1" copy_has $ds r1 || {
         fail "3: n2's copy with @r1 never came back in the restore points"; return 1; }
+    # The drill checks dst's free space, known only once a heartbeat after
+    # the import reports the pool again (a drill before that is refused, 503).
+    wait_until 120 "n2's heartbeat to report pool dst again" n2_reports_dst || {
+        fail "3: n2 never reported pool dst after the import"; return 1; }
     drill_run 3 $ds || return 1
     show_drill "$DRILL"
     [ "$D_STATE" = failed ] || { fail "3: the drill of the damaged copy ended $D_STATE"; return 1; }
