@@ -83,7 +83,11 @@ struct RunArgs {
     /// Name of this instance in the leadership lease.
     #[arg(long, env = "ZDR_INSTANCE")]
     instance: Option<String>,
-    #[arg(long, default_value_t = 15)]
+    /// How long the leadership lease outlives the leader's last renewal
+    /// (renewed every third of it). A standby leads within about 4/3 of it
+    /// after the leader dies: 5 s keeps failover under 10 s (BENCHMARKS.md,
+    /// "Failover"). Values below 3 are raised to 3.
+    #[arg(long, env = "ZDR_LEASE_TTL_SECS", default_value_t = 5)]
     lease_ttl_secs: u64,
     #[arg(long, default_value_t = 30)]
     offline_after_secs: u64,

@@ -7,20 +7,14 @@
 //! - One item per replication pairing, per dataset a bucket task selects,
 //!   per drill running or next due, and per protected dataset's next
 //!   snapshot (production's smallest tier with a keep above zero).
-//! - A pairing's reason follows the job engine's own order (the tick in
-//!   `crate::jobs` and its `schedule::decide`, which this mirrors with the
-//!   same predicates: `JobRecord::due`, `awaiting_landed_inventory`, the
-//!   window's `contains`): a parent dataset never copied lands first, a
-//!   restore writing the source holds it, a running job runs (with the
-//!   bandwidth cap that binds it), moving holds wait, a blocked job stays
-//!   blocked (with its recorded reason) until a new plan finds a way, a job
-//!   not due waits for its backoff or its schedule, then the task's
-//!   window, both nodes online, the target dataset free, the source's
-//!   inventory, the landed snapshot in the target's inventory. What
-//!   remains is the transfer planner's answer
-//!   (`crate::transfer_plan::plan_with_bookmarks`): start now, up to date,
-//!   or blocked (no common snapshot, diverged). Uploads follow
-//!   `offsite::decide` the same way.
+//! - A pairing's reason is the job engine's own decision: the tick's
+//!   predicates (`jobs::schedule::NeverCopied`, `busy_targets`) and
+//!   `jobs::schedule::decide`, called here, not copied, so the plan cannot
+//!   drift from what the engine does. Before it, what the record alone says
+//!   is shown in more detail: a restore writing the source holds it, a
+//!   running job runs (with the bandwidth cap that binds it), moving holds
+//!   wait, and a blocked job stays blocked (with its recorded reason) until
+//!   a new plan finds a way. Uploads follow `offsite::decide` the same way.
 //! - When: `now` (under way, or starts on the next tick), `at` a time (a
 //!   retry, the next scheduled run, a window opening, a drill, a
 //!   snapshot), `waiting` for a condition with no time (a node offline), or
@@ -31,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
-use zdr_common::wire::DatasetInventory;
+use zdr_common::wire::{DatasetInventory, StreamSpec};
 use zdr_schemas::buckets::BucketTask;
 use zdr_schemas::tasks::{Link, Task};
 
@@ -42,7 +36,9 @@ use crate::jobs::{JobKind, JobRecord, JobState};
 use crate::offsite::{self, UploadDecision};
 use crate::pairing::Pairing;
 use crate::state::PolicyState;
-use crate::transfer_plan::{PlanError, Step};
+use crate::jobs::schedule::{self, Block, Decision, Ends, NeverCopied, Wait};
+use crate::jobs::PlannedStep;
+use crate::transfer_plan::PlanError;
 
 /// Items returned when the request names no limit.
 pub const DEFAULT_LIMIT: usize = 500;
@@ -428,27 +424,19 @@ pub fn plan(input: &Input) -> Plan {
     let now = input.now_ms / 1000;
     let records = by_pairing(input.jobs);
     let mut items = Vec::new();
-    // Never copied: no record, or no success yet (as `schedule::NeverCopied`).
-    let never: HashSet<(&str, &str, &str)> = input
-        .pairings
-        .iter()
-        .map(|q| (q.task.as_str(), q.source_node.as_str(), q.dataset.as_str()))
-        .filter(|k| records.get(k).is_none_or(|r| r.last_success_ms.is_none()))
-        .collect();
-    let busy: HashSet<(String, String)> = input
-        .jobs
-        .iter()
-        .filter(|r| r.active())
-        .map(|r| (r.target_node.clone(), r.target_dataset.clone()))
-        .collect();
+    let record_of = |p: &Pairing| {
+        records
+            .get(&(p.task.as_str(), p.source_node.as_str(), p.dataset.as_str()))
+            .copied()
+    };
+    let never = NeverCopied::new(input.pairings, record_of);
+    let busy = schedule::busy_targets(input.jobs.iter());
     for p in input.pairings {
         let Some(task) = input.policy.tasks.iter().find(|t| t.name == p.task) else {
             continue;
         };
-        let rec = records
-            .get(&(p.task.as_str(), p.source_node.as_str(), p.dataset.as_str()))
-            .copied();
-        let (when, why) = if parent_first(&never, p) {
+        let rec = record_of(p);
+        let (when, why) = if never.parent_first(p) {
             (When::Waiting, Why::ParentFirst)
         } else {
             replication(input, task, p, rec, &busy)
@@ -478,24 +466,6 @@ pub fn plan(input: &Input) -> Plan {
         items,
         left_out,
     }
-}
-
-/// An ancestor of the pairing's dataset, copied by the same task from the
-/// same node, has never been copied.
-fn parent_first(never: &HashSet<(&str, &str, &str)>, p: &Pairing) -> bool {
-    let Ok(name) = zdr_common::DatasetName::parse(&p.dataset) else {
-        return false;
-    };
-    std::iter::successors(name.parent(), |a| a.parent())
-        .any(|a| never.contains(&(p.task.as_str(), p.source_node.as_str(), a.as_str())))
-}
-
-/// Whether the task's daily window (UTC) admits `now_ms`.
-fn in_window(task: &Task, now_ms: i64) -> bool {
-    task.schedule.window.as_ref().is_none_or(|w| {
-        let at = chrono::DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
-        w.contains(minute(at))
-    })
 }
 
 fn online(input: &Input, node: &str) -> bool {
@@ -593,7 +563,7 @@ fn window_opens(task: &Task, now_ms: i64) -> Option<i64> {
     let start = now_ms / 60_000 * 60_000;
     (1..=24 * 60)
         .map(|m| start + m * 60_000)
-        .find(|&t| in_window(task, t))
+        .find(|&t| schedule::in_window(task, t))
         .map(|t| t / 1000)
 }
 
@@ -609,6 +579,7 @@ fn replication(
     if busy.contains(&(p.source_node.clone(), p.dataset.clone())) {
         return (When::Waiting, Why::RestoreWritingSource);
     }
+    // What the record alone says, in more detail than the engine needs.
     if let Some(r) = rec {
         if r.active() {
             return (When::Now, running(input, r));
@@ -624,64 +595,18 @@ fn replication(
                 .unwrap_or_else(|| "the job is blocked".into());
             return (When::Blocked, Why::Blocked { why });
         }
-        if !r.due(every_ms, now_ms) {
-            return not_due(r, every_ms);
-        }
     }
-    if !in_window(task, now_ms) {
-        let window = task
-            .schedule
-            .window
-            .as_ref()
-            .map(|w| w.to_string())
-            .unwrap_or_default();
-        let when = window_opens(task, now_ms).map_or(When::Waiting, |at| When::At { at });
-        return (when, Why::OutsideWindow { window });
-    }
-    for node in [&p.source_node, &p.target_node] {
-        if !online(input, node) {
-            return (When::Waiting, Why::NodeOffline { node: node.clone() });
-        }
-    }
-    let target = (p.target_node.clone(), p.target_dataset.clone());
-    if busy.contains(&target) {
-        return (
-            When::Waiting,
-            Why::TargetBusy {
-                node: p.target_node.clone(),
-                dataset: p.target_dataset.clone(),
-            },
-        );
-    }
-    let source = input.fleet.dataset(&p.source_node, &p.dataset);
-    let target_inv = input.fleet.dataset(&p.target_node, &p.target_dataset);
-    let Some(src) = source else {
-        return (
-            When::Waiting,
-            Why::NoInventory {
-                node: p.source_node.clone(),
-            },
-        );
+    let ends = Ends {
+        source_online: online(input, &p.source_node),
+        target_online: online(input, &p.target_node),
+        source: input.fleet.dataset(&p.source_node, &p.dataset),
+        target: input.fleet.dataset(&p.target_node, &p.target_dataset),
     };
-    let tgt = target_inv.map(|d| d.snapshots.as_slice()).unwrap_or(&[]);
-    if let Some(r) = rec.filter(|r| r.awaiting_landed_inventory(tgt, now_ms)) {
-        let snapshot = r
-            .steps
-            .last()
-            .map(|s| s.expect.name.clone())
-            .unwrap_or_default();
-        return (When::Waiting, Why::AwaitingLanded { snapshot });
-    }
-    let planned = crate::transfer_plan::plan_with_bookmarks(
-        &src.snapshots,
-        &src.bookmarks,
-        tgt,
-        task.keep_intermediates,
-        task.allow_rollback,
-    );
-    match planned {
-        Ok(Some(plan)) if !plan.steps.is_empty() => (When::Now, pending(&plan.steps)),
-        Ok(_) => (
+    let target_busy = busy.contains(&(p.target_node.clone(), p.target_dataset.clone()));
+    // The engine's own rules, so that the plan cannot drift from them.
+    match schedule::decide(task, rec, &ends, target_busy, now_ms) {
+        Decision::Start { steps, .. } => (When::Now, pending(&steps)),
+        Decision::UpToDate | Decision::Wait(Wait::NoSteps) => (
             When::At {
                 at: (now_ms + every_ms) / 1000,
             },
@@ -689,41 +614,92 @@ fn replication(
                 every_secs: task.schedule.every.secs(),
             },
         ),
-        Err(PlanError::NothingToSend) => (When::Waiting, Why::NothingToSend),
-        Err(PlanError::NoCommon(target_has)) => {
+        Decision::Wait(Wait::NotDue) => match rec {
+            Some(r) => not_due(r, every_ms),
+            None => (When::Waiting, Why::NothingToSend),
+        },
+        Decision::Wait(Wait::OutsideWindow) => {
+            let window = task
+                .schedule
+                .window
+                .as_ref()
+                .map(|w| w.to_string())
+                .unwrap_or_default();
+            let when = window_opens(task, now_ms).map_or(When::Waiting, |at| When::At { at });
+            (when, Why::OutsideWindow { window })
+        }
+        Decision::Wait(Wait::SourceOffline) => (
+            When::Waiting,
+            Why::NodeOffline {
+                node: p.source_node.clone(),
+            },
+        ),
+        Decision::Wait(Wait::TargetOffline) => (
+            When::Waiting,
+            Why::NodeOffline {
+                node: p.target_node.clone(),
+            },
+        ),
+        Decision::Wait(Wait::TargetBusy) => (
+            When::Waiting,
+            Why::TargetBusy {
+                node: p.target_node.clone(),
+                dataset: p.target_dataset.clone(),
+            },
+        ),
+        Decision::Wait(Wait::NoSourceInventory) => (
+            When::Waiting,
+            Why::NoInventory {
+                node: p.source_node.clone(),
+            },
+        ),
+        Decision::Wait(Wait::AwaitingLanded) => {
+            let snapshot = rec
+                .and_then(|r| r.steps.last())
+                .map(|s| s.expect.name.clone())
+                .unwrap_or_default();
+            (When::Waiting, Why::AwaitingLanded { snapshot })
+        }
+        Decision::Wait(Wait::NothingToSend) => (When::Waiting, Why::NothingToSend),
+        Decision::Blocked(Block::Plan(PlanError::NoCommon(target_has))) => {
             (When::Blocked, Why::NoCommonSnapshot { target_has })
         }
-        Err(PlanError::Diverged(after, common)) => (When::Blocked, Why::Diverged { after, common }),
+        Decision::Blocked(Block::Plan(PlanError::Diverged(after, common))) => {
+            (When::Blocked, Why::Diverged { after, common })
+        }
+        Decision::Blocked(why) => (
+            When::Blocked,
+            Why::Blocked {
+                why: why.to_string(),
+            },
+        ),
     }
 }
 
 /// The transfer's first base and last snapshot.
-fn pending(steps: &[Step]) -> Why {
-    let to = steps.iter().rev().find_map(|s| match s {
-        Step::Full { snapshot } => Some(snapshot.clone()),
-        Step::Incremental { to, .. } | Step::FromBookmark { to, .. } => Some(to.clone()),
-        Step::Rollback { .. } => None,
+fn pending(steps: &[PlannedStep]) -> Why {
+    let from = steps.first().and_then(|s| match &s.stream {
+        StreamSpec::Full { .. } => None,
+        StreamSpec::Incremental {
+            from,
+            from_bookmark: true,
+            ..
+        } => Some(format!("#{from}")),
+        StreamSpec::Incremental { from, .. } => Some(from.clone()),
+        StreamSpec::Resume { .. } => None,
     });
-    let from = steps.iter().find_map(|s| match s {
-        Step::Full { .. } => Some(None),
-        Step::Incremental { from, .. } => Some(Some(from.clone())),
-        Step::FromBookmark { bookmark, .. } => Some(Some(format!("#{bookmark}"))),
-        Step::Rollback { .. } => None,
+    let rollback = steps.first().filter(|s| s.force).map(|s| Rollback {
+        to: s.base.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
+        discards: s.discards.len(),
     });
     Why::Pending {
-        steps: steps
-            .iter()
-            .filter(|s| !matches!(s, Step::Rollback { .. }))
-            .count(),
-        to: to.unwrap_or_default(),
-        from: from.flatten(),
-        rollback: steps.iter().find_map(|s| match s {
-            Step::Rollback { to, discards } => Some(Rollback {
-                to: to.clone(),
-                discards: discards.len(),
-            }),
-            _ => None,
-        }),
+        steps: steps.len(),
+        to: steps
+            .last()
+            .map(|s| s.expect.name.clone())
+            .unwrap_or_default(),
+        from,
+        rollback,
     }
 }
 

@@ -27,7 +27,7 @@
 mod rates;
 mod record;
 mod run;
-mod schedule;
+pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -150,7 +150,7 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
             let target = (pairing.target_node.clone(), pairing.target_dataset.clone());
             let previous = jobs.get(&key);
             match schedule::decide(task, previous, &ends, busy.contains(&target), now_ms) {
-                Decision::Wait => {}
+                Decision::Wait(_) => {}
                 Decision::UpToDate => {
                     if let Some(r) = jobs.get_mut(&key) {
                         let fx = r.up_to_date(now_ms);
@@ -187,7 +187,7 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
                         Vec::new(),
                         now_ms,
                     )
-                    .block(jobs.get(&key), why, now_ms);
+                    .block(jobs.get(&key), why.to_string(), now_ms);
                     jobs.insert(key.clone(), rec.clone());
                     work.push((key, rec, vec![Effect::Persist]));
                 }

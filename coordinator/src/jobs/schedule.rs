@@ -28,8 +28,8 @@ use crate::transfer_plan::{self, Step};
 /// What a pairing gets on this tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Nothing to do now.
-    Wait,
+    /// Nothing to do now, and why (`crate::plan` shows it).
+    Wait(Wait),
     /// The target has everything the source has.
     UpToDate,
     /// Start a job with these steps; `discard_partial` when the target's
@@ -39,7 +39,39 @@ pub enum Decision {
         discard_partial: Option<String>,
     },
     /// Needs a human; the reason.
-    Blocked(String),
+    Blocked(Block),
+}
+
+/// Why a pairing waits (rules 3 and 4, and a source with nothing to send).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// A job runs or its holds move, or the schedule or backoff has not
+    /// come round (the record says which).
+    NotDue,
+    OutsideWindow,
+    SourceOffline,
+    TargetOffline,
+    /// Another job writes into the same target dataset.
+    TargetBusy,
+    /// The source's inventory has not arrived.
+    NoSourceInventory,
+    /// The last job's snapshot is not in the target's inventory yet.
+    AwaitingLanded,
+    /// The source has no snapshot yet.
+    NothingToSend,
+    /// The plan holds only a rollback, nothing to send after it.
+    NoSteps,
+}
+
+/// Why a pairing needs a human.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Block {
+    /// The plan would remove a snapshot the target's floor keeps (rule 6).
+    #[error("{0}")]
+    Floor(String),
+    /// The target has no common snapshot, or diverged.
+    #[error(transparent)]
+    Plan(transfer_plan::PlanError),
 }
 
 /// Pairings whose dataset has never been copied, by (task, node, dataset):
@@ -110,18 +142,27 @@ pub fn decide(
     now_ms: i64,
 ) -> Decision {
     let every_ms = task.schedule.every.secs() as i64 * 1000;
-    if record.is_some_and(|r| !r.due(every_ms, now_ms)) || !in_window(task, now_ms) {
-        return Decision::Wait;
+    if record.is_some_and(|r| !r.due(every_ms, now_ms)) {
+        return Decision::Wait(Wait::NotDue);
     }
-    if !ends.source_online || !ends.target_online || target_busy {
-        return Decision::Wait;
+    if !in_window(task, now_ms) {
+        return Decision::Wait(Wait::OutsideWindow);
+    }
+    if !ends.source_online {
+        return Decision::Wait(Wait::SourceOffline);
+    }
+    if !ends.target_online {
+        return Decision::Wait(Wait::TargetOffline);
+    }
+    if target_busy {
+        return Decision::Wait(Wait::TargetBusy);
     }
     let Some(src) = ends.source else {
-        return Decision::Wait;
+        return Decision::Wait(Wait::NoSourceInventory);
     };
     let tgt = ends.target.map(|d| d.snapshots.as_slice()).unwrap_or(&[]);
     if record.is_some_and(|r| r.awaiting_landed_inventory(tgt, now_ms)) {
-        return Decision::Wait;
+        return Decision::Wait(Wait::AwaitingLanded);
     }
     let planned = transfer_plan::plan_with_bookmarks(
         &src.snapshots,
@@ -135,10 +176,10 @@ pub fn decide(
         Ok(Some(plan)) => {
             let steps = steps_of(&plan.steps, &src.snapshots, &src.bookmarks);
             if steps.is_empty() {
-                return Decision::Wait;
+                return Decision::Wait(Wait::NoSteps);
             }
             if let Some(why) = record.and_then(|r| r.floor_keeps(&steps, now_ms)) {
-                return Decision::Blocked(why);
+                return Decision::Blocked(Block::Floor(why));
             }
             let discard_partial = record
                 .and_then(|r| r.partial.as_ref())
@@ -148,7 +189,9 @@ pub fn decide(
                 discard_partial,
             }
         }
-        Err(e) => Decision::Blocked(e.to_string()),
+        // A new dataset before its first snapshot: not a human's problem.
+        Err(transfer_plan::PlanError::NothingToSend) => Decision::Wait(Wait::NothingToSend),
+        Err(e) => Decision::Blocked(Block::Plan(e)),
     }
 }
 
@@ -254,6 +297,8 @@ mod tests {
     use super::*;
     use zdr_common::wire::PartialReceive;
 
+    use crate::transfer_plan::PlanError;
+
     use crate::testing::snap as s;
 
     fn pairing(dataset: &str) -> Pairing {
@@ -314,11 +359,21 @@ mod tests {
         assert_eq!(discard_partial, None);
         assert_eq!(
             decide(&t, None, &ends(false, Some(&tgt)), false, 0),
-            Decision::Wait
+            Decision::Wait(Wait::SourceOffline)
         );
         assert_eq!(
             decide(&t, None, &ends(true, Some(&tgt)), true, 0),
-            Decision::Wait
+            Decision::Wait(Wait::TargetBusy)
+        );
+        // A new dataset with no snapshot yet waits; it is not blocked.
+        let empty = inv(vec![]);
+        let new_dataset = Ends {
+            source: Some(&empty),
+            ..ends(true, Some(&tgt))
+        };
+        assert_eq!(
+            decide(&t, None, &new_dataset, false, 0),
+            Decision::Wait(Wait::NothingToSend)
         );
         assert_eq!(
             decide(&t, None, &ends(true, Some(&src)), false, 0),
@@ -327,7 +382,8 @@ mod tests {
         let diverged = inv(vec![s("a", 1), s("x", 9)]);
         assert!(matches!(
             decide(&t, None, &ends(true, Some(&diverged)), false, 0),
-            Decision::Blocked(why) if why.contains("diverged")
+            Decision::Blocked(Block::Plan(PlanError::Diverged(after, common)))
+                if after == ["x"] && common == "a"
         ));
     }
 
@@ -369,7 +425,7 @@ mod tests {
         // Due again on schedule, but the plan is the one refused: blocked, not sent.
         assert!(matches!(
             decide(&t, Some(&rec), &ends, false, 600_000),
-            Decision::Blocked(why) if why.starts_with("target b refused: receive -F")
+            Decision::Blocked(Block::Floor(why)) if why.starts_with("target b refused: receive -F")
         ));
         // Once x has left its window the target would let it go.
         assert!(matches!(
