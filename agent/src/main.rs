@@ -86,7 +86,8 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
             }
             for pool in pools {
                 match sim.add_pool(&pool.name, pool.size_bytes) {
-                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                    Ok(()) => {}
+                    Err(ZfsError::Exists { .. }) => sim.grow_pool(&pool.name, pool.size_bytes)?,
                     Err(e) => return Err(e.into()),
                 }
                 for ds in &pool.datasets {

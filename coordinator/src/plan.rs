@@ -32,12 +32,12 @@ use zdr_schemas::tasks::{Link, Task};
 use crate::compliance::{in_days, short};
 use crate::drills::plan::PlannedDrill;
 use crate::fleet::{resolved_class, Fleet};
+use crate::jobs::schedule::{self, Block, Decision, Ends, NeverCopied, Wait};
+use crate::jobs::PlannedStep;
 use crate::jobs::{JobKind, JobRecord, JobState};
 use crate::offsite::{self, UploadDecision};
 use crate::pairing::Pairing;
 use crate::state::PolicyState;
-use crate::jobs::schedule::{self, Block, Decision, Ends, NeverCopied, Wait};
-use crate::jobs::PlannedStep;
 use crate::transfer_plan::PlanError;
 
 /// Items returned when the request names no limit.

@@ -643,6 +643,8 @@ async fn handle_message(
                     "agent runs the SIMULATED backend: it protects no real data"
                 );
             }
+            // Reports it sent while nobody heard (a cut uplink) are asked for.
+            jobs::catch_up(state, tasks, node);
             // The agent publishes a full inventory right after its hello.
             state.fleet_mut().hello(m, t)
         }

@@ -541,12 +541,7 @@ impl Coordinator {
         .arg(&keys.file)
         .arg("--key-id")
         .arg(&keys.kid)
-        .args([
-            "--instance",
-            instance,
-            "--offline-after-secs",
-            "5",
-        ]);
+        .args(["--instance", instance, "--offline-after-secs", "5"]);
         // Tests lead sooner with a 3 s lease; ops/bench-failover.sh measures
         // the product's default by setting ZDR_TEST_LEASE_TTL=default.
         match std::env::var("ZDR_TEST_LEASE_TTL").as_deref() {
@@ -863,6 +858,8 @@ pub struct AgentExtra {
     /// `[offsite] manifest_signers` (node, base64 public key): other nodes'
     /// manifests a restore here believes.
     pub manifest_signers: Vec<(String, String)>,
+    /// Reach NATS here instead of the fleet's server (a [`CutProxy`]).
+    pub nats_url: Option<String>,
 }
 
 /// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
@@ -920,7 +917,7 @@ pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{
             node = spec.node,
             site = spec.site,
             media = spec.media,
-            url = nats.url(),
+            url = extra.nats_url.clone().unwrap_or_else(|| nats.url()),
             nkey = nats
                 .seed_file(BusUser::Agent(spec.node))
                 .filter(|f| f.exists())
@@ -1130,17 +1127,23 @@ pub fn job_for<'a>(jobs: &'a [Value], task: &str, source: &str) -> Option<&'a Va
         .find(|j| j["task"] == task && j["source_node"] == source)
 }
 
-/// Every snapshot of the copy has its source's GUID, and the newest common
-/// one is held on both sides.
+/// Every snapshot of the copy has the GUID of its source's snapshot of the
+/// same name, or of the bookmark the source left when it pruned it; the
+/// newest common one is held on both sides.
 pub fn assert_faithful(source: &Agent, target: &Agent, dataset: &str, copy: &str, tag: &str) {
     let src = on_disk(source, dataset).expect("source dataset");
     let dst = on_disk(target, copy).expect("target dataset");
-    let src_guids: BTreeMap<&str, u64> = src.iter().map(|(n, g, _)| (n.as_str(), *g)).collect();
+    let bookmarks = bookmarks_on_disk(source, dataset);
+    let src_guids: BTreeMap<&str, u64> = bookmarks
+        .iter()
+        .map(|(n, g)| (n.as_str(), *g))
+        .chain(src.iter().map(|(n, g, _)| (n.as_str(), *g)))
+        .collect();
     for (name, guid, _) in &dst {
         assert_eq!(
             src_guids.get(name.as_str()),
             Some(guid),
-            "{copy}@{name} has GUID {guid}, which the source's {dataset}@{name} does not have"
+            "{copy}@{name} has GUID {guid}, which neither the source's {dataset}@{name} nor its #{name} has"
         );
     }
     let (newest, _, held) = dst.last().expect("a snapshot on the target");
@@ -1232,6 +1235,75 @@ async fn relay(
     }
     let _ = sw.shutdown().await;
     let _ = back.await;
+}
+
+/// A TCP relay on loopback that can cut a site off: [`CutProxy::cut`] drops
+/// every connection through it and refuses new ones until
+/// [`CutProxy::heal`], as a failed uplink would.
+pub struct CutProxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relays: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(upstream: u16) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relays: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, r) = (cut.clone(), relays.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the client sees its connection closed
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let relay = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                let mut relays = r.lock().unwrap();
+                relays.retain(|h| !h.is_finished());
+                relays.push(relay);
+            }
+        });
+        CutProxy {
+            port,
+            cut,
+            relays,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for relay in self.relays.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for relay in self.relays.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
 }
 
 /// A webhook receiver on loopback: it answers every POST with 200 and keeps

@@ -916,6 +916,37 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
     }
 }
 
+/// A node back on the bus (its hello) may have ended attempts while nobody
+/// heard its reports, as when its site was cut off from NATS but not from
+/// the other end: asks it how each active attempt it is an end of stands,
+/// and applies an ended one's last report as if it had just arrived, so the
+/// job ends as it did instead of stalling and being sent again.
+pub fn catch_up(state: &Arc<State>, tasks: &mut JoinSet<()>, node: &str) {
+    let attempts: Vec<String> = state
+        .jobs()
+        .records()
+        .filter(|r| r.active() && (r.source_node == node || r.target_node == node))
+        .map(|r| r.attempt_id.clone())
+        .collect();
+    for job in attempts {
+        let st = state.clone();
+        let node = node.to_string();
+        tasks.spawn(async move {
+            let ended = match st.send_command(&node, &Command::JobStatus { job }).await {
+                Ok(r) if r.outcome == Outcome::Done => {
+                    r.job.filter(|u| u.state != JobPhase::Running)
+                }
+                _ => None,
+            };
+            if let Some(update) = ended {
+                let mut inner = JoinSet::new();
+                on_update(&st, &mut inner, update).await;
+                while inner.join_next().await.is_some() {}
+            }
+        });
+    }
+}
+
 /// For the status API: every job, newest first.
 pub fn list(state: &State) -> Vec<JobRecord> {
     let mut all: Vec<JobRecord> = state.jobs().records().cloned().collect();

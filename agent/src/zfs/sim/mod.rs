@@ -116,6 +116,16 @@ impl SimBackend {
         })
     }
 
+    /// A pool configured larger than it was grows to `size`, as `zpool add`
+    /// or `zpool online -e` would; it never shrinks.
+    pub fn grow_pool(&self, name: &str, size: u64) -> Result<(), ZfsError> {
+        self.mutate(|s| {
+            let p = s.pool_mut(name)?;
+            p.size = p.size.max(size);
+            Ok(())
+        })
+    }
+
     /// Creates a filesystem; its pool and parent must exist.
     pub fn create_dataset(&self, name: &DatasetName) -> Result<(), ZfsError> {
         self.mutate(|s| {
@@ -830,6 +840,25 @@ mod tests {
         let info = &sim.list_datasets("zdr:class").unwrap()[0];
         assert_eq!(info.used, DATASET_BYTES + 200 * 1024);
         assert_eq!(info.available, 50 * 1024);
+    }
+
+    #[test]
+    fn a_pool_grows_to_its_configured_size_and_never_shrinks() {
+        let sim = SimBackend::new();
+        sim.add_pool("small", 100 * 1024).unwrap();
+        sim.grow_pool("small", 400 * 1024).unwrap();
+        sim.grow_pool("small", 200 * 1024).unwrap();
+        let pool = sim
+            .pools()
+            .unwrap()
+            .into_iter()
+            .find(|p| p.name == "small")
+            .unwrap();
+        assert_eq!(pool.size, 400 * 1024);
+        assert!(matches!(
+            sim.grow_pool("nope", 1),
+            Err(ZfsError::NotFound { .. })
+        ));
     }
 
     #[test]
