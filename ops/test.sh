@@ -6,6 +6,9 @@ cd "$root"
 
 bash ops/install-deps.sh
 export PATH="$HOME/.local/bin:$PATH"
+# A clean clone builds once: incremental caches would only add gigabytes to
+# the target directory (see the dev profile in Cargo.toml).
+export CARGO_INCREMENTAL=0
 
 step() { printf '\n== %s\n' "$*" >&2; }
 

@@ -16,7 +16,15 @@
 //!    incremental from the tip (found by GUID) to the newest, continuing the
 //!    tip's manifest;
 //! 5. with object lock, every object is locked until the chain's last
-//!    possible incremental plus `retain` (`LockSpec::retain_until`).
+//!    possible incremental plus `retain` (`LockSpec::retain_until`);
+//! 6. no incremental is locked past a stream it depends on: a lock on an
+//!    incremental is worthless once its base can be deleted. Its lock is
+//!    the policy's, cut to the chain's shortest; when the policy's is
+//!    longer than that by more than [`LOCK_SLACK_SECS`] (`retain` or
+//!    `full_every` grew, or the bucket gained a lock, since the chain
+//!    began), a new full starts instead. The slack absorbs the seconds
+//!    between the coordinator's plan, which sets a full's lock, and the
+//!    agent's upload, which sets its `created`.
 
 use zdr_common::policy::Pattern;
 use zdr_common::wire::{
@@ -29,6 +37,10 @@ use zdr_schemas::tasks::Source;
 
 use crate::jobs::{JobRecord, PlannedStep};
 use crate::pairing::Pairing;
+
+/// How much longer than its chain's shortest lock an incremental's lock may
+/// be (and is cut to it) before rule 6 starts a new full instead.
+pub const LOCK_SLACK_SECS: i64 = 300;
 
 /// Manifests kept per record: the current chain and the one before, at
 /// most this many.
@@ -228,6 +240,31 @@ pub fn plan(
             tip.to_guid, tip.to_name
         ));
     };
+    let lock = match lock(task, first.created, now) {
+        None => None,
+        Some(wanted) => {
+            let (shortest, stream) = chain
+                .iter()
+                .map(|m| (m.retain_until, m.stream.as_str()))
+                .min()
+                .expect("the chain has a full");
+            if wanted.retain_until > shortest + LOCK_SLACK_SECS {
+                let held = if shortest == 0 {
+                    "is not locked at all".to_string()
+                } else {
+                    format!("is locked only until {shortest}")
+                };
+                return full(format!(
+                    "an incremental would be locked until {} but stream {stream} of the chain                      {held}; a base must outlive what depends on it",
+                    wanted.retain_until
+                ));
+            }
+            Some(UploadLock {
+                retain_until: wanted.retain_until.min(shortest),
+                ..wanted
+            })
+        }
+    };
     UploadDecision::Start(Box::new(UploadPlan {
         step: PlannedStep {
             stream: StreamSpec::Incremental {
@@ -246,7 +283,7 @@ pub fn plan(
         },
         parent: Some(tip.clone()),
         raw,
-        lock: lock(task, first.created, now),
+        lock,
         full_because: None,
     }))
 }
@@ -320,7 +357,12 @@ buckets:
         }
     }
 
+    /// An upload of `task()` at `created`, locked as its chain's full would be.
     fn uploaded(from: Option<u64>, to: u64, created: i64) -> ManifestRef {
+        locked(from, to, created, created + 1_000 + 100)
+    }
+
+    fn locked(from: Option<u64>, to: u64, created: i64, retain_until: i64) -> ManifestRef {
         ManifestRef {
             stream: format!("s{to}"),
             hash: format!("h{to}"),
@@ -333,7 +375,7 @@ buckets:
             stream_bytes: 1,
             segments: 1,
             created,
-            retain_until: 0,
+            retain_until,
         }
     }
 
@@ -410,6 +452,76 @@ buckets:
         assert_eq!(p.parent.unwrap().to_guid, 3);
         // No snapshot yet: nothing to upload.
         assert_eq!(plan(&task(), &[], &[], false, 0), UploadDecision::Wait);
+    }
+
+    #[test]
+    fn no_incremental_is_locked_past_its_base() {
+        // The agent's `created` is a few seconds after the plan that set
+        // the full's lock: the incremental takes the full's lock, not later.
+        let committed = [locked(None, 2, 5_004, 5_000 + 1_100)];
+        let snaps = [snap("b", 2), snap("c", 3)];
+        let p = start(plan(&task(), &committed, &snaps, false, 5_010));
+        assert!(p.full_because.is_none());
+        assert_eq!(p.lock.unwrap().retain_until, 5_000 + 1_100);
+
+        // `retain` grew from 100 s to 1 day since the chain began.
+        let mut longer = task();
+        longer.bucket.object_lock.as_mut().unwrap().retain = "1d".parse().unwrap();
+        let why = start(plan(&longer, &committed, &snaps, false, 5_010))
+            .full_because
+            .unwrap();
+        assert!(
+            why.contains("is locked only until 6100") && why.contains("outlive"),
+            "{why}"
+        );
+
+        // The bucket gained a lock after an unlocked chain.
+        let bare = [locked(None, 2, 5_000, 0)];
+        let why = start(plan(&task(), &bare, &snaps, false, 5_010))
+            .full_because
+            .unwrap();
+        assert!(why.contains("is not locked at all"), "{why}");
+
+        // A shorter `retain` needs nothing: the base outlives the incremental.
+        let mut shorter = task();
+        shorter.bucket.object_lock.as_mut().unwrap().retain = "10s".parse().unwrap();
+        let p = start(plan(&shorter, &committed, &snaps, false, 5_010));
+        assert!(p.full_because.is_none());
+        assert_eq!(p.lock.unwrap().retain_until, 5_004 + 1_000 + 10);
+    }
+
+    proptest::proptest! {
+        /// Whatever the policy did since the chain began and whenever the
+        /// plan runs, an incremental is never locked past a stream of its chain.
+        #[test]
+        fn an_incremental_never_outlives_its_chain(
+            locks in proptest::collection::vec(0i64..20_000, 1..6),
+            retain in 1u64..10_000,
+            full_every in 1u64..10_000,
+            created in 0i64..5_000,
+            after in 0i64..10_000,
+        ) {
+            let mut t = task();
+            t.bucket.object_lock.as_mut().unwrap().retain = format!("{retain}s").parse().unwrap();
+            t.chain.full_every = format!("{full_every}s").parse().unwrap();
+            let committed: Vec<ManifestRef> = locks
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let from = (i > 0).then_some(i as u64);
+                    locked(from, i as u64 + 1, created, *l)
+                })
+                .collect();
+            let tip = committed.len() as u64;
+            let snaps = [snap("tip", tip), snap("new", tip + 1)];
+            if let UploadDecision::Start(p) = plan(&t, &committed, &snaps, false, created + after) {
+                if p.full_because.is_none() {
+                    let until = p.lock.unwrap().retain_until;
+                    let shortest = *locks.iter().min().unwrap();
+                    proptest::prop_assert!(until <= shortest, "{until} > {shortest}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -644,7 +644,7 @@ async fn handle_message(
                 );
             }
             // Reports it sent while nobody heard (a cut uplink) are asked for.
-            jobs::catch_up(state, tasks, node);
+            jobs::catch_up(state, tasks, node, m.started_at.saturating_mul(1000));
             // The agent publishes a full inventory right after its hello.
             state.fleet_mut().hello(m, t)
         }

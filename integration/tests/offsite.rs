@@ -451,3 +451,122 @@ async fn a_restore_from_the_bucket_lands_the_incremental_on_another_node_past_fo
     }
     let _ = &v.weed;
 }
+
+/// Objects under the bucket's stream prefix: segments, manifests.
+async fn stream_objects(store: &Store) -> Vec<String> {
+    let out = store
+        .client()
+        .list_objects_v2()
+        .bucket("zdr-vault")
+        .prefix("zdr/streams/")
+        .send()
+        .await
+        .unwrap();
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_killed_mid_stream_leaves_no_manifest_and_a_clean_full_follows() {
+    // Incrementals every 30 min: any second upload here is the retry of
+    // the killed one.
+    let v = vault("30m").await;
+    let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
+    let c = fleet.coordinator("c1");
+    c.wait_ready().await;
+    // 30 MB snapshots: the first full is several 8 MiB segments, seconds
+    // of upload (a full carries every snapshot's data so far).
+    let mut agent = uploader(&fleet, &v, 30_000_000);
+
+    // Killed (SIGKILL) once segments have landed and before the manifest.
+    let landed = wait_for(
+        "the first segments of the upload",
+        Duration::from_secs(120),
+        || async {
+            let keys = stream_objects(&v.store).await;
+            keys.iter().any(|k| k.contains("/seg/")).then_some(keys)
+        },
+    )
+    .await;
+    agent.proc.kill();
+    let after_kill = stream_objects(&v.store).await;
+    assert!(
+        !after_kill.iter().any(|k| k.ends_with("/manifest")),
+        "the upload ended before the kill; use larger snapshots: {landed:?} {after_kill:?}"
+    );
+
+    // What the kill left: a stream with segments and no manifest, which a
+    // listing calls incomplete and which no chain uses.
+    let mut trusted = TrustedSigners::default();
+    trusted.trust(
+        "node-a1",
+        ManifestSigner::new("node-a1", v.signing.clone()).verifying_key(),
+    );
+    let listing = v.store.list("tank/db", &trusted).await.unwrap();
+    assert!(listing.manifests.is_empty(), "{:?}", listing.manifests);
+    assert_eq!(listing.incomplete.len(), 1, "{:?}", listing.incomplete);
+    let cut = listing.incomplete[0].clone();
+
+    // The agent comes back; the killed attempt fails as soon as its new
+    // process says hello and does not know it (not after the 30 s stall),
+    // and the retry uploads a whole new full with its manifest.
+    agent = uploader(&fleet, &v, 30_000_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let (job, list) = loop {
+        let all = jobs(&c).await;
+        let j = job_for(&all, "vault", "node-a1").cloned();
+        let list = j
+            .as_ref()
+            .and_then(|j| j["upload"]["committed"].as_array().cloned());
+        if let (Some(j), Some(list)) = (&j, list) {
+            if !list.is_empty() {
+                break (j.clone(), list);
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no committed upload after the restart: {j:#?}\n{}",
+            agent.proc.output()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let lines = history(&job);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("attempt 1 failed") && l.contains("agent on node-a1 restarted")),
+        "the killed attempt is not in the history as lost with the restart: {lines:#?}"
+    );
+    eprintln!(
+        "history after the kill and the restart:\n{}",
+        lines.join("\n")
+    );
+    let full = &list[0];
+    assert!(full["from_guid"].is_null(), "{full:#}");
+    let listing = v.store.list("tank/db", &trusted).await.unwrap();
+    assert_eq!(listing.manifests.len(), 1, "{:?}", listing.manifests);
+    assert_ne!(listing.manifests[0].manifest.stream, cut);
+    assert_eq!(listing.incomplete, vec![cut.clone()]);
+
+    // The chain restores from the bucket, passing over the cut stream, and
+    // lands the source's snapshot.
+    let tip = full["to_guid"].as_u64().unwrap();
+    let chain = manifest::chain(&listing.manifests, &listing.incomplete, "tank/db", tip).unwrap();
+    assert_eq!(chain.len(), 1);
+    let sim = SimBackend::new();
+    sim.add_pool("restore", 10_000_000_000).unwrap();
+    let dest = DatasetName::parse("restore/db").unwrap();
+    let mut bytes = Vec::new();
+    v.store
+        .restore_stream(chain[0], &v.recovery, 2, &mut bytes)
+        .await
+        .unwrap();
+    sim.receive(&dest, &RecvSpec::default(), &mut &bytes[..])
+        .unwrap();
+    let restored = sim.list_snapshots(&dest).unwrap();
+    assert!(restored.iter().any(|s| s.guid == tip), "{restored:?}");
+    let source = on_disk(&agent, "tank/db").expect("the source dataset");
+    assert!(source.iter().any(|(_, g, _)| *g == tip), "{source:?}");
+}

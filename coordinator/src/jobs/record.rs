@@ -526,6 +526,35 @@ impl JobRecord {
         vec![self.persist(now_ms), cancel]
     }
 
+    /// `node`'s agent said hello from a process started at `agent_started_ms`
+    /// (its clock) and, asked, does not know this attempt: if that process
+    /// started after the attempt did, the attempt died with the one before
+    /// (kill -9, a crash, a reboot). It fails now, instead of waiting out
+    /// [`STALL_MS`], and both ends are told to cancel it: the other end
+    /// still runs it, and a start command still in flight to the restarted
+    /// one must not begin a stream nobody follows.
+    pub fn lost_with_restart(
+        &mut self,
+        attempt: &str,
+        node: &str,
+        agent_started_ms: i64,
+        now_ms: i64,
+    ) -> Vec<Effect> {
+        if self.attempt_id != attempt || !self.active() || agent_started_ms <= self.started_at_ms {
+            return Vec::new();
+        }
+        let why = format!(
+            "the agent on {node} restarted during the attempt and does not know it; the attempt \
+             died with the previous process"
+        );
+        let cancel = Effect::Cancel {
+            nodes: self.nodes(),
+            attempt: attempt.to_string(),
+        };
+        self.fail_attempt(why, false, now_ms);
+        vec![self.persist(now_ms), cancel]
+    }
+
     /// Whether a new run is due: a retry after its backoff, else `every_ms`
     /// after the last success (or start). Active records and records whose
     /// holds are moving are never due.
@@ -1450,6 +1479,36 @@ mod tests {
             ..update(&r, JobRole::Source, JobPhase::Running, 1)
         };
         assert!(r.apply(&old, 6_000).is_empty());
+    }
+
+    #[test]
+    fn an_attempt_lost_with_a_restarted_agent_fails_at_once() {
+        let mut r = running(1);
+        let attempt = r.attempt_id.clone();
+        let began = r.started_at_ms;
+        // A process that was already up when the attempt began: not this rule.
+        assert!(r
+            .lost_with_restart(&attempt, "a", began - 1, began + 5)
+            .is_empty());
+        // Another attempt's id: nothing.
+        assert!(r
+            .lost_with_restart("other", "a", began + 1, began + 5)
+            .is_empty());
+        let fx = r.lost_with_restart(&attempt, "a", began + 1, began + 5);
+        assert_eq!(r.state, JobState::Failed);
+        assert!(
+            r.error.as_deref().unwrap().contains("agent on a restarted"),
+            "{:?}",
+            r.error
+        );
+        assert!(fx.iter().any(|e| matches!(
+            e,
+            Effect::Cancel { nodes, .. } if nodes == &["a".to_string(), "b".to_string()]
+        )));
+        // Only once.
+        assert!(r
+            .lost_with_restart(&attempt, "a", began + 1, began + 6)
+            .is_empty());
     }
 
     #[test]

@@ -920,8 +920,11 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
 /// heard its reports, as when its site was cut off from NATS but not from
 /// the other end: asks it how each active attempt it is an end of stands,
 /// and applies an ended one's last report as if it had just arrived, so the
-/// job ends as it did instead of stalling and being sent again.
-pub fn catch_up(state: &Arc<State>, tasks: &mut JoinSet<()>, node: &str) {
+/// job ends as it did instead of stalling and being sent again. An attempt
+/// its agent does not know, from a process started after the attempt
+/// (`agent_started_ms`), died with the process before:
+/// [`JobRecord::lost_with_restart`].
+pub fn catch_up(state: &Arc<State>, tasks: &mut JoinSet<()>, node: &str, agent_started_ms: i64) {
     let attempts: Vec<String> = state
         .jobs()
         .records()
@@ -932,17 +935,34 @@ pub fn catch_up(state: &Arc<State>, tasks: &mut JoinSet<()>, node: &str) {
         let st = state.clone();
         let node = node.to_string();
         tasks.spawn(async move {
-            let ended = match st.send_command(&node, &Command::JobStatus { job }).await {
+            let answer = st
+                .send_command(&node, &Command::JobStatus { job: job.clone() })
+                .await;
+            let mut inner = JoinSet::new();
+            match answer {
                 Ok(r) if r.outcome == Outcome::Done => {
-                    r.job.filter(|u| u.state != JobPhase::Running)
+                    if let Some(update) = r.job.filter(|u| u.state != JobPhase::Running) {
+                        on_update(&st, &mut inner, update).await;
+                    }
                 }
-                _ => None,
-            };
-            if let Some(update) = ended {
-                let mut inner = JoinSet::new();
-                on_update(&st, &mut inner, update).await;
-                while inner.join_next().await.is_some() {}
+                // It answered, and has no such job.
+                Ok(r) if r.outcome == Outcome::Failed && r.job.is_none() => {
+                    let found = {
+                        let mut jobs = st.jobs();
+                        let key = jobs.key_of_attempt(&job);
+                        key.and_then(|key| {
+                            let rec = jobs.get_mut(&key)?;
+                            let fx = rec.lost_with_restart(&job, &node, agent_started_ms, now_ms());
+                            Some((key, rec.clone(), fx))
+                        })
+                    };
+                    if let Some((key, rec, fx)) = found {
+                        carry_out(&st, &mut inner, &key, rec, fx).await;
+                    }
+                }
+                _ => {}
             }
+            while inner.join_next().await.is_some() {}
         });
     }
 }
