@@ -6,6 +6,12 @@
 # on 127.0.0.1. The bus has authorization on: each agent and the coordinator
 # connect with their own nkey (`zdr-coordinator bus-auth`).
 #
+# The offsite copy: SeaweedFS (`weed mini`) serves S3 on 127.0.0.1:8333 with a
+# bucket under object lock, and a bucket task (added to the tasks file unless
+# it has its own `buckets:`) uploads node-a1's datasets there, encrypted for a
+# demo recovery key (.zdr-demo/recovery.key), which node-b1 holds to restore
+# from the bucket.
+#
 #   ops/demo.sh              run until Ctrl-C
 #   ops/demo.sh --for 60     run 60 seconds, print the fleet, stop
 #
@@ -25,6 +31,10 @@ http_port="${ZDR_HTTP_PORT:-8080}"
 policy="${ZDR_DEMO_POLICY:-$root/specs/demo/policies.yaml}"
 tasks="${ZDR_DEMO_TASKS:-$root/specs/demo/tasks.yml}"
 backend="${ZDR_DEMO_BACKEND:-sim}"
+s3_port="${ZDR_S3_PORT:-8333}"
+# weed mini's other services: master, volume, filer and admin on these four
+# ports, and each one's gRPC 10000 above (none may be S3's port + 10000).
+weed_base="${ZDR_WEED_PORT_BASE:-19340}"
 
 bash "$root/ops/install-deps.sh"
 echo "demo: building zdr (debug)..." >&2
@@ -39,7 +49,70 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# The offsite tier's keys and bucket credentials, made once and kept: the
+# recovery key decrypts the bucket's streams (keep it offline in real life),
+# each agent signs its manifests with its own key.
+[ -f "$dir/recovery.key" ] || "$bin/zdr-coordinator" recovery-keygen "$dir/recovery.key" >"$dir/recovery.pub"
+for node in node-a1 node-b1; do
+  [ -f "$dir/$node.manifest.key" ] || "$bin/zdr-coordinator" keygen "$dir/$node.manifest.key" >/dev/null
+done
+if [ ! -s "$dir/offsite.credentials" ]; then
+  (umask 077 && printf 'access_key_id = zdrdemo\nsecret_access_key = %s\n' \
+    "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$dir/offsite.credentials")
+fi
+s3_key=$(awk -F' = ' '$1 == "access_key_id" {print $2}' "$dir/offsite.credentials")
+s3_secret=$(awk -F' = ' '$1 == "secret_access_key" {print $2}' "$dir/offsite.credentials")
+
+# The demo's tasks: the replication tasks, and an upload of node-a1 to the bucket.
+if grep -q '^buckets:' "$tasks"; then
+  cp "$tasks" "$dir/tasks.yml"
+else
+  {
+    cat "$tasks"
+    cat <<YAML
+
+# Added by ops/demo.sh: node-a1's datasets, encrypted, signed and locked, to the
+# local SeaweedFS bucket; a full every 10 minutes, an incremental every minute.
+buckets:
+  - name: demo-vault
+    source: { class: demo, nodes: [node-a1] }
+    bucket:
+      endpoint: http://127.0.0.1:$s3_port
+      bucket: zdr-vault
+      region: us-east-1
+      prefix: demo/
+      credentials: { file: $dir/offsite.credentials }
+      object_lock: { mode: governance, retain: 1h }
+    chain: { full_every: 10m, incremental_every: 1m }
+    recipients: ["$(cat "$dir/recovery.pub")"]
+YAML
+  } >"$dir/tasks.yml"
+fi
+tasks="$dir/tasks.yml"
 "$bin/zdr-coordinator" check "$policy" --tasks "$tasks"
+
+mkdir -p "$dir/seaweedfs"
+AWS_ACCESS_KEY_ID="$s3_key" AWS_SECRET_ACCESS_KEY="$s3_secret" weed mini -dir="$dir/seaweedfs" \
+  -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false -webdav=false -admin.ui=false \
+  -s3.port.iceberg=0 -s3.port.lance=0 -s3.port="$s3_port" -master.port="$weed_base" \
+  -volume.port=$((weed_base + 1)) -filer.port=$((weed_base + 2)) -admin.port=$((weed_base + 3)) \
+  >"$dir/seaweedfs.log" 2>&1 &
+weed_pid=$!
+pids+=("$weed_pid")
+s3=(--aws-sigv4 "aws:amz:us-east-1:s3" --user "$s3_key:$s3_secret")
+bucket_url="http://127.0.0.1:$s3_port/zdr-vault"
+for _ in $(seq 150); do
+  kill -0 "$weed_pid" 2>/dev/null || break
+  curl -fs -o /dev/null "${s3[@]}" -I "$bucket_url" && break
+  # Object lock is set when a bucket is made, never later.
+  curl -fs -o /dev/null "${s3[@]}" -X PUT -H "x-amz-bucket-object-lock-enabled: true" "$bucket_url" && break
+  sleep 0.4
+done
+# A bucket made with object lock is versioned; check the lock took.
+if ! curl -fsS "${s3[@]}" "$bucket_url?object-lock=" 2>/dev/null | grep -q '<ObjectLockEnabled>Enabled<'; then
+  echo "demo: SeaweedFS has no bucket zdr-vault with object lock on 127.0.0.1:$s3_port; see $dir/seaweedfs.log" >&2
+  exit 1
+fi
 # The bus's authorization: one nkey per node of the policy, one for the
 # coordinator, and an operator's for the nats CLI; made once, then kept.
 "$bin/zdr-coordinator" bus-auth --policy "$policy" --dir "$dir/bus" --admin
@@ -84,6 +157,15 @@ agent() { # node site media
     printf '\n[[trusted_keys]]\nkid = "coordinator"\npublic_key = "%s"\n' "$pub"
     printf '\n[transfer]\nca = "%s/pki/ca.pem"\ncert = "%s/pki/%s.pem"\nkey = "%s/pki/%s.key"\nlisten = "127.0.0.1:0"\n' \
       "$dir" "$dir" "$node" "$dir" "$node"
+    # node-a1 uploads to the bucket; node-b1 can restore from it.
+    case "$node" in
+      node-a1) printf '\n[offsite]\nmanifest_key = "%s/node-a1.manifest.key"\n' "$dir" ;;
+      node-b1)
+        printf '\n[offsite]\nmanifest_key = "%s/node-b1.manifest.key"\nrecovery_key = "%s/recovery.key"\n' "$dir" "$dir"
+        printf '[[offsite.manifest_signers]]\nkid = "node-a1"\npublic_key = "%s"\n' \
+          "$("$bin/zdr-coordinator" pubkey "$dir/node-a1.manifest.key")"
+        ;;
+    esac
   } >"$dir/$node.toml"
   "$bin/zdr-agent" --config "$dir/$node.toml" >"$dir/$node.log" 2>&1 &
   pids+=($!)
@@ -109,6 +191,10 @@ zdr demo fleet is running (backend: $backend$([ "$backend" = sim ] && echo ' - S
   CLI:      ZDR_COORDINATOR=http://127.0.0.1:$http_port ZDR_TOKEN_FILE=$dir/api.token zdr status
   NATS:     nats --server nats://127.0.0.1:$nats_port --nkey $dir/bus/admin.nk sub 'zdr.v1.>'
             (authorization is on: each agent's nkey speaks only as its node; see $dir/bus/auth.conf)
+  offsite:  bucket zdr-vault at http://127.0.0.1:$s3_port (SeaweedFS, object lock, governance 1h),
+            task demo-vault; restore from it onto node-b1:
+            ZDR_COORDINATOR=http://127.0.0.1:$http_port ZDR_TOKEN_FILE=$dir/api.token \
+              zdr restore node-a1:tank/db --from bucket:demo-vault --to node-b1:tank/db-from-bucket
   logs:     $dir/*.log      audit: $dir/<node>/audit.jsonl
 MSG
 

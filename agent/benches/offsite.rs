@@ -198,6 +198,25 @@ fn dataset(run: usize) -> String {
     format!("bench/r{run}")
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far,
+/// from /proc/self/stat, whose times are in USER_HZ ticks: 100 a second on
+/// every Linux x86_64 and arm64 build.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields of the line, the 12th and
+    // 13th after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// Peak resident set of this process, from /proc.
 fn peak_rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -324,14 +343,14 @@ async fn zdr_restore(store: &Store, args: &Args, run: usize) -> u64 {
     total
 }
 
-/// A child: runs one phase and prints `bytes secs peak_rss_bytes`.
+/// A child: runs one phase and prints `bytes secs peak_rss_bytes cpu_secs`.
 fn child(args: &Args, phase: Phase, endpoint: &str, run: usize) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let store = Store::new(&config(endpoint));
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), cpu_secs());
     let bytes = rt.block_on(async {
         match phase {
             Phase::RawPut => raw_put(&store, args, run).await,
@@ -347,12 +366,14 @@ fn child(args: &Args, phase: Phase, endpoint: &str, run: usize) {
         "{} moved the wrong byte count",
         phase.name()
     );
-    println!("{bytes} {secs} {}", peak_rss_bytes());
+    println!("{bytes} {secs} {} {}", peak_rss_bytes(), cpu_secs() - cpu);
 }
 
 struct Measured {
     mb_s: f64,
     rss: u64,
+    /// The client's CPU seconds per GB moved (the S3 server's are not counted).
+    cpu_s_gb: f64,
 }
 
 fn spawn_phase(args: &Args, phase: Phase, endpoint: &str, run: usize) -> Measured {
@@ -380,10 +401,11 @@ fn spawn_phase(args: &Args, phase: Phase, endpoint: &str, run: usize) -> Measure
         .split_whitespace()
         .map(|f| f.parse().unwrap())
         .collect();
-    let (bytes, secs, rss) = (fields[0], fields[1], fields[2]);
+    let (bytes, secs, rss, cpu) = (fields[0], fields[1], fields[2], fields[3]);
     Measured {
         mb_s: bytes / secs / MB,
         rss: rss as u64,
+        cpu_s_gb: cpu / (bytes / 1e9),
     }
 }
 
@@ -417,8 +439,8 @@ fn main() {
         sizing.peak_memory() as f64 / MIB as f64
     );
     println!(
-        "{:>4} {:>12} {:>10} {:>12}",
-        "run", "phase", "MB/s", "peak RSS MiB"
+        "{:>4} {:>12} {:>10} {:>12} {:>15}",
+        "run", "phase", "MB/s", "peak RSS MiB", "client CPU s/GB"
     );
     let mut results: Vec<(Phase, Measured)> = Vec::new();
     for run in 0..args.runs {
@@ -440,15 +462,17 @@ fn main() {
         for phase in order {
             let m = spawn_phase(&args, phase, &endpoint, run);
             println!(
-                "{run:>4} {:>12} {:>10.1} {:>12.0}",
+                "{run:>4} {:>12} {:>10.1} {:>12.0} {:>15.2}",
                 phase.name(),
                 m.mb_s,
-                m.rss as f64 / MIB as f64
+                m.rss as f64 / MIB as f64,
+                m.cpu_s_gb
             );
             results.push((phase, m));
         }
     }
-    let of = |p: Phase| -> (f64, u64) {
+    // Median throughput and CPU, worst peak RSS.
+    let of = |p: Phase| -> (f64, f64, f64) {
         let picked: Vec<&Measured> = results
             .iter()
             .filter(|(q, _)| *q == p)
@@ -456,29 +480,28 @@ fn main() {
             .collect();
         (
             median(picked.iter().map(|m| m.mb_s).collect()),
-            picked.iter().map(|m| m.rss).max().unwrap_or(0),
+            picked.iter().map(|m| m.rss).max().unwrap_or(0) as f64 / MIB as f64,
+            median(picked.iter().map(|m| m.cpu_s_gb).collect()),
         )
     };
-    let (put, put_rss) = of(Phase::RawPut);
-    let (up, up_rss) = of(Phase::ZdrUpload);
-    let (get, get_rss) = of(Phase::RawGet);
-    let (restore, restore_rss) = of(Phase::ZdrRestore);
+    let (put, put_rss, put_cpu) = of(Phase::RawPut);
+    let (up, up_rss, up_cpu) = of(Phase::ZdrUpload);
+    let (get, get_rss, get_cpu) = of(Phase::RawGet);
+    let (restore, restore_rss, restore_cpu) = of(Phase::ZdrRestore);
     println!(
         "\nmedians over {} runs (peak RSS: the worst run)",
         args.runs
     );
     println!(
         "upload:  zdr {up:.1} MB/s, raw PUT {put:.1} MB/s, ratio {:.2} (goal >= 0.80); \
-         peak RSS zdr {:.0} MiB, raw {:.0} MiB",
-        up / put,
-        up_rss as f64 / MIB as f64,
-        put_rss as f64 / MIB as f64
+         peak RSS zdr {up_rss:.0} MiB, raw {put_rss:.0} MiB; client CPU s/GB zdr {up_cpu:.2}, \
+         raw {put_cpu:.2}",
+        up / put
     );
     println!(
         "restore: zdr {restore:.1} MB/s, raw GET {get:.1} MB/s, ratio {:.2} (goal >= 0.80); \
-         peak RSS zdr {:.0} MiB, raw {:.0} MiB",
-        restore / get,
-        restore_rss as f64 / MIB as f64,
-        get_rss as f64 / MIB as f64
+         peak RSS zdr {restore_rss:.0} MiB, raw {get_rss:.0} MiB; client CPU s/GB zdr \
+         {restore_cpu:.2}, raw {get_cpu:.2}",
+        restore / get
     );
 }

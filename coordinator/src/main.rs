@@ -24,6 +24,10 @@ enum Cmd {
     Keygen { key_file: PathBuf },
     /// Print the public half of a signing key, for the agents' `trusted_keys`.
     Pubkey { key_file: PathBuf },
+    /// Write a new offsite recovery key (X25519, base64, mode 0600) to
+    /// KEY_FILE and print its public half, a bucket task's `recipients` entry.
+    /// Keep the file offline: it alone decrypts the bucket's streams.
+    RecoveryKeygen { key_file: PathBuf },
     /// Make (once) an nkey seed for the coordinator and each node of the policy
     /// in DIR, and write DIR/auth.conf, the nats-server authorization.
     BusAuth {
@@ -172,6 +176,31 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
             }
             println!("{}", envelope::key_to_b64(key.verifying_key().as_bytes()));
+            Ok(())
+        }
+        Cmd::RecoveryKeygen { key_file } => {
+            let secret = x25519_dalek::StaticSecret::from(rand::random::<[u8; 32]>());
+            let public = x25519_dalek::PublicKey::from(&secret);
+            let mut file = {
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(0o600);
+                }
+                options.open(&key_file).with_context(|| {
+                    format!(
+                        "creating {} (an existing recovery key is never overwritten)",
+                        key_file.display()
+                    )
+                })?
+            };
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::STANDARD;
+            std::io::Write::write_all(&mut file, (b64.encode(secret.to_bytes()) + "\n").as_bytes())
+                .with_context(|| format!("writing {}", key_file.display()))?;
+            println!("{}", b64.encode(public.as_bytes()));
             Ok(())
         }
         Cmd::Pubkey { key_file } => {

@@ -410,7 +410,10 @@ async fn a_restore_from_the_bucket_lands_the_incremental_on_another_node_past_fo
     assert_eq!(code, 202, "{body}");
     let accepted: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(accepted["from"]["node"], "bucket:vault", "{accepted:#}");
-    assert_eq!(accepted["raw"], true, "{accepted:#}");
+    // Sent raw, but the (simulated) dataset is not encrypted: it lands
+    // readable, and nobody is told to load a key.
+    assert_eq!(accepted["raw"], false, "{accepted:#}");
+    assert!(accepted["load_key"].is_null(), "{accepted:#}");
     let job = accepted["job"].as_str().unwrap().to_string();
     let status = wait_for("the restore to end", Duration::from_secs(120), || async {
         let (200, s) = c.get(&format!("/api/v1/restores/{job}")).await? else {
@@ -569,4 +572,36 @@ async fn an_upload_killed_mid_stream_leaves_no_manifest_and_a_clean_full_follows
     assert!(restored.iter().any(|s| s.guid == tip), "{restored:?}");
     let source = on_disk(&agent, "tank/db").expect("the source dataset");
     assert!(source.iter().any(|(_, g, _)| *g == tip), "{source:?}");
+}
+
+#[test]
+fn recovery_keygen_writes_a_secret_the_agent_reads_and_prints_its_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("recovery.key");
+    let keygen = || {
+        std::process::Command::new(bin_dir().join("zdr-coordinator"))
+            .arg("recovery-keygen")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = keygen();
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let secret = seal::parse_secret(text.trim()).unwrap();
+    assert_eq!(seal::recipient_id(&PublicKey::from(&secret)), printed);
+    // What a bucket task's checker takes as a recipient.
+    assert!(zdr_schemas::buckets::recipient_key(&printed).is_ok());
+    // Never overwritten.
+    let again = keygen();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("never overwritten"),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
 }

@@ -3,7 +3,9 @@
 //!
 //! Every request is plain SigV4 with Content-MD5 on each PUT and part, and
 //! the SDK's request checksums only "when required": B2 refuses every
-//! `x-amz-checksum-*` header.
+//! `x-amz-checksum-*` header. PUT and part bodies are not signed
+//! (`UNSIGNED-PAYLOAD`): Content-MD5 and the manifest's SHA-256 already
+//! cover every byte.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -503,7 +505,8 @@ impl Store {
         };
         let bytes = signer.sign(&manifest);
         let object = manifest_key(&self.prefix, &req.dataset, &stream);
-        self.put(&object, Bytes::from(bytes.clone()), &placed)
+        let md5 = content_md5(&bytes);
+        self.put(&object, Bytes::from(bytes.clone()), md5, &placed)
             .await?;
         Ok(Uploaded {
             manifest_key: object,
@@ -526,19 +529,27 @@ impl Store {
         placed: &Placement,
     ) -> Result<SegmentEntry, StoreError> {
         let key = key.clone();
-        let (stored, sha256) = tokio::task::spawn_blocking(move || {
+        // Sealing and every hash (SHA-256 for the manifest, MD5 per PUT or
+        // part) are CPU work: off the runtime, in parallel across segments.
+        let (stored, sha256, md5s) = tokio::task::spawn_blocking(move || {
             let stored = seal::seal(&key, at, plain);
             let sha256 = sha256_hex(&stored);
-            (Bytes::from(stored), sha256)
+            let md5s: Vec<String> = stored.chunks(part as usize).map(content_md5).collect();
+            (Bytes::from(stored), sha256, md5s)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?;
         let object = segment_key(&self.prefix, dataset, &at.stream, at.index);
         let size = stored.len() as u64;
         let version_id = if size <= part {
-            self.put(&object, stored, placed).await?
+            let md5 = md5s
+                .into_iter()
+                .next()
+                .expect("a sealed segment holds at least its header and tag");
+            self.put(&object, stored, md5, placed).await?
         } else {
-            self.put_multipart(&object, stored, part, placed).await?
+            self.put_multipart(&object, stored, part, &md5s, placed)
+                .await?
         };
         Ok(SegmentEntry {
             index: at.index,
@@ -548,11 +559,13 @@ impl Store {
         })
     }
 
-    /// One PUT with Content-MD5 and the lock; returns the version written.
+    /// One PUT with Content-MD5 (`md5`, of `body`) and the lock; returns
+    /// the version written.
     async fn put(
         &self,
         object: &str,
         body: Bytes,
+        md5: String,
         placed: &Placement,
     ) -> Result<Option<String>, StoreError> {
         let mut put = self
@@ -560,7 +573,7 @@ impl Store {
             .put_object()
             .bucket(&self.bucket)
             .key(object)
-            .content_md5(content_md5(&body))
+            .content_md5(md5)
             .set_storage_class(placed.storage_class.clone())
             .body(ByteStream::from(body));
         if let Some(lock) = placed.lock {
@@ -568,18 +581,25 @@ impl Store {
                 .object_lock_mode(lock.mode())
                 .object_lock_retain_until_date(DateTime::from_secs(lock.retain_until));
         }
+        // The body's integrity rests on Content-MD5, which the server checks,
+        // and on the manifest's SHA-256: a third hash of every byte for the
+        // signature (SigV4's signed payload) would only cost CPU.
         let out = put
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.error("PutObject", object, e))?;
         Ok(out.version_id().map(str::to_string))
     }
 
+    /// `md5s`: the Content-MD5 of each `part`-sized slice of `body`.
     async fn put_multipart(
         &self,
         object: &str,
         body: Bytes,
         part: u64,
+        md5s: &[String],
         placed: &Placement,
     ) -> Result<Option<String>, StoreError> {
         let mut create = self
@@ -598,7 +618,7 @@ impl Store {
             .await
             .map_err(|e| self.error("CreateMultipartUpload", object, e))?;
         let id = upload.upload_id().unwrap_or_default().to_string();
-        let result = self.put_parts(object, &id, body, part).await;
+        let result = self.put_parts(object, &id, body, part, md5s).await;
         if result.is_err() {
             // Best effort: an unfinished upload only costs storage until the
             // bucket's lifecycle rule removes it.
@@ -620,9 +640,11 @@ impl Store {
         id: &str,
         body: Bytes,
         part: u64,
+        md5s: &[String],
     ) -> Result<Option<String>, StoreError> {
         let part = part as usize;
         let mut parts = Vec::with_capacity(body.len().div_ceil(part));
+        assert_eq!(md5s.len(), body.len().div_ceil(part), "one MD5 per part");
         for (i, start) in (0..body.len()).step_by(part).enumerate() {
             let chunk = body.slice(start..(start + part).min(body.len()));
             let number = i as i32 + 1;
@@ -633,8 +655,10 @@ impl Store {
                 .key(object)
                 .upload_id(id)
                 .part_number(number)
-                .content_md5(content_md5(&chunk))
+                .content_md5(&md5s[i])
                 .body(ByteStream::from(chunk))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| self.error("UploadPart", object, e))?;
@@ -662,8 +686,10 @@ impl Store {
         Ok(out.version_id().map(str::to_string))
     }
 
-    async fn get(&self, object: &str, version: Option<&str>) -> Result<Bytes, StoreError> {
-        let out = self
+    /// One object (version), read into one buffer of its announced size:
+    /// a segment is copied once on its way in, and then opened in place.
+    async fn get(&self, object: &str, version: Option<&str>) -> Result<Vec<u8>, StoreError> {
+        let mut out = self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -672,14 +698,23 @@ impl Store {
             .send()
             .await
             .map_err(|e| self.error("GetObject", object, e))?;
-        let body = out.body.collect().await.map_err(|e| StoreError::S3 {
-            bucket: self.bucket.clone(),
-            object: object.to_string(),
-            op: "GetObject",
-            code: "body".into(),
-            message: e.to_string(),
-        })?;
-        Ok(body.into_bytes())
+        let announced = out.content_length().and_then(|n| usize::try_from(n).ok());
+        let mut buf = Vec::with_capacity(announced.unwrap_or(0));
+        loop {
+            match out.body.try_next().await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+                Ok(None) => return Ok(buf),
+                Err(e) => {
+                    return Err(StoreError::S3 {
+                        bucket: self.bucket.clone(),
+                        object: object.to_string(),
+                        op: "GetObject",
+                        code: "body".into(),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
     }
 
     /// Every object key under `prefix` with its versions, newest first
@@ -838,25 +873,27 @@ impl Store {
                 let object = segment_key(&self.prefix, &m.dataset, &stream, entry.index);
                 async move {
                     let stored = self.get(&object, entry.version_id.as_deref()).await?;
-                    let sha256 = sha256_hex(&stored);
-                    if stored.len() as u64 != entry.size || sha256 != entry.sha256 {
-                        return Err(StoreError::SegmentHash {
-                            bucket: self.bucket.clone(),
-                            object,
-                            size: stored.len() as u64,
-                            sha256,
-                            want_size: entry.size,
-                            want_sha256: entry.sha256,
-                        });
-                    }
                     let at = SegmentAt {
                         stream,
                         index: entry.index,
                         last: entry.index + 1 == count,
                     };
                     let bucket = self.bucket.clone();
+                    // Hashing and opening are CPU work: off the runtime, and
+                    // in parallel across the segments fetched ahead.
                     tokio::task::spawn_blocking(move || {
-                        seal::open(&key, at, stored.to_vec()).map_err(|source| StoreError::Seal {
+                        let sha256 = sha256_hex(&stored);
+                        if stored.len() as u64 != entry.size || sha256 != entry.sha256 {
+                            return Err(StoreError::SegmentHash {
+                                bucket,
+                                object,
+                                size: stored.len() as u64,
+                                sha256,
+                                want_size: entry.size,
+                                want_sha256: entry.sha256,
+                            });
+                        }
+                        seal::open(&key, at, stored).map_err(|source| StoreError::Seal {
                             bucket,
                             object,
                             source,

@@ -64,6 +64,11 @@ pub struct UploadInfo {
     /// The manifest the current upload continues.
     pub parent: Option<ManifestRef>,
     pub raw: bool,
+    /// The source dataset is encrypted: its uploads carry ciphertext, and a
+    /// restore from them lands it locked (a raw send of a plain dataset is
+    /// not encrypted).
+    #[serde(default)]
+    pub encrypted: bool,
     pub lock: Option<UploadLock>,
 }
 
@@ -1849,6 +1854,7 @@ mod tests {
             committed: Vec::new(),
             parent: None,
             raw: true,
+            encrypted: false,
             lock: None,
         });
         r.begin_attempt(0);

@@ -265,6 +265,7 @@ fn plan_uploads(
                             committed,
                             parent: plan.parent,
                             raw: plan.raw,
+                            encrypted: inv.encrypted,
                             lock: plan.lock,
                         });
                         jobs.insert(key.clone(), rec.clone());
@@ -553,6 +554,7 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         committed: Vec::new(),
         parent: None,
         raw: true,
+        encrypted: false,
         lock: None,
     });
     let rate = {

@@ -218,7 +218,7 @@ pub(crate) fn bucket_copies(state: &State) -> Vec<BucketCopy> {
                 source_node: r.source_node.clone(),
                 dataset: r.dataset.clone(),
                 location: r.target_dataset.clone(),
-                raw: info.committed.iter().any(|m| m.raw),
+                raw: info.encrypted,
                 uploads: info.committed.clone(),
             })
         })

@@ -44,6 +44,7 @@ pub struct BucketCopy {
     pub dataset: String,
     /// `endpoint/bucket/prefix`, shown.
     pub location: String,
+    /// The source dataset is encrypted: a restore lands it locked.
     pub raw: bool,
     pub uploads: Vec<ManifestRef>,
 }
