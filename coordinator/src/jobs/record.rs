@@ -535,7 +535,7 @@ impl JobRecord {
     /// (its clock) and, asked, does not know this attempt: if that process
     /// started after the attempt did, the attempt died with the one before
     /// (kill -9, a crash, a reboot). It fails now, instead of waiting out
-    /// [`STALL_MS`], and both ends are told to cancel it: the other end
+    /// the stall time (`STALL_MS`), and both ends are told to cancel it: the other end
     /// still runs it, and a start command still in flight to the restarted
     /// one must not begin a stream nobody follows.
     pub fn lost_with_restart(
