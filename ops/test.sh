@@ -23,6 +23,8 @@ promtool check rules ops/prometheus/zdr-rules.yml
 promtool test rules ops/prometheus/zdr-rules.test.yml
 step "unit and integration tests (real nats-server, real binaries, simulated ZFS)"
 cargo test --workspace
+step "the demo fleet (ops/demo.sh): agents online, replication and bucket uploads succeed"
+bash integration/demo-smoke.sh
 
 # Real OpenZFS runs only in a VM here (the host kernel cannot load it). The first
 # setup installs the kernel and builds the module (about 10 minutes); later runs
