@@ -144,16 +144,8 @@ struct Source {
 
 impl Source {
     fn new(bytes: u64) -> Source {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let block = (0..16 * MIB as usize)
-            .map(|_| {
-                // xorshift64
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let mut block = vec![0u8; 16 * MIB as usize];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut block);
         Source {
             block: Arc::new(block),
             pos: 0,

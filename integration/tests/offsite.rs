@@ -516,25 +516,7 @@ async fn an_upload_killed_mid_stream_leaves_no_manifest_and_a_clean_full_follows
     // process says hello and does not know it (not after the 30 s stall),
     // and the retry uploads a whole new full with its manifest.
     agent = uploader(&fleet, &v, 30_000_000);
-    let deadline = std::time::Instant::now() + Duration::from_secs(150);
-    let (job, list) = loop {
-        let all = jobs(&c).await;
-        let j = job_for(&all, "vault", "node-a1").cloned();
-        let list = j
-            .as_ref()
-            .and_then(|j| j["upload"]["committed"].as_array().cloned());
-        if let (Some(j), Some(list)) = (&j, list) {
-            if !list.is_empty() {
-                break (j.clone(), list);
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no committed upload after the restart: {j:#?}\n{}",
-            agent.proc.output()
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let (job, list) = committed(&c, 1).await;
     let lines = history(&job);
     assert!(
         lines
