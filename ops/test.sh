@@ -46,3 +46,14 @@ step "clippy with the lzc backend"
 cargo clippy -p zdr-agent --all-targets --features lzc --quiet -- -D warnings
 step "real OpenZFS: the conformance suite on the lzc backend"
 ZDR_CONFORMANCE=lzc bash integration/zfs-vm/conformance.sh
+
+# Debian 12's own OpenZFS (2.1) runs in the guest from a layer over the host's
+# root, so the host keeps 2.3 and one run tests both (zfs-vm/README.md).
+step "real OpenZFS 2.1: build it for the guest"
+bash integration/zfs-vm/zfs-vm.sh setup --zfs 2.1
+step "real OpenZFS 2.1: the conformance suite on the cli backend"
+ZDR_VM_ZFS=2.1 bash integration/zfs-vm/conformance.sh
+step "real OpenZFS 2.1: replication through the real coordinator and agents"
+ZDR_VM_ZFS=2.1 bash integration/zfs-vm/replication.sh
+step "real OpenZFS 2.1: the conformance suite on the lzc backend"
+ZDR_VM_ZFS=2.1 ZDR_CONFORMANCE=lzc bash integration/zfs-vm/conformance.sh

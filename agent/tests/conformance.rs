@@ -1272,6 +1272,47 @@ fn diverged_target_is_refused_unless_forced() {
     assert_eq!(ids(f, &dst), [s[0].clone(), s[4].clone()]);
 }
 
+/// `receive -F` would destroy the target's snapshots after the base; a hold on
+/// one of them makes ZFS refuse the receive and keep them all. (The floor's
+/// `zdr-floor` hold relies on this even when a signed command asks.) ZFS
+/// finds the hold only once the stream is read, so `-s` leaves it as saved
+/// state, which blocks the next receive until it is aborted.
+#[test]
+fn a_forced_receive_over_a_held_snapshot_is_refused_and_keeps_it() {
+    let f = fixture("forced held");
+    let f = f.as_ref();
+    let src = f.make("src");
+    let dst = f.ds("dst");
+    f.write_data(&src, 64 << 10);
+    snap(f, &[&src], "a", false);
+    f.write_data(&src, 16 << 10);
+    snap(f, &[&src], "b", false);
+    transfer(f, &full(&src, "a"), &dst, false).unwrap();
+    transfer(f, &incr(&src, "a", "b", false), &dst, false).unwrap();
+    let before = ids(f, &dst);
+    f.write_data(&src, 16 << 10);
+    snap(f, &[&src], "c", false);
+
+    f.backend().hold(&dst, "b", "zdr-floor").unwrap();
+    match transfer(f, &incr(&src, "a", "c", false), &dst, true) {
+        Err(e @ (ZfsError::Busy { .. } | ZfsError::Held { .. })) => {
+            eprintln!("-F over a held snapshot: {e}")
+        }
+        other => panic!("-F from a over held @b: {other:?}"),
+    }
+    assert_eq!(ids(f, &dst), before);
+    assert_eq!(f.backend().holds(&dst, "b").unwrap(), ["zdr-floor"]);
+    assert!(f.backend().resume_token(&dst).unwrap().is_some());
+    f.backend().abort_receive(&dst).unwrap();
+    assert_eq!(f.backend().resume_token(&dst).unwrap(), None);
+    assert_eq!(ids(f, &dst), before);
+
+    f.backend().release(&dst, "b", "zdr-floor").unwrap();
+    transfer(f, &incr(&src, "a", "c", false), &dst, true).unwrap();
+    let s = ids(f, &src);
+    assert_eq!(ids(f, &dst), [s[0].clone(), s[2].clone()]);
+}
+
 #[test]
 fn interrupted_receive_resumes_or_aborts() {
     let f = fixture("resume");

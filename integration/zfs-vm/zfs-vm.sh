@@ -8,7 +8,8 @@
 # tmpfs overlay, so every host binary (cargo test binaries, zfs, python) is
 # there and every write outside the shared working directory is discarded.
 #
-#   zfs-vm.sh setup [--zfs 2.3|2.1]  install packages, build zfs.ko, fill cache
+#   zfs-vm.sh setup [--zfs 2.3|2.1]  install packages, build zfs.ko, fill cache;
+#                                    --zfs 2.1 also builds 2.1 for the guest only
 #   zfs-vm.sh run CMD [ARGS...]      run CMD (argv, quote-safe) in a fresh VM
 #   zfs-vm.sh sh 'COMMAND LINE'      same, through bash -c
 #   zfs-vm.sh check                  in-guest ZFS feature check with timings
@@ -17,6 +18,7 @@
 # As a cargo runner (each test binary then runs in its own VM):
 #   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="$PWD/integration/zfs-vm/zfs-vm.sh run" cargo test
 #
+# ZDR_VM_ZFS=2.1 runs the guest on OpenZFS 2.1 (the host keeps 2.3).
 # `run` exits with the command's exit code; 125 means the VM could not start,
 # died, or timed out before the command finished. See README.md for the
 # environment variables (ZDR_VM_*).
@@ -110,7 +112,11 @@ o=trans=virtio,version=9p2000.L,msize=512000
 $bb mount -t 9p -o ro,$o,cache=loose zdr_root /lower || fail "mounting the host root (9p) failed"
 $bb mount -t tmpfs -o size=90%,mode=755 tmpfs /rw || fail "tmpfs for the overlay failed"
 $bb mkdir -p /rw/upper /rw/work
-$bb mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
+# A second OpenZFS series (zfs-vm.sh setup --zfs 2.1) comes as a read-only
+# layer over the host root: its userland, libraries, modules and modules.dep.
+lower=/lower
+$bb mount -t 9p -o ro,$o,cache=loose zdr_zfs /zfslayer 2>/dev/null && lower=/zfslayer:/lower
+$bb mount -t overlay -o lowerdir=$lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
     fail "overlay mount failed"
 $bb mount -t tmpfs -o mode=755 run /newroot/run || fail "tmpfs on /run failed"
 $bb mkdir -p /newroot/run/zdr-vm
@@ -149,6 +155,13 @@ echo "127.0.0.1 localhost zdr-zfs-vm" > /etc/hosts
 if [ "$ZDR_LOAD_ZFS" = 1 ]; then
     /sbin/modprobe zfs 2>> $C/stderr || fail "modprobe zfs failed"
     mark zfs-loaded
+    # the series asked for is the one loaded, or nothing runs
+    if [ -n "$ZDR_ZFS_SERIES" ]; then
+        case $($bb cat /sys/module/zfs/version) in
+            "$ZDR_ZFS_SERIES".*) ;;
+            *) fail "OpenZFS $ZDR_ZFS_SERIES was asked for, but zfs.ko $($bb cat /sys/module/zfs/version) is loaded" ;;
+        esac
+    fi
 fi
 /bin/bash $C/cmd.sh < /dev/null >> $C/stdout 2>> $C/stderr
 echo $? > $C/rc.tmp && $bb mv $C/rc.tmp $C/rc
@@ -180,7 +193,7 @@ prepare_cache() {
     local bb=/bin/busybox d m   # from busybox-static: the initramfs has no libc
     [ -x "$bb" ] || die "$bb is missing; run '$ME setup' (package busybox-static)"
     d=$(mktemp -d)
-    mkdir -p "$d"/{bin,dev,proc,sys,mods,lower,rw,newroot}
+    mkdir -p "$d"/{bin,dev,proc,sys,mods,lower,zfslayer,rw,newroot}
     cp "$bb" "$d/bin/busybox"
     ln -s busybox "$d/bin/sh"
     write_init > "$d/init"
@@ -244,8 +257,11 @@ apt_get() {
         die "'apt-get $*' failed (see the apt output above; check network access to the Debian mirror and 'dpkg --audit')"
 }
 
+# The host's own OpenZFS series; any other one runs from a layer (build_layer).
+HOST_SERIES=2.3
+
 do_setup() {
-    local series=2.3
+    local series=$HOST_SERIES
     while [ $# -gt 0 ]; do
         case $1 in
             --zfs) [ $# -ge 2 ] || die "--zfs needs a value (2.3 or 2.1)"; series=$2; shift 2 ;;
@@ -254,7 +270,13 @@ do_setup() {
             *) say "error: unknown setup option '$1'"; usage ;;
         esac
     done
-    local rel t0
+    zfs_release_for "$series" > /dev/null
+    setup_host "$HOST_SERIES"
+    if [ "$series" != "$HOST_SERIES" ]; then build_layer "$series"; fi
+}
+
+setup_host() {
+    local series=$1 rel t0
     rel=$(zfs_release_for "$series")
     t0=$(now)
 
@@ -324,6 +346,87 @@ EOF
     say "setup done: OpenZFS $v (zfs.ko $(zfs_ko_version)), kernel $KVER, cache $CACHE ($(elapsed "$t0" "$(now)")s)"
 }
 
+# ------------------------------------------------------- a second series ---
+
+layer_dir() { echo "$CACHE/openzfs-$1-$KVER"; }
+
+# build_layer SERIES: OpenZFS SERIES for the guest only, without touching the
+# host's packages: its userland and libraries unpacked from Debian's .debs, and
+# its modules built from zfs-dkms's source for $KVER, laid out for merged /usr,
+# with the modules.dep that depmod makes for them. The guest's overlay puts it
+# over the host root (see write_init), so 2.1 and 2.3 run in one CI run.
+build_layer() {
+    local series=$1 rel ver dir work t0 p
+    t0=$(now)
+    rel=$(zfs_release_for "$series")
+    resolve_kver || die "no Debian kernel found; run '$ME setup' first"
+    dir=$(layer_dir "$series")
+    if [ -s "$dir/ready" ]; then
+        say "already built: $(cat "$dir/ready") in $dir ($(elapsed "$t0" "$(now)")s)"
+        return 0
+    fi
+    [ -d "/lib/modules/$KVER/build" ] || die "headers for $KVER are missing (/lib/modules/$KVER/build); run '$ME setup'"
+    ver=$(apt-cache madison zfsutils-linux | awk -v r=" $rel/contrib " 'index($0, r) { print $3; exit }')
+    [ -n "$ver" ] || die "no zfsutils-linux in $rel/contrib (run 'apt-get update'; see $SOURCES_FILE)"
+    # zfsutils-linux names its libraries' packages, pinned to its own version
+    local pkgs=(zfs-dkms zfsutils-linux)
+    for p in $(apt-cache show "zfsutils-linux=$ver" | sed -n 's/^Depends: //p' | tr ',' '\n' |
+               sed -n "s/^ *\([a-z0-9.+-]*\) (= $ver)\$/\1/p"); do
+        pkgs+=("$p")
+    done
+    work=$(mktemp -d /var/tmp/zdr-zfs-layer.XXXXXX)
+    chmod 755 "$work"   # apt-get download runs as _apt where it can
+    say "OpenZFS $ver for the guest: downloading ${pkgs[*]}"
+    (cd "$work" && apt-get download -q "${pkgs[@]/%/=$ver}" > "$work/download.log" 2>&1) ||
+        die "apt-get download of ${pkgs[*]} at $ver failed: $(tail -n 3 "$work/download.log")"
+    mkdir -p "$work/pkg" "$work/dkms" "$work/root/usr"
+    for p in "$work"/*.deb; do
+        case $(basename "$p") in
+            zfs-dkms_*) dpkg-deb -x "$p" "$work/dkms" ;;
+            *) dpkg-deb -x "$p" "$work/pkg" ;;
+        esac
+    done
+    # merged /usr: the host's /bin, /sbin and /lib are links into /usr, and a
+    # directory in the layer would hide the link's whole target
+    for p in bin sbin lib; do
+        if [ -d "$work/pkg/$p" ]; then
+            mkdir -p "$work/root/usr/$p" && cp -a "$work/pkg/$p/." "$work/root/usr/$p/"
+        fi
+    done
+    cp -a "$work/pkg/usr/." "$work/root/usr/"
+    [ -d "$work/pkg/etc" ] && cp -a "$work/pkg/etc" "$work/root/"
+
+    local src
+    src=$(echo "$work"/dkms/usr/src/zfs-*)
+    [ -x "$src/configure" ] || die "no configure script in the zfs-dkms source ($src)"
+    say "building OpenZFS $ver modules for $KVER (configure + make, ~10 min on 2 cores; log in $work/build.log)"
+    (cd "$src" && ./configure --prefix=/usr --with-config=kernel \
+            --with-linux="/usr/src/linux-headers-${KVER%-amd64}-common" \
+            --with-linux-obj="/lib/modules/$KVER/build" && make -j"$(nproc)") > "$work/build.log" 2>&1 ||
+        die "building the OpenZFS $ver modules failed: $(tail -n 5 "$work/build.log") (whole log: $work/build.log)"
+    local mods=$work/root/usr/lib/modules/$KVER/updates/dkms
+    mkdir -p "$mods"
+    find "$src/module" -name '*.ko' -exec cp {} "$mods/" \;
+    strip --strip-debug "$mods"/*.ko
+    [ -s "$mods/zfs.ko" ] && [ -s "$mods/spl.ko" ] || die "the build made no zfs.ko and spl.ko (see $work/build.log)"
+    # modules.dep for the host's modules with this series' zfs in place of the host's
+    local tree=$work/depmod
+    mkdir -p "$tree/lib/modules"
+    cp -a "/lib/modules/$KVER" "$tree/lib/modules/"
+    rm -f "$tree/lib/modules/$KVER/updates/dkms/"*.ko "$tree/lib/modules/$KVER"/modules.*
+    cp "$mods"/*.ko "$tree/lib/modules/$KVER/updates/dkms/"
+    cp "/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$tree/lib/modules/$KVER/"
+    depmod -b "$tree" "$KVER" || die "depmod for the OpenZFS $ver layer failed"
+    cp "$tree/lib/modules/$KVER"/modules.* "$work/root/usr/lib/modules/$KVER/"
+
+    rm -rf -- "$dir"
+    mkdir -p "$dir"
+    mv "$work/root" "$dir/root"
+    echo "OpenZFS $ver (zfs.ko $(modinfo -F version "$dir/root/usr/lib/modules/$KVER/updates/dkms/zfs.ko")), kernel $KVER" > "$dir/ready"
+    rm -rf -- "$work"
+    say "built $(cat "$dir/ready") in $dir ($(elapsed "$t0" "$(now)")s)"
+}
+
 # -------------------------------------------------------------------- run ---
 
 # single-quote a string for a POSIX shell (busybox sh sources meta)
@@ -356,6 +459,15 @@ vm_exec() {
         die "no zfs.ko for kernel $KVER; run '$ME setup'"
     fi
     case $TIMEOUT in ''|*[!0-9]*) die "ZDR_VM_TIMEOUT must be whole seconds, not '$TIMEOUT'" ;; esac
+    local series=${ZDR_VM_ZFS:-} layer=
+    if [ -n "$series" ]; then
+        zfs_release_for "$series" > /dev/null
+        if [ "$series" != "$HOST_SERIES" ]; then
+            layer=$(layer_dir "$series")
+            [ -s "$layer/ready" ] ||
+                die "OpenZFS $series for the guest is not built ($layer); run '$ME setup --zfs $series'"
+        fi
+    fi
     prepare_cache
 
     local rw=${ZDR_VM_RW-$PWD}
@@ -373,6 +485,7 @@ vm_exec() {
     {
         printf 'ZDR_RW=%s\n' "$(sq "$rw")"
         printf 'ZDR_LOAD_ZFS=%s\n' "$(sq "$LOAD_ZFS")"
+        printf 'ZDR_ZFS_SERIES=%s\n' "$(sq "$series")"
     } > "$RUN/meta"
     {
         echo '# generated by zfs-vm.sh: the command and its environment'
@@ -409,6 +522,12 @@ vm_exec() {
         # shellcheck disable=SC2054
         args+=(-fsdev "local,id=rw,path=${rw//,/,,},security_model=none"
                -device virtio-9p-pci,fsdev=rw,mount_tag=zdr_rw)
+    fi
+
+    if [ -n "$layer" ]; then
+        # shellcheck disable=SC2054
+        args+=(-fsdev "local,id=zfs,path=${layer//,/,,}/root,security_model=none,readonly=on,multidevs=remap"
+               -device virtio-9p-pci,fsdev=zfs,mount_tag=zdr_zfs)
     fi
 
     local t0 qrc=0
@@ -480,6 +599,10 @@ do_status() {
     echo "qemu:          $(pkg_version qemu-system-x86)"
     echo "cache:         $CACHE"
     ls -la "$CACHE" 2>/dev/null | sed 1d | sed 's/^/  /'
+    local r
+    for r in "$CACHE"/openzfs-*/ready; do
+        [ -s "$r" ] && echo "guest layer:   $(cat "$r") (ZDR_VM_ZFS=$(basename "$(dirname "$r")" | cut -d- -f2))"
+    done
     setup_is_done "$(pkg_version zfsutils-linux | cut -d. -f1,2)" 2>/dev/null &&
         echo "state:         ready" || echo "state:         NOT ready (run '$ME setup')"
 }

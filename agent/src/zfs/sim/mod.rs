@@ -561,6 +561,23 @@ impl Backend for SimBackend {
                 continue;
             };
             let Some(why) = failure else {
+                let held = if spec.force {
+                    self.lock().held_after_base(target, &r)
+                } else {
+                    None
+                };
+                if let Some(held) = held {
+                    let mut saved = r;
+                    saved.offset = got;
+                    self.mutate(|s| s.end_record(target, saved, new_dataset, true, spec.force))?;
+                    return Err(ZfsError::Busy {
+                        what: format!("dataset {target}"),
+                        detail: format!(
+                            "cannot receive incremental stream: dataset is busy \
+                             ({target}@{held} is held)"
+                        ),
+                    });
+                }
                 self.mutate(|s| s.end_record(target, r, new_dataset, false, spec.force))?;
                 continue;
             };

@@ -331,6 +331,22 @@ impl State {
         }
     }
 
+    /// The first snapshot of `target` with a hold that landing `r` with -F
+    /// would destroy. ZFS checks them as a destroy would, at the end of the
+    /// receive, after the stream was read: the receive fails busy, and with
+    /// `-s` the whole stream stays as saved state.
+    pub(super) fn held_after_base(&self, target: &DatasetName, r: &Record) -> Option<String> {
+        let ds = self.datasets.get(target)?;
+        let base = ds
+            .snapshots
+            .iter()
+            .position(|x| Some(x.guid) == r.fromguid)?;
+        ds.snapshots[base + 1..]
+            .iter()
+            .find(|x| !x.holds.is_empty())
+            .map(|x| x.name.clone())
+    }
+
     /// Lands a record that `begin_record` accepted, whole (`partial` false)
     /// or as the saved state of an interrupted receive.
     pub(super) fn end_record(
