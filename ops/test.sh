@@ -39,6 +39,8 @@ step "real OpenZFS: replication through the real coordinator and agents"
 bash integration/zfs-vm/replication.sh
 step "real OpenZFS: restore drills through the real coordinator and agents"
 bash integration/zfs-vm/drill.sh
+step "real OpenZFS: the retention floor refuses commands signed with the real key"
+bash integration/zfs-vm/floor.sh
 # The lzc backend binds libzfs_core with bindgen: it needs libclang and the
 # libzfs headers (the VM setup installed libzfslinux-dev).
 dpkg -s libclang-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
@@ -55,5 +57,7 @@ step "real OpenZFS 2.1: the conformance suite on the cli backend"
 ZDR_VM_ZFS=2.1 bash integration/zfs-vm/conformance.sh
 step "real OpenZFS 2.1: replication through the real coordinator and agents"
 ZDR_VM_ZFS=2.1 bash integration/zfs-vm/replication.sh
+step "real OpenZFS 2.1: the retention floor refuses commands signed with the real key"
+ZDR_VM_ZFS=2.1 bash integration/zfs-vm/floor.sh
 step "real OpenZFS 2.1: the conformance suite on the lzc backend"
 ZDR_VM_ZFS=2.1 ZDR_CONFORMANCE=lzc bash integration/zfs-vm/conformance.sh

@@ -46,6 +46,11 @@ pub struct Config {
     /// `"127.0.0.1:9464"`; not served when absent.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The pools this agent manages (inventory, snapshots, pruning, the
+    /// floor); empty (the default) means every pool it can see. For a host
+    /// whose other pools belong to someone else, such as a boot pool.
+    #[serde(default)]
+    pub pools: Vec<String>,
 }
 
 /// Mutual TLS between agents, with certificates from the fleet CA (`ops/pki.sh`).
@@ -329,6 +334,16 @@ impl Config {
                     .map_err(|e| invalid(format!("offsite.manifest_signers {:?}: {e}", k.kid)))?;
             }
         }
+        for p in &config.pools {
+            let name = zdr_common::DatasetName::parse(p)
+                .map_err(|e| invalid(format!("pools: {p:?}: {e}")))?;
+            if name.as_str() != name.pool() {
+                return Err(invalid(format!(
+                    "pools: {p:?} is a dataset, not a pool; list pool names only, such as {:?}",
+                    name.pool()
+                )));
+            }
+        }
         if let BackendConfig::Sim { pools, .. } = &config.backend {
             for p in pools {
                 for ds in std::iter::once(&p.name).chain(&p.datasets) {
@@ -482,6 +497,29 @@ public_key = "{KEY}"
             e.starts_with("agent.toml: trusted_keys names the key id \"coordinator\" twice"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn pools_take_pool_names_only() {
+        let with = |v: &str| {
+            good().replace(
+                "media = \"ssd\"\n",
+                &format!("media = \"ssd\"\npools = {v}\n"),
+            )
+        };
+        let c = Config::parse("agent.toml", &with(r#"["tank", "dst"]"#)).unwrap();
+        assert_eq!(c.pools, ["tank", "dst"]);
+        let e = Config::parse("agent.toml", &with(r#"["tank/db"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("agent.toml: pools: \"tank/db\" is a dataset, not a pool; list pool names only, such as \"tank\""),
+            "{e}"
+        );
+        let e = Config::parse("agent.toml", &with(r#"["-o"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("agent.toml: pools: \"-o\": "), "{e}");
     }
 
     #[test]

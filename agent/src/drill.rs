@@ -91,7 +91,7 @@ pub fn clean_leftovers(lc: &Lifecycle) -> Vec<String> {
     let mut destroyed = Vec::new();
     for d in datasets
         .iter()
-        .filter(|d| is_drill_scratch(d.name.as_str()))
+        .filter(|d| lc.manages(d.name.pool()) && is_drill_scratch(d.name.as_str()))
     {
         let why = "drill scratch left over from a drill that did not end";
         match destroy_scratch(lc, d.name.as_str(), &actor, why) {

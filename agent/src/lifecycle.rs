@@ -2,7 +2,7 @@
 //! a tier is due, prune by the tiers. Runs on the last signed policy whether or
 //! not NATS is up; it never touches the network.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -126,6 +126,8 @@ pub struct Lifecycle {
     in_flight: InFlightSet,
     pool_stats: Mutex<Option<(Instant, Vec<PoolInfo>)>>,
     floor: Mutex<Floor>,
+    /// The pools managed here; empty: every pool ([`Lifecycle::with_pools`]).
+    pools: BTreeSet<String>,
 }
 
 /// The retention floor's book, where it is kept, and the refusals already
@@ -168,7 +170,20 @@ impl Lifecycle {
             in_flight: Arc::default(),
             pool_stats: Mutex::new(None),
             floor: Mutex::default(),
+            pools: BTreeSet::new(),
         }
+    }
+
+    /// Manages only these pools (the agent's `pools`): the others are never
+    /// listed, so no snapshot, prune or floor hold of this node touches them.
+    pub fn with_pools(mut self, pools: impl IntoIterator<Item = String>) -> Self {
+        self.pools = pools.into_iter().collect();
+        self
+    }
+
+    /// Whether `pool` is managed here.
+    pub fn manages(&self, pool: &str) -> bool {
+        self.pools.is_empty() || self.pools.contains(pool)
     }
 
     /// Loads the retention floor's book from `path` and keeps it there.
@@ -435,7 +450,8 @@ impl Lifecycle {
             .policy()
             .map(|p| p.bundle.policy.class_property.clone())
             .unwrap_or_else(|| "zdr:class".into());
-        let listed = self.backend.list_datasets(&class_property)?;
+        let mut listed = self.backend.list_datasets(&class_property)?;
+        listed.retain(|d| self.manages(d.name.pool()));
         let mut fresh = BTreeMap::new();
         let mut marks = BTreeMap::new();
         for info in listed {
@@ -492,7 +508,8 @@ impl Lifecycle {
                 return Ok(pools.clone());
             }
         }
-        let pools = self.backend.pools()?;
+        let mut pools = self.backend.pools()?;
+        pools.retain(|p| self.manages(&p.name));
         *lock(&self.pool_stats) = Some((Instant::now(), pools.clone()));
         Ok(pools)
     }
@@ -1188,6 +1205,29 @@ mod tests {
             Publication::Full { generation: 10 }
         );
         assert_eq!(inv.delta_seq, 0);
+    }
+
+    #[test]
+    fn an_agent_with_pools_lists_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl")).unwrap();
+        let sim = SimBackend::new();
+        for pool in ["src", "dst"] {
+            sim.add_pool(pool, 1 << 30).unwrap();
+            sim.create_dataset(&DatasetName::parse(&format!("{pool}/db")).unwrap())
+                .unwrap();
+        }
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit).with_pools(["src".to_string()]);
+        lc.rescan(0).unwrap();
+        let listed: Vec<String> = lock(&lc.inventory)
+            .datasets
+            .keys()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(listed, ["src", "src/db"]);
+        let pools: Vec<String> = lc.pools().unwrap().into_iter().map(|p| p.name).collect();
+        assert_eq!(pools, ["src"]);
+        assert!(lc.manages("src") && !lc.manages("dst"));
     }
 
     #[test]

@@ -181,7 +181,9 @@ async fn run() -> anyhow::Result<()> {
         .map_err(|e| anyhow!("{}: {e}", cli.config.display()))?;
     let backend = backend(&config, &state)?;
     let audit = AuditLog::open(&state.path("audit.jsonl")).context("opening the audit log")?;
-    let lifecycle = Arc::new(Lifecycle::new(config.node.clone(), backend, audit));
+    let lifecycle = Arc::new(
+        Lifecycle::new(config.node.clone(), backend, audit).with_pools(config.pools.clone()),
+    );
     lifecycle
         .keep_floor_at(&state.path("floor.json"))
         .context("loading the retention floor")?;

@@ -40,6 +40,10 @@ COMMAND_TIMEOUT=${COMMAND_TIMEOUT:-60}
 # The receivers' data-plane ports (fixed, so a proxy can sit in front).
 declare -A LISTEN_PORT=([n1]=17001 [n2]=17002)
 declare -A PIDS=()          # name -> pid of every process started here
+# Set AGENT_POOLS=([n1]=src [n2]=dst) before fleet_up to give each agent only
+# its own pool (agent config `pools`): with a class whose datasets both
+# agents can see, each would otherwise snapshot, prune and hold the other's.
+declare -A AGENT_POOLS=()
 
 now() { echo "$EPOCHREALTIME"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
@@ -165,6 +169,10 @@ listen = "127.0.0.1:${LISTEN_PORT[$node]}"
 EOF
         [ -z "$adv" ] || echo "advertise = \"127.0.0.1:$adv\""
     } > "$W/fleet/$node.toml"
+    # `pools` is a top-level key: it goes before the first table
+    if [ -n "${AGENT_POOLS[$node]:-}" ]; then
+        sed -i "1i pools = [\"${AGENT_POOLS[$node]}\"]" "$W/fleet/$node.toml"
+    fi
 }
 
 # start NAME LOGFILE CMD...: runs CMD in the background, its output appended
