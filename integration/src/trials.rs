@@ -26,6 +26,13 @@
 //!   bound after the last fault, and a failed job says why;
 //! - **a resumed transfer re-sends little**: the bytes all attempts of a step
 //!   moved, less the stream's size, over the stream's size (below 5 %).
+//!
+//! After recovery a trial also runs a restore and then a drill from the copy,
+//! each with one more kill -9 ([`phase_plan`]) while it runs:
+//! - **every restore and drill ends**, done/passed or failed with a reason,
+//!   within a bound after the restart; a restore that says done landed the
+//!   GUID it chose;
+//! - **no drill scratch is left** on the drill node once the drill ended.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -99,6 +106,19 @@ pub fn plan(seed: u64, trial: u64, count: usize) -> Vec<Fault> {
             down_ms: rng.between(0, 2_000),
         })
         .collect()
+}
+
+/// The kills of the restore and the drill phase, in that order: sooner after
+/// the phase starts than [`plan`]'s, since both phases are short. Drawn from
+/// their own stream of the seed, so that the replication plan stays the same.
+pub fn phase_plan(seed: u64, trial: u64) -> [Fault; 2] {
+    let mut rng = Rng::new(!seed ^ trial.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut one = || Fault {
+        victim: Victim::ALL[rng.between(0, 3) as usize],
+        after_ms: rng.between(200, 3_000),
+        down_ms: rng.between(0, 2_000),
+    };
+    [one(), one()]
 }
 
 /// One line of an agent's audit log, as the check needs it.
@@ -265,6 +285,15 @@ mod tests {
         assert_eq!(victims.len(), 4);
         for f in plan(9, 0, 100) {
             assert!((1_000..=8_000).contains(&f.after_ms) && f.down_ms <= 2_000);
+        }
+        assert_eq!(phase_plan(7, 3), phase_plan(7, 3));
+        let phase_victims: HashSet<Victim> = (0..50)
+            .flat_map(|t| phase_plan(1, t))
+            .map(|f| f.victim)
+            .collect();
+        assert_eq!(phase_victims.len(), 4);
+        for f in (0..50).flat_map(|t| phase_plan(9, t)) {
+            assert!((200..=3_000).contains(&f.after_ms) && f.down_ms <= 2_000);
         }
     }
 

@@ -2,7 +2,8 @@
 //! coordinator and two agents (simulated ZFS) replicating a dataset that
 //! snapshots and prunes every few seconds; a seeded plan kills one of the
 //! four processes at a time and restarts it. After the last fault the pair
-//! must recover, and the invariants of `zdr_integration::trials` must hold.
+//! must recover; then a restore and a drill from the copy each run through
+//! one more kill, and the invariants of `zdr_integration::trials` must hold.
 //!
 //! CI runs a short seeded subset; `ops/bench-trials.sh` runs 100 trials:
 //!
@@ -56,6 +57,8 @@ const SNAPSHOT_STREAM: u64 = 64_000_185;
 const DATASET: &str = "tank/big";
 const COPY: &str = "backup/node-a1/tank/big";
 const RECOVERY: Duration = Duration::from_secs(180);
+/// How long a restore or drill may take to end after its kill's restart.
+const PHASE_END: Duration = Duration::from_secs(180);
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -192,6 +195,8 @@ struct Outcome {
     recovered_in: Option<Duration>,
     /// Per resumed landing: the share of the stream sent twice.
     resent: Vec<f64>,
+    /// The kills of the restore and drill phases, when they ran.
+    phase_faults: Vec<Fault>,
 }
 
 async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
@@ -246,6 +251,14 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
             job["error"]
         )));
     }
+    // A restore and a drill from the copy, each with a kill -9 while it runs.
+    if out.recovered_in.is_some() {
+        let [restore, drill] = trials::phase_plan(seed, n);
+        out.violations
+            .extend(restore_phase(&mut w, n, &restore).await);
+        out.violations.extend(drill_phase(&mut w, n, &drill).await);
+        out.phase_faults = vec![restore, drill];
+    }
     // Everything stops before the disks and audits are read, so that they
     // agree with each other.
     w.coordinator.proc.kill();
@@ -292,6 +305,161 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
     out
 }
 
+/// Polls GET `path` until `pick` finds the ended record in its body; `None`
+/// after [`PHASE_END`]. The coordinator may be restarting meanwhile.
+async fn until_ended(
+    w: &World,
+    path: &str,
+    pick: impl Fn(&Value) -> Option<Value>,
+) -> Option<Value> {
+    let start = Instant::now();
+    while start.elapsed() < PHASE_END {
+        if let Some((200, body)) = w.coordinator.get(path).await {
+            if let Some(v) = serde_json::from_str::<Value>(&body)
+                .ok()
+                .as_ref()
+                .and_then(&pick)
+            {
+                return Some(v);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+/// POSTs `body` to `path`; the 202 answer, or why there is none.
+async fn accepted(w: &World, path: &str, body: Value) -> Result<Value, Violation> {
+    match w.coordinator.post(path, &body.to_string()).await {
+        Some((202, reply)) => Ok(serde_json::from_str(&reply).unwrap_or_default()),
+        Some((code, reply)) => Err(Violation(format!(
+            "POST {path} {body} answered {code}: {reply}"
+        ))),
+        None => Err(Violation(format!(
+            "POST {path}: the coordinator did not answer"
+        ))),
+    }
+}
+
+/// Restores the source from the copy (node-b1) into a new dataset on its
+/// own node while `f` kills a process: the restore must end, and a done one
+/// must have landed the GUID it chose.
+async fn restore_phase(w: &mut World, n: u64, f: &Fault) -> Vec<Violation> {
+    let to = format!("tank/restored-{n}");
+    let body = serde_json::json!({
+        "source": format!("node-a1:{DATASET}"), "from": "node-b1", "to": format!("node-a1:{to}")
+    });
+    let a = match accepted(w, "/api/v1/restores", body).await {
+        Ok(a) => a,
+        Err(v) => return vec![v],
+    };
+    let job = a["job"].as_str().unwrap_or_default().to_string();
+    eprintln!(
+        "trial {n}: restore {job} of @{} from node-b1; kill -9 the {} after {} ms for {} ms",
+        a["snapshot"]["name"],
+        f.victim.name(),
+        f.after_ms,
+        f.down_ms
+    );
+    tokio::time::sleep(Duration::from_millis(f.after_ms)).await;
+    w.kill_and_restart(f).await;
+    let path = format!("/api/v1/restores/{job}");
+    let ended = |s: &Value| (s["state"] == "done" || s["state"] == "failed").then(|| s.clone());
+    let Some(status) = until_ended(w, &path, ended).await else {
+        return vec![Violation(format!(
+            "stuck: restore {job} did not end within {} s of the restart",
+            PHASE_END.as_secs()
+        ))];
+    };
+    eprintln!(
+        "trial {n}: restore {job} ended {} (error {})",
+        status["state"], status["error"]
+    );
+    let mut v = Vec::new();
+    if status["state"] == "failed" && status["error"].as_str().is_none_or(str::is_empty) {
+        v.push(Violation(format!(
+            "restore {job} failed without a reason: {status}"
+        )));
+    }
+    if status["state"] == "done" {
+        let chosen = a["snapshot"]["guid"].as_u64();
+        let landed = on_disk(&w.source, &to).and_then(|s| s.last().map(|(_, g, _)| *g));
+        if chosen.is_none() || landed != chosen {
+            v.push(Violation(format!(
+                "restore {job} says done, but {to}'s newest GUID is {landed:?}, not the chosen {chosen:?}"
+            )));
+        }
+    }
+    v
+}
+
+/// Drills the copy while `f` kills a process: the drill must end, a failed
+/// one must say why, and its scratch must be gone from the drill node.
+async fn drill_phase(w: &mut World, n: u64, f: &Fault) -> Vec<Violation> {
+    let body = serde_json::json!({ "source": format!("node-a1:{DATASET}") });
+    let a = match accepted(w, "/api/v1/drills", body).await {
+        Ok(a) => a,
+        Err(v) => return vec![v],
+    };
+    let job = a["job"].as_str().unwrap_or_default().to_string();
+    let scratch = a["scratch"]["dataset"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    eprintln!(
+        "trial {n}: drill {job} into {scratch}; kill -9 the {} after {} ms for {} ms",
+        f.victim.name(),
+        f.after_ms,
+        f.down_ms
+    );
+    tokio::time::sleep(Duration::from_millis(f.after_ms)).await;
+    w.kill_and_restart(f).await;
+    let ended = |v: &Value| {
+        v["drills"]
+            .as_array()?
+            .iter()
+            .find(|d| d["job"] == job.as_str() && d["state"] != "running")
+            .cloned()
+    };
+    let Some(d) = until_ended(w, "/api/v1/drills", ended).await else {
+        return vec![Violation(format!(
+            "stuck: drill {job} did not end within {} s of the restart",
+            PHASE_END.as_secs()
+        ))];
+    };
+    let why = d["result"]["why"].as_str().unwrap_or_default();
+    eprintln!("trial {n}: drill {job} ended {} ({why})", d["state"]);
+    let mut v = Vec::new();
+    if d["state"] == "failed" && why.is_empty() {
+        v.push(Violation(format!(
+            "drill {job} failed without a reason: {d}"
+        )));
+    }
+    // Cleanup runs as the drill ends, or when a killed target starts again;
+    // the hold that kept production's snapshot for the hash goes too.
+    let tag = format!("zdr-drill-{job}");
+    let start = Instant::now();
+    loop {
+        let scratch_left = on_disk(&w.target, &scratch).is_some();
+        let held = on_disk(&w.source, DATASET)
+            .is_some_and(|s| s.iter().any(|(_, _, tags)| tags.contains(&tag)));
+        if !scratch_left && !held {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            v.push(Violation(format!(
+                "drill {job} ended {} but after 60 s its scratch is {} node-b1 and {DATASET} {} the hold {tag}",
+                d["state"],
+                if scratch_left { "still on" } else { "gone from" },
+                if held { "still has" } else { "lost" },
+            )));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    v
+}
+
 #[tokio::test]
 async fn kill_9_trials_keep_every_invariant() {
     let count = env("ZDR_TRIALS", 2);
@@ -304,10 +472,10 @@ async fn kill_9_trials_keep_every_invariant() {
     let mut recovery = Vec::new();
     for n in first..first + count {
         let faults = trials::plan(seed, n, per);
-        for f in &faults {
+        let out = trial(seed, n, &faults).await;
+        for f in faults.iter().chain(&out.phase_faults) {
             *injected.entry(f.victim).or_default() += 1;
         }
-        let out = trial(seed, n, &faults).await;
         eprintln!(
             "trial {n}: {} violation(s), recovered in {:?}, re-sent {:?}",
             out.violations.len(),
@@ -325,7 +493,10 @@ async fn kill_9_trials_keep_every_invariant() {
     resent.sort_by(f64::total_cmp);
     recovery.sort();
     let pct = |f: f64| format!("{:.1} %", f * 100.0);
-    println!("kill -9 trials: {count} from #{first}, seed {seed}, {per} faults each");
+    println!(
+        "kill -9 trials: {count} from #{first}, seed {seed}, {per} faults each during replication, \
+         then one during a restore and one during a drill"
+    );
     for (v, c) in &injected {
         println!("  faults injected, {}: {c}", v.name());
     }

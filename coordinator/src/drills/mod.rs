@@ -10,7 +10,9 @@
 //! the replica itself is only read, never written: a snapshot made on a
 //! raw replica breaks its next incremental, OpenZFS #15314), then
 //! `HashSnapshot` of that snapshot on production and on the scratch, the
-//! verdict, and `DestroyScratch`. Each phase is timed; the measured RTO is
+//! verdict, and `DestroyScratch`. Production's snapshot carries the hold
+//! `zdr-drill-<job>` from the drill's start until it was hashed, so that
+//! retention cannot take it in between. Each phase is timed; the measured RTO is
 //! start to verified data, compared with the class's RTO. A drill that
 //! cannot start (no replica, no room, copy offline) is recorded as failed,
 //! so a scheduled drill is never silently skipped.
@@ -343,6 +345,7 @@ pub async fn submit(
         };
     jobs::save(state, &drill_key(&rec.id), &rec).await;
     let info = rec.restore.as_ref().expect("set above");
+    hold_production(state, &rec, info).await;
     Ok(Accepted {
         job: rec.id.clone(),
         copy: At {
@@ -414,6 +417,59 @@ fn failed(why: String, now_ms: i64) -> DrillResult {
         within_rto: false,
         cleaned: true,
         ended_at: now_ms / 1000,
+    }
+}
+
+/// Holds the production snapshot the drill restores until the drill has
+/// hashed it: under a short tier, retention would otherwise destroy it
+/// mid-drill and fail a drill whose copy was fine (seen in the kill -9
+/// trials). `ReleaseHolds` with `keep` holds `keep` first and has nothing
+/// else to release. Without the hold the drill still runs; the history says so.
+async fn hold_production(state: &State, rec: &JobRecord, info: &RestoreInfo) {
+    let cmd = Command::ReleaseHolds {
+        dataset: info.dataset.clone(),
+        tag: jobs::drill_production_tag(&rec.id),
+        keep: info.snapshot.name.clone(),
+    };
+    let why = match state.send_command(&info.node, &cmd).await {
+        Ok(r) if r.outcome == Outcome::Done => return,
+        Ok(r) => r.message,
+        Err(e) => e.to_string(),
+    };
+    warn!(node = %info.node, dataset = %info.dataset, error = %why, "holding the drilled production snapshot failed");
+    let key = drill_key(&rec.id);
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(&key) else {
+            return;
+        };
+        cur.log(
+            format!(
+                "production's {}@{} is not held for the drill ({why}); retention may destroy it before it is hashed",
+                info.dataset, info.snapshot.name
+            ),
+            now_ms(),
+        );
+        cur.clone()
+    };
+    jobs::save(state, &key, &rec).await;
+}
+
+/// Lets the production snapshot go once the drill has hashed it. Runs on
+/// every pass of [`verify`], so a new leader releases it too.
+async fn release_production(state: &State, rec: &JobRecord, info: &RestoreInfo) {
+    let cmd = Command::DropHolds {
+        dataset: info.dataset.clone(),
+        tag: jobs::drill_production_tag(&rec.id),
+    };
+    match state.send_command(&info.node, &cmd).await {
+        Ok(r) if r.outcome == Outcome::Done => {}
+        Ok(r) => {
+            warn!(node = %info.node, dataset = %info.dataset, message = %r.message, "releasing the drilled production snapshot failed")
+        }
+        Err(e) => {
+            warn!(node = %info.node, dataset = %info.dataset, error = %e, "releasing the drilled production snapshot failed")
+        }
     }
 }
 
@@ -493,6 +549,7 @@ pub async fn verify(state: &Arc<State>, key: &str) {
     };
     let verified = now_ms();
     let cleaned = destroy_scratch(state, &rec.target_node, &rec.target_dataset).await;
+    release_production(state, &rec, info).await;
     let end = now_ms();
     let result = DrillResult {
         cleanup_ms: (end - verified).max(0) as u64,

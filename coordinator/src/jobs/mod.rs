@@ -55,6 +55,12 @@ pub fn restore_tag(end: zdr_common::wire::JobRole, id: &str) -> String {
     }
 }
 
+/// The hold a drill puts on the production snapshot it restores, so that
+/// retention cannot destroy it before the drill has hashed it.
+pub fn drill_production_tag(id: &str) -> String {
+    format!("zdr-drill-{id}")
+}
+
 /// A restore record's key in KV `zdr_jobs`.
 pub fn restore_key(id: &str) -> String {
     crate::bus::inventory_key("restore", id)
