@@ -260,6 +260,11 @@ impl Agent {
             Command::DropHolds { dataset, tag } => {
                 return done(repl.drop_holds(&dataset, &tag).await)
             }
+            Command::Hold {
+                dataset,
+                snapshots,
+                tag,
+            } => return done(repl.hold(&dataset, &snapshots, &tag).await),
             Command::HashSnapshot { dataset, snapshot } => {
                 let lc = self.lifecycle.clone();
                 let hashed = tokio::task::spawn_blocking(move || {

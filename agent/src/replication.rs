@@ -780,6 +780,35 @@ impl Replication {
         })
     }
 
+    /// Puts `tag` on each of `snapshots` of `dataset` (a restore or drill
+    /// begins); one already held by `tag` counts as held.
+    pub async fn hold(
+        &self,
+        dataset: &str,
+        snapshots: &[String],
+        tag: &str,
+    ) -> Result<String, Refused> {
+        let ds = DatasetName::parse(dataset).map_err(|e| format!("dataset: {e}"))?;
+        if tag == FLOOR_HOLD {
+            return Err(format!(
+                "tag {FLOOR_HOLD} refused: only the retention floor puts its own hold"
+            ));
+        }
+        let backend = self.lifecycle.backend.clone();
+        let (tag, snaps) = (tag.to_string(), snapshots.to_vec());
+        tokio::task::spawn_blocking(move || {
+            for s in &snaps {
+                match backend.hold(&ds, s, &tag) {
+                    Ok(()) | Err(ZfsError::Exists { .. }) => {}
+                    Err(e) => return Err(format!("holding {ds}@{s} with {tag}: {e}")),
+                }
+            }
+            Ok(format!("held {ds}@{{{}}} with {tag}", snaps.join(",")))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("holding panicked: {e}")))
+    }
+
     /// Releases `tag` from every snapshot of `dataset` (a restore ended).
     pub async fn drop_holds(&self, dataset: &str, tag: &str) -> Result<String, Refused> {
         let released = self.release_tag(dataset, tag, None).await?;

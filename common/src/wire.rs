@@ -259,6 +259,14 @@ pub enum Command {
     /// Releases `tag` from every snapshot of `dataset`: the holds of a
     /// restore that ended.
     DropHolds { dataset: String, tag: String },
+    /// Puts `tag` on each of `dataset`'s `snapshots` (one already held is
+    /// fine): a restore or drill keeps the snapshots it will read from
+    /// retention until it ends, and then `DropHolds` lets them go.
+    Hold {
+        dataset: String,
+        snapshots: Vec<String>,
+        tag: String,
+    },
     /// Hashes the content of `dataset@snapshot` (the reply's `hash`).
     HashSnapshot { dataset: String, snapshot: String },
     /// Destroys a drill's scratch dataset (`<pool>/zdr-drill/<name>`) and

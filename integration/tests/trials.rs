@@ -328,8 +328,30 @@ async fn until_ended(
     None
 }
 
-/// POSTs `body` to `path`; the 202 answer, or why there is none.
+/// POSTs `body` to `path`; the 202 answer, or why there is none. First waits
+/// (bounded) for both nodes online: a coordinator just restarted by the last
+/// kill rightly refuses a copy it has not heard from yet.
 async fn accepted(w: &World, path: &str, body: Value) -> Result<Value, Violation> {
+    let start = Instant::now();
+    loop {
+        let online = match w.coordinator.get("/api/v1/fleet").await {
+            Some((200, f)) => serde_json::from_str::<Value>(&f).is_ok_and(|f| {
+                ["node-a1", "node-b1"]
+                    .iter()
+                    .all(|n| node_in(&f, n).is_some_and(|n| n["online"] == true))
+            }),
+            _ => false,
+        };
+        if online {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(Violation(format!(
+                "before POST {path}: the nodes were not both online within 60 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     match w.coordinator.post(path, &body.to_string()).await {
         Some((202, reply)) => Ok(serde_json::from_str(&reply).unwrap_or_default()),
         Some((code, reply)) => Err(Violation(format!(

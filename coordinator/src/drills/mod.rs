@@ -185,7 +185,7 @@ fn names(nodes: &[&str]) -> String {
 /// Plans a drill and hands it to the job engine; nothing is sent before
 /// every check passed. `number` is the class's scheduled drill, if any.
 pub async fn submit(
-    state: &State,
+    state: &Arc<State>,
     req: &Request,
     number: Option<u64>,
 ) -> Result<Accepted, DrillError> {
@@ -345,7 +345,11 @@ pub async fn submit(
         };
     jobs::save(state, &drill_key(&rec.id), &rec).await;
     let info = rec.restore.as_ref().expect("set above");
-    hold_production(state, &rec, info).await;
+    // Off the request: a slow or restarting node must not hold up the answer.
+    {
+        let (st, rec, info) = (state.clone(), rec.clone(), info.clone());
+        tokio::spawn(async move { hold_what_it_reads(&st, &rec, &info).await });
+    }
     Ok(Accepted {
         job: rec.id.clone(),
         copy: At {
@@ -421,38 +425,16 @@ fn failed(why: String, now_ms: i64) -> DrillResult {
 }
 
 /// Holds the production snapshot the drill restores until the drill has
-/// hashed it: under a short tier, retention would otherwise destroy it
-/// mid-drill and fail a drill whose copy was fine (seen in the kill -9
-/// trials). `ReleaseHolds` with `keep` holds `keep` first and has nothing
-/// else to release. Without the hold the drill still runs; the history says so.
-async fn hold_production(state: &State, rec: &JobRecord, info: &RestoreInfo) {
-    let cmd = Command::ReleaseHolds {
-        dataset: info.dataset.clone(),
-        tag: jobs::drill_production_tag(&rec.id),
-        keep: info.snapshot.name.clone(),
-    };
-    let why = match state.send_command(&info.node, &cmd).await {
-        Ok(r) if r.outcome == Outcome::Done => return,
-        Ok(r) => r.message,
-        Err(e) => e.to_string(),
-    };
-    warn!(node = %info.node, dataset = %info.dataset, error = %why, "holding the drilled production snapshot failed");
+/// hashed it, and the copy's snapshots it reads until its restore ended:
+/// under a short tier, retention would otherwise destroy one mid-drill and
+/// fail a drill whose copy was fine (seen in the kill -9 trials). Without
+/// the holds the drill still runs; its history says so.
+async fn hold_what_it_reads(state: &State, rec: &JobRecord, info: &RestoreInfo) {
     let key = drill_key(&rec.id);
-    let rec = {
-        let mut jobs = state.jobs();
-        let Some(cur) = jobs.get_mut(&key) else {
-            return;
-        };
-        cur.log(
-            format!(
-                "production's {}@{} is not held for the drill ({why}); retention may destroy it before it is hashed",
-                info.dataset, info.snapshot.name
-            ),
-            now_ms(),
-        );
-        cur.clone()
-    };
-    jobs::save(state, &key, &rec).await;
+    restore::hold_copy(state, &key, rec).await;
+    let tag = jobs::drill_production_tag(&rec.id);
+    let snapshots = vec![info.snapshot.name.clone()];
+    restore::hold(state, &key, &info.node, &info.dataset, snapshots, tag).await;
 }
 
 /// Lets the production snapshot go once the drill has hashed it. Runs on

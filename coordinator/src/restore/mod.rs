@@ -7,8 +7,12 @@ pub mod plan;
 pub mod points;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
+
+use tracing::warn;
+use zdr_common::wire::{Command, JobRole, Outcome, StreamSpec};
 
 use crate::jobs::{self, JobKind, JobRecord, JobState, RestoreInfo, RestoreSnapshot};
 use crate::pairing::Pairing;
@@ -240,7 +244,7 @@ pub fn restore_points(
 
 /// Plans a restore and hands it to the job engine; nothing is sent before
 /// every check passed.
-pub async fn submit(state: &State, req: Request) -> Result<Accepted, RestoreError> {
+pub async fn submit(state: &Arc<State>, req: Request) -> Result<Accepted, RestoreError> {
     let points = restore_points(state, &req.node, &req.dataset)?;
     let nodes = node_facts(state);
     let known: Vec<String> = nodes.keys().cloned().collect();
@@ -357,7 +361,82 @@ pub async fn submit(state: &State, req: Request) -> Result<Accepted, RestoreErro
         raw: plan.raw,
     };
     jobs::save(state, &jobs::restore_key(&rec.id), &rec).await;
+    if bucket_task(&rec.source_node).is_none() {
+        // Off the request: a slow or restarting copy node must not hold up
+        // the answer (each step's send holds its own snapshot as well).
+        let st = state.clone();
+        tokio::spawn(async move { hold_copy(&st, &jobs::restore_key(&rec.id), &rec).await });
+    }
     Ok(accepted)
+}
+
+/// The copy's snapshots that `steps` send in full or send up to: the ones
+/// retention must not take before each step's `zfs send` holds them.
+pub fn read_snapshots(steps: &[jobs::PlannedStep]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for s in steps {
+        let (a, b) = match &s.stream {
+            StreamSpec::Full { snapshot } => (Some(snapshot), None),
+            StreamSpec::Incremental {
+                from,
+                to,
+                from_bookmark,
+                ..
+            } => ((!from_bookmark).then_some(from), Some(to)),
+            StreamSpec::Resume { .. } => (None, None),
+        };
+        for n in a.into_iter().chain(b) {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    names
+}
+
+/// Holds the snapshots a restore or drill will read on its copy from the
+/// start (`restore_tag(Source)`, which the job's end drops): retention on the
+/// copy would otherwise destroy one before its send holds it, and the job
+/// would fail although the copy was fine (seen in the kill -9 trials).
+pub async fn hold_copy(state: &State, key: &str, rec: &JobRecord) {
+    let tag = jobs::restore_tag(JobRole::Source, &rec.id);
+    let snapshots = read_snapshots(&rec.steps);
+    hold(state, key, &rec.source_node, &rec.dataset, snapshots, tag).await;
+}
+
+/// Sends `Hold`; a failure goes to the job's history (the job still runs).
+pub async fn hold(
+    state: &State,
+    key: &str,
+    node: &str,
+    dataset: &str,
+    snapshots: Vec<String>,
+    tag: String,
+) {
+    let cmd = Command::Hold {
+        dataset: dataset.to_string(),
+        snapshots: snapshots.clone(),
+        tag: tag.clone(),
+    };
+    let why = match state.send_command(node, &cmd).await {
+        Ok(r) if r.outcome == Outcome::Done => return,
+        Ok(r) => r.message,
+        Err(e) => e.to_string(),
+    };
+    warn!(%node, %dataset, %tag, error = %why, "holding the snapshots a job reads failed");
+    let rec = {
+        let mut jobs = state.jobs();
+        let Some(cur) = jobs.get_mut(key) else { return };
+        cur.log(
+            format!(
+                "{node}:{dataset}@{{{}}} not held with {tag} ({why}); retention may destroy them first",
+                snapshots.join(",")
+            ),
+            now_ms(),
+        );
+        cur.clone()
+    };
+    jobs::save(state, key, &rec).await;
 }
 
 /// Every restore, newest first.
@@ -368,6 +447,34 @@ pub fn list(state: &State) -> Vec<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_holds_the_ends_of_its_streams_but_no_bookmark() {
+        let step = |stream: StreamSpec| jobs::PlannedStep {
+            stream,
+            expect: zdr_common::wire::SnapshotRef {
+                name: "x".into(),
+                guid: 1,
+            },
+            force: false,
+            discards: vec![],
+            base: None,
+        };
+        let inc = |from: &str, to: &str, from_bookmark: bool| StreamSpec::Incremental {
+            from: from.into(),
+            to: to.into(),
+            intermediates: true,
+            from_bookmark,
+        };
+        let steps = [
+            step(StreamSpec::Full {
+                snapshot: "a".into(),
+            }),
+            step(inc("a", "c", false)),
+            step(inc("b", "d", true)),
+        ];
+        assert_eq!(read_snapshots(&steps), ["a", "c", "d"]);
+    }
 
     #[test]
     fn only_a_raw_copy_says_how_to_load_its_key() {
