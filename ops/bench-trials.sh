@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Kill -9 trials on the simulated fleet (issue 18): integration/tests/trials.rs
-# with more trials than CI runs. Prints the faults injected per kind, the
-# invariant violations (the test fails on any), the share of a cut stream
-# re-sent, and the recovery times.
+# with more trials than CI runs: kills during replication, then one during a
+# restore and one during a drill from the copy. Prints the faults injected per
+# kind, the invariant violations (the test fails on any), the share of a cut
+# stream re-sent, and the recovery times.
 #
 #   ops/bench-trials.sh                       # 100 trials, 3 kills each, seed 20261206
 #   ZDR_TRIALS=20 ZDR_TRIAL_SEED=7 ops/bench-trials.sh
