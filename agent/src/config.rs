@@ -499,6 +499,15 @@ public_key = "{KEY}"
         );
     }
 
+    /// The packaged default parses, and refuses to start only for the reason
+    /// its comments give: no coordinator key yet.
+    #[test]
+    fn the_packaged_default_config_asks_only_for_a_key() {
+        let text = include_str!("../../ops/deb/agent.toml");
+        let e = Config::parse("agent.toml", text).unwrap_err().to_string();
+        assert!(e.starts_with("agent.toml: trusted_keys is empty"), "{e}");
+    }
+
     #[test]
     fn pools_take_pool_names_only() {
         let with = |v: &str| {
