@@ -440,19 +440,8 @@ async fn hold_what_it_reads(state: &State, rec: &JobRecord, info: &RestoreInfo) 
 /// Lets the production snapshot go once the drill has hashed it. Runs on
 /// every pass of [`verify`], so a new leader releases it too.
 async fn release_production(state: &State, rec: &JobRecord, info: &RestoreInfo) {
-    let cmd = Command::DropHolds {
-        dataset: info.dataset.clone(),
-        tag: jobs::drill_production_tag(&rec.id),
-    };
-    match state.send_command(&info.node, &cmd).await {
-        Ok(r) if r.outcome == Outcome::Done => {}
-        Ok(r) => {
-            warn!(node = %info.node, dataset = %info.dataset, message = %r.message, "releasing the drilled production snapshot failed")
-        }
-        Err(e) => {
-            warn!(node = %info.node, dataset = %info.dataset, error = %e, "releasing the drilled production snapshot failed")
-        }
-    }
+    let tag = jobs::drill_production_tag(&rec.id);
+    jobs::drop_tag(state, &info.node, &info.dataset, &tag).await;
 }
 
 /// `HashSnapshot` on one agent.

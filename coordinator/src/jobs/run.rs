@@ -733,21 +733,8 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
 /// drill's scratch goes with its holds: only the copy's are released).
 async fn drop_holds(state: &State, rec: &JobRecord) {
     if rec.kind == JobKind::Drill {
-        let cmd = Command::DropHolds {
-            dataset: rec.dataset.clone(),
-            tag: restore_tag(JobRole::Source, &rec.id),
-        };
-        match state.send_command(&rec.source_node, &cmd).await {
-            Ok(r) if r.outcome == Outcome::Done => {
-                info!(node = %rec.source_node, dataset = %rec.dataset, "{}", r.message)
-            }
-            Ok(r) => {
-                warn!(node = %rec.source_node, dataset = %rec.dataset, message = %r.message, "releasing the drill hold failed")
-            }
-            Err(e) => {
-                warn!(node = %rec.source_node, dataset = %rec.dataset, error = %e, "releasing the drill hold failed")
-            }
-        }
+        let tag = restore_tag(JobRole::Source, &rec.id);
+        drop_tag(state, &rec.source_node, &rec.dataset, &tag).await;
         return;
     }
     on_both_ends(state, rec, "releasing the restore hold", |end, dataset| {
@@ -757,6 +744,20 @@ async fn drop_holds(state: &State, rec: &JobRecord) {
         }
     })
     .await;
+}
+
+/// Sends `DropHolds` of `tag` on `node:dataset`; a failure is logged (the
+/// hold stays until someone drops it).
+pub async fn drop_tag(state: &State, node: &str, dataset: &str, tag: &str) {
+    let cmd = Command::DropHolds {
+        dataset: dataset.to_string(),
+        tag: tag.to_string(),
+    };
+    match state.send_command(node, &cmd).await {
+        Ok(r) if r.outcome == Outcome::Done => info!(%node, %dataset, "{}", r.message),
+        Ok(r) => warn!(%node, %dataset, %tag, message = %r.message, "releasing a hold failed"),
+        Err(e) => warn!(%node, %dataset, %tag, error = %e, "releasing a hold failed"),
+    }
 }
 
 /// Writes a record made outside the tick (a restore request) to KV.
