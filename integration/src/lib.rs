@@ -49,9 +49,14 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds the two binaries once per test process and returns their directory.
+/// `ZDR_BIN`, when set, names a directory of prebuilt binaries instead: the
+/// VM lane runs a test binary in a guest that should not start cargo.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Ok(dir) = std::env::var("ZDR_BIN") {
+            return PathBuf::from(dir);
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args([
@@ -860,6 +865,13 @@ pub struct AgentExtra {
     pub manifest_signers: Vec<(String, String)>,
     /// Reach NATS here instead of the fleet's server (a [`CutProxy`]).
     pub nats_url: Option<String>,
+    /// Real ZFS: the "cli" backend on these existing pools, the only ones
+    /// the agent manages (agent config `pools`), instead of simulated ones.
+    /// Only in the VM lane, which has a ZFS kernel.
+    pub zfs_pools: Vec<String>,
+    /// `heartbeat_secs` and `tick_secs` (default 1). On real ZFS under
+    /// emulation each heartbeat's `zpool list` takes up to a second.
+    pub tick_secs: Option<u64>,
 }
 
 /// The fleet CA and node certificates, made by `ops/pki.sh` as an admin would.
@@ -879,6 +891,9 @@ pub struct Agent {
     pub proc: Proc,
     pub state_dir: PathBuf,
     pub config: PathBuf,
+    /// On real ZFS ([`AgentExtra::zfs_pools`]): what is on disk is read with
+    /// zfs(8), not from the simulator's file.
+    pub real_zfs: bool,
 }
 
 impl Agent {
@@ -901,19 +916,36 @@ impl Agent {
         let state_dir = dir.join(format!("agent-{}", spec.node));
         std::fs::create_dir_all(&state_dir).unwrap();
         let datasets: Vec<String> = spec.datasets.iter().map(|d| format!("{d:?}")).collect();
+        let backend = if extra.zfs_pools.is_empty() {
+            format!(
+                "kind = \"sim\"\npools = [{{ name = \"tank\", size_bytes = 10000000000, datasets = [{datasets}] }}{more_pools}]\n",
+                datasets = datasets.join(", "),
+                more_pools = extra
+                    .pools
+                    .iter()
+                    .map(|(p, size)| format!(", {{ name = {p:?}, size_bytes = {size} }}"))
+                    .collect::<String>(),
+            )
+        } else {
+            "kind = \"cli\"\n".to_string()
+        };
+        let managed = if extra.zfs_pools.is_empty() {
+            String::new()
+        } else {
+            format!("pools = {:?}\n", extra.zfs_pools)
+        };
         let config = format!(
             r#"node = "{node}"
 site = "{site}"
 media = "{media}"
 nats_url = "{url}"
-{nkey}{metrics}state_dir = "{state}"
-heartbeat_secs = 1
-tick_secs = 1
+{nkey}{metrics}{managed}state_dir = "{state}"
+heartbeat_secs = {tick}
+tick_secs = {tick}
 
 [backend]
-kind = "sim"
-pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{more_pools}]
-{snapshot_bytes}{op_latency_ms}{trusted}{transfer}{offsite}"#,
+{backend}{snapshot_bytes}{op_latency_ms}{trusted}{transfer}{offsite}"#,
+            tick = extra.tick_secs.unwrap_or(1),
             node = spec.node,
             site = spec.site,
             media = spec.media,
@@ -928,7 +960,6 @@ pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{
                 .map(|p| format!("metrics_listen = \"127.0.0.1:{p}\"\n"))
                 .unwrap_or_default(),
             state = state_dir.display(),
-            datasets = datasets.join(", "),
             trusted = if extra.trusted.is_empty() {
                 vec![(keys.kid.clone(), keys.public_b64.clone())]
             } else {
@@ -937,11 +968,6 @@ pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{
             .iter()
             .map(|(kid, key)| format!("\n[[trusted_keys]]\nkid = {kid:?}\npublic_key = {key:?}\n"))
             .collect::<String>(),
-            more_pools = extra
-                .pools
-                .iter()
-                .map(|(p, size)| format!(", {{ name = {p:?}, size_bytes = {size} }}"))
-                .collect::<String>(),
             snapshot_bytes = extra
                 .snapshot_bytes
                 .map(|b| format!("snapshot_bytes = {b}\n"))
@@ -1011,6 +1037,7 @@ pools = [{{ name = "tank", size_bytes = 10000000000, datasets = [{datasets}] }}{
             proc,
             state_dir,
             config,
+            real_zfs: !extra.zfs_pools.is_empty(),
         }
     }
 
@@ -1047,8 +1074,12 @@ pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Opt
     )
 }
 
-/// `dataset` in an agent's simulated pools: snapshot name → (GUID, hold tags).
+/// `dataset` in an agent's pools: snapshot name, GUID and hold tags, oldest
+/// first; `None` when there is no such dataset.
 pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
+    if agent.real_zfs {
+        return real_zfs::snapshots(dataset);
+    }
     let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).ok()?;
     let v: Value = serde_json::from_slice(&raw).ok()?;
     let ds = v["datasets"].get(dataset)?;
@@ -1075,8 +1106,11 @@ pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<Str
     )
 }
 
-/// The bookmarks of `dataset` in an agent's simulated pools: name and GUID.
+/// The bookmarks of `dataset` in an agent's pools: name and GUID.
 pub fn bookmarks_on_disk(agent: &Agent, dataset: &str) -> Vec<(String, u64)> {
+    if agent.real_zfs {
+        return real_zfs::bookmarks(dataset);
+    }
     let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).unwrap_or_default();
     let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
     v["datasets"][dataset]["bookmarks"]
@@ -1095,6 +1129,83 @@ pub fn partial_on_disk(agent: &Agent, dataset: &str) -> bool {
         .ok()
         .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
         .is_some_and(|v| !v["datasets"][dataset]["partial"].is_null())
+}
+
+/// What is on real pools, read with zfs(8) as an admin would (the VM lane).
+pub mod real_zfs {
+    use std::process::Command;
+
+    /// zfs(8) with `args`; its output, or `None` when it fails (no dataset).
+    fn zfs(args: &[&str]) -> Option<String> {
+        let out = Command::new("zfs").args(args).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The snapshots of `dataset`, oldest first: name, GUID, hold tags.
+    pub fn snapshots(dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
+        zfs(&["list", "-H", "-o", "name", dataset])?;
+        let list = zfs(&[
+            "list",
+            "-Hp",
+            "-t",
+            "snapshot",
+            "-o",
+            "name,guid,userrefs",
+            "-s",
+            "createtxg",
+            "-d",
+            "1",
+            dataset,
+        ])?;
+        Some(
+            list.lines()
+                .filter_map(|l| {
+                    let mut f = l.split('\t');
+                    let (full, guid, refs) = (f.next()?, f.next()?, f.next()?);
+                    let name = full.split_once('@')?.1.to_string();
+                    // One `zfs holds` per held snapshot only: a process start
+                    // costs up to a second under emulation.
+                    let tags = if refs.trim() == "0" {
+                        Vec::new()
+                    } else {
+                        zfs(&["holds", "-H", full])
+                            .unwrap_or_default()
+                            .lines()
+                            .filter_map(|h| h.split('\t').nth(1).map(String::from))
+                            .collect()
+                    };
+                    Some((name, guid.trim().parse().ok()?, tags))
+                })
+                .collect(),
+        )
+    }
+
+    /// The bookmarks of `dataset`: name and GUID.
+    pub fn bookmarks(dataset: &str) -> Vec<(String, u64)> {
+        zfs(&[
+            "list",
+            "-Hp",
+            "-t",
+            "bookmark",
+            "-o",
+            "name,guid",
+            "-d",
+            "1",
+            dataset,
+        ])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (full, guid) = l.split_once('\t')?;
+            Some((
+                full.split_once('#')?.1.to_string(),
+                guid.trim().parse().ok()?,
+            ))
+        })
+        .collect()
+    }
 }
 
 /// The coordinator's jobs (`/api/v1/jobs`); empty while it does not answer.

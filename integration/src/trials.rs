@@ -251,6 +251,54 @@ pub fn resent_by_resumes(history: &[String], snapshot: u64) -> Vec<f64> {
     out
 }
 
+/// The same on real ZFS, where snapshots' streams differ in size. A resumed
+/// `zfs send -t` sends the rest of the one snapshot that was cut, `X` bytes,
+/// so that snapshot's stream is `P + X` and the cut attempt moved `B - P` of
+/// it twice, provided the cut attempt streamed that snapshot alone: a full,
+/// or an incremental that `one_snapshot(from, to)` says spans one snapshot.
+/// A cut `-I` over several snapshots gives `None`: how much of `B` whole
+/// snapshots took is not in the history.
+pub fn resent_on_real_zfs(
+    history: &[String],
+    one_snapshot: impl Fn(&str, &str) -> bool,
+) -> Vec<Option<f64>> {
+    let mut single = false;
+    let mut cut = None;
+    let mut partial = None;
+    let mut out = Vec::new();
+    for line in history {
+        if let Some((_, what)) = line.split_once(" of step ") {
+            let what = what.split_once(": ").map_or("", |(_, w)| w);
+            let mut words = what.split(' ').map(|w| w.trim_end_matches(','));
+            single = match (words.next(), words.next(), words.next()) {
+                (Some("full"), _, _) => true,
+                (Some("-I" | "-i"), Some(from), Some(to)) => one_snapshot(
+                    from.trim_start_matches(['@', '#']),
+                    to.trim_start_matches('@'),
+                ),
+                _ => false,
+            };
+        }
+        if let Some(b) = number_between(line, " failed after ", " bytes") {
+            cut = Some((b, single));
+            partial = None;
+        } else if let Some(p) =
+            number_between(line, "resuming the saved partial receive of ", " bytes")
+        {
+            partial = Some(p);
+        } else if let Some(x) = number_between(line, " sent ", " bytes")
+            .filter(|_| line.contains(" done: ") || line.contains("the resumed receive landed"))
+        {
+            if let (Some((b, single)), Some(p)) = (cut, partial) {
+                out.push(single.then(|| b.saturating_sub(p) as f64 / (p + x).max(1) as f64));
+            }
+            cut = None;
+            partial = None;
+        }
+    }
+    out
+}
+
 fn number_between(line: &str, before: &str, after: &str) -> Option<u64> {
     let (_, rest) = line.rsplit_once(before)?;
     rest.split_once(after)?.0.trim().parse().ok()
@@ -372,5 +420,26 @@ mod tests {
         // An -I stream that landed two 10-byte snapshots, then cut the third
         // 3 bytes past its saved 4: 3 of 10 re-sent.
         assert_eq!(resent_fraction(27, 4, 10), 0.3);
+    }
+
+    #[test]
+    fn on_real_zfs_a_resume_is_measured_when_one_snapshot_was_cut() {
+        let h: Vec<String> = [
+            "t attempt 1 of step 1: -I @s1 @s2, limited to 4000000 B/s to b at x",
+            "t attempt 1 failed after 700 bytes: source node-a1: gone; retrying in 1 s",
+            "t attempt 2 of step 1: resuming the saved partial receive of 600 bytes to b at x",
+            "t done: b/t@s2 (GUID 5) is on b in 9.0 s; attempt 2 sent 400 bytes",
+            "t attempt 1 of step 1: -I @s2 @s5 to b at x",
+            "t attempt 1 failed after 900 bytes: x; retrying in 1 s",
+            "t attempt 2 of step 1: resuming the saved partial receive of 100 bytes to b at x",
+            "t the resumed receive landed @s3 (GUID 6), not @s5; planning again; attempt 2 sent 50 bytes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let adjacent =
+            |a: &str, b: &str| a[1..].parse::<u32>().unwrap() + 1 == b[1..].parse::<u32>().unwrap();
+        // 100 of the 1,000-byte @s2 sent twice; the cut @s2..@s5 is not measured.
+        assert_eq!(resent_on_real_zfs(&h, adjacent), vec![Some(0.1), None]);
     }
 }
