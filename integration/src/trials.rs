@@ -251,17 +251,18 @@ pub fn resent_by_resumes(history: &[String], snapshot: u64) -> Vec<f64> {
     out
 }
 
-/// The same on real ZFS, where snapshots' streams differ in size. A resumed
-/// `zfs send -t` sends the rest of the one snapshot that was cut, `X` bytes,
-/// so that snapshot's stream is `P + X` and the cut attempt moved `B - P` of
-/// it twice, provided the cut attempt streamed that snapshot alone: a full,
-/// or an incremental that `one_snapshot(from, to)` says spans one snapshot.
-/// A cut `-I` over several snapshots gives `None`: how much of `B` whole
-/// snapshots took is not in the history.
+/// The same on real ZFS, where snapshots' streams differ in size: per
+/// resumed landing, the bytes sent twice and the cut snapshot's stream. A
+/// resumed `zfs send -t` sends the rest of the one snapshot that was cut,
+/// `X` bytes, so that snapshot's stream is `P + X` and the cut attempt moved
+/// `B - P` of it twice, provided the cut attempt streamed that snapshot
+/// alone: a full, or an incremental that `one_snapshot(from, to)` says spans
+/// one snapshot. A cut `-I` over several snapshots gives `None`: how much of
+/// `B` whole snapshots took is not in the history.
 pub fn resent_on_real_zfs(
     history: &[String],
     one_snapshot: impl Fn(&str, &str) -> bool,
-) -> Vec<Option<f64>> {
+) -> Vec<Option<(u64, u64)>> {
     let mut single = false;
     let mut cut = None;
     let mut partial = None;
@@ -290,7 +291,7 @@ pub fn resent_on_real_zfs(
             .filter(|_| line.contains(" done: ") || line.contains("the resumed receive landed"))
         {
             if let (Some((b, single)), Some(p)) = (cut, partial) {
-                out.push(single.then(|| b.saturating_sub(p) as f64 / (p + x).max(1) as f64));
+                out.push(single.then(|| (b.saturating_sub(p), p + x)));
             }
             cut = None;
             partial = None;
@@ -440,6 +441,9 @@ mod tests {
         let adjacent =
             |a: &str, b: &str| a[1..].parse::<u32>().unwrap() + 1 == b[1..].parse::<u32>().unwrap();
         // 100 of the 1,000-byte @s2 sent twice; the cut @s2..@s5 is not measured.
-        assert_eq!(resent_on_real_zfs(&h, adjacent), vec![Some(0.1), None]);
+        assert_eq!(
+            resent_on_real_zfs(&h, adjacent),
+            vec![Some((100, 1000)), None]
+        );
     }
 }
