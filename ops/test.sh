@@ -41,6 +41,8 @@ step "real OpenZFS: restore drills through the real coordinator and agents"
 bash integration/zfs-vm/drill.sh
 step "real OpenZFS: the retention floor refuses commands signed with the real key"
 bash integration/zfs-vm/floor.sh
+step "real OpenZFS: kill -9 trials 0 and 1 (seeded; integration/zfs-vm/trials.sh runs 20)"
+ZDR_TRIALS=2 bash integration/zfs-vm/trials.sh
 # The lzc backend binds libzfs_core with bindgen: it needs libclang and the
 # libzfs headers (the VM setup installed libzfslinux-dev).
 dpkg -s libclang-dev >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev >/dev/null
