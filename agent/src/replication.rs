@@ -844,13 +844,26 @@ impl Replication {
                 }
             }
             let mut released = Vec::new();
-            for s in backend.list_snapshots(&ds)? {
+            let snapshots = match backend.list_snapshots(&ds) {
+                // A dataset that is gone (a failed restore's destination)
+                // holds nothing: the coordinator asks until it hears so.
+                Err(ZfsError::NotFound { .. }) if kept.is_none() => return Ok(released),
+                other => other?,
+            };
+            for s in snapshots {
                 if Some(&s.name) == kept.as_ref() || s.userrefs == 0 {
                     continue;
                 }
-                if backend.holds(&ds, &s.name)?.contains(&tag) {
-                    backend.release(&ds, &s.name, &tag)?;
-                    released.push(s.name);
+                match backend.holds(&ds, &s.name) {
+                    Ok(tags) if tags.contains(&tag) => {}
+                    // Destroyed since the listing: nothing to release.
+                    Ok(_) | Err(ZfsError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+                match backend.release(&ds, &s.name, &tag) {
+                    Ok(()) => released.push(s.name),
+                    Err(ZfsError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
                 }
             }
             Ok(released)

@@ -638,3 +638,33 @@ async fn a_cancelled_stream_resumes_re_sending_less_than_5_percent() {
         100.0 * fraction
     );
 }
+
+#[tokio::test]
+async fn dropping_a_hold_releases_only_that_tag_and_a_dataset_that_is_gone_holds_nothing() {
+    let (source, _target, s1) = seeded().await;
+    let ds = source.ds();
+    source.sim.hold(&ds, &s1.name, "zdr-drill-j1").unwrap();
+    source.sim.hold(&ds, &s1.name, "zdr-other").unwrap();
+    let said = source
+        .repl
+        .drop_holds(DATASET, "zdr-drill-j1")
+        .await
+        .unwrap();
+    assert!(said.contains("released zdr-drill-j1"), "{said}");
+    let left = source.sim.holds(&ds, &s1.name).unwrap();
+    assert!(left.contains(&"zdr-other".to_string()), "{left:?}");
+    assert!(!left.contains(&"zdr-drill-j1".to_string()), "{left:?}");
+    // Asked again (the coordinator retries until it hears back): nothing left.
+    let said = source
+        .repl
+        .drop_holds(DATASET, "zdr-drill-j1")
+        .await
+        .unwrap();
+    assert!(said.contains("no snapshot"), "{said}");
+    // A failed restore's destination was never made: done, not an error.
+    let said = source
+        .repl
+        .drop_holds("tank/never-made", "zdr-restore-into-j2")
+        .await;
+    assert!(said.is_ok(), "{said:?}");
+}

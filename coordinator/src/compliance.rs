@@ -1621,6 +1621,7 @@ datasets:
                 landed_bytes: 0,
                 landed_guid: None,
                 holds_released: true,
+                release_at_ms: None,
             });
             r.drill = Some(crate::jobs::DrillInfo {
                 class: "gold".into(),
@@ -1732,6 +1733,7 @@ datasets:
             landed_bytes: 4 * mib,
             landed_guid: Some(1004),
             holds_released: true,
+            release_at_ms: None,
         });
         drill.drill = Some(crate::jobs::DrillInfo {
             class: "gold".into(),

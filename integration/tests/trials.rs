@@ -634,6 +634,40 @@ async fn restore_phase(w: &mut World, n: u64, f: &Fault) -> Vec<Violation> {
             "restore {job} failed without a reason: {status}"
         )));
     }
+    // Its holds go once it ended (`zdr-restore-from-` on the copy,
+    // `zdr-restore-into-` where it landed), even when a kill made the
+    // coordinator miss a node's answer: a hold left behind keeps the copy's
+    // snapshot for good and stops the agent from snapshotting what landed.
+    let tags = [
+        (
+            &w.target,
+            COPY.to_string(),
+            format!("zdr-restore-from-{job}"),
+        ),
+        (&w.source, to.clone(), format!("zdr-restore-into-{job}")),
+    ];
+    let start = Instant::now();
+    loop {
+        let left: Vec<String> = tags
+            .iter()
+            .filter(|(agent, ds, tag)| {
+                on_disk(agent, ds).is_some_and(|s| s.iter().any(|(_, _, t)| t.contains(tag)))
+            })
+            .map(|(_, ds, tag)| format!("{ds} still has {tag}"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            v.push(Violation(format!(
+                "restore {job} ended {}, but after 60 s {}",
+                status["state"],
+                left.join(", ")
+            )));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     if status["state"] == "done" {
         let chosen = a["snapshot"]["guid"].as_u64();
         let landed = on_disk(&w.source, &to).and_then(|s| s.last().map(|(_, g, _)| *g));

@@ -316,6 +316,7 @@ pub async fn submit(
                 landed_bytes: 0,
                 landed_guid: None,
                 holds_released: false,
+                release_at_ms: None,
             });
             rec.drill = Some(DrillInfo {
                 class,
@@ -437,13 +438,6 @@ async fn hold_what_it_reads(state: &State, rec: &JobRecord, info: &RestoreInfo) 
     restore::hold(state, &key, &info.node, &info.dataset, snapshots, tag).await;
 }
 
-/// Lets the production snapshot go once the drill has hashed it. Runs on
-/// every pass of [`verify`], so a new leader releases it too.
-async fn release_production(state: &State, rec: &JobRecord, info: &RestoreInfo) {
-    let tag = jobs::drill_production_tag(&rec.id);
-    jobs::drop_tag(state, &info.node, &info.dataset, &tag).await;
-}
-
 /// `HashSnapshot` on one agent.
 async fn hash(
     state: &State,
@@ -520,7 +514,6 @@ pub async fn verify(state: &Arc<State>, key: &str) {
     };
     let verified = now_ms();
     let cleaned = destroy_scratch(state, &rec.target_node, &rec.target_dataset).await;
-    release_production(state, &rec, info).await;
     let end = now_ms();
     let result = DrillResult {
         cleanup_ms: (end - verified).max(0) as u64,

@@ -35,7 +35,7 @@ pub use record::{
     describe, Adoption, DrillInfo, DrillResult, Effect, FailedAttempt, JobKind, JobRecord,
     JobState, PlannedStep, RestoreInfo, RestoreSnapshot, UploadInfo,
 };
-pub use run::{adopt, catch_up, drop_tag, list, on_update, restore, save, tick};
+pub use run::{adopt, catch_up, list, on_update, restore, save, tick};
 
 /// How long the target waits for its sender.
 const ACCEPT_SECS: u64 = 60;

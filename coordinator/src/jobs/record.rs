@@ -17,6 +17,7 @@ use zdr_common::wire::{
     PartialReceive, SnapshotInfo, SnapshotRef, StreamSpec, UploadLock,
 };
 
+use super::{drill_production_tag, restore_tag};
 use crate::pairing::Pairing;
 
 /// The first retry waits this long; every further one twice as long.
@@ -145,8 +146,26 @@ pub struct RestoreInfo {
     pub landed_bytes: u64,
     /// The GUID the target listed for the chosen snapshot after the last step.
     pub landed_guid: Option<u64>,
-    /// The restore's holds were released after it ended (done or failed).
+    /// Every hold of [`JobRecord::releases`] was released, as the agents
+    /// confirmed, after the job ended (done or failed).
     pub holds_released: bool,
+    /// When the next try to release them is due: a node that is down or
+    /// restarting misses one, and a hold left behind keeps its snapshot
+    /// for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_at_ms: Option<i64>,
+}
+
+/// How long after a try to release an ended job's holds the next one runs,
+/// until every node confirmed.
+pub const RELEASE_RETRY_MS: i64 = 30_000;
+
+/// A hold an ended restore or drill must release: `tag` on `node:dataset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub node: String,
+    pub dataset: String,
+    pub tag: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1018,9 +1037,13 @@ impl JobRecord {
             return fx;
         }
         let ended = !self.active() && self.next_attempt_at_ms.is_none();
+        // A drill keeps production's snapshot held until it was hashed.
+        let verdict = self.drill.as_ref().is_none_or(|d| d.result.is_some());
         let mut fx = Vec::new();
-        if let Some(info) = self.restore.as_mut().filter(|i| ended && !i.holds_released) {
-            info.holds_released = true;
+        if let Some(info) = self.restore.as_mut().filter(|i| {
+            ended && verdict && !i.holds_released && i.release_at_ms.is_none_or(|at| now_ms >= at)
+        }) {
+            info.release_at_ms = Some(now_ms + RELEASE_RETRY_MS);
             fx.push(Effect::DropHolds);
         }
         if let Some(d) = self
@@ -1073,6 +1096,45 @@ impl JobRecord {
         d.result = Some(result);
         self.log(line, now_ms);
         vec![self.persist(now_ms)]
+    }
+
+    /// The holds an ended restore or drill took and must release: on the
+    /// copy it read and where it landed (a drill's scratch goes with its
+    /// holds; production's snapshot instead, which the drill hashed).
+    pub fn releases(&self) -> Vec<Release> {
+        let at = |node: &str, dataset: &str, tag: String| Release {
+            node: node.to_string(),
+            dataset: dataset.to_string(),
+            tag,
+        };
+        let copy = at(
+            &self.source_node,
+            &self.dataset,
+            restore_tag(JobRole::Source, &self.id),
+        );
+        match (&self.kind, &self.restore) {
+            (JobKind::Drill, Some(info)) => vec![
+                copy,
+                at(&info.node, &info.dataset, drill_production_tag(&self.id)),
+            ],
+            (JobKind::Restore, Some(_)) => vec![
+                copy,
+                at(
+                    &self.target_node,
+                    &self.target_dataset,
+                    restore_tag(JobRole::Target, &self.id),
+                ),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every node confirmed the release of [`Self::releases`].
+    pub fn holds_dropped(&mut self) {
+        if let Some(info) = self.restore.as_mut() {
+            info.holds_released = true;
+            info.release_at_ms = None;
+        }
     }
 
     /// The holds moved and the copy was pruned: the pairing may plan again.
@@ -1661,6 +1723,7 @@ mod tests {
             landed_bytes: 0,
             landed_guid: None,
             holds_released: false,
+            release_at_ms: None,
         });
         r
     }
@@ -1708,7 +1771,8 @@ mod tests {
         r.apply(&landed(&r, "s2", 2), 60);
         assert_eq!(
             r.restore_tick(70),
-            vec![Effect::Persist, Effect::DropHolds, Effect::Verify]
+            vec![Effect::Persist, Effect::Verify],
+            "production's snapshot stays held until the check hashed it"
         );
         assert!(r.restore_tick(80).is_empty(), "checked once");
         // A new leader: the check under way is not persisted, so it runs again.
@@ -1728,7 +1792,13 @@ mod tests {
             .last()
             .unwrap()
             .contains("DRILL FAILED: content differs"));
-        assert!(r.restore_tick(120).is_empty(), "ended for good");
+        assert_eq!(
+            r.restore_tick(120),
+            vec![Effect::Persist, Effect::DropHolds],
+            "the verdict lets the holds go"
+        );
+        r.holds_dropped();
+        assert!(r.restore_tick(200_000).is_empty(), "ended for good");
     }
 
     #[test]
@@ -1799,9 +1869,62 @@ mod tests {
         let info = r.restore.as_ref().unwrap();
         assert_eq!((info.landed_guid, info.landed_bytes), (Some(2), 2000));
         assert!(r.moving_holds_to.is_none());
-        // Then its holds go, once.
+        // Then its holds go: tried again until the nodes confirm.
         assert_eq!(r.restore_tick(70), vec![Effect::Persist, Effect::DropHolds]);
         assert!(r.restore_tick(80).is_empty());
+        assert!(r.restore_tick(70 + RELEASE_RETRY_MS - 1).is_empty());
+        let mut loaded: JobRecord =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(
+            r.restore_tick(70 + RELEASE_RETRY_MS),
+            vec![Effect::Persist, Effect::DropHolds],
+            "a node that missed the release is asked again"
+        );
+        r.holds_dropped();
+        assert!(r.restore_tick(70 + 10 * RELEASE_RETRY_MS).is_empty());
+        // A new leader goes on trying where the old one left off.
+        loaded.loaded_by_new_leader(100);
+        assert_eq!(
+            loaded.restore_tick(70 + RELEASE_RETRY_MS),
+            vec![Effect::Persist, Effect::DropHolds]
+        );
+    }
+
+    #[test]
+    fn an_ended_job_releases_the_holds_it_took() {
+        let r = restore_record();
+        let tags: Vec<(String, String, String)> = r
+            .releases()
+            .into_iter()
+            .map(|x| (x.node, x.dataset, x.tag))
+            .collect();
+        assert_eq!(
+            tags,
+            vec![
+                (
+                    r.source_node.clone(),
+                    r.dataset.clone(),
+                    restore_tag(JobRole::Source, &r.id)
+                ),
+                (
+                    r.target_node.clone(),
+                    r.target_dataset.clone(),
+                    restore_tag(JobRole::Target, &r.id)
+                ),
+            ]
+        );
+        let d = drill_record();
+        let info = d.restore.clone().unwrap();
+        let tags: Vec<(String, String)> =
+            d.releases().into_iter().map(|x| (x.node, x.tag)).collect();
+        assert_eq!(
+            tags,
+            vec![
+                (d.source_node.clone(), restore_tag(JobRole::Source, &d.id)),
+                (info.node.clone(), drill_production_tag(&d.id)),
+            ],
+            "a drill's scratch goes with its holds; production's hold goes"
+        );
     }
 
     #[test]

@@ -70,7 +70,17 @@ async fn carry_out(
             }
             Effect::DropHolds => {
                 let rec = rec.clone();
-                tasks.spawn(async move { drop_holds(&st, &rec).await });
+                tasks.spawn(async move {
+                    if drop_holds(&st, &rec).await {
+                        let done = st.jobs().get_mut(&key).map(|r| {
+                            r.holds_dropped();
+                            r.clone()
+                        });
+                        if let Some(r) = done {
+                            persist(&st, &key, &r).await;
+                        }
+                    }
+                });
             }
             Effect::Verify => {
                 tasks.spawn(async move { crate::drills::verify(&st, &key).await });
@@ -729,34 +739,39 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
     .await;
 }
 
-/// Releases an ended restore's holds on the copy and the destination (a
-/// drill's scratch goes with its holds: only the copy's are released).
-async fn drop_holds(state: &State, rec: &JobRecord) {
-    if rec.kind == JobKind::Drill {
-        let tag = restore_tag(JobRole::Source, &rec.id);
-        drop_tag(state, &rec.source_node, &rec.dataset, &tag).await;
-        return;
-    }
-    on_both_ends(state, rec, "releasing the restore hold", |end, dataset| {
-        Command::DropHolds {
-            dataset: dataset.clone(),
-            tag: restore_tag(end, &rec.id),
+/// Releases an ended restore's or drill's holds ([`JobRecord::releases`]);
+/// true when every node confirmed. Otherwise the tick tries again.
+async fn drop_holds(state: &State, rec: &JobRecord) -> bool {
+    let mut all = true;
+    for r in rec.releases() {
+        if crate::restore::points::bucket_task(&r.node).is_some() {
+            continue; // a bucket holds nothing
         }
-    })
-    .await;
+        all &= drop_tag(state, &r.node, &r.dataset, &r.tag).await;
+    }
+    all
 }
 
-/// Sends `DropHolds` of `tag` on `node:dataset`; a failure is logged (the
-/// hold stays until someone drops it).
-pub async fn drop_tag(state: &State, node: &str, dataset: &str, tag: &str) {
+/// Sends `DropHolds` of `tag` on `node:dataset`; whether the node confirmed.
+/// A failure is logged.
+async fn drop_tag(state: &State, node: &str, dataset: &str, tag: &str) -> bool {
     let cmd = Command::DropHolds {
         dataset: dataset.to_string(),
         tag: tag.to_string(),
     };
     match state.send_command(node, &cmd).await {
-        Ok(r) if r.outcome == Outcome::Done => info!(%node, %dataset, "{}", r.message),
-        Ok(r) => warn!(%node, %dataset, %tag, message = %r.message, "releasing a hold failed"),
-        Err(e) => warn!(%node, %dataset, %tag, error = %e, "releasing a hold failed"),
+        Ok(r) if r.outcome == Outcome::Done => {
+            info!(%node, %dataset, "{}", r.message);
+            true
+        }
+        Ok(r) => {
+            warn!(%node, %dataset, %tag, message = %r.message, "releasing a hold failed");
+            false
+        }
+        Err(e) => {
+            warn!(%node, %dataset, %tag, error = %e, "releasing a hold failed; trying again later");
+            false
+        }
     }
 }
 

@@ -321,6 +321,7 @@ pub async fn submit(state: &Arc<State>, req: Request) -> Result<Accepted, Restor
             landed_bytes: 0,
             landed_guid: None,
             holds_released: false,
+            release_at_ms: None,
         });
         rec.log(
             format!(
