@@ -922,7 +922,11 @@ impl Lifecycle {
             prefix: policy.bundle.policy.snapshot_prefix.clone(),
             tiers: cmd.tiers.clone(),
             immutable_for_secs: cmd.immutable_for_secs,
-            protected_guids: HashSet::new(),
+            protected_guids: snaps
+                .iter()
+                .filter(|s| cmd.keep.contains(&s.name))
+                .map(|s| s.guid)
+                .collect(),
         };
         let reason = Reason {
             actor,
@@ -1309,6 +1313,35 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_keeps_what_the_coordinator_says_a_restore_reads() {
+        let (_dir, audit, sim, ds) = four_snapshots();
+        let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
+        assert!(lc.install_policy(policy()));
+        let now = crate::clock::now();
+        let mut cmd = PruneReplica {
+            dataset: "tank/a".into(),
+            task: "t".into(),
+            tiers: serde_json::from_value(serde_json::json!({ "1h": 1 })).unwrap(),
+            immutable_for_secs: 0,
+            keep: vec!["zdr_2".into()],
+        };
+        // The hour's first (zdr_1) is the tier's; zdr_2 is a restore's.
+        let r = lc.prune_replica(&cmd, now, "test");
+        assert_eq!(r.destroyed, ["tank/a@zdr_3"], "{r:?}");
+        cmd.keep.clear();
+        let r = lc.prune_replica(&cmd, now, "test");
+        assert_eq!(r.destroyed, ["tank/a@zdr_2"], "{r:?}");
+        let left: Vec<String> = lc
+            .backend
+            .list_snapshots(&ds)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(left, ["zdr_1", "zdr_4"]);
+    }
+
+    #[test]
     fn prune_spares_what_a_stream_in_flight_reads() {
         let (dir, audit, sim, ds) = four_snapshots();
         let lc = Lifecycle::new("n".into(), Arc::new(sim), audit);
@@ -1435,6 +1468,7 @@ mod tests {
             task: "t".into(),
             tiers: zdr_common::policy::default_tiers(),
             immutable_for_secs: 0,
+            keep: Vec::new(),
         };
         let r = lc.prune_replica(&cmd, now, "coordinator:stolen/1");
         assert!(r.destroyed.is_empty(), "{r:?}");

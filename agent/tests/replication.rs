@@ -472,6 +472,7 @@ async fn a_copy_gets_the_floor_of_its_sources_class_from_the_targets_own_policy(
         task: "stolen".into(),
         tiers: serde_json::from_value(serde_json::json!({ "1h": 1 })).unwrap(),
         immutable_for_secs: 0,
+        keep: Vec::new(),
     };
     let report = target
         .lc

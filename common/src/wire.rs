@@ -315,6 +315,11 @@ pub struct PruneReplica {
     pub task: String,
     pub tiers: Tiers,
     pub immutable_for_secs: u64,
+    /// Snapshots a restore or drill is reading from this copy: kept by this
+    /// pass whatever the tiers say, even where the job's own hold has not
+    /// landed (its node was down when the job began).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep: Vec<String>,
 }
 
 /// A snapshot and its GUID, which is what identifies it across pools.

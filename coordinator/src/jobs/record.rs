@@ -1891,6 +1891,26 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_keeps_what_restores_read_until_their_holds_are_released() {
+        let r = restore_record();
+        let (node, ds) = (r.source_node.clone(), r.dataset.clone());
+        let mut replication = r.clone();
+        replication.kind = JobKind::Replication;
+        replication.restore = None;
+        let mut released = r.clone();
+        released.steps = vec![step("s9", 9)];
+        released.holds_dropped();
+        let all = [r.clone(), replication, released];
+        assert_eq!(
+            crate::restore::being_read(all.iter(), &node, &ds),
+            ["s1", "s2"],
+            "the restore's snapshots; not a replication's, not a released one's"
+        );
+        assert!(crate::restore::being_read(all.iter(), "elsewhere", &ds).is_empty());
+        assert!(crate::restore::being_read(all.iter(), &node, "tank/other").is_empty());
+    }
+
+    #[test]
     fn an_ended_job_releases_the_holds_it_took() {
         let r = restore_record();
         let tags: Vec<(String, String, String)> = r

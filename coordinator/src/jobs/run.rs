@@ -783,6 +783,11 @@ pub async fn save(state: &State, key: &str, rec: &JobRecord) {
 /// Applies the task's retention (the source class's tiers when it has none)
 /// to the copy. Runs before the pairing's next job may start.
 async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
+    let keep = crate::restore::being_read(
+        state.jobs().records(),
+        &rec.target_node,
+        &rec.target_dataset,
+    );
     let cmd = {
         let policy = state.policy();
         let fleet = state.fleet();
@@ -804,6 +809,7 @@ async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
             task: rec.task.clone(),
             tiers,
             immutable_for_secs: class.map_or(0, |c| c.immutable_for.secs()),
+            keep,
         })
     };
     let line = match state.send_command(&rec.target_node, &cmd).await {

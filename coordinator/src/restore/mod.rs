@@ -395,6 +395,30 @@ pub fn read_snapshots(steps: &[jobs::PlannedStep]) -> Vec<String> {
     names
 }
 
+/// The snapshots of `node:dataset` that restores and drills read, from
+/// their start until their holds are released: the copy's retention keeps
+/// them ([`zdr_common::wire::PruneReplica::keep`]), so a restore whose hold
+/// did not land (the copy's node was down as it began) still finds them.
+pub fn being_read<'a>(
+    records: impl Iterator<Item = &'a jobs::JobRecord>,
+    node: &str,
+    dataset: &str,
+) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in records.filter(|r| {
+        r.source_node == node
+            && r.dataset == dataset
+            && r.restore.as_ref().is_some_and(|i| !i.holds_released)
+    }) {
+        for n in read_snapshots(&r.steps) {
+            if !names.contains(&n) {
+                names.push(n);
+            }
+        }
+    }
+    names
+}
+
 /// Holds the snapshots a restore or drill will read on its copy from the
 /// start (`restore_tag(Source)`, which the job's end drops): retention on the
 /// copy would otherwise destroy one before its send holds it, and the job
