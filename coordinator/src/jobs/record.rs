@@ -401,8 +401,12 @@ pub fn floor_reason(node: &str, refusals: &[FloorRefusal]) -> String {
 /// network went away, the source restarted) keeps it, except that a resume
 /// still failing by the third attempt is dropped too: a token zfs cannot use
 /// can also surface as a broken transfer, and must not be retried forever.
-pub fn drops_resume(zfs_failed: bool, attempt: u32) -> bool {
-    zfs_failed || attempt >= 3
+/// A job with `attempts` in all (a restore's) drops it before its last one,
+/// which then starts the step afresh instead of repeating the resume (seen
+/// on real OpenZFS in the kill -9 trials: a restore resumed twice, failed
+/// twice, and gave up).
+pub fn drops_resume(zfs_failed: bool, attempt: u32, attempts: Option<u32>) -> bool {
+    zfs_failed || attempt >= 3 || attempts.is_some_and(|n| attempt + 1 >= n)
 }
 
 impl JobRecord {
@@ -802,7 +806,7 @@ impl JobRecord {
             (role, JobPhase::Failed) => {
                 let discard = role == JobRole::Source
                     && self.resumed
-                    && drops_resume(update.zfs_failed, self.attempt);
+                    && drops_resume(update.zfs_failed, self.attempt, self.attempts());
                 let other = match role {
                     JobRole::Source => self.target_node.clone(),
                     JobRole::Target => self.source_node.clone(),
@@ -1096,6 +1100,11 @@ impl JobRecord {
         d.result = Some(result);
         self.log(line, now_ms);
         vec![self.persist(now_ms)]
+    }
+
+    /// How many attempts the job gets in all, when limited (a restore's).
+    pub fn attempts(&self) -> Option<u32> {
+        self.restore.is_some().then_some(RESTORE_ATTEMPTS)
     }
 
     /// The holds an ended restore or drill took and must release: on the
@@ -1888,6 +1897,28 @@ mod tests {
             loaded.restore_tick(70 + RELEASE_RETRY_MS),
             vec![Effect::Persist, Effect::DropHolds]
         );
+    }
+
+    #[test]
+    fn a_restore_s_last_attempt_starts_afresh_rather_than_resume_again() {
+        // Replication keeps a partial through two broken resumes.
+        assert!(!drops_resume(false, 2, None));
+        assert!(drops_resume(false, 3, None));
+        assert!(drops_resume(true, 1, None));
+        // A restore has three attempts: the second resume's failure drops it.
+        assert!(!drops_resume(false, 1, Some(RESTORE_ATTEMPTS)));
+        assert!(drops_resume(false, 2, Some(RESTORE_ATTEMPTS)));
+        let mut r = restore_record();
+        r.restore_tick(10);
+        r.attempt = 2;
+        let a = r.begin_attempt(20);
+        r.attempt_running(&a, true, None, "resuming".into(), 21);
+        let mut broken = update(&r, JobRole::Source, JobPhase::Failed, 5);
+        broken.message = "network: Connection reset by peer".into();
+        r.apply(&broken, 22);
+        assert!(r.discard_partial, "attempt 3 sends the step afresh");
+        assert_eq!(r.state, JobState::Failed);
+        assert!(r.next_attempt_at_ms.is_some(), "and it is still to come");
     }
 
     #[test]

@@ -512,7 +512,7 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     };
     if let Some((why, cannot)) = failed {
         cancel(state, std::slice::from_ref(&rec.target_node), &attempt).await;
-        let discard = resumed && drops_resume(cannot, rec.attempt);
+        let discard = resumed && drops_resume(cannot, rec.attempt, rec.attempts());
         return fail_current(state, key, &attempt, why, discard).await;
     }
     let line = format!(

@@ -195,13 +195,18 @@ pub fn decide(
     }
 }
 
-/// Why the source can no longer continue a saved partial receive: the
-/// snapshot it is of, or its incremental source, is gone there.
+/// Why a saved partial receive is not worth continuing: the source no
+/// longer has the snapshot it is of, or its incremental source; or it holds
+/// no stream data yet (on real OpenZFS such a resume was refused as an
+/// "incompatible embedded data stream", while a fresh send loses nothing).
 pub(super) fn unresumable(
     partial: &zdr_common::wire::PartialReceive,
     snapshots: &[SnapshotInfo],
     bookmarks: &[BookmarkInfo],
 ) -> Option<String> {
+    if partial.bytes == 0 {
+        return Some("the target's partial receive holds no stream data yet".into());
+    }
     if !snapshots.iter().any(|s| s.guid == partial.toguid) {
         return Some(format!(
             "the source no longer has the snapshot (GUID {}) the target's partial receive is of",
@@ -538,5 +543,12 @@ mod tests {
             creation: 2,
         };
         assert_eq!(unresumable(&p(3, Some(9)), &src, &[bm]), None);
+        let empty = PartialReceive {
+            bytes: 0,
+            ..p(3, Some(1))
+        };
+        assert!(unresumable(&empty, &src, &[])
+            .unwrap()
+            .contains("no stream data"));
     }
 }
