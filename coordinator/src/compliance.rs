@@ -1622,6 +1622,8 @@ datasets:
                 landed_guid: None,
                 holds_released: true,
                 release_at_ms: None,
+                holds_taken: false,
+                take_at_ms: None,
             });
             r.drill = Some(crate::jobs::DrillInfo {
                 class: "gold".into(),
@@ -1734,6 +1736,8 @@ datasets:
             landed_guid: Some(1004),
             holds_released: true,
             release_at_ms: None,
+            holds_taken: false,
+            take_at_ms: None,
         });
         drill.drill = Some(crate::jobs::DrillInfo {
             class: "gold".into(),

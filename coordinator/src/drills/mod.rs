@@ -317,6 +317,8 @@ pub async fn submit(
                 landed_guid: None,
                 holds_released: false,
                 release_at_ms: None,
+                holds_taken: false,
+                take_at_ms: None,
             });
             rec.drill = Some(DrillInfo {
                 class,
@@ -344,13 +346,10 @@ pub async fn submit(
             jobs.insert(drill_key(&rec.id), rec.clone());
             rec
         };
+    // The tick takes its holds (`Effect::TakeHolds`), off the request: a
+    // slow or restarting node must not hold up the answer.
     jobs::save(state, &drill_key(&rec.id), &rec).await;
     let info = rec.restore.as_ref().expect("set above");
-    // Off the request: a slow or restarting node must not hold up the answer.
-    {
-        let (st, rec, info) = (state.clone(), rec.clone(), info.clone());
-        tokio::spawn(async move { hold_what_it_reads(&st, &rec, &info).await });
-    }
     Ok(Accepted {
         job: rec.id.clone(),
         copy: At {
@@ -423,19 +422,6 @@ fn failed(why: String, now_ms: i64) -> DrillResult {
         cleaned: true,
         ended_at: now_ms / 1000,
     }
-}
-
-/// Holds the production snapshot the drill restores until the drill has
-/// hashed it, and the copy's snapshots it reads until its restore ended:
-/// under a short tier, retention would otherwise destroy one mid-drill and
-/// fail a drill whose copy was fine (seen in the kill -9 trials). Without
-/// the holds the drill still runs; its history says so.
-async fn hold_what_it_reads(state: &State, rec: &JobRecord, info: &RestoreInfo) {
-    let key = drill_key(&rec.id);
-    restore::hold_copy(state, &key, rec).await;
-    let tag = jobs::drill_production_tag(&rec.id);
-    let snapshots = vec![info.snapshot.name.clone()];
-    restore::hold(state, &key, &info.node, &info.dataset, snapshots, tag).await;
 }
 
 /// `HashSnapshot` on one agent.

@@ -32,8 +32,8 @@ pub mod schedule;
 use std::collections::{BTreeMap, HashMap};
 
 pub use record::{
-    describe, Adoption, DrillInfo, DrillResult, Effect, FailedAttempt, JobKind, JobRecord,
-    JobState, PlannedStep, RestoreInfo, RestoreSnapshot, UploadInfo,
+    describe, read_snapshots, Adoption, DrillInfo, DrillResult, Effect, FailedAttempt, JobKind,
+    JobRecord, JobState, PlannedStep, RestoreInfo, RestoreSnapshot, UploadInfo,
 };
 pub use run::{adopt, catch_up, list, on_update, restore, save, tick};
 

@@ -154,11 +154,29 @@ pub struct RestoreInfo {
     /// for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_at_ms: Option<i64>,
+    /// Every hold of [`JobRecord::takes`] was taken, as the agents
+    /// confirmed. Until then the tick asks again while the job runs: the
+    /// first ask misses a node that is restarting, or dies with the leader.
+    #[serde(default)]
+    pub holds_taken: bool,
+    /// When the next try to take them is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub take_at_ms: Option<i64>,
 }
 
-/// How long after a try to release an ended job's holds the next one runs,
-/// until every node confirmed.
+/// How long after a try to take a running job's holds, or to release an
+/// ended job's, the next one runs, until every node confirmed.
 pub const RELEASE_RETRY_MS: i64 = 30_000;
+
+/// A hold a restore or drill takes as it begins: `tag` on `snapshots` of
+/// `node:dataset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Take {
+    pub node: String,
+    pub dataset: String,
+    pub snapshots: Vec<String>,
+    pub tag: String,
+}
 
 /// A hold an ended restore or drill must release: `tag` on `node:dataset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +294,8 @@ pub enum Effect {
     /// Move the pairing's holds to `keep` on both sides, then apply the
     /// task's retention to the copy; no new job starts until that is done.
     MoveHolds { keep: String },
+    /// Hold what a running restore or drill reads ([`JobRecord::takes`]).
+    TakeHolds,
     /// Release an ended restore's holds on its copy and its destination.
     DropHolds,
     /// A drill's restore ended: check the content, destroy the scratch,
@@ -393,6 +413,30 @@ pub fn floor_reason(node: &str, refusals: &[FloorRefusal]) -> String {
         })
         .collect();
     format!("target {node} refused: {} (floor)", parts.join("; "))
+}
+
+/// The copy's snapshots that `steps` send in full or send up to: the ones
+/// retention must not take before each step's `zfs send` holds them.
+pub fn read_snapshots(steps: &[PlannedStep]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for s in steps {
+        let (a, b) = match &s.stream {
+            StreamSpec::Full { snapshot } => (Some(snapshot), None),
+            StreamSpec::Incremental {
+                from,
+                to,
+                from_bookmark,
+                ..
+            } => ((!from_bookmark).then_some(from), Some(to)),
+            StreamSpec::Resume { .. } => (None, None),
+        };
+        for n in a.into_iter().chain(b) {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Whether a source that failed `attempt` while resuming a saved partial
@@ -1026,6 +1070,16 @@ impl JobRecord {
         if self.restore.is_none() {
             return Vec::new();
         }
+        let running = self.active() || self.next_attempt_at_ms.is_some();
+        let mut take = Vec::new();
+        if let Some(info) = self
+            .restore
+            .as_mut()
+            .filter(|i| running && !i.holds_taken && i.take_at_ms.is_none_or(|at| now_ms >= at))
+        {
+            info.take_at_ms = Some(now_ms + RELEASE_RETRY_MS);
+            take.push(Effect::TakeHolds);
+        }
         let waiting = matches!(self.state, JobState::Planned | JobState::Failed);
         if waiting && self.next_attempt_at_ms.is_some_and(|at| now_ms >= at) {
             self.next_attempt_at_ms = None;
@@ -1034,7 +1088,11 @@ impl JobRecord {
             }
             self.state = JobState::Planned;
             self.updated_at_ms = now_ms;
-            return vec![Effect::Start];
+            take.push(Effect::Start);
+            return take;
+        }
+        if !take.is_empty() {
+            return take;
         }
         let fx = self.check_stall(now_ms);
         if !fx.is_empty() {
@@ -1135,6 +1193,37 @@ impl JobRecord {
                 ),
             ],
             _ => Vec::new(),
+        }
+    }
+
+    /// The holds a restore or drill takes as it begins: the copy's snapshots
+    /// its steps read, and a drill's production snapshot, which it hashes.
+    pub fn takes(&self) -> Vec<Take> {
+        let Some(info) = &self.restore else {
+            return Vec::new();
+        };
+        let mut out = vec![Take {
+            node: self.source_node.clone(),
+            dataset: self.dataset.clone(),
+            snapshots: read_snapshots(&self.steps),
+            tag: restore_tag(JobRole::Source, &self.id),
+        }];
+        if self.kind == JobKind::Drill {
+            out.push(Take {
+                node: info.node.clone(),
+                dataset: info.dataset.clone(),
+                snapshots: vec![info.snapshot.name.clone()],
+                tag: drill_production_tag(&self.id),
+            });
+        }
+        out
+    }
+
+    /// Every node confirmed the holds of [`Self::takes`].
+    pub fn holds_held(&mut self) {
+        if let Some(info) = self.restore.as_mut() {
+            info.holds_taken = true;
+            info.take_at_ms = None;
         }
     }
 
@@ -1733,6 +1822,8 @@ mod tests {
             landed_guid: None,
             holds_released: false,
             release_at_ms: None,
+            holds_taken: true, // its own test: a_running_restore_takes_its_holds_until_confirmed
+            take_at_ms: None,
         });
         r
     }
@@ -1897,6 +1988,91 @@ mod tests {
             loaded.restore_tick(70 + RELEASE_RETRY_MS),
             vec![Effect::Persist, Effect::DropHolds]
         );
+    }
+
+    #[test]
+    fn a_job_holds_the_ends_of_its_streams_but_no_bookmark() {
+        let step = |stream: StreamSpec| PlannedStep {
+            stream,
+            expect: zdr_common::wire::SnapshotRef {
+                name: "x".into(),
+                guid: 1,
+            },
+            force: false,
+            discards: vec![],
+            base: None,
+        };
+        let inc = |from: &str, to: &str, from_bookmark: bool| StreamSpec::Incremental {
+            from: from.into(),
+            to: to.into(),
+            intermediates: true,
+            from_bookmark,
+        };
+        let steps = [
+            step(StreamSpec::Full {
+                snapshot: "a".into(),
+            }),
+            step(inc("a", "c", false)),
+            step(inc("b", "d", true)),
+        ];
+        assert_eq!(read_snapshots(&steps), ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn a_running_restore_takes_its_holds_until_confirmed() {
+        let mut r = restore_record();
+        r.restore.as_mut().unwrap().holds_taken = false;
+        assert_eq!(r.restore_tick(10), vec![Effect::TakeHolds, Effect::Start]);
+        r.begin_attempt(20);
+        assert!(
+            r.restore_tick(30).is_empty(),
+            "asked again only after a while"
+        );
+        assert_eq!(
+            r.restore_tick(10 + RELEASE_RETRY_MS),
+            vec![Effect::TakeHolds],
+            "a node that missed it (restarting, or the leader died) is asked again"
+        );
+        r.holds_held();
+        assert!(!r
+            .restore_tick(10 + 3 * RELEASE_RETRY_MS)
+            .contains(&Effect::TakeHolds));
+        // What it holds: the copy's snapshots its steps read; for a drill,
+        // production's snapshot too.
+        let t = r.takes();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            (t[0].node.as_str(), t[0].snapshots.clone(), t[0].tag.clone()),
+            (
+                r.source_node.as_str(),
+                vec!["s1".to_string(), "s2".to_string()],
+                restore_tag(JobRole::Source, &r.id)
+            )
+        );
+        let d = drill_record();
+        let t = d.takes();
+        let info = d.restore.as_ref().unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (
+                t[1].node.as_str(),
+                t[1].dataset.as_str(),
+                t[1].snapshots.clone(),
+                t[1].tag.clone()
+            ),
+            (
+                info.node.as_str(),
+                info.dataset.as_str(),
+                vec![info.snapshot.name.clone()],
+                drill_production_tag(&d.id)
+            )
+        );
+        // An ended job takes nothing more.
+        let mut ended = restore_record();
+        ended.restore.as_mut().unwrap().holds_taken = false;
+        ended.state = JobState::Done;
+        ended.next_attempt_at_ms = None;
+        assert!(!ended.restore_tick(5).contains(&Effect::TakeHolds));
     }
 
     #[test]

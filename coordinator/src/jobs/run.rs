@@ -68,6 +68,20 @@ async fn carry_out(
                     }
                 });
             }
+            Effect::TakeHolds => {
+                let rec = rec.clone();
+                tasks.spawn(async move {
+                    if crate::restore::take_holds(&st, &key, &rec).await {
+                        let done = st.jobs().get_mut(&key).map(|r| {
+                            r.holds_held();
+                            r.clone()
+                        });
+                        if let Some(r) = done {
+                            persist(&st, &key, &r).await;
+                        }
+                    }
+                });
+            }
             Effect::DropHolds => {
                 let rec = rec.clone();
                 tasks.spawn(async move {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use tracing::warn;
-use zdr_common::wire::{Command, JobRole, Outcome, StreamSpec};
+use zdr_common::wire::{Command, Outcome};
 
 use crate::jobs::{self, JobKind, JobRecord, JobState, RestoreInfo, RestoreSnapshot};
 use crate::pairing::Pairing;
@@ -322,6 +322,8 @@ pub async fn submit(state: &Arc<State>, req: Request) -> Result<Accepted, Restor
             landed_guid: None,
             holds_released: false,
             release_at_ms: None,
+            holds_taken: false,
+            take_at_ms: None,
         });
         rec.log(
             format!(
@@ -361,38 +363,10 @@ pub async fn submit(state: &Arc<State>, req: Request) -> Result<Accepted, Restor
         },
         raw: plan.raw,
     };
+    // The tick takes its holds (`Effect::TakeHolds`), off the request: a
+    // slow or restarting copy node must not hold up the answer.
     jobs::save(state, &jobs::restore_key(&rec.id), &rec).await;
-    if bucket_task(&rec.source_node).is_none() {
-        // Off the request: a slow or restarting copy node must not hold up
-        // the answer (each step's send holds its own snapshot as well).
-        let st = state.clone();
-        tokio::spawn(async move { hold_copy(&st, &jobs::restore_key(&rec.id), &rec).await });
-    }
     Ok(accepted)
-}
-
-/// The copy's snapshots that `steps` send in full or send up to: the ones
-/// retention must not take before each step's `zfs send` holds them.
-pub fn read_snapshots(steps: &[jobs::PlannedStep]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for s in steps {
-        let (a, b) = match &s.stream {
-            StreamSpec::Full { snapshot } => (Some(snapshot), None),
-            StreamSpec::Incremental {
-                from,
-                to,
-                from_bookmark,
-                ..
-            } => ((!from_bookmark).then_some(from), Some(to)),
-            StreamSpec::Resume { .. } => (None, None),
-        };
-        for n in a.into_iter().chain(b) {
-            if !names.contains(n) {
-                names.push(n.clone());
-            }
-        }
-    }
-    names
 }
 
 /// The snapshots of `node:dataset` that restores and drills read, from
@@ -410,7 +384,7 @@ pub fn being_read<'a>(
             && r.dataset == dataset
             && r.restore.as_ref().is_some_and(|i| !i.holds_released)
     }) {
-        for n in read_snapshots(&r.steps) {
+        for n in jobs::read_snapshots(&r.steps) {
             if !names.contains(&n) {
                 names.push(n);
             }
@@ -419,39 +393,48 @@ pub fn being_read<'a>(
     names
 }
 
-/// Holds the snapshots a restore or drill will read on its copy from the
-/// start (`restore_tag(Source)`, which the job's end drops): retention on the
-/// copy would otherwise destroy one before its send holds it, and the job
-/// would fail although the copy was fine (seen in the kill -9 trials).
-pub async fn hold_copy(state: &State, key: &str, rec: &JobRecord) {
-    let tag = jobs::restore_tag(JobRole::Source, &rec.id);
-    let snapshots = read_snapshots(&rec.steps);
-    hold(state, key, &rec.source_node, &rec.dataset, snapshots, tag).await;
+/// Holds what a running restore or drill reads ([`JobRecord::takes`]):
+/// retention on the copy (or, for a drill's hash, on production) would
+/// otherwise destroy a snapshot before the job reads it, and the job would
+/// fail although the copy was fine (seen in the kill -9 trials). True when
+/// every node confirmed; a failure goes to the job's history, and the tick
+/// asks again while the job runs.
+pub async fn take_holds(state: &State, key: &str, rec: &JobRecord) -> bool {
+    let mut all = true;
+    for t in rec.takes() {
+        if bucket_task(&t.node).is_some() {
+            continue; // a bucket holds nothing
+        }
+        all &= hold(state, key, &t.node, &t.dataset, t.snapshots, t.tag).await;
+    }
+    all
 }
 
-/// Sends `Hold`; a failure goes to the job's history (the job still runs).
-pub async fn hold(
+/// Sends `Hold`; whether the node confirmed.
+async fn hold(
     state: &State,
     key: &str,
     node: &str,
     dataset: &str,
     snapshots: Vec<String>,
     tag: String,
-) {
+) -> bool {
     let cmd = Command::Hold {
         dataset: dataset.to_string(),
         snapshots: snapshots.clone(),
         tag: tag.clone(),
     };
     let why = match state.send_command(node, &cmd).await {
-        Ok(r) if r.outcome == Outcome::Done => return,
+        Ok(r) if r.outcome == Outcome::Done => return true,
         Ok(r) => r.message,
         Err(e) => e.to_string(),
     };
     warn!(%node, %dataset, %tag, error = %why, "holding the snapshots a job reads failed");
     let rec = {
         let mut jobs = state.jobs();
-        let Some(cur) = jobs.get_mut(key) else { return };
+        let Some(cur) = jobs.get_mut(key) else {
+            return false;
+        };
         cur.log(
             format!(
                 "{node}:{dataset}@{{{}}} not held with {tag} ({why}); retention may destroy them first",
@@ -462,6 +445,7 @@ pub async fn hold(
         cur.clone()
     };
     jobs::save(state, key, &rec).await;
+    false
 }
 
 /// Every restore, newest first.
@@ -472,34 +456,6 @@ pub fn list(state: &State) -> Vec<Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_job_holds_the_ends_of_its_streams_but_no_bookmark() {
-        let step = |stream: StreamSpec| jobs::PlannedStep {
-            stream,
-            expect: zdr_common::wire::SnapshotRef {
-                name: "x".into(),
-                guid: 1,
-            },
-            force: false,
-            discards: vec![],
-            base: None,
-        };
-        let inc = |from: &str, to: &str, from_bookmark: bool| StreamSpec::Incremental {
-            from: from.into(),
-            to: to.into(),
-            intermediates: true,
-            from_bookmark,
-        };
-        let steps = [
-            step(StreamSpec::Full {
-                snapshot: "a".into(),
-            }),
-            step(inc("a", "c", false)),
-            step(inc("b", "d", true)),
-        ];
-        assert_eq!(read_snapshots(&steps), ["a", "c", "d"]);
-    }
 
     #[test]
     fn only_a_raw_copy_says_how_to_load_its_key() {
