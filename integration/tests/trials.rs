@@ -770,6 +770,9 @@ async fn kill_9_trials_keep_every_invariant() {
             out.recovered_in,
             out.resent
         );
+        for v in &out.violations {
+            eprintln!("trial {n}: VIOLATION: {}", v.0);
+        }
         violations.extend(
             out.violations
                 .into_iter()
