@@ -280,6 +280,12 @@ pub struct JobRecord {
     /// When this record was last written to KV (not itself persisted).
     #[serde(skip)]
     pub persisted_at_ms: i64,
+    /// An `Effect::TakeHolds` of this leader is under way (not persisted:
+    /// a new leader's predecessor's died with it). The release waits for
+    /// it: a hold that lands after the release stays for good (seen in the
+    /// VM-lane trials, when the ask waited out a restarting node).
+    #[serde(skip)]
+    pub taking_holds: bool,
 }
 
 /// What the shell does after a transition, in order.
@@ -497,6 +503,7 @@ impl JobRecord {
             drill: None,
             upload: None,
             persisted_at_ms: 0,
+            taking_holds: false,
         }
     }
 
@@ -1078,6 +1085,7 @@ impl JobRecord {
             .filter(|i| running && !i.holds_taken && i.take_at_ms.is_none_or(|at| now_ms >= at))
         {
             info.take_at_ms = Some(now_ms + RELEASE_RETRY_MS);
+            self.taking_holds = true;
             take.push(Effect::TakeHolds);
         }
         let waiting = matches!(self.state, JobState::Planned | JobState::Failed);
@@ -1101,9 +1109,10 @@ impl JobRecord {
         let ended = !self.active() && self.next_attempt_at_ms.is_none();
         // A drill keeps production's snapshot held until it was hashed.
         let verdict = self.drill.as_ref().is_none_or(|d| d.result.is_some());
+        let settled = ended && verdict && !self.taking_holds;
         let mut fx = Vec::new();
         if let Some(info) = self.restore.as_mut().filter(|i| {
-            ended && verdict && !i.holds_released && i.release_at_ms.is_none_or(|at| now_ms >= at)
+            settled && !i.holds_released && i.release_at_ms.is_none_or(|at| now_ms >= at)
         }) {
             info.release_at_ms = Some(now_ms + RELEASE_RETRY_MS);
             fx.push(Effect::DropHolds);
@@ -1219,9 +1228,11 @@ impl JobRecord {
         out
     }
 
-    /// Every node confirmed the holds of [`Self::takes`].
-    pub fn holds_held(&mut self) {
-        if let Some(info) = self.restore.as_mut() {
+    /// The ask for [`Self::takes`] ended; `confirmed` when every node
+    /// said the holds are on.
+    pub fn holds_taken(&mut self, confirmed: bool) {
+        self.taking_holds = false;
+        if let Some(info) = self.restore.as_mut().filter(|_| confirmed) {
             info.holds_taken = true;
             info.take_at_ms = None;
         }
@@ -2033,7 +2044,7 @@ mod tests {
             vec![Effect::TakeHolds],
             "a node that missed it (restarting, or the leader died) is asked again"
         );
-        r.holds_held();
+        r.holds_taken(true);
         assert!(!r
             .restore_tick(10 + 3 * RELEASE_RETRY_MS)
             .contains(&Effect::TakeHolds));
@@ -2066,6 +2077,25 @@ mod tests {
                 vec![info.snapshot.name.clone()],
                 drill_production_tag(&d.id)
             )
+        );
+        // An ask still under way as the job ends holds back the release,
+        // which would otherwise run first and leave the late hold behind.
+        let mut late = restore_record();
+        late.restore.as_mut().unwrap().holds_taken = false;
+        late.restore_tick(10);
+        late.begin_attempt(20);
+        late.apply(&landed(&late, "s1", 1), 30);
+        late.begin_attempt(40);
+        late.apply(&landed(&late, "s2", 2), 50);
+        assert_eq!(late.state, JobState::Done);
+        assert!(
+            late.restore_tick(60).is_empty(),
+            "no release while a take runs"
+        );
+        late.holds_taken(false);
+        assert_eq!(
+            late.restore_tick(70),
+            vec![Effect::Persist, Effect::DropHolds]
         );
         // An ended job takes nothing more.
         let mut ended = restore_record();

@@ -71,14 +71,13 @@ async fn carry_out(
             Effect::TakeHolds => {
                 let rec = rec.clone();
                 tasks.spawn(async move {
-                    if crate::restore::take_holds(&st, &key, &rec).await {
-                        let done = st.jobs().get_mut(&key).map(|r| {
-                            r.holds_held();
-                            r.clone()
-                        });
-                        if let Some(r) = done {
-                            persist(&st, &key, &r).await;
-                        }
+                    let confirmed = crate::restore::take_holds(&st, &key, &rec).await;
+                    let done = st.jobs().get_mut(&key).map(|r| {
+                        r.holds_taken(confirmed);
+                        r.clone()
+                    });
+                    if let Some(r) = done.filter(|_| confirmed) {
+                        persist(&st, &key, &r).await;
                     }
                 });
             }

@@ -398,24 +398,23 @@ pub fn being_read<'a>(
 /// otherwise destroy a snapshot before the job reads it, and the job would
 /// fail although the copy was fine (seen in the kill -9 trials). True when
 /// every node confirmed; a failure goes to the job's history, and the tick
-/// asks again while the job runs.
+/// asks again while the job runs. The nodes are asked at once, so that one
+/// restarting (a command timeout) does not delay the other's hold.
 pub async fn take_holds(state: &State, key: &str, rec: &JobRecord) -> bool {
-    let mut all = true;
-    for t in rec.takes() {
-        if bucket_task(&t.node).is_some() {
-            continue; // a bucket holds nothing
-        }
-        all &= hold(state, key, &t.node, &t.dataset, t.snapshots, t.tag).await;
-    }
-    all
+    let asks = rec
+        .takes()
+        .into_iter()
+        .filter(|t| bucket_task(&t.node).is_none()) // a bucket holds nothing
+        .map(|t| hold(state, key, t.node, t.dataset, t.snapshots, t.tag));
+    futures::future::join_all(asks).await.into_iter().all(|held| held)
 }
 
 /// Sends `Hold`; whether the node confirmed.
 async fn hold(
     state: &State,
     key: &str,
-    node: &str,
-    dataset: &str,
+    node: String,
+    dataset: String,
     snapshots: Vec<String>,
     tag: String,
 ) -> bool {
@@ -424,7 +423,7 @@ async fn hold(
         snapshots: snapshots.clone(),
         tag: tag.clone(),
     };
-    let why = match state.send_command(node, &cmd).await {
+    let why = match state.send_command(&node, &cmd).await {
         Ok(r) if r.outcome == Outcome::Done => return true,
         Ok(r) => r.message,
         Err(e) => e.to_string(),
