@@ -15,6 +15,7 @@
 //! - `ZDR_TRIALS` trials (2), `ZDR_TRIAL_FAULTS` kills each (3),
 //! - `ZDR_TRIAL_SEED` (20261206): the same seed replays the same plan,
 //! - `ZDR_TRIAL_FIRST` (0): the first trial number, to replay one trial,
+//! - `ZDR_TRIAL_ONLY` (`2,9,15`): these trials instead, to replay several,
 //! - `ZDR_TRIAL_LOGS`: a directory to copy each trial's process logs into.
 
 use std::collections::{BTreeMap, HashSet};
@@ -758,7 +759,23 @@ async fn kill_9_trials_keep_every_invariant() {
     let mut resent = Vec::new();
     let mut unmeasured = 0;
     let mut recovery = Vec::new();
-    for n in first..first + count {
+    let numbers: Vec<u64> = match std::env::var("ZDR_TRIAL_ONLY") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim().parse().unwrap_or_else(|_| {
+                    panic!("ZDR_TRIAL_ONLY={list:?}: {n:?} is not a trial number (say 2,9,15)")
+                })
+            })
+            .collect(),
+        Err(_) => (first..first + count).collect(),
+    };
+    let count = numbers.len();
+    let which = match (numbers.first(), numbers.last()) {
+        (Some(a), Some(b)) if numbers.len() as u64 == b - a + 1 => format!("#{a}-#{b}"),
+        _ => format!("{numbers:?}"),
+    };
+    for n in numbers {
         let faults = trials::plan(seed, n, per);
         let out = trial(seed, n, &faults).await;
         for f in faults.iter().chain(&out.phase_faults) {
@@ -786,7 +803,7 @@ async fn kill_9_trials_keep_every_invariant() {
     recovery.sort();
     let pct = |f: f64| format!("{:.1} %", f * 100.0);
     println!(
-        "kill -9 trials on {}: {count} from #{first}, seed {seed}, {per} faults each during replication, \
+        "kill -9 trials on {}: {count} ({which}), seed {seed}, {per} faults each during replication, \
          then one during a restore and one during a drill",
         if LANE.zfs { "real OpenZFS" } else { "the simulated fleet" }
     );

@@ -7,6 +7,7 @@
 #
 #   integration/zfs-vm/trials.sh                        # 20 trials, seed 20261206
 #   ZDR_TRIALS=1 ZDR_TRIAL_FIRST=7 integration/zfs-vm/trials.sh   # replay trial 7
+#   ZDR_TRIAL_ONLY=2,9 integration/zfs-vm/trials.sh      # replay trials 2 and 9
 #   ZDR_VM_ZFS=2.1 integration/zfs-vm/trials.sh          # on OpenZFS 2.1
 #
 # The host side is replication.sh's (the binaries, nats-server, a kept logs

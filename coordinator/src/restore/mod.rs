@@ -406,7 +406,10 @@ pub async fn take_holds(state: &State, key: &str, rec: &JobRecord) -> bool {
         .into_iter()
         .filter(|t| bucket_task(&t.node).is_none()) // a bucket holds nothing
         .map(|t| hold(state, key, t.node, t.dataset, t.snapshots, t.tag));
-    futures::future::join_all(asks).await.into_iter().all(|held| held)
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .all(|held| held)
 }
 
 /// Sends `Hold`; whether the node confirmed.
