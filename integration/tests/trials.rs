@@ -772,7 +772,9 @@ async fn kill_9_trials_keep_every_invariant() {
     };
     let count = numbers.len();
     let which = match (numbers.first(), numbers.last()) {
-        (Some(a), Some(b)) if numbers.len() as u64 == b - a + 1 => format!("#{a}-#{b}"),
+        (Some(a), Some(b)) if b.checked_sub(*a) == Some(numbers.len() as u64 - 1) => {
+            format!("#{a}-#{b}")
+        }
         _ => format!("{numbers:?}"),
     };
     for n in numbers {
