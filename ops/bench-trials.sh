@@ -8,6 +8,7 @@
 #   ops/bench-trials.sh                       # 100 trials, 3 kills each, seed 20261206
 #   ZDR_TRIALS=20 ZDR_TRIAL_SEED=7 ops/bench-trials.sh
 #   ZDR_TRIALS=1 ZDR_TRIAL_FIRST=42 ops/bench-trials.sh    # replay trial 42 alone
+#   ZDR_TRIAL_ONLY=19,26 ops/bench-trials.sh              # replay trials 19 and 26
 #
 # A trial takes about a minute on an idle 2-core machine, several on a loaded one.
 set -euo pipefail
