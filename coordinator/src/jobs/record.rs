@@ -168,6 +168,12 @@ pub struct RestoreInfo {
 /// ended job's, the next one runs, until every node confirmed.
 pub const RELEASE_RETRY_MS: i64 = 30_000;
 
+/// A bucket (`bucket:<task>`, a restore's source in object storage) holds
+/// nothing: no hold is taken or released there.
+fn in_bucket(node: &str) -> bool {
+    crate::restore::points::bucket_task(node).is_some()
+}
+
 /// A hold a restore or drill takes as it begins: `tag` on `snapshots` of
 /// `node:dataset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1188,7 +1194,7 @@ impl JobRecord {
             &self.dataset,
             restore_tag(JobRole::Source, &self.id),
         );
-        match (&self.kind, &self.restore) {
+        let mut all = match (&self.kind, &self.restore) {
             (JobKind::Drill, Some(info)) => vec![
                 copy,
                 at(&info.node, &info.dataset, drill_production_tag(&self.id)),
@@ -1202,7 +1208,9 @@ impl JobRecord {
                 ),
             ],
             _ => Vec::new(),
-        }
+        };
+        all.retain(|r| !in_bucket(&r.node));
+        all
     }
 
     /// The holds a restore or drill takes as it begins: the copy's snapshots
@@ -1225,6 +1233,7 @@ impl JobRecord {
                 tag: drill_production_tag(&self.id),
             });
         }
+        out.retain(|t| !in_bucket(&t.node));
         out
     }
 
@@ -1238,9 +1247,10 @@ impl JobRecord {
         }
     }
 
-    /// Every node confirmed the release of [`Self::releases`].
-    pub fn holds_dropped(&mut self) {
-        if let Some(info) = self.restore.as_mut() {
+    /// The ask to release [`Self::releases`] ended; `confirmed` when every
+    /// node said the holds are gone.
+    pub fn holds_dropped(&mut self, confirmed: bool) {
+        if let Some(info) = self.restore.as_mut().filter(|_| confirmed) {
             info.holds_released = true;
             info.release_at_ms = None;
         }
@@ -1908,7 +1918,7 @@ mod tests {
             vec![Effect::Persist, Effect::DropHolds],
             "the verdict lets the holds go"
         );
-        r.holds_dropped();
+        r.holds_dropped(true);
         assert!(r.restore_tick(200_000).is_empty(), "ended for good");
     }
 
@@ -1991,7 +2001,7 @@ mod tests {
             vec![Effect::Persist, Effect::DropHolds],
             "a node that missed the release is asked again"
         );
-        r.holds_dropped();
+        r.holds_dropped(true);
         assert!(r.restore_tick(70 + 10 * RELEASE_RETRY_MS).is_empty());
         // A new leader goes on trying where the old one left off.
         loaded.loaded_by_new_leader(100);
@@ -2136,7 +2146,7 @@ mod tests {
         replication.restore = None;
         let mut released = r.clone();
         released.steps = vec![step("s9", 9)];
-        released.holds_dropped();
+        released.holds_dropped(true);
         let all = [r.clone(), replication, released];
         assert_eq!(
             crate::restore::being_read(all.iter(), &node, &ds),
@@ -2182,6 +2192,12 @@ mod tests {
             ],
             "a drill's scratch goes with its holds; production's hold goes"
         );
+        // A restore from a bucket holds nothing there.
+        let mut from_bucket = restore_record();
+        from_bucket.source_node = "bucket:offsite".into();
+        let nodes: Vec<String> = from_bucket.releases().into_iter().map(|x| x.node).collect();
+        assert_eq!(nodes, [from_bucket.target_node.clone()]);
+        assert!(from_bucket.takes().is_empty());
     }
 
     #[test]

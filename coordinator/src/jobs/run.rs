@@ -72,27 +72,14 @@ async fn carry_out(
                 let rec = rec.clone();
                 tasks.spawn(async move {
                     let confirmed = crate::restore::take_holds(&st, &key, &rec).await;
-                    let done = st.jobs().get_mut(&key).map(|r| {
-                        r.holds_taken(confirmed);
-                        r.clone()
-                    });
-                    if let Some(r) = done.filter(|_| confirmed) {
-                        persist(&st, &key, &r).await;
-                    }
+                    settle(&st, &key, confirmed, |r| r.holds_taken(confirmed)).await;
                 });
             }
             Effect::DropHolds => {
                 let rec = rec.clone();
                 tasks.spawn(async move {
-                    if drop_holds(&st, &rec).await {
-                        let done = st.jobs().get_mut(&key).map(|r| {
-                            r.holds_dropped();
-                            r.clone()
-                        });
-                        if let Some(r) = done {
-                            persist(&st, &key, &r).await;
-                        }
-                    }
+                    let confirmed = drop_holds(&st, &rec).await;
+                    settle(&st, &key, confirmed, |r| r.holds_dropped(confirmed)).await;
                 });
             }
             Effect::Verify => {
@@ -752,14 +739,23 @@ async fn move_holds(state: &State, rec: &JobRecord, keep: &str) {
     .await;
 }
 
+/// Tells the record how an ask for its holds ended (`mark`), and writes it
+/// to KV once every node confirmed; otherwise the tick asks again.
+async fn settle(state: &State, key: &str, confirmed: bool, mark: impl FnOnce(&mut JobRecord)) {
+    let rec = state.jobs().get_mut(key).map(|r| {
+        mark(r);
+        r.clone()
+    });
+    if let Some(r) = rec.filter(|_| confirmed) {
+        persist(state, key, &r).await;
+    }
+}
+
 /// Releases an ended restore's or drill's holds ([`JobRecord::releases`]);
-/// true when every node confirmed. Otherwise the tick tries again.
+/// true when every node confirmed.
 async fn drop_holds(state: &State, rec: &JobRecord) -> bool {
     let mut all = true;
     for r in rec.releases() {
-        if crate::restore::points::bucket_task(&r.node).is_some() {
-            continue; // a bucket holds nothing
-        }
         all &= drop_tag(state, &r.node, &r.dataset, &r.tag).await;
     }
     all

@@ -379,15 +379,13 @@ pub fn being_read<'a>(
     dataset: &str,
 ) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for r in records.filter(|r| {
-        r.source_node == node
-            && r.dataset == dataset
-            && r.restore.as_ref().is_some_and(|i| !i.holds_released)
-    }) {
-        for n in jobs::read_snapshots(&r.steps) {
-            if !names.contains(&n) {
-                names.push(n);
-            }
+    let takes = records
+        .filter(|r| r.restore.as_ref().is_some_and(|i| !i.holds_released))
+        .flat_map(jobs::JobRecord::takes)
+        .filter(|t| t.node == node && t.dataset == dataset);
+    for n in takes.flat_map(|t| t.snapshots) {
+        if !names.contains(&n) {
+            names.push(n);
         }
     }
     names
@@ -404,7 +402,6 @@ pub async fn take_holds(state: &State, key: &str, rec: &JobRecord) -> bool {
     let asks = rec
         .takes()
         .into_iter()
-        .filter(|t| bucket_task(&t.node).is_none()) // a bucket holds nothing
         .map(|t| hold(state, key, t.node, t.dataset, t.snapshots, t.tag));
     futures::future::join_all(asks)
         .await
