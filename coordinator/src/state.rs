@@ -67,6 +67,15 @@ pub enum CommandError {
     Encode(serde_json::Error),
 }
 
+impl CommandError {
+    /// The node gave no answer at all (timed out, or nobody subscribed):
+    /// it may be restarting, so the same command can be asked again. An
+    /// answer the node did give, or a refusal on this side, is final.
+    pub fn unanswered(&self) -> bool {
+        matches!(self, Self::Timeout { .. } | Self::Request { .. })
+    }
+}
+
 /// What changed in the fleet and is not written to KV yet. A dataset is
 /// written as it is at flush time (so several deltas make one write), or
 /// deleted if it is gone by then.

@@ -48,6 +48,11 @@ const PLAN_LIMIT: usize = 500;
 /// that the agent destroys the scratch at its next start.
 const CLEANUP_TRIES: u32 = 4;
 const CLEANUP_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+/// `HashSnapshot` is asked again this many times at most, `CLEANUP_RETRY`
+/// apart, while its node does not answer: a node restarting just as its
+/// drill ends (seen in the kill -9 trials) would otherwise fail a drill
+/// whose copy is good.
+const HASH_TRIES: u32 = 4;
 
 /// A drill request: `NODE:DATASET`, and the copy's node (else the next in turn).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,7 +429,8 @@ fn failed(why: String, now_ms: i64) -> DrillResult {
     }
 }
 
-/// `HashSnapshot` on one agent.
+/// `HashSnapshot` on one agent, asked again while the agent gives no
+/// answer (`CommandError::unanswered`); an answer, even a refusal, is final.
 async fn hash(
     state: &State,
     node: &str,
@@ -435,12 +441,28 @@ async fn hash(
         dataset: dataset.to_string(),
         snapshot: snapshot.to_string(),
     };
-    match state.send_command(node, &cmd).await {
-        Ok(r) if r.outcome == Outcome::Done => r
-            .hash
-            .ok_or_else(|| format!("{node} hashed {dataset}@{snapshot} but sent no hash")),
-        Ok(r) => Err(format!("{node}: {}", r.message)),
-        Err(e) => Err(format!("{node}: {e}")),
+    let mut attempt = 1;
+    loop {
+        match state.send_command(node, &cmd).await {
+            Ok(r) if r.outcome == Outcome::Done => {
+                return r
+                    .hash
+                    .ok_or_else(|| format!("{node} hashed {dataset}@{snapshot} but sent no hash"))
+            }
+            Ok(r) => return Err(format!("{node}: {}", r.message)),
+            Err(e) if e.unanswered() && attempt < HASH_TRIES => {
+                warn!(%node, %dataset, %snapshot, attempt, error = %e, "hashing for a drill got no answer; asking again");
+                attempt += 1;
+                tokio::time::sleep(CLEANUP_RETRY).await;
+            }
+            Err(e) if attempt > 1 => {
+                return Err(format!(
+                    "{node}: {e} (asked {attempt} times, {}s apart)",
+                    CLEANUP_RETRY.as_secs()
+                ))
+            }
+            Err(e) => return Err(format!("{node}: {e}")),
+        }
     }
 }
 

@@ -1056,6 +1056,9 @@ impl JobRecord {
         else {
             return Vec::new();
         };
+        if self.lands_current_step(update) {
+            return self.landed_late(attempt, update, now_ms);
+        }
         if update.state != JobPhase::Failed {
             return Vec::new();
         }
@@ -1074,6 +1077,61 @@ impl JobRecord {
             });
         }
         vec![self.persist(now_ms)]
+    }
+
+    /// Whether `update` is the target's word that the current step's
+    /// snapshot landed (by GUID).
+    fn lands_current_step(&self, update: &JobUpdate) -> bool {
+        let step = self.steps.get(self.step);
+        self.kind != JobKind::Upload
+            && update.role == JobRole::Target
+            && update.state == JobPhase::Done
+            && matches!((&update.landed, step), (Some(l), Some(s)) if l.guid == s.expect.guid)
+    }
+
+    /// The target landed the step of an attempt already failed: its source
+    /// restarted just as the stream ended (seen in the VM-lane kill -9
+    /// trials), or the report came after the stall time. The snapshot is
+    /// there, so the step is done; sending it again would find the
+    /// destination taken (`destination ... exists`) on every retry. A retry
+    /// already under way is cancelled on both ends.
+    fn landed_late(&mut self, attempt: u32, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if self.active() {
+            fx.push(Effect::Cancel {
+                nodes: self.nodes(),
+                attempt: self.attempt_id.clone(),
+            });
+        }
+        self.next_attempt_at_ms = None;
+        self.log(
+            format!("attempt {attempt} had failed, but its target reports the step landed"),
+            now_ms,
+        );
+        fx.extend(self.landed(update, now_ms));
+        fx
+    }
+
+    /// A fresh restore's steps planned again before an attempt
+    /// (`restore::plan::replan`): what the target saved of the old first
+    /// step is dropped, and the holds are taken again on what is read now.
+    pub fn replanned(&mut self, steps: Vec<PlannedStep>, now_ms: i64) {
+        self.log(
+            format!(
+                "the copy no longer holds every snapshot the plan read; planned again from its \
+                 snapshots now: {} step(s): {}",
+                steps.len(),
+                describe(&steps)
+            ),
+            now_ms,
+        );
+        self.steps = steps;
+        self.discard_partial = true;
+        self.partial = None;
+        if let Some(info) = self.restore.as_mut() {
+            info.holds_taken = false;
+            info.take_at_ms = None;
+        }
     }
 
     /// A restore's part of the tick: its first attempt, a retry after its
@@ -2009,6 +2067,83 @@ mod tests {
             loaded.restore_tick(70 + RELEASE_RETRY_MS),
             vec![Effect::Persist, Effect::DropHolds]
         );
+    }
+
+    #[test]
+    fn a_restore_planned_again_drops_the_old_partial_and_takes_its_holds_anew() {
+        let mut r = restore_record();
+        r.partial = Some(PartialReceive {
+            toguid: 1,
+            fromguid: None,
+            bytes: 10,
+        });
+        r.replanned(vec![step("s2", 2)], 5);
+        assert_eq!(r.steps.len(), 1);
+        assert!(r.discard_partial && r.partial.is_none());
+        assert!(!r.restore.as_ref().unwrap().holds_taken);
+        assert_eq!(r.restore_tick(10), vec![Effect::TakeHolds, Effect::Start]);
+    }
+
+    #[test]
+    fn a_landing_reported_after_its_attempt_failed_completes_the_step() {
+        // The source restarted as its stream ended: the attempt was failed,
+        // then the target's report that it landed came.
+        let mut r = restore_record();
+        r.restore_tick(10);
+        r.begin_attempt(30);
+        let first = landed(&r, "s1", 1);
+        let began = r.started_at_ms;
+        r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
+        assert_eq!(r.state, JobState::Failed);
+        assert_eq!(
+            r.apply(&first, 45),
+            vec![Effect::Persist, Effect::Start],
+            "step 1 is done, step 2 starts"
+        );
+        assert_eq!(
+            (r.step, r.state, r.next_attempt_at_ms),
+            (1, JobState::Planned, None)
+        );
+        assert!(r
+            .history
+            .iter()
+            .any(|l| l.contains("reports the step landed")));
+
+        // The same, with the retry of step 1 already under way: it is cancelled.
+        let mut r = restore_record();
+        r.restore_tick(10);
+        r.begin_attempt(30);
+        let first = landed(&r, "s1", 1);
+        let began = r.started_at_ms;
+        r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
+        assert_eq!(
+            r.restore_tick(r.next_attempt_at_ms.unwrap()),
+            vec![Effect::Start]
+        );
+        let retry = r.begin_attempt(50_000);
+        let fx = r.apply(&first, 50_010);
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Cancel {
+                    nodes: vec!["a".into(), "b".into()],
+                    attempt: retry
+                },
+                Effect::Persist,
+                Effect::Start
+            ]
+        );
+        assert_eq!(r.step, 1);
+
+        // A late report of another snapshot, or a late failure, moves nothing.
+        let mut r = restore_record();
+        r.restore_tick(10);
+        r.begin_attempt(30);
+        let wrong = landed(&r, "s2", 2);
+        let began = r.started_at_ms;
+        r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
+        r.apply(&wrong, 45);
+        assert_eq!((r.step, r.state), (0, JobState::Failed));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::schedule::{self, Decision, Ends, NeverCopied};
 use super::{hold_tag, rates, restore_tag, ACCEPT_SECS};
 use crate::bus;
 use crate::offsite::{self, UploadDecision};
+use crate::restore::plan::{replan, Replan};
 use crate::state::{now_ms, State};
 
 /// Writes one record to KV.
@@ -386,15 +387,40 @@ async fn start_attempt(state: &Arc<State>, key: &str) {
     {
         return start_bucket_restore(state, key).await;
     }
-    let (rec, attempt, step) = {
+    // A restore's copy as listed now: its plan may read a snapshot the
+    // copy's retention has destroyed since.
+    let copy = {
+        let of = state
+            .jobs()
+            .get(key)
+            .filter(|r| r.restore.is_some())
+            .map(|r| (r.source_node.clone(), r.dataset.clone()));
+        of.and_then(|(node, ds)| {
+            let fleet = state.fleet();
+            fleet.dataset(&node, &ds).map(|d| d.snapshots.clone())
+        })
+        .unwrap_or_default()
+    };
+    let (rec, attempt, step, gone) = {
         let mut jobs = state.jobs();
         let Some(rec) = jobs.get_mut(key) else { return };
+        let gone = match replan(&rec.steps, rec.step, &copy) {
+            Replan::Keep => None,
+            Replan::Steps(steps) => {
+                rec.replanned(steps, now_ms());
+                None
+            }
+            Replan::Gone(why) => Some(why),
+        };
         let Some(step) = rec.steps.get(rec.step).cloned() else {
             return;
         };
         let attempt = rec.begin_attempt(now_ms());
-        (rec.clone(), attempt, step)
+        (rec.clone(), attempt, step, gone)
     };
+    if let Some(why) = gone {
+        return fail_current(state, key, &attempt, why, false).await;
+    }
     let token = token();
     // A restore holds the copy and what landed under different tags: only
     // the latter stops the destination's snapshots (`RESTORE_HOLD_PREFIX`).

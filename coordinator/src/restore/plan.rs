@@ -3,11 +3,11 @@
 //! steps out (a full stream of the copy's oldest snapshot, then one `-I` to
 //! the chosen one), or a typed error naming the input and the fix.
 
-use zdr_common::wire::{DatasetInventory, SnapshotRef, StreamSpec};
+use zdr_common::wire::{DatasetInventory, SnapshotInfo, SnapshotRef, StreamSpec};
 use zdr_common::DatasetName;
 
 use super::points::{bucket_task, Copy, CopyKind, NodeFacts, PointSnapshot, RestorePoints};
-use crate::jobs::PlannedStep;
+use crate::jobs::{read_snapshots, PlannedStep};
 
 /// A restore request, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +236,51 @@ fn fresh_steps(snaps: &[PointSnapshot], c: usize) -> Vec<PlannedStep> {
         });
     }
     steps
+}
+
+/// What a fresh restore's next attempt sends, checked against the copy's
+/// snapshots as the coordinator lists them now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replan {
+    /// The planned steps still read only snapshots the copy holds (or the
+    /// restore is past its first step, or over an existing dataset).
+    Keep,
+    /// The copy's retention destroyed a snapshot the plan reads after the
+    /// plan was made from an inventory a moment behind (seen in the kill -9
+    /// trials: the copy's oldest, which a fresh restore sends in full). The
+    /// same chosen snapshot, from the copy's oldest now.
+    Steps(Vec<PlannedStep>),
+    /// The chosen snapshot itself is gone from the copy.
+    Gone(String),
+}
+
+/// Plans a fresh restore's steps again before an attempt of its first
+/// step, if the copy (`copy`, its snapshots listed now) no longer holds one
+/// the steps read. Later steps already have their base landed and held.
+pub fn replan(steps: &[PlannedStep], step: usize, copy: &[SnapshotInfo]) -> Replan {
+    let fresh = matches!(steps.first(), Some(s) if s.base.is_none()
+        && matches!(s.stream, StreamSpec::Full { .. }));
+    let Some(chosen) = steps.last().map(|s| &s.expect) else {
+        return Replan::Keep;
+    };
+    if step != 0 || !fresh || copy.is_empty() {
+        return Replan::Keep;
+    }
+    let held = |name: &String| copy.iter().any(|s| &s.name == name);
+    if read_snapshots(steps).iter().all(held) {
+        return Replan::Keep;
+    }
+    let mut snaps: Vec<PointSnapshot> = copy.iter().map(PointSnapshot::from).collect();
+    snaps.sort_by_key(|s| (s.creation, s.createtxg));
+    match snaps.iter().position(|s| s.guid == chosen.guid) {
+        Some(c) => Replan::Steps(fresh_steps(&snaps, c)),
+        None => Replan::Gone(format!(
+            "the copy no longer holds the chosen snapshot @{} (GUID {}): its retention \
+             destroyed it after the restore was planned; ask for the restore again to pick \
+             from what the copy holds now",
+            chosen.name, chosen.guid
+        )),
+    }
 }
 
 /// The step over an existing dataset: `receive -F` of one `-I` from the
@@ -509,6 +554,57 @@ mod tests {
             1,
             "the oldest needs no -I"
         );
+    }
+
+    #[test]
+    fn a_fresh_restore_is_planned_again_when_the_copy_lost_its_oldest() {
+        let copy = vec![snap("a", 1, 100), snap("b", 2, 200), snap("c", 3, 300)];
+        let steps = fresh_steps(&copy.iter().map(PointSnapshot::from).collect::<Vec<_>>(), 2);
+        assert_eq!(replan(&steps, 0, &copy), Replan::Keep);
+        // The copy's retention destroyed @a after the plan.
+        let now = &copy[1..];
+        let Replan::Steps(again) = replan(&steps, 0, now) else {
+            panic!("expected new steps")
+        };
+        assert_eq!(crate::jobs::describe(&again), "full @b, -I @b @c");
+        assert_eq!(
+            again.last().unwrap().expect.guid,
+            3,
+            "the same chosen snapshot"
+        );
+        assert_eq!(replan(&again, 0, now), Replan::Keep);
+        // Past the first step the base has landed: kept, the attempt says why.
+        assert_eq!(replan(&steps, 1, now), Replan::Keep);
+        // An inventory not listed (the node unknown now): kept.
+        assert_eq!(replan(&steps, 0, &[]), Replan::Keep);
+        // The chosen snapshot itself is gone.
+        let Replan::Gone(why) = replan(&steps, 0, &copy[..1]) else {
+            panic!("expected gone")
+        };
+        assert!(why.contains("@c (GUID 3)"), "{why}");
+    }
+
+    #[test]
+    fn a_restore_over_an_existing_dataset_is_never_planned_again() {
+        let step = PlannedStep {
+            stream: StreamSpec::Incremental {
+                from: "a".into(),
+                to: "c".into(),
+                intermediates: true,
+                from_bookmark: false,
+            },
+            expect: SnapshotRef {
+                name: "c".into(),
+                guid: 3,
+            },
+            force: true,
+            discards: vec![],
+            base: Some(SnapshotRef {
+                name: "a".into(),
+                guid: 1,
+            }),
+        };
+        assert_eq!(replan(&[step], 0, &[snap("c", 3, 300)]), Replan::Keep);
     }
 
     #[test]
