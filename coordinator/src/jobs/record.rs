@@ -1295,6 +1295,21 @@ impl JobRecord {
         out
     }
 
+    /// `node` said hello: an ask for [`Self::takes`] it missed while it was
+    /// down or restarting is due now, not at its retry time. A restarted
+    /// agent prunes by its own schedule, and a drill's production snapshot
+    /// went before the retry in the kill -9 trials. Whether one is due.
+    pub fn node_back(&mut self, node: &str) -> bool {
+        let involved = self.takes().iter().any(|t| t.node == node);
+        match self.restore.as_mut() {
+            Some(info) if involved && !info.holds_taken && info.take_at_ms.is_some() => {
+                info.take_at_ms = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The ask for [`Self::takes`] ended; `confirmed` when every node
     /// said the holds are on.
     pub fn holds_taken(&mut self, confirmed: bool) {
@@ -2082,6 +2097,23 @@ mod tests {
         assert!(r.discard_partial && r.partial.is_none());
         assert!(!r.restore.as_ref().unwrap().holds_taken);
         assert_eq!(r.restore_tick(10), vec![Effect::TakeHolds, Effect::Start]);
+    }
+
+    #[test]
+    fn a_node_back_on_the_bus_is_asked_for_its_missed_holds_at_once() {
+        let mut r = restore_record();
+        r.restore.as_mut().unwrap().holds_taken = false;
+        assert_eq!(r.restore_tick(10), vec![Effect::TakeHolds, Effect::Start]);
+        r.holds_taken(false);
+        assert!(r.restore_tick(20).is_empty(), "the retry waits its time");
+        assert!(
+            !r.node_back("elsewhere"),
+            "a node the job does not read from"
+        );
+        assert!(r.node_back("a"));
+        assert_eq!(r.restore_tick(30), vec![Effect::TakeHolds]);
+        r.holds_taken(true);
+        assert!(!r.node_back("a"), "taken: nothing to ask");
     }
 
     #[test]

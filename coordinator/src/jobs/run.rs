@@ -982,8 +982,12 @@ pub fn adopt(state: &Arc<State>, tasks: &mut JoinSet<()>, running: Vec<(String, 
 /// job ends as it did instead of stalling and being sent again. An attempt
 /// its agent does not know, from a process started after the attempt
 /// (`agent_started_ms`), died with the process before:
-/// [`JobRecord::lost_with_restart`].
+/// [`JobRecord::lost_with_restart`]. Holds it missed are asked for at the
+/// next tick ([`JobRecord::node_back`]).
 pub fn catch_up(state: &Arc<State>, tasks: &mut JoinSet<()>, node: &str, agent_started_ms: i64) {
+    for rec in state.jobs().records_mut() {
+        rec.node_back(node);
+    }
     let attempts: Vec<String> = state
         .jobs()
         .records()
