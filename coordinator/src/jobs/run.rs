@@ -847,7 +847,13 @@ async fn prune_replica(state: &State, key: &str, rec: &JobRecord) {
             keep,
         })
     };
-    let line = match state.send_command(&rec.target_node, &cmd).await {
+    let answer = state.send_command(&rec.target_node, &cmd).await;
+    if let Ok(r) = &answer {
+        state
+            .fleet_mut()
+            .destroyed(&rec.target_node, &r.effects.destroyed);
+    }
+    let line = match answer {
         Ok(r) if !r.effects.floor_refused.is_empty() => format!(
             "retention on the copy: {}",
             floor_reason(&rec.target_node, &r.effects.floor_refused)
