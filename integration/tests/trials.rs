@@ -28,32 +28,44 @@ use serde_json::Value;
 use zdr_integration::trials::{self, Audited, Fault, Victim, Violation};
 use zdr_integration::*;
 
-const POLICY: &str = r#"version: 1
+/// The trial's policy: one class with `tiers` (`[(every secs, keep); 2]`).
+fn policy(tiers: [(u64, u32); 2]) -> String {
+    let [(a, n), (b, m)] = tiers;
+    format!(
+        r#"version: 1
 sites:
-  site-a: {}
-  site-b: {}
+  site-a: {{}}
+  site-b: {{}}
 nodes:
-  node-a1: { site: site-a, media: ssd }
-  node-b1: { site: site-b, media: ssd }
+  node-a1: {{ site: site-a, media: ssd }}
+  node-b1: {{ site: site-b, media: ssd }}
 classes:
   churn:
-    tiers: { 4s: 4, 16s: 3 }
+    tiers: {{ {a}s: {n}, {b}s: {m} }}
     rpo: 1h
     rto: 1h
     immutable_for: 0s
 datasets:
   - match: "tank/big"
     class: churn
-"#;
+"#
+    )
+}
 
-const TASKS: &str = r#"version: 1
+/// The trial's one task: `tank/big` to the other site every `every_secs`,
+/// at `mb_per_sec`.
+fn tasks(every_secs: u64, mb_per_sec: u64) -> String {
+    format!(
+        r#"version: 1
 tasks:
   - name: offsite
-    source: { match: "tank/big", nodes: [node-a1] }
-    target: { site: other, root: "backup/{node}" }
-    schedule: { every: 2s }
-    bandwidth: { limit: 16MB/s }
-"#;
+    source: {{ match: "tank/big", nodes: [node-a1] }}
+    target: {{ site: other, root: "backup/{{node}}" }}
+    schedule: {{ every: {every_secs}s }}
+    bandwidth: {{ limit: {mb_per_sec}MB/s }}
+"#
+    )
+}
 
 const DATASET: &str = "tank/big";
 const COPY: &str = "backup/node-a1/tank/big";
@@ -67,7 +79,7 @@ struct Lane {
     zfs: bool,
     policy: String,
     tasks: String,
-    /// The class's tiers, as the check needs them.
+    /// The class's tiers, for its policy and for the check.
     tiers: [(u64, u32); 2],
     /// One snapshot's stream in bytes, when every snapshot's is the same
     /// (the simulator); on real ZFS each resumed landing gives its own.
@@ -83,9 +95,9 @@ impl Lane {
         if env("ZDR_TRIAL_ZFS", 0) == 0 {
             return Lane {
                 zfs: false,
-                policy: POLICY.into(),
-                tasks: TASKS.into(),
-                tiers: [(4, 4), (16, 3)],
+                policy: policy(SIM_TIERS),
+                tasks: tasks(2, 16),
+                tiers: SIM_TIERS,
                 // 64 MB per snapshot at 16 MB/s: 4 s a stream, so most kills
                 // land mid-stream; the simulator saves a partial receive every
                 // 4 MiB. One snapshot's incremental stream, records included
@@ -101,17 +113,18 @@ impl Lane {
         // seconds of commands, so most kills land mid-stream.
         Lane {
             zfs: true,
-            policy: POLICY.replace("{ 4s: 4, 16s: 3 }", "{ 12s: 4, 48s: 3 }"),
-            tasks: TASKS
-                .replace("every: 2s", "every: 5s")
-                .replace("limit: 16MB/s", "limit: 2MB/s"),
-            tiers: [(12, 4), (48, 3)],
+            policy: policy(ZFS_TIERS),
+            tasks: tasks(5, 2),
+            tiers: ZFS_TIERS,
             snapshot_stream: None,
             recovery: Duration::from_secs(420),
             phase_end: Duration::from_secs(420),
         }
     }
 }
+
+const SIM_TIERS: [(u64, u32); 2] = [(4, 4), (16, 3)];
+const ZFS_TIERS: [(u64, u32); 2] = [(12, 4), (48, 3)];
 
 static LANE: LazyLock<Lane> = LazyLock::new(Lane::from_env);
 
