@@ -1080,10 +1080,13 @@ impl JobRecord {
     }
 
     /// Whether `update` is the target's word that the current step's
-    /// snapshot landed (by GUID).
+    /// snapshot landed (by GUID), while the job still goes on: a job that
+    /// gave up has ended, and its drill or release may have followed.
     fn lands_current_step(&self, update: &JobUpdate) -> bool {
         let step = self.steps.get(self.step);
-        self.kind != JobKind::Upload
+        let going_on = self.active() || self.next_attempt_at_ms.is_some();
+        going_on
+            && self.kind != JobKind::Upload
             && update.role == JobRole::Target
             && update.state == JobPhase::Done
             && matches!((&update.landed, step), (Some(l), Some(s)) if l.guid == s.expect.guid)
@@ -2166,6 +2169,17 @@ mod tests {
             ]
         );
         assert_eq!(r.step, 1);
+
+        // After the restore gave up, a late landing changes nothing.
+        let mut r = restore_record();
+        r.restore_tick(10);
+        r.begin_attempt(30);
+        let first = landed(&r, "s1", 1);
+        r.attempt = RESTORE_ATTEMPTS;
+        r.fail_attempt("the last one".into(), false, 40);
+        assert_eq!(r.next_attempt_at_ms, None);
+        assert_eq!(r.apply(&first, 45), Vec::<Effect>::new());
+        assert_eq!((r.step, r.state), (0, JobState::Failed));
 
         // A late report of another snapshot, or a late failure, moves nothing.
         let mut r = restore_record();
