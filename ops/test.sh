@@ -23,6 +23,15 @@ promtool check rules ops/prometheus/zdr-rules.yml
 promtool test rules ops/prometheus/zdr-rules.test.yml
 step "unit and integration tests (real nats-server, real binaries, simulated ZFS)"
 cargo test --workspace
+# Each cargo-fuzz target briefly, from its checked-in corpus (BENCHMARKS.md,
+# "Fuzzing", has the 10-million runs). libFuzzer needs the nightly toolchain.
+step "fuzzing: every cargo-fuzz target, 200,000 executions each (seeded)"
+if rustup run nightly rustc --version >/dev/null 2>&1 ||
+  rustup toolchain install nightly --profile minimal >/dev/null 2>&1; then
+  bash ops/fuzz.sh --runs 200000 --seed "${ZDR_FUZZ_SEED:-1}"
+else
+  echo "fuzzing SKIPPED: no nightly Rust toolchain here and rustup could not install one" >&2
+fi
 step "the demo fleet (ops/demo.sh): agents online, replication and bucket uploads succeed"
 bash integration/demo-smoke.sh
 
