@@ -377,6 +377,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_missing_answer_may_be_asked_again() {
+        let timeout = CommandError::Timeout {
+            node: "n1".into(),
+            after: std::time::Duration::from_secs(10),
+        };
+        assert!(timeout.unanswered());
+        let nobody = CommandError::Request {
+            node: "n1".into(),
+            source: async_nats::RequestError::new(async_nats::RequestErrorKind::NoResponders),
+        };
+        assert!(nobody.unanswered());
+        for final_ in [
+            CommandError::Standby,
+            CommandError::BadNode("bad".into()),
+            CommandError::UnknownNode("n9".into()),
+            CommandError::Malformed {
+                node: "n1".into(),
+                source: serde_json::from_str::<u8>("x").unwrap_err(),
+            },
+        ] {
+            assert!(!final_.unanswered(), "{final_}");
+        }
+    }
+
+    #[test]
     fn dirty_coalesces_deltas_and_removals() {
         let mut d = Dirty::default();
         let touched = |ds: &[&str], removed: &[&str], node_record| Changed {
