@@ -1,9 +1,11 @@
 //! The agent's part of a restore drill: hashing a snapshot's content, and
 //! destroying drill scratch (`<pool>/zdr-drill/<name>`, nothing else), on
-//! request and, at start, whatever a drill interrupted by a crash left.
+//! request. Nothing is destroyed at start: a drill the agent was killed in
+//! may go on after its restart, and only the coordinator knows (its sweep
+//! destroys scratch that no drill uses, `drills::sweep` there).
 //! Blocking: callers run these on `spawn_blocking`.
 
-use tracing::{info, warn};
+use tracing::warn;
 use zdr_common::wire::{is_drill_scratch, ContentHash};
 use zdr_common::DatasetName;
 
@@ -75,36 +77,6 @@ pub fn destroy_scratch(
     }
 }
 
-/// At start: every drill scratch still there was left by a drill that
-/// did not end (a crash, a kill -9); it is destroyed, audited. Returns
-/// what was destroyed.
-pub fn clean_leftovers(lc: &Lifecycle) -> Vec<String> {
-    // Which class property is read does not matter here.
-    let datasets = match lc.backend.list_datasets("zdr:class") {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(error = %e, "listing datasets for leftover drill scratch failed");
-            return Vec::new();
-        }
-    };
-    let actor = format!("agent:{}/drill-cleanup", lc.node);
-    let mut destroyed = Vec::new();
-    for d in datasets
-        .iter()
-        .filter(|d| lc.manages(d.name.pool()) && is_drill_scratch(d.name.as_str()))
-    {
-        let why = "drill scratch left over from a drill that did not end";
-        match destroy_scratch(lc, d.name.as_str(), &actor, why) {
-            Ok(m) => {
-                info!("{m}: {why}");
-                destroyed.push(d.name.to_string());
-            }
-            Err(e) => warn!(error = %e, "leftover drill scratch not destroyed"),
-        }
-    }
-    destroyed
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -162,20 +134,5 @@ mod tests {
         assert!(lines[1].contains("\"done\""));
         let again = destroy_scratch(&lc, "tank/zdr-drill/d1", "t", "test").unwrap();
         assert!(again.contains("gone already"), "{again}");
-    }
-
-    #[test]
-    fn leftovers_are_found_and_destroyed_at_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sim, lc) = lifecycle(dir.path());
-        assert_eq!(clean_leftovers(&lc), ["tank/zdr-drill/d1"]);
-        let left: Vec<String> = sim
-            .list_datasets("zdr:class")
-            .unwrap()
-            .into_iter()
-            .map(|d| d.name.to_string())
-            .collect();
-        assert_eq!(left, ["tank", "tank/data", "tank/zdr-drill"]);
-        assert!(clean_leftovers(&lc).is_empty());
     }
 }

@@ -196,11 +196,6 @@ async fn run() -> anyhow::Result<()> {
         Err(e) => warn!(error = %e, "cached policy refused; waiting for the coordinator's"),
     }
     let freshness = state.load_freshness().map_err(|e| anyhow!(e))?;
-    // Before anything can start a drill here: what a drill left is stale.
-    let lc = lifecycle.clone();
-    tokio::task::spawn_blocking(move || zdr_agent::drill::clean_leftovers(&lc))
-        .await
-        .context("cleaning up drill scratch")?;
     info!(node = %config.node, site = %config.site, media = %config.media, backend = lifecycle.backend.kind(), "agent starting");
 
     let settings = Settings {

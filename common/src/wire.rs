@@ -13,8 +13,7 @@ use crate::policy::{Policy, Tiers};
 pub const RESTORE_HOLD_PREFIX: &str = "zdr-restore-into-";
 
 /// Drills restore into `<pool>/zdr-drill/<job>` on the drill node; an agent
-/// destroys scratch datasets only below this, and what it finds there at
-/// start is a drill's leftover.
+/// destroys scratch datasets only below this, when the coordinator asks.
 pub const DRILL_ROOT: &str = "zdr-drill";
 
 /// Whether `dataset` is a drill scratch: `<pool>/zdr-drill/<name>`, no deeper.

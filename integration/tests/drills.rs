@@ -24,11 +24,12 @@ datasets:
     class: gold
 "#;
 
-/// A drill's scratch that is there when the agent starts was left by a
-/// drill that never ended (the agent killed mid-drill): the agent destroys
-/// it before it serves anything, audited first, and touches nothing else.
+/// A drill's scratch that no drill uses (the drill's cleanup failed, or its
+/// record is gone) is destroyed by the leader's sweep, audited first, and
+/// nothing else is touched. The agent itself destroys nothing at start: a
+/// drill it was killed in may go on after its restart.
 #[tokio::test]
-async fn scratch_found_at_agent_start_is_destroyed_audited() {
+async fn scratch_no_drill_uses_is_destroyed_by_the_leader_audited() {
     let fleet = Fleet::start(POLICY, None).await;
     let spec = AgentSpec {
         node: "node-a1",
@@ -40,7 +41,7 @@ async fn scratch_found_at_agent_start_is_destroyed_audited() {
     let agent = fleet.agent(&spec);
     let records = wait_for(
         "the scratch's destroy in the audit log",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             let records: Vec<(String, String, String)> = agent
                 .audit()
@@ -55,6 +56,13 @@ async fn scratch_found_at_agent_start_is_destroyed_audited() {
         },
     )
     .await;
+    assert!(
+        agent.audit().iter().all(|r| r["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("coordinator:"))),
+        "destroyed on the coordinator's signed command: {:?}",
+        agent.audit()
+    );
     let scratch = "tank/zdr-drill/n1-17-3".to_string();
     assert_eq!(
         records,

@@ -1,5 +1,6 @@
 //! A drill's decisions, pure: the snapshot it restores, whether the drill
-//! node has room, and the verdict from the two content hashes.
+//! node has room, the verdict from the two content hashes, and which drill
+//! scratch no drill uses any more.
 //!
 //! Rules:
 //! - The drill restores the copy's newest snapshot that production still
@@ -10,7 +11,9 @@
 //!   hashed files, or both read back every block (ZFS checked checksums;
 //!   no digest to compare, and the result says so).
 
-use zdr_common::wire::{CheckLevel, ContentHash, SnapshotInfo};
+use std::collections::BTreeSet;
+
+use zdr_common::wire::{is_drill_scratch, CheckLevel, ContentHash, SnapshotInfo};
 
 use super::super::restore::points::PointSnapshot;
 
@@ -27,6 +30,24 @@ pub fn common_snapshot<'a>(
 /// Whether `free` bytes hold a restore of `need` bytes.
 pub fn fits(need: u64, free: u64) -> bool {
     need <= free
+}
+
+/// Drill scratch (`<pool>/zdr-drill/<name>`) that the nodes list, as
+/// `(node, dataset)`, and that no drill still going on restores into
+/// (`live`): left by a drill whose cleanup failed, or whose record is gone.
+/// Only the coordinator can tell: an agent restarting in the middle of a
+/// drill cannot know that the drill goes on (the kill -9 trials saw one
+/// destroy what the drill's first step had landed).
+pub fn orphans<'a>(
+    listed: impl IntoIterator<Item = (&'a str, &'a str)>,
+    live: &BTreeSet<(String, String)>,
+) -> Vec<(String, String)> {
+    listed
+        .into_iter()
+        .filter(|(_, ds)| is_drill_scratch(ds))
+        .map(|(n, ds)| (n.to_string(), ds.to_string()))
+        .filter(|k| !live.contains(k))
+        .collect()
 }
 
 /// The content check's verdict.
@@ -110,6 +131,27 @@ mod tests {
             mount_ms: 5,
             read_ms: 7,
         })
+    }
+
+    #[test]
+    fn scratch_no_live_drill_uses_is_an_orphan() {
+        let live: BTreeSet<(String, String)> =
+            [("b1".to_string(), "backup/zdr-drill/d2".to_string())].into();
+        let listed = [
+            ("b1", "backup/zdr-drill/d1"),
+            ("b1", "backup/zdr-drill/d2"),
+            ("a1", "backup/zdr-drill/d2"),
+            ("b1", "backup/zdr-drill"),
+            ("b1", "backup/node-a1/tank/big"),
+            ("b1", "backup/zdr-drill/d3/child"),
+        ];
+        assert_eq!(
+            orphans(listed, &live),
+            [
+                ("b1".to_string(), "backup/zdr-drill/d1".to_string()),
+                ("a1".to_string(), "backup/zdr-drill/d2".to_string()),
+            ]
+        );
     }
 
     #[test]

@@ -24,8 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
-use tracing::{error, warn};
-use zdr_common::wire::{Command, ContentHash, Outcome, DRILL_ROOT};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+use zdr_common::wire::{is_drill_scratch, Command, ContentHash, Outcome, DRILL_ROOT};
 
 use crate::alerts::rules::DrillOutcome;
 use crate::jobs::{
@@ -45,7 +46,7 @@ const PLAN_SECS: i64 = 365 * 86_400;
 /// and lists at most this many drills.
 const PLAN_LIMIT: usize = 500;
 /// `DestroyScratch` is sent this many times at most, this long apart; past
-/// that the agent destroys the scratch at its next start.
+/// that the leader's sweep (`sweep`) destroys the scratch.
 const CLEANUP_TRIES: u32 = 4;
 const CLEANUP_RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 /// `HashSnapshot` is asked again this many times at most, `CLEANUP_RETRY`
@@ -472,14 +473,9 @@ async fn hash(
 /// and the dataset is busy until it has. Destroying a scratch that is gone
 /// is done, so a late first reply does no harm. Whether it was destroyed.
 async fn destroy_scratch(state: &State, node: &str, scratch: &str) -> bool {
-    let destroy = Command::DestroyScratch {
-        dataset: scratch.to_string(),
-    };
     for attempt in 1..=CLEANUP_TRIES {
-        let why = match state.send_command(node, &destroy).await {
-            Ok(r) if r.outcome == Outcome::Done => return true,
-            Ok(r) => r.message,
-            Err(e) => e.to_string(),
+        let Err(why) = destroy_once(state, node, scratch).await else {
+            return true;
         };
         warn!(%node, %scratch, attempt, error = %why, "destroying drill scratch failed");
         if attempt < CLEANUP_TRIES {
@@ -487,6 +483,74 @@ async fn destroy_scratch(state: &State, node: &str, scratch: &str) -> bool {
         }
     }
     false
+}
+
+async fn destroy_once(state: &State, node: &str, scratch: &str) -> Result<(), String> {
+    let destroy = Command::DestroyScratch {
+        dataset: scratch.to_string(),
+    };
+    match state.send_command(node, &destroy).await {
+        Ok(r) if r.outcome == Outcome::Done => Ok(()),
+        Ok(r) => Err(r.message),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Orphaned drill scratch is looked for this often.
+const SWEEP_MS: i64 = 60_000;
+
+/// Destroys the drill scratch on online nodes that no drill still going on
+/// restores into (`check::orphans`): one ask each, and the next sweep asks
+/// again. It is what cleans up after a drill whose own cleanup failed, or
+/// whose record was lost.
+fn sweep(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
+    if now_ms - state.jobs().scratch_swept_ms < SWEEP_MS {
+        return;
+    }
+    let offline_after = state.config().offline_after.as_secs() as i64;
+    let (listed, heard) = {
+        let fleet = state.fleet();
+        let online: Vec<_> = fleet
+            .inventory
+            .iter()
+            .filter(|(node, _)| fleet.online(node, now_ms / 1000, offline_after))
+            .collect();
+        let listed: Vec<(String, String)> = online
+            .iter()
+            .flat_map(|(node, m)| {
+                m.keys()
+                    .filter(|ds| is_drill_scratch(ds))
+                    .map(move |ds| (node.to_string(), ds.clone()))
+            })
+            .collect();
+        (listed, !online.is_empty())
+    };
+    // Until a node's inventory is in (a new leader, a fleet starting),
+    // the next tick looks again rather than a minute later.
+    if !heard {
+        return;
+    }
+    let orphans = {
+        let mut jobs = state.jobs();
+        jobs.scratch_swept_ms = now_ms;
+        let live: BTreeSet<(String, String)> = jobs
+            .records()
+            .filter(|r| r.drill.as_ref().is_some_and(|d| d.result.is_none()))
+            .map(|r| (r.target_node.clone(), r.target_dataset.clone()))
+            .collect();
+        check::orphans(listed.iter().map(|(n, d)| (n.as_str(), d.as_str())), &live)
+    };
+    for (node, scratch) in orphans {
+        let st = state.clone();
+        tasks.spawn(async move {
+            match destroy_once(&st, &node, &scratch).await {
+                Ok(()) => info!(%node, %scratch, "destroyed drill scratch no drill uses"),
+                Err(why) => {
+                    warn!(%node, %scratch, error = %why, "destroying orphaned drill scratch failed")
+                }
+            }
+        });
+    }
 }
 
 /// A drill's restore ended: compare the content, destroy the scratch,
@@ -649,10 +713,12 @@ pub fn plan_view(state: &State, now: i64) -> Vec<PlannedDrill> {
     plan::plan(&classes(state, &anchors), now, now + PLAN_SECS, PLAN_LIMIT)
 }
 
-/// The leader's part, every tick: anchors for new classes, then each
-/// class's due drills that have not started (the newest, and those missed
-/// while no coordinator led, `plan::due_numbers`); and the gauges.
-pub async fn tick(state: &Arc<State>, now_ms: i64) {
+/// The leader's part, every tick: the sweep of orphaned scratch, anchors
+/// for new classes, then each class's due drills that have not started (the
+/// newest, and those missed while no coordinator led, `plan::due_numbers`);
+/// and the gauges.
+pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
+    sweep(state, tasks, now_ms);
     let now = now_ms / 1000;
     let (due, started, rtos, anchors, new_anchor) = {
         let policy = state.policy();

@@ -77,6 +77,9 @@ pub struct Jobs {
     /// When the leader first saw each class: its drills count from there
     /// (`crate::drills::plan`), persisted under `drills::ANCHORS_KEY`.
     pub drill_anchors: BTreeMap<String, i64>,
+    /// When the leader last looked for orphaned drill scratch
+    /// (`crate::drills::sweep`); not persisted.
+    pub scratch_swept_ms: i64,
 }
 
 impl Jobs {

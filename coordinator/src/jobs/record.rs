@@ -1218,7 +1218,7 @@ impl JobRecord {
                 if result.cleaned {
                     "destroyed"
                 } else {
-                    "NOT destroyed (the agent destroys it at its next start)"
+                    "NOT destroyed (the leader's sweep destroys it within a minute or two)"
                 }
             ),
             (why, _) => format!(
@@ -1227,7 +1227,7 @@ impl JobRecord {
                 if result.cleaned {
                     "destroyed"
                 } else {
-                    "NOT destroyed (the agent destroys it at its next start)"
+                    "NOT destroyed (the leader's sweep destroys it within a minute or two)"
                 }
             ),
         };

@@ -210,7 +210,7 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
     for (key, rec, effects) in work {
         carry_out(state, tasks, &key, rec, effects).await;
     }
-    crate::drills::tick(state, now_ms).await;
+    crate::drills::tick(state, tasks, now_ms).await;
     for change in pushes {
         let st = state.clone();
         tasks.spawn(async move {
