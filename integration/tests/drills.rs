@@ -39,9 +39,13 @@ async fn scratch_no_drill_uses_is_destroyed_by_the_leader_audited() {
         datasets: &["tank/data", "tank/zdr-drill", "tank/zdr-drill/n1-17-3"],
     };
     let agent = fleet.agent(&spec);
+    let coordinator = fleet.coordinator("c1");
+    coordinator.wait_ready().await;
     let records = wait_for(
         "the scratch's destroy in the audit log",
-        Duration::from_secs(30),
+        // The first sweep can come before the agent's inventory lists the
+        // scratch; the next is a minute later.
+        Duration::from_secs(150),
         || {
             let records: Vec<(String, String, String)> = agent
                 .audit()
