@@ -2119,16 +2119,23 @@ mod tests {
         assert!(!r.node_back("a"), "taken: nothing to ask");
     }
 
+    /// A restore's first attempt, failed by its source's restart, and the
+    /// target's report (landing `snapshot`, GUID `guid`) that comes after.
+    fn cut_after_landing(snapshot: &str, guid: u64) -> (JobRecord, JobUpdate) {
+        let mut r = restore_record();
+        r.restore_tick(10);
+        r.begin_attempt(30);
+        let report = landed(&r, snapshot, guid);
+        let began = r.started_at_ms;
+        r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
+        (r, report)
+    }
+
     #[test]
     fn a_landing_reported_after_its_attempt_failed_completes_the_step() {
         // The source restarted as its stream ended: the attempt was failed,
         // then the target's report that it landed came.
-        let mut r = restore_record();
-        r.restore_tick(10);
-        r.begin_attempt(30);
-        let first = landed(&r, "s1", 1);
-        let began = r.started_at_ms;
-        r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
+        let (mut r, first) = cut_after_landing("s1", 1);
         assert_eq!(r.state, JobState::Failed);
         assert_eq!(
             r.apply(&first, 45),
@@ -2145,12 +2152,7 @@ mod tests {
             .any(|l| l.contains("reports the step landed")));
 
         // The same, with the retry of step 1 already under way: it is cancelled.
-        let mut r = restore_record();
-        r.restore_tick(10);
-        r.begin_attempt(30);
-        let first = landed(&r, "s1", 1);
-        let began = r.started_at_ms;
-        r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
+        let (mut r, first) = cut_after_landing("s1", 1);
         assert_eq!(
             r.restore_tick(r.next_attempt_at_ms.unwrap()),
             vec![Effect::Start]
@@ -2182,12 +2184,7 @@ mod tests {
         assert_eq!((r.step, r.state), (0, JobState::Failed));
 
         // A late report of another snapshot, or a late failure, moves nothing.
-        let mut r = restore_record();
-        r.restore_tick(10);
-        r.begin_attempt(30);
-        let wrong = landed(&r, "s2", 2);
-        let began = r.started_at_ms;
-        r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
+        let (mut r, wrong) = cut_after_landing("s2", 2);
         r.apply(&wrong, 45);
         assert_eq!((r.step, r.state), (0, JobState::Failed));
     }
