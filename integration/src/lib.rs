@@ -378,16 +378,30 @@ impl Nats {
         }
         self.servers[i].proc = Some(Proc::spawn(cmd, log));
         let url = format!("nats://127.0.0.1:{}", self.servers[i].port);
-        wait_for(
-            "nats-server to accept connections",
-            Duration::from_secs(20),
-            || async {
-                self.connect_to(vec![url.clone()], BusUser::Admin)
-                    .await
-                    .ok()
-            },
-        )
-        .await;
+        // Generous: a restarted cluster member recovers its JetStream store
+        // first, and CI runs several clusters at once on two cores.
+        let timeout = Duration::from_secs(60);
+        let start = Instant::now();
+        while self
+            .connect_to(vec![url.clone()], BusUser::Admin)
+            .await
+            .is_err()
+        {
+            let proc = self.servers[i].proc.as_mut().expect("spawned above");
+            // One that exited (its port taken meanwhile, say) will not come up.
+            if !proc.running() || start.elapsed() > timeout {
+                let log = proc.output();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "nats-server {i} did not accept connections on {url} within {timeout:?} \
+                     (running: {}); the end of its log:\n{}",
+                    proc.running(),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Starts every server again on the same ports and stores; with a
