@@ -1115,6 +1115,48 @@ impl JobRecord {
         fx
     }
 
+    /// The destination lists the current step's snapshot, with its GUID,
+    /// while the job waits to send the step again: the receive finished but
+    /// its agent died before it could say so (VM-lane kill -9 run 4, OpenZFS
+    /// 2.1), so no late report comes. The step is done; sending it again is
+    /// refused (`destination ... exists`) on every retry. `destination` is
+    /// the target dataset's snapshots as its node lists them now.
+    pub fn found_landed(&mut self, destination: &[SnapshotInfo], now_ms: i64) -> Vec<Effect> {
+        let waiting = self.state == JobState::Failed && self.next_attempt_at_ms.is_some();
+        if self.restore.is_none() || self.kind == JobKind::Upload || !waiting {
+            return Vec::new();
+        }
+        let Some(step) = self.steps.get(self.step) else {
+            return Vec::new();
+        };
+        let Some(found) = destination.iter().find(|s| s.guid == step.expect.guid) else {
+            return Vec::new();
+        };
+        let update = JobUpdate {
+            node: self.target_node.clone(),
+            job: self.attempt_id.clone(),
+            role: JobRole::Target,
+            state: JobPhase::Done,
+            at_ms: now_ms,
+            bytes: self.bytes,
+            size_hint: None,
+            bytes_per_sec: 0,
+            message: format!(
+                "{}@{} is listed with GUID {} on {}, though no report said it landed",
+                self.target_dataset, found.name, found.guid, self.target_node
+            ),
+            landed: Some(SnapshotRef {
+                name: found.name.clone(),
+                guid: found.guid,
+            }),
+            resumable: false,
+            partial: None,
+            uploaded: None,
+            zfs_failed: false,
+        };
+        self.landed_late(self.attempt, &update, now_ms)
+    }
+
     /// A fresh restore's steps planned again before an attempt
     /// (`restore::plan::replan`): what the target saved of the old first
     /// step is dropped, and the holds are taken again on what is read now.
@@ -2129,6 +2171,26 @@ mod tests {
         let began = r.started_at_ms;
         r.lost_with_restart(&r.attempt_id.clone(), "a", began + 1, 40);
         (r, report)
+    }
+
+    #[test]
+    fn a_step_the_destination_lists_while_a_retry_waits_is_done() {
+        // The target's agent died as its receive ended: no report came.
+        let (mut r, _) = cut_after_landing("s1", 1);
+        assert!(r.next_attempt_at_ms.is_some(), "a retry waits");
+        assert!(
+            r.found_landed(&[s("other", 7)], 41).is_empty(),
+            "another snapshot proves nothing"
+        );
+        assert_eq!(
+            r.found_landed(&[s("s1", 1)], 42),
+            vec![Effect::Persist, Effect::Start],
+            "step 1 is done, step 2 starts"
+        );
+        assert_eq!((r.step, r.state), (1, JobState::Planned));
+        assert!(r.history.iter().any(|l| l.contains("listed with GUID 1")));
+        // Only while a retry waits: a running attempt reports for itself.
+        assert!(r.found_landed(&[s("s2", 2)], 43).is_empty());
     }
 
     #[test]

@@ -132,6 +132,14 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
             &mut work,
         );
         for (key, rec) in jobs.entries_mut() {
+            let landed = fleet
+                .dataset(&rec.target_node, &rec.target_dataset)
+                .map(|d| rec.found_landed(&d.snapshots, now_ms))
+                .unwrap_or_default();
+            if !landed.is_empty() {
+                work.push((key.clone(), rec.clone(), landed));
+                continue;
+            }
             let fx = rec.restore_tick(now_ms);
             if !fx.is_empty() {
                 work.push((key.clone(), rec.clone(), fx));
