@@ -5,6 +5,9 @@
 //! Rules:
 //! - The drill restores the copy's newest snapshot that production still
 //!   holds (by GUID): the content is compared with that same snapshot.
+//! - A drill sends nothing before production's snapshot is held. If
+//!   production no longer lists it by then (its retention was first), the
+//!   drill picks again by the first rule from the listings as they are now.
 //! - The scratch needs the copy's `used` bytes free in the pool it lands in;
 //!   short of that the drill is refused before anything is sent.
 //! - It passes only when both sides were read: equal digests when both
@@ -15,7 +18,9 @@ use std::collections::BTreeSet;
 
 use zdr_common::wire::{is_drill_scratch, CheckLevel, ContentHash, SnapshotInfo};
 
+use super::super::restore::plan::{fresh_steps, ordered};
 use super::super::restore::points::PointSnapshot;
+use crate::jobs::PlannedStep;
 
 /// The newest snapshot of the copy that production still holds, by GUID.
 pub fn common_snapshot<'a>(
@@ -25,6 +30,35 @@ pub fn common_snapshot<'a>(
     copy.iter()
         .rev()
         .find(|s| production.iter().any(|p| p.guid == s.guid))
+}
+
+/// A drill that has sent nothing yet, checked against the listings now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repick {
+    /// Production still lists the chosen snapshot, or a listing is unknown.
+    Keep,
+    /// The snapshot to drill instead, and the steps that restore it.
+    Pick(PointSnapshot, Vec<PlannedStep>),
+    /// Production lists nothing the copy holds.
+    Nothing,
+}
+
+/// Picks a drill's snapshot again when production's listing no longer has
+/// the chosen one (`chosen`, a GUID): production's retention pruned it
+/// before the drill's hold landed (kill -9 trials 57, 70, 92, 94).
+pub fn repick(chosen: u64, copy: &[SnapshotInfo], production: &[SnapshotInfo]) -> Repick {
+    if copy.is_empty() || production.is_empty() || production.iter().any(|p| p.guid == chosen) {
+        return Repick::Keep;
+    }
+    let snaps = ordered(copy);
+    // `common_snapshot`'s rule, as an index for the steps.
+    match snaps
+        .iter()
+        .rposition(|s| production.iter().any(|p| p.guid == s.guid))
+    {
+        Some(c) => Repick::Pick(snaps[c].clone(), fresh_steps(&snaps, c)),
+        None => Repick::Nothing,
+    }
 }
 
 /// Whether `free` bytes hold a restore of `need` bytes.
@@ -216,6 +250,33 @@ mod tests {
             "b"
         );
         assert!(common_snapshot(&copy, &[info(9)]).is_none());
+    }
+
+    #[test]
+    fn a_drill_picks_again_only_when_production_lost_its_snapshot() {
+        use crate::testing::snap;
+        let copy = [snap("a", 1), snap("b", 2), snap("c", 3)];
+        // Production still has the chosen @c, or a listing is unknown: keep.
+        assert_eq!(repick(3, &copy, &[snap("c", 3)]), Repick::Keep);
+        assert_eq!(repick(3, &[], &[snap("a", 1)]), Repick::Keep);
+        assert_eq!(repick(3, &copy, &[]), Repick::Keep);
+        // Production pruned @c: the newest it shares with the copy is @b,
+        // restored as the copy's oldest in full and one -I up to @b.
+        let Repick::Pick(s, steps) = repick(3, &copy, &[snap("a", 1), snap("b", 2), snap("d", 4)])
+        else {
+            panic!("expected a new pick");
+        };
+        assert_eq!((s.name.as_str(), s.guid), ("b", 2));
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[0].expect.guid, 1);
+        assert_eq!(steps[1].expect.guid, 2);
+        assert_eq!(steps[1].base.as_ref().map(|b| b.guid), Some(1));
+        // The oldest is the pick: one full stream.
+        let Repick::Pick(s, steps) = repick(3, &copy, &[snap("a", 1)]) else {
+            panic!("expected a new pick");
+        };
+        assert_eq!((s.guid, steps.len()), (1, 1));
+        assert_eq!(repick(3, &copy, &[snap("z", 9)]), Repick::Nothing);
     }
 
     #[test]

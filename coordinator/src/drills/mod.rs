@@ -29,6 +29,7 @@ use tracing::{error, info, warn};
 use zdr_common::wire::{is_drill_scratch, Command, ContentHash, Outcome, DRILL_ROOT};
 
 use crate::alerts::rules::DrillOutcome;
+use crate::fleet::Fleet;
 use crate::jobs::{
     self, DrillInfo, DrillResult, JobKind, JobRecord, JobState, RestoreInfo, RestoreSnapshot,
 };
@@ -368,6 +369,45 @@ pub async fn submit(
         },
         snapshot: info.snapshot.clone(),
     })
+}
+
+/// The tick's check of a drill that waits for its holds
+/// ([`JobRecord::awaits_drill_holds`]): when production no longer lists the
+/// chosen snapshot, the drill picks again from the listings now
+/// (`check::repick`), or fails if production lists nothing the copy holds.
+/// Not while a hold ask is under way: its answer is about the old pick.
+pub fn pick_again(rec: &mut JobRecord, fleet: &Fleet, now_ms: i64) -> Vec<jobs::Effect> {
+    let Some(info) = rec.restore.as_ref() else {
+        return Vec::new();
+    };
+    if !rec.awaits_drill_holds() || rec.taking_holds {
+        return Vec::new();
+    }
+    let listed = |node: &str, dataset: &str| {
+        fleet
+            .dataset(node, dataset)
+            .map_or(&[][..], |d| &d.snapshots[..])
+    };
+    let copy = listed(&rec.source_node, &rec.dataset);
+    match check::repick(info.snapshot.guid, copy, listed(&info.node, &info.dataset)) {
+        check::Repick::Keep => Vec::new(),
+        check::Repick::Pick(s, steps) => {
+            let snapshot = RestoreSnapshot {
+                name: s.name,
+                guid: s.guid,
+                creation: s.creation,
+            };
+            rec.repicked(snapshot, steps, now_ms)
+        }
+        check::Repick::Nothing => {
+            let why = DrillError::NoCommonSnapshot {
+                node: info.node.clone(),
+                dataset: info.dataset.clone(),
+                copy: rec.source_node.clone(),
+            };
+            rec.not_started(why.to_string(), now_ms)
+        }
+    }
 }
 
 /// Records a scheduled drill that could not start, as a failed drill.

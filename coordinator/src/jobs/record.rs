@@ -168,6 +168,11 @@ pub struct RestoreInfo {
 /// ended job's, the next one runs, until every node confirmed.
 pub const RELEASE_RETRY_MS: i64 = 30_000;
 
+/// A drill whose holds are still not confirmed this long after it was
+/// committed fails without sending anything: production or the copy's node
+/// is down for longer than a restart, and a drill must not hang.
+pub const DRILL_HOLD_WAIT_MS: i64 = 5 * 60_000;
+
 /// A bucket (`bucket:<task>`, a restore's source in object storage) holds
 /// nothing: no hold is taken or released there.
 fn in_bucket(node: &str) -> bool {
@@ -1115,6 +1120,15 @@ impl JobRecord {
         fx
     }
 
+    /// A restore or drill whose attempt failed and whose retry is due
+    /// later: the only state in which [`Self::found_landed`] looks.
+    pub fn retry_waits(&self) -> bool {
+        self.restore.is_some()
+            && self.kind != JobKind::Upload
+            && self.state == JobState::Failed
+            && self.next_attempt_at_ms.is_some()
+    }
+
     /// The destination lists the current step's snapshot, with its GUID,
     /// while the job waits to send the step again: the receive finished but
     /// its agent died before it could say so (VM-lane kill -9 run 4, OpenZFS
@@ -1122,8 +1136,7 @@ impl JobRecord {
     /// refused (`destination ... exists`) on every retry. `destination` is
     /// the target dataset's snapshots as its node lists them now.
     pub fn found_landed(&mut self, destination: &[SnapshotInfo], now_ms: i64) -> Vec<Effect> {
-        let waiting = self.state == JobState::Failed && self.next_attempt_at_ms.is_some();
-        if self.restore.is_none() || self.kind == JobKind::Upload || !waiting {
+        if !self.retry_waits() {
             return Vec::new();
         }
         let Some(step) = self.steps.get(self.step) else {
@@ -1179,12 +1192,78 @@ impl JobRecord {
         }
     }
 
+    /// A drill that has sent nothing yet and whose holds are not all
+    /// confirmed. It waits for them: a transfer begun before production's
+    /// hold landed lost production's snapshot to retention in the kill -9
+    /// trials, and the drill then had nothing to compare with.
+    pub fn awaits_drill_holds(&self) -> bool {
+        self.kind == JobKind::Drill
+            && self.attempt_id.is_empty()
+            && self.restore.as_ref().is_some_and(|i| !i.holds_taken)
+    }
+
+    /// A drill that [`Self::awaits_drill_holds`] drills `snapshot` instead
+    /// (`drills::check::repick`): production no longer lists the one it
+    /// chose. Its holds are asked again at once, on the new snapshots.
+    pub fn repicked(
+        &mut self,
+        snapshot: RestoreSnapshot,
+        steps: Vec<PlannedStep>,
+        now_ms: i64,
+    ) -> Vec<Effect> {
+        let Some(info) = self.restore.as_mut() else {
+            return Vec::new();
+        };
+        let line =
+            format!(
+            "production {}:{} no longer lists @{} (GUID {}): its retention pruned it before the \
+             drill's hold landed; drilling @{} (GUID {}) instead, the newest snapshot the copy \
+             shares with production",
+            info.node, info.dataset, info.snapshot.name, info.snapshot.guid, snapshot.name,
+            snapshot.guid
+        );
+        info.snapshot = snapshot;
+        info.holds_taken = false;
+        info.take_at_ms = None;
+        self.steps = steps;
+        self.log(line, now_ms);
+        vec![self.persist(now_ms)]
+    }
+
+    /// A restore or drill that will never send its first step fails, with
+    /// `why`; the tick then checks a drill and releases the holds.
+    pub fn not_started(&mut self, why: String, now_ms: i64) -> Vec<Effect> {
+        self.log(format!("failed before sending anything: {why}"), now_ms);
+        self.state = JobState::Failed;
+        self.error = Some(why);
+        self.next_attempt_at_ms = None;
+        self.finished_at_ms = Some(now_ms);
+        self.updated_at_ms = now_ms;
+        vec![self.persist(now_ms)]
+    }
+
     /// A restore's part of the tick: its first attempt, a retry after its
     /// backoff, or, once it ended, the release of its holds. Restores are
-    /// started by the tick only, so a request never starts one twice.
+    /// started by the tick only, so a request never starts one twice; a
+    /// drill starts only once its holds are on ([`Self::awaits_drill_holds`]).
     pub fn restore_tick(&mut self, now_ms: i64) -> Vec<Effect> {
         if self.restore.is_none() {
             return Vec::new();
+        }
+        let unheld = self.awaits_drill_holds();
+        if unheld
+            && self.state == JobState::Planned
+            && now_ms - self.started_at_ms >= DRILL_HOLD_WAIT_MS
+        {
+            return self.not_started(
+                format!(
+                    "the snapshots it reads could not all be held within {} min, so nothing was \
+                     sent (each node's answer is in the history); bring production and the \
+                     copy's node online, then drill again",
+                    DRILL_HOLD_WAIT_MS / 60_000
+                ),
+                now_ms,
+            );
         }
         let running = self.active() || self.next_attempt_at_ms.is_some();
         let mut take = Vec::new();
@@ -1198,7 +1277,7 @@ impl JobRecord {
             take.push(Effect::TakeHolds);
         }
         let waiting = matches!(self.state, JobState::Planned | JobState::Failed);
-        if waiting && self.next_attempt_at_ms.is_some_and(|at| now_ms >= at) {
+        if waiting && !unheld && self.next_attempt_at_ms.is_some_and(|at| now_ms >= at) {
             self.next_attempt_at_ms = None;
             if self.state == JobState::Failed {
                 self.attempt += 1;
@@ -2277,6 +2356,52 @@ mod tests {
             step(inc("b", "d", true)),
         ];
         assert_eq!(read_snapshots(&steps), ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn a_drill_sends_nothing_until_its_holds_are_on() {
+        let mut d = drill_record();
+        d.restore.as_mut().unwrap().holds_taken = false;
+        assert!(d.awaits_drill_holds());
+        assert_eq!(d.restore_tick(10), vec![Effect::TakeHolds]);
+        d.holds_taken(false);
+        assert!(d.restore_tick(20).is_empty(), "no start, and no ask before the retry");
+        // Production lost @s2 before its hold landed: the drill picks again,
+        // and its holds are asked at once on the new snapshots.
+        let fx = d.repicked(
+            RestoreSnapshot {
+                name: "s1".into(),
+                guid: 1,
+                creation: 1,
+            },
+            vec![step("s1", 1)],
+            30,
+        );
+        assert_eq!(fx, vec![Effect::Persist]);
+        assert_eq!(d.restore.as_ref().unwrap().snapshot.guid, 1);
+        assert_eq!(d.takes()[1].snapshots, vec!["s1".to_string()]);
+        assert_eq!(d.restore_tick(40), vec![Effect::TakeHolds]);
+        d.holds_taken(true);
+        assert!(!d.awaits_drill_holds());
+        assert_eq!(d.restore_tick(50), vec![Effect::Start]);
+        // A restore does not wait: the copy's retention is planned around
+        // (`replan`), and it has nothing to compare with production.
+        let mut r = restore_record();
+        r.restore.as_mut().unwrap().holds_taken = false;
+        assert!(!r.awaits_drill_holds());
+        // Holds never confirmed: the drill fails with a reason, once.
+        let mut d = drill_record();
+        d.restore.as_mut().unwrap().holds_taken = false;
+        d.restore_tick(10);
+        d.holds_taken(false);
+        let fx = d.restore_tick(DRILL_HOLD_WAIT_MS);
+        assert_eq!(fx, vec![Effect::Persist]);
+        assert_eq!(d.state, JobState::Failed);
+        assert!(d.error.as_deref().unwrap().contains("nothing was sent"));
+        assert_eq!(d.next_attempt_at_ms, None);
+        assert!(d
+            .restore_tick(DRILL_HOLD_WAIT_MS + 1)
+            .contains(&Effect::Verify));
     }
 
     #[test]

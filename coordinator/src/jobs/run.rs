@@ -18,6 +18,7 @@ use super::record::{describe, drops_resume, floor_reason, Effect, JobKind, JobRe
 use super::schedule::{self, Decision, Ends, NeverCopied};
 use super::{hold_tag, rates, restore_tag, ACCEPT_SECS};
 use crate::bus;
+use crate::drills;
 use crate::offsite::{self, UploadDecision};
 use crate::restore::plan::{replan, Replan};
 use crate::state::{now_ms, State};
@@ -132,12 +133,16 @@ pub async fn tick(state: &Arc<State>, tasks: &mut JoinSet<()>, now_ms: i64) {
             &mut work,
         );
         for (key, rec) in jobs.entries_mut() {
-            let landed = fleet
-                .dataset(&rec.target_node, &rec.target_dataset)
-                .map(|d| rec.found_landed(&d.snapshots, now_ms))
-                .unwrap_or_default();
-            if !landed.is_empty() {
-                work.push((key.clone(), rec.clone(), landed));
+            // Both look at listings only in the rare states they act in.
+            let mut listed = drills::pick_again(rec, &fleet, now_ms);
+            if listed.is_empty() && rec.retry_waits() {
+                listed = fleet
+                    .dataset(&rec.target_node, &rec.target_dataset)
+                    .map(|d| rec.found_landed(&d.snapshots, now_ms))
+                    .unwrap_or_default();
+            }
+            if !listed.is_empty() {
+                work.push((key.clone(), rec.clone(), listed));
                 continue;
             }
             let fx = rec.restore_tick(now_ms);

@@ -211,7 +211,8 @@ fn sref(s: &PointSnapshot) -> SnapshotRef {
 
 /// The steps onto a new dataset: the copy's oldest snapshot in full, then
 /// one `-I` up to `c`, so the restored dataset has the copy's history.
-fn fresh_steps(snaps: &[PointSnapshot], c: usize) -> Vec<PlannedStep> {
+/// `snaps` are in [`ordered`] order.
+pub fn fresh_steps(snaps: &[PointSnapshot], c: usize) -> Vec<PlannedStep> {
     let mut steps = vec![PlannedStep {
         stream: StreamSpec::Full {
             snapshot: snaps[0].name.clone(),
@@ -254,6 +255,14 @@ pub enum Replan {
     Gone(String),
 }
 
+/// A node's listing of a copy as restore points: oldest first, by
+/// creation and then createtxg.
+pub fn ordered(copy: &[SnapshotInfo]) -> Vec<PointSnapshot> {
+    let mut snaps: Vec<PointSnapshot> = copy.iter().map(PointSnapshot::from).collect();
+    snaps.sort_by_key(|s| (s.creation, s.createtxg));
+    snaps
+}
+
 /// Plans a fresh restore's steps again before an attempt of its first
 /// step, if the copy (`copy`, its snapshots listed now) no longer holds one
 /// the steps read. Later steps already have their base landed and held.
@@ -270,8 +279,7 @@ pub fn replan(steps: &[PlannedStep], step: usize, copy: &[SnapshotInfo]) -> Repl
     if read_snapshots(steps).iter().all(held) {
         return Replan::Keep;
     }
-    let mut snaps: Vec<PointSnapshot> = copy.iter().map(PointSnapshot::from).collect();
-    snaps.sort_by_key(|s| (s.creation, s.createtxg));
+    let snaps = ordered(copy);
     match snaps.iter().position(|s| s.guid == chosen.guid) {
         Some(c) => Replan::Steps(fresh_steps(&snaps, c)),
         None => Replan::Gone(format!(
