@@ -390,14 +390,11 @@ impl Nats {
             let proc = self.servers[i].proc.as_mut().expect("spawned above");
             // One that exited (its port taken meanwhile, say) will not come up.
             if !proc.running() || start.elapsed() > timeout {
-                let log = proc.output();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
                 panic!(
                     "nats-server {i} did not accept connections on {url} within {timeout:?} \
                      (running: {}); the end of its log:\n{}",
                     proc.running(),
-                    tail.join("\n")
+                    log_tail(&proc.output(), 40)
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -772,13 +769,16 @@ fn dump_logs(dir: &Path) {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "log") {
             let text = std::fs::read_to_string(&p).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("===== {} (last {} lines)", p.display(), tail.len());
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
+            eprintln!("===== {} (its end)", p.display());
+            eprintln!("{}", log_tail(&text, 60));
         }
     }
+}
+
+/// The last `n` lines of a log, in order.
+fn log_tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// One HTTP/1.1 request on loopback; `None` if the server is not up.

@@ -887,7 +887,9 @@ impl JobRecord {
                 }
                 vec![self.persist(now_ms), cancel]
             }
-            (JobRole::Target, JobPhase::Done) => self.landed(update, now_ms),
+            (JobRole::Target, JobPhase::Done) => {
+                self.landed(update.landed.as_ref(), &update.message, now_ms)
+            }
         }
     }
 
@@ -961,11 +963,12 @@ impl JobRecord {
         ]
     }
 
-    /// The target says the current step's receive is over.
-    fn landed(&mut self, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+    /// The target says the current step's receive is over (`message`),
+    /// and which snapshot it landed.
+    fn landed(&mut self, landed: Option<&SnapshotRef>, message: &str, now_ms: i64) -> Vec<Effect> {
         let step = self.steps[self.step].clone();
-        self.log(format!("target: {}", update.message), now_ms);
-        match &update.landed {
+        self.log(format!("target: {message}"), now_ms);
+        match landed {
             Some(l) if l.guid == step.expect.guid => {
                 self.step += 1;
                 self.resumed = false;
@@ -1062,7 +1065,9 @@ impl JobRecord {
             return Vec::new();
         };
         if self.lands_current_step(update) {
-            return self.landed_late(attempt, update, now_ms);
+            let line =
+                format!("attempt {attempt} had failed, but its target reports the step landed");
+            return self.landed_late(line, update.landed.as_ref(), &update.message, now_ms);
         }
         if update.state != JobPhase::Failed {
             return Vec::new();
@@ -1103,7 +1108,14 @@ impl JobRecord {
     /// there, so the step is done; sending it again would find the
     /// destination taken (`destination ... exists`) on every retry. A retry
     /// already under way is cancelled on both ends.
-    fn landed_late(&mut self, attempt: u32, update: &JobUpdate, now_ms: i64) -> Vec<Effect> {
+    /// `why` says how the landing became known.
+    fn landed_late(
+        &mut self,
+        why: String,
+        landed: Option<&SnapshotRef>,
+        message: &str,
+        now_ms: i64,
+    ) -> Vec<Effect> {
         let mut fx = Vec::new();
         if self.active() {
             fx.push(Effect::Cancel {
@@ -1112,11 +1124,8 @@ impl JobRecord {
             });
         }
         self.next_attempt_at_ms = None;
-        self.log(
-            format!("attempt {attempt} had failed, but its target reports the step landed"),
-            now_ms,
-        );
-        fx.extend(self.landed(update, now_ms));
+        self.log(why, now_ms);
+        fx.extend(self.landed(landed, message, now_ms));
         fx
     }
 
@@ -1145,29 +1154,19 @@ impl JobRecord {
         let Some(found) = destination.iter().find(|s| s.guid == step.expect.guid) else {
             return Vec::new();
         };
-        let update = JobUpdate {
-            node: self.target_node.clone(),
-            job: self.attempt_id.clone(),
-            role: JobRole::Target,
-            state: JobPhase::Done,
-            at_ms: now_ms,
-            bytes: self.bytes,
-            size_hint: None,
-            bytes_per_sec: 0,
-            message: format!(
-                "{}@{} is listed with GUID {} on {}, though no report said it landed",
-                self.target_dataset, found.name, found.guid, self.target_node
-            ),
-            landed: Some(SnapshotRef {
-                name: found.name.clone(),
-                guid: found.guid,
-            }),
-            resumable: false,
-            partial: None,
-            uploaded: None,
-            zfs_failed: false,
+        let landed = SnapshotRef {
+            name: found.name.clone(),
+            guid: found.guid,
         };
-        self.landed_late(self.attempt, &update, now_ms)
+        let message = format!(
+            "{}@{} is listed with GUID {} on {}, though no report said it landed",
+            self.target_dataset, found.name, found.guid, self.target_node
+        );
+        let why = format!(
+            "attempt {} had failed, but the destination lists the step's snapshot",
+            self.attempt
+        );
+        self.landed_late(why, Some(&landed), &message, now_ms)
     }
 
     /// A fresh restore's steps planned again before an attempt
@@ -2365,7 +2364,10 @@ mod tests {
         assert!(d.awaits_drill_holds());
         assert_eq!(d.restore_tick(10), vec![Effect::TakeHolds]);
         d.holds_taken(false);
-        assert!(d.restore_tick(20).is_empty(), "no start, and no ask before the retry");
+        assert!(
+            d.restore_tick(20).is_empty(),
+            "no start, and no ask before the retry"
+        );
         // Production lost @s2 before its hold landed: the drill picks again,
         // and its holds are asked at once on the new snapshots.
         let fx = d.repicked(
