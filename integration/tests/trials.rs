@@ -730,6 +730,10 @@ async fn drill_phase(w: &mut World, n: u64, f: &Fault) -> Vec<Violation> {
     };
     let why = d["result"]["why"].as_str().unwrap_or_default();
     eprintln!("trial {n}: drill {job} ended {} ({why})", d["state"]);
+    // Which path a drill took (a new pick, holds asked again) shows only here.
+    for line in d["history"].as_array().into_iter().flatten() {
+        eprintln!("trial {n}:   {}", line.as_str().unwrap_or_default());
+    }
     let mut v = Vec::new();
     if d["state"] == "failed" && why.is_empty() {
         v.push(Violation(format!(
