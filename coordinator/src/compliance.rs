@@ -570,8 +570,8 @@ pub fn rpo_state(lag_secs: Option<i64>, rpo_secs: u64) -> RpoState {
 
 /// The pairings, unpaired datasets and jobs by the dataset they concern,
 /// built once per report: a fleet of 10,000 pairings is not scanned once
-/// per dataset.
-struct Index<'a> {
+/// per dataset. It reads no inventory, so it outlives a hold of the fleet.
+pub struct Index<'a> {
     targets: HashSet<(&'a str, &'a str)>,
     by_source: HashMap<(&'a str, &'a str), Vec<&'a Pairing>>,
     unpaired: HashMap<(&'a str, &'a str), Vec<&'a Unpaired>>,
@@ -584,30 +584,30 @@ struct Index<'a> {
 }
 
 impl<'a> Index<'a> {
-    fn new(input: &Input<'a>) -> Self {
+    pub fn new(pairings: &'a [Pairing], unpaired: &'a [Unpaired], jobs: &'a [JobRecord]) -> Self {
         let mut by_source: HashMap<_, Vec<_>> = HashMap::new();
-        for p in input.pairings {
+        for p in pairings {
             by_source
                 .entry((p.source_node.as_str(), p.dataset.as_str()))
                 .or_default()
                 .push(p);
         }
-        let mut unpaired: HashMap<_, Vec<_>> = HashMap::new();
-        for u in input.unpaired {
-            unpaired
+        let mut by_unpaired: HashMap<_, Vec<_>> = HashMap::new();
+        for u in unpaired {
+            by_unpaired
                 .entry((u.source_node.as_str(), u.dataset.as_str()))
                 .or_default()
                 .push(u);
         }
         let mut last_job: HashMap<_, &JobRecord> = HashMap::new();
         let mut uploads: HashMap<_, Vec<&JobRecord>> = HashMap::new();
-        for j in input.jobs.iter().filter(|j| j.kind == JobKind::Upload) {
+        for j in jobs.iter().filter(|j| j.kind == JobKind::Upload) {
             uploads
                 .entry((j.source_node.as_str(), j.dataset.as_str()))
                 .or_default()
                 .push(j);
         }
-        for j in input.jobs {
+        for j in jobs {
             let key = (j.task.as_str(), j.source_node.as_str(), j.dataset.as_str());
             match last_job.get(&key) {
                 // Ties go to the later record, as `max_by_key` would.
@@ -618,24 +618,35 @@ impl<'a> Index<'a> {
             }
         }
         Index {
-            targets: input
-                .pairings
+            targets: pairings
                 .iter()
                 .map(|p| (p.target_node.as_str(), p.target_dataset.as_str()))
                 .collect(),
             by_source,
-            unpaired,
+            unpaired: by_unpaired,
             last_job,
             uploads,
-            drills: crate::drills::outcomes(input.jobs.iter()),
+            drills: crate::drills::outcomes(jobs.iter()),
         }
     }
 }
 
+/// The report over the whole fleet of `input`, in one hold of it.
 pub fn report(input: &Input) -> Report {
-    let index = Index::new(input);
+    let index = Index::new(input.pairings, input.unpaired, input.jobs);
+    let nodes: Vec<String> = input.fleet.inventory.keys().cloned().collect();
+    assemble(datasets(input, &index, &nodes), input.now)
+}
+
+/// The protected datasets of `nodes`, in their order: the report a piece
+/// at a time, so that the fleet is held (`State::compliance_report`) for
+/// a few nodes and not for the whole fleet.
+pub fn datasets(input: &Input, index: &Index, nodes: &[String]) -> Vec<DatasetReport> {
     let mut datasets = Vec::new();
-    for (node, invs) in &input.fleet.inventory {
+    for (node, invs) in nodes
+        .iter()
+        .filter_map(|n| Some((n, input.fleet.inventory.get(n)?)))
+    {
         for inv in invs.values() {
             if index
                 .targets
@@ -651,9 +662,14 @@ pub fn report(input: &Input) -> Report {
             let Some(class) = input.policy.classes.get(&class_name) else {
                 continue;
             };
-            datasets.push(dataset_report(input, &index, node, inv, &class_name, class));
+            datasets.push(dataset_report(input, index, node, inv, &class_name, class));
         }
     }
+    datasets
+}
+
+/// The report from its datasets, with the summary.
+pub fn assemble(datasets: Vec<DatasetReport>, now: i64) -> Report {
     let mut summary = Summary {
         datasets: datasets.len(),
         compliant: datasets.iter().filter(|d| d.compliant).count(),
@@ -667,7 +683,7 @@ pub fn report(input: &Input) -> Report {
         }
     }
     Report {
-        generated_at: input.now,
+        generated_at: now,
         warn_percent: WARN_PERCENT,
         summary,
         datasets,
@@ -1231,6 +1247,44 @@ datasets:
 
     fn check(d: &DatasetReport, k: CheckKind) -> &Check {
         d.checks.iter().find(|c| c.check == k).unwrap()
+    }
+
+    #[test]
+    fn a_report_taken_a_few_nodes_at_a_time_is_the_whole_report() {
+        let mut f = fleet();
+        put(&mut f, "a2", inv("tank/logs", vec![snap(7, 100)]));
+        put(
+            &mut f,
+            "b1",
+            inv("backup/a1/tank/db", vec![snap(1, 4000), snap(3, 1200)]),
+        );
+        let pairings = [pairing("offsite", "b1")];
+        let whole = run(&f, &pairings, &[]);
+        assert_eq!(
+            whole.datasets.len(),
+            2,
+            "tank/db and tank/logs; not the replica"
+        );
+        let p = policy();
+        let input = Input {
+            fleet: &f,
+            policy: &p,
+            pairings: &pairings,
+            unpaired: &[],
+            jobs: &[],
+            now: NOW,
+            offline_after_secs: 30,
+        };
+        let index = Index::new(&pairings, &[], &[]);
+        // a1's copy on b1 is read though b1 is in another piece.
+        let mut pieces = datasets(&input, &index, &["a1".to_string()]);
+        assert_eq!(pieces[0].copies.len(), 2);
+        pieces.extend(datasets(
+            &input,
+            &index,
+            &["a2".into(), "b1".into(), "zz".into()],
+        ));
+        assert_eq!(assemble(pieces, NOW), whole);
     }
 
     #[test]
