@@ -284,11 +284,25 @@ async fn http(
     body: &str,
     timeout: Duration,
 ) -> anyhow::Result<(u16, Vec<u8>, Duration)> {
+    request(port, method, path, body, None, timeout).await
+}
+
+/// [`http`] with `Authorization: Bearer <token>`: every mutation of the
+/// API needs it (`--api-token-file`).
+async fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    bearer: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Vec<u8>, Duration)> {
     let start = Instant::now();
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let run = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await?;
@@ -562,6 +576,9 @@ async fn run(a: &Args) -> anyhow::Result<()> {
     .arg(&policy)
     .arg("--key-file")
     .arg(&key_file);
+    // The pings are commands: without a token the API refuses them all.
+    let (token_file, token) = zdr_integration::api_token_file(&a.work);
+    cmd.arg("--api-token-file").arg(&token_file);
     if a.tasks {
         let tasks = a.work.join("tasks.yml");
         std::fs::write(&tasks, tasks_yaml())?;
@@ -680,17 +697,25 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             let node = node_name(pings % a.nodes);
             pings += 1;
             let path = format!("/api/v1/nodes/{node}/commands");
-            match http(
+            match request(
                 http_port,
                 "POST",
                 &path,
                 r#"{"ping":{}}"#,
+                Some(&token),
                 Duration::from_secs(15),
             )
             .await
             {
                 Ok((200, _, took)) => hist.record(took.as_micros().max(1) as u64)?,
-                _ => ping_errors += 1,
+                Ok((code, body, _)) if ping_errors == 0 => {
+                    ping_errors += 1;
+                    eprintln!(
+                        "the first ping refused: HTTP {code}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                }
+                Ok(_) | Err(_) => ping_errors += 1,
             }
         } else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -842,6 +867,9 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             "{size}: the fleet was not ingested within {} s",
             a.ingest_timeout_secs
         );
+    }
+    if pings > 0 && hist.is_empty() {
+        bail!("{size}: none of {pings} pings was answered (coordinator.log says why)");
     }
     Ok(())
 }
