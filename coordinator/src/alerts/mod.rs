@@ -71,37 +71,108 @@ pub const REPEAT_SECS: i64 = 4 * 3600;
 /// `--alert-hold-secs` says otherwise.
 pub const KEEP_FIRING_SECS: i64 = 120;
 
-/// The KV key (bucket `zdr_alerts`) of the active alerts.
+/// The KV key (bucket `zdr_alerts`) of the active alerts' first piece;
+/// piece `i > 0` is under `book.<i>` (`state::Book::pieces`).
 const BOOK_KEY: &str = "book";
+/// The JSON of one piece stays near this, well under max_payload.
+const PIECE_BYTES: usize = 256 * 1024;
+
+/// One KV value of the alert book. The first piece says how many there are
+/// (`pieces`); a book stored whole before pieces existed reads as one.
+#[derive(Serialize, Deserialize)]
+struct Piece {
+    active: BTreeMap<String, state::Tracked>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pieces: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+fn piece_key(i: usize) -> String {
+    format!("{BOOK_KEY}.{i}")
+}
 
 /// A new leader takes over the alerts its predecessor had fired, so that it
 /// neither fires them again nor leaves them unresolved at the receivers.
 pub async fn restore_book(state: &crate::state::State) {
-    match state.stores.alerts.get(BOOK_KEY).await {
-        Ok(Some(raw)) => match serde_json::from_slice::<state::Book>(&raw) {
-            Ok(book) => {
-                tracing::info!(active = book.active.len(), "took over the active alerts");
-                *state.alerts() = book;
+    let read = |raw: &[u8]| serde_json::from_slice::<Piece>(raw);
+    let first = match state.stores.alerts.get(BOOK_KEY).await {
+        Ok(Some(raw)) => match read(&raw) {
+            Ok(p) => p,
+            Err(e) => {
+                return tracing::warn!(error = %e, "unreadable alert book in KV; starting afresh")
             }
-            Err(e) => tracing::warn!(error = %e, "unreadable alert book in KV; starting afresh"),
         },
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the alert book; starting afresh"),
+        Ok(None) => return,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the alert book; starting afresh"),
+    };
+    let pieces = first.pieces.max(1);
+    let mut book = state::Book {
+        active: first.active,
+    };
+    for i in 1..pieces {
+        match state.stores.alerts.get(piece_key(i)).await {
+            Ok(Some(raw)) => match read(&raw) {
+                Ok(p) => book.active.extend(p.active),
+                Err(e) => {
+                    tracing::warn!(piece = i, pieces, error = %e, "unreadable piece of the alert book; its alerts may fire again")
+                }
+            },
+            Ok(None) => tracing::warn!(
+                piece = i,
+                pieces,
+                "a piece of the alert book is missing; its alerts may fire again"
+            ),
+            Err(e) => {
+                tracing::warn!(piece = i, pieces, error = %e, "cannot read a piece of the alert book; its alerts may fire again")
+            }
+        }
     }
+    tracing::info!(
+        active = book.active.len(),
+        pieces,
+        "took over the active alerts"
+    );
+    *state.alerts() = book;
 }
 
 /// Stores the active alerts; called when a notification went out, which is
-/// whenever the set changed.
+/// whenever the set changed. The first piece goes last: it carries the
+/// count, so a reader never counts pieces not yet written. Pieces past the
+/// count, left by a larger book before, are not read.
 pub async fn save_book(state: &crate::state::State) {
-    let raw = match serde_json::to_vec(&*state.alerts()) {
-        Ok(raw) => raw,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot encode the alert book");
-            return;
+    let pieces = state.alerts().pieces(PIECE_BYTES);
+    let count = pieces.len();
+    let mut puts: Vec<(String, Piece)> = pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let key = if i == 0 {
+                BOOK_KEY.to_string()
+            } else {
+                piece_key(i)
+            };
+            let pieces = if i == 0 { count } else { 0 };
+            (
+                key,
+                Piece {
+                    active: p.active,
+                    pieces,
+                },
+            )
+        })
+        .collect();
+    puts.rotate_left(1);
+    for (key, piece) in puts {
+        let raw = match serde_json::to_vec(&piece) {
+            Ok(raw) => raw,
+            Err(e) => return tracing::warn!(error = %e, "cannot encode the alert book"),
+        };
+        if let Err(e) = state.stores.alerts.put(&key, raw.into()).await {
+            return tracing::warn!(key, error = %e, "cannot store the alert book; a new leader would fire these alerts again");
         }
-    };
-    if let Err(e) = state.stores.alerts.put(BOOK_KEY, raw.into()).await {
-        tracing::warn!(error = %e, "cannot store the alert book; a new leader would fire these alerts again");
     }
 }
 
