@@ -418,7 +418,7 @@ async fn evaluate_loop(state: Arc<State>, stop: CancellationToken) {
             );
         }
         if !notes.is_empty() {
-            crate::alerts::save_book(&state).await;
+            crate::alerts::save_book(&state, &notes).await;
             let receivers = &state.config().receivers;
             if !receivers.is_empty() {
                 let js = jetstream::new(state.client().clone());

@@ -19,6 +19,7 @@ pub mod webhook;
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -71,108 +72,104 @@ pub const REPEAT_SECS: i64 = 4 * 3600;
 /// `--alert-hold-secs` says otherwise.
 pub const KEEP_FIRING_SECS: i64 = 120;
 
-/// The KV key (bucket `zdr_alerts`) of the active alerts' first piece;
-/// piece `i > 0` is under `book.<i>` (`state::Book::pieces`).
-const BOOK_KEY: &str = "book";
-/// The JSON of one piece stays near this, well under max_payload.
-const PIECE_BYTES: usize = 256 * 1024;
+/// The KV key prefix (bucket `zdr_alerts`) of one active alert:
+/// `alert.<fingerprint>`. One key per alert, written as it fires or is sent
+/// again and deleted as it resolves: a book of all of them in one value
+/// passed NATS' max_payload at 100,000 alerts (9 MB; issue 13's
+/// 10-million-snapshot run), and rewriting it whole on every change cost
+/// more than the change.
+const ALERT_PREFIX: &str = "alert.";
+/// Where releases before per-alert keys kept the whole book; read once
+/// and moved to per-alert keys.
+const LEGACY_BOOK_KEY: &str = "book";
 
-/// One KV value of the alert book. The first piece says how many there are
-/// (`pieces`); a book stored whole before pieces existed reads as one.
-#[derive(Serialize, Deserialize)]
-struct Piece {
-    active: BTreeMap<String, state::Tracked>,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pieces: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-fn piece_key(i: usize) -> String {
-    format!("{BOOK_KEY}.{i}")
+fn alert_key(fingerprint: &str) -> String {
+    format!("{ALERT_PREFIX}{fingerprint}")
 }
 
 /// A new leader takes over the alerts its predecessor had fired, so that it
 /// neither fires them again nor leaves them unresolved at the receivers.
 pub async fn restore_book(state: &crate::state::State) {
-    let read = |raw: &[u8]| serde_json::from_slice::<Piece>(raw);
-    let first = match state.stores.alerts.get(BOOK_KEY).await {
-        Ok(Some(raw)) => match read(&raw) {
-            Ok(p) => p,
-            Err(e) => {
-                return tracing::warn!(error = %e, "unreadable alert book in KV; starting afresh")
-            }
-        },
-        Ok(None) => return,
-        Err(e) => return tracing::warn!(error = %e, "cannot read the alert book; starting afresh"),
-    };
-    let pieces = first.pieces.max(1);
-    let mut book = state::Book {
-        active: first.active,
-    };
-    for i in 1..pieces {
-        match state.stores.alerts.get(piece_key(i)).await {
-            Ok(Some(raw)) => match read(&raw) {
-                Ok(p) => book.active.extend(p.active),
-                Err(e) => {
-                    tracing::warn!(piece = i, pieces, error = %e, "unreadable piece of the alert book; its alerts may fire again")
+    let store = &state.stores.alerts;
+    let mut book = state::Book::default();
+    let mut legacy = None;
+    match store.keys().await {
+        Ok(mut keys) => {
+            while let Some(Ok(key)) = keys.next().await {
+                let Ok(Some(raw)) = store.get(&key).await else {
+                    continue;
+                };
+                if key == LEGACY_BOOK_KEY {
+                    match serde_json::from_slice::<state::Book>(&raw) {
+                        Ok(old) => legacy = Some(old),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable alert book in KV; skipped")
+                        }
+                    }
+                    continue;
                 }
-            },
-            Ok(None) => tracing::warn!(
-                piece = i,
-                pieces,
-                "a piece of the alert book is missing; its alerts may fire again"
-            ),
-            Err(e) => {
-                tracing::warn!(piece = i, pieces, error = %e, "cannot read a piece of the alert book; its alerts may fire again")
+                match serde_json::from_slice::<state::Tracked>(&raw) {
+                    Ok(t) => {
+                        book.active.insert(t.alert.fingerprint.clone(), t);
+                    }
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "unreadable alert in KV; it may fire again")
+                    }
+                }
             }
         }
+        Err(e) => {
+            return tracing::warn!(error = %e, "cannot read the active alerts; starting afresh")
+        }
     }
-    tracing::info!(
-        active = book.active.len(),
-        pieces,
-        "took over the active alerts"
-    );
+    if let Some(old) = legacy {
+        for t in old.active.values() {
+            put(state, t).await;
+        }
+        if let Err(e) = store.purge(LEGACY_BOOK_KEY).await {
+            tracing::warn!(error = %e, "cannot remove the old alert book");
+        }
+        book.active.extend(old.active);
+    }
+    tracing::info!(active = book.active.len(), "took over the active alerts");
     *state.alerts() = book;
 }
 
-/// Stores the active alerts; called when a notification went out, which is
-/// whenever the set changed. The first piece goes last: it carries the
-/// count, so a reader never counts pieces not yet written. Pieces past the
-/// count, left by a larger book before, are not read.
-pub async fn save_book(state: &crate::state::State) {
-    let pieces = state.alerts().pieces(PIECE_BYTES);
-    let count = pieces.len();
-    let mut puts: Vec<(String, Piece)> = pieces
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let key = if i == 0 {
-                BOOK_KEY.to_string()
-            } else {
-                piece_key(i)
-            };
-            let pieces = if i == 0 { count } else { 0 };
-            (
-                key,
-                Piece {
-                    active: p.active,
-                    pieces,
-                },
-            )
+/// Stores what `notes` changed in the active alerts: a firing alert (new or
+/// sent again) is written, a resolved one deleted. [`SAVES_IN_FLIGHT`] at a
+/// time: a mass outage changes hundreds of thousands at once.
+pub async fn save_book(state: &crate::state::State, notes: &[state::Notification]) {
+    futures::stream::iter(notes)
+        .for_each_concurrent(SAVES_IN_FLIGHT, |n| async move {
+            let fingerprint = &n.alert.fingerprint;
+            match n.status {
+                state::Status::Firing => {
+                    let tracked = state.alerts().active.get(fingerprint).cloned();
+                    if let Some(t) = tracked {
+                        put(state, &t).await;
+                    }
+                }
+                state::Status::Resolved => {
+                    if let Err(e) = state.stores.alerts.delete(alert_key(fingerprint)).await {
+                        tracing::warn!(fingerprint, error = %e, "cannot delete a resolved alert; a new leader would resolve it again");
+                    }
+                }
+            }
         })
-        .collect();
-    puts.rotate_left(1);
-    for (key, piece) in puts {
-        let raw = match serde_json::to_vec(&piece) {
-            Ok(raw) => raw,
-            Err(e) => return tracing::warn!(error = %e, "cannot encode the alert book"),
-        };
-        if let Err(e) = state.stores.alerts.put(&key, raw.into()).await {
-            return tracing::warn!(key, error = %e, "cannot store the alert book; a new leader would fire these alerts again");
-        }
+        .await;
+}
+
+/// KV writes of [`save_book`] under way at once.
+const SAVES_IN_FLIGHT: usize = 64;
+
+async fn put(state: &crate::state::State, t: &state::Tracked) {
+    let raw = match serde_json::to_vec(t) {
+        Ok(raw) => raw,
+        Err(e) => return tracing::warn!(error = %e, "cannot encode an alert"),
+    };
+    let key = alert_key(&t.alert.fingerprint);
+    if let Err(e) = state.stores.alerts.put(&key, raw.into()).await {
+        tracing::warn!(key, error = %e, "cannot store an alert; a new leader would fire it again");
     }
 }
 

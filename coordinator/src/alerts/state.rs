@@ -28,29 +28,6 @@ pub struct Book {
     pub active: BTreeMap<String, Tracked>,
 }
 
-impl Book {
-    /// The active alerts in pieces of about `limit` bytes of JSON each, at
-    /// least one: each piece is one KV value, and NATS refuses a value over
-    /// its max_payload (1 MiB by default). A mass outage of 100,000 datasets
-    /// made a 9 MB book (issue 13's 10-million-snapshot run).
-    pub fn pieces(&self, limit: usize) -> Vec<Book> {
-        let mut out = vec![Book::default()];
-        let mut size = 0;
-        for (fingerprint, tracked) in &self.active {
-            let n = fingerprint.len() + serde_json::to_vec(tracked).map_or(0, |v| v.len()) + 8;
-            let last = out.last_mut().expect("never empty");
-            if size + n > limit && !last.active.is_empty() {
-                out.push(Book::default());
-                size = 0;
-            }
-            size += n;
-            let last = out.last_mut().expect("never empty");
-            last.active.insert(fingerprint.clone(), tracked.clone());
-        }
-        out
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tracked {
     pub alert: Alert,
@@ -152,41 +129,6 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_large_book_is_stored_in_pieces_under_the_limit_and_loses_nothing() {
-        let mut book = Book::default();
-        for i in 0..1000 {
-            let labels = BTreeMap::from([("dataset".to_string(), format!("tank/ds{i:04}"))]);
-            let alert = Alert::new(labels, format!("tank/ds{i:04} is behind its RPO"));
-            let tracked = Tracked {
-                alert,
-                starts_at: i,
-                last_sent: i,
-                last_firing: i,
-            };
-            book.active
-                .insert(tracked.alert.fingerprint.clone(), tracked);
-        }
-        let whole = serde_json::to_vec(&book).unwrap().len();
-        let limit = 20_000;
-        let pieces = book.pieces(limit);
-        assert!(
-            pieces.len() > whole / limit,
-            "{} pieces for {whole} bytes",
-            pieces.len()
-        );
-        for p in &pieces {
-            assert!(serde_json::to_vec(p).unwrap().len() <= limit + 64);
-        }
-        let mut back = Book::default();
-        for p in pieces {
-            back.active.extend(p.active);
-        }
-        assert_eq!(back, book);
-        // Nothing active is still one piece: the count is written with it.
-        assert_eq!(Book::default().pieces(limit), vec![Book::default()]);
-    }
 
     const S: Settings = Settings {
         repeat_secs: 100,
