@@ -136,7 +136,7 @@ pub async fn restore_book(state: &crate::state::State) {
 }
 
 /// Stores what `notes` changed in the active alerts: a firing alert (new or
-/// sent again) is written, a resolved one deleted. [`SAVES_IN_FLIGHT`] at a
+/// sent again) is written, a resolved one deleted. `SAVES_IN_FLIGHT` at a
 /// time: a mass outage changes hundreds of thousands at once.
 pub async fn save_book(state: &crate::state::State, notes: &[state::Notification]) {
     futures::stream::iter(notes)
