@@ -19,6 +19,11 @@ pub struct Record<'a> {
     /// `intent`, `done` or `failed: ...`.
     pub outcome: &'a str,
     pub policy_revision: Option<u64>,
+    /// The snapshot's ZFS `creation` (Unix seconds), on the destroy of one
+    /// snapshot: retention chose it by that time, not by its name, so the
+    /// record says which bucket it was in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 pub struct AuditLog {
@@ -67,6 +72,7 @@ mod tests {
                 why: "tiers",
                 outcome: "intent",
                 policy_revision: Some(1),
+                created: (i == 1).then_some(1_700_000_000),
             })
             .unwrap();
         }
@@ -76,5 +82,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(v["target"], "tank/a@zdr_1");
         assert_eq!(v["at"], 1);
+        assert_eq!(v["created"], 1_700_000_000);
+        let first: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert!(first.get("created").is_none(), "{first}");
     }
 }

@@ -46,6 +46,7 @@ pub fn destroy_scratch(
             why,
             outcome,
             policy_revision: lc.policy().map(|p| p.bundle.revision),
+            created: None,
         })
     };
     let snaps = match lc.backend.list_snapshots(&ds) {

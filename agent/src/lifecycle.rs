@@ -311,6 +311,7 @@ impl Lifecycle {
                 why: &why,
                 outcome: "refused",
                 policy_revision: self.policy().map(|p| p.bundle.revision),
+                created: None,
             };
             if let Err(e) = self.audit.write(&record) {
                 warn!(error = %e, "audit log write failed for a refusal; refused all the same");
@@ -873,6 +874,7 @@ impl Lifecycle {
                 why: &why,
                 outcome,
                 policy_revision: reason.revision,
+                created: None,
             };
             if let Err(e) = self.audit.write(&record("intent")) {
                 warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");
@@ -984,8 +986,13 @@ impl Lifecycle {
                     names
                 }
             };
+        let creation: HashMap<&str, i64> = snaps
+            .iter()
+            .map(|s| (s.name.as_str(), s.creation))
+            .collect();
         for snap in plan.destroy.iter().filter(|s| !kept.contains(*s)) {
             let target = format!("{ds}@{snap}");
+            let created = creation.get(snap.as_str()).copied();
             let record = |outcome| Record {
                 at: now,
                 actor,
@@ -994,6 +1001,7 @@ impl Lifecycle {
                 why,
                 outcome,
                 policy_revision: revision,
+                created,
             };
             if let Err(e) = self.audit.write(&record("intent")) {
                 warn!(error = %e, path = %self.audit.path().display(), "audit log write failed; not destroying anything");

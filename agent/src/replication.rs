@@ -920,6 +920,7 @@ impl Replication {
             why,
             outcome,
             policy_revision: self.lifecycle.policy().map(|p| p.bundle.revision),
+            created: None,
         };
         match self.lifecycle.audit.write(&record) {
             Ok(()) => true,

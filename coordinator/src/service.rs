@@ -466,15 +466,16 @@ async fn resign_policy(state: &State, epoch: u64) {
 /// Loads the pairings made before, so they stay stable across restarts.
 async fn restore_pairings(state: &State) {
     let mut kept = Vec::new();
-    if let Ok(mut keys) = state.stores.pairings.keys().await {
-        while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(raw)) = state.stores.pairings.get(&key).await {
+    match bus::load_all(state.client(), &state.stores.pairings).await {
+        Ok(all) => {
+            for (key, raw) in all {
                 match serde_json::from_slice::<pairing::Pairing>(&raw) {
                     Ok(p) => kept.push(p),
                     Err(e) => warn!(key, error = %e, "unreadable pairing in KV; skipped"),
                 }
             }
         }
+        Err(e) => warn!(error = %e, "cannot read the pairings made before; pairing afresh"),
     }
     state.set_pairings(pairing::Plan {
         pairings: kept,
@@ -544,33 +545,33 @@ async fn update_pairings(state: &State) {
 
 /// Loads node records and inventories from KV.
 async fn restore(state: &State) {
+    let load = |what: &'static str, store| async move {
+        bus::load_all(state.client(), store)
+            .await
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the {what} in KV; they come back as agents report");
+                Vec::new()
+            })
+    };
     let mut nodes = Vec::new();
-    if let Ok(mut keys) = state.stores.fleet.keys().await {
-        while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(raw)) = state.stores.fleet.get(&key).await {
-                match serde_json::from_slice::<NodeRecord>(&raw) {
-                    Ok(rec) => nodes.push((key, rec)),
-                    Err(e) => warn!(key, error = %e, "unreadable node record in KV; skipped"),
-                }
-            }
+    for (key, raw) in load("node records", &state.stores.fleet).await {
+        match serde_json::from_slice::<NodeRecord>(&raw) {
+            Ok(rec) => nodes.push((key, rec)),
+            Err(e) => warn!(key, error = %e, "unreadable node record in KV; skipped"),
         }
     }
     let mut inventories = Vec::new();
-    if let Ok(mut keys) = state.stores.inventory.keys().await {
-        while let Some(Ok(key)) = keys.next().await {
-            if let Ok(Some(raw)) = state.stores.inventory.get(&key).await {
-                let Some((node, _)) = key.split_once('.') else {
-                    continue;
-                };
-                match serde_json::from_slice::<DatasetInventory>(&raw) {
-                    Ok(mut inv) => {
-                        // The fleet keeps snapshots in createtxg order.
-                        inv.snapshots.sort_by_key(|s| s.createtxg);
-                        inventories.push((node.to_string(), inv))
-                    }
-                    Err(e) => warn!(key, error = %e, "unreadable inventory in KV; skipped"),
-                }
+    for (key, raw) in load("inventories", &state.stores.inventory).await {
+        let Some((node, _)) = key.split_once('.') else {
+            continue;
+        };
+        match serde_json::from_slice::<DatasetInventory>(&raw) {
+            Ok(mut inv) => {
+                // The fleet keeps snapshots in createtxg order.
+                inv.snapshots.sort_by_key(|s| s.createtxg);
+                inventories.push((node.to_string(), inv))
             }
+            Err(e) => warn!(key, error = %e, "unreadable inventory in KV; skipped"),
         }
     }
     let mut fleet = state.fleet_mut();

@@ -5,7 +5,7 @@
 pub mod fuzz;
 pub mod trials;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1120,6 +1120,24 @@ pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<Str
     )
 }
 
+/// The ZFS `creation` (Unix seconds) of each snapshot of `dataset` in an
+/// agent's pools, by name; empty when there is no such dataset.
+pub fn creations_on_disk(agent: &Agent, dataset: &str) -> HashMap<String, i64> {
+    if agent.real_zfs {
+        return real_zfs::creations(dataset);
+    }
+    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).unwrap_or_default();
+    let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
+    v["datasets"][dataset]["snapshots"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["creation"].as_i64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The bookmarks of `dataset` in an agent's pools: name and GUID.
 pub fn bookmarks_on_disk(agent: &Agent, dataset: &str) -> Vec<(String, u64)> {
     if agent.real_zfs {
@@ -1194,6 +1212,28 @@ pub mod real_zfs {
                 })
                 .collect(),
         )
+    }
+
+    /// The snapshots of `dataset`: name and `creation` (Unix seconds).
+    pub fn creations(dataset: &str) -> std::collections::HashMap<String, i64> {
+        zfs(&[
+            "list",
+            "-Hp",
+            "-t",
+            "snapshot",
+            "-o",
+            "name,creation",
+            "-d",
+            "1",
+            dataset,
+        ])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (full, t) = l.split_once('\t')?;
+            Some((full.split_once('@')?.1.to_string(), t.trim().parse().ok()?))
+        })
+        .collect()
     }
 
     /// The bookmarks of `dataset`: name and GUID.

@@ -16,7 +16,9 @@
 //!   now was among them at every earlier prune too, so none may be missing.
 //!   "Ever taken" is what is on disk plus what the audit log says was
 //!   destroyed: a destroy that bypassed the audit would hide from this check,
-//!   and is what the next rule is for;
+//!   and is what the next rule is for. Buckets go by ZFS `creation`, as
+//!   retention's do: from the pool for what is there, from the audit record
+//!   for what was destroyed;
 //! - **every destroy was audited before it ran**: each `done` destroy has an
 //!   earlier `intent` for the same snapshot;
 //! - **no common base destroyed**: every snapshot on the copy is a snapshot or
@@ -128,6 +130,9 @@ pub struct Audited {
     /// `dataset@snapshot`.
     pub target: String,
     pub outcome: String,
+    /// The snapshot's ZFS `creation`, when the record gives it (retention's
+    /// destroys do).
+    pub created: Option<i64>,
 }
 
 /// A broken invariant, said so that the log of the trial explains it.
@@ -163,21 +168,22 @@ pub fn created_at(name: &str, prefix: &str) -> Option<i64> {
 }
 
 /// Tier representatives missing from `present`: for each `(period_secs,
-/// keep)`, the oldest snapshot ever taken (of `ever`, our names) in each of
-/// the `keep` most recent buckets that ever held one.
+/// keep)`, the oldest snapshot ever taken (of `ever`: our snapshots, each
+/// with its ZFS `creation`) in each of the `keep` most recent buckets that
+/// ever held one.
+///
+/// Buckets go by `creation`, as the agent's retention does, never by the
+/// time in the name: the agent names a snapshot before ZFS stamps it, and
+/// under load the two fall on either side of a bucket boundary.
 pub fn lost_representatives(
-    ever: &HashSet<String>,
+    ever: &HashMap<String, i64>,
     present: &HashSet<String>,
-    prefix: &str,
     tiers: &[(u64, u32)],
 ) -> Vec<Violation> {
     let mut out = Vec::new();
     for &(period, keep) in tiers {
         let mut oldest: BTreeMap<i64, (i64, &str)> = BTreeMap::new();
-        for name in ever {
-            let Some(t) = created_at(name, prefix) else {
-                continue;
-            };
+        for (name, &t) in ever {
             let b = zdr_agent::retention::bucket(t, period);
             let e = oldest.entry(b).or_insert((t, name));
             if (t, name.as_str()) < *e {
@@ -323,6 +329,10 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    fn stamped(snaps: &[(&str, i64)]) -> HashMap<String, i64> {
+        snaps.iter().map(|(n, t)| (n.to_string(), *t)).collect()
+    }
+
     #[test]
     fn the_same_seed_gives_the_same_plan_and_every_victim_comes_up() {
         assert_eq!(plan(7, 3, 4), plan(7, 3, 4));
@@ -352,6 +362,7 @@ mod tests {
             action: a.into(),
             target: t.into(),
             outcome: o.into(),
+            created: None,
         };
         let ok = [r("destroy", "t@a", "intent"), r("destroy", "t@a", "done")];
         assert!(unaudited_destroys(&ok).is_empty());
@@ -371,21 +382,31 @@ mod tests {
     #[test]
     fn a_missing_representative_of_a_recent_bucket_is_a_loss() {
         // 2 s buckets, keep 2: buckets 5 (10, 11) and 6 (12) are the newest.
-        let ever = set(&[
-            "zdr_19700101T000008Z",
-            "zdr_19700101T000010Z",
-            "zdr_19700101T000011Z",
-            "zdr_19700101T000012Z",
+        let ever = stamped(&[
+            ("zdr_19700101T000008Z", 8),
+            ("zdr_19700101T000010Z", 10),
+            ("zdr_19700101T000011Z", 11),
+            ("zdr_19700101T000012Z", 12),
         ]);
         let kept = set(&["zdr_19700101T000010Z", "zdr_19700101T000012Z"]);
-        assert!(lost_representatives(&ever, &kept, "zdr", &[(2, 2)]).is_empty());
+        assert!(lost_representatives(&ever, &kept, &[(2, 2)]).is_empty());
         // @10 represents bucket 5; @11 alone does not make up for it.
         let wrong = set(&["zdr_19700101T000011Z", "zdr_19700101T000012Z"]);
-        let v = lost_representatives(&ever, &wrong, "zdr", &[(2, 2)]);
+        let v = lost_representatives(&ever, &wrong, &[(2, 2)]);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].0.contains("zdr_19700101T000010Z"));
-        // An old bucket may go.
-        assert!(lost_representatives(&ever, &kept, "zdr", &[(2, 2)]).is_empty());
+    }
+
+    #[test]
+    fn buckets_go_by_creation_not_by_the_name() {
+        // VM trial 18: @47 was stamped by ZFS at 48 s, so by creation it
+        // shares bucket 1 with @48 (stamped 49 s) and represents it, and
+        // retention may prune @48. By name, @48 looked like bucket 1's.
+        let ever = stamped(&[("zdr_19700101T000047Z", 48), ("zdr_19700101T000048Z", 49)]);
+        let kept = set(&["zdr_19700101T000047Z"]);
+        assert!(lost_representatives(&ever, &kept, &[(48, 2)]).is_empty());
+        let lost = set(&["zdr_19700101T000048Z"]);
+        assert_eq!(lost_representatives(&ever, &lost, &[(48, 2)]).len(), 1);
     }
 
     #[test]

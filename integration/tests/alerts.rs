@@ -295,8 +295,35 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
     // The leader is killed while the alert is active: its successor takes
     // the alert over (no second firing), and resolves it.
     coordinator.proc.kill();
+    // It kept the alert under its own key. Releases before kept the whole
+    // book under one `book` key: put it back that way, so that c2 takes
+    // over from the old layout and moves it to per-alert keys.
+    let kv = async_nats::jetstream::new(fleet.nats.client().await)
+        .get_key_value("zdr_alerts")
+        .await
+        .unwrap();
+    let own = format!("alert.{fingerprint}");
+    let raw = kv.get(&own).await.unwrap().expect("the alert's own key");
+    let tracked: Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(tracked["alert"]["fingerprint"], fingerprint.as_str());
+    let book = serde_json::json!({ "active": { fingerprint.as_str(): tracked } });
+    kv.put("book", serde_json::to_vec(&book).unwrap().into())
+        .await
+        .unwrap();
+    kv.delete(&own).await.unwrap();
     coordinator = fleet.coordinator_with("c2", &flags);
     coordinator.wait_ready().await;
+    wait_for(
+        "the old book moved to the alert's own key",
+        Duration::from_secs(30),
+        || async {
+            let moved: Value = serde_json::from_slice(&kv.get(&own).await.ok()??).ok()?;
+            let gone = kv.get("book").await.ok()?.is_none();
+            // Same alert, same start: taken over, not fired anew.
+            (gone && moved["starts_at"] == tracked["starts_at"]).then_some(())
+        },
+    )
+    .await;
 
     // The copy comes back and catches up: both receivers get the resolve.
     b1 = fleet.agent_with(&B1, &b1_extra);

@@ -230,6 +230,13 @@ async fn a_restarted_coordinator_still_knows_the_fleet() {
     a1.proc.kill();
     b1.proc.kill();
     coord.proc.kill();
+    // A key written and then deleted is history, not an inventory: the new
+    // coordinator's one-pass load must leave it out.
+    let kv = js.get_key_value("zdr_inventory").await.unwrap();
+    kv.put("node-a1.ff", "not an inventory".into())
+        .await
+        .unwrap();
+    kv.delete("node-a1.ff").await.unwrap();
     let coord2 = f.coordinator("c2");
     coord2.wait_ready().await;
     let v = coord2.fleet().await.unwrap();
@@ -239,6 +246,8 @@ async fn a_restarted_coordinator_still_knows_the_fleet() {
             "{node} forgotten: {v}"
         );
     }
+    let log = coord2.proc.output();
+    assert!(!log.contains("unreadable inventory"), "{log}");
     assert_eq!(v["policy_revision"], 1);
     assert!(v["epoch"].as_u64().unwrap() > 0);
 }

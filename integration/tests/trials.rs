@@ -18,7 +18,7 @@
 //! - `ZDR_TRIAL_ONLY` (`2,9,15`): these trials instead, to replay several,
 //! - `ZDR_TRIAL_LOGS`: a directory to copy each trial's process logs into.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -368,6 +368,12 @@ fn keep_logs(from: &Path, to: &Path) {
         if e.path().extension().is_some_and(|x| x == "log") {
             let _ = std::fs::copy(e.path(), to.join(e.file_name()));
         }
+        // Each agent's audit log, which the retention check reads.
+        let audit = e.path().join("audit.jsonl");
+        if audit.is_file() {
+            let name = format!("audit-{}.jsonl", e.file_name().to_string_lossy());
+            let _ = std::fs::copy(&audit, to.join(name));
+        }
     }
 }
 
@@ -388,6 +394,7 @@ fn audit_of(agent: &Agent) -> Vec<Audited> {
             action: r["action"].as_str().unwrap_or("").into(),
             target: r["target"].as_str().unwrap_or("").into(),
             outcome: r["outcome"].as_str().unwrap_or("").into(),
+            created: r["created"].as_i64(),
         })
         .collect()
 }
@@ -484,22 +491,25 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
         .extend(trials::unaudited_destroys(&dst_audit));
     let present: HashSet<String> = src.iter().map(|(n, _, _)| n.clone()).collect();
     let prefix = format!("{DATASET}@");
-    let ever: HashSet<String> = present
+    // Our snapshots ever taken, each with its creation: from the pool for
+    // those still there, from the audited destroy for the others (the name's
+    // time only where a record does not say).
+    let on_pool = creations_on_disk(&w.source, DATASET);
+    let destroyed = src_audit
         .iter()
-        .cloned()
-        .chain(
-            src_audit
-                .iter()
-                .filter(|r| r.outcome == "done")
-                .filter_map(|r| r.target.strip_prefix(&prefix).map(String::from)),
-        )
+        .filter(|r| r.outcome == "done")
+        .filter_map(|r| Some((r.target.strip_prefix(&prefix)?.to_string(), r.created)));
+    let ever: HashMap<String, i64> = present
+        .iter()
+        .map(|n| (n.clone(), on_pool.get(n).copied()))
+        .chain(destroyed)
+        .filter_map(|(n, created)| {
+            let named = trials::created_at(&n, "zdr")?;
+            Some((n, created.unwrap_or(named)))
+        })
         .collect();
-    out.violations.extend(trials::lost_representatives(
-        &ever,
-        &present,
-        "zdr",
-        &LANE.tiers,
-    ));
+    out.violations
+        .extend(trials::lost_representatives(&ever, &present, &LANE.tiers));
     let pairs = |v: &[(String, u64, Vec<String>)]| -> Vec<(String, u64)> {
         v.iter().map(|(n, g, _)| (n.clone(), *g)).collect()
     };
@@ -519,7 +529,7 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
             // Which snapshots were ever taken, in order, to tell whether a
             // cut incremental spanned one.
             let mut order: Vec<(i64, &String)> = ever
-                .iter()
+                .keys()
                 .filter_map(|n| Some((trials::created_at(n, "zdr")?, n)))
                 .collect();
             order.sort();

@@ -93,12 +93,9 @@ pub async fn restore_book(state: &crate::state::State) {
     let store = &state.stores.alerts;
     let mut book = state::Book::default();
     let mut legacy = None;
-    match store.keys().await {
-        Ok(mut keys) => {
-            while let Some(Ok(key)) = keys.next().await {
-                let Ok(Some(raw)) = store.get(&key).await else {
-                    continue;
-                };
+    match crate::bus::load_all(state.client(), store).await {
+        Ok(all) => {
+            for (key, raw) in all {
                 if key == LEGACY_BOOK_KEY {
                     match serde_json::from_slice::<state::Book>(&raw) {
                         Ok(old) => legacy = Some(old),
@@ -187,16 +184,22 @@ pub fn evaluate(
         let Some(policy) = policy.as_ref() else {
             return Vec::new();
         };
-        let fleet = state.fleet();
-        rules::evaluate(&rules::Input {
-            report,
-            fleet: &fleet,
+        // The fleet lock for the fleet's rules only: the report's walk
+        // (every dataset of a large fleet) runs without it.
+        let of_fleet = rules::of_fleet(&rules::FleetInput {
+            fleet: &state.fleet(),
             policy: &policy.policy,
             now,
             offline_after_secs: state.config().offline_after.as_secs() as i64,
             leading_since: state.leading_since(),
+        });
+        let input = rules::Input {
+            report,
+            policy: &policy.policy,
+            now,
             drills: &drills,
-        })
+        };
+        rules::evaluate(&input, of_fleet)
     };
     let settings = state::Settings {
         repeat_secs: REPEAT_SECS,

@@ -1,6 +1,7 @@
 //! The alert rules, pure: the compliance report, the fleet and the policy
 //! come in with `now`; the set of firing alerts comes out, sorted by
-//! fingerprint. Every alert has the labels `alertname` and `severity`, and
+//! fingerprint. The fleet's rules ([`of_fleet`]) run apart from the
+//! report's ([`evaluate`]), each on its own inputs. Every alert has the labels `alertname` and `severity`, and
 //! those below; no label holds a snapshot name or a figure (the figures are
 //! in the `summary` annotation), so a condition keeps one fingerprint for as
 //! long as it lasts.
@@ -36,8 +37,20 @@ pub const SCHEDULE_MARGIN_PERCENT: u64 = 150;
 pub const POOL_WARN_PERCENT: u64 = 80;
 pub const POOL_CRITICAL_PERCENT: u64 = 90;
 
+/// What the rules over the report, the policy and the drills read.
 pub struct Input<'a> {
     pub report: &'a Report,
+    pub policy: &'a Policy,
+    /// Unix seconds.
+    pub now: i64,
+    /// The newest ended drill of each copy (`crate::drills::outcomes`).
+    pub drills: &'a [DrillOutcome],
+}
+
+/// What the rules over the fleet (agents offline, pools full) read. They run
+/// apart from the others so that the shell holds the fleet lock for these
+/// alone, not while it walks the whole report.
+pub struct FleetInput<'a> {
     pub fleet: &'a Fleet,
     pub policy: &'a Policy,
     /// Unix seconds.
@@ -46,8 +59,6 @@ pub struct Input<'a> {
     /// When this coordinator began to lead: a policy node that never said
     /// hello is offline only once it had the timeout to do so.
     pub leading_since: i64,
-    /// The newest ended drill of each copy (`crate::drills::outcomes`).
-    pub drills: &'a [DrillOutcome],
 }
 
 /// How the newest ended restore drill of one copy of a protected dataset went.
@@ -63,9 +74,17 @@ pub struct DrillOutcome {
     pub ended_at: i64,
 }
 
-/// Every alert firing now, sorted by fingerprint.
-pub fn evaluate(input: &Input) -> Vec<Alert> {
-    let mut out = Vec::new();
+/// The alerts of the fleet's own state: agents offline, pools full.
+pub fn of_fleet(input: &FleetInput) -> Vec<Alert> {
+    let mut out = agents(input);
+    out.extend(pools(input.fleet));
+    out
+}
+
+/// Every alert firing now, sorted by fingerprint: those of the report, the
+/// policy and the drills, with `fleet` ([`of_fleet`]'s).
+pub fn evaluate(input: &Input, fleet: Vec<Alert>) -> Vec<Alert> {
+    let mut out = fleet;
     for d in &input.report.datasets {
         for c in &d.copies {
             out.extend(copy_rpo(d, c));
@@ -74,8 +93,6 @@ pub fn evaluate(input: &Input) -> Vec<Alert> {
         out.extend(schedule(input, d));
         out.extend(three_two_one(d));
     }
-    out.extend(agents(input));
-    out.extend(pools(input.fleet));
     out.extend(input.drills.iter().filter_map(|d| drill(input.now, d)));
     out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
     out.dedup_by(|a, b| a.fingerprint == b.fingerprint);
@@ -250,7 +267,7 @@ fn offline(node: &str, summary: String) -> Alert {
     Alert::new(l, summary)
 }
 
-fn agents(input: &Input) -> Vec<Alert> {
+fn agents(input: &FleetInput) -> Vec<Alert> {
     let timeout = input.offline_after_secs;
     let mut out: Vec<Alert> = input
         .fleet
@@ -469,15 +486,22 @@ datasets:
             datasets: vec![d],
         };
         let p = policy();
-        evaluate(&Input {
-            report: &report,
+        let of_fleet = of_fleet(&FleetInput {
             fleet,
             policy: &p,
             now: NOW,
             offline_after_secs: 30,
             leading_since: NOW - 3600,
-            drills: &[],
-        })
+        });
+        evaluate(
+            &Input {
+                report: &report,
+                policy: &p,
+                now: NOW,
+                drills: &[],
+            },
+            of_fleet,
+        )
     }
 
     #[test]
@@ -499,15 +523,22 @@ datasets:
             ended_at: NOW - 60,
         };
         let at = |drills: &[DrillOutcome]| {
-            evaluate(&Input {
-                report: &report,
+            let of_fleet = of_fleet(&FleetInput {
                 fleet: &f,
                 policy: &p,
                 now: NOW,
                 offline_after_secs: 30,
                 leading_since: NOW,
-                drills,
-            })
+            });
+            evaluate(
+                &Input {
+                    report: &report,
+                    policy: &p,
+                    now: NOW,
+                    drills,
+                },
+                of_fleet,
+            )
         };
         let fired = at(&[outcome(false)]);
         let a = named(&fired, "ZdrDrillFailed");
@@ -664,15 +695,20 @@ datasets:
         };
         let p = policy();
         let at = |leading_since| {
-            evaluate(&Input {
-                report: &report,
+            let of_fleet = of_fleet(&FleetInput {
                 fleet: &f,
                 policy: &p,
                 now: NOW,
                 offline_after_secs: 30,
                 leading_since,
+            });
+            let input = Input {
+                report: &report,
+                policy: &p,
+                now: NOW,
                 drills: &[],
-            })
+            };
+            evaluate(&input, of_fleet)
         };
         assert_eq!(at(NOW - 10), vec![]);
         let late = at(NOW - 600);
