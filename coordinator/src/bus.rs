@@ -249,19 +249,21 @@ pub async fn leader_entry(
     }
 }
 
-/// Every live key of `store` with its newest value, in one pass of an
-/// ordered consumer (last value per subject), in stream order. Deleted and
-/// purged keys are left out.
+/// Hands `each` every live key of `store` with its newest value, in one
+/// pass of an ordered consumer (last value per subject), in stream order;
+/// deleted and purged keys are left out. Returns how many it handed over.
 ///
 /// `keys()` and then a get per key costs a round trip per key: 100,000 of
 /// them for the inventories of a 1,000 × 100 fleet, all before a new leader
-/// can serve. The consumer is served by the stream's leader, so this reads
-/// what a get would; a decision that needs the leader's newest record even
-/// so uses [`leader_entry`].
+/// can serve (`ops/bench-kv-load.sh` compares the two). Values go to `each`
+/// one at a time, so that the caller parses each and never holds the raw
+/// bucket. The consumer is served by the stream's leader; a decision that
+/// needs the leader's newest record even so uses [`leader_entry`].
 pub async fn load_all(
     client: &async_nats::Client,
     store: &kv::Store,
-) -> Result<Vec<(String, bytes::Bytes)>, async_nats::Error> {
+    mut each: impl FnMut(&str, &[u8]),
+) -> Result<usize, async_nats::Error> {
     use async_nats::jetstream::consumer::{push, DeliverPolicy, ReplayPolicy};
     use futures::StreamExt;
     let consumer = store
@@ -275,9 +277,9 @@ pub async fn load_all(
             ..Default::default()
         })
         .await?;
-    let mut out = Vec::new();
+    let mut handed = 0;
     if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
+        return Ok(handed);
     }
     let mut messages = consumer.messages().await?;
     while let Some(m) = messages.next().await {
@@ -287,14 +289,15 @@ pub async fn load_all(
         let deleted = op.is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"));
         if !deleted {
             if let Some(key) = m.subject.strip_prefix(store.prefix.as_str()) {
-                out.push((key.to_string(), m.payload.clone()));
+                each(key, &m.payload);
+                handed += 1;
             }
         }
         if pending == 0 {
             break;
         }
     }
-    Ok(out)
+    Ok(handed)
 }
 
 /// KV keys allow `[-/_=.a-zA-Z0-9]`; dataset names may hold spaces and ':'.

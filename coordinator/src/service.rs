@@ -466,16 +466,15 @@ async fn resign_policy(state: &State, epoch: u64) {
 /// Loads the pairings made before, so they stay stable across restarts.
 async fn restore_pairings(state: &State) {
     let mut kept = Vec::new();
-    match bus::load_all(state.client(), &state.stores.pairings).await {
-        Ok(all) => {
-            for (key, raw) in all {
-                match serde_json::from_slice::<pairing::Pairing>(&raw) {
-                    Ok(p) => kept.push(p),
-                    Err(e) => warn!(key, error = %e, "unreadable pairing in KV; skipped"),
-                }
-            }
+    let read = bus::load_all(state.client(), &state.stores.pairings, |key, raw| {
+        match serde_json::from_slice::<pairing::Pairing>(raw) {
+            Ok(p) => kept.push(p),
+            Err(e) => warn!(key, error = %e, "unreadable pairing in KV; skipped"),
         }
-        Err(e) => warn!(error = %e, "cannot read the pairings made before; pairing afresh"),
+    })
+    .await;
+    if let Err(e) = read {
+        warn!(error = %e, "cannot read the pairings made before; pairing afresh");
     }
     state.set_pairings(pairing::Plan {
         pairings: kept,
@@ -545,27 +544,27 @@ async fn update_pairings(state: &State) {
 
 /// Loads node records and inventories from KV.
 async fn restore(state: &State) {
-    let load = |what: &'static str, store| async move {
-        bus::load_all(state.client(), store)
-            .await
-            .unwrap_or_else(|e| {
-                warn!(error = %e, "cannot read the {what} in KV; they come back as agents report");
-                Vec::new()
-            })
-    };
+    let gone = |what: &str, e: async_nats::Error| warn!(error = %e, "cannot read the {what} in KV; they come back as agents report");
     let mut nodes = Vec::new();
-    for (key, raw) in load("node records", &state.stores.fleet).await {
-        match serde_json::from_slice::<NodeRecord>(&raw) {
-            Ok(rec) => nodes.push((key, rec)),
-            Err(e) => warn!(key, error = %e, "unreadable node record in KV; skipped"),
-        }
+    let read =
+        bus::load_all(
+            state.client(),
+            &state.stores.fleet,
+            |key, raw| match serde_json::from_slice::<NodeRecord>(raw) {
+                Ok(rec) => nodes.push((key.to_string(), rec)),
+                Err(e) => warn!(key, error = %e, "unreadable node record in KV; skipped"),
+            },
+        )
+        .await;
+    if let Err(e) = read {
+        gone("node records", e);
     }
     let mut inventories = Vec::new();
-    for (key, raw) in load("inventories", &state.stores.inventory).await {
+    let read = bus::load_all(state.client(), &state.stores.inventory, |key, raw| {
         let Some((node, _)) = key.split_once('.') else {
-            continue;
+            return;
         };
-        match serde_json::from_slice::<DatasetInventory>(&raw) {
+        match serde_json::from_slice::<DatasetInventory>(raw) {
             Ok(mut inv) => {
                 // The fleet keeps snapshots in createtxg order.
                 inv.snapshots.sort_by_key(|s| s.createtxg);
@@ -573,6 +572,10 @@ async fn restore(state: &State) {
             }
             Err(e) => warn!(key, error = %e, "unreadable inventory in KV; skipped"),
         }
+    })
+    .await;
+    if let Err(e) = read {
+        gone("inventories", e);
     }
     let mut fleet = state.fleet_mut();
     for (key, rec) in nodes {

@@ -93,31 +93,24 @@ pub async fn restore_book(state: &crate::state::State) {
     let store = &state.stores.alerts;
     let mut book = state::Book::default();
     let mut legacy = None;
-    match crate::bus::load_all(state.client(), store).await {
-        Ok(all) => {
-            for (key, raw) in all {
-                if key == LEGACY_BOOK_KEY {
-                    match serde_json::from_slice::<state::Book>(&raw) {
-                        Ok(old) => legacy = Some(old),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "unreadable alert book in KV; skipped")
-                        }
-                    }
-                    continue;
-                }
-                match serde_json::from_slice::<state::Tracked>(&raw) {
-                    Ok(t) => {
-                        book.active.insert(t.alert.fingerprint.clone(), t);
-                    }
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "unreadable alert in KV; it may fire again")
-                    }
-                }
+    let read = crate::bus::load_all(state.client(), store, |key, raw| {
+        if key == LEGACY_BOOK_KEY {
+            match serde_json::from_slice::<state::Book>(raw) {
+                Ok(old) => legacy = Some(old),
+                Err(e) => tracing::warn!(error = %e, "unreadable alert book in KV; skipped"),
             }
+            return;
         }
-        Err(e) => {
-            return tracing::warn!(error = %e, "cannot read the active alerts; starting afresh")
+        match serde_json::from_slice::<state::Tracked>(raw) {
+            Ok(t) => {
+                book.active.insert(t.alert.fingerprint.clone(), t);
+            }
+            Err(e) => tracing::warn!(key, error = %e, "unreadable alert in KV; it may fire again"),
         }
+    })
+    .await;
+    if let Err(e) = read {
+        return tracing::warn!(error = %e, "cannot read the active alerts; starting afresh");
     }
     if let Some(old) = legacy {
         for t in old.active.values() {
