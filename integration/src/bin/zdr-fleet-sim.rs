@@ -708,14 +708,18 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             .await
             {
                 Ok((200, _, took)) => hist.record(took.as_micros().max(1) as u64)?,
-                Ok((code, body, _)) if ping_errors == 0 => {
+                failed => {
+                    if ping_errors == 0 {
+                        match failed {
+                            Ok((code, body, _)) => eprintln!(
+                                "the first ping refused: HTTP {code}: {}",
+                                String::from_utf8_lossy(&body)
+                            ),
+                            Err(e) => eprintln!("the first ping failed: {e:#}"),
+                        }
+                    }
                     ping_errors += 1;
-                    eprintln!(
-                        "the first ping refused: HTTP {code}: {}",
-                        String::from_utf8_lossy(&body)
-                    );
                 }
-                Ok(_) | Err(_) => ping_errors += 1,
             }
         } else {
             tokio::time::sleep(Duration::from_millis(100)).await;
