@@ -38,7 +38,7 @@
 //!   the report, the status page and `zdr report` give one verdict.
 //!   Production is what drills compare against, so it has none.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use zdr_common::policy::{Class, Policy};
@@ -126,7 +126,7 @@ impl RpoState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Production,
@@ -1119,6 +1119,58 @@ fn checks(
     vec![copies_check, media_check, offsite_check, immutable_check]
 }
 
+/// The copies of one production node's datasets of one class, in one role,
+/// summed: served per node and class whatever the fleet's size, where the
+/// per-copy series stop at `--copy-metrics-max`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyTotals {
+    pub ok: usize,
+    pub warning: usize,
+    pub breach: usize,
+    /// The worst lag among those with a confirmed snapshot.
+    pub max_lag_secs: Option<i64>,
+    pub pending_snapshots: usize,
+    pub pending_bytes: u64,
+}
+
+/// What `/metrics` serves per production node and class.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Totals<'a> {
+    /// By (production node, class, role).
+    pub copies: BTreeMap<(&'a str, &'a str, Role), CopyTotals>,
+    /// Datasets that fail a 3-2-1 check, by (production node, class); 0 is
+    /// listed too, so that a gauge goes back to 0.
+    pub not_compliant: BTreeMap<(&'a str, &'a str), usize>,
+}
+
+pub fn totals(report: &Report) -> Totals<'_> {
+    let mut t = Totals::default();
+    for d in &report.datasets {
+        *t.not_compliant
+            .entry((d.node.as_str(), d.class.as_str()))
+            .or_insert(0) += usize::from(!d.compliant);
+        for c in &d.copies {
+            let e = t
+                .copies
+                .entry((d.node.as_str(), d.class.as_str(), c.role))
+                .or_default();
+            match c.rpo {
+                RpoState::Ok => e.ok += 1,
+                RpoState::Warning => e.warning += 1,
+                RpoState::Breach => e.breach += 1,
+            }
+            if let Some(lag) = c.lag_secs {
+                e.max_lag_secs = Some(e.max_lag_secs.map_or(lag, |m| m.max(lag)));
+            }
+            if let Some(r) = &c.replication {
+                e.pending_snapshots += r.pending_snapshots;
+                e.pending_bytes += r.pending_bytes;
+            }
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1285,6 +1337,31 @@ datasets:
             &["a2".into(), "b1".into(), "zz".into()],
         ));
         assert_eq!(assemble(pieces, NOW), whole);
+    }
+
+    #[test]
+    fn totals_sum_the_copies_per_production_node_class_and_role() {
+        let mut f = fleet();
+        put(&mut f, "a2", inv("tank/logs", vec![snap(7, 100)]));
+        // The copy has only zdr_1 (4000 s old): past gold's 1 h RPO, 3 behind.
+        put(&mut f, "b1", inv("backup/a1/tank/db", vec![snap(1, 4000)]));
+        let r = run(&f, &[pairing("offsite", "b1")], &[]);
+        let t = totals(&r);
+        let production = &t.copies[&("a1", "gold", Role::Production)];
+        assert_eq!((production.ok, production.breach), (1, 0));
+        assert_eq!(production.max_lag_secs, Some(600));
+        let replica = &t.copies[&("a1", "gold", Role::Replica)];
+        assert_eq!((replica.ok, replica.warning, replica.breach), (0, 0, 1));
+        assert_eq!(replica.max_lag_secs, Some(4000));
+        assert_eq!(replica.pending_snapshots, 3);
+        let pending = r.datasets[0].copies[1].replication.as_ref().unwrap();
+        assert!(pending.pending_bytes > 0);
+        assert_eq!(replica.pending_bytes, pending.pending_bytes);
+        assert_eq!(t.copies[&("a2", "bronze", Role::Production)].ok, 1);
+        assert_eq!(t.copies.len(), 3);
+        // Two copies and one: neither meets 3-2-1's three.
+        assert_eq!(t.not_compliant[&("a1", "gold")], 1);
+        assert_eq!(t.not_compliant[&("a2", "bronze")], 1);
     }
 
     #[test]

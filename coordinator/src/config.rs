@@ -31,4 +31,7 @@ pub struct Config {
     pub receivers: Vec<zdr_schemas::receivers::Receiver>,
     /// A cleared alert resolves after this long without firing again.
     pub alert_hold: Duration,
+    /// Per-copy series on `/metrics` while the fleet has at most this many
+    /// copies; above it, only the totals per node and class.
+    pub copy_metrics_max: usize,
 }

@@ -101,6 +101,12 @@ struct RunArgs {
     /// so that a flapping condition is one alert.
     #[arg(long, default_value_t = zdr_coordinator::alerts::KEEP_FIRING_SECS as u64)]
     alert_hold_secs: u64,
+    /// `/metrics` serves one series per copy (lag, breach, pending) while
+    /// the fleet has at most this many copies, and only the totals per node
+    /// and class above it, so that a large fleet's scrape stays small.
+    /// `/api/v1/report` has every copy whatever the size.
+    #[arg(long, env = "ZDR_COPY_METRICS_MAX", default_value_t = 10_000)]
+    copy_metrics_max: usize,
     /// Log as JSON lines.
     #[arg(long)]
     json_logs: bool,
@@ -328,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
                 command_timeout: Duration::from_secs(a.command_timeout_secs),
                 receivers,
                 alert_hold: Duration::from_secs(a.alert_hold_secs),
+                copy_metrics_max: a.copy_metrics_max,
             };
             let shutdown = tokio_util::sync::CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));

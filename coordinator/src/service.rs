@@ -883,36 +883,67 @@ fn update_gauges(state: &State, report: Option<&crate::compliance::Report>) {
     metrics::gauge!("zdr_datasets_rpo_missed").set(missed as f64);
     drop((fleet, policy));
     if let Some(report) = report {
-        copy_gauges(report);
+        copy_gauges(report, state.config().copy_metrics_max);
     }
 }
 
-/// Per copy of each protected dataset: labels name the dataset and the copy's
-/// node, never a snapshot, so there are as many series as copies.
-fn copy_gauges(report: &crate::compliance::Report) {
+/// The totals per production node, class and role always; per copy of each
+/// protected dataset too while the fleet has at most `per_copy_max` copies
+/// (labels name the dataset and the copy's node, never a snapshot). A series
+/// no longer set leaves `/metrics` after the exporter's idle timeout.
+fn copy_gauges(report: &crate::compliance::Report, per_copy_max: usize) {
     use crate::compliance::RpoState;
-    for d in &report.datasets {
-        for c in &d.copies {
-            let labels = [
-                ("node", d.node.clone()),
-                ("dataset", d.dataset.clone()),
-                ("copy_node", c.node.clone()),
-                ("role", c.role.as_str().to_string()),
-            ];
-            if let Some(lag) = c.lag_secs {
-                metrics::gauge!("zdr_copy_lag_seconds", &labels).set(lag as f64);
-            }
-            let breach = matches!(c.rpo, RpoState::Breach);
-            metrics::gauge!("zdr_copy_rpo_breach", &labels).set(f64::from(u8::from(breach)));
-            if let Some(r) = &c.replication {
-                metrics::gauge!("zdr_copy_pending_snapshots", &labels)
-                    .set(r.pending_snapshots as f64);
-                metrics::gauge!("zdr_copy_pending_bytes", &labels).set(r.pending_bytes as f64);
-            }
+    let totals = crate::compliance::totals(report);
+    for ((node, class, role), t) in &totals.copies {
+        let labels = [
+            ("node", node.to_string()),
+            ("class", class.to_string()),
+            ("role", role.as_str().to_string()),
+        ];
+        for (rpo, n) in [("ok", t.ok), ("warning", t.warning), ("breach", t.breach)] {
+            let mut with_state = labels.to_vec();
+            with_state.push(("rpo", rpo.to_string()));
+            metrics::gauge!("zdr_class_copies", &with_state).set(n as f64);
         }
-        let labels = [("node", d.node.clone()), ("dataset", d.dataset.clone())];
-        metrics::gauge!("zdr_dataset_3_2_1_compliant", &labels)
-            .set(f64::from(u8::from(d.compliant)));
+        if let Some(lag) = t.max_lag_secs {
+            metrics::gauge!("zdr_class_copy_lag_max_seconds", &labels).set(lag as f64);
+        }
+        if *role != crate::compliance::Role::Production {
+            metrics::gauge!("zdr_class_pending_snapshots", &labels).set(t.pending_snapshots as f64);
+            metrics::gauge!("zdr_class_pending_bytes", &labels).set(t.pending_bytes as f64);
+        }
+    }
+    for ((node, class), n) in &totals.not_compliant {
+        let labels = [("node", node.to_string()), ("class", class.to_string())];
+        metrics::gauge!("zdr_class_datasets_not_3_2_1", &labels).set(*n as f64);
+    }
+    let copies: usize = report.datasets.iter().map(|d| d.copies.len()).sum();
+    let per_copy = copies <= per_copy_max;
+    metrics::gauge!("zdr_copy_series_served").set(f64::from(u8::from(per_copy)));
+    if per_copy {
+        for d in &report.datasets {
+            for c in &d.copies {
+                let labels = [
+                    ("node", d.node.clone()),
+                    ("dataset", d.dataset.clone()),
+                    ("copy_node", c.node.clone()),
+                    ("role", c.role.as_str().to_string()),
+                ];
+                if let Some(lag) = c.lag_secs {
+                    metrics::gauge!("zdr_copy_lag_seconds", &labels).set(lag as f64);
+                }
+                let breach = matches!(c.rpo, RpoState::Breach);
+                metrics::gauge!("zdr_copy_rpo_breach", &labels).set(f64::from(u8::from(breach)));
+                if let Some(r) = &c.replication {
+                    metrics::gauge!("zdr_copy_pending_snapshots", &labels)
+                        .set(r.pending_snapshots as f64);
+                    metrics::gauge!("zdr_copy_pending_bytes", &labels).set(r.pending_bytes as f64);
+                }
+            }
+            let labels = [("node", d.node.clone()), ("dataset", d.dataset.clone())];
+            metrics::gauge!("zdr_dataset_3_2_1_compliant", &labels)
+                .set(f64::from(u8::from(d.compliant)));
+        }
     }
     let s = &report.summary;
     for (state, n) in [

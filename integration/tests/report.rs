@@ -74,7 +74,7 @@ fn check<'a>(d: &'a Value, kind: &str) -> &'a Value {
 async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
     let fleet = Fleet::start(POLICY, Some(TASKS)).await;
     let pki = pki(fleet.path(), &["node-a1", "node-b1"]);
-    let coordinator = fleet.coordinator("c1");
+    let mut coordinator = fleet.coordinator("c1");
     coordinator.wait_ready().await;
     let extra = |pools: Vec<(String, u64)>| AgentExtra {
         pools,
@@ -335,5 +335,30 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
         "{metrics}"
     );
     assert!(!metrics.contains("zdr_20"), "a snapshot name in a label");
+    // The totals per node and class are served at any size.
+    let class_breach =
+        r#"zdr_class_copies{node="node-a1",class="fast",role="replica",rpo="breach"} 1"#;
+    assert!(metrics.contains(class_breach), "{metrics}");
+    assert!(metrics.contains("zdr_copy_series_served 1"), "{metrics}");
+
+    // Above --copy-metrics-max copies (2 here, the limit 1) a leader serves
+    // only the totals.
+    coordinator.proc.kill();
+    let small = fleet.coordinator_with("c2", &["--copy-metrics-max".into(), "1".into()]);
+    small.wait_ready().await;
+    let metrics = wait_for(
+        "the totals alone in /metrics",
+        Duration::from_secs(30),
+        || async {
+            let (_, m) = small.get("/metrics").await?;
+            m.contains("zdr_copy_series_served 0").then_some(m)
+        },
+    )
+    .await;
+    assert!(metrics.contains(class_breach), "{metrics}");
+    assert!(
+        !metrics.contains("zdr_copy_rpo_breach{") && !metrics.contains("zdr_copy_lag_seconds{"),
+        "{metrics}"
+    );
     drop(a1);
 }
