@@ -10,7 +10,9 @@
 //!   without snapshot names with `?snapshots=false`.
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
-//! - `GET /api/v1/report`: RPO per copy and 3-2-1 compliance of every protected dataset.
+//! - `GET /api/v1/report`: RPO per copy and 3-2-1 compliance of every protected dataset;
+//!   paged by production node like the fleet (`?limit=N&after=NODE`, `next`), or one
+//!   node's with `?node=NODE`: only those are computed, and the summary counts them.
 //! - `GET /api/v1/plan`: what the coordinator will do next and why
 //!   (`crate::plan`), at most `?limit=N` items (500 by default).
 //! - `GET /api/v1/alerts`: the alerts active now (`crate::alerts`), with when each began.
@@ -217,6 +219,19 @@ struct FleetQuery {
     snapshots: Option<bool>,
 }
 
+/// The node names a page covers: `node` alone, or those after `after`.
+fn node_range(
+    node: &Option<String>,
+    after: &Option<String>,
+) -> (std::ops::Bound<String>, std::ops::Bound<String>) {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    match (node, after) {
+        (Some(n), _) => (Included(n.clone()), Included(n.clone())),
+        (None, Some(a)) => (Excluded(a.clone()), Unbounded),
+        (None, None) => (Unbounded, Unbounded),
+    }
+}
+
 /// Each answer holds the fleet's read lock only for the nodes of its page.
 async fn fleet(AxState(st): AxState<Arc<State>>, Query(q): Query<FleetQuery>) -> Json<FleetView> {
     let fleet = st.fleet();
@@ -227,18 +242,9 @@ async fn fleet(AxState(st): AxState<Arc<State>>, Query(q): Query<FleetQuery>) ->
     let timeout = st.config().offline_after.as_secs() as i64;
     let with_snapshots = q.snapshots.unwrap_or(true);
     let limit = q.limit.unwrap_or(usize::MAX);
-    let range = match (&q.node, &q.after) {
-        (Some(n), _) => (
-            std::ops::Bound::Included(n.clone()),
-            std::ops::Bound::Included(n.clone()),
-        ),
-        (None, Some(a)) => (
-            std::ops::Bound::Excluded(a.clone()),
-            std::ops::Bound::Unbounded,
-        ),
-        (None, None) => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
-    };
-    let mut page = fleet.nodes.range::<String, _>(range);
+    let mut page = fleet
+        .nodes
+        .range::<String, _>(node_range(&q.node, &q.after));
     let nodes: Vec<NodeView> = page
         .by_ref()
         .take(limit)
@@ -298,9 +304,41 @@ async fn jobs(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "jobs": crate::jobs::list(&st) }))
 }
 
-async fn report(AxState(st): AxState<Arc<State>>) -> Response {
-    match st.compliance_report() {
-        Some(r) => Json(r).into_response(),
+#[derive(Serialize)]
+struct ReportPage {
+    #[serde(flatten)]
+    report: crate::compliance::Report,
+    /// More production nodes follow: ask again with `after` set to this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Which production nodes' datasets to report on: all by default; one with
+/// `?node=NODE`; a page with `?limit=N&after=NODE`. Only those are computed.
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    node: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn report(AxState(st): AxState<Arc<State>>, Query(q): Query<ReportQuery>) -> Response {
+    let (nodes, next) = {
+        let fleet = st.fleet();
+        let mut page = fleet
+            .inventory
+            .range::<String, _>(node_range(&q.node, &q.after))
+            .map(|(name, _)| name);
+        let nodes: Vec<String> = page
+            .by_ref()
+            .take(q.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect();
+        let next = page.next().and(nodes.last().cloned());
+        (nodes, next)
+    };
+    match st.compliance_report_of(&nodes) {
+        Some(report) => Json(ReportPage { report, next }).into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no policy loaded yet, so no dataset has a class to report on; see GET /readyz\n",

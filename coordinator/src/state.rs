@@ -265,6 +265,13 @@ impl State {
     /// every message, and a report of 1,000 nodes held it for over a second
     /// (issue 13's scale runs: pings timed out, heartbeats came late).
     pub fn compliance_report(&self) -> Option<crate::compliance::Report> {
+        let nodes: Vec<String> = self.fleet().inventory.keys().cloned().collect();
+        self.compliance_report_of(&nodes)
+    }
+
+    /// The report of the protected datasets on `nodes` only (a page of
+    /// `GET /api/v1/report`); its summary counts those.
+    pub fn compliance_report_of(&self, nodes: &[String]) -> Option<crate::compliance::Report> {
         use crate::compliance::{assemble, datasets, Index, Input};
         // The jobs first: their lock is not held with the others.
         let jobs = crate::jobs::list(self);
@@ -272,7 +279,6 @@ impl State {
         let policy = policy.as_ref()?;
         let plan = self.pairings();
         let index = Index::new(&plan.pairings, &plan.unpaired, &jobs);
-        let nodes: Vec<String> = self.fleet().inventory.keys().cloned().collect();
         let now = now();
         let mut all = Vec::new();
         for some in nodes.chunks(REPORT_NODES_PER_HOLD) {

@@ -309,6 +309,27 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
         report(&coordinator).await.unwrap()["summary"]["copies_breach"],
         1
     );
+    // Paged by node: node-a1's page has tank/db with both its copies; node-b1
+    // holds only the replica, so its page has no dataset and no next page.
+    let c = &coordinator;
+    let page = |q: &'static str| async move {
+        let (code, body) = c.get(&format!("/api/v1/report{q}")).await.unwrap();
+        assert_eq!(code, 200, "{q}: {body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    let first = page("?limit=1").await;
+    assert_eq!(first["next"], "node-a1", "{first:#}");
+    assert_eq!(first["datasets"].as_array().unwrap().len(), 1);
+    assert_eq!(first["datasets"][0]["copies"].as_array().unwrap().len(), 2);
+    assert_eq!(first["summary"]["copies_breach"], 1);
+    let second = page("?limit=1&after=node-a1").await;
+    assert!(second.get("next").is_none(), "{second:#}");
+    assert_eq!(second["datasets"].as_array().unwrap().len(), 0);
+    assert_eq!(second["summary"]["datasets"], 0);
+    assert_eq!(
+        page("?node=node-a1").await["datasets"][0]["dataset"],
+        "tank/db"
+    );
     // The same, as metrics: one series per copy, no snapshot in a label.
     let replica_breach = r#"zdr_copy_rpo_breach{node="node-a1",dataset="tank/db",copy_node="node-b1",role="replica"} 1"#;
     let metrics = wait_for(

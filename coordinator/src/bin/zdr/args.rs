@@ -63,6 +63,10 @@ pub enum Cmd {
     Report {
         #[arg(long, value_enum, default_value_t = Format::Md)]
         format: Format,
+        /// Only the datasets whose production is on this node (on a large
+        /// fleet, a report the coordinator builds for that node alone).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// A runbook per protected dataset from live state: its targets, where
     /// each copy is and how far behind, and the exact restore commands,
@@ -386,13 +390,20 @@ mod tests {
     #[test]
     fn report_is_markdown_unless_json_is_asked() {
         let cli = parse(&["report"]).unwrap();
-        assert!(matches!(cli.cmd, Cmd::Report { format: Format::Md }));
-        let cli = parse(&["report", "--format", "json"]).unwrap();
         assert!(matches!(
             cli.cmd,
             Cmd::Report {
-                format: Format::Json
+                format: Format::Md,
+                node: None
             }
+        ));
+        let cli = parse(&["report", "--format", "json", "--node", "n1"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Report {
+                format: Format::Json,
+                node: Some(ref n),
+            } if n == "n1"
         ));
         let e = parse(&["report", "--format", "html"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::InvalidValue);

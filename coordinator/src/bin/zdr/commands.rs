@@ -79,10 +79,13 @@ pub fn run(cli: &Cli) -> Result<(), CliError> {
             render::render_restores(&v.restores, now())
         }),
         Cmd::Restore(a) => restore(&c, json, a),
-        Cmd::Report { format } => show(
+        Cmd::Report { format, node } => show(
             &c,
             json || *format == Format::Json,
-            "/api/v1/report",
+            &match node {
+                Some(n) => format!("/api/v1/report?node={}", escape(n)),
+                None => "/api/v1/report".to_string(),
+            },
             |r: Report| crate::report::render_report(&r),
         ),
         Cmd::Runbook {
