@@ -15,7 +15,8 @@
 //!   node's with `?node=NODE`: only those are computed, and the summary counts them.
 //! - `GET /api/v1/plan`: what the coordinator will do next and why
 //!   (`crate::plan`), at most `?limit=N` items (500 by default).
-//! - `GET /api/v1/alerts`: the alerts active now (`crate::alerts`), with when each began.
+//! - `GET /api/v1/alerts`: the alerts active now (`crate::alerts`), with when each began;
+//!   `?node=NODE` those of one node, `?limit=N&after=FINGERPRINT` a page (`next`).
 //! - `POST /api/v1/nodes/{node}/commands`: sign and send a command, e.g. `{"snapshot_now":{}}`.
 //! - `GET /api/v1/restore-points?node=N&dataset=D`, `POST /api/v1/restores`,
 //!   `GET /api/v1/restores[/{job}]`: restores (planned by `crate::restore`).
@@ -133,14 +134,51 @@ async fn status_page(AxState(st): AxState<Arc<State>>) -> Response {
 struct AlertsView {
     leader: bool,
     alerts: Vec<crate::alerts::state::Tracked>,
+    /// More alerts follow: ask again with `after` set to this fingerprint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// Which alerts: all by default; those labelled `node=NODE` with `?node`;
+/// a page in fingerprint order with `?limit=N&after=FINGERPRINT`.
+#[derive(Debug, Deserialize)]
+struct AlertsQuery {
+    node: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
 }
 
 /// Only the leader evaluates: a standby's list is empty and says so.
-async fn alerts(AxState(st): AxState<Arc<State>>) -> Json<AlertsView> {
-    let alerts = st.alerts().active.values().cloned().collect();
+async fn alerts(
+    AxState(st): AxState<Arc<State>>,
+    Query(q): Query<AlertsQuery>,
+) -> Json<AlertsView> {
+    let book = st.alerts();
+    let from = match &q.after {
+        Some(a) => std::ops::Bound::Excluded(a.clone()),
+        None => std::ops::Bound::Unbounded,
+    };
+    let mut page = book
+        .active
+        .range::<String, _>((from, std::ops::Bound::Unbounded))
+        .map(|(_, t)| t)
+        .filter(|t| {
+            q.node
+                .as_ref()
+                .is_none_or(|n| t.alert.labels.get("node") == Some(n))
+        });
+    let alerts: Vec<_> = page
+        .by_ref()
+        .take(q.limit.unwrap_or(usize::MAX))
+        .cloned()
+        .collect();
+    let next = page
+        .next()
+        .and(alerts.last().map(|t| t.alert.fingerprint.clone()));
     Json(AlertsView {
         leader: st.is_leader(),
         alerts,
+        next,
     })
 }
 

@@ -126,6 +126,50 @@ async fn a_stopped_copy_fires_agent_offline_and_rpo_breach() {
         "{summary}"
     );
     assert_eq!(breach["fingerprint"].as_str().unwrap().len(), 16);
+    // Filtered by node: node-b1's own alerts (the breach is labelled with
+    // production's node).
+    let (_, body) = coordinator
+        .get("/api/v1/alerts?node=node-b1")
+        .await
+        .unwrap();
+    let of_b1: Value = serde_json::from_str(&body).unwrap();
+    let of_b1 = of_b1["alerts"].as_array().unwrap();
+    assert!(
+        find(of_b1, "ZdrAgentOffline", "node", "node-b1").is_some(),
+        "{body}"
+    );
+    assert!(
+        of_b1
+            .iter()
+            .all(|t| t["alert"]["labels"]["node"] == "node-b1"),
+        "{body}"
+    );
+    // Paged one at a time, in fingerprint order, both alerts come by.
+    let mut seen: Vec<String> = Vec::new();
+    let mut after = String::new();
+    for _ in 0..50 {
+        let q = if after.is_empty() {
+            "/api/v1/alerts?limit=1".to_string()
+        } else {
+            format!("/api/v1/alerts?limit=1&after={after}")
+        };
+        let page: Value = serde_json::from_str(&coordinator.get(&q).await.unwrap().1).unwrap();
+        let list = page["alerts"].as_array().unwrap();
+        assert!(list.len() <= 1, "{page:#}");
+        seen.extend(
+            list.iter()
+                .map(|t| t["alert"]["fingerprint"].as_str().unwrap().to_string()),
+        );
+        match page["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    for t in [offline, breach] {
+        let fp = t["fingerprint"].as_str().unwrap();
+        assert!(seen.iter().any(|s| s == fp), "{fp} not paged: {seen:?}");
+    }
     // Production keeps snapshotting: no alert about its own copy.
     assert!(
         find(&a, "ZdrCopyRpoBreach", "copy", "node-a1").is_none(),
