@@ -10,6 +10,7 @@
 //!   without snapshot names with `?snapshots=false`.
 //! - `GET /api/v1/pairings`: replication pairings and datasets that cannot be paired.
 //! - `GET /api/v1/jobs`: replication jobs: state, progress (bytes, rate, ETA), errors, history.
+//!   Both take `?node=NODE`: what has that node at either end.
 //! - `GET /api/v1/report`: RPO per copy and 3-2-1 compliance of every protected dataset;
 //!   paged by production node like the fleet (`?limit=N&after=NODE`, `next`), or one
 //!   node's with `?node=NODE`: only those are computed, and the summary counts them.
@@ -333,13 +334,45 @@ async fn fleet(AxState(st): AxState<Arc<State>>, Query(q): Query<FleetQuery>) ->
     })
 }
 
-async fn pairings(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
-    let plan = st.pairings();
-    Json(serde_json::json!({ "pairings": plan.pairings, "unpaired": plan.unpaired }))
+/// `?node=NODE`: only what has that node at either end.
+#[derive(Debug, Deserialize)]
+struct NodeQuery {
+    node: Option<String>,
 }
 
-async fn jobs(AxState(st): AxState<Arc<State>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "jobs": crate::jobs::list(&st) }))
+impl NodeQuery {
+    fn wants(&self, source: &str, target: &str) -> bool {
+        self.node
+            .as_deref()
+            .is_none_or(|n| n == source || n == target)
+    }
+}
+
+async fn pairings(
+    AxState(st): AxState<Arc<State>>,
+    Query(q): Query<NodeQuery>,
+) -> Json<serde_json::Value> {
+    let plan = st.pairings();
+    let pairings: Vec<_> = plan
+        .pairings
+        .iter()
+        .filter(|p| q.wants(&p.source_node, &p.target_node))
+        .collect();
+    let unpaired: Vec<_> = plan
+        .unpaired
+        .iter()
+        .filter(|u| q.wants(&u.source_node, &u.source_node))
+        .collect();
+    Json(serde_json::json!({ "pairings": pairings, "unpaired": unpaired }))
+}
+
+async fn jobs(
+    AxState(st): AxState<Arc<State>>,
+    Query(q): Query<NodeQuery>,
+) -> Json<serde_json::Value> {
+    let mut jobs = crate::jobs::list(&st);
+    jobs.retain(|j| q.wants(&j.source_node, &j.target_node));
+    Json(serde_json::json!({ "jobs": jobs }))
 }
 
 #[derive(Serialize)]

@@ -576,6 +576,26 @@ tasks:
     )
     .await;
     assert_eq!(again, first);
+    // Filtered by node: what has it at either end.
+    let of = |node: &'static str| {
+        let c2 = &c2;
+        async move {
+            let (_, body) = c2
+                .get(&format!("/api/v1/pairings?node={node}"))
+                .await
+                .unwrap();
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let a1 = of("node-a1").await;
+    assert_eq!(find(&a1, "node-a1", "tank/db"), Some(first));
+    let list = a1["pairings"].as_array().unwrap();
+    assert!(
+        list.iter()
+            .all(|p| p["source_node"] == "node-a1" || p["target_node"] == "node-a1"),
+        "{a1:#}"
+    );
+    assert_eq!(of("node-zz").await["pairings"], serde_json::json!([]));
 }
 
 /// systemd stops a service with SIGTERM: the leader exits 0 and gives its
