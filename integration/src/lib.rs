@@ -1094,8 +1094,7 @@ pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<Str
     if agent.real_zfs {
         return real_zfs::snapshots(dataset);
     }
-    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).ok()?;
-    let v: Value = serde_json::from_slice(&raw).ok()?;
+    let v = sim_pools(agent)?;
     let ds = v["datasets"].get(dataset)?;
     Some(
         ds["snapshots"]
@@ -1126,8 +1125,7 @@ pub fn creations_on_disk(agent: &Agent, dataset: &str) -> HashMap<String, i64> {
     if agent.real_zfs {
         return real_zfs::creations(dataset);
     }
-    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).unwrap_or_default();
-    let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
+    let v = sim_pools(agent).unwrap_or_default();
     v["datasets"][dataset]["snapshots"]
         .as_array()
         .map(|a| {
@@ -1143,8 +1141,7 @@ pub fn bookmarks_on_disk(agent: &Agent, dataset: &str) -> Vec<(String, u64)> {
     if agent.real_zfs {
         return real_zfs::bookmarks(dataset);
     }
-    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).unwrap_or_default();
-    let v: Value = serde_json::from_slice(&raw).unwrap_or_default();
+    let v = sim_pools(agent).unwrap_or_default();
     v["datasets"][dataset]["bookmarks"]
         .as_object()
         .map(|m| {
@@ -1157,10 +1154,13 @@ pub fn bookmarks_on_disk(agent: &Agent, dataset: &str) -> Vec<(String, u64)> {
 
 /// Whether `dataset` in an agent's simulated pools has a saved partial receive.
 pub fn partial_on_disk(agent: &Agent, dataset: &str) -> bool {
-    std::fs::read(agent.state_dir.join("sim-pools.json"))
-        .ok()
-        .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
-        .is_some_and(|v| !v["datasets"][dataset]["partial"].is_null())
+    sim_pools(agent).is_some_and(|v| !v["datasets"][dataset]["partial"].is_null())
+}
+
+/// The simulated backend's pools file of an agent, as JSON.
+fn sim_pools(agent: &Agent) -> Option<Value> {
+    let raw = std::fs::read(agent.state_dir.join("sim-pools.json")).ok()?;
+    serde_json::from_slice(&raw).ok()
 }
 
 /// What is on real pools, read with zfs(8) as an admin would (the VM lane).
