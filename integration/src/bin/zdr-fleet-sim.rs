@@ -794,43 +794,26 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             None => report.add(label, "n/a"),
         }
     }
-    match http(
-        http_port,
-        "GET",
-        "/api/v1/fleet",
-        "",
-        Duration::from_secs(120),
-    )
-    .await
-    {
-        Ok((code, body, took)) => report.add(
-            "/api/v1/fleet (whole)",
-            format!(
-                "{:.1} ms, {} (HTTP {code})",
-                took.as_secs_f64() * 1000.0,
-                mib(body.len() as u64)
+    // Each answer whole, and a page of it: the pages must stay small
+    // whatever the fleet's size.
+    for (path, label) in [
+        ("/api/v1/fleet", "/api/v1/fleet (whole)"),
+        ("/api/v1/fleet?limit=10", "/api/v1/fleet?limit=10"),
+        ("/api/v1/report", "/api/v1/report (whole)"),
+        ("/api/v1/report?limit=10", "/api/v1/report?limit=10"),
+        ("/api/v1/alerts?limit=100", "/api/v1/alerts?limit=100"),
+    ] {
+        match http(http_port, "GET", path, "", Duration::from_secs(120)).await {
+            Ok((code, body, took)) => report.add(
+                label,
+                format!(
+                    "{:.1} ms, {} (HTTP {code})",
+                    took.as_secs_f64() * 1000.0,
+                    mib(body.len() as u64)
+                ),
             ),
-        ),
-        Err(e) => report.add("/api/v1/fleet (whole)", format!("failed: {e}")),
-    }
-    match http(
-        http_port,
-        "GET",
-        "/api/v1/fleet?limit=10",
-        "",
-        Duration::from_secs(120),
-    )
-    .await
-    {
-        Ok((code, body, took)) => report.add(
-            "/api/v1/fleet?limit=10",
-            format!(
-                "{:.1} ms, {} (HTTP {code})",
-                took.as_secs_f64() * 1000.0,
-                mib(body.len() as u64)
-            ),
-        ),
-        Err(e) => report.add("/api/v1/fleet?limit=10", format!("failed: {e}")),
+            Err(e) => report.add(label, format!("failed: {e}")),
+        }
     }
     let c = proc_stat(cpid);
     report.add(
