@@ -342,6 +342,25 @@ fn series(text: &str) -> usize {
         .count()
 }
 
+/// The `n` metric names with the most series, most first, as `name count`.
+fn largest_families(text: &str, n: usize) -> String {
+    let mut by_name: std::collections::HashMap<&str, usize> = Default::default();
+    for l in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = l.split(['{', ' ']).next().unwrap_or(l);
+        *by_name.entry(name).or_default() += 1;
+    }
+    let mut v: Vec<_> = by_name.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .take(n)
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Nodes, datasets and snapshots the coordinator's fleet view holds: from
 /// its `totals` when it has them, else counted from the whole answer.
 fn fleet_counts(body: &[u8]) -> Option<(u64, u64, u64)> {
@@ -769,6 +788,7 @@ async fn run(a: &Args) -> anyhow::Result<()> {
             series(&text)
         ),
     );
+    report.add("/metrics, largest families", largest_families(&text, 5));
     // A counter shows once it has counted; a coordinator that times its
     // evaluation counts late heartbeats too.
     let counts = metric(&text, "zdr_evaluation_seconds").is_some();
