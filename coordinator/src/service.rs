@@ -10,6 +10,7 @@
 //! `shutdown` token: the lease is released on the way out, so a standby
 //! takes over at once, and the transfers in flight go on, to be adopted.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use crate::jobs;
 use crate::lease::Lease;
 use crate::pairing;
 use crate::policy;
-use crate::state::{now, now_ms, PolicyState, State};
+use crate::state::{now, now_ms, Dirty, PolicyState, State};
 
 /// A heartbeat handled this long after the agent sent it counts as late.
 const LATE_HEARTBEAT_SECS: i64 = 2;
@@ -760,7 +761,9 @@ async fn persist_loop(state: Arc<State>, stop: CancellationToken) {
 }
 
 /// One batch: serialized in slices under the fleet lock, written after it
-/// is dropped, several at once.
+/// is dropped, several at once. Inventories first, then the node records
+/// that vouch for them (`state::records_to_commit`); what failed is tried
+/// again at the next batch.
 async fn persist_batch(state: &State) {
     let dirty = state.take_dirty();
     metrics::gauge!("zdr_persist_backlog").set(dirty.len() as f64);
@@ -768,12 +771,9 @@ async fn persist_batch(state: &State) {
         return;
     }
     let started = std::time::Instant::now();
-    enum Write {
-        Node(String, Vec<u8>),
-        Inventory(String, Vec<u8>),
-        Delete(String),
-    }
-    let mut writes = Vec::with_capacity(dirty.len());
+    // Records are read before the inventories, so a record never says more
+    // than the inventories written with it.
+    let mut records = Vec::with_capacity(dirty.nodes.len());
     let nodes: Vec<String> = dirty.nodes.into_iter().collect();
     for slice in nodes.chunks(PERSIST_SLICE) {
         let fleet = state.fleet();
@@ -783,57 +783,73 @@ async fn persist_batch(state: &State) {
                 .get(node)
                 .and_then(|r| serde_json::to_vec(r).ok())
             {
-                writes.push(Write::Node(node.clone(), raw));
+                records.push((node.clone(), raw));
             }
         }
     }
+    let mut inventories = Vec::with_capacity(dirty.datasets.len());
     let datasets: Vec<(String, String)> = dirty.datasets.into_iter().collect();
     for slice in datasets.chunks(PERSIST_SLICE) {
         let fleet = state.fleet();
         for (node, ds) in slice {
-            let key = bus::inventory_key(node, ds);
-            match fleet.dataset(node, ds) {
-                Some(d) => {
-                    if let Ok(raw) = serde_json::to_vec(d) {
-                        writes.push(Write::Inventory(key, raw));
-                    }
-                }
-                // Gone since it was marked: what is gone is deleted.
-                None => writes.push(Write::Delete(key)),
-            }
+            // Gone since it was marked: what is gone is deleted (`None`).
+            let raw = fleet
+                .dataset(node, ds)
+                .map(|d| serde_json::to_vec(d).unwrap_or_default());
+            inventories.push(((node.clone(), ds.clone()), raw));
         }
     }
-    let written = writes.len();
-    futures::stream::iter(writes)
-        .for_each_concurrent(PERSIST_CONCURRENCY, |w| async move {
-            let stores = &state.stores;
-            let result = match &w {
-                Write::Node(node, raw) => stores
-                    .fleet
-                    .put(node, raw.clone().into())
+    let written = records.len() + inventories.len();
+    let failed: BTreeSet<(String, String)> = futures::stream::iter(inventories)
+        .map(|((node, ds), raw)| async move {
+            let store = &state.stores.inventory;
+            let key = bus::inventory_key(&node, &ds);
+            let result = match raw {
+                Some(raw) => store
+                    .put(&key, raw.into())
                     .await
                     .map(drop)
                     .map_err(|e| e.to_string()),
-                Write::Inventory(key, raw) => stores
-                    .inventory
-                    .put(key, raw.clone().into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                Write::Delete(key) => stores
-                    .inventory
-                    .delete(key)
-                    .await
-                    .map_err(|e| e.to_string()),
+                None => store.delete(&key).await.map_err(|e| e.to_string()),
             };
-            if let Err(e) = result {
-                let key = match &w {
-                    Write::Node(k, _) | Write::Inventory(k, _) | Write::Delete(k) => k,
-                };
-                warn!(key, error = %e, "could not persist");
+            result
+                .map_err(
+                    |e| warn!(key, error = %e, "could not persist; tried again at the next batch"),
+                )
+                .err()
+                .map(|()| (node, ds))
+        })
+        .buffer_unordered(PERSIST_CONCURRENCY)
+        .filter_map(|f| async move { f })
+        .collect()
+        .await;
+    let (commit, waiting) =
+        crate::state::records_to_commit(records.iter().map(|(n, _)| n.clone()).collect(), &failed);
+    let commit: BTreeSet<String> = commit.into_iter().collect();
+    let mut unwritten = Dirty {
+        nodes: waiting.into_iter().collect(),
+        datasets: failed,
+    };
+    let records = records.into_iter().filter(|(n, _)| commit.contains(n));
+    let failed_records: Vec<String> = futures::stream::iter(records)
+        .map(|(node, raw)| async move {
+            match state.stores.fleet.put(&node, raw.into()).await {
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(key = node, error = %e, "could not persist; tried again at the next batch");
+                    Some(node)
+                }
             }
         })
+        .buffer_unordered(PERSIST_CONCURRENCY)
+        .filter_map(|f| async move { f })
+        .collect()
         .await;
+    unwritten.nodes.extend(failed_records);
+    if !unwritten.is_empty() {
+        metrics::counter!("zdr_persist_failures_total").increment(unwritten.len() as u64);
+        state.requeue_dirty(unwritten);
+    }
     metrics::gauge!("zdr_persist_batch_seconds").set(started.elapsed().as_secs_f64());
     debug!(written, "persisted a batch");
 }

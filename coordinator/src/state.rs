@@ -104,6 +104,31 @@ impl Dirty {
             self.datasets.insert((node.to_string(), ds.clone()));
         }
     }
+
+    /// Adds back what a batch could not write, for the next batch.
+    pub fn merge(&mut self, other: Dirty) {
+        self.nodes.extend(other.nodes);
+        self.datasets.extend(other.datasets);
+    }
+}
+
+/// Which dirty node records a batch may write once its inventory writes
+/// are done, and which wait for the next batch. A node record is the
+/// commit mark of that node's inventories in KV: it carries the generation
+/// and delta sequence they are at, and a new leader asks a node for a full
+/// inventory only when its heartbeat disagrees with the record. A record
+/// written beside an inventory write that failed, or that a kill -9 cut
+/// off, would vouch for an inventory KV does not hold, and nobody would
+/// ask for it again. So a record is written only after every inventory of
+/// its node in the batch was; `failed` are the (node, dataset) writes that
+/// were not.
+pub fn records_to_commit(
+    nodes: Vec<String>,
+    failed: &BTreeSet<(String, String)>,
+) -> (Vec<String>, Vec<String>) {
+    nodes
+        .into_iter()
+        .partition(|n| !failed.iter().any(|(f, _)| f == n))
 }
 
 /// Nodes a compliance report reads per hold of the fleet's lock: about
@@ -248,6 +273,14 @@ impl State {
     /// What changed since the last call.
     pub fn take_dirty(&self) -> Dirty {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// What a batch could not write goes back, for the next batch.
+    pub fn requeue_dirty(&self, unwritten: Dirty) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(unwritten);
     }
 
     pub fn pairings(&self) -> RwLockReadGuard<'_, pairing::Plan> {
@@ -442,5 +475,24 @@ mod tests {
         assert_eq!(d.nodes, BTreeSet::from(["n1".to_string()]));
         assert_eq!(d.datasets.len(), 3);
         assert_eq!(d.len(), 4);
+    }
+
+    #[test]
+    fn a_node_record_waits_for_its_inventories() {
+        let failed = BTreeSet::from([("n2".to_string(), "tank/a".to_string())]);
+        let nodes = vec!["n1".to_string(), "n2".to_string(), "n3".to_string()];
+        let (commit, wait) = records_to_commit(nodes.clone(), &failed);
+        assert_eq!(commit, ["n1", "n3"]);
+        assert_eq!(wait, ["n2"]);
+        // Nothing failed: every record is written.
+        let (commit, wait) = records_to_commit(nodes, &BTreeSet::new());
+        assert_eq!((commit.len(), wait.len()), (3, 0));
+        let mut d = Dirty::default();
+        d.nodes.insert("n1".into());
+        d.merge(Dirty {
+            nodes: BTreeSet::from(["n2".to_string()]),
+            datasets: failed,
+        });
+        assert_eq!(d.len(), 3);
     }
 }

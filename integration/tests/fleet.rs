@@ -729,3 +729,87 @@ async fn commands_for_unknown_or_malformed_nodes_are_answered_at_once() {
         );
     }
 }
+
+/// A policy whose agents take no snapshot for an hour: their inventories'
+/// sequence stands still, so only the coordinator's records say whether a
+/// new leader's inventories are whole.
+const QUIET: &str = r#"version: 1
+sites:
+  site-a: {}
+  site-b: {}
+nodes:
+  node-a1: { site: site-a, media: ssd }
+  node-b1: { site: site-b, media: hdd }
+classes:
+  slow:
+    tiers: { 1h: 3 }
+    rpo: 2h
+    rto: 1h
+    immutable_for: 0s
+datasets:
+  - match: "tank/**"
+    class: slow
+"#;
+
+/// A node record in KV is the commit mark of that node's inventories: a new
+/// leader trusts the KV inventories of a node whose heartbeat matches its
+/// record. Here KV refuses every inventory write; the records must not be
+/// written either, so the next leader asks the agents again. Written beside
+/// the failed inventories (as before), the next leader would know the nodes
+/// and none of their snapshots, for as long as they took none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_record_never_vouches_for_an_inventory_kv_lacks() {
+    let f = Fleet::start(QUIET, None).await;
+    let mut coord = f.coordinator("c1");
+    coord.wait_ready().await;
+    let js = async_nats::jetstream::new(f.nats.client().await);
+    let stream = "KV_zdr_inventory";
+    let mut config = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.max_message_size = 16;
+    js.update_stream(&config).await.unwrap();
+    let _a1 = f.agent(&A1);
+    let _b1 = f.agent(&B1);
+    wait_for("both inventories", Duration::from_secs(60), || async {
+        let v = coord.fleet().await?;
+        (snapshots_in(&v, "node-a1", "tank/db").is_some_and(|s| !s.is_empty())
+            && snapshots_in(&v, "node-b1", "tank/db").is_some_and(|s| !s.is_empty()))
+        .then_some(())
+    })
+    .await;
+    wait_for("failed writes counted", Duration::from_secs(30), || async {
+        let (_, m) = coord.get("/metrics").await?;
+        m.lines()
+            .any(|l| l.starts_with("zdr_persist_failures_total") && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+    let fleet_kv = js.get_key_value("zdr_fleet").await.unwrap();
+    for node in ["node-a1", "node-b1"] {
+        assert!(
+            fleet_kv.get(node).await.unwrap().is_none(),
+            "{node}'s record was written while its inventories were not"
+        );
+    }
+    coord.proc.kill();
+    config.max_message_size = -1;
+    js.update_stream(&config).await.unwrap();
+    let coord2 = f.coordinator("c2");
+    coord2.wait_ready().await;
+    wait_for(
+        "the new leader knows both inventories",
+        Duration::from_secs(60),
+        || async {
+            let v = coord2.fleet().await?;
+            (snapshots_in(&v, "node-a1", "tank/db").is_some_and(|s| !s.is_empty())
+                && snapshots_in(&v, "node-b1", "tank/db").is_some_and(|s| !s.is_empty()))
+            .then_some(())
+        },
+    )
+    .await;
+}
