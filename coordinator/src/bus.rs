@@ -104,6 +104,13 @@ async fn bucket(
     .map_err(|e| js_err(format!("bucket {name}"), replicas)(e.into()))
 }
 
+/// The lease bucket (made by `open`) on another connection's context.
+pub async fn lease_store(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, BusError> {
+    js.get_key_value(LEASE_BUCKET)
+        .await
+        .map_err(|e| js_err(format!("bucket {LEASE_BUCKET}"), replicas)(e.into()))
+}
+
 /// Creates (or opens) every bucket and the event stream, each with
 /// `replicas` replicas (an existing one is scaled to that).
 pub async fn open(

@@ -30,7 +30,7 @@ use crate::bus;
 pub use crate::config::Config;
 use crate::fleet::{Changed, NodeRecord};
 use crate::jobs;
-use crate::lease::Lease;
+use crate::lease::{self, Lease, Next, Renewal};
 use crate::pairing;
 use crate::policy;
 use crate::state::{now, now_ms, Dirty, PolicyState, State};
@@ -65,26 +65,14 @@ pub async fn run(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(format!("zdr-coordinator {}", config.instance))
-        // The bus lets the coordinator's user read its own replies only.
-        .custom_inbox_prefix(zdr_common::bus_auth::COORDINATOR_INBOX);
-    if let Some(seed) = &config.nats_seed {
-        info!(user = seed.public_key(), "connecting to NATS with an nkey");
-        options = options.nkey(seed.secret().to_string());
-    }
-    let client = options
-        .retry_on_initial_connect()
-        // Else async-nats' own 10 s default cuts every command short.
-        .request_timeout(Some(config.command_timeout))
-        .connect(config.nats_servers.clone())
-        .await
-        .map_err(|source| ServiceError::Connect {
-            servers: config.nats_servers.clone(),
-            source,
-        })?;
+    let client = connect(&config, "").await?;
     let js = jetstream::new(client.clone());
-    let stores = open_stores(&js, &config, &shutdown).await?;
+    let mut stores = open_stores(&js, &config, &shutdown).await?;
+    // The lease has a connection of its own: on the shared one its renewal
+    // queued behind tens of thousands of alert writes and timed out
+    // (issue 13, run D).
+    let lease_js = jetstream::new(connect(&config, " lease").await?);
+    stores.lease = bus::lease_store(&lease_js, config.nats_replicas).await?;
     let state = Arc::new(State::new(client, config.clone(), metrics, stores));
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -134,6 +122,31 @@ pub async fn run(
         warn!("the last publications did not reach NATS in time");
     }
     result
+}
+
+/// One connection to NATS as this coordinator; `purpose` tells the
+/// connections apart in the server's `connz`.
+async fn connect(config: &Config, purpose: &str) -> Result<async_nats::Client, ServiceError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("zdr-coordinator {}{purpose}", config.instance))
+        // The bus lets the coordinator's user read its own replies only.
+        .custom_inbox_prefix(zdr_common::bus_auth::COORDINATOR_INBOX);
+    if let Some(seed) = &config.nats_seed {
+        if purpose.is_empty() {
+            info!(user = seed.public_key(), "connecting to NATS with an nkey");
+        }
+        options = options.nkey(seed.secret().to_string());
+    }
+    options
+        .retry_on_initial_connect()
+        // Else async-nats' own 10 s default cuts every command short.
+        .request_timeout(Some(config.command_timeout))
+        .connect(config.nats_servers.clone())
+        .await
+        .map_err(|source| ServiceError::Connect {
+            servers: config.nats_servers.clone(),
+            source,
+        })
 }
 
 /// How long the buckets may fail to open before the coordinator gives up:
@@ -280,7 +293,7 @@ async fn lead(
     let lost = CancellationToken::new();
     let renewal = tokio::spawn(keep_lease(
         lease,
-        config.lease_ttl / 3,
+        config.lease_ttl,
         stop.clone(),
         lost.clone(),
     ));
@@ -364,27 +377,32 @@ async fn lead(
     Ok(led)
 }
 
-/// Renews the lease every `every` until `stop` (then hands it back for
-/// release), or cancels `lost` at the first failed renewal.
+/// Renews the lease by `lease::after_renewal`'s rules until `stop` (then
+/// hands it back for release), or cancels `lost` once it may no longer be
+/// ours.
 async fn keep_lease(
     mut lease: Lease,
-    every: Duration,
+    ttl: Duration,
     stop: CancellationToken,
     lost: CancellationToken,
 ) -> Option<Lease> {
-    let mut renew = tokio::time::interval(every);
-    renew.tick().await;
+    let mut next = lease::after_renewal(Renewal::Confirmed, lease.since_confirmed(), ttl);
     loop {
+        let Next::RenewIn { after, within } = next else {
+            warn!("lost the coordinator lease; back to standby");
+            lost.cancel();
+            return None;
+        };
         tokio::select! {
             _ = stop.cancelled() => return Some(lease),
-            _ = renew.tick() => {
-                if let Err(e) = lease.renew().await {
-                    warn!(error = %e, "lost the coordinator lease; back to standby");
-                    lost.cancel();
-                    return None;
-                }
-            }
+            _ = tokio::time::sleep(after) => {}
         }
+        let r = lease.renew(within).await;
+        if r == Renewal::Unanswered {
+            metrics::counter!("zdr_lease_renewals_unanswered_total").increment(1);
+            debug!("a lease renewal got no answer in time; trying again");
+        }
+        next = lease::after_renewal(r, lease.since_confirmed(), ttl);
     }
 }
 
