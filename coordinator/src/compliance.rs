@@ -82,6 +82,13 @@ pub struct Summary {
     pub copies_breach: usize,
 }
 
+impl Summary {
+    /// Every copy the report counted, whatever its RPO state.
+    pub fn copies(&self) -> usize {
+        self.copies_ok + self.copies_warning + self.copies_breach
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetReport {
     pub node: String,
@@ -320,20 +327,24 @@ fn per_sec(bytes: u64, ms: i64) -> Option<u64> {
 }
 
 /// The estimate for `node:dataset` of `bytes` from the job records.
-pub fn rto_estimate(
-    jobs: &[JobRecord],
+pub fn rto_estimate<'a, J>(
+    jobs: J,
     node: &str,
     dataset: &str,
     bytes: u64,
     rto_secs: u64,
-) -> RtoEstimate {
+) -> RtoEstimate
+where
+    J: IntoIterator<Item = &'a JobRecord> + Clone,
+{
     let of_dataset = |j: &&JobRecord| {
         j.restore
             .as_ref()
             .is_some_and(|r| r.node == node && r.dataset == dataset)
     };
     let drill = jobs
-        .iter()
+        .clone()
+        .into_iter()
         .filter(of_dataset)
         .filter_map(|j| {
             let r = j.drill.as_ref()?.result.as_ref().filter(|r| r.passed)?;
@@ -349,7 +360,8 @@ pub fn rto_estimate(
     let summed = |kind: JobKind, mine: &dyn Fn(&JobRecord) -> bool| {
         let (mut n, mut moved, mut ms) = (0usize, 0u64, 0i64);
         for j in jobs
-            .iter()
+            .clone()
+            .into_iter()
             .filter(|j| j.kind == kind && j.state == JobState::Done)
         {
             let (Some(end), true) = (j.finished_at_ms, mine(j)) else {
@@ -581,6 +593,9 @@ pub struct Index<'a> {
     uploads: HashMap<(&'a str, &'a str), Vec<&'a JobRecord>>,
     /// The newest ended drill of each copy.
     drills: Vec<DrillOutcome>,
+    /// (node, dataset) to the jobs that may measure its RTO: restores and
+    /// drills of it, replications from it (`rto_estimate` picks).
+    rto_jobs: HashMap<(&'a str, &'a str), Vec<&'a JobRecord>>,
 }
 
 impl<'a> Index<'a> {
@@ -598,6 +613,20 @@ impl<'a> Index<'a> {
                 .entry((u.source_node.as_str(), u.dataset.as_str()))
                 .or_default()
                 .push(u);
+        }
+        let mut rto_jobs: HashMap<_, Vec<&JobRecord>> = HashMap::new();
+        for j in jobs {
+            let from = (j.source_node.as_str(), j.dataset.as_str());
+            rto_jobs.entry(from).or_default().push(j);
+            if let Some(r) = j
+                .restore
+                .as_ref()
+                .map(|r| (r.node.as_str(), r.dataset.as_str()))
+            {
+                if r != from {
+                    rto_jobs.entry(r).or_default().push(j);
+                }
+            }
         }
         let mut last_job: HashMap<_, &JobRecord> = HashMap::new();
         let mut uploads: HashMap<_, Vec<&JobRecord>> = HashMap::new();
@@ -627,6 +656,7 @@ impl<'a> Index<'a> {
             last_job,
             uploads,
             drills: crate::drills::outcomes(jobs.iter()),
+            rto_jobs,
         }
     }
 }
@@ -789,7 +819,18 @@ fn dataset_report(
         class: class_name.to_string(),
         rpo_secs,
         rto_secs: class.rto.secs(),
-        rto_estimate: rto_estimate(input.jobs, node, &inv.dataset, inv.used, class.rto.secs()),
+        rto_estimate: rto_estimate(
+            index
+                .rto_jobs
+                .get(&(node, inv.dataset.as_str()))
+                .into_iter()
+                .flatten()
+                .copied(),
+            node,
+            &inv.dataset,
+            inv.used,
+            class.rto.secs(),
+        ),
         immutable_for_secs: class.immutable_for.secs(),
         drill_every_secs: every_secs,
         rpo: copies
@@ -1910,6 +1951,15 @@ datasets:
             e.describe(3600),
             "~25s for 100.00 MiB (within the 1h RTO), from the drill of 1970-12-01 from b1, \
              4.00 MiB/s (it took 5s)"
+        );
+        // A report reads the jobs its index groups per dataset: the drill
+        // ran from the copy on b1 and still counts for a1's dataset.
+        let index = Index::new(&[], &[], &all);
+        let grouped = index.rto_jobs.get(&("a1", "tank/db")).unwrap();
+        assert_eq!(grouped.len(), all.len());
+        assert_eq!(
+            rto_estimate(grouped.iter().copied(), "a1", "tank/db", 100 * mib, 3600),
+            e
         );
         // A failed drill measures nothing: back to replication.
         drill

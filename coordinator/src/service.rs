@@ -951,8 +951,7 @@ fn copy_gauges(report: &crate::compliance::Report, per_copy_max: usize) {
         let labels = [("node", node.to_string()), ("class", class.to_string())];
         metrics::gauge!("zdr_class_datasets_not_3_2_1", &labels).set(*n as f64);
     }
-    let copies: usize = report.datasets.iter().map(|d| d.copies.len()).sum();
-    let per_copy = copies <= per_copy_max;
+    let per_copy = report.summary.copies() <= per_copy_max;
     metrics::gauge!("zdr_copy_series_served").set(f64::from(u8::from(per_copy)));
     if per_copy {
         for d in &report.datasets {
