@@ -5,7 +5,7 @@
 pub mod fuzz;
 pub mod trials;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1088,9 +1088,19 @@ pub fn snapshots_in(fleet: &serde_json::Value, node: &str, dataset: &str) -> Opt
     )
 }
 
-/// `dataset` in an agent's pools: snapshot name, GUID and hold tags, oldest
-/// first; `None` when there is no such dataset.
-pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
+/// One snapshot as an agent's pools hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnDisk {
+    pub name: String,
+    pub guid: u64,
+    pub holds: Vec<String>,
+    /// ZFS `creation`, Unix seconds.
+    pub creation: i64,
+}
+
+/// `dataset`'s snapshots in an agent's pools, oldest first, read once;
+/// `None` when there is no such dataset.
+pub fn listing(agent: &Agent, dataset: &str) -> Option<Vec<OnDisk>> {
     if agent.real_zfs {
         return real_zfs::snapshots(dataset);
     }
@@ -1100,40 +1110,32 @@ pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<Str
         ds["snapshots"]
             .as_array()?
             .iter()
-            .map(|s| {
-                let holds = s["holds"]
+            .map(|s| OnDisk {
+                name: s["name"].as_str().unwrap_or("").to_string(),
+                guid: s["guid"].as_u64().unwrap_or(0),
+                holds: s["holds"]
                     .as_array()
                     .map(|h| {
                         h.iter()
                             .filter_map(|x| x.as_str().map(String::from))
                             .collect()
                     })
-                    .unwrap_or_default();
-                (
-                    s["name"].as_str().unwrap_or("").to_string(),
-                    s["guid"].as_u64().unwrap_or(0),
-                    holds,
-                )
+                    .unwrap_or_default(),
+                creation: s["creation"].as_i64().unwrap_or(0),
             })
             .collect(),
     )
 }
 
-/// The ZFS `creation` (Unix seconds) of each snapshot of `dataset` in an
-/// agent's pools, by name; empty when there is no such dataset.
-pub fn creations_on_disk(agent: &Agent, dataset: &str) -> HashMap<String, i64> {
-    if agent.real_zfs {
-        return real_zfs::creations(dataset);
-    }
-    let v = sim_pools(agent).unwrap_or_default();
-    v["datasets"][dataset]["snapshots"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| Some((s["name"].as_str()?.to_string(), s["creation"].as_i64()?)))
-                .collect()
-        })
-        .unwrap_or_default()
+/// `dataset` in an agent's pools: snapshot name, GUID and hold tags, oldest
+/// first; `None` when there is no such dataset.
+pub fn on_disk(agent: &Agent, dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
+    Some(
+        listing(agent, dataset)?
+            .into_iter()
+            .map(|s| (s.name, s.guid, s.holds))
+            .collect(),
+    )
 }
 
 /// The bookmarks of `dataset` in an agent's pools: name and GUID.
@@ -1175,8 +1177,8 @@ pub mod real_zfs {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The snapshots of `dataset`, oldest first: name, GUID, hold tags.
-    pub fn snapshots(dataset: &str) -> Option<Vec<(String, u64, Vec<String>)>> {
+    /// The snapshots of `dataset`, oldest first.
+    pub fn snapshots(dataset: &str) -> Option<Vec<super::OnDisk>> {
         zfs(&["list", "-H", "-o", "name", dataset])?;
         let list = zfs(&[
             "list",
@@ -1184,7 +1186,7 @@ pub mod real_zfs {
             "-t",
             "snapshot",
             "-o",
-            "name,guid,userrefs",
+            "name,guid,userrefs,creation",
             "-s",
             "createtxg",
             "-d",
@@ -1196,10 +1198,11 @@ pub mod real_zfs {
                 .filter_map(|l| {
                     let mut f = l.split('\t');
                     let (full, guid, refs) = (f.next()?, f.next()?, f.next()?);
+                    let creation = f.next()?.trim().parse().ok()?;
                     let name = full.split_once('@')?.1.to_string();
                     // One `zfs holds` per held snapshot only: a process start
                     // costs up to a second under emulation.
-                    let tags = if refs.trim() == "0" {
+                    let holds = if refs.trim() == "0" {
                         Vec::new()
                     } else {
                         zfs(&["holds", "-H", full])
@@ -1208,32 +1211,15 @@ pub mod real_zfs {
                             .filter_map(|h| h.split('\t').nth(1).map(String::from))
                             .collect()
                     };
-                    Some((name, guid.trim().parse().ok()?, tags))
+                    Some(super::OnDisk {
+                        name,
+                        guid: guid.trim().parse().ok()?,
+                        holds,
+                        creation,
+                    })
                 })
                 .collect(),
         )
-    }
-
-    /// The snapshots of `dataset`: name and `creation` (Unix seconds).
-    pub fn creations(dataset: &str) -> std::collections::HashMap<String, i64> {
-        zfs(&[
-            "list",
-            "-Hp",
-            "-t",
-            "snapshot",
-            "-o",
-            "name,creation",
-            "-d",
-            "1",
-            dataset,
-        ])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (full, t) = l.split_once('\t')?;
-            Some((full.split_once('@')?.1.to_string(), t.trim().parse().ok()?))
-        })
-        .collect()
     }
 
     /// The bookmarks of `dataset`: name and GUID.

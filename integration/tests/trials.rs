@@ -481,7 +481,11 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
         let _ = writer.join();
     }
 
-    let src = on_disk(&w.source, DATASET).unwrap_or_default();
+    let listed = listing(&w.source, DATASET).unwrap_or_default();
+    let src: Vec<(String, u64, Vec<String>)> = listed
+        .iter()
+        .map(|s| (s.name.clone(), s.guid, s.holds.clone()))
+        .collect();
     let copy = on_disk(&w.target, COPY).unwrap_or_default();
     let marks = bookmarks_on_disk(&w.source, DATASET);
     let (src_audit, dst_audit) = (audit_of(&w.source), audit_of(&w.target));
@@ -494,14 +498,17 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
     // Our snapshots ever taken, each with its creation: from the pool for
     // those still there, from the audited destroy for the others (the name's
     // time only where a record does not say).
-    let on_pool = creations_on_disk(&w.source, DATASET);
+    let on_pool: HashMap<&str, i64> = listed
+        .iter()
+        .map(|s| (s.name.as_str(), s.creation))
+        .collect();
     let destroyed = src_audit
         .iter()
         .filter(|r| r.outcome == "done")
         .filter_map(|r| Some((r.target.strip_prefix(&prefix)?.to_string(), r.created)));
     let ever: HashMap<String, i64> = present
         .iter()
-        .map(|n| (n.clone(), on_pool.get(n).copied()))
+        .map(|n| (n.clone(), on_pool.get(n.as_str()).copied()))
         .chain(destroyed)
         .filter_map(|(n, created)| {
             let named = trials::created_at(&n, "zdr")?;
