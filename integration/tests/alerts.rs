@@ -268,22 +268,36 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
     }
 
     b1.proc.kill();
-    let is_breach =
-        |v: &Value| v["alertname"] == "ZdrCopyRpoBreach" && v["labels"]["copy"] == "node-b1";
-    let fired = wait_for(
+    // zdr's JSON: one POST per status, rule and node, its alerts under `alerts`.
+    let breach_in = |post: &Value| {
+        post["alerts"].as_array()?.iter().find_map(|a| {
+            (a["alertname"] == "ZdrCopyRpoBreach" && a["labels"]["copy"] == "node-b1")
+                .then(|| a.clone())
+        })
+    };
+    let (post, fired) = wait_for(
         "the RPO breach at the json receiver",
         Duration::from_secs(90),
         || async {
             hook.received()
                 .into_iter()
-                .find(|v| is_breach(v) && v["status"] == "firing")
+                .filter(|v| v["status"] == "firing")
+                .find_map(|v| Some((v.clone(), breach_in(&v)?)))
         },
     )
     .await;
-    assert_eq!(fired["receiver"], "hook");
+    assert_eq!(post["receiver"], "hook");
+    assert_eq!(post["group"]["alertname"], "ZdrCopyRpoBreach");
+    assert_eq!(post["group"]["node"], "node-a1");
     assert_eq!(fired["labels"]["dataset"], "tank/db");
     assert!(fired["ends_at"].is_null(), "{fired}");
     let fingerprint = fired["fingerprint"].as_str().unwrap().to_string();
+    // Both formats list a POST's alerts under `alerts`.
+    let carries = |post: &Value| {
+        post["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a["fingerprint"] == fingerprint.as_str()))
+    };
 
     // The Alertmanager receiver was down all along; it gets the alert once up.
     let am = WebhookSink::start(down_port).await;
@@ -291,9 +305,9 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
         "the RPO breach at the receiver that was down",
         Duration::from_secs(60),
         || async {
-            am.received().into_iter().find(|v| {
-                v["alerts"][0]["fingerprint"] == fingerprint.as_str() && v["status"] == "firing"
-            })
+            am.received()
+                .into_iter()
+                .find(|v| carries(v) && v["status"] == "firing")
         },
     )
     .await;
@@ -376,11 +390,9 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
     })
     .await;
     let resolved = |sink: &WebhookSink| {
-        sink.received().into_iter().any(|v| {
-            v["status"] == "resolved"
-                && (v["fingerprint"] == fingerprint.as_str()
-                    || v["alerts"][0]["fingerprint"] == fingerprint.as_str())
-        })
+        sink.received()
+            .into_iter()
+            .any(|v| v["status"] == "resolved" && carries(&v))
     };
     wait_for(
         "the resolve at both receivers",
@@ -394,10 +406,7 @@ async fn an_rpo_breach_reaches_the_webhooks_even_one_that_was_down_and_resolves(
         let statuses: Vec<String> = sink
             .received()
             .into_iter()
-            .filter(|v| {
-                v["fingerprint"] == fingerprint.as_str()
-                    || v["alerts"][0]["fingerprint"] == fingerprint.as_str()
-            })
+            .filter(|v| carries(v))
             .map(|v| v["status"].as_str().unwrap_or_default().to_string())
             .collect();
         let alternating = statuses

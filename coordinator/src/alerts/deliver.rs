@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use zdr_common::subject;
 use zdr_schemas::receivers::Receiver;
 
+use super::group::Batch;
 use super::state::Notification;
 use super::webhook;
 
@@ -39,12 +40,27 @@ const ACK_WAIT: Duration = Duration::from_secs(120);
 /// How long one fetch waits for a message before asking again.
 const FETCH_WAIT: Duration = Duration::from_secs(5);
 
-/// What the queue holds: the notification and when it was queued, which is
-/// what `retry_for` counts from.
+/// What the queue holds: a batch and when it was queued, which is what
+/// `retry_for` counts from. Releases before batches queued one
+/// notification (`note`); such a message, still queued at an upgrade, is
+/// read as a batch of one.
 #[derive(Debug, Serialize, Deserialize)]
 struct Queued {
     queued_at: i64,
-    note: Notification,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch: Option<Batch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<Notification>,
+}
+
+impl Queued {
+    fn into_batch(self) -> Option<Batch> {
+        match (self.batch, self.note) {
+            (Some(b), _) => Some(b),
+            (None, Some(n)) => super::group::batches(&[n]).pop(),
+            (None, None) => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +96,9 @@ pub async fn open_queue(
     })
 }
 
-/// Puts every notification in every receiver's queue. A notification that
-/// cannot be queued is logged and counted as dropped; nothing here waits
-/// on a receiver.
+/// Puts every notification in every receiver's queue, in batches
+/// (`group::batches`). A batch that cannot be queued is logged and its
+/// alerts counted as dropped; nothing here waits on a receiver.
 pub async fn enqueue(
     js: &jetstream::Context,
     replicas: usize,
@@ -99,14 +115,16 @@ pub async fn enqueue(
         }
         return;
     }
-    for note in notes {
+    for batch in super::group::batches(notes) {
+        let alerts = batch.notes.len() as u64;
         let payload = match serde_json::to_vec(&Queued {
             queued_at: now,
-            note: note.clone(),
+            batch: Some(batch.clone()),
+            note: None,
         }) {
             Ok(p) => p,
             Err(e) => {
-                warn!(error = %e, "cannot encode an alert for the queue");
+                warn!(error = %e, "cannot encode an alert batch for the queue");
                 continue;
             }
         };
@@ -114,7 +132,7 @@ pub async fn enqueue(
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                webhook::message_id(&r.name, note, now).as_str(),
+                webhook::message_id(&r.name, &batch, now).as_str(),
             );
             let queued = match js
                 .publish_with_headers(queue_subject(&r.name), headers, payload.clone().into())
@@ -126,13 +144,13 @@ pub async fn enqueue(
             match queued {
                 Ok(()) => {
                     metrics::counter!("zdr_alerts_queued_total", "receiver" => r.name.clone())
-                        .increment(1)
+                        .increment(alerts)
                 }
                 Err(e) => {
                     metrics::counter!("zdr_alerts_dropped_total", "receiver" => r.name.clone())
-                        .increment(1);
-                    warn!(receiver = %r.name, fingerprint = %note.alert.fingerprint, error = %e,
-                        "could not queue an alert; it is dropped");
+                        .increment(alerts);
+                    warn!(receiver = %r.name, group = %batch.key(), alerts, error = %e,
+                        "could not queue an alert batch; it is dropped");
                 }
             }
         }
@@ -267,7 +285,7 @@ async fn send_loop(
     }
 }
 
-/// Tries one queued alert until it is sent or expired. False when stopped
+/// Tries one queued batch until it is sent or expired. False when stopped
 /// on the way: the message stays unacked, to be sent after a restart.
 async fn send_one(
     r: &Receiver,
@@ -276,29 +294,34 @@ async fn send_one(
     shutdown: &CancellationToken,
 ) -> bool {
     let receiver = r.name.clone();
-    let queued: Queued = match serde_json::from_slice(&msg.payload) {
-        Ok(q) => q,
-        Err(e) => {
-            // Only this coordinator's publisher writes here: never retry junk.
-            warn!(receiver, error = %e, "an unreadable message in the alert queue is dropped");
-            metrics::counter!("zdr_alerts_dropped_total", "receiver" => receiver).increment(1);
-            let _ = msg.ack_with(AckKind::Term).await;
-            return true;
-        }
+    let queued: Option<(i64, Batch)> = serde_json::from_slice::<Queued>(&msg.payload)
+        .ok()
+        .and_then(|q| Some((q.queued_at, q.into_batch()?)));
+    let Some((queued_at, batch)) = queued else {
+        // Only this coordinator's publisher writes here: never retry junk.
+        warn!(
+            receiver,
+            "an unreadable message in the alert queue is dropped"
+        );
+        metrics::counter!("zdr_alerts_dropped_total", "receiver" => receiver).increment(1);
+        let _ = msg.ack_with(AckKind::Term).await;
+        return true;
     };
-    let body = webhook::body(r.format, &r.name, &queued.note, external_url).to_string();
-    let fingerprint = &queued.note.alert.fingerprint;
+    let body = webhook::body(r.format, &r.name, &batch, external_url).to_string();
+    let group = batch.key();
+    let alerts = batch.notes.len() as u64;
     let mut attempt = 0u32;
     loop {
-        if webhook::expired(queued.queued_at, crate::state::now(), r.retry_for.secs()) {
+        if webhook::expired(queued_at, crate::state::now(), r.retry_for.secs()) {
             warn!(
                 receiver,
-                fingerprint,
+                group,
+                alerts,
                 attempts = attempt,
-                "the alert was not delivered within retry_for ({}s); it is dropped",
+                "the alerts were not delivered within retry_for ({}s); they are dropped",
                 r.retry_for.secs()
             );
-            metrics::counter!("zdr_alerts_dropped_total", "receiver" => receiver).increment(1);
+            metrics::counter!("zdr_alerts_dropped_total", "receiver" => receiver).increment(alerts);
             let _ = msg.ack_with(AckKind::Term).await;
             return true;
         }
@@ -306,7 +329,7 @@ async fn send_one(
         match post(&r.url, body.clone(), r.timeout.std()).await {
             Ok(()) => {
                 metrics::counter!("zdr_alerts_sent_total", "receiver" => receiver.clone())
-                    .increment(1);
+                    .increment(alerts);
                 if let Err(e) = msg.ack().await {
                     // Sent but not acked: it may be sent once more; receivers dedupe by fingerprint.
                     warn!(receiver, error = %e, "could not ack a delivered alert");
@@ -317,7 +340,7 @@ async fn send_one(
                 metrics::counter!("zdr_alerts_failed_tries_total", "receiver" => receiver.clone())
                     .increment(1);
                 let wait = webhook::backoff(attempt);
-                warn!(receiver, fingerprint, attempt, error = %e,
+                warn!(receiver, group, attempt, error = %e,
                     "alert delivery failed; trying again in {}s", wait.as_secs());
                 let _ = msg.ack_with(AckKind::Progress).await;
                 tokio::select! {

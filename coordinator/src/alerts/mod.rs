@@ -5,7 +5,9 @@
 //!   alerts out, each with stable labels and a fingerprint.
 //! - `state` (pure): the previous state, the firing set and `now` in, the
 //!   notifications to send out: fire once, repeat, resolve, hold through flaps.
-//! - `webhook` (pure): a notification as a receiver's body (Alertmanager
+//! - `group` (pure): one evaluation's notifications in batches per status,
+//!   rule and node, as Alertmanager groups them.
+//! - `webhook` (pure): a batch as a receiver's body (Alertmanager
 //!   payload version 4, or zdr's JSON), the backoff and the expiry.
 //! - `deliver`: the shell. Notifications go to the JetStream stream
 //!   `ZDR_ALERTS`, one subject per receiver; a task per receiver posts them
@@ -13,6 +15,7 @@
 //!   The receivers come from `--alerts` (`zdr_schemas::receivers`).
 
 pub mod deliver;
+pub mod group;
 pub mod rules;
 pub mod state;
 pub mod webhook;
