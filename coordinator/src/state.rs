@@ -306,8 +306,25 @@ impl State {
     /// `GET /api/v1/report`); its summary counts those.
     pub fn compliance_report_of(&self, nodes: &[String]) -> Option<crate::compliance::Report> {
         use crate::compliance::{assemble, datasets, Index, Input};
-        // The jobs first: their lock is not held with the others.
-        let jobs = crate::jobs::list(self);
+        // The jobs first: their lock is not held with the others. Only
+        // those about the page's nodes are copied: a job speaks for the
+        // node it copies from, or the production it restores or drills.
+        let jobs = {
+            let page: std::collections::HashSet<&str> = nodes.iter().map(String::as_str).collect();
+            let mut some: Vec<crate::jobs::JobRecord> = self
+                .jobs()
+                .records()
+                .filter(|j| {
+                    page.contains(j.source_node.as_str())
+                        || j.restore
+                            .as_ref()
+                            .is_some_and(|r| page.contains(r.node.as_str()))
+                })
+                .cloned()
+                .collect();
+            some.sort_by_key(|r| std::cmp::Reverse(r.started_at_ms));
+            some
+        };
         let policy = self.policy();
         let policy = policy.as_ref()?;
         let plan = self.pairings();
