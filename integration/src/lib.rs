@@ -602,11 +602,17 @@ impl Coordinator {
         http_request_as(self.http, "POST", path, body, Some(&auth)).await
     }
 
-    pub async fn fleet(&self) -> Option<serde_json::Value> {
-        let (code, body) = self.get("/api/v1/fleet").await?;
+    /// GET `path`: the JSON of a 200 answer; `None` for any other answer,
+    /// a body that is not JSON, or no answer.
+    pub async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        let (code, body) = self.get(path).await?;
         (code == 200)
             .then(|| serde_json::from_str(&body).ok())
             .flatten()
+    }
+
+    pub async fn fleet(&self) -> Option<serde_json::Value> {
+        self.get_json("/api/v1/fleet").await
     }
 
     pub async fn wait_ready(&self) {

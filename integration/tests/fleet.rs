@@ -549,8 +549,7 @@ tasks:
         "pairings for both nodes",
         Duration::from_secs(60),
         || async {
-            let (_, body) = c1.get("/api/v1/pairings").await?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = c1.get_json("/api/v1/pairings").await?;
             let a = find(&v, "node-a1", "tank/db")?;
             find(&v, "node-b1", "tank/db")?;
             Some(a)
@@ -569,8 +568,7 @@ tasks:
         "pairings after restart",
         Duration::from_secs(60),
         || async {
-            let (_, body) = c2.get("/api/v1/pairings").await?;
-            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let v = c2.get_json("/api/v1/pairings").await?;
             find(&v, "node-a1", "tank/db")
         },
     )
@@ -580,11 +578,9 @@ tasks:
     let of = |node: &'static str| {
         let c2 = &c2;
         async move {
-            let (_, body) = c2
-                .get(&format!("/api/v1/pairings?node={node}"))
+            c2.get_json(&format!("/api/v1/pairings?node={node}"))
                 .await
-                .unwrap();
-            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+                .unwrap()
         }
     };
     let a1 = of("node-a1").await;

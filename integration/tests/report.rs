@@ -52,8 +52,7 @@ const B1: AgentSpec = AgentSpec {
 const COPY: &str = "backup/node-a1/tank/db";
 
 async fn report(c: &Coordinator) -> Option<Value> {
-    let (code, body) = c.get("/api/v1/report").await?;
-    (code == 200).then(|| serde_json::from_str(&body).ok())?
+    c.get_json("/api/v1/report").await
 }
 
 fn dataset<'a>(r: &'a Value, node: &str, ds: &str) -> Option<&'a Value> {
@@ -313,9 +312,9 @@ async fn report_shows_lag_per_copy_and_3_2_1_then_a_stopped_copy_breaches() {
     // holds only the replica, so its page has no dataset and no next page.
     let c = &coordinator;
     let page = |q: &'static str| async move {
-        let (code, body) = c.get(&format!("/api/v1/report{q}")).await.unwrap();
-        assert_eq!(code, 200, "{q}: {body}");
-        serde_json::from_str::<Value>(&body).unwrap()
+        c.get_json(&format!("/api/v1/report{q}"))
+            .await
+            .unwrap_or_else(|| panic!("{q}: no JSON page"))
     };
     let first = page("?limit=1").await;
     assert_eq!(first["next"], "node-a1", "{first:#}");
