@@ -2,7 +2,9 @@
 //!
 //! `run(config, metrics, shutdown)` serves HTTP and competes for the lease;
 //! while it leads, four tasks run side by side so none can starve another:
-//! the lease renewal (`keep_lease`), the message loop (agent messages, the
+//! the lease renewal (`keep_lease`, on a thread, runtime and NATS
+//! connection of its own, so no load elsewhere can make it lapse), the
+//! message loop (agent messages, the
 //! job engine's tick, policy re-signing), persistence (`persist_loop`: what
 //! messages changed is marked dirty and written to KV in batches, each
 //! dataset once per batch) and evaluation (`evaluate_loop`: compliance
@@ -52,6 +54,8 @@ pub enum ServiceError {
     Bus(#[from] bus::BusError),
     #[error("subscribing to agent messages: {0}")]
     Subscribe(async_nats::SubscribeError),
+    #[error("cannot start the lease's thread: {0}")]
+    LeaseThread(std::io::Error),
     #[error("HTTP listener on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -68,11 +72,21 @@ pub async fn run(
     let client = connect(&config, "").await?;
     let js = jetstream::new(client.clone());
     let mut stores = open_stores(&js, &config, &shutdown).await?;
-    // The lease has a connection of its own: on the shared one its renewal
-    // queued behind tens of thousands of alert writes and timed out
-    // (issue 13, run D).
-    let lease_js = jetstream::new(connect(&config, " lease").await?);
-    stores.lease = bus::lease_store(&lease_js, config.nats_replicas).await?;
+    // The lease has a thread, a runtime and a connection of its own: on the
+    // shared connection its renewal queued behind tens of thousands of alert
+    // writes (issue 13, run D), and on the shared runtime a 23 s evaluation
+    // starved it; either way it lapsed while the leader was alive.
+    let lease_stop = CancellationToken::new();
+    let _stop_lease_thread = lease_stop.clone().drop_guard();
+    let lease_rt = lease_runtime(lease_stop).map_err(ServiceError::LeaseThread)?;
+    let cfg = config.clone();
+    stores.lease = lease_rt
+        .spawn(async move {
+            let js = jetstream::new(connect(&cfg, " lease").await?);
+            Ok::<_, ServiceError>(bus::lease_store(&js, cfg.nats_replicas).await?)
+        })
+        .await
+        .map_err(|e| ServiceError::LeaseThread(std::io::Error::other(e)))??;
     let state = Arc::new(State::new(client, config.clone(), metrics, stores));
 
     let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -104,7 +118,7 @@ pub async fn run(
             lease = Lease::acquire(&state.stores.lease, &config.instance, config.lease_ttl / 3) => lease,
             _ = shutdown.cancelled() => break Ok(()),
         };
-        match lead(&state, lease, &shutdown).await {
+        match lead(&state, lease, &lease_rt, &shutdown).await {
             Ok(Led::Shutdown) => break Ok(()),
             Ok(Led::LostLease) => continue,
             Err(e) => break Err(e),
@@ -122,6 +136,19 @@ pub async fn run(
         warn!("the last publications did not reach NATS in time");
     }
     result
+}
+
+/// A current-thread runtime on a thread of its own, until `stop`: what is
+/// spawned on it runs whatever the main runtime's workers are busy with.
+fn lease_runtime(stop: CancellationToken) -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("zdr-lease".into())
+        .spawn(move || rt.block_on(stop.cancelled()))?;
+    Ok(handle)
 }
 
 /// One connection to NATS as this coordinator; `purpose` tells the
@@ -265,6 +292,7 @@ async fn publish_policy(
 async fn lead(
     state: &Arc<State>,
     lease: Lease,
+    lease_rt: &tokio::runtime::Handle,
     shutdown: &CancellationToken,
 ) -> Result<Led, ServiceError> {
     let config = state.config();
@@ -291,7 +319,7 @@ async fn lead(
     // starve neither the lease nor persistence.
     let stop = CancellationToken::new();
     let lost = CancellationToken::new();
-    let renewal = tokio::spawn(keep_lease(
+    let renewal = lease_rt.spawn(keep_lease(
         lease,
         config.lease_ttl,
         stop.clone(),
@@ -418,12 +446,25 @@ async fn evaluate_loop(state: Arc<State>, stop: CancellationToken) {
             _ = gauges.tick() => {}
         }
         let started = std::time::Instant::now();
-        // One report per tick, for the gauges and the alerts.
-        let report = state.compliance_report();
-        update_gauges(&state, report.as_ref());
-        let notes = report
-            .map(|r| crate::alerts::evaluate(&state, &r, now()))
-            .unwrap_or_default();
+        // One report per tick, for the gauges and the alerts. On a blocking
+        // thread: at 10 million snapshots it took 23 s of CPU, and on a
+        // runtime worker it starved the lease renewal, which then lapsed.
+        let st = state.clone();
+        let evaluated = tokio::task::spawn_blocking(move || {
+            let report = st.compliance_report();
+            update_gauges(&st, report.as_ref());
+            report
+                .map(|r| crate::alerts::evaluate(&st, &r, now()))
+                .unwrap_or_default()
+        })
+        .await;
+        let notes = match evaluated {
+            Ok(notes) => notes,
+            Err(e) => {
+                warn!(error = %e, "the evaluation failed; the next tick tries again");
+                continue;
+            }
+        };
         // A mass outage changes thousands at once (100,000 lines per
         // evaluation in the 10-million-snapshot run); the receivers get them all.
         for n in notes.iter().take(ALERT_LOG_LINES) {
@@ -502,50 +543,12 @@ async fn restore_pairings(state: &State) {
 }
 
 /// Re-plans pairings from the fleet as it is now and persists what changed.
-async fn update_pairings(state: &State) {
-    let (plan, changed) = {
-        let fleet = state.fleet();
-        let policy = state.policy();
-        let Some(p) = policy.as_ref() else { return };
-        let nodes: Vec<pairing::NodeFacts> = fleet
-            .nodes
-            .iter()
-            .filter_map(|(name, rec)| {
-                // The policy's labels are authoritative; a node it no longer lists is gone.
-                let labels = p.policy.nodes.get(name)?;
-                Some(pairing::NodeFacts {
-                    name: name.clone(),
-                    site: labels.site.clone(),
-                    media: labels.media.clone(),
-                    pools: rec.pools.iter().map(|p| (p.name.clone(), p.free)).collect(),
-                })
-            })
-            .collect();
-        let sources: Vec<pairing::SourceDataset> = fleet
-            .inventory
-            .iter()
-            .flat_map(|(node, datasets)| {
-                datasets.values().filter_map(move |d| {
-                    Some(pairing::SourceDataset {
-                        node: node.clone(),
-                        dataset: zdr_common::DatasetName::parse(&d.dataset).ok()?,
-                        class: d.class.clone(),
-                        used: d.used,
-                    })
-                })
-            })
-            .collect();
-        let previous = state.pairings();
-        let plan = pairing::plan(&p.tasks, &nodes, &sources, &previous.pairings);
-        let before: std::collections::HashSet<&pairing::Pairing> =
-            previous.pairings.iter().collect();
-        let changed: Vec<pairing::Pairing> = plan
-            .pairings
-            .iter()
-            .filter(|p| !before.contains(p))
-            .cloned()
-            .collect();
-        (plan, changed)
+async fn update_pairings(state: &Arc<State>) {
+    // The plan walks every dataset: on a blocking thread, as the evaluation.
+    let st = state.clone();
+    let Ok(Some((plan, changed))) = tokio::task::spawn_blocking(move || plan_pairings(&st)).await
+    else {
+        return;
     };
     for p in &changed {
         info!(task = %p.task, node = %p.source_node, dataset = %p.dataset, target = %p.target_node, reason = %p.reason, "pairing");
@@ -559,6 +562,52 @@ async fn update_pairings(state: &State) {
     metrics::gauge!("zdr_pairings").set(plan.pairings.len() as f64);
     metrics::gauge!("zdr_unpaired_datasets").set(plan.unpaired.len() as f64);
     state.set_pairings(plan);
+}
+
+/// The pairings for the live fleet, and those new or changed since the
+/// last plan; `None` without a policy.
+fn plan_pairings(state: &State) -> Option<(pairing::Plan, Vec<pairing::Pairing>)> {
+    let fleet = state.fleet();
+    let policy = state.policy();
+    let p = policy.as_ref()?;
+    let nodes: Vec<pairing::NodeFacts> = fleet
+        .nodes
+        .iter()
+        .filter_map(|(name, rec)| {
+            // The policy's labels are authoritative; a node it no longer lists is gone.
+            let labels = p.policy.nodes.get(name)?;
+            Some(pairing::NodeFacts {
+                name: name.clone(),
+                site: labels.site.clone(),
+                media: labels.media.clone(),
+                pools: rec.pools.iter().map(|p| (p.name.clone(), p.free)).collect(),
+            })
+        })
+        .collect();
+    let sources: Vec<pairing::SourceDataset> = fleet
+        .inventory
+        .iter()
+        .flat_map(|(node, datasets)| {
+            datasets.values().filter_map(move |d| {
+                Some(pairing::SourceDataset {
+                    node: node.clone(),
+                    dataset: zdr_common::DatasetName::parse(&d.dataset).ok()?,
+                    class: d.class.clone(),
+                    used: d.used,
+                })
+            })
+        })
+        .collect();
+    let previous = state.pairings();
+    let plan = pairing::plan(&p.tasks, &nodes, &sources, &previous.pairings);
+    let before: std::collections::HashSet<&pairing::Pairing> = previous.pairings.iter().collect();
+    let changed: Vec<pairing::Pairing> = plan
+        .pairings
+        .iter()
+        .filter(|p| !before.contains(p))
+        .cloned()
+        .collect();
+    Some((plan, changed))
 }
 
 /// Loads node records and inventories from KV.
