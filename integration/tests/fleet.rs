@@ -726,27 +726,6 @@ async fn commands_for_unknown_or_malformed_nodes_are_answered_at_once() {
     }
 }
 
-/// A policy whose agents take no snapshot for an hour: their inventories'
-/// sequence stands still, so only the coordinator's records say whether a
-/// new leader's inventories are whole.
-const QUIET: &str = r#"version: 1
-sites:
-  site-a: {}
-  site-b: {}
-nodes:
-  node-a1: { site: site-a, media: ssd }
-  node-b1: { site: site-b, media: hdd }
-classes:
-  slow:
-    tiers: { 1h: 3 }
-    rpo: 2h
-    rto: 1h
-    immutable_for: 0s
-datasets:
-  - match: "tank/**"
-    class: slow
-"#;
-
 /// A node record in KV is the commit mark of that node's inventories: a new
 /// leader trusts the KV inventories of a node whose heartbeat matches its
 /// record. Here KV refuses every inventory write; the records must not be
@@ -755,7 +734,14 @@ datasets:
 /// and none of their snapshots, for as long as they took none.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_record_never_vouches_for_an_inventory_kv_lacks() {
-    let f = Fleet::start(QUIET, None).await;
+    // Agents that take no snapshot for an hour: their inventories' sequence
+    // stands still, so only the coordinator's records say whether a new
+    // leader's inventories are whole.
+    let quiet = POLICY
+        .replace("tiers: { 2s: 3 }", "tiers: { 1h: 3 }")
+        .replace("rpo: 10s", "rpo: 2h");
+    assert!(quiet.contains("tiers: { 1h: 3 }") && quiet.contains("rpo: 2h"));
+    let f = Fleet::start(&quiet, None).await;
     let mut coord = f.coordinator("c1");
     coord.wait_ready().await;
     let js = async_nats::jetstream::new(f.nats.client().await);
