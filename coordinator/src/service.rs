@@ -298,25 +298,8 @@ async fn lead(
     let config = state.config();
     let epoch = lease.epoch;
     info!(epoch, "became leader");
-    restore(state).await;
-    crate::alerts::restore_book(state).await;
-    load_policy(state, epoch).await;
-    restore_pairings(state).await;
-    let running = jobs::restore(state).await;
-    state.set_leader(Some(epoch));
-    let mut tasks = JoinSet::new();
-    jobs::adopt(state, &mut tasks, running);
-
-    let mut sub = match state.client().subscribe(subject::ALL_AGENTS).await {
-        Ok(s) => s,
-        Err(e) => {
-            state.set_leader(None);
-            lease.release().await;
-            return Err(ServiceError::Subscribe(e));
-        }
-    };
-    // Each in its own task, so a long message backlog or evaluation can
-    // starve neither the lease nor persistence.
+    // Renewed from the start: reading a large fleet back from KV (below)
+    // can take longer than the lease's TTL.
     let stop = CancellationToken::new();
     let lost = CancellationToken::new();
     let renewal = lease_rt.spawn(keep_lease(
@@ -325,6 +308,34 @@ async fn lead(
         stop.clone(),
         lost.clone(),
     ));
+    restore(state).await;
+    crate::alerts::restore_book(state).await;
+    load_policy(state, epoch).await;
+    restore_pairings(state).await;
+    let running = jobs::restore(state).await;
+    if lost.is_cancelled() {
+        // Lapsed while reading back: no command was sent and no job adopted
+        // under this epoch yet.
+        stop.cancel();
+        return Ok(Led::LostLease);
+    }
+    state.set_leader(Some(epoch));
+    let mut tasks = JoinSet::new();
+    jobs::adopt(state, &mut tasks, running);
+
+    let mut sub = match state.client().subscribe(subject::ALL_AGENTS).await {
+        Ok(s) => s,
+        Err(e) => {
+            state.set_leader(None);
+            stop.cancel();
+            if let Ok(Ok(Some(lease))) = tokio::time::timeout(BUS_GRACE, renewal).await {
+                let _ = tokio::time::timeout(BUS_GRACE, lease.release()).await;
+            }
+            return Err(ServiceError::Subscribe(e));
+        }
+    };
+    // Each in its own task, so a long message backlog or evaluation can
+    // starve neither the lease nor persistence.
     let persistence = tokio::spawn(persist_loop(state.clone(), stop.clone()));
     let evaluation = tokio::spawn(evaluate_loop(state.clone(), stop.clone()));
     let mut resign = tokio::time::interval(config.lease_ttl / 3);
