@@ -126,9 +126,8 @@ pub fn records_to_commit(
     nodes: Vec<String>,
     failed: &BTreeSet<(String, String)>,
 ) -> (Vec<String>, Vec<String>) {
-    nodes
-        .into_iter()
-        .partition(|n| !failed.iter().any(|(f, _)| f == n))
+    let held: BTreeSet<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+    nodes.into_iter().partition(|n| !held.contains(n.as_str()))
 }
 
 /// Nodes a compliance report reads per hold of the fleet's lock: about

@@ -294,18 +294,26 @@ async fn send_one(
     shutdown: &CancellationToken,
 ) -> bool {
     let receiver = r.name.clone();
-    let queued: Option<(i64, Batch)> = serde_json::from_slice::<Queued>(&msg.payload)
-        .ok()
-        .and_then(|q| Some((q.queued_at, q.into_batch()?)));
-    let Some((queued_at, batch)) = queued else {
-        // Only this coordinator's publisher writes here: never retry junk.
-        warn!(
-            receiver,
-            "an unreadable message in the alert queue is dropped"
-        );
-        metrics::counter!("zdr_alerts_dropped_total", "receiver" => receiver).increment(1);
-        let _ = msg.ack_with(AckKind::Term).await;
-        return true;
+    let queued = serde_json::from_slice::<Queued>(&msg.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|q| {
+            let at = q.queued_at;
+            q.into_batch()
+                .map(|b| (at, b))
+                .ok_or_else(|| "it holds neither a batch nor a notification".to_string())
+        });
+    let (queued_at, batch) = match queued {
+        Ok(q) => q,
+        Err(error) => {
+            // Only this coordinator's publisher writes here: never retry junk.
+            warn!(
+                receiver,
+                error, "an unreadable message in the alert queue is dropped"
+            );
+            metrics::counter!("zdr_alerts_dropped_total", "receiver" => receiver).increment(1);
+            let _ = msg.ack_with(AckKind::Term).await;
+            return true;
+        }
     };
     let body = webhook::body(r.format, &r.name, &batch, external_url).to_string();
     let group = batch.key();
@@ -387,4 +395,48 @@ async fn post(url: &str, body: String, timeout: Duration) -> Result<(), PostErro
         }
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::alerts::state::Status;
+    use crate::alerts::Alert;
+
+    #[test]
+    fn a_message_queued_by_an_older_release_is_a_batch_of_one() {
+        let note = Notification {
+            status: Status::Firing,
+            alert: Alert::new(
+                BTreeMap::from([
+                    ("alertname".to_string(), "ZdrAgentOffline".to_string()),
+                    ("node".to_string(), "n1".to_string()),
+                ]),
+                "agent n1 has sent nothing for 40s".into(),
+            ),
+            starts_at: 1_764_900_000,
+            ends_at: None,
+        };
+        // The shape older releases queued: `queued_at` and one `note`.
+        let old = serde_json::json!({ "queued_at": 7, "note": note }).to_string();
+        let q: Queued = serde_json::from_str(&old).unwrap();
+        assert_eq!(q.queued_at, 7);
+        let b = q.into_batch().unwrap();
+        assert_eq!(b.notes, std::slice::from_ref(&note));
+        assert_eq!(b.group["node"], "n1");
+        // Today's shape reads back as written.
+        let new = serde_json::to_string(&Queued {
+            queued_at: 8,
+            batch: Some(b.clone()),
+            note: None,
+        })
+        .unwrap();
+        let q: Queued = serde_json::from_str(&new).unwrap();
+        assert_eq!(q.into_batch(), Some(b));
+        // Neither: nothing to send.
+        let q: Queued = serde_json::from_str(r#"{"queued_at": 9}"#).unwrap();
+        assert!(q.into_batch().is_none());
+    }
 }
