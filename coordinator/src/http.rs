@@ -289,6 +289,26 @@ fn node_range(
     }
 }
 
+/// The node names of one page of `map` (`node_range`, at most `limit`),
+/// and the `after` of the next page when there is one.
+fn page_of<V>(
+    map: &std::collections::BTreeMap<String, V>,
+    node: &Option<String>,
+    after: &Option<String>,
+    limit: Option<usize>,
+) -> (Vec<String>, Option<String>) {
+    let mut page = map
+        .range::<String, _>(node_range(node, after))
+        .map(|(n, _)| n);
+    let names: Vec<String> = page
+        .by_ref()
+        .take(limit.unwrap_or(usize::MAX))
+        .cloned()
+        .collect();
+    let next = page.next().and(names.last().cloned());
+    (names, next)
+}
+
 /// Built on a blocking thread, a few nodes per hold of the fleet's lock
 /// (`REPORT_NODES_PER_HOLD`), with the policy and pairings copied first: at
 /// 10 million snapshots the whole answer took 36 s, and one hold of the
@@ -301,20 +321,7 @@ fn fleet_view(st: &State, q: &FleetQuery) -> FleetView {
     let t = now();
     let timeout = st.config().offline_after.as_secs() as i64;
     let with_snapshots = q.snapshots.unwrap_or(true);
-    let (names, next) = {
-        let fleet = st.fleet();
-        let mut page = fleet
-            .nodes
-            .range::<String, _>(node_range(&q.node, &q.after))
-            .map(|(name, _)| name);
-        let names: Vec<String> = page
-            .by_ref()
-            .take(q.limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect();
-        let next = page.next().and(names.last().cloned());
-        (names, next)
-    };
+    let (names, next) = page_of(&st.fleet().nodes, &q.node, &q.after, q.limit);
     let (policy, revision) = match st.policy().as_ref() {
         Some(p) => (Some(p.policy.clone()), Some(p.revision)),
         None => (None, None),
@@ -428,20 +435,7 @@ struct ReportQuery {
 }
 
 async fn report(AxState(st): AxState<Arc<State>>, Query(q): Query<ReportQuery>) -> Response {
-    let (nodes, next) = {
-        let fleet = st.fleet();
-        let mut page = fleet
-            .inventory
-            .range::<String, _>(node_range(&q.node, &q.after))
-            .map(|(name, _)| name);
-        let nodes: Vec<String> = page
-            .by_ref()
-            .take(q.limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect();
-        let next = page.next().and(nodes.last().cloned());
-        (nodes, next)
-    };
+    let (nodes, next) = page_of(&st.fleet().inventory, &q.node, &q.after, q.limit);
     match off_runtime(&st, move |st| st.compliance_report_of(&nodes)).await {
         Some(report) => Json(ReportPage { report, next }).into_response(),
         None => (
