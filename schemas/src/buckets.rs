@@ -85,6 +85,41 @@ pub struct BucketTarget {
     /// `x-amz-checksum-*` header (zdr never sends them; it sends Content-MD5).
     #[serde(default)]
     pub b2: bool,
+    /// Old chains deleted by the coordinator; without it nothing in the
+    /// bucket is ever deleted by zdr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneSpec>,
+}
+
+/// Pruning of whole chains by the coordinator (`coordinator/src/prune.rs`):
+/// only the coordinator holds keys that may delete; agents keep write-only
+/// ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PruneSpec {
+    /// Where the coordinator finds keys that may list, read and delete
+    /// object versions, on its own host: never the secret itself.
+    pub credentials: Credentials,
+    /// How long a chain is kept after its newest upload, such as `180d`;
+    /// `object_lock.retain` when absent. The newest chain of each dataset is
+    /// kept whatever its age.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<Duration>,
+    /// How often the coordinator looks for chains to delete.
+    #[serde(default = "hourly")]
+    pub every: Duration,
+}
+
+fn hourly() -> Duration {
+    Duration::from_secs(3_600)
+}
+
+impl BucketTarget {
+    /// How long chains are kept, when they are pruned at all.
+    pub fn prune_retain(&self) -> Option<Duration> {
+        let p = self.prune.as_ref()?;
+        p.retain.or(self.object_lock.map(|l| l.retain))
+    }
 }
 
 /// A reference to the credentials, resolved by the source agent on its
@@ -267,26 +302,7 @@ pub fn bucket_task_problems(task: &BucketTask, policy: &Policy) -> Vec<Problem> 
             ),
         ));
     }
-    match (&b.credentials.file, &b.credentials.env) {
-        (Some(_), Some(_)) => out.push(problem(
-            &["bucket", "credentials"],
-            "gives both `file` and `env`; give one".into(),
-        )),
-        (None, None) => out.push(problem(
-            &["bucket", "credentials"],
-            "names no credentials; write `{ file: /etc/zdr/offsite.credentials }` or `{ env: NAME }`"
-                .into(),
-        )),
-        (Some(file), None) if !file.starts_with('/') => out.push(problem(
-            &["bucket", "credentials", "file"],
-            format!("{file:?} is not an absolute path; the agent reads it on its own host, so write the full path"),
-        )),
-        (None, Some(env)) if !valid_env_name(env) => out.push(problem(
-            &["bucket", "credentials", "env"],
-            format!("{env:?} is not an environment variable name; use capitals, digits and '_', such as ZDR_OFFSITE_CREDENTIALS"),
-        )),
-        _ => {}
-    }
+    credentials_problems(&b.credentials, &["bucket", "credentials"], "agent", &mut out);
     if let Some(class) = &b.storage_class {
         if b.b2 {
             out.push(problem(
@@ -311,6 +327,9 @@ pub fn bucket_task_problems(task: &BucketTask, policy: &Policy) -> Vec<Problem> 
                 "must be at least 1s; remove `object_lock` for objects without a lock".into(),
             ));
         }
+    }
+    if let Some(p) = &b.prune {
+        prune_problems(p, b, &mut out);
     }
     let (full, incr) = (
         task.chain.full_every.secs(),
@@ -343,6 +362,68 @@ pub fn bucket_task_problems(task: &BucketTask, policy: &Policy) -> Vec<Problem> 
         }
     }
     out
+}
+
+/// Problems of a credentials reference at `at`, read on `host`'s host
+/// ("agent", "coordinator").
+fn credentials_problems(c: &Credentials, at: &[&str], host: &str, out: &mut Vec<Problem>) {
+    let at_key = |k: &'static str| [at, &[k]].concat();
+    match (&c.file, &c.env) {
+        (Some(_), Some(_)) => out.push(problem(at, "gives both `file` and `env`; give one".into())),
+        (None, None) => out.push(problem(
+            at,
+            "names no credentials; write `{ file: /etc/zdr/offsite.credentials }` or `{ env: NAME }`"
+                .into(),
+        )),
+        (Some(file), None) if !file.starts_with('/') => out.push(problem(
+            &at_key("file"),
+            format!("{file:?} is not an absolute path; the {host} reads it on its own host, so write the full path"),
+        )),
+        (None, Some(env)) if !valid_env_name(env) => out.push(problem(
+            &at_key("env"),
+            format!("{env:?} is not an environment variable name; use capitals, digits and '_', such as ZDR_OFFSITE_CREDENTIALS"),
+        )),
+        _ => {}
+    }
+}
+
+fn prune_problems(p: &PruneSpec, b: &BucketTarget, out: &mut Vec<Problem>) {
+    credentials_problems(&p.credentials, &["bucket", "prune", "credentials"], "coordinator", out);
+    if p.credentials == b.credentials {
+        out.push(problem(
+            &["bucket", "prune", "credentials"],
+            "names the agents' credentials; pruning needs keys that may delete, and agents must \
+             hold write-only ones, so give the coordinator keys of its own"
+                .into(),
+        ));
+    }
+    match (p.retain, b.object_lock) {
+        (None, None) => out.push(problem(
+            &["bucket", "prune"],
+            "has no `retain` and the bucket has no object_lock to take it from; write how long \
+             chains are kept after their newest upload, such as `retain: 180d`"
+                .into(),
+        )),
+        (Some(r), _) if r.secs() == 0 => out.push(problem(
+            &["bucket", "prune", "retain"],
+            "must be at least 1s".into(),
+        )),
+        (Some(r), Some(lock)) if r.secs() < lock.retain.secs() => out.push(problem(
+            &["bucket", "prune", "retain"],
+            format!(
+                "{r} is shorter than object_lock.retain ({}): the server would refuse to delete \
+                 chains still locked; make it at least {}",
+                lock.retain, lock.retain
+            ),
+        )),
+        _ => {}
+    }
+    if p.every.secs() == 0 {
+        out.push(problem(
+            &["bucket", "prune", "every"],
+            "must be at least 1s".into(),
+        ));
+    }
 }
 
 fn valid_bucket_name(name: &str) -> bool {

@@ -437,3 +437,47 @@ fn bucket_problems_have_positions() {
         "specs/t.yml:34:22: buckets[0].bucket.storage_class: B2 has no storage classes; remove `storage_class` or set `b2: false`"
     );
 }
+
+#[test]
+fn bucket_pruning_is_checked() {
+    let prune = |p: &str| {
+        with_bucket(
+            "retain: 30d }",
+            &format!("retain: 30d }}\n      prune: {{ {p} }}"),
+        )
+    };
+    let ok = parse_tasks(
+        "specs/t.yml",
+        &prune("credentials: { env: ZDR_PRUNE }"),
+        &policy(),
+    )
+    .unwrap();
+    let b = &ok.buckets[0].bucket;
+    // The lock's retention when the prune gives none; hourly by default.
+    assert_eq!(b.prune_retain().unwrap().secs(), 30 * 86_400);
+    assert_eq!(b.prune.as_ref().unwrap().every.secs(), 3_600);
+    assert_eq!(
+        error(&prune("credentials: { env: ZDR_PRUNE }, retain: 7d")),
+        "specs/t.yml:35:57: buckets[0].bucket.prune.retain: 1w is shorter than object_lock.retain (4w2d): the server would refuse to delete chains still locked; make it at least 4w2d"
+    );
+    let e = error(&prune("credentials: { file: /etc/zdr/vault.credentials }"));
+    assert!(
+        e.starts_with("specs/t.yml:35:16: buckets[0].bucket.prune.credentials: names the agents' credentials"),
+        "{e}"
+    );
+    let e = error(&prune("credentials: { file: prune.credentials }"));
+    assert!(
+        e.contains("bucket.prune.credentials.file: \"prune.credentials\" is not an absolute path; the coordinator reads it"),
+        "{e}"
+    );
+    // Without a lock, how long to keep chains must be said.
+    let unlocked = with_bucket(
+        "      object_lock: { mode: compliance, retain: 30d }\n",
+        "      prune: { credentials: { env: ZDR_PRUNE } }\n",
+    );
+    let e = error(&unlocked);
+    assert!(
+        e.starts_with("specs/t.yml:34:14: buckets[0].bucket.prune: has no `retain`"),
+        "{e}"
+    );
+}

@@ -10,9 +10,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aws_sdk_s3::config::{
-    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode, StorageClass};
@@ -284,29 +281,13 @@ async fn fill<R: AsyncRead + Unpin>(
 impl Store {
     /// A client for `cfg`; makes no request.
     pub fn new(cfg: &BucketConfig) -> Store {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let conf = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(cfg.region.clone()))
-            .endpoint_url(&cfg.endpoint)
-            .force_path_style(true)
-            .credentials_provider(Credentials::new(
+        Store {
+            client: zdr_common::s3::client(
+                &cfg.endpoint,
+                &cfg.region,
                 &cfg.access_key_id,
                 &cfg.secret_access_key,
-                None,
-                None,
-                "zdr-bucket-target",
-            ))
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            .http_client(http)
-            .build();
-        Store {
-            client: Client::from_conf(conf),
+            ),
             bucket: cfg.bucket.clone(),
             endpoint: cfg.endpoint.clone(),
             prefix: cfg.prefix.clone(),

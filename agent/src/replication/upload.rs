@@ -16,7 +16,6 @@
 //!   while the upload runs (the coordinator's bandwidth allocation).
 
 use std::num::NonZeroU64;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -134,69 +133,9 @@ pub(crate) fn check(cmd: &UploadJob, encrypted: bool) -> Result<Checked, Refused
     })
 }
 
-/// The key pair a credentials file gives: `access_key_id = ...` and
-/// `secret_access_key = ...` lines (quotes optional, `#` comments).
-pub(crate) fn parse_credentials_file(label: &str, text: &str) -> Result<(String, String), String> {
-    let (mut id, mut secret) = (None, None);
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=') else {
-            return Err(format!(
-                "{label}:{}: expected `key = value`; the file holds `access_key_id = ...` and `secret_access_key = ...`",
-                n + 1
-            ));
-        };
-        let v = v.trim().trim_matches('"').to_string();
-        match k.trim() {
-            "access_key_id" | "aws_access_key_id" => id = Some(v),
-            "secret_access_key" | "aws_secret_access_key" => secret = Some(v),
-            other => {
-                return Err(format!(
-                    "{label}:{}: unknown key `{other}`; the file holds `access_key_id` and `secret_access_key`",
-                    n + 1
-                ))
-            }
-        }
-    }
-    match (id, secret) {
-        (Some(i), Some(s)) if !i.is_empty() && !s.is_empty() => Ok((i, s)),
-        _ => Err(format!(
-            "{label}: needs both `access_key_id = ...` and `secret_access_key = ...`"
-        )),
-    }
-}
-
-/// The key pair an environment variable gives: `KEY_ID:SECRET`.
-pub(crate) fn parse_credentials_env(name: &str, value: &str) -> Result<(String, String), String> {
-    match value.trim().split_once(':') {
-        Some((i, s)) if !i.is_empty() && !s.is_empty() => Ok((i.to_string(), s.to_string())),
-        _ => Err(format!(
-            "environment variable {name} must hold `KEY_ID:SECRET`"
-        )),
-    }
-}
-
 /// Reads the credentials the reference names, on this host.
 pub(crate) fn resolve(credentials: &CredentialsRef) -> Result<(String, String), Refused> {
-    match credentials {
-        CredentialsRef::File(path) => {
-            if !Path::new(path).is_absolute() {
-                return Err(format!("credentials file {path:?} is not an absolute path"));
-            }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("credentials file {path}: {e}"))?;
-            parse_credentials_file(path, &text)
-        }
-        CredentialsRef::Env(name) => {
-            let value = std::env::var(name).map_err(|_| {
-                format!("environment variable {name}, named as the bucket's credentials, is not set for this agent")
-            })?;
-            parse_credentials_env(name, &value)
-        }
-    }
+    zdr_common::credentials::resolve_here(credentials, "this agent")
 }
 
 /// Counts the stream's bytes into the progress channel as they are read.
@@ -587,28 +526,5 @@ mod tests {
         );
         bad.recipients = vec!["nope".into()];
         assert!(check(&bad, false).unwrap_err().contains("recipient"));
-    }
-
-    #[test]
-    fn credentials_are_read_from_a_file_or_a_variable() {
-        assert_eq!(
-            parse_credentials_file(
-                "/c",
-                "# keys\naccess_key_id = AKIA\nsecret_access_key = \"s3cr:et\"\n"
-            )
-            .unwrap(),
-            ("AKIA".to_string(), "s3cr:et".to_string())
-        );
-        assert!(parse_credentials_file("/c", "access_key_id = A\n")
-            .unwrap_err()
-            .contains("needs both"));
-        assert!(parse_credentials_file("/c", "token = x\n")
-            .unwrap_err()
-            .contains("/c:1: unknown key `token`"));
-        assert_eq!(
-            parse_credentials_env("V", "id:sec:ret").unwrap(),
-            ("id".to_string(), "sec:ret".to_string())
-        );
-        assert!(parse_credentials_env("V", "idonly").is_err());
     }
 }
