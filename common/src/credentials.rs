@@ -122,15 +122,20 @@ mod tests {
             |_| None,
         )
         .unwrap_err();
-        assert!(err.starts_with("credentials file /etc/zdr/b.credentials:"), "{err}");
+        assert!(
+            err.starts_with("credentials file /etc/zdr/b.credentials:"),
+            "{err}"
+        );
         let rel = CredentialsRef::File("b.credentials".into());
         assert!(resolve(&rel, "x", |_| Ok(String::new()), |_| None)
             .unwrap_err()
             .contains("not an absolute path"));
         let env = CredentialsRef::Env("ZDR_B".into());
-        assert!(resolve(&env, "the coordinator", |_| unreachable!(), |_| None)
-            .unwrap_err()
-            .ends_with("is not set for the coordinator"));
+        assert!(
+            resolve(&env, "the coordinator", |_| unreachable!(), |_| None)
+                .unwrap_err()
+                .ends_with("is not set for the coordinator")
+        );
         assert_eq!(
             resolve(&env, "x", |_| unreachable!(), |_| Some("a:b".into())).unwrap(),
             ("a".into(), "b".into())

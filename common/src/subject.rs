@@ -12,6 +12,7 @@
 //! | `zdr.v1.agent.<node>.cmd`         | coord → agent, req/reply | signed [`crate::wire::Command`], reply [`crate::wire::CommandResult`] |
 //! | KV `zdr_policy`, key `current`    | coord → agents     | signed [`crate::wire::PolicyBundle`] |
 //! | `zdr.v1.alerts.<receiver>`        | coord → coord (JetStream work queue `ZDR_ALERTS`) | a queued alert notification |
+//! | `zdr.v1.audit.coordinator`        | coord → JetStream stream `ZDR_AUDIT` | one audit record (JSON) per destructive step, before and after it |
 //! | `$SRV.{PING,INFO,STATS}[.<service>[.<id>]]` | admin → agents, coordinators, req/reply | NATS micro discovery (ADR-32): services `zdr-agent`, `zdr-coordinator` |
 //! | `zdr.v1.srv.agent.<node>.status`  | admin → agent, req/reply | the agent's status (JSON) |
 //! | `zdr.v1.srv.coordinator.health`   | admin → one coordinator, req/reply | its health (JSON) |
@@ -47,6 +48,9 @@ impl AgentSubjects {
 
 /// Alerts wait for their receivers under `zdr.v1.alerts.<receiver>`.
 pub const ALERTS_PREFIX: &str = "zdr.v1.alerts";
+
+/// The coordinator's audit records (bucket pruning), kept in JetStream.
+pub const COORDINATOR_AUDIT: &str = "zdr.v1.audit.coordinator";
 
 /// The NATS micro service every agent registers as.
 pub const AGENT_SERVICE: &str = "zdr-agent";

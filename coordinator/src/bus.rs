@@ -77,6 +77,7 @@ pub const PAIRINGS_BUCKET: &str = "zdr_pairings";
 pub const JOBS_BUCKET: &str = "zdr_jobs";
 pub const ALERTS_BUCKET: &str = "zdr_alerts";
 pub const EVENTS_STREAM: &str = "ZDR_EVENTS";
+pub const AUDIT_STREAM: &str = "ZDR_AUDIT";
 
 /// Handles on every bucket, created on first start.
 #[derive(Clone)]
@@ -206,6 +207,17 @@ pub async fn open(
     })
     .await
     .map_err(|e| js_err(format!("stream {EVENTS_STREAM}"), replicas)(e.into()))?;
+    // A year and a month: long enough to answer "who deleted this, and why".
+    js.create_or_update_stream(stream::Config {
+        name: AUDIT_STREAM.into(),
+        description: Some("zdr coordinator audit: destructive steps, before and after".into()),
+        subjects: vec![subject::COORDINATOR_AUDIT.into()],
+        max_age: Duration::from_secs(400 * 86_400),
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| js_err(format!("stream {AUDIT_STREAM}"), replicas)(e.into()))?;
     Ok(Stores {
         fleet,
         inventory,

@@ -67,6 +67,7 @@ pub fn coordinator_permissions() -> Permissions {
         publish: vec![
             format!("{}.agent.*.cmd", subject::PREFIX),
             format!("{}.>", subject::ALERTS_PREFIX),
+            subject::COORDINATOR_AUDIT.into(),
             "$JS.API.>".into(),
             "$KV.>".into(),
             "$JS.ACK.>".into(),

@@ -20,6 +20,7 @@ pub mod offsite;
 pub mod pairing;
 pub mod plan;
 pub mod policy;
+pub mod prune;
 pub mod restore;
 pub mod rtt;
 pub mod service;

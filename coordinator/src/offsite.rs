@@ -28,8 +28,8 @@
 
 use zdr_common::policy::Pattern;
 use zdr_common::wire::{
-    BucketSpec, CredentialsRef, DatasetInventory, LockMode, ManifestRef, SnapshotInfo, SnapshotRef,
-    StreamSpec, UploadLock,
+    BucketSpec, DatasetInventory, LockMode, ManifestRef, SnapshotInfo, SnapshotRef, StreamSpec,
+    UploadLock,
 };
 use zdr_common::DatasetName;
 use zdr_schemas::buckets::{self, BucketTask};
@@ -130,12 +130,7 @@ pub fn pairing(task: &BucketTask, node: &str, dataset: &str) -> Pairing {
 /// The bucket as an upload command gives it; `None` when the task names no
 /// credentials (the checker refuses such a task).
 pub fn bucket_spec(task: &BucketTask) -> Option<BucketSpec> {
-    let c = &task.bucket.credentials;
-    let credentials = match (&c.file, &c.env) {
-        (Some(f), _) => CredentialsRef::File(f.clone()),
-        (None, Some(e)) => CredentialsRef::Env(e.clone()),
-        (None, None) => return None,
-    };
+    let credentials = task.bucket.credentials.reference()?;
     Some(BucketSpec {
         endpoint: task.bucket.endpoint.clone(),
         region: task.bucket.region.clone(),

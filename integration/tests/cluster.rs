@@ -41,7 +41,7 @@ tasks:
 const COPY: &str = "backup/node-a1/tank/big";
 
 /// The buckets and streams the coordinator keeps.
-const STREAMS: [&str; 8] = [
+const STREAMS: [&str; 9] = [
     "KV_zdr_fleet",
     "KV_zdr_inventory",
     "KV_zdr_policy",
@@ -50,6 +50,7 @@ const STREAMS: [&str; 8] = [
     "KV_zdr_jobs",
     "KV_zdr_alerts",
     "ZDR_EVENTS",
+    "ZDR_AUDIT",
 ];
 
 struct Setup {

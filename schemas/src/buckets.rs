@@ -26,6 +26,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use zdr_common::duration::Duration;
 use zdr_common::policy::{Policy, Problem};
+use zdr_common::wire::CredentialsRef;
 
 use crate::tasks::{problem, source_problems, window_problems, Bandwidth, Source};
 
@@ -134,6 +135,18 @@ pub struct Credentials {
     /// Name of an environment variable of the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<String>,
+}
+
+impl Credentials {
+    /// As a command carries it; `None` when it names nothing (the checker
+    /// refuses that).
+    pub fn reference(&self) -> Option<CredentialsRef> {
+        match (&self.file, &self.env) {
+            (Some(f), _) => Some(CredentialsRef::File(f.clone())),
+            (None, Some(e)) => Some(CredentialsRef::Env(e.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 const INLINE_SECRET: &str = "must not hold the secret: tasks.yml is read by the coordinator and \
@@ -302,7 +315,12 @@ pub fn bucket_task_problems(task: &BucketTask, policy: &Policy) -> Vec<Problem> 
             ),
         ));
     }
-    credentials_problems(&b.credentials, &["bucket", "credentials"], "agent", &mut out);
+    credentials_problems(
+        &b.credentials,
+        &["bucket", "credentials"],
+        "agent",
+        &mut out,
+    );
     if let Some(class) = &b.storage_class {
         if b.b2 {
             out.push(problem(
@@ -388,7 +406,12 @@ fn credentials_problems(c: &Credentials, at: &[&str], host: &str, out: &mut Vec<
 }
 
 fn prune_problems(p: &PruneSpec, b: &BucketTarget, out: &mut Vec<Problem>) {
-    credentials_problems(&p.credentials, &["bucket", "prune", "credentials"], "coordinator", out);
+    credentials_problems(
+        &p.credentials,
+        &["bucket", "prune", "credentials"],
+        "coordinator",
+        out,
+    );
     if p.credentials == b.credentials {
         out.push(problem(
             &["bucket", "prune", "credentials"],

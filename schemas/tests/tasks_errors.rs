@@ -462,7 +462,9 @@ fn bucket_pruning_is_checked() {
     );
     let e = error(&prune("credentials: { file: /etc/zdr/vault.credentials }"));
     assert!(
-        e.starts_with("specs/t.yml:35:16: buckets[0].bucket.prune.credentials: names the agents' credentials"),
+        e.starts_with(
+            "specs/t.yml:35:16: buckets[0].bucket.prune.credentials: names the agents' credentials"
+        ),
         "{e}"
     );
     let e = error(&prune("credentials: { file: prune.credentials }"));
