@@ -587,3 +587,182 @@ fn recovery_keygen_writes_a_secret_the_agent_reads_and_prints_its_recipient() {
     );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
 }
+
+/// The streams (by id) of tank/db with a manifest, and whether every
+/// incremental's parent is among them; `None` when the listing raced a
+/// delete (a manifest listed, then gone before it was read).
+async fn bucket_chains(v: &Vault, trusted: &TrustedSigners) -> Option<(Vec<String>, bool)> {
+    let listing = v.store.list("tank/db", trusted).await.ok()?;
+    let hashes: std::collections::HashSet<&str> =
+        listing.manifests.iter().map(|m| m.hash.as_str()).collect();
+    let whole = listing.manifests.iter().all(|m| {
+        m.manifest
+            .parent
+            .as_deref()
+            .is_none_or(|p| hashes.contains(p))
+    });
+    let streams = listing
+        .manifests
+        .iter()
+        .map(|m| m.manifest.stream.clone())
+        .collect();
+    Some((streams, whole))
+}
+
+/// The coordinator's audit records (`ZDR_AUDIT`), oldest first.
+async fn audit_records(fleet: &Fleet) -> Vec<Value> {
+    let js = async_nats::jetstream::new(fleet.nats.client().await);
+    let Ok(mut stream) = js.get_stream("ZDR_AUDIT").await else {
+        return Vec::new();
+    };
+    let Ok(info) = stream.info().await else {
+        return Vec::new();
+    };
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    for seq in first..=last {
+        if let Ok(m) = stream.get_raw_message(seq).await {
+            out.push(serde_json::from_slice(&m.payload).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_prunes_whole_expired_chains_tip_first_and_keeps_the_newest() {
+    let mut v = vault("1s").await;
+    // Fulls every 6 s, locks and retention of 2 s, a pass every 2 s: old
+    // chains expire within seconds. The coordinator's keys are its own file.
+    let prune_keys = v.dir.path().join("prune.credentials");
+    std::fs::copy(v.dir.path().join("vault.credentials"), &prune_keys).unwrap();
+    for (from, to) in [
+        ("full_every: 1h", "full_every: 6s".to_string()),
+        (
+            "retain: 1h }",
+            format!(
+                "retain: 2s }}\n      prune: {{ credentials: {{ file: {} }}, every: 2s }}",
+                prune_keys.display()
+            ),
+        ),
+    ] {
+        assert!(v.tasks.contains(from), "{from:?}");
+        v.tasks = v.tasks.replacen(from, &to, 1);
+    }
+    // Left by others: a cut upload (a segment, no manifest) and an object
+    // outside the streams; the first goes once old, the second never.
+    let client = v.store.client();
+    let cut = "zdr/streams/tank%2Fdb/00000000000000000000000000000cut/seg/00000000";
+    let other = "zdr/notes/keep-me";
+    for key in [cut, other] {
+        client
+            .put_object()
+            .bucket("zdr-vault")
+            .key(key)
+            .body(b"x".to_vec().into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
+    let c = fleet.coordinator("c1");
+    c.wait_ready().await;
+    let _agent = uploader(&fleet, &v, 1_000_000);
+    let mut trusted = TrustedSigners::default();
+    trusted.trust(
+        "node-a1",
+        ManifestSigner::new("node-a1", v.signing.clone()).verifying_key(),
+    );
+
+    // The first full, as its upload committed it.
+    let (_, list) = committed(&c, 1).await;
+    let first = list[0]["stream"].as_str().unwrap().to_string();
+    assert!(list[0]["from_guid"].is_null(), "{list:#?}");
+
+    // Until the first chain is gone, every look at the bucket finds whole
+    // chains: an incremental is never left without its parent.
+    let mut looks = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first chain (full {first}) was not pruned within 120 s; coordinator log:\n{}",
+            c.proc.output()
+        );
+        if let Some((streams, whole)) = bucket_chains(&v, &trusted).await {
+            looks += 1;
+            assert!(whole, "a chain lost a base: {streams:?}");
+            if !streams.contains(&first) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(looks >= 3, "only {looks} looks at the bucket");
+
+    // The newest chain stays and restores: its tip verifies back to a full.
+    let (_, list) = committed(&c, 1).await;
+    let tip = list.last().unwrap()["to_guid"].as_u64().unwrap();
+    let planned = v.store.plan_restore("tank/db", tip, &trusted).await.unwrap();
+    assert!(planned.chain[0].manifest.from_guid.is_none());
+
+    // The cut upload went; the object outside the streams did not.
+    let keys = wait_for("the cut upload to go", Duration::from_secs(30), || async {
+        let out = client
+            .list_objects_v2()
+            .bucket("zdr-vault")
+            .prefix("zdr/")
+            .send()
+            .await
+            .ok()?;
+        let keys: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        (!keys.iter().any(|k| k == cut)).then_some(keys)
+    })
+    .await;
+    assert!(keys.iter().any(|k| k == other), "{keys:?}");
+
+    // Every delete was audited first: an intent, then its outcome, per stream.
+    let records = audit_records(&fleet).await;
+    eprintln!(
+        "{looks} looks at the bucket; {} audit records, {} deletes done",
+        records.len(),
+        records.iter().filter(|r| r["outcome"] == "done").count()
+    );
+    let first_target = records
+        .iter()
+        .position(|r| r["target"].as_str().unwrap().contains(&first))
+        .unwrap_or_else(|| panic!("no audit record of {first}: {records:#?}"));
+    assert_eq!(records[first_target]["outcome"], "intent");
+    assert_eq!(records[first_target]["action"], "delete-stream");
+    assert!(
+        records[first_target + 1..]
+            .iter()
+            .any(|r| r["target"] == records[first_target]["target"] && r["outcome"] == "done"),
+        "{records:#?}"
+    );
+    for (i, r) in records.iter().enumerate() {
+        if r["outcome"] == "done" {
+            assert!(
+                records[..i]
+                    .iter()
+                    .any(|p| p["target"] == r["target"] && p["outcome"] == "intent"),
+                "deleted before its intent was recorded: {r}"
+            );
+        }
+    }
+    // The upload record forgot the pruned streams: restore points offer
+    // only what is still in the bucket.
+    wait_for(
+        "the upload record to forget the pruned chain",
+        Duration::from_secs(30),
+        || async {
+            let (_, list) = committed(&c, 1).await;
+            (!list.iter().any(|m| m["stream"] == first.as_str())).then_some(())
+        },
+    )
+    .await;
+    let _ = &v.weed;
+}
