@@ -105,18 +105,24 @@ impl std::fmt::Display for Why {
     }
 }
 
-/// One stream to delete, its versions in delete order.
+/// One chain (or one upload never committed) to delete: its streams in
+/// delete order. A stream's delete that fails ends its chain's (rule 8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deletion {
     pub folder: String,
-    pub stream: String,
     pub why: Why,
+    pub streams: Vec<Doomed>,
+}
+
+/// One stream to delete, its versions in delete order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Doomed {
+    pub stream: String,
     pub versions: Vec<Version>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// In the order to run them.
     pub delete: Vec<Deletion>,
     /// Datasets left whole by rule 2, with the reason.
     pub left: Vec<(String, String)>,
@@ -208,17 +214,25 @@ fn plan_dataset(ds: &DatasetObjects, now: i64, retain: i64, out: &mut Vec<Deleti
         if kept.contains(&root) || locked || !expired(last(members).unwrap_or(0)) {
             continue;
         }
-        let why = Why::ChainExpired {
-            root: read[root].0.id.clone(),
-        };
-        for i in tip_first(members, &read, &by_hash) {
-            out.push(deletion(&ds.folder, read[i].0, why.clone()));
-        }
+        out.push(Deletion {
+            folder: ds.folder.clone(),
+            why: Why::ChainExpired {
+                root: read[root].0.id.clone(),
+            },
+            streams: tip_first(members, &read, &by_hash)
+                .into_iter()
+                .map(|i| doomed(read[i].0))
+                .collect(),
+        });
     }
     // Rule 7.
     for s in &ds.streams {
         if s.head == Head::Missing && expired(newest(s)) {
-            out.push(deletion(&ds.folder, s, Why::NeverCommitted));
+            out.push(Deletion {
+                folder: ds.folder.clone(),
+                why: Why::NeverCommitted,
+                streams: vec![doomed(s)],
+            });
         }
     }
 }
@@ -251,13 +265,11 @@ fn tip_first(
 }
 
 /// The stream's versions, manifest ones first.
-fn deletion(folder: &str, s: &Stream, why: Why) -> Deletion {
+fn doomed(s: &Stream) -> Doomed {
     let mut versions = s.versions.clone();
     versions.sort_by_key(|v| (!v.key.ends_with("/manifest"), v.key.clone()));
-    Deletion {
-        folder: folder.to_string(),
+    Doomed {
         stream: s.id.clone(),
-        why,
         versions,
     }
 }
@@ -302,8 +314,12 @@ mod tests {
         }]
     }
 
+    /// The streams to delete, in order.
     fn deleted(p: &Plan) -> Vec<&str> {
-        p.delete.iter().map(|d| d.stream.as_str()).collect()
+        p.delete
+            .iter()
+            .flat_map(|d| d.streams.iter().map(|s| s.stream.as_str()))
+            .collect()
     }
 
     /// Two chains: f1 <- i1 <- i2 (old), f2 <- i3 (newer).
@@ -324,13 +340,13 @@ mod tests {
         assert!(plan(&ds, 1_119, RETAIN).delete.is_empty());
         let p = plan(&ds, 1_120, RETAIN);
         assert_eq!(deleted(&p), ["i2", "i1", "f1"]);
-        assert!(p
-            .delete
-            .iter()
-            .all(|d| d.why == Why::ChainExpired { root: "f1".into() }));
+        // One chain, one unit: a failed delete stops it there.
+        assert_eq!(p.delete.len(), 1);
+        assert_eq!(p.delete[0].why, Why::ChainExpired { root: "f1".into() });
         // Manifest first in each stream.
-        assert!(p.delete[0].versions[0].key.ends_with("/manifest"));
-        assert_eq!(p.delete[0].versions.len(), 3);
+        let tip = &p.delete[0].streams[0];
+        assert!(tip.versions[0].key.ends_with("/manifest"));
+        assert_eq!(tip.versions.len(), 3);
         // Years later, the newest chain is still kept (rule 5).
         assert_eq!(deleted(&plan(&ds, 1_000_000, RETAIN)), ["i2", "i1", "f1"]);
     }
@@ -395,7 +411,7 @@ mod tests {
         assert_eq!(deleted(&plan(&ds, 1_399, RETAIN)), ["i2", "i1", "f1"]);
         let p = plan(&ds, 1_400, RETAIN);
         assert_eq!(deleted(&p), ["i2", "i1", "f1", "cut"]);
-        assert_eq!(p.delete[3].why, Why::NeverCommitted);
+        assert_eq!(p.delete[1].why, Why::NeverCommitted);
     }
 
     #[test]

@@ -702,7 +702,11 @@ async fn the_coordinator_prunes_whole_expired_chains_tip_first_and_keeps_the_new
     // The newest chain stays and restores: its tip verifies back to a full.
     let (_, list) = committed(&c, 1).await;
     let tip = list.last().unwrap()["to_guid"].as_u64().unwrap();
-    let planned = v.store.plan_restore("tank/db", tip, &trusted).await.unwrap();
+    let planned = v
+        .store
+        .plan_restore("tank/db", tip, &trusted)
+        .await
+        .unwrap();
     assert!(planned.chain[0].manifest.from_guid.is_none());
 
     // The cut upload went; the object outside the streams did not.

@@ -9,7 +9,7 @@ use aws_sdk_s3::Client;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{DatasetObjects, Deletion, Head, ManifestHead, Stream, Version};
+use super::{DatasetObjects, Doomed, Head, ManifestHead, Stream, Version};
 
 /// What went wrong talking to the bucket; names the bucket, the request
 /// and the object, and what the server said.
@@ -214,7 +214,7 @@ pub fn head_of(bytes: &[u8]) -> Result<ManifestHead, String> {
 /// Deletes `d`'s versions in order; stops at the first refusal (a lock the
 /// server still enforces, a permission), so the order's promise holds.
 /// Returns how many versions went.
-pub async fn delete(client: &Client, bucket: &str, d: &Deletion) -> (usize, Option<BucketError>) {
+pub async fn delete(client: &Client, bucket: &str, d: &Doomed) -> (usize, Option<BucketError>) {
     for (n, v) in d.versions.iter().enumerate() {
         let sent = client
             .delete_object()

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use zdr_common::subject;
 use zdr_schemas::buckets::BucketTask;
 
-use super::{bucket, Deletion};
+use super::{bucket, Doomed, Why};
 use crate::jobs::JobKind;
 use crate::state::{now, State};
 
@@ -120,29 +120,32 @@ async fn pass(state: &State, js: &jetstream::Context, task: &BucketTask) {
         task.name
     );
     let mut gone: HashSet<String> = HashSet::new();
-    // A chain whose delete failed keeps its remaining (older) streams.
-    let mut broken: HashSet<(String, String)> = HashSet::new();
-    for d in &plan.delete {
-        let chain = (d.folder.clone(), d.why.to_string());
-        if broken.contains(&chain) {
-            continue;
-        }
-        if !state.is_leader() {
-            break;
-        }
-        match delete_one(js, &client, (&b.bucket, &b.prefix), &actor, d).await {
-            Ok(()) => {
-                gone.insert(d.stream.clone());
+    let mut failures = 0;
+    'plan: for d in &plan.delete {
+        for doomed in &d.streams {
+            if !state.is_leader() {
+                break 'plan;
             }
-            Err(e) => {
-                failed(&task.name, &e);
-                broken.insert(chain);
+            let target = format!(
+                "s3://{}/{}streams/{}/{}/",
+                b.bucket, b.prefix, d.folder, doomed.stream
+            );
+            match delete_one(js, &client, &b.bucket, (&actor, &target), &d.why, doomed).await {
+                Ok(()) => {
+                    gone.insert(doomed.stream.clone());
+                }
+                Err(e) => {
+                    // The rest of this chain are the bases of what failed.
+                    failed(&task.name, &e);
+                    failures += 1;
+                    break;
+                }
             }
         }
     }
     metrics::counter!("zdr_prune_streams_deleted_total", "task" => task.name.clone())
         .increment(gone.len() as u64);
-    if broken.is_empty() {
+    if failures == 0 {
         metrics::gauge!("zdr_prune_last_success_timestamp_seconds", "task" => task.name.clone())
             .set(now() as f64);
     }
@@ -158,20 +161,17 @@ async fn pass(state: &State, js: &jetstream::Context, task: &BucketTask) {
 async fn delete_one(
     js: &jetstream::Context,
     client: &aws_sdk_s3::Client,
-    (bucket_name, prefix): (&str, &str),
-    actor: &str,
-    d: &Deletion,
+    bucket_name: &str,
+    (actor, target): (&str, &str),
+    why: &Why,
+    d: &Doomed,
 ) -> Result<(), String> {
-    let target = format!(
-        "s3://{bucket_name}/{prefix}streams/{}/{}/",
-        d.folder, d.stream
-    );
-    let why = d.why.to_string();
+    let why = why.to_string();
     let mut record = Audit {
         at: now(),
         actor,
         action: "delete-stream",
-        target: &target,
+        target,
         why: &why,
         versions: d.versions.len(),
         outcome: "intent",
