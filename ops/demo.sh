@@ -60,6 +60,10 @@ if [ ! -s "$dir/offsite.credentials" ]; then
   (umask 077 && printf 'access_key_id = zdrdemo\nsecret_access_key = %s\n' \
     "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$dir/offsite.credentials")
 fi
+# The coordinator prunes with keys of its own; the demo's SeaweedFS has one
+# identity, so here they are a copy (in real life: keys that may delete,
+# while the agents' may only write).
+[ -s "$dir/prune.credentials" ] || (umask 077 && cp "$dir/offsite.credentials" "$dir/prune.credentials")
 s3_key=$(awk -F' = ' '$1 == "access_key_id" {print $2}' "$dir/offsite.credentials")
 s3_secret=$(awk -F' = ' '$1 == "secret_access_key" {print $2}' "$dir/offsite.credentials")
 
@@ -83,6 +87,7 @@ buckets:
       prefix: demo/
       credentials: { file: $dir/offsite.credentials }
       object_lock: { mode: governance, retain: 1h }
+      prune: { credentials: { file: $dir/prune.credentials }, every: 5m }
     chain: { full_every: 10m, incremental_every: 1m }
     recipients: ["$(cat "$dir/recovery.pub")"]
 YAML

@@ -1100,8 +1100,9 @@ pub struct OnDisk {
     pub name: String,
     pub guid: u64,
     pub holds: Vec<String>,
-    /// ZFS `creation`, Unix seconds.
-    pub creation: i64,
+    /// ZFS `creation`, Unix seconds; `None` when the listing lacks it
+    /// (the caller falls back on the name's time).
+    pub creation: Option<i64>,
 }
 
 /// `dataset`'s snapshots in an agent's pools, oldest first, read once;
@@ -1127,7 +1128,7 @@ pub fn listing(agent: &Agent, dataset: &str) -> Option<Vec<OnDisk>> {
                             .collect()
                     })
                     .unwrap_or_default(),
-                creation: s["creation"].as_i64().unwrap_or(0),
+                creation: s["creation"].as_i64(),
             })
             .collect(),
     )
@@ -1204,7 +1205,7 @@ pub mod real_zfs {
                 .filter_map(|l| {
                     let mut f = l.split('\t');
                     let (full, guid, refs) = (f.next()?, f.next()?, f.next()?);
-                    let creation = f.next()?.trim().parse().ok()?;
+                    let creation = f.next().and_then(|c| c.trim().parse().ok());
                     let name = full.split_once('@')?.1.to_string();
                     // One `zfs holds` per held snapshot only: a process start
                     // costs up to a second under emulation.

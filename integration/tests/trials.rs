@@ -498,7 +498,7 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
     // Our snapshots ever taken, each with its creation: from the pool for
     // those still there, from the audited destroy for the others (the name's
     // time only where a record does not say).
-    let on_pool: HashMap<&str, i64> = listed
+    let on_pool: HashMap<&str, Option<i64>> = listed
         .iter()
         .map(|s| (s.name.as_str(), s.creation))
         .collect();
@@ -508,7 +508,7 @@ async fn trial(seed: u64, n: u64, faults: &[Fault]) -> Outcome {
         .filter_map(|r| Some((r.target.strip_prefix(&prefix)?.to_string(), r.created)));
     let ever: HashMap<String, i64> = present
         .iter()
-        .map(|n| (n.clone(), on_pool.get(n.as_str()).copied()))
+        .map(|n| (n.clone(), on_pool.get(n.as_str()).copied().flatten()))
         .chain(destroyed)
         .filter_map(|(n, created)| {
             let named = trials::created_at(&n, "zdr")?;
