@@ -5,6 +5,8 @@
 //! server loses nothing. A replica count the servers cannot place is a
 //! start-up error that says so (decided on JetStream's error codes).
 
+pub mod parts;
+
 use std::time::Duration;
 
 use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};

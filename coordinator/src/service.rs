@@ -12,7 +12,7 @@
 //! `shutdown` token: the lease is released on the way out, so a standby
 //! takes over at once, and the transfers in flight go on, to be adopted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -641,7 +641,10 @@ async fn restore(state: &State) {
         gone("node records", e);
     }
     let mut inventories = Vec::new();
-    let read = bus::load_all(state.client(), &state.stores.inventory, |key, raw| {
+    // Inventories stored in parts (`bus::parts`): headers, and every part.
+    let mut headers: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut parts: HashMap<(String, String, usize), Vec<u8>> = HashMap::new();
+    let mut parse = |key: &str, raw: &[u8]| {
         let Some((node, _)) = key.split_once('.') else {
             return;
         };
@@ -653,10 +656,44 @@ async fn restore(state: &State) {
             }
             Err(e) => warn!(key, error = %e, "unreadable inventory in KV; skipped"),
         }
+    };
+    let read = bus::load_all(state.client(), &state.stores.inventory, |key, raw| {
+        if let Some((head, generation, i)) = bus::parts::part_of(key) {
+            parts.insert((head.to_string(), generation.to_string(), i), raw.to_vec());
+        } else if bus::parts::header(raw).is_some() {
+            headers.push((key.to_string(), raw.to_vec()));
+        } else {
+            parse(key, raw);
+        }
     })
     .await;
     if let Err(e) = read {
         gone("inventories", e);
+    }
+    for (key, header) in &headers {
+        let whole = bus::parts::assemble(header, |generation, i| {
+            parts
+                .get(&(key.clone(), generation.to_string(), i))
+                .map(Vec::as_slice)
+        });
+        match whole {
+            Ok(raw) => parse(key, &raw),
+            // The agent's next full inventory brings it back.
+            Err(e) => {
+                warn!(key, error = %e, "an inventory stored in parts cannot be read; skipped")
+            }
+        }
+        if let Some(Ok((generation, count, _))) = bus::parts::header(header) {
+            state.swap_inventory_parts(key, Some((generation.clone(), count)));
+            parts.retain(|(k, g, _), _| !(k == key && *g == generation));
+        }
+    }
+    // What is left is named by no header: left over from a write cut short.
+    for (key, generation, i) in parts.into_keys() {
+        let part = bus::parts::part_key(&key, &generation, i);
+        if let Err(e) = state.stores.inventory.delete(&part).await {
+            debug!(key = part, error = %e, "could not delete a left-over inventory part");
+        }
     }
     let mut fleet = state.fleet_mut();
     for (key, rec) in nodes {
@@ -880,19 +917,12 @@ async fn persist_batch(state: &State) {
         }
     }
     let written = records.len() + inventories.len();
+    let limit = inventory_limit(state).await;
     let failed: BTreeSet<(String, String)> = futures::stream::iter(inventories)
         .map(|((node, ds), raw)| async move {
-            let store = &state.stores.inventory;
             let key = bus::inventory_key(&node, &ds);
-            let result = match raw {
-                Some(raw) => store
-                    .put(&key, raw.into())
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
-                None => store.delete(&key).await.map_err(|e| e.to_string()),
-            };
-            result
+            write_inventory(state, &key, raw, limit)
+                .await
                 .map_err(
                     |e| warn!(key, error = %e, "could not persist; tried again at the next batch"),
                 )
@@ -932,6 +962,84 @@ async fn persist_batch(state: &State) {
     }
     metrics::gauge!("zdr_persist_batch_seconds").set(started.elapsed().as_secs_f64());
     debug!(written, "persisted a batch");
+}
+
+/// The largest message the inventory bucket takes: the server's
+/// `max_payload`, or the bucket's `max_message_size` when smaller.
+async fn inventory_limit(state: &State) -> usize {
+    let payload = state.client().server_info().max_payload;
+    let mut stream = state.stores.inventory.stream.clone();
+    match stream.info().await.map(|i| i.config.max_message_size) {
+        Ok(n) if n > 0 => payload.min(n as usize),
+        _ => payload,
+    }
+}
+
+/// Writes one inventory (`None`: deletes it), in parts when it is larger
+/// than `limit` (`bus::parts`), and then deletes the parts it replaced.
+async fn write_inventory(
+    state: &State,
+    key: &str,
+    raw: Option<Vec<u8>>,
+    limit: usize,
+) -> Result<(), String> {
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let store = &state.stores.inventory;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let stored = match raw {
+        None => {
+            store.delete(key).await.map_err(|e| err(&e))?;
+            None
+        }
+        Some(raw) => {
+            let generation = format!(
+                "{:x}x{:x}",
+                now_ms(),
+                GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            match bus::parts::layout(key, raw, limit, &generation) {
+                bus::parts::Layout::Whole(raw) => {
+                    store.put(key, raw.into()).await.map_err(|e| err(&e))?;
+                    None
+                }
+                bus::parts::Layout::Parts {
+                    generation,
+                    parts,
+                    header,
+                } => {
+                    let count = parts.len();
+                    for (part_key, bytes) in parts {
+                        store
+                            .put(&part_key, bytes.into())
+                            .await
+                            .map_err(|e| err(&e))?;
+                    }
+                    store.put(key, header.into()).await.map_err(|e| err(&e))?;
+                    Some((generation, count))
+                }
+            }
+        }
+    };
+    if let Some((generation, count)) = state.swap_inventory_parts(key, stored) {
+        delete_parts(store, key, &generation, count).await;
+    }
+    Ok(())
+}
+
+/// Deletes parts no header names any more; one that stays is deleted at the
+/// next leader's start.
+async fn delete_parts(
+    store: &async_nats::jetstream::kv::Store,
+    key: &str,
+    generation: &str,
+    count: usize,
+) {
+    for i in 0..count {
+        let part = bus::parts::part_key(key, generation, i);
+        if let Err(e) = store.delete(&part).await {
+            debug!(key = part, error = %e, "could not delete a replaced inventory part");
+        }
+    }
 }
 
 /// Fleet gauges, per node and class (never one series per dataset: a

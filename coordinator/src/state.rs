@@ -3,7 +3,7 @@
 //! across an `.await` in a spawned task (the future would not be `Send`), so
 //! "no lock held across an await" is checked by the compiler.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -146,6 +146,9 @@ pub struct State {
     policy_problem: Mutex<Option<String>>,
     pairings: RwLock<pairing::Plan>,
     dirty: Mutex<Dirty>,
+    /// Inventory keys stored in parts (`bus::parts`): their generation and
+    /// part count, so the next write deletes the parts it replaces.
+    inventory_parts: Mutex<HashMap<String, (String, usize)>>,
     jobs: Mutex<Jobs>,
     leader: AtomicBool,
     /// Unix seconds: when this instance last took the lead.
@@ -183,6 +186,7 @@ impl State {
             policy_problem: Mutex::new(None),
             pairings: RwLock::new(pairing::Plan::default()),
             dirty: Mutex::new(Dirty::default()),
+            inventory_parts: Mutex::new(HashMap::new()),
             jobs: Mutex::new(Jobs::default()),
             leader: AtomicBool::new(false),
             leading_since: AtomicI64::new(0),
@@ -272,6 +276,23 @@ impl State {
     /// What changed since the last call.
     pub fn take_dirty(&self) -> Dirty {
         std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Records how `key` is now stored (`None`: whole, or deleted) and
+    /// returns how it was.
+    pub fn swap_inventory_parts(
+        &self,
+        key: &str,
+        now: Option<(String, usize)>,
+    ) -> Option<(String, usize)> {
+        let mut parts = self
+            .inventory_parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match now {
+            Some(p) => parts.insert(key.to_string(), p),
+            None => parts.remove(key),
+        }
     }
 
     /// What a batch could not write goes back, for the next batch.

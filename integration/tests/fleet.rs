@@ -795,3 +795,83 @@ async fn a_node_record_never_vouches_for_an_inventory_kv_lacks() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inventory_larger_than_a_kv_message_is_stored_in_parts_and_read_back_whole() {
+    // Twelve snapshots per dataset: each inventory is a few KB.
+    let many = POLICY.replace("tiers: { 2s: 3 }", "tiers: { 1s: 12 }");
+    assert!(many.contains("1s: 12"));
+    let f = Fleet::start(&many, None).await;
+    let mut c1 = f.coordinator("c1");
+    c1.wait_ready().await;
+    // A bucket that takes 1.5 KB messages, as 1 MiB takes ~7,900 snapshots.
+    let js = async_nats::jetstream::new(f.nats.client().await);
+    let mut config = js
+        .get_stream("KV_zdr_inventory")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    config.max_message_size = 1_536;
+    js.update_stream(&config).await.unwrap();
+    let mut a1 = f.agent(&A1);
+    let kv = js.get_key_value("zdr_inventory").await.unwrap();
+    let live_keys = || async {
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .ok()?
+            .filter_map(|k| async { k.ok() })
+            .collect()
+            .await;
+        Some(keys)
+    };
+    wait_for(
+        "tank/db with 10 snapshots, stored in parts",
+        Duration::from_secs(60),
+        || async {
+            let v = c1.fleet().await?;
+            let n = snapshots_in(&v, "node-a1", "tank/db")?.len();
+            let keys = live_keys().await?;
+            (n >= 10 && keys.iter().any(|k| k.contains(".part"))).then_some(())
+        },
+    )
+    .await;
+    // The agent stops; what a new leader knows of it comes from KV alone.
+    a1.proc.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = snapshots_in(&c1.fleet().await.unwrap(), "node-a1", "tank/db").unwrap();
+    // Replaced parts are deleted: every live part belongs to its header's generation.
+    let keys = live_keys().await.unwrap();
+    let parts: Vec<&String> = keys.iter().filter(|k| k.contains(".part")).collect();
+    for part in &parts {
+        let (head, rest) = part.rsplit_once(".part").unwrap();
+        let header = kv
+            .get(head)
+            .await
+            .unwrap()
+            .expect("a part without its header");
+        let header = String::from_utf8_lossy(&header).to_string();
+        let generation = rest.split('.').next().unwrap();
+        assert!(
+            header.starts_with(&format!("ZDRPARTS1 {generation} ")),
+            "part {part} is not of its header's generation: {header}"
+        );
+    }
+    c1.proc.kill();
+    let c2 = f.coordinator("c2");
+    c2.wait_ready().await;
+    let after = wait_for(
+        "the new leader's view of node-a1",
+        Duration::from_secs(30),
+        || async { snapshots_in(&c2.fleet().await?, "node-a1", "tank/db") },
+    )
+    .await;
+    assert_eq!(after, before, "read back from {} parts", parts.len());
+    assert!(
+        !c2.proc.output().contains("cannot be read"),
+        "{}",
+        c2.proc.output()
+    );
+}
