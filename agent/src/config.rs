@@ -207,6 +207,11 @@ pub enum BackendConfig {
         /// catch the agent in the middle of a pass. Off by default.
         #[serde(default)]
         op_latency_ms: Option<u64>,
+        /// A modelled time, in milliseconds, for the content hash of a
+        /// snapshot (a real one reads every byte: minutes for large data).
+        /// Off by default.
+        #[serde(default)]
+        hash_latency_ms: Option<u64>,
     },
 }
 

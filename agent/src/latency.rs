@@ -15,11 +15,21 @@ use crate::zfs::{Backend, DatasetInfo, RecvSpec, SendSpec, ZfsError};
 pub struct Slow {
     inner: Arc<dyn Backend>,
     per_op: Duration,
+    /// Added to each content hash: a real one reads the snapshot's data.
+    hash: Duration,
 }
 
 impl Slow {
     pub fn new(inner: Arc<dyn Backend>, per_op: Duration) -> Self {
-        Slow { inner, per_op }
+        Slow {
+            inner,
+            per_op,
+            hash: Duration::ZERO,
+        }
+    }
+
+    pub fn with_hash(self, hash: Duration) -> Self {
+        Slow { hash, ..self }
     }
 
     /// Blocks like a zfs(8) call would; backends run on blocking threads.
@@ -139,6 +149,7 @@ impl Backend for Slow {
         snapshot: &str,
     ) -> Result<zdr_common::wire::ContentHash, ZfsError> {
         self.wait();
+        std::thread::sleep(self.hash);
         self.inner.content_hash(dataset, snapshot)
     }
 

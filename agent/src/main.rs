@@ -78,6 +78,7 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
             pools,
             snapshot_bytes,
             op_latency_ms,
+            hash_latency_ms,
         } => {
             warn!("SIMULATED ZFS BACKEND: this agent protects no real data (demo and scale tests only)");
             let mut sim = SimBackend::open(state.path("sim-pools.json"))?;
@@ -99,12 +100,13 @@ fn backend(config: &Config, state: &StateDir) -> anyhow::Result<Arc<dyn Backend>
                 }
             }
             let sim: Arc<dyn Backend> = Arc::new(sim);
-            Ok(match op_latency_ms {
-                Some(ms) => {
-                    warn!(ms, "every simulated ZFS operation is slowed down (op_latency_ms)");
-                    Arc::new(Slow::new(sim, Duration::from_millis(*ms)))
+            Ok(match (op_latency_ms, hash_latency_ms) {
+                (None, None) => sim,
+                (op, hash) => {
+                    warn!(?op, ?hash, "simulated ZFS operations are slowed down (op_latency_ms, hash_latency_ms)");
+                    let ms = |v: &Option<u64>| Duration::from_millis(v.unwrap_or(0));
+                    Arc::new(Slow::new(sim, ms(op)).with_hash(ms(hash)))
                 }
-                None => sim,
             })
         }
     }

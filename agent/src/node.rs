@@ -38,6 +38,20 @@ pub struct Agent {
     hello_due: AtomicBool,
     /// Why the policy the bucket offers was refused, for the heartbeats.
     policy_refused: Mutex<Option<PolicyRefused>>,
+    /// Content hashes running at once (`HashSnapshot` reads every byte).
+    hash_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Content hashes one node runs at once; a drill asking for another is
+/// told so and asks again.
+const HASH_SLOTS: usize = 2;
+
+/// How a command is answered.
+pub enum Handled {
+    Now(Box<CommandResult>),
+    /// Long work (a content hash: minutes on large data), answered when it
+    /// ends while the node goes on answering other commands.
+    Later(futures::future::BoxFuture<'static, CommandResult>),
 }
 
 impl Agent {
@@ -56,6 +70,7 @@ impl Agent {
             state,
             freshness: Mutex::new(freshness),
             replication,
+            hash_slots: Arc::new(tokio::sync::Semaphore::new(HASH_SLOTS)),
             started_at: now(),
             heartbeat_seq: AtomicU64::new(0),
             hello_due: AtomicBool::new(false),
@@ -164,8 +179,56 @@ impl Agent {
         }
     }
 
-    /// Verifies, checks freshness, then parses and runs one command.
-    pub async fn handle_command(&self, subject: &str, payload: &[u8]) -> CommandResult {
+    /// Verifies, checks freshness, then parses and runs one command; a
+    /// content hash runs apart and is answered when it ends.
+    pub async fn handle_command(&self, subject: &str, payload: &[u8]) -> Handled {
+        let (id, actor, cmd) = match self.open_command(subject, payload) {
+            Ok(opened) => opened,
+            Err(refused) => return Handled::Now(refused),
+        };
+        match cmd {
+            Command::HashSnapshot { dataset, snapshot } => self.hash(id, dataset, snapshot),
+            cmd => Handled::Now(Box::new(self.run_command(&id, actor, cmd).await)),
+        }
+    }
+
+    fn hash(&self, id: String, dataset: String, snapshot: String) -> Handled {
+        let node = self.config.node.clone();
+        let Ok(slot) = self.hash_slots.clone().try_acquire_owned() else {
+            return Handled::Now(Box::new(CommandResult::new(
+                &id,
+                &node,
+                Outcome::Failed,
+                format!(
+                    "{HASH_SLOTS} content hashes already run on this node; ask again when one ends"
+                ),
+            )));
+        };
+        let lc = self.lifecycle.clone();
+        Handled::Later(Box::pin(async move {
+            let hashed = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                crate::drill::hash_snapshot(&lc, &dataset, &snapshot)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("hashing panicked: {e}")));
+            match hashed {
+                Ok(hash) => CommandResult {
+                    hash: Some(hash),
+                    ..CommandResult::new(&id, &node, Outcome::Done, "hashed".into())
+                },
+                Err(m) => CommandResult::new(&id, &node, Outcome::Failed, m),
+            }
+        }))
+    }
+
+    /// The command's id, the actor audit records name, and the command;
+    /// or the answer that refuses it.
+    fn open_command(
+        &self,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<(String, String, Command), Box<CommandResult>> {
         let t = now();
         let refuse = |reason: String| {
             warn!(subject, %reason, "command refused");
@@ -180,34 +243,37 @@ impl Agent {
         };
         let opened = match self.verifier.open(subject, payload, t) {
             Ok(o) => o,
-            Err(e) => return refuse(e.to_string()),
+            Err(e) => return Err(Box::new(refuse(e.to_string()))),
         };
         {
             let mut f = self.freshness.lock().unwrap_or_else(|e| e.into_inner());
             if let Err(e) = f.admit(&opened.header, t) {
-                return refuse(e.to_string());
+                return Err(Box::new(refuse(e.to_string())));
             }
             if let Err(e) = self.state.save_freshness(&f) {
                 warn!(error = %e, "could not persist replay memory");
             }
         }
         let id = opened.header.id.clone();
-        let result =
-            |outcome, message: String| CommandResult::new(&id, &self.config.node, outcome, message);
-        let cmd: Command = match serde_json::from_slice(opened.payload) {
-            Ok(c) => c,
-            Err(e) => {
-                return result(
-                    Outcome::Failed,
-                    format!("signed command does not parse: {e}"),
-                )
-            }
-        };
+        let cmd: Command = serde_json::from_slice(opened.payload).map_err(|e| {
+            Box::new(CommandResult::new(
+                &id,
+                &self.config.node,
+                Outcome::Failed,
+                format!("signed command does not parse: {e}"),
+            ))
+        })?;
         info!(id = %id, command = ?cmd, "command accepted");
         if cmd == (Command::SendInventory {}) {
             self.hello_due.store(true, Ordering::SeqCst);
         }
         let actor = format!("coordinator:{}/{}", opened.header.kid, id);
+        Ok((id, actor, cmd))
+    }
+
+    async fn run_command(&self, id: &str, actor: String, cmd: Command) -> CommandResult {
+        let result =
+            |outcome, message: String| CommandResult::new(id, &self.config.node, outcome, message);
         let done = |r: Result<String, String>| match r {
             Ok(m) => result(Outcome::Done, m),
             Err(m) => result(Outcome::Failed, m),
@@ -265,21 +331,6 @@ impl Agent {
                 snapshots,
                 tag,
             } => return done(repl.hold(&dataset, &snapshots, &tag).await),
-            Command::HashSnapshot { dataset, snapshot } => {
-                let lc = self.lifecycle.clone();
-                let hashed = tokio::task::spawn_blocking(move || {
-                    crate::drill::hash_snapshot(&lc, &dataset, &snapshot)
-                })
-                .await
-                .unwrap_or_else(|e| Err(format!("hashing panicked: {e}")));
-                return match hashed {
-                    Ok(hash) => CommandResult {
-                        hash: Some(hash),
-                        ..result(Outcome::Done, "hashed".into())
-                    },
-                    Err(m) => result(Outcome::Failed, m),
-                };
-            }
             Command::DestroyScratch { dataset } => {
                 let lc = self.lifecycle.clone();
                 let destroyed = tokio::task::spawn_blocking(move || {
@@ -636,20 +687,37 @@ async fn commands(agent: Arc<Agent>, client: async_nats::Client, shutdown: Cance
             }
         }
     };
+    // Answers of long work (content hashes), sent when it ends.
+    let mut later = tokio::task::JoinSet::new();
     loop {
         let msg = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
+            Some(_) = later.join_next() => continue,
             m = sub.next() => match m {
                 Some(m) => m,
                 None => return,
             },
         };
-        let result = agent.handle_command(&msg.subject, &msg.payload).await;
-        if let Some(reply) = msg.reply {
-            if let Ok(body) = serde_json::to_vec(&result) {
-                let _ = client.publish(reply, body.into()).await;
+        let reply = msg.reply.clone();
+        match agent.handle_command(&msg.subject, &msg.payload).await {
+            Handled::Now(result) => answer(&client, reply, &result).await,
+            Handled::Later(work) => {
+                let client = client.clone();
+                later.spawn(async move { answer(&client, reply, &work.await).await });
             }
+        }
+    }
+}
+
+async fn answer(
+    client: &async_nats::Client,
+    reply: Option<async_nats::Subject>,
+    result: &CommandResult,
+) {
+    if let Some(reply) = reply {
+        if let Ok(body) = serde_json::to_vec(result) {
+            let _ = client.publish(reply, body.into()).await;
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Config {
     /// A node is offline after this long without a heartbeat.
     pub offline_after: Duration,
     pub command_timeout: Duration,
+    /// How long a drill waits for a content hash (it reads every byte).
+    pub drill_hash_timeout: Duration,
     /// Where alerts are sent (`--alerts`); none: alerts are only logged and listed.
     pub receivers: Vec<zdr_schemas::receivers::Receiver>,
     /// A cleared alert resolves after this long without firing again.

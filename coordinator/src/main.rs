@@ -97,6 +97,10 @@ struct RunArgs {
     offline_after_secs: u64,
     #[arg(long, default_value_t = 10)]
     command_timeout_secs: u64,
+    /// How long a drill waits for one content hash of a snapshot; the hash
+    /// reads every byte, so give large datasets hours.
+    #[arg(long, default_value_t = 86_400)]
+    drill_hash_timeout_secs: u64,
     /// A cleared alert resolves only after this long without firing again,
     /// so that a flapping condition is one alert.
     #[arg(long, default_value_t = zdr_coordinator::alerts::KEEP_FIRING_SECS as u64)]
@@ -332,6 +336,7 @@ async fn main() -> anyhow::Result<()> {
                 lease_ttl: Duration::from_secs(a.lease_ttl_secs.max(3)),
                 offline_after: Duration::from_secs(a.offline_after_secs),
                 command_timeout: Duration::from_secs(a.command_timeout_secs),
+                drill_hash_timeout: Duration::from_secs(a.drill_hash_timeout_secs),
                 receivers,
                 alert_hold: Duration::from_secs(a.alert_hold_secs),
                 copy_metrics_max: a.copy_metrics_max,

@@ -420,6 +420,29 @@ impl State {
         node: &str,
         cmd: &Command,
     ) -> Result<CommandResult, CommandError> {
+        self.request(node, cmd, self.config.command_timeout, true)
+            .await
+    }
+
+    /// [`Self::send_command`], waiting up to `after` for the answer: for
+    /// long work the agent answers when it ends (a content hash). Not a
+    /// round trip of the `zdr_command_rtt` figures.
+    pub async fn send_command_within(
+        &self,
+        node: &str,
+        cmd: &Command,
+        after: std::time::Duration,
+    ) -> Result<CommandResult, CommandError> {
+        self.request(node, cmd, after, false).await
+    }
+
+    async fn request(
+        &self,
+        node: &str,
+        cmd: &Command,
+        after: std::time::Duration,
+        round_trip: bool,
+    ) -> Result<CommandResult, CommandError> {
         if !self.is_leader() {
             return Err(CommandError::Standby);
         }
@@ -438,11 +461,13 @@ impl State {
         let ttl = self.config.command_timeout.as_secs().max(1) as i64 * 6;
         let env = self.sealer.seal(&subj, &id, t, ttl, self.epoch(), &payload);
         metrics::counter!("zdr_commands_sent_total").increment(1);
-        let after = self.config.command_timeout;
         let sent = std::time::Instant::now();
-        let answer = tokio::time::timeout(after, self.client.request(subj, env.into())).await;
+        let request = async_nats::Request::new()
+            .payload(env.into())
+            .timeout(Some(after));
+        let answer = tokio::time::timeout(after, self.client.send_request(subj, request)).await;
         // A timeout counts with its timeout; a request refused at once is no round trip.
-        if !matches!(answer, Ok(Err(_))) {
+        if round_trip && !matches!(answer, Ok(Err(_))) {
             let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
             self.rtt
                 .lock()

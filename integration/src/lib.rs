@@ -870,6 +870,8 @@ pub struct AgentExtra {
     pub pki: Option<PathBuf>,
     /// The sim backend's modelled latency per ZFS operation, in milliseconds.
     pub op_latency_ms: Option<u64>,
+    /// The sim backend's modelled time for one content hash, in milliseconds.
+    pub hash_latency_ms: Option<u64>,
     /// Serve the agent's metrics on this loopback port.
     pub metrics_port: Option<u16>,
     /// `trusted_keys` (key id, public key) instead of the fleet's one key,
@@ -992,10 +994,13 @@ tick_secs = {tick}
                 .snapshot_bytes
                 .map(|b| format!("snapshot_bytes = {b}\n"))
                 .unwrap_or_default(),
-            op_latency_ms = extra
-                .op_latency_ms
-                .map(|ms| format!("op_latency_ms = {ms}\n"))
-                .unwrap_or_default(),
+            op_latency_ms = [
+                ("op_latency_ms", extra.op_latency_ms),
+                ("hash_latency_ms", extra.hash_latency_ms),
+            ]
+            .iter()
+            .filter_map(|(k, v)| v.map(|ms| format!("{k} = {ms}\n")))
+            .collect::<String>(),
             transfer = extra
                 .pki
                 .as_ref()

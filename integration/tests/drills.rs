@@ -157,12 +157,25 @@ impl Setup {
         backup_bytes: u64,
         snapshot_bytes: Option<u64>,
     ) -> Agent {
+        let extra = AgentExtra {
+            snapshot_bytes,
+            ..AgentExtra::default()
+        };
+        self.agent_with(node, datasets, backup_bytes, extra)
+    }
+
+    fn agent_with(
+        &self,
+        node: &'static str,
+        datasets: &'static [&'static str],
+        backup_bytes: u64,
+        extra: AgentExtra,
+    ) -> Agent {
         let media = if node == "node-a1" { "ssd" } else { "hdd" };
         let extra = AgentExtra {
             pools: vec![("backup".into(), backup_bytes)],
             pki: Some(self.pki.clone()),
-            snapshot_bytes,
-            ..AgentExtra::default()
+            ..extra
         };
         let spec = AgentSpec {
             node,
@@ -536,5 +549,55 @@ async fn a_drill_node_without_room_is_refused_before_any_transfer() {
     assert!(
         !points.to_string().contains("zdr-drill"),
         "no scratch: {points}"
+    );
+}
+
+/// A content hash takes longer than a command's answer may (production's
+/// here: 14 s against the coordinator's 10 s command timeout; a real one
+/// reads every byte). The drill waits for it and passes, and the agent
+/// answers other commands meanwhile.
+#[tokio::test]
+async fn a_drill_waits_for_a_slow_content_hash_and_the_agent_keeps_answering() {
+    let s = Setup::start("").await;
+    let slow = AgentExtra {
+        hash_latency_ms: Some(14_000),
+        ..AgentExtra::default()
+    };
+    let a1 = s.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow);
+    let a2 = s.agent("node-a2", &[]);
+    s.replicated(&a1, &a2).await;
+    let (code, accepted) = s
+        .post_drill(serde_json::json!({"source": "node-a1:tank/db"}))
+        .await;
+    assert_eq!(code, 202, "{accepted}");
+    let job = accepted["job"].as_str().unwrap().to_string();
+    // While production hashes, node-a1 takes a snapshot on command.
+    wait_for("production to hash", Duration::from_secs(60), || async {
+        a1.proc
+            .output()
+            .contains("command=HashSnapshot")
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let asked = std::time::Instant::now();
+    let (code, body) = s
+        .coordinator
+        .post("/api/v1/nodes/node-a1/commands", r#"{"snapshot_now":{}}"#)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "node-a1 answered after {:?}: its commands waited behind the hash",
+        asked.elapsed()
+    );
+    let d = s
+        .drill_ended("the drill to end", |d| d["job"] == job.as_str())
+        .await;
+    assert_eq!(d["state"], "passed", "{d:#}");
+    assert!(
+        d["result"]["hash_ms"].as_u64().unwrap_or(0) >= 14_000,
+        "the hash did not take its modelled time: {d:#}"
     );
 }

@@ -483,8 +483,9 @@ async fn hash(
         snapshot: snapshot.to_string(),
     };
     let mut attempt = 1;
+    let within = state.config().drill_hash_timeout;
     loop {
-        match state.send_command(node, &cmd).await {
+        match state.send_command_within(node, &cmd, within).await {
             Ok(r) if r.outcome == Outcome::Done => {
                 return r
                     .hash
