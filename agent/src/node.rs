@@ -38,19 +38,20 @@ pub struct Agent {
     hello_due: AtomicBool,
     /// Why the policy the bucket offers was refused, for the heartbeats.
     policy_refused: Mutex<Option<PolicyRefused>>,
-    /// Content hashes running at once (`HashSnapshot` reads every byte).
-    hash_slots: Arc<tokio::sync::Semaphore>,
+    /// Long reads running at once (`HashSnapshot` reads every byte of a
+    /// snapshot, `VerifyBucket` every segment of a dataset's streams).
+    long_reads: Arc<tokio::sync::Semaphore>,
 }
 
-/// Content hashes one node runs at once; a drill asking for another is
-/// told so and asks again.
-const HASH_SLOTS: usize = 2;
+/// Long reads one node runs at once; a drill or verification asking for
+/// another is told so and asks again.
+const LONG_READS: usize = 2;
 
 /// How a command is answered.
 pub enum Handled {
     Now(Box<CommandResult>),
-    /// Long work (a content hash: minutes on large data), answered when it
-    /// ends while the node goes on answering other commands.
+    /// A long read (minutes to hours on large data), answered when it ends
+    /// while the node goes on answering other commands.
     Later(futures::future::BoxFuture<'static, CommandResult>),
 }
 
@@ -70,7 +71,7 @@ impl Agent {
             state,
             freshness: Mutex::new(freshness),
             replication,
-            hash_slots: Arc::new(tokio::sync::Semaphore::new(HASH_SLOTS)),
+            long_reads: Arc::new(tokio::sync::Semaphore::new(LONG_READS)),
             started_at: now(),
             heartbeat_seq: AtomicU64::new(0),
             hello_due: AtomicBool::new(false),
@@ -179,46 +180,78 @@ impl Agent {
         }
     }
 
-    /// Verifies, checks freshness, then parses and runs one command; a
-    /// content hash runs apart and is answered when it ends.
+    /// Verifies, checks freshness, then parses and runs one command; long
+    /// reads (a content hash, a bucket verification) run apart and are
+    /// answered when they end.
     pub async fn handle_command(&self, subject: &str, payload: &[u8]) -> Handled {
         let (id, actor, cmd) = match self.open_command(subject, payload) {
             Ok(opened) => opened,
             Err(refused) => return Handled::Now(refused),
         };
+        let node = self.config.node.clone();
         match cmd {
-            Command::HashSnapshot { dataset, snapshot } => self.hash(id, dataset, snapshot),
+            Command::HashSnapshot { dataset, snapshot } => {
+                let lc = self.lifecycle.clone();
+                self.long_read(id, move |id| async move {
+                    let hashed = tokio::task::spawn_blocking(move || {
+                        crate::drill::hash_snapshot(&lc, &dataset, &snapshot)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("hashing panicked: {e}")));
+                    match hashed {
+                        Ok(hash) => CommandResult {
+                            hash: Some(hash),
+                            ..CommandResult::new(&id, &node, Outcome::Done, "hashed".into())
+                        },
+                        Err(m) => CommandResult::new(&id, &node, Outcome::Failed, m),
+                    }
+                })
+            }
+            Command::VerifyBucket(job) => {
+                let repl = self.replication.clone();
+                self.long_read(id, move |id| async move {
+                    match repl.verify_bucket(*job).await {
+                        Ok(check) => {
+                            let (outcome, message) = if check.problems.is_empty() {
+                                (Outcome::Done, "verified".to_string())
+                            } else {
+                                (Outcome::Failed, check.problems.join("; "))
+                            };
+                            CommandResult {
+                                bucket_check: Some(check),
+                                ..CommandResult::new(&id, &node, outcome, message)
+                            }
+                        }
+                        Err(m) => CommandResult::new(&id, &node, Outcome::Failed, m),
+                    }
+                })
+            }
             cmd => Handled::Now(Box::new(self.run_command(&id, actor, cmd).await)),
         }
     }
 
-    fn hash(&self, id: String, dataset: String, snapshot: String) -> Handled {
-        let node = self.config.node.clone();
-        let Ok(slot) = self.hash_slots.clone().try_acquire_owned() else {
+    /// Runs `work` apart, holding one of the node's long-read slots; with
+    /// none free, answers at once that it is busy.
+    fn long_read<F, W>(&self, id: String, work: W) -> Handled
+    where
+        W: FnOnce(String) -> F,
+        F: std::future::Future<Output = CommandResult> + Send + 'static,
+    {
+        let Ok(slot) = self.long_reads.clone().try_acquire_owned() else {
             return Handled::Now(Box::new(CommandResult::new(
                 &id,
-                &node,
+                &self.config.node,
                 Outcome::Failed,
                 format!(
-                    "{HASH_SLOTS} content hashes already run on this node; ask again when one ends"
+                    "{LONG_READS} long reads (content hashes, bucket verifications) already run \
+                     on this node; ask again when one ends"
                 ),
             )));
         };
-        let lc = self.lifecycle.clone();
+        let work = work(id);
         Handled::Later(Box::pin(async move {
-            let hashed = tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                crate::drill::hash_snapshot(&lc, &dataset, &snapshot)
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("hashing panicked: {e}")));
-            match hashed {
-                Ok(hash) => CommandResult {
-                    hash: Some(hash),
-                    ..CommandResult::new(&id, &node, Outcome::Done, "hashed".into())
-                },
-                Err(m) => CommandResult::new(&id, &node, Outcome::Failed, m),
-            }
+            let _slot = slot;
+            work.await
         }))
     }
 

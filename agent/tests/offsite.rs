@@ -351,10 +351,24 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
         .segments
         .iter()
         .all(|s| s.version_id.is_none()));
+    // Verification re-reads every segment: all well before the damage.
+    let clean = store.verify("tank/vm/disk0", &k.trusted, 2).await.unwrap();
+    assert_eq!((clean.manifests, clean.incomplete), (1, 0), "{clean:?}");
+    assert_eq!(clean.segments, up.manifest.manifest.segments.len() as u64);
+    assert!(clean.bytes > bytes.len() as u64, "{clean:?}");
+    assert!(clean.problems.is_empty(), "{clean:?}");
     let object = segment_key("zdr/", "tank/vm/disk0", &up.manifest.stream, 1);
     let mut stored = get(&store, &object).await;
     stored[1000] ^= 0x40;
     put(&store, &object, stored).await;
+    // Verification finds the damaged segment, and only it.
+    let damaged = store.verify("tank/vm/disk0", &k.trusted, 2).await.unwrap();
+    assert_eq!(damaged.problems.len(), 1, "{damaged:?}");
+    assert!(
+        damaged.problems[0].contains(&object) && damaged.problems[0].contains("do not match"),
+        "{damaged:?}"
+    );
+    assert_eq!(damaged.segments, clean.segments - 1);
 
     let chain = store
         .plan_restore("tank/vm/disk0", 9, &k.trusted)
@@ -385,6 +399,15 @@ async fn a_corrupted_segment_or_manifest_is_caught_before_any_of_it_is_used() {
     let forged = text.replace("\"to_guid\":9", "\"to_guid\":8");
     assert_ne!(forged, text);
     put(&store, key, forged.into_bytes()).await;
+    let forged = store.verify("tank/vm/disk0", &k.trusted, 2).await.unwrap();
+    assert_eq!(forged.manifests, 0, "{forged:?}");
+    assert!(
+        forged
+            .problems
+            .iter()
+            .any(|p| p.contains(key.as_str()) && p.contains("signature")),
+        "{forged:?}"
+    );
     let err = store
         .plan_restore("tank/vm/disk0", 9, &k.trusted)
         .await

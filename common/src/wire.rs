@@ -268,6 +268,10 @@ pub enum Command {
     },
     /// Hashes the content of `dataset@snapshot` (the reply's `hash`).
     HashSnapshot { dataset: String, snapshot: String },
+    /// Re-reads a dataset's streams in a bucket without restoring them:
+    /// every manifest's signature, every chain's links, every segment's
+    /// SHA-256 (the reply's `bucket_check`). Answered when it ends.
+    VerifyBucket(Box<BucketVerifyJob>),
     /// Destroys a drill's scratch dataset (`<pool>/zdr-drill/<name>`) and
     /// everything in it; refused for any other dataset. A scratch that is
     /// gone already is done.
@@ -457,6 +461,29 @@ pub struct BucketRestoreJob {
     pub hold_tag: String,
 }
 
+/// The dataset (as uploaded) whose streams a [`Command::VerifyBucket`] reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketVerifyJob {
+    pub dataset: String,
+    pub bucket: BucketSpec,
+}
+
+/// What a bucket verification read and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketCheck {
+    /// Manifests that verified, and their segments and stored bytes read.
+    pub manifests: u64,
+    pub segments: u64,
+    pub bytes: u64,
+    /// Streams without a manifest (uploads cut short): never restored, not
+    /// a problem.
+    pub incomplete: u64,
+    /// Each thing wrong, naming the object; empty when all is well.
+    pub problems: Vec<String>,
+}
+
 /// Where a bucket is and where the agent finds its keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -635,6 +662,9 @@ pub struct CommandResult {
     /// Set by [`Command::HashSnapshot`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<ContentHash>,
+    /// Set by [`Command::VerifyBucket`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_check: Option<BucketCheck>,
 }
 
 impl CommandResult {
@@ -649,6 +679,7 @@ impl CommandResult {
             effects: Effects::default(),
             job: None,
             hash: None,
+            bucket_check: None,
         }
     }
 }

@@ -802,6 +802,66 @@ impl Store {
         Ok(listing)
     }
 
+    /// Re-reads every stream of `dataset` without restoring it: each
+    /// manifest's signature (through [`Self::list`]), each incremental's
+    /// link to a parent that verified, and each segment's size and SHA-256,
+    /// `prefetch` segments at a time. What is wrong is listed, naming the
+    /// object; only a listing that fails is an error.
+    pub async fn verify(
+        &self,
+        dataset: &str,
+        trusted: &TrustedSigners,
+        prefetch: usize,
+    ) -> Result<zdr_common::wire::BucketCheck, StoreError> {
+        let listing = self.list(dataset, trusted).await?;
+        let mut check = zdr_common::wire::BucketCheck {
+            incomplete: listing.incomplete.len() as u64,
+            problems: listing.skipped.iter().map(|e| e.to_string()).collect(),
+            ..Default::default()
+        };
+        let hashes: std::collections::HashSet<&str> =
+            listing.manifests.iter().map(|m| m.hash.as_str()).collect();
+        for m in &listing.manifests {
+            let manifest = &m.manifest;
+            if let Some(parent) = manifest.parent.as_deref().filter(|p| !hashes.contains(p)) {
+                check.problems.push(format!(
+                    "{}: its parent manifest (SHA-256 {parent}) is missing or did not verify; \
+                     the chain is broken from here",
+                    manifest_key(&self.prefix, dataset, &m.stream)
+                ));
+            }
+            check.manifests += 1;
+            let results: Vec<Result<u64, StoreError>> =
+                futures::stream::iter(manifest.segments.iter().cloned())
+                    .map(|entry| {
+                        let object = segment_key(&self.prefix, dataset, &m.stream, entry.index);
+                        async move {
+                            let stored = self.get(&object, entry.version_id.as_deref()).await?;
+                            let bucket = self.bucket.clone();
+                            tokio::task::spawn_blocking(move || {
+                                check_segment(&bucket, &object, &stored, &entry)
+                                    .map(|()| stored.len() as u64)
+                            })
+                            .await
+                            .map_err(|e| StoreError::Task(e.to_string()))?
+                        }
+                    })
+                    .buffered(prefetch.max(1))
+                    .collect()
+                    .await;
+            for r in results {
+                match r {
+                    Ok(bytes) => {
+                        check.segments += 1;
+                        check.bytes += bytes;
+                    }
+                    Err(e) => check.problems.push(e.to_string()),
+                }
+            }
+        }
+        Ok(check)
+    }
+
     /// The verified chain that restores `target_guid` of `dataset`, full
     /// first: the newest validly signed one, with what was skipped.
     pub async fn plan_restore(
@@ -863,17 +923,7 @@ impl Store {
                     // Hashing and opening are CPU work: off the runtime, and
                     // in parallel across the segments fetched ahead.
                     tokio::task::spawn_blocking(move || {
-                        let sha256 = sha256_hex(&stored);
-                        if stored.len() as u64 != entry.size || sha256 != entry.sha256 {
-                            return Err(StoreError::SegmentHash {
-                                bucket,
-                                object,
-                                size: stored.len() as u64,
-                                sha256,
-                                want_size: entry.size,
-                                want_sha256: entry.sha256,
-                            });
-                        }
+                        check_segment(&bucket, &object, &stored, &entry)?;
                         seal::open(&key, at, stored).map_err(|source| StoreError::Seal {
                             bucket,
                             object,
@@ -901,6 +951,27 @@ impl Store {
         }
         Ok(written)
     }
+}
+
+/// The stored bytes of a segment are the ones its manifest names.
+fn check_segment(
+    bucket: &str,
+    object: &str,
+    stored: &[u8],
+    entry: &SegmentEntry,
+) -> Result<(), StoreError> {
+    let sha256 = sha256_hex(stored);
+    if stored.len() as u64 != entry.size || sha256 != entry.sha256 {
+        return Err(StoreError::SegmentHash {
+            bucket: bucket.to_string(),
+            object: object.to_string(),
+            size: stored.len() as u64,
+            sha256,
+            want_size: entry.size,
+            want_sha256: entry.sha256.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn join(

@@ -25,12 +25,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 use x25519_dalek::StaticSecret;
-use zdr_common::wire::{BucketRestoreJob, JobPhase, JobRole, SnapshotRef};
+use zdr_common::wire::{
+    BucketCheck, BucketRestoreJob, BucketVerifyJob, JobPhase, JobRole, SnapshotRef,
+};
 use zdr_common::DatasetName;
 
 use super::{landed, pipe_to_zfs, upload, Refused, Replication};
 use crate::offsite::manifest::{ManifestError, TrustedSigners, VerifiedManifest};
-use crate::offsite::store::{BucketConfig, Store, StoreError};
+use crate::offsite::store::{Store, StoreError};
 use crate::transfer::Progress;
 use crate::zfs::{Backend, RecvSpec, ZfsError};
 
@@ -199,7 +201,27 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<'_, W> 
     }
 }
 
+/// Segments read ahead while a bucket is verified.
+const VERIFY_PREFETCH: usize = 2;
+
 impl Replication {
+    /// Re-reads `job.dataset`'s streams in the bucket without restoring
+    /// them (`Store::verify`), with this node's trusted manifest keys.
+    pub async fn verify_bucket(&self, job: BucketVerifyJob) -> Result<BucketCheck, Refused> {
+        let offsite = self.offsite.get().ok_or_else(|| {
+            "this agent's config has no [offsite] section, so it trusts no manifest key; add \
+             one with its manifest_key"
+                .to_string()
+        })?;
+        let trusted = offsite.config.trusted_signers(&offsite.signer)?;
+        DatasetName::parse(&job.dataset).map_err(|e| format!("dataset: {e}"))?;
+        let store = Store::new(&upload::bucket_config(&job.bucket)?);
+        store
+            .verify(&job.dataset, &trusted, VERIFY_PREFETCH)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Checks a restore-from-bucket command and runs it in the background.
     pub async fn restore_from_bucket(
         self: &Arc<Self>,
@@ -216,15 +238,7 @@ impl Replication {
         let recovery = offsite.config.recovery()?;
         DatasetName::parse(&cmd.source_dataset).map_err(|e| format!("source_dataset: {e}"))?;
         let dataset = DatasetName::parse(&cmd.dataset).map_err(|e| format!("dataset: {e}"))?;
-        let (access_key_id, secret_access_key) = upload::resolve(&cmd.bucket.credentials)?;
-        let bucket = BucketConfig {
-            endpoint: cmd.bucket.endpoint.clone(),
-            region: cmd.bucket.region.clone(),
-            bucket: cmd.bucket.bucket.clone(),
-            prefix: cmd.bucket.prefix.clone(),
-            access_key_id,
-            secret_access_key,
-        };
+        let bucket = upload::bucket_config(&cmd.bucket)?;
         let backend = self.lifecycle.backend.clone();
         let ds = dataset.clone();
         tokio::task::spawn_blocking(move || {

@@ -25,7 +25,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 use x25519_dalek::PublicKey;
 use zdr_common::wire::{
-    CredentialsRef, JobPhase, JobRole, LockMode as WireLock, ManifestRef, StreamSpec, UploadJob,
+    BucketSpec, JobPhase, JobRole, LockMode as WireLock, ManifestRef, StreamSpec, UploadJob,
 };
 use zdr_common::DatasetName;
 
@@ -133,9 +133,19 @@ pub(crate) fn check(cmd: &UploadJob, encrypted: bool) -> Result<Checked, Refused
     })
 }
 
-/// Reads the credentials the reference names, on this host.
-pub(crate) fn resolve(credentials: &CredentialsRef) -> Result<(String, String), Refused> {
-    zdr_common::credentials::resolve_here(credentials, "this agent")
+/// The bucket a command names, with the keys its credentials reference
+/// names on this host.
+pub(crate) fn bucket_config(spec: &BucketSpec) -> Result<BucketConfig, Refused> {
+    let (access_key_id, secret_access_key) =
+        zdr_common::credentials::resolve_here(&spec.credentials, "this agent")?;
+    Ok(BucketConfig {
+        endpoint: spec.endpoint.clone(),
+        region: spec.region.clone(),
+        bucket: spec.bucket.clone(),
+        prefix: spec.prefix.clone(),
+        access_key_id,
+        secret_access_key,
+    })
 }
 
 /// Counts the stream's bytes into the progress channel as they are read.
@@ -178,15 +188,7 @@ impl Replication {
         }
         let dataset = DatasetName::parse(&cmd.dataset).map_err(|e| format!("dataset: {e}"))?;
         let checked = check(&cmd, self.lifecycle.is_encrypted(&dataset))?;
-        let (access_key_id, secret_access_key) = resolve(&cmd.bucket.credentials)?;
-        let bucket = BucketConfig {
-            endpoint: cmd.bucket.endpoint.clone(),
-            region: cmd.bucket.region.clone(),
-            bucket: cmd.bucket.bucket.clone(),
-            prefix: cmd.bucket.prefix.clone(),
-            access_key_id,
-            secret_access_key,
-        };
+        let bucket = bucket_config(&cmd.bucket)?;
         let lifecycle = self.lifecycle.clone();
         let (ds, tag) = (checked.dataset.clone(), cmd.hold_tag.clone());
         let (from, to, from_guid, to_guid) = (
