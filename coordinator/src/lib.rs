@@ -6,6 +6,7 @@ pub mod admit;
 pub mod alerts;
 pub mod api_auth;
 pub mod bandwidth;
+pub mod bucket_verify;
 pub mod bus;
 pub mod bus_auth;
 pub mod compliance;

@@ -339,6 +339,7 @@ async fn lead(
     let persistence = tokio::spawn(persist_loop(state.clone(), stop.clone()));
     let evaluation = tokio::spawn(evaluate_loop(state.clone(), stop.clone()));
     let pruning = tokio::spawn(crate::prune::run(state.clone(), stop.clone()));
+    let verifying = tokio::spawn(crate::bucket_verify::run(state.clone(), stop.clone()));
     let mut resign = tokio::time::interval(config.lease_ttl / 3);
     let mut job_tick = tokio::time::interval(Duration::from_secs(1));
     let mut specs_seen = spec_stamps(config);
@@ -389,6 +390,7 @@ async fn lead(
     stop.cancel();
     let _ = evaluation.await;
     let _ = pruning.await;
+    let _ = verifying.await;
     // Commands half sent are dropped; the agents' transfers go on and the
     // next leader adopts them.
     tasks.shutdown().await;

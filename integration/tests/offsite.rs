@@ -770,3 +770,82 @@ async fn the_coordinator_prunes_whole_expired_chains_tip_first_and_keeps_the_new
     .await;
     let _ = &v.weed;
 }
+
+/// The upload record's last verification once `pick` accepts it.
+async fn verified(c: &Coordinator, what: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    wait_for(what, Duration::from_secs(120), || async {
+        let all = jobs(c).await;
+        let v = job_for(&all, "vault", "node-a1")?["upload"]["verified"].clone();
+        (!v.is_null() && pick(&v)).then_some(v)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_re_reads_its_streams_on_schedule_and_a_lost_segment_is_reported() {
+    let mut v = vault("30m").await;
+    // Without a lock (the bucket keeps versions), so a segment can be lost;
+    // verified every 2 s.
+    for (from, to) in [
+        ("      object_lock: { mode: governance, retain: 1h }\n", ""),
+        ("    recipients:", "    verify_every: 2s\n    recipients:"),
+    ] {
+        assert!(v.tasks.contains(from), "{from:?}");
+        v.tasks = v.tasks.replacen(from, to, 1);
+    }
+    let fleet = Fleet::start(POLICY, Some(&v.tasks)).await;
+    let c = fleet.coordinator("c1");
+    c.wait_ready().await;
+    let _agent = uploader(&fleet, &v, 20_000_000);
+    let (_, list) = committed(&c, 1).await;
+    let full = &list[0];
+
+    let ok = verified(&c, "a clean verification", |v| v["ok"] == true).await;
+    let check = &ok["check"];
+    assert!(check["manifests"].as_u64().unwrap() >= 1, "{ok:#}");
+    assert!(
+        check["segments"].as_u64().unwrap() >= full["segments"].as_u64().unwrap(),
+        "{ok:#}"
+    );
+    assert_eq!(check["problems"], serde_json::json!([]), "{ok:#}");
+
+    // The full's segment 1 is lost: its one version deleted.
+    let stream = full["stream"].as_str().unwrap();
+    let object = format!("zdr/streams/tank%2Fdb/{stream}/seg/00000001");
+    let client = v.store.client();
+    let versions = client
+        .list_object_versions()
+        .bucket("zdr-vault")
+        .prefix(&object)
+        .send()
+        .await
+        .unwrap();
+    for version in versions.versions() {
+        client
+            .delete_object()
+            .bucket("zdr-vault")
+            .key(&object)
+            .set_version_id(version.version_id().map(str::to_string))
+            .send()
+            .await
+            .unwrap();
+    }
+    let bad = verified(&c, "the lost segment reported", |v| v["ok"] == false).await;
+    let problems = bad["check"]["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().contains(&object)),
+        "{bad:#}"
+    );
+    let (_, metrics) = c.get("/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("zdr_bucket_verifications_total")
+                && l.contains(r#"result="failed""#)
+                && l.contains(r#"task="vault""#)),
+        "{metrics}"
+    );
+    let _ = &v.weed;
+}

@@ -53,10 +53,18 @@ pub struct BucketTask {
     /// once; unlimited when absent.
     #[serde(default)]
     pub bandwidth: Bandwidth,
+    /// Each dataset's streams in the bucket are re-read (signatures, links,
+    /// every segment's SHA-256) at least this often, by its source agent.
+    #[serde(default = "weekly")]
+    pub verify_every: Duration,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn weekly() -> Duration {
+    Duration::from_secs(7 * 86_400)
 }
 
 /// An S3 (or B2) bucket.
@@ -366,6 +374,12 @@ pub fn bucket_task_problems(task: &BucketTask, policy: &Policy) -> Vec<Problem> 
                 "{} is not longer than incremental_every ({}); a chain is a full and incrementals until the next full, so make full_every longer",
                 task.chain.full_every, task.chain.incremental_every
             ),
+        ));
+    }
+    if task.verify_every.secs() == 0 {
+        out.push(problem(
+            &["verify_every"],
+            "must be at least 1s; it is how often the bucket's streams are re-read".into(),
         ));
     }
     if task.recipients.is_empty() {

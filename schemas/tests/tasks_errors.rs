@@ -479,7 +479,7 @@ fn bucket_pruning_is_checked() {
     );
     let e = error(&unlocked);
     assert!(
-        e.starts_with("specs/t.yml:34:14: buckets[0].bucket.prune: has no `retain`"),
+        e.starts_with("specs/t.yml:34:7: buckets[0].bucket.prune: has no `retain`"),
         "{e}"
     );
 }

@@ -410,7 +410,7 @@ impl Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zdr_common::wire::{BucketSpec, UploadLock};
+    use zdr_common::wire::{CredentialsRef, UploadLock};
 
     fn cmd(stream: StreamSpec, from_guid: Option<u64>, parent: Option<ManifestRef>) -> UploadJob {
         UploadJob {

@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 
 pub use record::{
     describe, read_snapshots, Adoption, DrillInfo, DrillResult, Effect, FailedAttempt, JobKind,
-    JobRecord, JobState, PlannedStep, RestoreInfo, RestoreSnapshot, UploadInfo,
+    JobRecord, JobState, PlannedStep, RestoreInfo, RestoreSnapshot, UploadInfo, Verified,
 };
 pub use run::{adopt, catch_up, list, on_update, restore, save, tick};
 
@@ -101,6 +101,10 @@ impl Jobs {
 
     pub fn records(&self) -> impl Iterator<Item = &JobRecord> {
         self.records.values()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (&String, &JobRecord)> {
+        self.records.iter()
     }
 
     pub fn entries_mut(&mut self) -> impl Iterator<Item = (&String, &mut JobRecord)> {

@@ -71,6 +71,23 @@ pub struct UploadInfo {
     #[serde(default)]
     pub encrypted: bool,
     pub lock: Option<UploadLock>,
+    /// The last re-read of this dataset's streams in the bucket
+    /// (`crate::bucket_verify`), carried from record to record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+}
+
+/// How a bucket verification ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// When it ended, Unix milliseconds.
+    pub at_ms: i64,
+    /// Every manifest and segment read back as written.
+    pub ok: bool,
+    /// What was wrong, or why it could not run.
+    pub summary: String,
+    /// What the agent read; `None` when it could not run.
+    pub check: Option<zdr_common::wire::BucketCheck>,
 }
 
 /// What a drill record holds beyond its restore part (whose target is the
@@ -2614,6 +2631,7 @@ mod tests {
         let mut r = JobRecord::new(JobKind::Upload, &pairing(), "c", 1, vec![step("s1", 1)], 0)
             .continue_from(None, 0);
         r.upload = Some(UploadInfo {
+            verified: None,
             committed: Vec::new(),
             parent: None,
             raw: true,

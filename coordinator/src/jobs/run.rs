@@ -267,9 +267,9 @@ fn plan_uploads(
                         }
                     }
                     UploadDecision::Start(plan) => {
-                        let committed = previous
+                        let (committed, verified) = previous
                             .and_then(|r| r.upload.as_ref())
-                            .map(|u| u.committed.clone())
+                            .map(|u| (u.committed.clone(), u.verified.clone()))
                             .unwrap_or_default();
                         let pairing = offsite::pairing(task, node, &inv.dataset);
                         let seq = jobs.next_seq();
@@ -291,6 +291,7 @@ fn plan_uploads(
                             raw: plan.raw,
                             encrypted: inv.encrypted,
                             lock: plan.lock,
+                            verified,
                         });
                         jobs.insert(key.clone(), rec.clone());
                         work.push((key, rec, vec![Effect::Start]));
@@ -605,6 +606,7 @@ async fn start_upload(state: &Arc<State>, key: &str) {
         raw: true,
         encrypted: false,
         lock: None,
+        verified: None,
     });
     let rate = {
         let policy = state.policy();
