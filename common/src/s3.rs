@@ -7,6 +7,8 @@
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsError;
 use aws_sdk_s3::Client;
 
 /// A client for `endpoint` (`http(s)://host:port`) in `region`.
@@ -33,4 +35,68 @@ pub fn client(endpoint: &str, region: &str, access_key_id: &str, secret: &str) -
         .http_client(http)
         .build();
     Client::from_conf(conf)
+}
+
+/// One version of one object, or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub key: String,
+    /// `None` in a bucket without versioning (S3 says "null").
+    pub version_id: Option<String>,
+    /// Unix seconds, the server's.
+    pub modified: i64,
+    pub delete_marker: bool,
+}
+
+/// Every version and delete marker under `prefix`, page after page.
+pub async fn list_versions(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<
+    Vec<ObjectVersion>,
+    SdkError<ListObjectVersionsError, aws_sdk_s3::config::http::HttpResponse>,
+> {
+    let mut out = Vec::new();
+    let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+    let one = |key: Option<&str>,
+               id: Option<&str>,
+               at: Option<&aws_sdk_s3::primitives::DateTime>,
+               marker| {
+        Some(ObjectVersion {
+            key: key?.to_string(),
+            version_id: id.filter(|id| *id != "null").map(str::to_string),
+            modified: at.map_or(0, |t| t.secs()),
+            delete_marker: marker,
+        })
+    };
+    loop {
+        let page = client
+            .list_object_versions()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker.take())
+            .set_version_id_marker(version_marker.take())
+            .send()
+            .await?;
+        out.extend(
+            page.versions()
+                .iter()
+                .filter_map(|v| one(v.key(), v.version_id(), v.last_modified(), false)),
+        );
+        out.extend(
+            page.delete_markers()
+                .iter()
+                .filter_map(|m| one(m.key(), m.version_id(), m.last_modified(), true)),
+        );
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        version_marker = page.next_version_id_marker().map(str::to_string);
+        if key_marker.is_none() {
+            break;
+        }
+    }
+    Ok(out)
 }

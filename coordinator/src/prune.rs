@@ -36,16 +36,8 @@ pub use run::run;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// One version of one object (or a delete marker).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Version {
-    pub key: String,
-    /// `None` in a bucket without versioning.
-    pub version_id: Option<String>,
-    /// Unix seconds, the server's.
-    pub modified: i64,
-    pub delete_marker: bool,
-}
+/// One version of one object (or a delete marker), as the bucket lists it.
+pub use zdr_common::s3::ObjectVersion as Version;
 
 /// What a stream's manifest says, as far as pruning reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]

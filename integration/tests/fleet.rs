@@ -211,14 +211,7 @@ async fn a_restarted_coordinator_still_knows_the_fleet() {
         "both inventories in KV",
         Duration::from_secs(30),
         || async {
-            let kv = js.get_key_value("zdr_inventory").await.ok()?;
-            let keys: Vec<String> = kv
-                .keys()
-                .await
-                .ok()?
-                .filter_map(|k| async { k.ok() })
-                .collect()
-                .await;
+            let keys = inventory_keys(&js).await?;
             ["node-a1.", "node-b1."]
                 .iter()
                 .all(|n| keys.iter().any(|k| k.starts_with(n)))
@@ -796,6 +789,13 @@ async fn a_node_record_never_vouches_for_an_inventory_kv_lacks() {
     .await;
 }
 
+/// The live keys of KV `zdr_inventory`.
+async fn inventory_keys(js: &async_nats::jetstream::Context) -> Option<Vec<String>> {
+    let kv = js.get_key_value("zdr_inventory").await.ok()?;
+    let keys = kv.keys().await.ok()?;
+    Some(keys.filter_map(|k| async { k.ok() }).collect().await)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_inventory_larger_than_a_kv_message_is_stored_in_parts_and_read_back_whole() {
     // Twelve snapshots per dataset: each inventory is a few KB.
@@ -817,16 +817,7 @@ async fn an_inventory_larger_than_a_kv_message_is_stored_in_parts_and_read_back_
     js.update_stream(&config).await.unwrap();
     let mut a1 = f.agent(&A1);
     let kv = js.get_key_value("zdr_inventory").await.unwrap();
-    let live_keys = || async {
-        let keys: Vec<String> = kv
-            .keys()
-            .await
-            .ok()?
-            .filter_map(|k| async { k.ok() })
-            .collect()
-            .await;
-        Some(keys)
-    };
+    let live_keys = || inventory_keys(&js);
     wait_for(
         "tank/db with 10 snapshots, stored in parts",
         Duration::from_secs(60),

@@ -706,34 +706,11 @@ impl Store {
         prefix: &str,
     ) -> Result<BTreeMap<String, Vec<Option<String>>>, StoreError> {
         let mut out: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
-        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
-        loop {
-            let page = self
-                .client
-                .list_object_versions()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
-            for v in page.versions() {
-                let Some(key) = v.key() else { continue };
-                let id = v
-                    .version_id()
-                    .filter(|id| *id != "null")
-                    .map(str::to_string);
-                out.entry(key.to_string()).or_default().push(id);
-            }
-            if page.is_truncated() != Some(true) {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
-            if key_marker.is_none() {
-                break;
-            }
+        let all = zdr_common::s3::list_versions(&self.client, &self.bucket, prefix)
+            .await
+            .map_err(|e| self.error("ListObjectVersions", prefix, e))?;
+        for v in all.into_iter().filter(|v| !v.delete_marker) {
+            out.entry(v.key).or_default().push(v.version_id);
         }
         Ok(out)
     }

@@ -61,14 +61,6 @@ fn error<E: ProvideErrorMetadata + std::fmt::Debug>(
     }
 }
 
-fn version_id(id: Option<&str>) -> Option<String> {
-    id.filter(|id| *id != "null").map(str::to_string)
-}
-
-fn secs(t: Option<&aws_sdk_s3::primitives::DateTime>) -> i64 {
-    t.map(|t| t.secs()).unwrap_or(0)
-}
-
 /// Every stream under `<prefix>streams/`, by dataset folder, with the head
 /// of its manifest where it has one.
 pub async fn list(
@@ -79,55 +71,32 @@ pub async fn list(
     let root = format!("{prefix}streams/");
     // folder → stream → versions
     let mut found: BTreeMap<String, BTreeMap<String, Vec<Version>>> = BTreeMap::new();
-    let mut add = |key: Option<&str>, id: Option<&str>, modified, delete_marker| {
-        let Some(key) = key else { return };
-        let Some((folder, rest)) = key.strip_prefix(&root).and_then(|r| r.split_once('/')) else {
-            return;
+    let all = zdr_common::s3::list_versions(client, bucket, &root)
+        .await
+        .map_err(|e| error(bucket, "ListObjectVersions", &root, e))?;
+    for v in all {
+        let Some((folder, rest)) = v.key.strip_prefix(&root).and_then(|r| r.split_once('/')) else {
+            continue;
         };
         // Rule 1: only `<stream>/manifest` and `<stream>/seg/<n>`.
         let Some((stream, tail)) = rest.split_once('/') else {
-            return;
+            continue;
         };
         if tail != "manifest" && !tail.starts_with("seg/") {
-            return;
+            continue;
         }
+        let (folder, stream) = (folder.to_string(), stream.to_string());
         found
-            .entry(folder.to_string())
+            .entry(folder)
             .or_default()
-            .entry(stream.to_string())
+            .entry(stream)
             .or_default()
             .push(Version {
-                key: key.to_string(),
-                version_id: version_id(id),
-                modified,
-                delete_marker,
+                key: v.key,
+                version_id: v.version_id,
+                modified: v.modified,
+                delete_marker: v.delete_marker,
             });
-    };
-    let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
-    loop {
-        let page = client
-            .list_object_versions()
-            .bucket(bucket)
-            .prefix(&root)
-            .set_key_marker(key_marker.take())
-            .set_version_id_marker(version_marker.take())
-            .send()
-            .await
-            .map_err(|e| error(bucket, "ListObjectVersions", &root, e))?;
-        for v in page.versions() {
-            add(v.key(), v.version_id(), secs(v.last_modified()), false);
-        }
-        for m in page.delete_markers() {
-            add(m.key(), m.version_id(), secs(m.last_modified()), true);
-        }
-        if page.is_truncated() != Some(true) {
-            break;
-        }
-        key_marker = page.next_key_marker().map(str::to_string);
-        version_marker = page.next_version_id_marker().map(str::to_string);
-        if key_marker.is_none() {
-            break;
-        }
     }
     let mut out = Vec::with_capacity(found.len());
     for (folder, streams) in found {
