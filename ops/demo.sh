@@ -89,6 +89,7 @@ buckets:
       object_lock: { mode: governance, retain: 1h }
       prune: { credentials: { file: $dir/prune.credentials }, every: 5m }
     chain: { full_every: 10m, incremental_every: 1m }
+    verify_every: 5m
     recipients: ["$(cat "$dir/recovery.pub")"]
 YAML
   } >"$dir/tasks.yml"

@@ -212,10 +212,13 @@ impl Agent {
                 self.long_read(id, move |id| async move {
                     match repl.verify_bucket(*job).await {
                         Ok(check) => {
-                            let (outcome, message) = if check.problems.is_empty() {
-                                (Outcome::Done, "verified".to_string())
-                            } else {
-                                (Outcome::Failed, check.problems.join("; "))
+                            let (outcome, message) = match check.problems.as_slice() {
+                                [] => (Outcome::Done, "verified".to_string()),
+                                [one] => (Outcome::Failed, one.clone()),
+                                [first, ..] => (
+                                    Outcome::Failed,
+                                    format!("{first} (and more: see the check's problems)"),
+                                ),
                             };
                             CommandResult {
                                 bucket_check: Some(check),

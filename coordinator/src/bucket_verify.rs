@@ -10,9 +10,12 @@
 //! 2. the most overdue goes first (never verified before all others), so
 //!    every dataset, and so every chain of it, is read within its period
 //!    as long as the reads keep up;
-//! 3. one verification runs at a time in the fleet: it reads the whole
-//!    chain back (egress, and the bucket's and agent's bandwidth);
-//! 4. a source that is offline waits; its turn comes when it is back.
+//! 3. one verification runs at a time per source node, and at most
+//!    [`AT_ONCE`] in the fleet: each reads whole chains back (egress, and
+//!    the bucket's and the agents' bandwidth), and one that hangs holds up
+//!    only its node;
+//! 4. a source that is offline waits; its turn comes when it is back. One
+//!    that restarts mid-read fails that read at once (its turn comes again).
 //!
 //! A failed verification is kept in the upload record (`upload.verified`,
 //! with the objects named) and counted in `zdr_bucket_verifications_total`
@@ -34,11 +37,15 @@ use crate::state::{now_ms, State};
 const TICK: Duration = Duration::from_secs(5);
 /// How long one verification may take before it counts as failed.
 const WITHIN: Duration = Duration::from_secs(24 * 3_600);
+/// Verifications running at once in the fleet.
+pub const AT_ONCE: usize = 4;
 
 /// One upload record, as rule 1 sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub key: String,
+    /// The source node, which reads.
+    pub node: String,
     /// The task's `verify_every`, milliseconds.
     pub every_ms: i64,
     /// The last verification's end; `None`: never.
@@ -47,11 +54,19 @@ pub struct Candidate {
     pub online: bool,
 }
 
-/// The candidate to verify now, by rules 1, 2 and 4.
-pub fn next(candidates: &[Candidate], now_ms: i64) -> Option<&Candidate> {
+/// The candidate to verify now, by rules 1 to 4; `busy`: the nodes
+/// reading now.
+pub fn next<'a>(
+    candidates: &'a [Candidate],
+    now_ms: i64,
+    busy: &std::collections::HashSet<String>,
+) -> Option<&'a Candidate> {
+    if busy.len() >= AT_ONCE {
+        return None;
+    }
     candidates
         .iter()
-        .filter(|c| c.committed && c.online)
+        .filter(|c| c.committed && c.online && !busy.contains(&c.node))
         .filter(|c| c.last_ms.is_none_or(|at| now_ms - at >= c.every_ms))
         .min_by_key(|c| c.last_ms.map_or(i64::MIN, |at| at + c.every_ms))
 }
@@ -87,6 +102,7 @@ fn candidates(state: &State) -> Vec<Candidate> {
         }
         out.push(Candidate {
             key: key.clone(),
+            node: r.source_node.clone(),
             every_ms,
             last_ms: u.verified.as_ref().map(|v| v.at_ms),
             committed: !u.committed.is_empty(),
@@ -96,20 +112,30 @@ fn candidates(state: &State) -> Vec<Candidate> {
     out
 }
 
-/// Verifies one due dataset at a time until `stop`.
+/// Starts due verifications (rule 3) until `stop`.
 pub async fn run(state: Arc<State>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
+    let mut running = tokio::task::JoinSet::new();
+    let mut busy = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            Some(done) = running.join_next() => {
+                if let Ok(node) = done {
+                    busy.remove(&node);
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
-        let due = next(&candidates(&state), now_ms()).map(|c| c.key.clone());
-        if let Some(key) = due {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = verify(&state, &key) => {}
-            }
+        let due = next(&candidates(&state), now_ms(), &busy).cloned();
+        if let Some(c) = due {
+            busy.insert(c.node.clone());
+            let state = state.clone();
+            running.spawn(async move {
+                verify(&state, &c.key).await;
+                c.node
+            });
         }
     }
 }
@@ -174,11 +200,14 @@ async fn verify(state: &State, key: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn c(key: &str, last_ms: Option<i64>) -> Candidate {
         Candidate {
             key: key.into(),
+            node: format!("node-{key}"),
             every_ms: 1_000,
             last_ms,
             committed: true,
@@ -188,12 +217,22 @@ mod tests {
 
     #[test]
     fn the_most_overdue_goes_first_and_never_verified_before_all() {
+        let idle = HashSet::new();
         let all = [c("a", Some(5_000)), c("b", Some(4_500)), c("c", None)];
-        assert_eq!(next(&all, 6_000).unwrap().key, "c");
-        assert_eq!(next(&all[..2], 6_000).unwrap().key, "b");
+        assert_eq!(next(&all, 6_000, &idle).unwrap().key, "c");
+        assert_eq!(next(&all[..2], 6_000, &idle).unwrap().key, "b");
         // Not yet due: a's period ends at 6,000, b's at 5,500.
-        assert_eq!(next(&all[..2], 5_499), None);
-        assert_eq!(next(&all[..1], 5_999), None);
+        assert_eq!(next(&all[..2], 5_499, &idle), None);
+        assert_eq!(next(&all[..1], 5_999, &idle), None);
+    }
+
+    #[test]
+    fn one_read_per_node_and_a_few_in_the_fleet() {
+        let all = [c("a", None), c("b", None)];
+        let busy: HashSet<String> = ["node-a".to_string()].into();
+        assert_eq!(next(&all, 6_000, &busy).unwrap().key, "b");
+        let full: HashSet<String> = (0..AT_ONCE).map(|i| format!("n{i}")).collect();
+        assert_eq!(next(&all, 6_000, &full), None);
     }
 
     #[test]
@@ -202,8 +241,9 @@ mod tests {
         empty.committed = false;
         let mut away = c("b", None);
         away.online = false;
-        assert_eq!(next(&[empty, away.clone()], 10_000), None);
+        let idle = HashSet::new();
+        assert_eq!(next(&[empty, away.clone()], 10_000, &idle), None);
         away.online = true;
-        assert_eq!(next(&[away], 10_000).unwrap().key, "b");
+        assert_eq!(next(&[away], 10_000, &idle).unwrap().key, "b");
     }
 }

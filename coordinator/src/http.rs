@@ -482,9 +482,10 @@ fn command_error(e: CommandError) -> Response {
         CommandError::BadNode(_) => StatusCode::BAD_REQUEST,
         CommandError::UnknownNode(_) => StatusCode::NOT_FOUND,
         CommandError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        CommandError::Standby | CommandError::Request { .. } | CommandError::Malformed { .. } => {
-            StatusCode::BAD_GATEWAY
-        }
+        CommandError::Standby
+        | CommandError::Request { .. }
+        | CommandError::Malformed { .. }
+        | CommandError::Restarted { .. } => StatusCode::BAD_GATEWAY,
         CommandError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (code, format!("{e}\n")).into_response()

@@ -65,6 +65,9 @@ pub enum CommandError {
     },
     #[error("command does not serialize: {0}")]
     Encode(serde_json::Error),
+    /// A long read's agent restarted while it ran: no answer will come.
+    #[error("the agent on {node} restarted while it ran the command; the work died with it")]
+    Restarted { node: String },
 }
 
 impl CommandError {
@@ -72,7 +75,10 @@ impl CommandError {
     /// it may be restarting, so the same command can be asked again. An
     /// answer the node did give, or a refusal on this side, is final.
     pub fn unanswered(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::Request { .. })
+        matches!(
+            self,
+            Self::Timeout { .. } | Self::Request { .. } | Self::Restarted { .. }
+        )
     }
 }
 
@@ -426,14 +432,29 @@ impl State {
 
     /// [`Self::send_command`], waiting up to `after` for the answer: for
     /// long work the agent answers when it ends (a content hash). Not a
-    /// round trip of the `zdr_command_rtt` figures.
+    /// round trip of the `zdr_command_rtt` figures. Ends early, with
+    /// [`CommandError::Restarted`], once the node says hello from a new
+    /// process: the work died with the old one.
     pub async fn send_command_within(
         &self,
         node: &str,
         cmd: &Command,
         after: std::time::Duration,
     ) -> Result<CommandResult, CommandError> {
-        self.request(node, cmd, after, false).await
+        let started = |s: &Self| s.fleet().nodes.get(node).map(|n| n.hello.started_at);
+        let before = started(self);
+        let restarted = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                if started(self) != before {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            answer = self.request(node, cmd, after, false) => answer,
+            _ = restarted => Err(CommandError::Restarted { node: node.to_string() }),
+        }
     }
 
     async fn request(

@@ -601,3 +601,44 @@ async fn a_drill_waits_for_a_slow_content_hash_and_the_agent_keeps_answering() {
         "the hash did not take its modelled time: {d:#}"
     );
 }
+
+/// Production's agent restarts while it hashes: the drill does not wait out
+/// its 24 h for an answer that cannot come; it asks the new process again
+/// and passes.
+#[tokio::test]
+async fn a_drill_whose_hashing_agent_restarts_asks_again_and_passes() {
+    let s = Setup::start("").await;
+    let slow = || AgentExtra {
+        hash_latency_ms: Some(20_000),
+        ..AgentExtra::default()
+    };
+    let mut a1 = s.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow());
+    let a2 = s.agent("node-a2", &[]);
+    s.replicated(&a1, &a2).await;
+    let (code, accepted) = s
+        .post_drill(serde_json::json!({"source": "node-a1:tank/db"}))
+        .await;
+    assert_eq!(code, 202, "{accepted}");
+    let job = accepted["job"].as_str().unwrap().to_string();
+    wait_for("production to hash", Duration::from_secs(60), || async {
+        a1.proc
+            .output()
+            .contains("command=HashSnapshot")
+            .then_some(())
+    })
+    .await;
+    a1.proc.kill();
+    let killed = std::time::Instant::now();
+    let _a1 = s.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow());
+    let d = s
+        .drill_ended("the drill to end", |d| d["job"] == job.as_str())
+        .await;
+    assert_eq!(d["state"], "passed", "{d:#}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(90),
+        "the drill took {:?} after the restart",
+        killed.elapsed()
+    );
+    let history = d["history"].as_array().unwrap();
+    eprintln!("{history:#?}");
+}

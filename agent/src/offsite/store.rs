@@ -836,6 +836,13 @@ impl Store {
                 }
             }
         }
+        // The answer travels as one NATS message: a bucket emptied by
+        // someone could otherwise name thousands of objects.
+        if check.problems.len() > MAX_PROBLEMS {
+            let more = check.problems.len() - MAX_PROBLEMS;
+            check.problems.truncate(MAX_PROBLEMS);
+            check.problems.push(format!("... and {more} more"));
+        }
         Ok(check)
     }
 
@@ -929,6 +936,9 @@ impl Store {
         Ok(written)
     }
 }
+
+/// Problems a verification names one by one; the rest are counted.
+const MAX_PROBLEMS: usize = 100;
 
 /// The stored bytes of a segment are the ones its manifest names.
 fn check_segment(
