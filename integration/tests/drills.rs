@@ -216,6 +216,28 @@ impl Setup {
         .await
     }
 
+    /// node-a1's production hashing for `hash_ms` per content hash, its
+    /// replica on node-a2, and a drill started and hashing production:
+    /// the agents and the drill's job.
+    async fn drill_while_hashing(&self, hash_ms: u64) -> (Agent, Agent, String) {
+        let a1 = self.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow_hash(hash_ms));
+        let a2 = self.agent("node-a2", &[]);
+        self.replicated(&a1, &a2).await;
+        let (code, accepted) = self
+            .post_drill(serde_json::json!({"source": "node-a1:tank/db"}))
+            .await;
+        assert_eq!(code, 202, "{accepted}");
+        let job = accepted["job"].as_str().unwrap().to_string();
+        wait_for("production to hash", Duration::from_secs(60), || async {
+            a1.proc
+                .output()
+                .contains("command=HashSnapshot")
+                .then_some(())
+        })
+        .await;
+        (a1, a2, job)
+    }
+
     /// Waits until the coordinator lists the replica with the source's snapshots.
     async fn replicated(&self, a1: &Agent, a2: &Agent) {
         wait_for("the replica", Duration::from_secs(90), || async {
@@ -228,6 +250,14 @@ impl Setup {
             (dst.len() == src.len() && listed == src.len()).then_some(())
         })
         .await;
+    }
+}
+
+/// A simulated agent whose content hashes take `ms`.
+fn slow_hash(ms: u64) -> AgentExtra {
+    AgentExtra {
+        hash_latency_ms: Some(ms),
+        ..AgentExtra::default()
     }
 }
 
@@ -559,26 +589,8 @@ async fn a_drill_node_without_room_is_refused_before_any_transfer() {
 #[tokio::test]
 async fn a_drill_waits_for_a_slow_content_hash_and_the_agent_keeps_answering() {
     let s = Setup::start("").await;
-    let slow = AgentExtra {
-        hash_latency_ms: Some(14_000),
-        ..AgentExtra::default()
-    };
-    let a1 = s.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow);
-    let a2 = s.agent("node-a2", &[]);
-    s.replicated(&a1, &a2).await;
-    let (code, accepted) = s
-        .post_drill(serde_json::json!({"source": "node-a1:tank/db"}))
-        .await;
-    assert_eq!(code, 202, "{accepted}");
-    let job = accepted["job"].as_str().unwrap().to_string();
+    let (_a1, _a2, job) = s.drill_while_hashing(14_000).await;
     // While production hashes, node-a1 takes a snapshot on command.
-    wait_for("production to hash", Duration::from_secs(60), || async {
-        a1.proc
-            .output()
-            .contains("command=HashSnapshot")
-            .then_some(())
-    })
-    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let asked = std::time::Instant::now();
     let (code, body) = s
@@ -608,28 +620,10 @@ async fn a_drill_waits_for_a_slow_content_hash_and_the_agent_keeps_answering() {
 #[tokio::test]
 async fn a_drill_whose_hashing_agent_restarts_asks_again_and_passes() {
     let s = Setup::start("").await;
-    let slow = || AgentExtra {
-        hash_latency_ms: Some(20_000),
-        ..AgentExtra::default()
-    };
-    let mut a1 = s.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow());
-    let a2 = s.agent("node-a2", &[]);
-    s.replicated(&a1, &a2).await;
-    let (code, accepted) = s
-        .post_drill(serde_json::json!({"source": "node-a1:tank/db"}))
-        .await;
-    assert_eq!(code, 202, "{accepted}");
-    let job = accepted["job"].as_str().unwrap().to_string();
-    wait_for("production to hash", Duration::from_secs(60), || async {
-        a1.proc
-            .output()
-            .contains("command=HashSnapshot")
-            .then_some(())
-    })
-    .await;
+    let (mut a1, _a2, job) = s.drill_while_hashing(20_000).await;
     a1.proc.kill();
     let killed = std::time::Instant::now();
-    let _a1 = s.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow());
+    let _a1 = s.agent_with("node-a1", &["tank/db"], 10_000_000_000, slow_hash(20_000));
     let d = s
         .drill_ended("the drill to end", |d| d["job"] == job.as_str())
         .await;
